@@ -1,0 +1,79 @@
+"""`router serve` and `router demo`: arguments -> Config -> Server; exit codes.
+
+Exit 0 after a graceful stop, 2 for a bad command line or configuration (SPEC 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import uvloop
+
+from .config import Config, ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="router", description="Weighted blue-green HTTP router")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the data plane and the admin API")
+    serve.add_argument("--config", metavar="FILE", help="YAML configuration (SPEC 3.1)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes sharing the port (default 1)")
+    serve.add_argument("--store", metavar="URL", help="where the routing state lives")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+    demo = sub.add_parser("demo", help="run two demo backends (blue, green) and a router")
+    demo.add_argument("--listen", default="127.0.0.1:8080", help="data plane (default %(default)s)")
+    demo.add_argument("--admin", default="127.0.0.1:9090", help="admin API (default %(default)s)")
+    return p
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(config: Config) -> int:
+    from .server import Server
+
+    async def main() -> None:
+        server = Server(config)
+        await server.start()
+        await server.serve_forever()
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    except OSError as e:  # e.g. the port is taken
+        print(f"router: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        _logging("info")
+        from .demo import run_demo
+
+        return run_demo(args.listen, args.admin)
+    _logging(args.log_level)
+    if args.workers != 1:
+        print("router: --workers: only 1 worker is supported so far", file=sys.stderr)
+        return 2
+    if args.store is not None:
+        print("router: --store: only the configuration file is supported so far", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config) if args.config else Config()
+    except ConfigError as e:
+        print(f"router: {e}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

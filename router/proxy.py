@@ -1,0 +1,974 @@
+"""One client connection and its requests: look up, pick, forward, stream.
+
+``ClientConnection`` is the asyncio Protocol of a client socket. Its httptools request parser
+turns bytes into one ``Exchange`` per request; an exchange is routed (table lookup, sticky
+token, balancer), attached to a pooled ``UpstreamConnection``, and is the callback target of
+that connection's response parser, so the response streams back to the client event by
+event. No coroutine runs per request: only opening a new backend connection awaits.
+
+Flow control: a full backend socket pauses reading from the client, a full client socket
+pauses reading from the backend (uvicorn's ``FlowControl``), and bytes that wait for a
+backend connection are capped before the client is paused, so a body is never held whole.
+
+This module is the one place where failures become 4xx/5xx answers (``_local``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Callable
+
+import httptools
+
+from .metrics import UnroutedStats
+from .sticky import TokenCodec, cookie_value
+from .upstream import BODY_BUFFERED, QUEUED, UPSTREAM_FULL, UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    import ipaddress
+
+    from .config import Config
+    from .table import App, Backend, RoutingTable, Service
+
+log = logging.getLogger("router.error")
+access_log = logging.getLogger("router.access")
+
+# Body bytes held while no backend connection is ready, and kept for a retry (uvicorn's
+# HIGH_WATER_LIMIT). Past it the client is paused, and a request is no longer replayable.
+HIGH_WATER = 65536
+MAX_ATTEMPTS = 3  # SPEC 4.2: at most 2 retries
+
+# Hop-by-hop headers (RFC 9110 7.6.1) plus those the router sets itself.
+_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                  b"transfer-encoding", b"upgrade"})
+_REQ_OWN = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                      b"x-request-id", b"content-length", b"host"})
+_REQ_SKIP = _HOP | _REQ_OWN
+# What a Connection header may never remove (SPEC 4.2).
+_PROTECTED = _REQ_OWN | {b"cookie", b"set-cookie"}
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
+
+_REASONS = {
+    400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+    414: b"URI Too Long", 431: b"Request Header Fields Too Large", 499: b"Client Closed Request",
+    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+}
+
+
+class _LimitExceeded(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class ProxyContext:
+    """Everything a worker's connections share; ``table`` is the swap point (STYLE 2)."""
+
+    def __init__(self, config: "Config", table: "RoutingTable", pool: UpstreamPool,
+                 codec: TokenCodec, loop: asyncio.AbstractEventLoop) -> None:
+        self.table = table
+        self.pool = pool
+        self.codec = codec
+        self.loop = loop
+        self.unrouted = UnroutedStats()
+        self.connections: set[ClientConnection] = set()
+        self.accepting = True
+        self.configure(config)
+        self._rid_prefix = os.urandom(6).hex().encode() + b"-"
+        self._rid_next = 0
+
+    def configure(self, config: "Config") -> None:
+        """Settings that a reload may change (listen addresses are not among them)."""
+        self.config = config
+        cookie = config.sticky.cookie.encode()
+        self.cookie_eq = cookie + b"="
+        self.set_cookie_prefix = b"Set-Cookie: " + cookie + b"="
+        t = config.timeouts
+        self.response_timeout = t.response
+        self.client_header_timeout = t.client_header
+        self.client_idle_timeout = t.client_idle
+        lim = config.limits
+        self.max_request_line = lim.max_request_line
+        self.max_header = lim.max_header
+        self.max_headers = lim.max_headers
+        self.max_connections = lim.max_connections
+        self.trusted: tuple["ipaddress.IPv4Network | ipaddress.IPv6Network", ...] = config.trusted_proxies
+        self.log_access: Callable[[Exchange, int], None] | None = None
+        if config.access_log.enabled:
+            self.log_access = _log_json if config.access_log.format == "json" else _log_combined
+
+    def request_id(self) -> bytes:
+        self._rid_next += 1
+        return self._rid_prefix + b"%x" % self._rid_next
+
+
+class Exchange:
+    """One request and its response; the target of the backend's response parser."""
+
+    __slots__ = (
+        "conn", "method", "url", "headers", "header_bytes", "host", "cookie", "keep_alive",
+        "http11", "upgrade", "has_body", "chunked", "body_done", "buf", "buf_size",
+        "replayable", "head", "error", "app", "service", "backend", "set_cookie", "tried",
+        "attempts", "upstream", "timer", "started", "status", "reason", "rheaders",
+        "resp_started", "rechunk", "close_after", "interim", "done", "upgraded", "early",
+        "request_id", "sent",
+    )
+
+    def __init__(self, conn: "ClientConnection") -> None:
+        self.conn = conn
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.body_done = False
+        self.buf: list[bytes] | None = []
+        self.buf_size = 0
+        self.replayable = True
+        self.error = 0
+        self.app: App | None = None
+        self.service: Service | None = None
+        self.backend: Backend | None = None
+        self.set_cookie = b""
+        self.tried: list[Backend] | None = None
+        self.attempts = 0
+        self.upstream: UpstreamConnection | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.status = 0
+        self.reason = b""
+        self.rheaders: list[tuple[bytes, bytes]] = []
+        self.resp_started = False
+        self.rechunk = False
+        self.close_after = False
+        self.interim = False
+        self.done = False
+        self.upgraded = False
+        self.early: list[bytes] | None = None
+        self.sent = False
+
+    # -- request body from the client ----------------------------------------------------
+    def body(self, data: bytes) -> None:
+        up = self.upstream
+        buf = self.buf
+        if buf is not None:
+            if self.buf_size + len(data) <= HIGH_WATER or up is None:
+                buf.append(data)
+                self.buf_size += len(data)
+                if up is None:
+                    if self.buf_size > HIGH_WATER:
+                        self.conn.pause(BODY_BUFFERED)
+                    return
+            else:
+                self.buf = None  # too large to replay: stream from here on
+                self.replayable = False
+        if up is not None and not self.done:
+            if self.chunked:
+                up.transport.write(b"%x\r\n%b\r\n" % (len(data), data))  # type: ignore[union-attr]
+            else:
+                up.transport.write(data)  # type: ignore[union-attr]
+
+    def body_end(self) -> None:
+        self.body_done = True
+        up = self.upstream
+        if up is not None and not self.done:
+            if self.chunked:
+                up.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+            if self.timer is None and not self.resp_started:
+                self.timer = self.conn.loop.call_later(
+                    self.conn.ctx.response_timeout, self.response_timeout)
+
+    # -- the backend's response (httptools callbacks) ----------------------------------------
+    def on_message_begin(self) -> None:
+        pass
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.rheaders.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            return
+        up = self.upstream
+        status = up.parser.get_status_code()  # type: ignore[union-attr]
+        if status < 200 and status != 101:
+            self.interim = True
+            if status == 100 and self.http11:
+                self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+            self.rheaders = []
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if status == 101 and not self.upgrade:
+            self.upstream_failed(up, "protocol", "101 to a request that asked for no upgrade")
+            return
+        self.status = status
+        self.resp_started = True
+        self.conn.transport.write(self._response_head(status, up))  # type: ignore[union-attr]
+        if status == 101:
+            self.upgraded = True  # tunnel once the parser hands over the rest (upstream_upgraded)
+        elif self.method == b"HEAD":
+            # llhttp would wait for the body that Content-Length announces; there is none.
+            self.finish(up.parser.should_keep_alive())  # type: ignore[union-attr]
+
+    def on_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        if self.rechunk:
+            self.conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))  # type: ignore[union-attr]
+        else:
+            self.conn.transport.write(data)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        if self.done or self.upgraded:
+            return
+        if self.interim:
+            self.interim = False
+            return
+        if self.rechunk:
+            self.conn.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+        self.finish(self.upstream.parser.should_keep_alive())  # type: ignore[union-attr]
+
+    def _response_head(self, status: int, up: UpstreamConnection) -> bytes:
+        out = [b"HTTP/1.1 %d %b\r\n" % (status, self.reason)]
+        conn_tokens: set[bytes] | None = None
+        has_length = False
+        chunked = False
+        upgrade_to = b""
+        for name, value in self.rheaders:
+            lname = name.lower()
+            if lname in _HOP:
+                if lname == b"connection":
+                    conn_tokens = _tokens(value, conn_tokens)
+                elif lname == b"transfer-encoding":
+                    chunked = value.lower().rstrip().endswith(b"chunked")
+                elif lname == b"upgrade":
+                    upgrade_to = value
+                continue
+            if lname == b"content-length":
+                has_length = True
+            out.append(name + b": " + value + b"\r\n")
+        if conn_tokens:
+            out = [out[0]] + [
+                h for h in out[1:]
+                if (n := h.split(b":", 1)[0].lower()) not in conn_tokens or n in _PROTECTED]
+        if status == 101:
+            out.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_to + b"\r\n")
+        else:
+            if self.method != b"HEAD" and status != 204 and status != 304 and not has_length:
+                if chunked and self.http11:
+                    self.rechunk = True
+                    out.append(b"Transfer-Encoding: chunked\r\n")
+                else:
+                    # Body delimited by the end of the connection: so is ours.
+                    self.close_after = True
+            if self.set_cookie:
+                out.append(self.set_cookie)
+            if self.close_after or not self.keep_alive or not self.body_done:
+                self.close_after = True
+                out.append(b"Connection: close\r\n")
+            elif not self.http11:
+                out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    # -- failures ---------------------------------------------------------------------------
+    def response_timeout(self) -> None:
+        self.timer = None
+        if self.done or self.resp_started:
+            return
+        self.backend.stats.error("timeout")  # type: ignore[union-attr]
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.abort()
+        self.conn.local(self, 504, b"backend did not answer in time\n", keep=self.body_done)
+
+    def upstream_failed(self, up: UpstreamConnection, reason: str, detail: str) -> None:
+        """The backend broke the protocol: 502 (or abort if the response has begun)."""
+        if self.done:
+            return
+        log.warning("backend %s: %s", self.backend.key, detail)  # type: ignore[union-attr]
+        self.backend.stats.error(reason)  # type: ignore[union-attr]
+        self.upstream = None
+        up.abort()
+        if self.resp_started:
+            self.conn.abort_exchange(self)
+        else:
+            self.conn.local(self, 502, b"bad response from backend\n", keep=self.body_done)
+
+    def upstream_lost(self, up: UpstreamConnection, exc: Exception | None) -> None:
+        """The backend connection closed while this exchange used it."""
+        if self.done:
+            return
+        self.upstream = None
+        if self.upgraded:
+            self.conn.tunnel_closed()
+            return
+        if self.resp_started:
+            if self.close_after and not self.rechunk and not self.upgraded:
+                self.finish(False)  # EOF-delimited body: this close is its end
+            else:
+                self.backend.stats.error("reset")  # type: ignore[union-attr]
+                self.conn.abort_exchange(self)
+            return
+        self.backend.stats.error("reset")  # type: ignore[union-attr]
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        # Bytes may have reached the backend: only an idempotent request goes again.
+        if self.replayable and self.method in _IDEMPOTENT:
+            self.conn.retry(self)
+        else:
+            self.conn.local(self, 502, b"backend closed the connection\n", keep=self.body_done)
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The backend switched protocols: from now on both sockets are a tunnel."""
+        up = self.upstream
+        if up is None or self.done:
+            return
+        up.exchange = None
+        up.tunnel = self.conn
+        self.conn.start_tunnel(self, up)
+        if rest:
+            self.conn.transport.write(rest)  # type: ignore[union-attr]
+
+    def finish(self, upstream_keepalive: bool) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.release(upstream_keepalive and self.body_done and not self.upgraded)
+        self.conn.exchange_done(self, self.status)
+
+
+def _tokens(value: bytes, into: set[bytes] | None) -> set[bytes]:
+    toks = into if into is not None else set()
+    for t in value.split(b","):
+        t = t.strip().lower()
+        if t:
+            toks.add(t)
+    return toks
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = ("ctx", "loop", "transport", "parser", "parsing", "active", "queue",
+                 "_paused", "write_paused", "peer", "peer_b", "trusted", "_deadline",
+                 "_deadline_kind", "_timer", "tunnel", "closed", "upgrading")
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: Exchange | None = None
+        self.active: Exchange | None = None
+        self.queue: deque[Exchange] | None = None
+        self._paused = 0
+        self.write_paused = False
+        self.peer = "-"
+        self.peer_b = b""
+        self.trusted = False
+        self._deadline = 0.0
+        self._deadline_kind = 0  # 0 idle keep-alive, 1 reading a request head
+        self._timer: asyncio.TimerHandle | None = None
+        self.tunnel: UpstreamConnection | None = None
+        self.closed = False
+        self.upgrading = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ctx = self.ctx
+        if len(ctx.connections) >= ctx.max_connections or not ctx.accepting:
+            transport.abort()  # type: ignore[attr-defined]
+            self.closed = True
+            return
+        ctx.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = peer[0]
+            self.peer_b = self.peer.encode()
+            if ctx.trusted:
+                import ipaddress
+                ip = ipaddress.ip_address(self.peer)
+                self.trusted = any(ip in net for net in ctx.trusted)
+        self._set_deadline(0, ctx.client_idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)  # type: ignore[union-attr]
+            return
+        if self.upgrading:
+            ex = self.active
+            if ex is not None and ex.early is not None:
+                ex.early.append(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            ex = self.active if self.active is not None else (self.queue[-1] if self.queue else None)
+            if ex is not None and ex.upgrade and not ex.done:
+                self.upgrading = True
+                ex.early = [data[e.args[0]:]]
+                self.pause(QUEUED)
+        except httptools.HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, _LimitExceeded):
+                self._reject(cause.status, str(cause).encode() + b"\n")
+            else:
+                self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its request still gets the answer.
+        return True if self.active is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.tunnel is not None:
+            up, self.tunnel = self.tunnel, None
+            up.tunnel = None
+            up.close()
+        ex = self.active
+        if ex is not None and not ex.done:
+            self.abort_exchange(ex, status=499)
+        self.active = None
+        self.queue = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.active
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.pause_reading()
+        elif self.tunnel is not None:
+            self.tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.active
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.resume_reading()
+        elif self.tunnel is not None:
+            self.tunnel.resume_reading()
+
+    # -- flow control -----------------------------------------------------------------------
+    def pause(self, why: int) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._paused |= why
+
+    def unpause(self, why: int) -> None:
+        if self._paused & why:
+            self._paused &= ~why
+            if not self._paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    # -- timers: one handle per connection, re-armed lazily ----------------------------------
+    def _set_deadline(self, kind: int, timeout: float) -> None:
+        deadline = self.loop.time() + timeout
+        self._deadline = deadline
+        self._deadline_kind = kind
+        timer = self._timer
+        if timer is None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+        elif timer.when() > deadline:
+            timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed or not self._deadline:
+            return
+        now = self.loop.time()
+        if now < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        if self._deadline_kind == 1:
+            self._reject(408, b"request head not received in time\n")
+        else:
+            self.transport.close()  # type: ignore[union-attr]
+
+    # -- request parser callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(self)
+        if self.active is None:
+            self._set_deadline(1, self.ctx.client_header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        ex.url += url  # type: ignore[union-attr]
+        if len(ex.url) > self.ctx.max_request_line:  # type: ignore[union-attr]
+            raise _LimitExceeded(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        size = len(name) + len(value)
+        if size > self.ctx.max_header:
+            raise _LimitExceeded(431, "header field too large")
+        ex.header_bytes += size  # type: ignore[union-attr]
+        if ex.header_bytes > self.ctx.max_headers:  # type: ignore[union-attr]
+            raise _LimitExceeded(431, "request header block too large")
+        ex.headers.append((name, value))  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        parser = self.parser
+        ex.method = parser.get_method()  # type: ignore[union-attr]
+        ex.http11 = parser.get_http_version() == "1.1"  # type: ignore[union-attr]
+        ex.keep_alive = parser.should_keep_alive()  # type: ignore[union-attr]
+        ex.upgrade = parser.should_upgrade()  # type: ignore[union-attr]
+        self._prepare(ex)  # type: ignore[arg-type]
+        if self.active is None:
+            self._deadline = 0.0
+            self.active = ex
+            self._start(ex)  # type: ignore[arg-type]
+        else:
+            if self.queue is None:
+                self.queue = deque()
+            self.queue.append(ex)  # type: ignore[arg-type]
+            self.pause(QUEUED)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.parsing
+        if ex is not None and not ex.error:
+            ex.body(data)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            ex.body_end()
+
+    # -- one request -----------------------------------------------------------------------
+    def _prepare(self, ex: Exchange) -> None:
+        """Read the request head once: routing inputs and the head sent to the backend."""
+        ctx = self.ctx
+        method = ex.method
+        out = [method, b" ", b"", b" HTTP/1.1\r\n"]
+        host = b""
+        hosts = 0
+        cookie = None
+        conn_tokens: set[bytes] | None = None
+        xff = b""
+        rid = b""
+        has_body = chunked = False
+        upgrade_to = b""
+        for name, value in ex.headers:
+            lname = name.lower()
+            if lname in _REQ_SKIP:
+                if lname == b"host":
+                    host = value
+                    hosts += 1
+                elif lname == b"content-length":
+                    has_body = value != b"0"
+                    out.append(b"Content-Length: " + value + b"\r\n")
+                elif lname == b"transfer-encoding":
+                    has_body = chunked = True
+                elif lname == b"connection":
+                    conn_tokens = _tokens(value, conn_tokens)
+                elif lname == b"upgrade":
+                    upgrade_to = value
+                elif lname == b"x-forwarded-for":
+                    if self.trusted:
+                        xff = value if not xff else xff + b", " + value
+                elif lname == b"x-request-id":
+                    rid = value
+                elif self.trusted and lname in (b"x-forwarded-proto", b"x-forwarded-host"):
+                    out.append(name + b": " + value + b"\r\n")
+                continue
+            if lname == b"cookie":
+                cookie = value if cookie is None else cookie + b"; " + value
+            out.append(name + b": " + value + b"\r\n")
+        ex.cookie = cookie
+        ex.has_body = has_body
+        ex.chunked = chunked
+        if method == b"CONNECT":
+            ex.error = 405
+            return
+        if hosts != 1:
+            ex.error = 400
+            return
+        url = ex.url
+        if url[:1] != b"/":
+            if url == b"*":
+                pass
+            else:
+                # Absolute form: routed by its authority through our table, never dialled.
+                try:
+                    parsed = httptools.parse_url(url)
+                except httptools.HttpParserInvalidURLError:
+                    ex.error = 400
+                    return
+                if not parsed.host:
+                    ex.error = 400
+                    return
+                host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+                ex.url = url
+        ex.host = host
+        out[2] = url
+        if conn_tokens:
+            conn_tokens -= _PROTECTED
+            if conn_tokens:
+                out = out[:4] + [h for h in out[4:]
+                                 if h.split(b":", 1)[0].lower() not in conn_tokens]
+        out.append(b"Host: " + host + b"\r\n")
+        if self.trusted and xff:
+            out.append(b"X-Forwarded-For: " + xff + b", " + self.peer_b + b"\r\n")
+        else:
+            out.append(b"X-Forwarded-For: " + self.peer_b + b"\r\n")
+        if not self.trusted or not any(h[:19].lower() == b"x-forwarded-proto: " for h in out[4:]):
+            out.append(b"X-Forwarded-Proto: http\r\n")
+        if not self.trusted or not any(h[:18].lower() == b"x-forwarded-host: " for h in out[4:]):
+            out.append(b"X-Forwarded-Host: " + host + b"\r\n")
+        if not rid or not _REQUEST_ID_RE.match(rid):
+            rid = ctx.request_id()
+        ex.request_id = rid
+        out.append(b"X-Request-ID: " + rid + b"\r\n")
+        if chunked:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        if ex.upgrade:
+            out.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_to + b"\r\n")
+        out.append(b"\r\n")
+        ex.head = b"".join(out)
+
+    def _start(self, ex: Exchange) -> None:
+        ex.started = self.loop.time()
+        if ex.error:
+            if ex.error == 405:
+                self.local(ex, 405, b"CONNECT is not supported\n", keep=False,
+                           extra=b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
+            else:
+                self.local(ex, 400, b"missing or repeated Host header\n", keep=False)
+            return
+        table = self.ctx.table
+        url = ex.url
+        q = url.find(b"?")
+        app = table.lookup(ex.host, url if q < 0 else url[:q])
+        if app is None:
+            self.ctx.unrouted.count("", 404)
+            host = ex.host.decode("latin-1")[:200]
+            self.local(ex, 404, f"no route for host {host!r}\n".encode(), keep=True, counted=True)
+            return
+        ex.app = app
+        if not self._choose(ex, app):
+            self.ctx.unrouted.count(app.name, 503)
+            self.local(ex, 503, b"no healthy backend for this app\n", keep=True,
+                       extra=b"Retry-After: 5\r\n", counted=True)
+            return
+        self._send(ex)
+
+    def _choose(self, ex: Exchange, app: "App") -> bool:
+        """Pick service and backend: the sticky pin first, then by weight (SPEC 4.3)."""
+        codec = self.ctx.codec
+        now = 0
+        if app.sticky and ex.cookie is not None:
+            token = cookie_value(ex.cookie, self.ctx.cookie_eq)
+            if token is not None:
+                now = int(time.time())
+                pin = codec.verify(app.name_b, token, now)
+                if pin is not None:
+                    svc = app.by_token.get(pin.service_id)
+                    if svc is not None and not (
+                            svc.zero_since is not None and app.drain_timeout is not None
+                            and time.monotonic() - svc.zero_since >= app.drain_timeout):
+                        be = svc.by_token.get(pin.backend_id)
+                        if be is not None and be.healthy:
+                            if now - pin.seen >= codec.refresh_after:
+                                ex.set_cookie = self._cookie(app, svc, be, pin.issued, now)
+                        else:
+                            be = svc.pick()
+                            if be is not None:
+                                ex.set_cookie = self._cookie(app, svc, be, now, now)
+                        if be is not None:
+                            svc.stats.sticky += 1
+                            self._assign(ex, svc, be)
+                            return True
+        svc = app.pick()
+        if svc is None:
+            return False
+        be = svc.pick()
+        if be is None:
+            return False
+        if app.sticky:
+            now = now or int(time.time())
+            ex.set_cookie = self._cookie(app, svc, be, now, now)
+        self._assign(ex, svc, be)
+        return True
+
+    def _cookie(self, app: "App", svc: "Service", be: "Backend", issued: int, now: int) -> bytes:
+        token = self.ctx.codec.issue(app.name_b, svc.token_id, be.token_id, issued, now)
+        return self.ctx.set_cookie_prefix + token + b"; Path=/; HttpOnly; SameSite=Lax\r\n"
+
+    @staticmethod
+    def _assign(ex: Exchange, svc: "Service", be: "Backend") -> None:
+        ex.service = svc
+        ex.backend = be
+        ex.attempts += 1
+        be.inflight += 1
+        svc.stats.inflight += 1
+
+    @staticmethod
+    def _unassign(ex: Exchange) -> None:
+        be = ex.backend
+        if be is not None:
+            be.inflight -= 1
+            ex.service.stats.inflight -= 1  # type: ignore[union-attr]
+
+    def _send(self, ex: Exchange) -> None:
+        be = ex.backend
+        conn = self.ctx.pool.get(be.key)  # type: ignore[union-attr]
+        if conn is not None:
+            self._attach(ex, conn)
+        else:
+            self.loop.create_task(self._connect(ex, be))  # type: ignore[arg-type]
+
+    async def _connect(self, ex: Exchange, be: "Backend") -> None:
+        try:
+            conn = await self.ctx.pool.connect(be.key, be.host, be.port)
+        except (OSError, TimeoutError) as e:
+            if ex.done or ex.backend is not be:
+                return
+            reason = "connect_timeout" if isinstance(e, TimeoutError) else "connect"
+            be.stats.error(reason)
+            log.warning("backend %s: cannot connect: %s", be.key, e or "timeout")
+            self.retry(ex)
+            return
+        if ex.done or ex.backend is not be or self.closed:
+            conn.release(True)
+            return
+        self._attach(ex, conn)
+
+    def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        ex.upstream = conn
+        conn.attach(ex)
+        if self.write_paused:
+            conn.pause_reading()
+        t = conn.transport
+        ex.sent = True
+        if ex.buf:
+            if ex.chunked:
+                t.write(ex.head + b"".join(b"%x\r\n%b\r\n" % (len(d), d) for d in ex.buf))  # type: ignore[union-attr]
+            else:
+                t.write(ex.head + b"".join(ex.buf))  # type: ignore[union-attr]
+        else:
+            t.write(ex.head)  # type: ignore[union-attr]
+        self.unpause(BODY_BUFFERED)
+        if ex.body_done:
+            if ex.chunked:
+                t.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+            ex.timer = self.loop.call_later(self.ctx.response_timeout, ex.response_timeout)
+
+    def retry(self, ex: Exchange) -> None:
+        """Another backend of the same service, then another service, at most 2 retries."""
+        be = ex.backend
+        svc = ex.service
+        app = ex.app
+        if ex.tried is None:
+            ex.tried = []
+        ex.tried.append(be)  # type: ignore[arg-type]
+        nbe = None
+        nsvc = svc
+        if ex.attempts < MAX_ATTEMPTS and ex.replayable:
+            nbe = svc.pick(ex.tried)  # type: ignore[union-attr]
+            if nbe is None:
+                tried = ex.tried
+                exhausted = [s for s in app.services if all(b in tried for b in s.healthy)]  # type: ignore[union-attr]
+                nsvc = app.pick(exhausted)  # type: ignore[union-attr]
+                nbe = nsvc.pick(tried) if nsvc is not None else None
+        if nbe is None:
+            # Counted on the last backend tried.
+            self.local(ex, 502, b"no backend could be reached\n", keep=ex.body_done)
+            return
+        svc.stats.retries += 1  # type: ignore[union-attr]
+        self._unassign(ex)
+        ex.upstream = None
+        if app.sticky:  # type: ignore[union-attr]
+            now = int(time.time())
+            ex.set_cookie = self._cookie(app, nsvc, nbe, now, now)  # type: ignore[arg-type]
+        self._assign(ex, nsvc, nbe)  # type: ignore[arg-type]
+        self._send(ex)
+
+    # -- endings ---------------------------------------------------------------------------
+    def local(self, ex: Exchange, status: int, body: bytes, keep: bool,
+              extra: bytes = b"", counted: bool = False) -> None:
+        """Answer a request ourselves (404, 502, 503, 504, ...)."""
+        if ex.done:
+            return
+        ex.done = True
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        ex.status = status
+        close = not (keep and ex.keep_alive and ex.body_done and not ex.upgrade)
+        if self.transport is not None and not self.closed:
+            self.transport.write(
+                b"HTTP/1.1 %d %b\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\n%b%b\r\n%b"
+                % (status, _REASONS.get(status, b"Error"), len(body), extra,
+                   b"Connection: close\r\n" if close else b"", body))
+        ex.close_after = close
+        if not counted and ex.backend is None and ex.app is not None:
+            self.ctx.unrouted.count(ex.app.name, status)
+        elif not counted and ex.backend is None:
+            self.ctx.unrouted.count("", status)
+        self.exchange_done(ex, status)
+
+    def _reject(self, status: int, body: bytes) -> None:
+        """A request we cannot even parse: answer in order, then close."""
+        ex = self.parsing or Exchange(self)
+        self.parsing = None
+        ex.error = status
+        ex.keep_alive = False
+        ex.body_done = True
+        ex.method = b"-"
+        ex.http11 = True
+        ex.upgrade = False
+        ex.host = b""
+        self.pause(QUEUED)
+        if self.active is None:
+            self.active = ex
+            ex.started = self.loop.time()
+            self.ctx.unrouted.count("", status)
+            self.local(ex, status, body, keep=False, counted=True)
+        else:
+            # Answered after the requests before it; nothing after it is forwarded.
+            ex.head = body
+            if self.queue is None:
+                self.queue = deque()
+            self.queue.append(ex)
+
+    def abort_exchange(self, ex: Exchange, status: int = 502) -> None:
+        """The response cannot be completed: drop the client (never a short 'complete' body)."""
+        if ex.done:
+            return
+        ex.done = True
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        up = ex.upstream
+        ex.upstream = None
+        if up is not None:
+            up.abort()
+        ex.status = status if not ex.resp_started or status == 499 else ex.status
+        self._account(ex, ex.status)
+        self.active = None
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def exchange_done(self, ex: Exchange, status: int) -> None:
+        self._account(ex, status)
+        if self.active is ex:
+            self.active = None
+        if self.closed:
+            return
+        if ex.close_after or not ex.keep_alive or not ex.body_done:
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        q = self.queue
+        if q:
+            nxt = q.popleft()
+            self.active = nxt
+            if nxt.error and nxt.method == b"-":
+                nxt.started = self.loop.time()
+                self.ctx.unrouted.count("", nxt.error)
+                self.local(nxt, nxt.error, nxt.head, keep=False, counted=True)
+            else:
+                self._start(nxt)
+            return
+        self.unpause(QUEUED)
+        if self.parsing is None:
+            self._set_deadline(0, self.ctx.client_idle_timeout)
+        else:
+            self._set_deadline(1, self.ctx.client_header_timeout)
+
+    def _account(self, ex: Exchange, status: int) -> None:
+        be = ex.backend
+        if be is not None:
+            be.inflight -= 1
+            svc = ex.service
+            st = svc.stats  # type: ignore[union-attr]
+            st.inflight -= 1
+            be.stats.count(status)
+            st.observe(self.loop.time() - ex.started)
+        if self.ctx.log_access is not None:
+            self.ctx.log_access(ex, status)
+
+    # -- WebSocket and other upgrades --------------------------------------------------------
+    def start_tunnel(self, ex: Exchange, up: UpstreamConnection) -> None:
+        self.tunnel = up
+        self.upgrading = False
+        ex.upstream = None
+        early = ex.early
+        ex.early = None
+        ex.done = True
+        self._account(ex, 101)
+        ex.backend = None
+        self.active = None
+        if early:
+            up.transport.write(b"".join(early))  # type: ignore[union-attr]
+        self._paused = 0
+        self.transport.resume_reading()  # type: ignore[union-attr]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.write_paused:
+            up.pause_reading()
+
+    def tunnel_closed(self) -> None:
+        self.tunnel = None
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+
+def _log_json(ex: Exchange, status: int) -> None:
+    access_log.info(json.dumps({
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "remote": ex.conn.peer,
+        "method": ex.method.decode("latin-1"),
+        "uri": ex.url.decode("latin-1"),
+        "host": ex.host.decode("latin-1") if ex.host else "",
+        "status": status,
+        "app": ex.app.name if ex.app else "",
+        "service": ex.service.name if ex.service else "",
+        "backend": ex.backend.key if ex.backend else "",
+        "duration_ms": round((ex.conn.loop.time() - ex.started) * 1000, 3),
+        "request_id": ex.request_id.decode("latin-1") if ex.request_id else "",
+    }))
+
+
+def _log_combined(ex: Exchange, status: int) -> None:
+    ua = ref = b"-"
+    for name, value in ex.headers:
+        lname = name.lower()
+        if lname == b"user-agent":
+            ua = value
+        elif lname == b"referer":
+            ref = value
+    access_log.info('%s - - [%s] "%s %s HTTP/1.1" %d - "%s" "%s"',
+                    ex.conn.peer, time.strftime("%d/%b/%Y:%H:%M:%S %z"),
+                    ex.method.decode("latin-1"), ex.url.decode("latin-1"), status,
+                    ref.decode("latin-1"), ua.decode("latin-1"))
+
+
+def setup_access_log() -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False

@@ -1,0 +1,147 @@
+"""Signed, opaque session-stickiness tokens (SPEC 4.3).
+
+A token pins a client to one backend of one service of one app. It is::
+
+    base64url( version(1) | service id(6) | backend id(6) | issued(4) | last seen(4) | mac(12) )
+
+44 characters, no padding. The ids are truncated HMACs of the names, so the token reveals no
+address and no service name; the MAC covers the app name too, so a token minted for one app
+is worthless for another. ``issued`` enforces ``max_life`` and ``last seen`` ``max_idle``
+(HAProxy's ``cookie ... maxidle maxlife``); the router re-issues the cookie when ``last seen``
+is older than a quarter of ``max_idle``, so an active client never expires while an idle
+one does, without a Set-Cookie on every response.
+
+Anything that does not verify (wrong length, bad base64, bad MAC, unknown version, expired,
+issued in the future) is treated as no cookie at all.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import struct
+from typing import NamedTuple
+
+log = logging.getLogger("router.error")
+
+VERSION = 1
+ID_LEN = 6
+MAC_LEN = 12
+_BODY = struct.Struct(">B6s6sII")
+TOKEN_LEN = 44  # base64 of 21 + 12 bytes
+_CLOCK_SKEW = 60  # seconds a token may claim to come from the future (replicas' clocks)
+
+_b64decode = binascii.a2b_base64
+
+
+class Pin(NamedTuple):
+    service_id: bytes
+    backend_id: bytes
+    issued: int
+    seen: int
+
+
+class TokenCodec:
+    """Issues and verifies tokens with one secret and one cookie policy."""
+
+    __slots__ = ("_secret", "max_idle", "max_life", "refresh_after")
+
+    def __init__(self, secret: bytes, max_idle: float, max_life: float) -> None:
+        if len(secret) < 16:
+            raise ValueError("sticky secret must be at least 16 bytes")
+        self._secret = secret
+        self.max_idle = int(max_idle)
+        self.max_life = int(max_life)
+        self.refresh_after = max(1, self.max_idle // 4)
+
+    def _id(self, *parts: str) -> bytes:
+        msg = "\0".join(parts).encode()
+        return hmac.digest(self._secret, b"id\0" + msg, hashlib.sha256)[:ID_LEN]
+
+    def service_id(self, app: str, service: str) -> bytes:
+        return self._id(app, service)
+
+    def backend_id(self, app: str, service: str, backend: str) -> bytes:
+        return self._id(app, service, backend)
+
+    def issue(self, app: bytes, service_id: bytes, backend_id: bytes, issued: int, now: int) -> bytes:
+        """A token for ``app`` (the app name, encoded) as cookie-value bytes."""
+        body = _BODY.pack(VERSION, service_id, backend_id, issued, now)
+        mac = hmac.digest(self._secret, app + b"\0" + body, hashlib.sha256)[:MAC_LEN]
+        return binascii.b2a_base64(body + mac, newline=False).replace(b"+", b"-").replace(b"/", b"_")
+
+    def verify(self, app: bytes, token: bytes, now: int) -> Pin | None:
+        if len(token) != TOKEN_LEN:
+            return None
+        try:
+            raw = _b64decode(token.replace(b"-", b"+").replace(b"_", b"/"))
+        except (binascii.Error, ValueError):
+            return None
+        body = raw[:-MAC_LEN]
+        mac = hmac.digest(self._secret, app + b"\0" + body, hashlib.sha256)[:MAC_LEN]
+        if not hmac.compare_digest(mac, raw[-MAC_LEN:]):
+            return None
+        version, sid, bid, issued, seen = _BODY.unpack(body)
+        if version != VERSION:
+            return None
+        if issued > now + _CLOCK_SKEW or seen > now + _CLOCK_SKEW or seen < issued:
+            return None
+        if now - issued > self.max_life or now - seen > self.max_idle:
+            return None
+        return Pin(sid, bid, issued, seen)
+
+
+def cookie_value(cookie_header: bytes, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in one ``Cookie`` header, or None.
+
+    ``name`` is ``b"CONTAINERID="``-style (name plus equals sign), matched at a cookie
+    boundary so ``XCONTAINERID=`` does not count.
+    """
+    start = 0
+    while True:
+        i = cookie_header.find(name, start)
+        if i < 0:
+            return None
+        if i == 0 or cookie_header[i - 1] in b" ;\t":
+            j = i + len(name)
+            end = cookie_header.find(b";", j)
+            value = cookie_header[j:] if end < 0 else cookie_header[j:end]
+            return value.strip().strip(b'"')
+        start = i + 1
+
+
+def load_or_create_secret(path: str | None) -> bytes:
+    """The HMAC secret: from ``path`` if it exists, else created there (mode 0600).
+
+    With no path a random per-process secret is used: fine for one process, and the
+    multi-worker and replica setups always pass a path or a store.
+    """
+    if path is None:
+        return os.urandom(32)
+    try:
+        with open(path, "rb") as f:
+            data = f.read().strip()
+        if len(data) < 16:
+            raise ValueError(f"{path}: sticky secret shorter than 16 bytes")
+        return data
+    except FileNotFoundError:
+        pass
+    secret = binascii.hexlify(os.urandom(32))
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, secret + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # atomic create-if-absent: a racing process keeps the winner's secret
+    except FileExistsError:
+        os.unlink(tmp)
+        return load_or_create_secret(path)
+    os.unlink(tmp)
+    log.info("created sticky secret %s", path)
+    return secret

@@ -1,0 +1,202 @@
+"""The immutable routing table: (host, path prefix) -> app -> services -> backends.
+
+A table is built from the configured apps whenever anything changes (a reload, an admin
+call, a backend's health) and swapped in with one assignment; a request reads the table once
+and uses only that object (STYLE 2). Everything a request needs that does not depend on the
+request itself is computed here, once per snapshot: the byte keys for host lookup, the
+candidate services and their balancer, each service's healthy backends, the ids used in
+stickiness tokens.
+
+What must outlive a snapshot -- a backend's requests in flight, its health, the counters
+behind the metrics, when a service's weight dropped to 0 -- lives in ``Backend`` and
+``ServiceStats`` objects that the builder hands from one table to the next.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from .balancer import LeastInFlight, SmoothWeightedRoundRobin
+from .config import AppConfig, split_hostport
+from .metrics import BackendStats, ServiceStats
+from .sticky import TokenCodec
+
+
+class Backend:
+    """One backend address of one service; shared by every snapshot that contains it."""
+
+    __slots__ = ("key", "host", "port", "inflight", "healthy", "stats", "token_id")
+
+    def __init__(self, key: str, token_id: bytes) -> None:
+        self.key = key
+        self.host, self.port = split_hostport(key)
+        self.inflight = 0
+        self.healthy = True
+        self.stats = BackendStats()
+        self.token_id = token_id
+
+    def __repr__(self) -> str:
+        return f"Backend({self.key!r}, inflight={self.inflight}, healthy={self.healthy})"
+
+
+class Service:
+    """A service as one snapshot sees it."""
+
+    __slots__ = ("name", "weight", "backends", "healthy", "by_token", "token_id", "stats",
+                 "zero_since", "_picker")
+
+    def __init__(self, name: str, weight: int, backends: tuple[Backend, ...], token_id: bytes,
+                 stats: ServiceStats, zero_since: float | None) -> None:
+        self.name = name
+        self.weight = weight
+        self.backends = backends
+        self.healthy = tuple(b for b in backends if b.healthy)
+        self.by_token = {b.token_id: b for b in backends}
+        self.token_id = token_id
+        self.stats = stats
+        self.zero_since = zero_since
+        self._picker = LeastInFlight(self.healthy)
+
+    def pick(self, exclude: object = None) -> Backend | None:
+        """The healthy backend with the fewest requests in flight."""
+        return self._picker.pick(exclude)
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r}, weight={self.weight})"
+
+
+class App:
+    """An app as one snapshot sees it."""
+
+    __slots__ = ("name", "name_b", "sticky", "drain_timeout", "services", "by_token",
+                 "by_name", "_wrr")
+
+    def __init__(self, cfg: AppConfig, services: tuple[Service, ...]) -> None:
+        self.name = cfg.name
+        self.name_b = cfg.name.encode()
+        self.sticky = cfg.session_sticky
+        self.drain_timeout = cfg.drain_timeout
+        self.services = services
+        self.by_token = {s.token_id: s for s in services}
+        self.by_name = {s.name: s for s in services}
+        # Candidates: weight > 0 and at least one healthy backend (SPEC 4.1).
+        self._wrr = SmoothWeightedRoundRobin([s for s in services if s.weight > 0 and s.healthy])
+
+    def pick(self, exclude: object = None) -> Service | None:
+        """The next service by smooth weighted round robin, or None if none can serve."""
+        return self._wrr.pick(exclude)
+
+    @property
+    def candidates(self) -> tuple[Service, ...]:
+        return self._wrr.items
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r})"
+
+
+class _Host:
+    """The routes of one host: the app for "/", or prefixes longest first."""
+
+    __slots__ = ("root", "prefixes")
+
+    def __init__(self) -> None:
+        self.root: App | None = None
+        self.prefixes: list[tuple[bytes, bytes, App]] = []  # (prefix, prefix + "/", app)
+
+    def match(self, path: bytes) -> App | None:
+        for prefix, prefix_slash, app in self.prefixes:
+            if path == prefix or path.startswith(prefix_slash):
+                return app
+        return self.root
+
+
+class RoutingTable:
+    """Host and path prefix to app; immutable once built."""
+
+    __slots__ = ("generation", "apps", "_hosts")
+
+    def __init__(self, generation: int, apps: dict[str, App], hosts: dict[bytes, _Host]) -> None:
+        self.generation = generation
+        self.apps = apps
+        self._hosts = hosts
+
+    def lookup(self, host: bytes, path: bytes) -> App | None:
+        """The app for a ``Host`` header value and a request path (no query)."""
+        entry = self._hosts.get(host)
+        if entry is None:
+            entry = self._hosts.get(normalize_host(host))
+            if entry is None:
+                return None
+        if not entry.prefixes:
+            return entry.root
+        return entry.match(path)
+
+
+def normalize_host(host: bytes) -> bytes:
+    """Lower case, no port, no trailing dot: ``Shop.Example.com.:8080`` -> ``shop.example.com``."""
+    host = host.strip().lower()
+    if host.startswith(b"["):  # IPv6 literal
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    colon = host.rfind(b":")
+    if colon >= 0:
+        host = host[:colon]
+    return host.rstrip(b".")
+
+
+class TableBuilder:
+    """Builds successive tables, carrying per-backend and per-service state across them."""
+
+    def __init__(self, codec: TokenCodec) -> None:
+        self._codec = codec
+        self._backends: dict[tuple[str, str, str], Backend] = {}
+        self._stats: dict[tuple[str, str], ServiceStats] = {}
+        self._zero_since: dict[tuple[str, str], float] = {}
+
+    def backend(self, app: str, service: str, key: str) -> Backend | None:
+        return self._backends.get((app, service, key))
+
+    def build(self, apps: Iterable[AppConfig], generation: int) -> RoutingTable:
+        now = time.monotonic()
+        backends: dict[tuple[str, str, str], Backend] = {}
+        stats: dict[tuple[str, str], ServiceStats] = {}
+        zero_since: dict[tuple[str, str], float] = {}
+        built: dict[str, App] = {}
+        hosts: dict[bytes, _Host] = {}
+        for cfg in apps:
+            services = []
+            for scfg in cfg.services:
+                skey = (cfg.name, scfg.name)
+                bes = []
+                for addr in scfg.backends:
+                    bkey = (cfg.name, scfg.name, addr)
+                    be = self._backends.get(bkey)
+                    if be is None:
+                        be = Backend(addr, self._codec.backend_id(cfg.name, scfg.name, addr))
+                    backends[bkey] = be
+                    bes.append(be)
+                st = stats[skey] = self._stats.get(skey) or ServiceStats()
+                zs = None
+                if scfg.weight == 0:
+                    zs = zero_since[skey] = self._zero_since.get(skey, now)
+                services.append(Service(scfg.name, scfg.weight, tuple(bes),
+                                        self._codec.service_id(cfg.name, scfg.name), st, zs))
+            app = App(cfg, tuple(services))
+            built[cfg.name] = app
+            for route in cfg.routes:
+                entry = hosts.setdefault(route.host.encode(), _Host())
+                if route.path == "/":
+                    entry.root = app
+                else:
+                    p = route.path.encode()
+                    entry.prefixes.append((p, p + b"/", app))
+        for entry in hosts.values():
+            entry.prefixes.sort(key=lambda t: len(t[0]), reverse=True)
+        self._backends = backends
+        self._stats = stats
+        self._zero_since = zero_since
+        return RoutingTable(generation, built, hosts)
+
+    def all_backends(self) -> Iterable[Backend]:
+        return self._backends.values()
