@@ -969,6 +969,32 @@ def _parse_admin(data: dict[str, object], source: str, base_dir: str | None) -> 
     return AdminConfig(host=host, port=port, token_file=token_file, token=token)
 
 
+# router.sticky.load_or_create_secret refuses shorter secrets: an HMAC key needs some entropy.
+_MIN_SECRET_BYTES = 16
+
+
+def _check_sticky_secret_file(name: str, source: str) -> None:
+    """Fail at load, not on first use: the secret file is read, or created when absent."""
+    path = "sticky.secret_file"
+    try:
+        with open(name, "rb") as fh:
+            secret = fh.read().strip()
+    except FileNotFoundError:
+        directory = os.path.dirname(os.path.abspath(name))
+        if not os.path.isdir(directory):
+            raise ConfigError(
+                path, f"file does not exist and cannot be created: no directory {directory}",
+                name, source,
+            ) from None
+        return
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read file: {exc}", name, source) from None
+    if len(secret) < _MIN_SECRET_BYTES:
+        raise ConfigError(
+            path, f"secret is shorter than {_MIN_SECRET_BYTES} bytes", name, source
+        )
+
+
 def _parse_sticky(data: dict[str, object], source: str, base_dir: str | None) -> StickyConfig:
     m = _section(data, "sticky", "", _STICKY_KEYS, source)
     default = StickyConfig()
@@ -986,7 +1012,7 @@ def _parse_sticky(data: dict[str, object], source: str, base_dir: str | None) ->
     secret_file: str | None = None
     if m.get("secret_file") is not None:
         secret_file = _resolve_file(_str(m["secret_file"], "sticky.secret_file", source), base_dir)
-        _read_secret_file(secret_file, "sticky.secret_file", source)  # fail at load, not on use
+        _check_sticky_secret_file(secret_file, source)
     return StickyConfig(
         cookie=cookie,
         max_idle=_positive_duration(m["max_idle"], "sticky.max_idle", source)

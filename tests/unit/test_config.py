@@ -247,7 +247,7 @@ def test_admin_token_file_wins_over_env(tmp_path: Path, monkeypatch: pytest.Monk
 def test_relative_files_resolve_next_to_the_config(tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "token").write_text("t0k\n")
-    (tmp_path / "secrets" / "sticky").write_text("k3y\n")
+    (tmp_path / "secrets" / "sticky").write_text("0123456789abcdef0123\n")
     cfg = load_text(tmp_path, """\
         admin: {listen: "10.1.2.3:9090", token_file: secrets/token}
         sticky: {secret_file: secrets/sticky}
@@ -498,6 +498,8 @@ BAD_FILES = [
     ("cidr-host-bits", "trusted_proxies: [10.0.0.0/8, 10.1.0.0/8]\n", "trusted_proxies[1]",
      "10.1.0.0/8"),
     ("cookie", "sticky: {cookie: 'my cookie'}\n", "sticky.cookie", "my cookie"),
+    ("secret-no-dir", "sticky: {secret_file: /nonexistent/dir/key}\n", "sticky.secret_file",
+     "/nonexistent/dir/key"),
     ("cookie-long", f"sticky: {{cookie: {'c' * 65}}}\n", "sticky.cookie", "c" * 65),
     ("admin-off-loopback", "admin: {listen: 0.0.0.0:9090}\n", "admin.token_file", None),
     ("token-file-missing", "admin: {token_file: /nonexistent/router-token}\n",
@@ -646,6 +648,17 @@ def test_not_utf8(tmp_path: Path) -> None:
         load_config(str(file))
     assert exc.value.path == ""
     assert exc.value.reason == "not UTF-8 text: invalid continuation byte at byte 11"
+
+
+def test_sticky_secret_file_may_be_created_later_but_not_short(tmp_path: Path) -> None:
+    # router.sticky creates a missing secret file; one that exists must hold 16 bytes or more.
+    cfg = config_from_dict({"sticky": {"secret_file": str(tmp_path / "new.key")}})
+    assert cfg.sticky.secret_file == str(tmp_path / "new.key")
+    (tmp_path / "short.key").write_text("k3y\n")
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"sticky": {"secret_file": str(tmp_path / "short.key")}})
+    assert (exc.value.path, exc.value.reason) == ("sticky.secret_file",
+                                                  "secret is shorter than 16 bytes")
 
 
 def test_empty_token_file(tmp_path: Path) -> None:
