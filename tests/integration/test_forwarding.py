@@ -1,0 +1,227 @@
+"""Forwarding: headers the backend sees, streamed bodies, WebSocket, framing, pipelining."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import aiohttp
+
+from tests.conftest import app_config, get, pattern, router_config
+
+
+async def _one_backend(backend, router, **top):
+    be = await backend("blue")
+    srv = await router(router_config({"shop": app_config({"web": (1, [be.addr])}, sticky=False)}, **top))
+    return be, srv
+
+
+async def raw(srv, data: bytes, read_until_close: bool = True, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to the router; everything it answers until it closes (or timeout)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write(data)
+    await writer.drain()
+    out = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                out += chunk
+                if not read_until_close:
+                    break
+    except TimeoutError:
+        pass
+    writer.close()
+    return out
+
+
+def _headers(body: bytes) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k, v in json.loads(body)["headers"]:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+async def test_headers_seen_by_backend(backend, router):
+    be, srv = await _one_backend(backend, router)
+    async with aiohttp.ClientSession() as s:
+        status, _, body = await get(s, srv, "/echo?x=1", headers={
+            "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil", "X-Forwarded-Proto": "https",
+            "Connection": "keep-alive, X-Drop-Me, X-Forwarded-For, Host",
+            "X-Drop-Me": "1", "Keep-Alive": "timeout=5", "TE": "trailers", "X-Keep": "yes",
+            "Proxy-Connection": "keep-alive"})
+    assert status == 200
+    h = _headers(body)
+    assert json.loads(body)["path"] == "/echo?x=1"
+    # The peer is not a trusted proxy: the router's own values replace the client's.
+    assert h["x-forwarded-for"] == ["127.0.0.1"]
+    assert h["x-forwarded-proto"] == ["http"]
+    assert h["x-forwarded-host"] == ["app.test"]
+    assert h["host"] == ["app.test"]
+    assert h["x-keep"] == ["yes"]
+    for gone in ("x-drop-me", "keep-alive", "te", "proxy-connection", "connection"):
+        assert gone not in h, gone
+    rid = h["x-request-id"][0]
+    assert 8 <= len(rid) <= 128
+
+
+async def test_request_id_kept_when_sane(backend, router):
+    be, srv = await _one_backend(backend, router)
+    async with aiohttp.ClientSession() as s:
+        _, _, body = await get(s, srv, "/echo", headers={"X-Request-ID": "abc-123"})
+        assert _headers(body)["x-request-id"] == ["abc-123"]
+        _, _, body = await get(s, srv, "/echo", headers={"X-Request-ID": "bad id with spaces"})
+        assert _headers(body)["x-request-id"] != ["bad id with spaces"]
+        _, _, b1 = await get(s, srv, "/echo")
+        _, _, b2 = await get(s, srv, "/echo")
+        assert _headers(b1)["x-request-id"] != _headers(b2)["x-request-id"]
+
+
+async def test_trusted_proxy_xff_is_appended(backend, router):
+    be, srv = await _one_backend(backend, router, trusted_proxies=["127.0.0.0/8"])
+    async with aiohttp.ClientSession() as s:
+        _, _, body = await get(s, srv, "/echo", headers={
+            "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
+    h = _headers(body)
+    assert h["x-forwarded-for"] == ["203.0.113.7, 127.0.0.1"]
+    assert h["x-forwarded-proto"] == ["https"]
+
+
+async def test_large_upload_and_download_streamed(backend, router):
+    size = 32 * 1024 * 1024
+    be, srv = await _one_backend(backend, router)
+    data = pattern(size)
+    want = hashlib.sha256(data).hexdigest()
+
+    async def gen():
+        for i in range(0, size, 1 << 20):
+            yield data[i:i + (1 << 20)]
+
+    async with aiohttp.ClientSession() as s:
+        # Content-Length upload.
+        status, _, body = await get(s, srv, "/upload", method="POST", data=data)
+        assert status == 200 and json.loads(body) == {"sha256": want, "size": size, "backend": "blue"}
+        # Chunked upload.
+        status, _, body = await get(s, srv, "/upload", method="PUT", data=gen())
+        assert status == 200 and json.loads(body)["sha256"] == want
+        # Content-Length and chunked downloads.
+        for chunked in ("0", "1"):
+            async with s.get(f"http://127.0.0.1:{srv.port}/download?size={size}&chunked={chunked}",
+                             headers={"Host": "app.test"}) as r:
+                assert r.status == 200
+                assert (r.headers.get("Transfer-Encoding") == "chunked") == (chunked == "1")
+                h = hashlib.sha256()
+                n = 0
+                async for chunk in r.content.iter_any():
+                    h.update(chunk)
+                    n += len(chunk)
+            assert (n, h.hexdigest()) == (size, want)
+
+
+async def test_websocket_echo(backend, router):
+    be, srv = await _one_backend(backend, router)
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"http://127.0.0.1:{srv.port}/ws", headers={"Host": "app.test"}) as ws:
+            for i in range(5):
+                await ws.send_str(f"hello {i}")
+                assert await ws.receive_str() == f"blue:hello {i}"
+            payload = pattern(300_000)
+            await ws.send_bytes(payload)
+            assert await ws.receive_bytes() == payload
+    # The tunnel is not a pooled connection.
+    assert srv.pool.idle_count(be.addr) == 0
+
+
+async def test_head_204_304_keep_connection_usable(backend, router):
+    be, srv = await _one_backend(backend, router)
+    req = (b"HEAD /download?size=1000 HTTP/1.1\r\nHost: app.test\r\n\r\n"
+           b"GET /status/204 HTTP/1.1\r\nHost: app.test\r\n\r\n"
+           b"GET /status/304 HTTP/1.1\r\nHost: app.test\r\n\r\n"
+           b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    out = await raw(srv, req)
+    parts = out.split(b"HTTP/1.1 ")[1:]
+    assert [p[:3] for p in parts] == [b"200", b"204", b"304", b"200"]
+    assert b"Content-Length: 1000" in parts[0]
+    assert parts[3].endswith(b"\r\n\r\nblue\n")
+    assert be.connections == 1  # the HEAD answer did not spoil the pooled connection
+
+
+async def test_pipelined_requests_answered_in_order(backend, router):
+    be, srv = await _one_backend(backend, router)
+    req = b"".join(
+        b"GET /slow?delay=%s HTTP/1.1\r\nHost: app.test\r\n\r\n" % d for d in (b"0.3", b"0", b"0.1"))
+    req += b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    out = await raw(srv, req)
+    parts = out.split(b"HTTP/1.1 200 OK")
+    assert len(parts) == 5
+    assert [p.endswith(b"blue\n") for p in parts[1:4]] == [True] * 3
+    assert json.loads(parts[4].split(b"\r\n\r\n", 1)[1])["body"] == "hello"
+
+
+async def test_http10_client_gets_plain_body_and_close(backend, router):
+    be, srv = await _one_backend(backend, router)
+    out = await raw(srv, b"GET /download?size=100000&chunked=1 HTTP/1.0\r\nHost: app.test\r\n\r\n")
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"chunked" not in head.lower()
+    assert b"Connection: close" in head
+    assert body == pattern(100000)
+
+
+async def test_expect_100_continue(backend, router):
+    be, srv = await _one_backend(backend, router)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n"
+                 b"Expect: 100-continue\r\n\r\n")
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"ping")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int([line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")][0].split(b":")[1])
+    body = await reader.readexactly(length)
+    assert json.loads(body)["body"] == "ping"
+    writer.close()
+
+
+async def test_connect_is_refused_405(backend, router):
+    be, srv = await _one_backend(backend, router)
+    out = await raw(srv, b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 405 ")
+    assert be.requests == 0
+
+
+async def test_absolute_form_routed_by_table_never_dialled(backend, router):
+    be, srv = await _one_backend(backend, router)
+    out = await raw(srv, b"GET http://app.test/echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200")
+    assert json.loads(out.split(b"\r\n\r\n", 1)[1])["path"] == "/echo"
+    out = await raw(srv, b"GET http://169.254.169.254/latest HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 404")
+    assert be.requests == 1
+
+
+async def test_malformed_request_400_nothing_forwarded(backend, router):
+    be, srv = await _one_backend(backend, router)
+    out = await raw(srv, b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ")
+    out = await raw(srv, b"GET / HTTP/1.1\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ")
+    assert be.requests == 0
+
+
+async def test_header_limits_414_431(backend, router):
+    be, srv = await _one_backend(backend, router)
+    out = await raw(srv, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 414 ")
+    out = await raw(srv, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 431 ")
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"c" * 4000) for i in range(20))
+    out = await raw(srv, b"GET / HTTP/1.1\r\nHost: app.test\r\n" + many + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 431 ")
+    assert be.requests == 0
