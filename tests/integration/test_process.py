@@ -1,0 +1,154 @@
+"""The real `router serve` process: command line, exit codes, signals, metrics, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+
+import aiohttp
+
+from tests.conftest import ROOT, app_config, free_port, get, pattern
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "router.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_config_exits_2_naming_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("apps:\n  shop:\n    routes: [shop.test]\n    services:\n"
+                    "      web: {weight: 101, backends: ['127.0.0.1:1']}\n")
+    r = run_cli("serve", "--config", str(path))
+    assert r.returncode == 2
+    assert f"{path}: apps.shop.services.web.weight" in r.stderr
+    assert "101" in r.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    r = run_cli("serve", "--config", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2
+    assert "nope.yaml" in r.stderr
+
+
+def test_bad_command_line_exits_2():
+    assert run_cli("serve", "--workers", "x").returncode == 2
+    r = run_cli("serve", "--workers", "4")
+    assert r.returncode == 2 and "--workers" in r.stderr
+    r = run_cli("serve", "--store", "etcd://127.0.0.1:2379")
+    assert r.returncode == 2 and "--store" in r.stderr
+
+
+async def test_sigterm_graceful_stop_finishes_inflight(backend, router_process):
+    be = await backend("blue")
+    rp = await router_process({"timeouts": {"grace": "5s"},
+                               "apps": {"shop": app_config({"web": (1, [be.addr])}, sticky=False)}})
+    async with aiohttp.ClientSession() as s:
+        slow = asyncio.ensure_future(get(s, rp, "/slow?delay=1"))
+        await asyncio.sleep(0.3)
+        rp.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        async with s.get(rp.admin_url + "/readyz") as r:
+            assert r.status == 503
+        status, _, body = await slow
+    assert (status, body) == (200, b"blue\n")
+    assert await asyncio.get_running_loop().run_in_executor(None, rp.proc.wait, 10) == 0
+
+
+async def test_metrics_after_known_requests(backend, router_process):
+    blue, green = await backend("blue"), await backend("green")
+    rp = await router_process({"apps": {"shop": app_config(
+        {"blue": (1, [blue.addr]), "green": (3, [green.addr])})}})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+        for _ in range(8):
+            assert (await get(s, rp))[0] == 200
+        assert (await get(s, rp, host="nobody.test"))[0] == 404
+        _, h, _ = await get(s, rp)
+        cookie = h["Set-Cookie"].split(";")[0]
+        for _ in range(3):
+            await get(s, rp, headers={"Cookie": cookie})
+        async with s.get(rp.admin_url + "/metrics") as r:
+            text = await r.text()
+    # 9 unpinned requests at 1:3 (B A B B B A B B | B) and 3 pinned to green.
+    want = [
+        f'router_requests_total{{app="shop",backend="{blue.addr}",code="200",service="blue"}} 2.0',
+        f'router_requests_total{{app="shop",backend="{green.addr}",code="200",service="green"}} 10.0',
+        'router_requests_total{app="",backend="",code="404",service=""} 1.0',
+        'router_sticky_requests_total{app="shop",service="green"} 3.0',
+        'router_sticky_requests_total{app="shop",service="blue"} 0.0',
+        'router_service_weight{app="shop",service="green"} 3.0',
+        f'router_backend_healthy{{app="shop",backend="{blue.addr}",service="blue"}} 1.0',
+        'router_inflight_requests{app="shop",service="blue"} 0.0',
+        'router_request_duration_seconds_count{app="shop",service="green"} 10.0',
+        'router_retries_total{app="shop",service="blue"} 0.0',
+        "router_config_generation 1.0",
+    ]
+    lines = set(text.splitlines())
+    for line in want:
+        assert line in lines, line
+
+
+async def test_100mib_each_way_with_bounded_memory(backend, router_process):
+    size = 100 * 1024 * 1024
+    be = await backend("blue")
+    rp = await router_process({"apps": {"shop": app_config({"web": (1, [be.addr])}, sticky=False)}})
+
+    def rss_kib() -> int:
+        with open(f"/proc/{rp.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    before = rss_kib()
+    data = pattern(size)
+    want = hashlib.sha256(data).hexdigest()
+
+    async def gen():
+        for i in range(0, size, 1 << 20):
+            yield data[i:i + (1 << 20)]
+
+    async with aiohttp.ClientSession() as s:
+        status, _, body = await get(s, rp, "/upload", method="POST", data=gen())
+        assert status == 200 and b'"sha256": "%s"' % want.encode() in body
+        async with s.get(f"{rp.url}/download?size={size}", headers={"Host": "app.test"}) as r:
+            h = hashlib.sha256()
+            n = 0
+            async for chunk in r.content.iter_any():
+                h.update(chunk)
+                n += len(chunk)
+        assert (n, h.hexdigest()) == (size, want)
+    growth = rss_kib() - before
+    # Streamed, never buffered whole: the router grows by far less than one body.
+    assert growth < 20 * 1024, f"router RSS grew by {growth} KiB"
+
+
+def test_demo_command_serves_blue_and_green(tmp_path):
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "demo", "--listen", f"127.0.0.1:{port}",
+                             "--admin", f"127.0.0.1:{admin}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    try:
+        async def check() -> list[str]:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+                for _ in range(100):
+                    try:
+                        async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+                names = []
+                for _ in range(4):
+                    async with s.get(f"http://localhost:{port}/") as r:
+                        names.append((await r.text()).strip())
+                        assert "CONTAINERID=" in r.headers["Set-Cookie"]
+                return names
+
+        names = asyncio.run(check())
+        assert sorted(names) == ["blue", "blue", "green", "green"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
