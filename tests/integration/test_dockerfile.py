@@ -1,0 +1,64 @@
+"""The Dockerfile's commands, run outside Docker (there is no Docker engine here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from tests.conftest import ROOT, free_port
+
+
+def _dockerfile() -> str:
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        return f.read().replace("\\\n", " ")
+
+
+def _exec_form(instruction: str) -> list[str]:
+    m = re.search(rf"^{instruction}\s+(?:--\S+\s+)*(?:CMD\s+)?(\[.*\])\s*$", _dockerfile(), re.M)
+    assert m, f"no exec-form {instruction} in the Dockerfile"
+    return json.loads(m.group(1))
+
+
+def test_install_step_matches_readme():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert "pip install --no-cache-dir ." in _dockerfile()
+    assert "pip install ." in readme
+
+
+def test_cmd_and_healthcheck_run_outside_docker(tmp_path):
+    cmd = _exec_form("CMD")
+    health = _exec_form("HEALTHCHECK")
+    assert cmd[:2] == ["router", "serve"]
+    # The image's default configuration, on free ports here.
+    with open(os.path.join(ROOT, "deploy", "router.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    port, admin = free_port(), free_port()
+    cfg["listen"] = f"127.0.0.1:{port}"
+    cfg["admin"]["listen"] = f"127.0.0.1:{admin}"
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    exe = shutil.which("router", path=os.path.dirname(sys.executable)) or shutil.which("router")
+    assert exe, "the `router` console script is not installed (pip install .)"
+    argv = [exe] + [str(path) if a == "/etc/router/router.yaml" else a for a in cmd[1:]]
+    proc = subprocess.Popen(argv, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        probe = [sys.executable if health[0] == "python" else health[0]] + [
+            a.replace("127.0.0.1:9090", f"127.0.0.1:{admin}") for a in health[1:]]
+        for _ in range(100):
+            if subprocess.run(probe, capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("healthcheck never passed")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
