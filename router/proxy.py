@@ -115,11 +115,11 @@ class Exchange:
 
     __slots__ = (
         "conn", "method", "url", "headers", "header_bytes", "host", "cookie", "keep_alive",
-        "http11", "upgrade", "has_body", "chunked", "body_done", "buf", "buf_size",
+        "http11", "upgrade", "chunked", "body_done", "buf", "buf_size",
         "replayable", "head", "error", "app", "service", "backend", "set_cookie", "tried",
         "attempts", "upstream", "timer", "started", "status", "reason", "rheaders",
         "resp_started", "rechunk", "close_after", "interim", "done", "upgraded", "early",
-        "request_id", "sent",
+        "request_id", "sent", "eof_body",
     )
 
     def __init__(self, conn: "ClientConnection") -> None:
@@ -151,6 +151,7 @@ class Exchange:
         self.upgraded = False
         self.early: list[bytes] | None = None
         self.sent = False
+        self.eof_body = False
 
     # -- request body from the client ----------------------------------------------------
     def body(self, data: bytes) -> None:
@@ -269,9 +270,12 @@ class Exchange:
                     out.append(b"Transfer-Encoding: chunked\r\n")
                 else:
                     # Body delimited by the end of the connection: so is ours.
+                    self.eof_body = True
                     self.close_after = True
             if self.set_cookie:
                 out.append(self.set_cookie)
+            if self.upgrade:
+                self.close_after = True  # upgrade refused: the client's parser state is spent
             if self.close_after or not self.keep_alive or not self.body_done:
                 self.close_after = True
                 out.append(b"Connection: close\r\n")
@@ -314,7 +318,7 @@ class Exchange:
             self.conn.tunnel_closed()
             return
         if self.resp_started:
-            if self.close_after and not self.rechunk and not self.upgraded:
+            if self.eof_body:
                 self.finish(False)  # EOF-delimited body: this close is its end
             else:
                 self.backend.stats.error("reset")  # type: ignore[union-attr]
@@ -365,7 +369,7 @@ def _tokens(value: bytes, into: set[bytes] | None) -> set[bytes]:
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("ctx", "loop", "transport", "parser", "parsing", "active", "queue",
                  "_paused", "write_paused", "peer", "peer_b", "trusted", "_deadline",
-                 "_deadline_kind", "_timer", "tunnel", "closed", "upgrading")
+                 "_deadline_kind", "_timer", "tunnel", "closed", "upgrading", "eof", "rejected")
 
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
@@ -386,6 +390,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.closed = False
         self.upgrading = False
+        self.eof = False
+        self.rejected = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -410,6 +416,8 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.transport.write(data)  # type: ignore[union-attr]
             return
+        if self.rejected:
+            return
         if self.upgrading:
             ex = self.active
             if ex is not None and ex.early is not None:
@@ -431,7 +439,8 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
 
     def eof_received(self) -> bool | None:
-        # A client that half-closes after its request still gets the answer.
+        # A client that half-closes after its request still gets the answer, then the close.
+        self.eof = True
         return True if self.active is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -533,8 +542,8 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = parser.should_keep_alive()  # type: ignore[union-attr]
         ex.upgrade = parser.should_upgrade()  # type: ignore[union-attr]
         self._prepare(ex)  # type: ignore[arg-type]
+        self._deadline = 0.0  # the head is complete; the exchange has its own timers
         if self.active is None:
-            self._deadline = 0.0
             self.active = ex
             self._start(ex)  # type: ignore[arg-type]
         else:
@@ -566,8 +575,9 @@ class ClientConnection(asyncio.Protocol):
         conn_tokens: set[bytes] | None = None
         xff = b""
         rid = b""
-        has_body = chunked = False
+        chunked = False
         upgrade_to = b""
+        xfp = xfh = b""
         for name, value in ex.headers:
             lname = name.lower()
             if lname in _REQ_SKIP:
@@ -575,10 +585,9 @@ class ClientConnection(asyncio.Protocol):
                     host = value
                     hosts += 1
                 elif lname == b"content-length":
-                    has_body = value != b"0"
                     out.append(b"Content-Length: " + value + b"\r\n")
                 elif lname == b"transfer-encoding":
-                    has_body = chunked = True
+                    chunked = True
                 elif lname == b"connection":
                     conn_tokens = _tokens(value, conn_tokens)
                 elif lname == b"upgrade":
@@ -588,14 +597,15 @@ class ClientConnection(asyncio.Protocol):
                         xff = value if not xff else xff + b", " + value
                 elif lname == b"x-request-id":
                     rid = value
-                elif self.trusted and lname in (b"x-forwarded-proto", b"x-forwarded-host"):
-                    out.append(name + b": " + value + b"\r\n")
+                elif lname == b"x-forwarded-proto":
+                    xfp = value
+                elif lname == b"x-forwarded-host":
+                    xfh = value
                 continue
             if lname == b"cookie":
                 cookie = value if cookie is None else cookie + b"; " + value
             out.append(name + b": " + value + b"\r\n")
         ex.cookie = cookie
-        ex.has_body = has_body
         ex.chunked = chunked
         if method == b"CONNECT":
             ex.error = 405
@@ -632,10 +642,12 @@ class ClientConnection(asyncio.Protocol):
             out.append(b"X-Forwarded-For: " + xff + b", " + self.peer_b + b"\r\n")
         else:
             out.append(b"X-Forwarded-For: " + self.peer_b + b"\r\n")
-        if not self.trusted or not any(h[:19].lower() == b"x-forwarded-proto: " for h in out[4:]):
+        # A trusted proxy in front knows the original scheme and host; anyone else does not.
+        if self.trusted and xfp:
+            out.append(b"X-Forwarded-Proto: " + xfp + b"\r\n")
+        else:
             out.append(b"X-Forwarded-Proto: http\r\n")
-        if not self.trusted or not any(h[:18].lower() == b"x-forwarded-host: " for h in out[4:]):
-            out.append(b"X-Forwarded-Host: " + host + b"\r\n")
+        out.append(b"X-Forwarded-Host: " + (xfh if self.trusted and xfh else host) + b"\r\n")
         if not rid or not _REQUEST_ID_RE.match(rid):
             rid = ctx.request_id()
         ex.request_id = rid
@@ -833,6 +845,7 @@ class ClientConnection(asyncio.Protocol):
         """A request we cannot even parse: answer in order, then close."""
         ex = self.parsing or Exchange(self)
         self.parsing = None
+        self.rejected = True  # the parser is in its error state: nothing more is read
         ex.error = status
         ex.keep_alive = False
         ex.body_done = True
@@ -877,7 +890,7 @@ class ClientConnection(asyncio.Protocol):
             self.active = None
         if self.closed:
             return
-        if ex.close_after or not ex.keep_alive or not ex.body_done:
+        if ex.close_after or not ex.keep_alive or not ex.body_done or (self.eof and not self.queue):
             self.transport.close()  # type: ignore[union-attr]
             return
         q = self.queue

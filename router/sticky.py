@@ -35,6 +35,7 @@ TOKEN_LEN = 44  # base64 of 21 + 12 bytes
 _CLOCK_SKEW = 60  # seconds a token may claim to come from the future (replicas' clocks)
 
 _b64decode = binascii.a2b_base64
+_URLSAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 class Pin(NamedTuple):
@@ -74,8 +75,8 @@ class TokenCodec:
         return binascii.b2a_base64(body + mac, newline=False).replace(b"+", b"-").replace(b"/", b"_")
 
     def verify(self, app: bytes, token: bytes, now: int) -> Pin | None:
-        if len(token) != TOKEN_LEN:
-            return None
+        if len(token) != TOKEN_LEN or token.translate(None, _URLSAFE):
+            return None  # wrong length, or a byte outside url-safe base64 (one spelling only)
         try:
             raw = _b64decode(token.replace(b"-", b"+").replace(b"_", b"/"))
         except (binascii.Error, ValueError):
