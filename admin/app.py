@@ -1,20 +1,30 @@
-"""The admin listener: health, readiness, metrics (and, next, the REST API of SPEC 5).
+"""The admin listener: health, readiness, metrics and the REST API of SPEC 5.
 
-Routes are registered here; handlers stay thin and call the server's operations, so the
-REST API slots in beside these without touching the data plane.
+Auth and the mapping of errors to ``{"error": {...}}`` bodies happen here, in one place;
+handlers (``admin.handlers``) stay thin and call the state's operations.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import hmac
+import logging
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from router.errors import RouterError, Unauthorized
+
+from . import handlers
+from .handlers import SERVER
+from .openapi import openapi
+
 if TYPE_CHECKING:
     from router.server import Server
 
-SERVER: web.AppKey["Server"] = web.AppKey("server")
+log = logging.getLogger("router.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -32,10 +42,50 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def openapi_doc(request: web.Request) -> web.Response:
+    return web.json_response(openapi())
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message, "field": field}},
+                             status=status)
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    token = request.app[SERVER].config.admin.token
+    try:
+        if token is not None:
+            auth = request.headers.get("Authorization", "")
+            if not (auth.startswith("Bearer ")
+                    and hmac.compare_digest(auth[7:].strip().encode(), token.encode())):
+                raise Unauthorized("missing or wrong bearer token", "Authorization")
+        return await handler(request)
+    except RouterError as e:
+        if e.status >= 500:
+            log.error("%s %s: %s", request.method, request.path, e.message)
+        resp = web.json_response(e.to_dict(), status=e.status)
+        if e.status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="router"'
+        return resp
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _error(e.status, "not_found" if e.status == 404 else
+                      "method_not_allowed" if e.status == 405 else "http_error", e.reason)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal", "internal error; see the router's log")
+
+
 def create_app(server: "Server") -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[api_middleware], client_max_size=2 * 1024 * 1024)
     app[SERVER] = server
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/openapi.json", openapi_doc)
+    app.router.add_routes(handlers.routes())
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 import uvloop
@@ -36,17 +37,21 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, store: str | None) -> int:
     from .server import Server
+    from .store import StoreError
 
     async def main() -> None:
-        server = Server(config)
+        server = Server(config, store)
         await server.start()
         await server.serve_forever()
 
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
+    except (ConfigError, StoreError) as e:  # a corrupt state file
+        print(f"router: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # e.g. the port is taken
         print(f"router: {e}", file=sys.stderr)
         return 1
@@ -64,15 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers != 1:
         print("router: --workers: only 1 worker is supported so far", file=sys.stderr)
         return 2
-    if args.store is not None:
-        print("router: --store: only the configuration file is supported so far", file=sys.stderr)
+    store = store_path(args.store, args.config)
+    if store is None:
+        print(f"router: --store: {args.store!r}: use a file path or file:///path "
+              "(the etcd store is not available yet)", file=sys.stderr)
         return 2
     try:
         config = load_config(args.config) if args.config else Config()
     except ConfigError as e:
         print(f"router: {e}", file=sys.stderr)
         return 2
-    return serve(config)
+    return serve(config, store)
+
+
+def store_path(url: str | None, config_path: str | None) -> str | None:
+    """The file store's path: ``--store`` if given, else router-state.yaml next to the config."""
+    if url is None:
+        base = os.path.dirname(os.path.abspath(config_path)) if config_path else os.getcwd()
+        return os.path.join(base, "router-state.yaml")
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    if not url or "://" in url:
+        return None
+    return os.path.abspath(url)
 
 
 if __name__ == "__main__":

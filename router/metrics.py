@@ -10,7 +10,7 @@ disappear with it.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 
 if TYPE_CHECKING:
+    from .release import Release
     from .table import RoutingTable
 
 # Prometheus client's default buckets: the usual latency range of an HTTP service.
@@ -76,9 +77,11 @@ class UnroutedStats:
 class DataPlaneCollector:
     """Reads the live table's counters at scrape time."""
 
-    def __init__(self, table: Callable[[], "RoutingTable"], unrouted: UnroutedStats) -> None:
+    def __init__(self, table: Callable[[], "RoutingTable"], unrouted: UnroutedStats,
+                 releases: Callable[[], Mapping[str, "Release"]]) -> None:
         self._table = table
         self._unrouted = unrouted
+        self._releases = releases
 
     def describe(self) -> list[Metric]:
         return []  # names are dynamic; registering without describe avoids a scrape at register
@@ -132,7 +135,13 @@ class DataPlaneCollector:
         generation = GaugeMetricFamily(
             "router_config_generation", "Generation of the routing state in use")
         generation.add_metric([], table.generation)
-        yield from (requests, errors, retries, inflight, weight, healthy, sticky, duration, generation)
+        release_info = GaugeMetricFamily(
+            "router_release_info", "1 for each open blue-green release",
+            labels=["app", "old", "new", "status"])
+        for app_name, r in sorted(self._releases().items()):
+            release_info.add_metric([app_name, ",".join(r.old), r.new, r.status.value], 1)
+        yield from (requests, errors, retries, inflight, weight, healthy, sticky, duration,
+                    generation, release_info)
 
 
 def _fmt_bound(b: float) -> str:

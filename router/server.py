@@ -16,8 +16,11 @@ import signal
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .config import AppConfig, Config, ConfigError, load_config
-from .health import HealthChecker
+from .config import AppConfig, Config, ConfigError, HealthCheckConfig, load_config, split_hostport
+from .health import HealthChecker, probe
+from .release import Status
+from .state import State, StateManager, load_file_apps, mark_ready
+from .store import FileStore, StoreError
 from .metrics import DataPlaneCollector
 from .proxy import ClientConnection, ProxyContext, setup_access_log
 from .sticky import TokenCodec, load_or_create_secret
@@ -30,8 +33,12 @@ log = logging.getLogger("router")
 class Server:
     """One router process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, store_path: str | None = None) -> None:
         self.config = config
+        self.store: FileStore | None = FileStore(store_path) if store_path else None
+        self.manager: StateManager | None = None
+        self._release_task: asyncio.Task[None] | None = None
+        self._tcp_passed: set[tuple[str, str, str]] = set()
         self.ready = False
         self.generation = 0
         self.apps: tuple[AppConfig, ...] = config.apps
@@ -57,13 +64,23 @@ class Server:
         self._secret = load_or_create_secret(secret_path)
         codec = TokenCodec(self._secret, cfg.sticky.max_idle, cfg.sticky.max_life)
         self.builder = TableBuilder(codec)
-        self.generation = 1
+        state = State(1, cfg.apps)
+        if self.store is not None:
+            data = self.store.load()  # StoreError: refuse to start on a corrupt state file
+            if data is not None:
+                # Once the store exists, its state wins over the configuration's apps (SPEC 6).
+                state = State.from_dict(data, self.store.path)
+                log.info("routing state from %s: generation %d", self.store.path, state.generation)
+        self.manager = StateManager(state, self.store.save if self.store else None, self.apply_state)
+        self.apps = state.apps
+        self.generation = state.generation
         table = self.builder.build(self.apps, self.generation)
         self.pool = UpstreamPool(loop, cfg.timeouts.connect)
         self.ctx = ProxyContext(cfg, table, self.pool, codec, loop)
         if cfg.access_log.enabled:
             setup_access_log()
-        self.registry.register(DataPlaneCollector(lambda: self.ctx.table, self.ctx.unrouted))  # type: ignore[union-attr]
+        self.registry.register(DataPlaneCollector(
+            lambda: self.ctx.table, self.ctx.unrouted, lambda: self.manager.state.releases))  # type: ignore[union-attr]
         self.health = HealthChecker(self.builder, self._health_changed)
         self.health.update(self.apps)
         ctx = self.ctx
@@ -79,6 +96,7 @@ class Server:
         await site.start()
         self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._stopping = asyncio.Event()
+        self._release_task = loop.create_task(self._watch_releases())
         self.ready = True
         log.info("listening on %s:%d, admin on %s:%d, %d apps",
                  cfg.listen_host, self.port, cfg.admin.host, self.admin_port, len(self.apps))
@@ -120,6 +138,8 @@ class Server:
             await asyncio.sleep(0.05)
         for conn in list(ctx.connections):
             conn.transport.abort()  # type: ignore[union-attr]
+        if self._release_task is not None:
+            self._release_task.cancel()
         if self.health is not None:
             self.health.stop()
         if self.pool is not None:
@@ -129,15 +149,14 @@ class Server:
         log.info("stopped")
 
     # -- new states -----------------------------------------------------------------------
-    def apply(self, apps: tuple[AppConfig, ...]) -> int:
-        """Make ``apps`` the routing state; returns the new generation."""
-        assert self.builder is not None and self.ctx is not None
-        self.generation += 1
-        self.apps = apps
+    def apply_state(self, state: State) -> None:
+        """Make ``state`` live: one table swap (the StateManager calls this after persisting)."""
+        assert self.builder is not None and self.ctx is not None and self.health is not None
+        self.generation = state.generation
+        self.apps = state.apps
         self._swap()
-        assert self.health is not None
-        self.health.update(apps)
-        return self.generation
+        self.health.update(state.apps)
+
 
     def _swap(self) -> None:
         table = self.builder.build(self.apps, self.generation)  # type: ignore[union-attr]
@@ -168,5 +187,59 @@ class Server:
         self.config = new
         self.ctx.configure(new)  # type: ignore[union-attr]
         self.ctx.codec = TokenCodec(self._secret, new.sticky.max_idle, new.sticky.max_life)  # type: ignore[union-attr]
-        gen = self.apply(new.apps)
-        log.info("reloaded %s: generation %d, %d apps", path, gen, len(new.apps))
+        asyncio.get_running_loop().create_task(self._reload_apps(path, new.apps))
+
+    async def _reload_apps(self, path: str, apps: tuple[AppConfig, ...]) -> None:
+        try:
+            state = await self.manager.change(load_file_apps(apps))  # type: ignore[union-attr]
+        except Exception as e:  # e.g. a route clash or the store unwritable
+            log.error("reload of %s refused, running state kept: %s", path, e)
+            return
+        log.info("reloaded %s: generation %d, %d apps", path, state.generation, len(apps))
+
+    # -- releases ---------------------------------------------------------------------------
+    async def releases_changed(self) -> None:
+        """Check open releases now rather than at the next tick."""
+        await self._check_releases()
+
+    async def _watch_releases(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                await self._check_releases()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("release check failed")
+
+    async def _check_releases(self) -> None:
+        """An in-progress release whose new backends have all passed a check is ready.
+
+        A backend with a configured health check must have passed it; one without is checked
+        with a TCP connect (SPEC 5).
+        """
+        state = self.manager.state  # type: ignore[union-attr]
+        watched = {(n, r.new, a) for n, r in state.releases.items() if r.status == Status.IN_PROGRESS
+                   for a in next(s for s in state.app(n).services if s.name == r.new).backends}
+        self._tcp_passed &= watched
+        for name, release in state.releases.items():
+            if release.status != Status.IN_PROGRESS:
+                continue
+            app = state.app(name)
+            svc = next(s for s in app.services if s.name == release.new)
+            ready = True
+            for addr in svc.backends:
+                key = (name, svc.name, addr)
+                passed = self.health.passed(*key)  # type: ignore[union-attr]
+                if passed is None:  # no configured check: a TCP connect
+                    if key not in self._tcp_passed:
+                        host, port = split_hostport(addr)
+                        if await probe(host, port, HealthCheckConfig(timeout=1.0)):
+                            self._tcp_passed.add(key)
+                    passed = key in self._tcp_passed
+                ready = ready and passed
+            if ready:
+                try:
+                    await self.manager.change(mark_ready(name, release.new))  # type: ignore[union-attr]
+                except Exception as e:
+                    log.info("release of %s not marked ready: %s", name, e)

@@ -182,6 +182,13 @@ async def router(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any]], Awai
         await s.stop()
 
 
+async def set_apps(server: Server, cfg: dict[str, Any]) -> None:
+    """Replace the running router's apps as a SIGHUP reload would."""
+    from router.state import load_file_apps
+
+    await server.manager.change(load_file_apps(config_from_dict(cfg).apps))  # type: ignore[union-attr]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

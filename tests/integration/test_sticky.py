@@ -6,8 +6,7 @@ import asyncio
 
 import aiohttp
 
-from router.config import config_from_dict
-from tests.conftest import app_config, get, router_config
+from tests.conftest import app_config, get, router_config, set_apps
 
 
 def _cookie(headers: dict[str, str]) -> str | None:
@@ -51,13 +50,13 @@ async def test_drain_at_weight_zero_and_repin_after_removal(backend, router):
     assert name == "blue"
     # Weights flip: new clients go green, the pinned client stays on blue (drain).
     flipped = router_config({"shop": app_config({"blue": (0, [blue.addr]), "green": (100, [green.addr])})})
-    srv.apply(config_from_dict(flipped).apps)
+    await set_apps(srv, flipped)
     assert (await _get(srv))[1] == "green"
     for _ in range(5):
         assert (await _get(srv, cookie))[1:] == ("blue", None)
     # Blue is deleted (release confirmed): the pinned client is re-pinned in the same response.
     gone = router_config({"shop": app_config({"green": (100, [green.addr])})})
-    srv.apply(config_from_dict(gone).apps)
+    await set_apps(srv, gone)
     status, name, new_cookie = await _get(srv, cookie)
     assert (status, name) == (200, "green")
     assert new_cookie is not None and new_cookie != cookie
@@ -75,8 +74,8 @@ async def test_backend_gone_keeps_version(backend, router):
             break
     assert name == "blue-1"
     # blue-1 is removed from the service: the client stays on blue (the other backend).
-    srv.apply(config_from_dict(router_config({"shop": app_config(
-        {"blue": (1, [b2.addr]), "green": (1, [green.addr])})})).apps)
+    await set_apps(srv, router_config({"shop": app_config(
+        {"blue": (1, [b2.addr]), "green": (1, [green.addr])})}))
     status, name, new_cookie = await _get(srv, cookie)
     assert (status, name) == (200, "blue-2")
     assert new_cookie is not None
@@ -145,8 +144,8 @@ async def test_drain_timeout_repins(backend, router):
         {"blue": (100, [blue.addr]), "green": (0, [green.addr])}, drain_timeout="1s")}))
     _, name, cookie = await _get(srv)
     assert name == "blue"
-    srv.apply(config_from_dict(router_config({"shop": app_config(
-        {"blue": (0, [blue.addr]), "green": (100, [green.addr])}, drain_timeout="1s")})).apps)
+    await set_apps(srv, router_config({"shop": app_config(
+        {"blue": (0, [blue.addr]), "green": (100, [green.addr])}, drain_timeout="1s")}))
     assert (await _get(srv, cookie))[1:] == ("blue", None)  # still draining
     await asyncio.sleep(1.2)
     status, name, new_cookie = await _get(srv, cookie)

@@ -1,0 +1,225 @@
+"""The OpenAPI 3 document served at ``/api/v1/openapi.json``; it describes what the handlers do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
+WEIGHT = {"type": "integer", "minimum": 0, "maximum": 100}
+BACKEND = {"type": "string", "description": "host:port", "example": "10.0.0.5:80"}
+DURATION = {"oneOf": [{"type": "number", "exclusiveMinimum": 0},
+                      {"type": "string", "example": "2s"}]}
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["code", "message", "field"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                       "field": {"type": ["string", "null"]}},
+    }},
+}
+
+_HEALTH_CHECK = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "properties": {
+        "path": {"type": ["string", "null"], "pattern": "^/"},
+        "interval": DURATION, "timeout": DURATION,
+        "rise": {"type": "integer", "minimum": 1}, "fall": {"type": "integer", "minimum": 1},
+    },
+}
+
+_SERVICE_IN = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["backends"],
+    "properties": {
+        "weight": WEIGHT,
+        "backends": {"type": "array", "items": BACKEND, "uniqueItems": True},
+        "health_check": {"$ref": "#/components/schemas/HealthCheck"},
+        "healthy_backends": {"type": "array", "items": BACKEND, "readOnly": True},
+    },
+}
+
+_SERVICE = {
+    "type": "object",
+    "required": ["weight", "backends", "health_check", "healthy_backends"],
+    "properties": {
+        "weight": WEIGHT,
+        "backends": {"type": "array", "items": BACKEND},
+        "health_check": {"$ref": "#/components/schemas/HealthCheck"},
+        "healthy_backends": {"type": "array", "items": BACKEND},
+    },
+}
+
+_RELEASE = {
+    "type": "object",
+    "required": ["old", "new", "status", "started_at", "old_weights"],
+    "properties": {
+        "old": {"type": "array", "items": NAME},
+        "new": NAME,
+        "status": {"type": "string", "enum": ["in_progress", "awaiting_confirmation"]},
+        "started_at": {"type": "string", "format": "date-time"},
+        "old_weights": {"type": "object", "additionalProperties": WEIGHT},
+    },
+}
+
+_APP = {
+    "type": "object",
+    "required": ["name", "routes", "session_sticky", "drain_timeout", "services", "release",
+                 "generation"],
+    "properties": {
+        "name": NAME,
+        "routes": {"type": "array", "items": {"type": "string"}},
+        "session_sticky": {"type": "boolean"},
+        "drain_timeout": {"type": ["number", "null"]},
+        "services": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Service"}},
+        "release": {"oneOf": [{"$ref": "#/components/schemas/Release"}, {"type": "null"}]},
+        "generation": {"type": "integer"},
+    },
+}
+
+_APP_IN = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["routes", "services"],
+    "properties": {
+        "name": NAME,
+        "routes": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "session_sticky": {"type": "boolean"},
+        "drain_timeout": {"oneOf": [DURATION, {"type": "null"}]},
+        "services": {"type": "object", "minProperties": 1,
+                     "additionalProperties": {"$ref": "#/components/schemas/ServiceIn"}},
+        "release": {"readOnly": True},
+        "generation": {"type": "integer", "readOnly": True},
+    },
+}
+
+_APP_PATCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "routes": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "session_sticky": {"type": "boolean"},
+        "drain_timeout": {"oneOf": [DURATION, {"type": "null"}]},
+    },
+}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(ref: str, description: str, etag: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description,
+                           "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+    if etag:
+        out["headers"] = {"ETag": {"schema": {"type": "string"}, "description": '"<generation>"'}}
+    return out
+
+
+def _body(ref: str | dict[str, Any], required: bool = True) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{ref}"} if isinstance(ref, str) else ref
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+_APP_PARAM = {"name": "app", "in": "path", "required": True, "schema": NAME}
+_SVC_PARAM = {"name": "svc", "in": "path", "required": True, "schema": NAME}
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": 'the ETag of the app ("<generation>"); a stale one answers 412'}
+
+_COMMON = {"401": _err("missing or wrong bearer token")}
+_MUTATION = {**_COMMON, "400": _err("body is not JSON"), "404": _err("unknown app or service"),
+             "409": _err("state conflict"), "412": _err("stale If-Match"),
+             "413": _err("body too large"), "422": _err("invalid value"),
+             "503": _err("the state cannot be persisted")}
+
+
+def openapi() -> dict[str, Any]:
+    app_path = "/api/v1/apps/{app}"
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "bluegreen-router admin API", "version": "1"},
+        "components": {
+            "schemas": {"Error": _ERROR, "HealthCheck": _HEALTH_CHECK, "Service": _SERVICE,
+                        "ServiceIn": _SERVICE_IN, "Release": _RELEASE, "App": _APP,
+                        "AppIn": _APP_IN, "AppPatch": _APP_PATCH},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/apps": {"get": {
+                "summary": "every app",
+                "responses": {**_COMMON, "200": {"description": "the apps", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["apps"], "properties": {
+                        "apps": {"type": "array", "items": {"$ref": "#/components/schemas/App"}}}}}}}}}},
+            app_path: {
+                "parameters": [_APP_PARAM],
+                "get": {"summary": "one app",
+                        "responses": {**_COMMON, "200": _json("App", "the app"), "404": _err("unknown app")}},
+                "put": {"summary": "create or replace an app", "parameters": [_IF_MATCH],
+                        "requestBody": _body("AppIn"),
+                        "responses": {**_MUTATION, "200": _json("App", "replaced"),
+                                      "201": _json("App", "created")}},
+                "patch": {"summary": "change session_sticky, routes, drain_timeout",
+                          "parameters": [_IF_MATCH], "requestBody": _body("AppPatch"),
+                          "responses": {**_MUTATION, "200": _json("App", "changed")}},
+                "delete": {"summary": "delete an app", "parameters": [_IF_MATCH],
+                           "responses": {**_MUTATION, "204": {"description": "deleted"}}},
+            },
+            app_path + "/weights": {
+                "parameters": [_APP_PARAM],
+                "put": {"summary": "change several weights in one step, or none",
+                        "parameters": [_IF_MATCH],
+                        "requestBody": _body({"type": "object", "minProperties": 1,
+                                              "additionalProperties": WEIGHT}),
+                        "responses": {**_MUTATION, "200": _json("App", "changed")}},
+            },
+            app_path + "/services/{svc}": {
+                "parameters": [_APP_PARAM, _SVC_PARAM],
+                "put": {"summary": "create or replace a service", "parameters": [_IF_MATCH],
+                        "requestBody": _body("ServiceIn"),
+                        "responses": {**_MUTATION, "200": _json("App", "replaced"),
+                                      "201": _json("App", "created")}},
+                "delete": {"summary": "delete a service (409 while in an open release)",
+                           "parameters": [_IF_MATCH],
+                           "responses": {**_MUTATION, "204": {"description": "deleted"}}},
+            },
+            app_path + "/release": {
+                "parameters": [_APP_PARAM],
+                "post": {"summary": "start a blue-green release: the new service gets weight 0",
+                         "parameters": [_IF_MATCH],
+                         "requestBody": _body({"type": "object", "additionalProperties": False,
+                                               "required": ["service", "backends"],
+                                               "properties": {
+                                                   "service": NAME,
+                                                   "backends": {"type": "array", "items": BACKEND,
+                                                                "minItems": 1, "uniqueItems": True},
+                                                   "health_check": {"$ref": "#/components/schemas/HealthCheck"}}}),
+                         "responses": {**_MUTATION, "201": _json("Release", "started")}},
+                "get": {"summary": "the open release",
+                        "responses": {**_COMMON, "200": _json("Release", "the release"),
+                                      "404": _err("unknown app or no open release")}},
+            },
+            app_path + "/release/confirm": {
+                "parameters": [_APP_PARAM],
+                "post": {"summary": "delete the old services (409 while in_progress)",
+                         "parameters": [_IF_MATCH],
+                         "requestBody": _body({"type": "object", "additionalProperties": False,
+                                               "properties": {"force": {"type": "boolean"}}},
+                                              required=False),
+                         "responses": {**_MUTATION, "200": _json("App", "confirmed")}},
+            },
+            app_path + "/release/rollback": {
+                "parameters": [_APP_PARAM],
+                "post": {"summary": "delete the new service and restore the old weights",
+                         "parameters": [_IF_MATCH],
+                         "requestBody": _body({"type": "object", "additionalProperties": False,
+                                               "properties": {}}, required=False),
+                         "responses": {**_MUTATION, "200": _json("App", "rolled back")}},
+            },
+        },
+    }

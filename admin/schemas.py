@@ -1,0 +1,85 @@
+"""JSON <-> objects for the admin API: strict body parsing and the SPEC 5 shapes."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from router.config import NAME_RE
+from router.errors import BadRequest, Invalid, NotFound, PayloadTooLarge
+from router.state import State, app_to_dict
+
+if TYPE_CHECKING:
+    from router.table import RoutingTable
+
+MAX_BODY = 1024 * 1024  # an app with thousands of backends fits; anything larger is a mistake
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_body(raw: bytes, required: bool = True) -> Any:
+    """JSON from a request body; NaN and Infinity are refused (json.loads accepts them)."""
+    if len(raw) > MAX_BODY:
+        raise PayloadTooLarge(f"request body over {MAX_BODY} bytes")
+    if not raw.strip():
+        if required:
+            raise BadRequest("a JSON body is required")
+        return None
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"body is not valid JSON: {e}") from None
+
+
+def object_body(raw: bytes, required: bool = True) -> dict[str, Any]:
+    body = parse_body(raw, required)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise Invalid("the body must be a JSON object", None)
+    return body
+
+
+def check_name(name: str, kind: str) -> str:
+    if not NAME_RE.match(name):
+        raise NotFound(f"no {kind} {name!r} (names match ^[a-z0-9][a-z0-9-]{{0,62}}$)", kind)
+    return name
+
+
+# Fields of an app object that the server computes: accepted back in a PUT and ignored, so
+# that GET -> edit -> PUT works.
+_READ_ONLY_APP = ("name", "generation", "release")
+_READ_ONLY_SERVICE = ("healthy_backends",)
+
+
+def app_body(name: str, body: dict[str, Any]) -> dict[str, Any]:
+    if "name" in body and body["name"] != name:
+        raise Invalid(f"name {body['name']!r} does not match the URL's {name!r}", "name")
+    out = {k: v for k, v in body.items() if k not in _READ_ONLY_APP}
+    services = out.get("services")
+    if isinstance(services, dict):
+        out["services"] = {s: service_body(v) for s, v in services.items()}
+    return out
+
+
+def service_body(body: Any) -> Any:
+    if isinstance(body, dict):
+        return {k: v for k, v in body.items() if k not in _READ_ONLY_SERVICE}
+    return body
+
+
+def render_app(state: State, name: str, table: "RoutingTable") -> dict[str, Any]:
+    app = state.app(name)
+    out: dict[str, Any] = {"name": name}
+    out.update(app_to_dict(app))
+    live = table.apps.get(name)
+    for svc_name, svc in out["services"].items():
+        lsvc = live.by_name.get(svc_name) if live is not None else None
+        svc["healthy_backends"] = ([b.key for b in lsvc.backends if b.healthy]
+                                   if lsvc is not None else list(svc["backends"]))
+    release = state.releases.get(name)
+    out["release"] = release.to_dict() if release is not None else None
+    out["generation"] = state.app_generations.get(name, state.generation)
+    return out

@@ -1,0 +1,376 @@
+"""The routing state and every operation that changes it.
+
+A ``State`` is immutable: the apps (as validated ``AppConfig`` objects), the open releases and
+the generation. Each admin operation is a pure function from the current state to the next
+one that raises a ``RouterError`` (with its HTTP status) instead of ever producing an invalid
+state. ``StateManager.change`` runs one operation at a time: it checks ``If-Match``, computes
+the next state, writes it to the store, makes it live in the data plane, and only then
+answers -- so a rejected call leaves the state exactly as it was, and an accepted one is on
+disk and serving before the caller hears of it (SPEC 4.4, 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+from .config import AppConfig, ConfigError, HealthCheckConfig, ServiceConfig, parse_app, parse_service
+from .errors import Conflict, Invalid, NotFound, PreconditionFailed, RouterError, Unavailable
+from .release import Action, Release, ReleaseConflict, start as start_release
+
+log = logging.getLogger("router.admin")
+
+
+@dataclass(frozen=True)
+class State:
+    generation: int
+    apps: tuple[AppConfig, ...] = ()
+    releases: Mapping[str, Release] = field(default_factory=dict)
+    # The generation at which each app last changed: its ETag.
+    app_generations: Mapping[str, int] = field(default_factory=dict)
+
+    def app(self, name: str) -> AppConfig:
+        for a in self.apps:
+            if a.name == name:
+                return a
+        raise NotFound(f"no app {name!r}", "app")
+
+    def has_app(self, name: str) -> bool:
+        return any(a.name == name for a in self.apps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The store's format: the configuration file's ``apps`` plus releases and generations."""
+        return {
+            "generation": self.generation,
+            "apps": {a.name: app_to_dict(a) for a in self.apps},
+            "releases": {name: r.to_dict() for name, r in self.releases.items()},
+            "app_generations": dict(self.app_generations),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "State":
+        if not isinstance(data, dict) or not isinstance(data.get("generation"), int):
+            raise ConfigError("generation", "must be an integer", data, source)
+        apps_data = data.get("apps") or {}
+        if not isinstance(apps_data, dict):
+            raise ConfigError("apps", "must be a mapping", apps_data, source)
+        apps = tuple(parse_app(n, a, None, f"apps.{n}", source) for n, a in apps_data.items())
+        releases = {}
+        for name, r in (data.get("releases") or {}).items():
+            try:
+                releases[name] = Release.from_dict(r, f"releases.{name}")
+            except ValueError as e:
+                raise ConfigError(f"releases.{name}", str(e), r, source) from None
+        gens = {n: int(g) for n, g in (data.get("app_generations") or {}).items()}
+        return cls(data["generation"], apps, releases, gens)
+
+
+def health_check_to_dict(hc: HealthCheckConfig | None) -> dict[str, Any] | None:
+    if hc is None:
+        return None
+    return {"path": hc.path, "interval": hc.interval, "timeout": hc.timeout,
+            "rise": hc.rise, "fall": hc.fall}
+
+
+def service_to_dict(svc: ServiceConfig) -> dict[str, Any]:
+    return {"weight": svc.weight, "backends": list(svc.backends),
+            "health_check": health_check_to_dict(svc.health_check)}
+
+
+def app_to_dict(app: AppConfig) -> dict[str, Any]:
+    return {
+        "routes": [str(r) for r in app.routes],
+        "session_sticky": app.session_sticky,
+        "drain_timeout": app.drain_timeout,
+        "services": {s.name: service_to_dict(s) for s in app.services},
+    }
+
+
+def _invalid(e: ConfigError) -> Invalid:
+    return Invalid(f"{e.reason} (got {e.value!r})" if e.value is not None else e.reason, e.path or None)
+
+
+def _check_routes(apps: tuple[AppConfig, ...], changed: AppConfig) -> None:
+    """A route belongs to one app only."""
+    for other in apps:
+        if other.name == changed.name:
+            continue
+        taken = set(other.routes) & set(changed.routes)
+        if taken:
+            route = sorted(str(r) for r in taken)[0]
+            raise Conflict(f"route {route} belongs to app {other.name!r}", "routes")
+
+
+def _replace_app(state: State, app: AppConfig) -> tuple[AppConfig, ...]:
+    _check_routes(state.apps, app)
+    if state.has_app(app.name):
+        return tuple(app if a.name == app.name else a for a in state.apps)
+    return state.apps + (app,)
+
+
+def _service(app: AppConfig, name: str) -> ServiceConfig:
+    for s in app.services:
+        if s.name == name:
+            return s
+    raise NotFound(f"app {app.name!r} has no service {name!r}", "service")
+
+
+# An operation: State -> (apps, releases, names of the apps it changed).
+Outcome = tuple[tuple[AppConfig, ...], Mapping[str, Release], tuple[str, ...]]
+Operation = Callable[[State], Outcome]
+
+
+# -- operations -------------------------------------------------------------------------------
+def put_app(name: str, body: Any) -> Operation:
+    def op(state: State) -> Outcome:
+        try:
+            app = parse_app(name, body, None, "")
+        except ConfigError as e:
+            raise _invalid(e) from None
+        release = state.releases.get(name)
+        if release is not None:
+            names = {s.name for s in app.services}
+            missing = [s for s in (release.new, *release.old) if s not in names]
+            if missing:
+                raise Conflict(f"app {name!r} has an open release that needs service {missing[0]!r}; "
+                               "confirm or roll back the release first", "services")
+        return _replace_app(state, app), state.releases, (name,)
+    return op
+
+
+def patch_app(name: str, body: dict[str, Any]) -> Operation:
+    def op(state: State) -> Outcome:
+        app = state.app(name)
+        merged = app_to_dict(app)
+        merged.update(body)
+        try:
+            new = parse_app(name, merged, None, "")
+        except ConfigError as e:
+            raise _invalid(e) from None
+        return _replace_app(state, new), state.releases, (name,)
+    return op
+
+
+def delete_app(name: str) -> Operation:
+    def op(state: State) -> Outcome:
+        state.app(name)
+        releases = {k: v for k, v in state.releases.items() if k != name}
+        return tuple(a for a in state.apps if a.name != name), releases, (name,)
+    return op
+
+
+def set_weights(name: str, weights: dict[str, Any]) -> Operation:
+    """All listed weights change in one step, or none does."""
+    def op(state: State) -> Outcome:
+        app = state.app(name)
+        if not weights:
+            raise Invalid("at least one service weight is required", "weights")
+        for svc, w in weights.items():
+            _service(app, svc)
+            if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100:
+                raise Invalid(f"must be an integer 0..100 (got {w!r})", svc)
+        services = tuple(replace(s, weight=weights.get(s.name, s.weight)) for s in app.services)
+        return _replace_app(state, replace(app, services=services)), state.releases, (name,)
+    return op
+
+
+def put_service(name: str, svc_name: str, body: Any) -> Operation:
+    def op(state: State) -> Outcome:
+        app = state.app(name)
+        try:
+            svc = parse_service(svc_name, body, "")
+        except ConfigError as e:
+            raise _invalid(e) from None
+        releases = dict(state.releases)
+        if any(s.name == svc_name for s in app.services):
+            services = tuple(svc if s.name == svc_name else s for s in app.services)
+            release = releases.get(name)
+            if release is not None and release.new == svc_name:
+                old = _service(app, svc_name)
+                if old.backends != svc.backends or old.health_check != svc.health_check:
+                    releases[name] = _release_step(release, Action.NOT_READY)
+        else:
+            services = app.services + (svc,)
+        return _replace_app(state, replace(app, services=services)), releases, (name,)
+    return op
+
+
+def delete_service(name: str, svc_name: str) -> Operation:
+    def op(state: State) -> Outcome:
+        app = state.app(name)
+        _service(app, svc_name)
+        release = state.releases.get(name)
+        if release is not None and svc_name in (release.new, *release.old):
+            raise Conflict(f"service {svc_name!r} is part of the open release of {name!r}; "
+                           "confirm or roll back the release first", "service")
+        services = tuple(s for s in app.services if s.name != svc_name)
+        if not services:
+            raise Conflict(f"{svc_name!r} is the last service of {name!r}; delete the app instead",
+                           "service")
+        return _replace_app(state, replace(app, services=services)), state.releases, (name,)
+    return op
+
+
+def _release_step(release: Release, action: Action) -> Release:
+    try:
+        nxt = release.apply(action)
+    except ReleaseConflict as e:
+        raise Conflict(str(e), "release") from None
+    assert nxt is not None
+    return nxt
+
+
+def start(name: str, body: Any) -> Operation:
+    def op(state: State) -> Outcome:
+        app = state.app(name)
+        if not isinstance(body, dict):
+            raise Invalid("must be an object with service, backends, health_check", None)
+        unknown = set(body) - {"service", "backends", "health_check"}
+        if unknown:
+            raise Invalid(f"unknown field {sorted(unknown)[0]!r}", sorted(unknown)[0])
+        svc_name = body.get("service")
+        if not isinstance(svc_name, str):
+            raise Invalid("required: the new service's name", "service")
+        if name in state.releases:
+            raise Conflict(f"app {name!r} already has an open release", "release")
+        if not body.get("backends"):
+            raise Invalid("a release needs at least one backend", "backends")
+        try:
+            svc = parse_service(svc_name, {"weight": 0, "backends": body.get("backends"),
+                                           "health_check": body.get("health_check")}, "")
+        except ConfigError as e:
+            raise _invalid(e) from None
+        try:
+            release = start_release([(s.name, s.weight) for s in app.services], svc_name)
+        except ReleaseConflict as e:
+            raise Conflict(str(e), "service") from None
+        new_app = replace(app, services=app.services + (svc,))
+        return _replace_app(state, new_app), {**state.releases, name: release}, (name,)
+    return op
+
+
+def _open_release(state: State, name: str) -> Release:
+    state.app(name)
+    release = state.releases.get(name)
+    if release is None:
+        raise NotFound(f"app {name!r} has no open release", "release")
+    return release
+
+
+def confirm(name: str, force: bool) -> Operation:
+    """Delete the old services; with ``force`` the new one first gets all the weight."""
+    def op(state: State) -> Outcome:
+        release = _open_release(state, name)
+        _release_step(release, Action.CONFIRM)  # 409 while in_progress
+        app = state.app(name)
+        new = _service(app, release.new)
+        if force and new.weight == 0:
+            new = replace(new, weight=100)
+        if new.weight == 0:
+            raise Conflict(f"service {release.new!r} has weight 0: confirming would leave "
+                           f"{name!r} with no traffic; move weight first or confirm with force",
+                           "weight")
+        services = tuple(new if s.name == new.name else s
+                         for s in app.services if s.name not in release.old)
+        releases = {k: v for k, v in state.releases.items() if k != name}
+        return _replace_app(state, replace(app, services=services)), releases, (name,)
+    return op
+
+
+def rollback(name: str) -> Operation:
+    """Delete the new service and give the old ones their weights back."""
+    def op(state: State) -> Outcome:
+        release = _open_release(state, name)
+        _release_step(release, Action.ROLLBACK)
+        app = state.app(name)
+        old_weights = dict(release.old_weights)
+        services = tuple(replace(s, weight=old_weights.get(s.name, s.weight))
+                         for s in app.services if s.name != release.new)
+        releases = {k: v for k, v in state.releases.items() if k != name}
+        return _replace_app(state, replace(app, services=services)), releases, (name,)
+    return op
+
+
+def mark_ready(name: str, new: str) -> Operation:
+    """Every backend of the release's new service has passed its check."""
+    def op(state: State) -> Outcome:
+        release = _open_release(state, name)
+        if release.new != new:
+            raise Conflict("the release changed", "release")
+        return state.apps, {**state.releases, name: _release_step(release, Action.READY)}, (name,)
+    return op
+
+
+def load_file_apps(apps: tuple[AppConfig, ...]) -> Operation:
+    """SIGHUP: the configuration file's apps replace the state's; releases whose services are
+    gone with them are closed."""
+    def op(state: State) -> Outcome:
+        releases = {}
+        for name, r in state.releases.items():
+            app = next((a for a in apps if a.name == name), None)
+            if app is not None and {r.new, *r.old} <= {s.name for s in app.services}:
+                releases[name] = r
+        touched = tuple({a.name for a in apps} | {a.name for a in state.apps})
+        return apps, releases, touched
+    return op
+
+
+# -- applying operations ----------------------------------------------------------------------
+def parse_etag(value: str) -> int | None:
+    """``"12"`` or ``W/"12"`` -> 12; ``*`` -> None (matches anything)."""
+    v = value.strip()
+    if v == "*":
+        return None
+    if v.startswith("W/"):
+        v = v[2:]
+    v = v.strip('"')
+    if not v.isdigit():
+        raise PreconditionFailed(f"If-Match must be an ETag like \"12\" (got {value!r})", "If-Match")
+    return int(v)
+
+
+class StateManager:
+    """Owns the current state; serialises changes; persists, then applies, then answers."""
+
+    def __init__(self, state: State, save: Callable[[dict[str, Any]], None] | None,
+                 apply: Callable[[State], Any]) -> None:
+        self.state = state
+        self._save = save
+        self._apply = apply
+        self._lock = asyncio.Lock()
+
+    async def change(self, op: Operation, if_match: str | None = None,
+                     etag_app: str | None = None) -> State:
+        async with self._lock:
+            cur = self.state
+            if if_match is not None:
+                want = parse_etag(if_match)
+                if want is not None:
+                    have = (cur.app_generations.get(etag_app, cur.generation)
+                            if etag_app is not None and cur.has_app(etag_app) else cur.generation)
+                    if want != have:
+                        raise PreconditionFailed(
+                            f"stale If-Match: {want} is not the current generation {have}", "If-Match")
+            apps, releases, touched = op(cur)
+            gen = cur.generation + 1
+            app_gens = {n: g for n, g in cur.app_generations.items() if any(a.name == n for a in apps)}
+            for n in touched:
+                if any(a.name == n for a in apps):
+                    app_gens[n] = gen
+            new = State(gen, apps, dict(releases), app_gens)
+            if self._save is not None:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, self._save, new.to_dict())
+                except RouterError:
+                    raise
+                except Exception as e:
+                    log.error("cannot persist the routing state: %s", e)
+                    raise Unavailable(f"cannot persist the routing state: {e}") from None
+            self.state = new
+            result = self._apply(new)
+            if asyncio.iscoroutine(result):
+                await result
+            log.info("generation %d: %s", gen, ", ".join(sorted(touched)) or "-")
+            return new
