@@ -190,7 +190,7 @@ def put_service(name: str, svc_name: str, body: Any) -> Operation:
             if release is not None and release.new == svc_name:
                 old = _service(app, svc_name)
                 if old.backends != svc.backends or old.health_check != svc.health_check:
-                    releases[name] = _release_step(release, Action.NOT_READY)
+                    releases[name] = _still_open(release, Action.NOT_READY)
         else:
             services = app.services + (svc,)
         return _replace_app(state, replace(app, services=services)), releases, (name,)
@@ -213,12 +213,17 @@ def delete_service(name: str, svc_name: str) -> Operation:
     return op
 
 
-def _release_step(release: Release, action: Action) -> Release:
+def _release_step(release: Release, action: Action) -> Release | None:
+    """The release after ``action`` (None once closed); an illegal move is a 409."""
     try:
-        nxt = release.apply(action)
+        return release.apply(action)
     except ReleaseConflict as e:
         raise Conflict(str(e), "release") from None
-    assert nxt is not None
+
+
+def _still_open(release: Release, action: Action) -> Release:
+    nxt = _release_step(release, action)
+    assert nxt is not None, f"{action} does not close a release"
     return nxt
 
 
@@ -299,7 +304,7 @@ def mark_ready(name: str, new: str) -> Operation:
         release = _open_release(state, name)
         if release.new != new:
             raise Conflict("the release changed", "release")
-        return state.apps, {**state.releases, name: _release_step(release, Action.READY)}, (name,)
+        return state.apps, {**state.releases, name: _still_open(release, Action.READY)}, (name,)
     return op
 
 
