@@ -61,6 +61,11 @@ def app_body(name: str, body: dict[str, Any]) -> dict[str, Any]:
     services = out.get("services")
     if isinstance(services, dict):
         out["services"] = {s: service_body(v) for s, v in services.items()}
+        for s, v in services.items():
+            if isinstance(v, dict) and "labels" in v:
+                # Labels are the configuration file's shorthand; the API speaks routes.
+                raise Invalid("unknown field 'labels' (use the app's routes and session_sticky)",
+                              f"services.{s}.labels")
     return out
 
 

@@ -64,7 +64,7 @@ class Server:
         self._secret = load_or_create_secret(secret_path)
         codec = TokenCodec(self._secret, cfg.sticky.max_idle, cfg.sticky.max_life)
         self.builder = TableBuilder(codec)
-        state = State(1, cfg.apps)
+        state = State.initial(cfg.apps)
         if self.store is not None:
             data = self.store.load()  # StoreError: refuse to start on a corrupt state file
             if data is not None:

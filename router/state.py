@@ -31,6 +31,11 @@ class State:
     # The generation at which each app last changed: its ETag.
     app_generations: Mapping[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def initial(cls, apps: tuple[AppConfig, ...]) -> "State":
+        """Generation 1: the configuration file's apps."""
+        return cls(1, apps, {}, {a.name: 1 for a in apps})
+
     def app(self, name: str) -> AppConfig:
         for a in self.apps:
             if a.name == name:

@@ -171,8 +171,8 @@ def router_config(apps: dict[str, Any], **top: Any) -> dict[str, Any]:
 async def router(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[Server]]]:
     servers: list[Server] = []
 
-    async def start(cfg: dict[str, Any]) -> Server:
-        server = Server(config_from_dict(cfg))
+    async def start(cfg: dict[str, Any], store: str | None = None) -> Server:
+        server = Server(config_from_dict(cfg), store)
         await server.start()
         servers.append(server)
         return server
