@@ -1,0 +1,518 @@
+"""``routerctl``: the operator's client for the router's admin API (SPEC 3 and 5).
+
+It only speaks HTTP to the admin API -- every rule (weights 0..100, one open release per app,
+no confirm while ``in_progress`` ...) is the server's, and the server's error message is what the
+operator sees. Standard library only, so it runs wherever Python does.
+
+    routerctl apps
+    routerctl show shop
+    routerctl weights shop web=0 web-v2=100       # one atomic step
+    routerctl sticky shop off
+    routerctl release start shop web-v2 --backend 10.0.0.7:80 --wait
+    routerctl release status shop
+    routerctl release confirm shop [--force]
+    routerctl release rollback shop
+
+Global options (before or after the command): ``--url`` (env ``ROUTER_URL``, default
+``http://127.0.0.1:9090``), ``--token`` (env ``ROUTER_TOKEN``), ``--json``, ``--timeout``,
+``--if-match``.
+
+Exit codes: 0 success; 1 the server answered with an error (or: no open release, a ``--wait``
+that timed out); 2 a bad command line; 3 the admin API cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Callable, NoReturn, Sequence, TextIO
+
+DEFAULT_URL = "http://127.0.0.1:9090"  # SPEC 3: the admin API's default listen address
+DEFAULT_TIMEOUT = 10.0
+POLL_INTERVAL = 0.5  # --wait: how often the release is fetched
+API = "/api/v1/apps"
+
+EXIT_OK, EXIT_SERVER, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+_INT_RE = re.compile(r"^-?[0-9]+$")  # stricter than int(): no "1_0", " 5", "+5"
+_SPINNER = "|/-\\"
+
+
+# -- errors -----------------------------------------------------------------------------------
+class CtlError(Exception):
+    """Ends the command with ``exit_code`` after printing ``routerctl: <message>``."""
+
+    exit_code = EXIT_SERVER
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(CtlError):
+    exit_code = EXIT_USAGE
+
+
+class Unreachable(CtlError):
+    exit_code = EXIT_UNREACHABLE
+
+
+class ApiError(CtlError):
+    """The server answered 4xx/5xx; its ``{"error": {...}}`` body is passed through."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None,
+                 body: Any = None) -> None:
+        text = f"{status} {code}: {message}"
+        if field:
+            text += f" (field: {field})"
+        super().__init__(text)
+        self.status, self.code, self.field, self.body = status, code, field, body
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+class Client:
+    """One admin API endpoint. ``request`` returns the decoded JSON body or raises a CtlError."""
+
+    def __init__(self, url: str, token: str | None, timeout: float,
+                 if_match: int | None = None) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise UsageError(f"--url: must be http://HOST:PORT or https://HOST:PORT (got {url!r})")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.if_match = if_match
+        # Straight to the admin listener: it is loopback or an internal address, and an HTTP
+        # proxy from the environment would see the bearer token.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.if_match is not None and method != "GET":
+            headers["If-Match"] = f'"{self.if_match}"'
+        req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raise _api_error(e.code, e.reason, e.read()) from None
+        except urllib.error.URLError as e:
+            raise Unreachable(f"cannot reach the admin API at {self.url}: {e.reason}") from None
+        except (socket.timeout, TimeoutError):
+            raise Unreachable(f"cannot reach the admin API at {self.url}: "
+                              f"no answer within {self.timeout:g}s") from None
+        except OSError as e:  # a connection reset mid-answer, for one
+            raise Unreachable(f"cannot reach the admin API at {self.url}: {e}") from None
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise CtlError(f"the server at {self.url} answered {method} {path} "
+                           "with a body that is not JSON") from None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+
+def _api_error(status: int, reason: Any, raw: bytes) -> ApiError:
+    try:
+        body = json.loads(raw)
+        err = body["error"]
+        return ApiError(status, str(err.get("code") or "error"), str(err.get("message") or reason),
+                        err.get("field"), body)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        # Not the admin API's error shape (a proxy in between, for one): say what we got.
+        text = raw.decode("utf-8", "replace").strip().splitlines()
+        return ApiError(status, "http_error", text[0][:200] if text else str(reason), None)
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def app_path(app: str, tail: str = "") -> str:
+    return f"{API}/{_quote(app)}{tail}"
+
+
+# -- rendering --------------------------------------------------------------------------------
+def table(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Rows (the first is the header) as aligned columns; column numbers in ``right`` are
+    right-aligned (numbers)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def pairs(mapping: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in mapping.items()) or "-"
+
+
+def on_off(value: Any) -> str:
+    return "on" if value else "off"
+
+
+def share(weight: int, total: int) -> str:
+    if total <= 0:
+        return "-"
+    pct = 100.0 * weight / total
+    return f"{pct:.0f}%" if pct == int(pct) else f"{pct:.1f}%"
+
+
+def apps_table(apps: list[dict[str, Any]]) -> str:
+    if not apps:
+        return "no apps"
+    rows = [["APP", "ROUTES", "STICKY", "SERVICES", "RELEASE", "GENERATION"]]
+    for a in apps:
+        release = a.get("release")
+        rows.append([
+            a["name"], ",".join(a.get("routes") or []) or "-", on_off(a.get("session_sticky")),
+            pairs({n: s["weight"] for n, s in (a.get("services") or {}).items()}),
+            release["status"] if release else "-", str(a.get("generation", "-")),
+        ])
+    return table(rows, right=(5,))
+
+
+def services_table(app: dict[str, Any]) -> str:
+    services = app.get("services") or {}
+    total = sum(s["weight"] for s in services.values())
+    rows = [["SERVICE", "WEIGHT", "SHARE", "BACKENDS", "HEALTHY"]]
+    for name, s in services.items():
+        backends = s.get("backends") or []
+        healthy = s.get("healthy_backends") or []
+        rows.append([name, str(s["weight"]), share(s["weight"], total),
+                     ",".join(backends) or "-", f"{len(healthy)}/{len(backends)}"])
+    return table(rows, right=(1, 2, 4))
+
+
+def release_table(release: dict[str, Any]) -> str:
+    rows = [["STATUS", release.get("status", "-")],
+            ["OLD", ",".join(release.get("old") or []) or "-"],
+            ["NEW", str(release.get("new", "-"))],
+            ["STARTED", str(release.get("started_at", "-"))],
+            ["OLD WEIGHTS", pairs(release.get("old_weights") or {})]]
+    return table(rows)
+
+
+def app_detail(app: dict[str, Any]) -> str:
+    drain = app.get("drain_timeout")
+    head = table([["app:", app["name"]],
+                  ["routes:", ",".join(app.get("routes") or []) or "-"],
+                  ["sticky:", on_off(app.get("session_sticky"))],
+                  ["drain_timeout:", "-" if drain is None else f"{drain:g}s"
+                   if isinstance(drain, (int, float)) else str(drain)],
+                  ["generation:", str(app.get("generation", "-"))]])
+    parts = [head, "", services_table(app)]
+    release = app.get("release")
+    parts += ["", "release:", release_table(release)] if release else ["", "release: -"]
+    return "\n".join(parts)
+
+
+class Output:
+    """Where results go: the server's JSON as is with ``--json``, tables otherwise."""
+
+    def __init__(self, as_json: bool, out: TextIO) -> None:
+        self.as_json = as_json
+        self.out = out
+
+    def show(self, data: Any, human: Callable[[Any], str]) -> None:
+        if self.as_json:
+            self.out.write(json.dumps(data, indent=2) + "\n")
+        else:
+            self.out.write(human(data) + "\n")
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_apps(c: Client, args: argparse.Namespace, out: Output) -> int:
+    out.show(c.get(API), lambda d: apps_table(d.get("apps") or []))
+    return EXIT_OK
+
+
+def cmd_show(c: Client, args: argparse.Namespace, out: Output) -> int:
+    out.show(c.get(app_path(args.app)), app_detail)
+    return EXIT_OK
+
+
+def parse_weights(items: Sequence[str]) -> dict[str, int]:
+    """``["web=0", "web-v2=100"]`` -> ``{"web": 0, "web-v2": 100}``; anything else is a
+    UsageError before a byte is sent. The range 0..100 is left to the server."""
+    weights: dict[str, int] = {}
+    for item in items:
+        svc, sep, value = item.partition("=")
+        if not sep or not svc:
+            raise UsageError(f"weights: expected SERVICE=WEIGHT (got {item!r})")
+        if not _INT_RE.match(value):
+            raise UsageError(f"weights: {svc}: the weight must be an integer 0..100 (got {value!r})")
+        if svc in weights:
+            raise UsageError(f"weights: {svc} is given twice")
+        weights[svc] = int(value)
+    return weights
+
+
+def cmd_weights(c: Client, args: argparse.Namespace, out: Output) -> int:
+    weights = parse_weights(args.pairs)
+    app = c.request("PUT", app_path(args.app, "/weights"), weights)
+    out.show(app, lambda a: f"{a['name']}: generation {a['generation']}\n" + services_table(a))
+    return EXIT_OK
+
+
+def cmd_sticky(c: Client, args: argparse.Namespace, out: Output) -> int:
+    app = c.request("PATCH", app_path(args.app), {"session_sticky": args.state == "on"})
+    out.show(app, lambda a: f"{a['name']}: session_sticky {on_off(a['session_sticky'])} "
+                            f"(generation {a['generation']})")
+    return EXIT_OK
+
+
+def cmd_release_start(c: Client, args: argparse.Namespace, out: Output) -> int:
+    body: dict[str, Any] = {"service": args.service, "backends": args.backend}
+    check = {k: v for k, v in (("path", args.health_path), ("interval", args.health_interval),
+                               ("timeout", args.health_timeout)) if v is not None}
+    if check:
+        body["health_check"] = check
+    release = c.request("POST", app_path(args.app, "/release"), body)
+    if not args.wait:
+        out.show(release, lambda r: f"{args.app}: release started\n" + release_table(r))
+        return EXIT_OK
+    return wait_ready(c, args.app, args.service, args.wait_timeout, out)
+
+
+def _progress(app: dict[str, Any], new: str) -> tuple[str, int, int, bool]:
+    """(status, healthy backends, backends, has a health check) of the new service."""
+    release = app.get("release") or {}
+    svc = (app.get("services") or {}).get(new) or {}
+    return (str(release.get("status", "-")), len(svc.get("healthy_backends") or []),
+            len(svc.get("backends") or []), svc.get("health_check") is not None)
+
+
+def progress_line(progress: tuple[str, int, int, bool]) -> str:
+    status, healthy, total, checked = progress
+    line = f"{status}: {healthy}/{total} backends healthy"
+    if status == "in_progress" and not checked:
+        # Unchecked backends count as healthy for routing; the release waits for a TCP
+        # connect to each, which the app object does not show.
+        line += " (no health check; waiting for a TCP connect)"
+    return line
+
+
+def wait_ready(c: Client, app_name: str, new: str, timeout: float, out: Output,
+               err: TextIO | None = None) -> int:
+    """Poll until the release of ``app_name`` is ``awaiting_confirmation``.
+
+    The app object carries both the release and the new service's ``healthy_backends``, so
+    one GET per tick gives the whole progress line. Progress goes to stderr (one line per
+    change, or a spinner on a terminal) so that stdout holds only the result.
+    """
+    err = err if err is not None else sys.stderr
+    tty = err.isatty()
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    last: tuple[str, int, int, bool] | None = None
+    tick = 0
+    while True:
+        app = c.get(app_path(app_name))
+        release = app.get("release")
+        if release is None or release.get("new") != new:
+            if tty:
+                err.write("\n")
+            raise CtlError(f"{app_name}: the release of {new!r} is no longer open "
+                           "(confirmed or rolled back meanwhile)")
+        progress = _progress(app, new)
+        status, line = progress[0], progress_line(progress)
+        if tty:
+            err.write(f"\r{_SPINNER[tick % len(_SPINNER)]} {line} "
+                      f"({time.monotonic() - started:.1f}s)\x1b[K")
+            err.flush()
+        elif progress != last:
+            err.write(line + "\n")
+            err.flush()
+        last = progress
+        tick += 1
+        if status == "awaiting_confirmation":
+            if tty:
+                err.write("\n")
+            out.show(release, lambda r: f"{app_name}: release ready\n" + release_table(r))
+            return EXIT_OK
+        if time.monotonic() >= deadline:
+            if tty:
+                err.write("\n")
+            raise CtlError(f"{app_name}: release of {new!r} not ready after {timeout:g}s "
+                           f"({line})")
+        time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+
+def cmd_release_status(c: Client, args: argparse.Namespace, out: Output) -> int:
+    try:
+        release = c.get(app_path(args.app, "/release"))
+    except ApiError as e:
+        if e.status == 404 and e.field == "release":
+            if out.as_json:
+                out.out.write("null\n")
+            else:
+                out.out.write(f"{args.app}: no open release\n")
+            return EXIT_SERVER
+        raise
+    out.show(release, release_table)
+    return EXIT_OK
+
+
+def _closed(what: str) -> Callable[[dict[str, Any]], str]:
+    return lambda a: (f"{a['name']}: release {what} (generation {a['generation']})\n"
+                      + services_table(a))
+
+
+def cmd_release_confirm(c: Client, args: argparse.Namespace, out: Output) -> int:
+    body = {"force": True} if args.force else None
+    out.show(c.request("POST", app_path(args.app, "/release/confirm"), body), _closed("confirmed"))
+    return EXIT_OK
+
+
+def cmd_release_rollback(c: Client, args: argparse.Namespace, out: Output) -> int:
+    out.show(c.request("POST", app_path(args.app, "/release/rollback")), _closed("rolled back"))
+    return EXIT_OK
+
+
+# -- command line -----------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds (got {value!r})") from None
+    if not f > 0 or f == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {value!r})")
+    return f
+
+
+def _generation(value: str) -> int:
+    v = value.strip().strip('"')
+    if not v.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a generation number (got {value!r})")
+    return int(v)
+
+
+def _global_options(defaults: bool) -> argparse.ArgumentParser:
+    """The global options, accepted before and after the command. Only the top-level parser
+    carries defaults; a subcommand's copy sets a value only when it is given there."""
+    p = argparse.ArgumentParser(add_help=False)
+    d: Callable[[Any], Any] = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    p.add_argument("--url", default=d(os.environ.get("ROUTER_URL") or DEFAULT_URL),
+                   help="admin API base URL (env ROUTER_URL; default %(default)s)"
+                   if defaults else argparse.SUPPRESS)
+    p.add_argument("--token", default=d(os.environ.get("ROUTER_TOKEN") or None),
+                   help="bearer token (env ROUTER_TOKEN)" if defaults else argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", default=d(False),
+                   help="print the server's JSON instead of tables" if defaults else argparse.SUPPRESS)
+    p.add_argument("--timeout", type=_positive, default=d(DEFAULT_TIMEOUT), metavar="SECONDS",
+                   help="per-request timeout (default %(default)s)" if defaults else argparse.SUPPRESS)
+    p.add_argument("--if-match", type=_generation, default=d(None), metavar="GEN",
+                   help="send If-Match: \"GEN\" on changes (412 if the app moved on)"
+                   if defaults else argparse.SUPPRESS)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options(defaults=False)
+    parser = _Parser(prog="routerctl", parents=[_global_options(defaults=True)],
+                     description="Admin client for the blue-green router.",
+                     epilog="exit codes: 0 ok, 1 server error, 2 bad command line, "
+                            "3 admin API unreachable")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Parser)
+
+    p = sub.add_parser("apps", parents=[common], help="list the apps")
+    p.set_defaults(func=cmd_apps)
+
+    p = sub.add_parser("show", parents=[common], help="one app: services, weights, health, release")
+    p.add_argument("app")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("weights", parents=[common],
+                       help="set several weights in one atomic step")
+    p.add_argument("app")
+    p.add_argument("pairs", nargs="+", metavar="SVC=W")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("sticky", parents=[common], help="switch session stickiness")
+    p.add_argument("app")
+    p.add_argument("state", choices=["on", "off"])
+    p.set_defaults(func=cmd_sticky)
+
+    rel = sub.add_parser("release", parents=[common], help="blue-green releases")
+    rsub = rel.add_subparsers(dest="release_command", metavar="ACTION", required=True,
+                              parser_class=_Parser)
+    p = rsub.add_parser("start", parents=[common], help="add the new service at weight 0")
+    p.add_argument("app")
+    p.add_argument("service")
+    p.add_argument("--backend", action="append", required=True, metavar="HOST:PORT",
+                   help="a backend of the new service (repeat for more)")
+    p.add_argument("--health-path", metavar="PATH", help="HTTP health check path (default: TCP)")
+    p.add_argument("--health-interval", metavar="DURATION", help="health check interval, e.g. 2s")
+    p.add_argument("--health-timeout", metavar="DURATION", help="health check timeout, e.g. 1s")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until every new backend is healthy (awaiting_confirmation)")
+    p.add_argument("--wait-timeout", type=_positive, default=120.0, metavar="SECONDS",
+                   help="give up waiting after this long (exit 1; default %(default)s)")
+    p.set_defaults(func=cmd_release_start)
+
+    p = rsub.add_parser("status", parents=[common], help="the open release (exit 1 if none)")
+    p.add_argument("app")
+    p.set_defaults(func=cmd_release_status)
+
+    p = rsub.add_parser("confirm", parents=[common], help="delete the old services")
+    p.add_argument("app")
+    p.add_argument("--force", action="store_true",
+                   help="first move all weight to the new service")
+    p.set_defaults(func=cmd_release_confirm)
+
+    p = rsub.add_parser("rollback", parents=[common],
+                        help="delete the new service, restore the old weights")
+    p.add_argument("app")
+    p.set_defaults(func=cmd_release_rollback)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad command line (2)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    out = Output(args.json, sys.stdout)
+    try:
+        client = Client(args.url, args.token, args.timeout, args.if_match)
+        code: int = args.func(client, args, out)
+        return code
+    except CtlError as e:
+        sys.stdout.flush()
+        print(f"routerctl: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("routerctl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
