@@ -73,8 +73,11 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return _error(e.status, "not_found" if e.status == 404 else
+        resp = _error(e.status, "not_found" if e.status == 404 else
                       "method_not_allowed" if e.status == 405 else "http_error", e.reason)
+        if "Allow" in e.headers:
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return _error(500, "internal", "internal error; see the router's log")

@@ -128,7 +128,8 @@ def _body(ref: str | dict[str, Any], required: bool = True) -> dict[str, Any]:
 
 _APP_PARAM = {"name": "app", "in": "path", "required": True, "schema": NAME}
 _SVC_PARAM = {"name": "svc", "in": "path", "required": True, "schema": NAME}
-_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
+             "schema": {"type": "string", "pattern": '^(\\*|(W/)?"[0-9]+")$'},
              "description": 'the ETag of the app ("<generation>"); a stale one answers 412'}
 
 _COMMON = {"401": _err("missing or wrong bearer token")}

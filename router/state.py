@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from .config import AppConfig, ConfigError, HealthCheckConfig, ServiceConfig, parse_app, parse_service
-from .errors import Conflict, Invalid, NotFound, PreconditionFailed, RouterError, Unavailable
+from .errors import BadRequest, Conflict, Invalid, NotFound, PreconditionFailed, RouterError, Unavailable
 from .release import Action, Release, ReleaseConflict, start as start_release
 
 log = logging.getLogger("router.admin")
@@ -337,7 +337,7 @@ def parse_etag(value: str) -> int | None:
         v = v[2:]
     v = v.strip('"')
     if not v.isdigit():
-        raise PreconditionFailed(f"If-Match must be an ETag like \"12\" (got {value!r})", "If-Match")
+        raise BadRequest(f"If-Match must be an ETag like \"12\" or * (got {value!r})", "If-Match")
     return int(v)
 
 
@@ -355,6 +355,9 @@ class StateManager:
                      etag_app: str | None = None) -> State:
         async with self._lock:
             cur = self.state
+            # The operation first: a request that would be refused anyway (bad body, unknown
+            # service, conflict) gets that answer rather than a 412.
+            apps, releases, touched = op(cur)
             if if_match is not None:
                 want = parse_etag(if_match)
                 if want is not None:
@@ -363,7 +366,6 @@ class StateManager:
                     if want != have:
                         raise PreconditionFailed(
                             f"stale If-Match: {want} is not the current generation {have}", "If-Match")
-            apps, releases, touched = op(cur)
             gen = cur.generation + 1
             app_gens = {n: g for n, g in cur.app_generations.items() if any(a.name == n for a in apps)}
             for n in touched:
