@@ -1,0 +1,1014 @@
+"""Load comparison: the router beside nginx and HAProxy, proxying the same backends.
+
+One command (from the repository root)::
+
+    python3 -m benchmarks.run                      # every target, 2 rounds of 10 s
+    python3 -m benchmarks.run --quick              # 1 round of 3 s
+    python3 -m benchmarks.run --targets nginx,haproxy,direct
+
+Layout of the run on a 2-core machine (see benchmarks/README.md):
+
+* CPU 1: the two nginx backends ("blue", "green"), wrk, and this harness.
+* CPU 0: the system under test, alone.
+
+All targets are started first, then loaded in turn, rounds interleaved (round 1 of every
+target, then round 2 ...) for each body size: a 2 s warm-up, then one round of
+``wrk -t1 -c50 -d<duration>s --latency``. Medians over ``--rounds`` rounds are reported,
+failed requests are summed over rounds. CPU per request is the utime+stime the system under
+test's process tree spent during a round, divided by the requests wrk completed in it.
+
+Every process started here is stopped by its id on the way out (also on Ctrl-C and SIGTERM),
+every wait is bounded, and all traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import http.client
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CONF = HERE / "conf"
+RESULTS_MD = HERE / "RESULTS.md"
+
+ALL_TARGETS = ("router", "router-sticky", "router-pinned", "nginx", "haproxy", "direct")
+ROUTER_TARGETS = ("router", "router-sticky", "router-pinned")
+HOST = "bench.local"
+BODIES = {"small": 100, "64k": 65536}
+
+CONNECTIONS = 50
+WARMUP_S = 2
+SUT_CPU = 0  # the system under test runs alone here
+LOAD_CPU = 1  # backends, wrk and this harness share this one
+
+QUIET_CPUS = 0.15  # the machine counts as quiet below 0.15 CPUs busy outside our load
+QUIET_SAMPLE_S = 0.5
+NOISY_SHARE = 0.05  # other processes using over 5% of one CPU during a round: noted as disturbed
+READY_TIMEOUT_S = 15.0  # router /readyz, as agreed for the harness
+STOP_GRACE_S = 12.0  # SIGTERM -> SIGKILL; the router's default grace period is 10 s
+APT_UPDATE_TIMEOUT_S = 600
+APT_INSTALL_TIMEOUT_S = 900
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TOOLS = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy"}
+SBIN_PATH = os.pathsep.join(
+    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"]
+)
+
+
+class BenchError(Exception):
+    """A step of the run failed; the message says which and why."""
+
+
+class TargetSkipped(BenchError):
+    """A system under test could not be started or does not answer correctly."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tools
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name, path=SBIN_PATH)
+
+
+def ensure_tools() -> dict[str, str]:
+    """Find wrk, nginx and haproxy; install the Debian packages if missing and we are root."""
+    missing = [tool for tool in TOOLS if which(tool) is None]
+    if missing:
+        packages = [TOOLS[tool] for tool in missing]
+        if os.geteuid() != 0 or which("apt-get") is None:
+            raise BenchError(
+                f"missing {', '.join(missing)}; install them with "
+                f"`apt-get install -y {' '.join(packages)}` (as root), then run this again"
+            )
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        print(f"installing {' '.join(packages)} with apt-get ...", flush=True)
+        for cmd, timeout in (
+            (["apt-get", "update"], APT_UPDATE_TIMEOUT_S),
+            (["apt-get", "install", "-y", "--no-install-recommends", *packages], APT_INSTALL_TIMEOUT_S),
+        ):
+            try:
+                subprocess.run(cmd, env=env, check=True, timeout=timeout)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                raise BenchError(f"`{shlex.join(cmd)}` failed: {exc}") from exc
+        still = [tool for tool in TOOLS if which(tool) is None]
+        if still:
+            raise BenchError(f"still missing after apt-get install: {', '.join(still)}")
+    return {tool: which(tool) or tool for tool in TOOLS}
+
+
+def tool_version(cmd: Sequence[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].strip() if text else "?"
+
+
+# --------------------------------------------------------------------------------------------
+# CPU pinning and CPU time
+
+
+@dataclass(frozen=True)
+class Pinning:
+    taskset: str | None
+    note: str
+
+    def prefix(self, cpu: int) -> list[str]:
+        return [self.taskset, "-c", str(cpu)] if self.taskset else []
+
+
+def decide_pinning() -> Pinning:
+    ncpu = os.cpu_count() or 1
+    taskset = which("taskset")
+    if taskset is None:
+        return Pinning(None, "taskset not found: nothing pinned")
+    if ncpu < 2:
+        return Pinning(None, f"{ncpu} CPU: nothing pinned")
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {LOAD_CPU})
+    return Pinning(
+        taskset,
+        f"system under test on CPU {SUT_CPU}; backends, wrk and the harness on CPU {LOAD_CPU}",
+    )
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    comm: str
+    ppid: int
+    own: int  # utime+stime, clock ticks
+    reaped: int  # cutime+cstime: children it has waited for
+
+    @property
+    def ticks(self) -> int:
+        return self.own + self.reaped
+
+
+def proc_table() -> dict[int, ProcInfo]:
+    """Every process of /proc/<pid>/stat, read once (one snapshot serves all questions)."""
+    table: dict[int, ProcInfo] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        close = raw.rfind(")")
+        fields = raw[close + 2 :].split()
+        # after the name: [0]=state [1]=ppid ... [11]=utime [12]=stime [13]=cutime [14]=cstime
+        table[int(entry)] = ProcInfo(raw[raw.find("(") + 1 : close], int(fields[1]),
+                                     int(fields[11]) + int(fields[12]),
+                                     int(fields[13]) + int(fields[14]))
+    return table
+
+
+def process_tree(roots: Sequence[int], table: dict[int, ProcInfo]) -> set[int]:
+    """The roots and every live descendant."""
+    children: dict[int, list[int]] = {}
+    for pid, info in table.items():
+        children.setdefault(info.ppid, []).append(pid)
+    tree: set[int] = set()
+    todo = [r for r in roots if r in table]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.add(pid)
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu_seconds(roots: Sequence[int], table: dict[int, ProcInfo]) -> float:
+    return sum(table[pid].ticks for pid in process_tree(roots, table)) / CLK_TCK
+
+
+@dataclass(frozen=True)
+class Others:
+    """CPU time that processes this harness did not start used during a round (noise)."""
+
+    seconds: float
+    top: list[tuple[str, float]]
+
+    def describe(self) -> str:
+        top = ", ".join(f"{name} {sec:.1f}" for name, sec in self.top)
+        return f"{self.seconds:.1f} CPU-s" + (f" ({top})" if top else "")
+
+
+def other_cpu(before: dict[int, ProcInfo], after: dict[int, ProcInfo],
+              cpu_before: dict[int, list[int]], cpu_after: dict[int, list[int]]) -> Others:
+    """What the rest of the machine used: all user+system time minus ours and the kernel's.
+
+    Ours is this harness and everything it started, reaped children included (the wrk of the
+    round ends inside it). Kernel threads (kthreadd, pid 2, and its children) are mostly the
+    loopback traffic of the run, so they are not counted as noise. The per-name breakdown uses
+    each process's own utime+stime: a process born and gone within the round is in the total
+    but not in the names.
+    """
+    ours = process_tree([os.getpid()], after) | process_tree([os.getpid()], before)
+    kernel = process_tree([2], after) | process_tree([2], before)
+
+    def delta(pid: int, attr: str) -> int:
+        new, old = after.get(pid), before.get(pid)
+        if new is None:
+            return 0
+        value = int(getattr(new, attr))
+        return value - int(getattr(old, attr)) if old is not None and old.comm == new.comm else value
+
+    ours_ticks = sum(delta(pid, "ticks") for pid in ours)
+    kernel_ticks = sum(delta(pid, "own") for pid in kernel)
+    # /proc/stat per CPU: user nice system ...
+    machine = sum(sum(cpu_after[c][:3]) - sum(cpu_before[c][:3])
+                  for c in set(cpu_after) & set(cpu_before))
+    by_name: dict[str, int] = {}
+    for pid, info in after.items():
+        if pid not in ours and pid not in kernel:
+            d = delta(pid, "own")
+            if d > 0:
+                by_name[info.comm] = by_name.get(info.comm, 0) + d
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:3]
+    total = max(0, machine - ours_ticks - kernel_ticks, sum(by_name.values()))
+    return Others(total / CLK_TCK,
+                  [(name, ticks / CLK_TCK) for name, ticks in top if ticks / CLK_TCK >= 0.05])
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Share of each CPU's time over a round: busy (not idle) and stolen by the hypervisor."""
+
+    busy: dict[int, float]
+    steal: dict[int, float]
+
+    def describe(self) -> str:
+        return " ".join(f"cpu{c} {self.busy[c]:.0f}%" + (f" (steal {self.steal[c]:.0f}%)"
+                                                            if self.steal[c] >= 1 else "")
+                        for c in sorted(self.busy))
+
+
+def read_cpu_ticks() -> dict[int, list[int]]:
+    """Per-CPU counters of /proc/stat: user nice system idle iowait irq softirq steal."""
+    ticks: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                ticks[int(name[3:])] = [int(v) for v in values[:8]]
+    return ticks
+
+
+def cpu_use(before: dict[int, list[int]], after: dict[int, list[int]]) -> CpuUse | None:
+    busy, steal = {}, {}
+    for cpu in sorted(set(before) & set(after)):
+        delta = [a - b for a, b in zip(after[cpu], before[cpu])]
+        total = sum(delta)
+        if total <= 0 or len(delta) < 8:
+            return None
+        busy[cpu] = 100.0 * (total - delta[3] - delta[4] - delta[7]) / total
+        steal[cpu] = 100.0 * delta[7] / total
+    return CpuUse(busy, steal) if busy else None
+
+
+def wait_for_quiet(max_wait_s: float) -> tuple[float, float]:
+    """Wait, at most max_wait_s, until the machine is idle apart from us; best effort.
+
+    Other work on a shared machine (a test suite, a build) lands on the pinned CPUs too and
+    moves the numbers by tens of per cent. Between rounds nothing of ours is loaded, so any
+    busy CPU then is someone else. Returns (seconds waited, CPUs busy at the last sample).
+    """
+    start = time.monotonic()
+    while True:
+        before = read_cpu_ticks()
+        time.sleep(QUIET_SAMPLE_S)
+        after = read_cpu_ticks()
+        busy = sum(sum(after[c][:3]) + sum(after[c][5:7]) - sum(before[c][:3])
+                   - sum(before[c][5:7]) for c in set(after) & set(before))
+        cpus = busy / CLK_TCK / QUIET_SAMPLE_S
+        waited = time.monotonic() - start
+        if cpus < QUIET_CPUS or waited >= max_wait_s:
+            return waited, cpus
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no output)"
+        tail = text.strip().splitlines()[-lines:]
+        return "\n".join("    " + line for line in tail) or "    (no output)"
+
+    def stop(self) -> None:
+        """SIGTERM the process group this harness created for it, then SIGKILL if it lingers."""
+        if not self.alive():
+            return
+        # start_new_session=True made the child the leader of its own group, id = its pid:
+        # signalling that group reaches only the processes it forked, nothing else.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=5)
+        # Children that outlived their parent are still in the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+class Harness:
+    """Owns the temporary directory and every process started; cleans both up on exit."""
+
+    def __init__(self, keep_tmp: bool = False) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
+        self.keep_tmp = keep_tmp
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, cmd: Sequence[str], cwd: Path | None = None) -> Proc:
+        log = self.tmp / f"{name}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                list(cmd),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        with contextlib.suppress(ValueError):
+            self.procs.remove(proc)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+        if self.keep_tmp:
+            print(f"temporary files kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def render(template: str, dest: Path, **values: object) -> Path:
+    text = (CONF / template).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@@{key.upper()}@@", str(value))
+    leftover = re.search(r"@@[A-Z_]+@@", text)
+    if leftover:
+        raise BenchError(f"{template}: placeholder {leftover.group()} not filled")
+    dest.write_text(text)
+    return dest
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: http.client.HTTPMessage
+
+
+def http_get(port: int, path: str, host: str = HOST, headers: dict[str, str] | None = None,
+             timeout: float = 3.0) -> Reply:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host, **(headers or {})})
+        resp = conn.getresponse()
+        return Reply(resp.status, resp.read(), resp.msg)
+    finally:
+        conn.close()
+
+
+def wait_until(deadline_s: float, probe: Callable[[], str | None],
+               proc: Proc | None = None) -> str | None:
+    """Call probe() every 0.1 s until it returns None (ready); return the last complaint."""
+    deadline = time.monotonic() + deadline_s
+    complaint: str | None = "never probed"
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            return f"exited with code {proc.popen.returncode}"
+        try:
+            complaint = probe()
+        except (OSError, http.client.HTTPException) as exc:
+            complaint = f"{type(exc).__name__}: {exc}"
+        if complaint is None:
+            return None
+        time.sleep(0.1)
+    return f"not ready after {deadline_s:.0f} s ({complaint})"
+
+
+# --------------------------------------------------------------------------------------------
+# Backends and systems under test
+
+
+@dataclass
+class Backends:
+    blue: int
+    green: int
+    proc: Proc
+
+
+def start_backends(h: Harness, nginx: str, pin: Pinning) -> Backends:
+    prefix = h.tmp / "backends"
+    for name in ("blue", "green"):
+        www = prefix / "www" / name
+        www.mkdir(parents=True)
+        # The body names its backend, so the sanity check can see both are reached.
+        (www / "small").write_bytes(((name + " ").ljust(BODIES["small"] - 1, ".") + "\n").encode())
+        line = (name + "\n").encode()
+        (www / "64k").write_bytes((line * (BODIES["64k"] // len(line) + 1))[: BODIES["64k"]])
+    blue, green = free_port(), free_port()
+    conf = render("backends.nginx.conf", prefix / "nginx.conf",
+                  prefix=prefix, blue_port=blue, green_port=green)
+    proc = h.start("backends", [*pin.prefix(LOAD_CPU), nginx, "-p", str(prefix), "-e",
+                                str(prefix / "error.log"), "-c", str(conf)])
+    for port in (blue, green):
+        problem = wait_until(10, lambda p=port: _check_body(p, "small"), proc)
+        if problem:
+            raise BenchError(f"backend nginx on port {port}: {problem}\n{proc.log_tail()}")
+    return Backends(blue, green, proc)
+
+
+def _check_body(port: int, body: str) -> str | None:
+    reply = http_get(port, f"/{body}")
+    if reply.status != 200:
+        return f"GET /{body} answered {reply.status}: {reply.body[:200]!r}"
+    if len(reply.body) != BODIES[body]:
+        return f"GET /{body} returned {len(reply.body)} bytes, expected {BODIES[body]}"
+    return None
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    procs: list[Proc] = field(default_factory=list)  # whose CPU time is the target's
+    headers: dict[str, str] = field(default_factory=dict)  # extra request headers for wrk
+    notes: list[str] = field(default_factory=list)
+
+
+def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backends,
+                 pin: Pinning, args: argparse.Namespace) -> Target:
+    if name == "direct":
+        return Target(name, backends.blue, notes=["wrk straight at the blue backend"])
+    port = free_port()
+    prefix = h.tmp / name
+    prefix.mkdir()
+    if name == "nginx":
+        conf = render("proxy.nginx.conf", prefix / "nginx.conf", prefix=prefix, port=port,
+                      blue_port=backends.blue, green_port=backends.green)
+        proc = h.start(name, [*pin.prefix(SUT_CPU), tools["nginx"], "-p", str(prefix), "-e",
+                              str(prefix / "error.log"), "-c", str(conf)])
+        ready_timeout = 10.0
+    elif name == "haproxy":
+        conf = render("haproxy.cfg", prefix / "haproxy.cfg", port=port,
+                      blue_port=backends.blue, green_port=backends.green)
+        proc = h.start(name, [*pin.prefix(SUT_CPU), tools["haproxy"], "-db", "-f", str(conf)])
+        ready_timeout = 10.0
+    elif name in ROUTER_TARGETS:
+        admin_port = free_port()
+        conf = render("router.yaml", prefix / "router.yaml", port=port, admin_port=admin_port,
+                      sticky="false" if name == "router" else "true",
+                      blue_port=backends.blue, green_port=backends.green)
+        cmd = [*pin.prefix(SUT_CPU), sys.executable, "-m", "router.cli", "serve",
+               "--config", str(conf)]
+        if args.router_workers:
+            cmd += ["--workers", str(args.router_workers)]
+        proc = h.start(name, cmd, cwd=REPO)
+
+        def readyz() -> str | None:
+            reply = http_get(admin_port, "/readyz", host=f"127.0.0.1:{admin_port}")
+            return None if reply.status == 200 else f"/readyz answered {reply.status}"
+
+        problem = wait_until(READY_TIMEOUT_S, readyz, proc)
+        if problem:
+            h.stop(proc)
+            raise TargetSkipped(f"`{shlex.join(cmd)}`: {problem}\n{proc.log_tail()}")
+        ready_timeout = 3.0
+    else:  # argparse already refused it
+        raise BenchError(f"unknown target {name}")
+
+    target = Target(name, port, procs=[proc])
+    problem = wait_until(ready_timeout, lambda: _check_body(port, "small"), proc)
+    if problem is None:
+        try:
+            problem = _sanity(target)
+        except (OSError, http.client.HTTPException) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        h.stop(proc)
+        raise TargetSkipped(f"{name} on port {port}: {problem}\n{proc.log_tail()}")
+    return target
+
+
+def _sanity(target: Target) -> str | None:
+    """Both bodies come through whole and both backends are reached; the cookie flow works."""
+    port = target.port
+    seen = set()
+    for _ in range(6):
+        reply = http_get(port, "/small")
+        seen.add(reply.body.split(b" ", 1)[0].decode(errors="replace"))
+    problem = _check_body(port, "64k")
+    if problem:
+        return problem
+    if seen != {"blue", "green"}:
+        target.notes.append(f"sanity check: 6 requests reached {sorted(seen)}, not both backends")
+
+    if target.name == "router-sticky":
+        if http_get(port, "/small").headers.get("Set-Cookie") is None:
+            target.notes.append("no Set-Cookie seen on an unpinned request")
+        else:
+            target.notes.append("unpinned requests: a cookie is issued on every response")
+    if target.name == "router-pinned":
+        cookie = reply_cookie(http_get(port, "/small"))
+        if cookie is None:
+            return "no Set-Cookie on an unpinned request"
+        again = http_get(port, "/small", headers={"Cookie": cookie})
+        if again.status != 200:
+            return f"a request with the cookie answered {again.status}"
+        target.headers["Cookie"] = cookie
+        target.notes.append(
+            f"every request carries the cookie `{cookie.split('=', 1)[0]}` (verified on every "
+            f"request; all go to {again.body.split(b' ', 1)[0].decode(errors='replace')})"
+        )
+    return None
+
+
+def reply_cookie(reply: Reply) -> str | None:
+    header = reply.headers.get("Set-Cookie")
+    if not header:
+        return None
+    return header.split(";", 1)[0].strip()
+
+
+# --------------------------------------------------------------------------------------------
+# wrk
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_LAT = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
+_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_TOTAL = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.M)
+_SOCK = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+@dataclass(frozen=True)
+class Round:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non2xx: int
+    socket_errors: int
+    cpu_s: float | None
+    cpus: CpuUse | None = None
+    others: Others | None = None
+
+    @property
+    def failed(self) -> int:
+        return self.non2xx + self.socket_errors
+
+    @property
+    def cpu_us_per_req(self) -> float | None:
+        if self.cpu_s is None or self.requests == 0:
+            return None
+        return self.cpu_s / self.requests * 1e6
+
+
+def parse_wrk(text: str) -> tuple[float, float, float, int, int, int]:
+    """requests/s, p50 ms, p99 ms, requests, non-2xx/3xx, socket errors."""
+    lat = {pct: float(val) * _UNITS[unit] for pct, val, unit in _LAT.findall(text)}
+    rps, total = _RPS.search(text), _TOTAL.search(text)
+    if rps is None or total is None or "50" not in lat or "99" not in lat:
+        raise BenchError(f"cannot parse wrk output:\n{text}")
+    sock = _SOCK.search(text)
+    non2xx = _NON2XX.search(text)
+    return (float(rps.group(1)), lat["50"], lat["99"], int(total.group(1)),
+            int(non2xx.group(1)) if non2xx else 0,
+            sum(int(v) for v in sock.groups()) if sock else 0)
+
+
+def run_wrk(wrk: str, pin: Pinning, target: Target, body: str, seconds: int,
+            latency: bool = True) -> tuple[str, float | None, CpuUse | None, Others]:
+    """Run one wrk load.
+
+    Returns its output, the CPU seconds the target's process tree spent meanwhile, how busy each
+    CPU was, and what other processes of the machine used (the noise in that round).
+    """
+    cmd = [*pin.prefix(LOAD_CPU), wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s"]
+    if latency:
+        cmd.append("--latency")
+    for name, value in {"Host": HOST, **target.headers}.items():
+        cmd += ["-H", f"{name}: {value}"]
+    cmd.append(f"http://127.0.0.1:{target.port}/{body}")
+    roots = [p.pid for p in target.procs]
+    table_before, machine_before = proc_table(), read_cpu_ticks()
+    wrk_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = wrk_proc.communicate(timeout=seconds + 30)
+    except BaseException as exc:
+        # Timeout, Ctrl-C, SIGTERM: wrk goes too, and is reaped before we go on.
+        wrk_proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            wrk_proc.wait(timeout=5)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise BenchError(f"wrk did not finish within {seconds + 30} s") from exc
+        raise
+    table_after, machine_after = proc_table(), read_cpu_ticks()
+    machine = cpu_use(machine_before, machine_after)
+    others = other_cpu(table_before, table_after, machine_before, machine_after)
+    if wrk_proc.returncode != 0:
+        raise BenchError(f"`{shlex.join(cmd)}` exited {wrk_proc.returncode}: {stderr.strip()}")
+    for proc in target.procs:
+        if not proc.alive():
+            raise BenchError(f"{proc.name} exited during the load (code "
+                             f"{proc.popen.returncode})\n{proc.log_tail()}")
+    cpu = None
+    if roots:
+        cpu = tree_cpu_seconds(roots, table_after) - tree_cpu_seconds(roots, table_before)
+    return stdout, cpu, machine, others
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Result:
+    target: str
+    body: str
+    rounds: list[Round] = field(default_factory=list)
+    error: str | None = None
+
+    def median(self, attr: str) -> float | None:
+        values = [getattr(r, attr) for r in self.rounds]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def results_table(results: list[Result], skips: dict[str, str]) -> str:
+    nginx_rps = {r.body: r.median("rps") for r in results if r.target == "nginx" and r.rounds}
+    lines = [
+        "| target | body | requests/s | p50 ms | p99 ms | failed | CPU µs/req | % of nginx rps |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        if r.error is not None and not r.rounds:
+            lines.append(f"| {r.target} | {r.body} | error | | | | | |")
+            continue
+        rps = r.median("rps")
+        base = nginx_rps.get(r.body)
+        ratio = f"{rps / base * 100:.0f}%" if rps is not None and base else "–"
+        lines.append(
+            f"| {r.target} | {r.body} | {fmt(rps, 0)} | {fmt(r.median('p50_ms'), 2)} | "
+            f"{fmt(r.median('p99_ms'), 2)} | {sum(x.failed for x in r.rounds)} | "
+            f"{fmt(r.median('cpu_us_per_req'))} | {ratio} |"
+        )
+    for name in skips:
+        lines.append(f"| {name} | – | skipped | | | | | |")
+    return "\n".join(lines)
+
+
+def rounds_table(results: list[Result]) -> str:
+    lines = ["| target | body | round | requests | requests/s | p50 ms | p99 ms | non-2xx/3xx "
+             "| socket errors | CPU s | CPU µs/req | machine CPU busy | other processes |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|"]
+    for r in results:
+        for i, x in enumerate(r.rounds, 1):
+            lines.append(f"| {r.target} | {r.body} | {i} | {x.requests} | {x.rps:,.0f} | "
+                         f"{x.p50_ms:.2f} | {x.p99_ms:.2f} | {x.non2xx} | {x.socket_errors} | "
+                         f"{fmt(x.cpu_s, 2)} | {fmt(x.cpu_us_per_req)} | "
+                         f"{x.cpus.describe() if x.cpus else '–'} | "
+                         f"{x.others.describe() if x.others else '–'} |")
+    return "\n".join(lines)
+
+
+def target_checks(results: list[Result]) -> list[str]:
+    """The router against the targets of issue 5, when nginx ran beside it."""
+    by = {(r.target, r.body): r for r in results if r.rounds}
+    out: list[str] = []
+
+    def ratio(a: Result, b: Result, attr: str) -> float | None:
+        x, y = a.median(attr), b.median(attr)
+        return x / y if x is not None and y else None
+
+    def check(label: str, value: float | None, limit: float, higher_is_better: bool) -> None:
+        if value is None:
+            return
+        ok = value >= limit if higher_is_better else value <= limit
+        sign = "≥" if higher_is_better else "≤"
+        out.append(f"- {'PASS' if ok else 'MISS'} {label}: {value:.2f} (target {sign} {limit})")
+
+    nginx_small, nginx_64k = by.get(("nginx", "small")), by.get(("nginx", "64k"))
+    router_small, router_64k = by.get(("router", "small")), by.get(("router", "64k"))
+    if nginx_small and router_small:
+        check("router/nginx requests/s, small", ratio(router_small, nginx_small, "rps"), 0.75, True)
+        check("router/nginx p99, small", ratio(router_small, nginx_small, "p99_ms"), 2.0, False)
+        check("router/nginx CPU per request, small",
+              ratio(router_small, nginx_small, "cpu_us_per_req"), 1.5, False)
+    for sticky in ("router-sticky", "router-pinned"):
+        r = by.get((sticky, "small"))
+        if nginx_small and r:
+            check(f"{sticky}/nginx requests/s, small", ratio(r, nginx_small, "rps"), 0.70, True)
+    if nginx_64k and router_64k:
+        check("router/nginx requests/s, 64k", ratio(router_64k, nginx_64k, "rps"), 0.90, True)
+    for r in results:
+        if r.target in ROUTER_TARGETS and r.rounds:
+            failed = sum(x.failed for x in r.rounds)
+            if failed:
+                out.append(f"- MISS {r.target} {r.body}: {failed} failed requests (target 0)")
+    return out
+
+
+def machine_info() -> list[str]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model", "Hardware"):
+                model = value.strip()
+                break
+    return [
+        f"- nproc: {os.cpu_count()}",
+        f"- CPU: {model}",
+        f"- kernel: {platform.system()} {platform.release()}",
+        f"- Python: {platform.python_version()} ({sys.executable})",
+    ]
+
+
+def command_line() -> str:
+    args = shlex.join(sys.argv[1:])
+    spec = globals().get("__spec__")
+    head = "python3 -m benchmarks.run" if spec is not None else "python3 benchmarks/run.py"
+    return f"{head} {args}".strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m benchmarks.run",
+        description="Load comparison of the router with nginx and HAProxy (wrk, one machine).",
+    )
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS),
+                        help=f"comma-separated, any of {','.join(ALL_TARGETS)} (default: all)")
+    parser.add_argument("--bodies", default=",".join(BODIES),
+                        help=f"comma-separated, any of {','.join(BODIES)} (default: all)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per round (default 10)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per target and body (default 2)")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s")
+    parser.add_argument("--quiet-wait", type=float, default=20.0, metavar="S",
+                        help="before each round wait up to S seconds for other processes to "
+                             "leave the CPUs idle (default 20, 0 = do not wait)")
+    parser.add_argument("--router-workers", type=int, default=0,
+                        help="pass --workers N to `router serve` (default: not passed, 1 worker)")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS_MD.name}")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    bad = [t for t in targets if t not in ALL_TARGETS]
+    if bad or not targets:
+        parser.error(f"--targets: unknown {bad}; choose from {','.join(ALL_TARGETS)}")
+    bodies = [b.strip() for b in args.bodies.split(",") if b.strip()]
+    if not bodies or any(b not in BODIES for b in bodies):
+        parser.error(f"--bodies: choose from {','.join(BODIES)}")
+    if args.quick:
+        args.duration, args.rounds = 3, 1
+    if not 1 <= args.duration <= 600 or not 1 <= args.rounds <= 20:
+        parser.error("--duration must be 1..600 and --rounds 1..20")
+    if not 0 <= args.quiet_wait <= 600:
+        parser.error("--quiet-wait must be 0..600 seconds")
+    args.target_list, args.body_list = targets, bodies
+    return args
+
+
+def measure(wrk: str, pin: Pinning, targets: list[Target], args: argparse.Namespace,
+            notes: list[str]) -> list[Result]:
+    """Load every target, rounds interleaved: round 1 of each target, then round 2 of each.
+
+    On a shared machine the background load drifts over minutes; interleaving spreads that
+    drift over all targets instead of charging it to whichever ran last. Every measured round is
+    preceded by its own warm-up, so idle time between a target's rounds does not count.
+    """
+    results = {(t.name, body): Result(t.name, body) for t in targets for body in args.body_list}
+    for body in args.body_list:
+        for i in range(args.rounds):
+            print(f"-- {body}, round {i + 1} of {args.rounds}", flush=True)
+            for target in targets:
+                result = results[(target.name, body)]
+                if result.error is not None:
+                    continue
+                if args.quiet_wait > 0:
+                    waited, busy = wait_for_quiet(args.quiet_wait)
+                    if busy >= QUIET_CPUS:
+                        print(f"   (machine still busy after {waited:.0f} s: {busy:.1f} CPUs "
+                              "used by other processes; going on)", flush=True)
+                    elif waited >= 2 * QUIET_SAMPLE_S:
+                        print(f"   (waited {waited:.0f} s for the machine to go quiet)", flush=True)
+                try:
+                    run_wrk(wrk, pin, target, body, WARMUP_S, latency=False)
+                    out, cpu, machine, others = run_wrk(wrk, pin, target, body, args.duration)
+                    rnd = Round(*parse_wrk(out), cpu_s=cpu, cpus=machine, others=others)
+                except BenchError as exc:
+                    print(f"   {target.name:>13}: ERROR {exc}", flush=True)
+                    notes.append(f"**{target.name} {body} error**: " + str(exc).splitlines()[0])
+                    dead = any(not p.alive() for p in target.procs)
+                    for b in args.body_list if dead else [body]:
+                        results[(target.name, b)].error = str(exc)
+                    continue
+                result.rounds.append(rnd)
+                print(f"   {target.name:>13}: {rnd.rps:,.0f} req/s, p50 {rnd.p50_ms:.2f} ms, "
+                      f"p99 {rnd.p99_ms:.2f} ms, failed {rnd.failed}, "
+                      f"CPU {fmt(rnd.cpu_us_per_req)} µs/req"
+                      + (f"; {rnd.cpus.describe()} busy" if rnd.cpus else "")
+                      + f"; other processes {others.describe()}", flush=True)
+                if others.seconds > NOISY_SHARE * args.duration:
+                    notes.append(f"{target.name} {body} round {i + 1}: other processes used "
+                                 f"{others.describe()} of CPU during the round; its numbers are "
+                                 "disturbed")
+    return list(results.values())
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C does, so the `finally` clean-up runs."""
+    old = {sig: signal.signal(sig, _raise_exit) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    try:
+        tools = ensure_tools()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pin = decide_pinning()
+    print(f"pinning: {pin.note}")
+    estimate = (len(args.target_list) * len(args.body_list) * args.rounds
+                * (WARMUP_S + args.duration))
+    print(f"targets: {', '.join(args.target_list)}; bodies: {', '.join(args.body_list)}; "
+          f"{args.rounds} round(s) of {args.duration} s (about {estimate} s of load)", flush=True)
+
+    results: list[Result] = []
+    notes: list[str] = []
+    skips: dict[str, str] = {}
+    harness = Harness(keep_tmp=args.keep_tmp)
+    with exit_on_signals():
+        try:
+            backends = start_backends(harness, tools["nginx"], pin)
+            targets: list[Target] = []
+            for name in args.target_list:
+                print(f"== {name}: starting", flush=True)
+                try:
+                    target = start_target(harness, name, tools, backends, pin, args)
+                except TargetSkipped as exc:
+                    print(f"   SKIPPED: {exc}", flush=True)
+                    skips[name] = str(exc)
+                    continue
+                targets.append(target)
+                notes.extend(f"{name}: {note}" for note in target.notes)
+                for note in target.notes:
+                    print(f"   {note}")
+            results = measure(tools["wrk"], pin, targets, args, notes)
+        except BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except (KeyboardInterrupt, SystemExit) as exc:
+            print("\ninterrupted: stopping every process started, removing temporary files",
+                  file=sys.stderr, flush=True)
+            if isinstance(exc, KeyboardInterrupt):
+                return 130
+            raise
+        finally:
+            harness.close()
+
+    table = results_table(results, skips)
+    checks = target_checks(results)
+    print("\n" + table)
+    if checks:
+        print("\nIssue 5 targets (router vs nginx, same run):\n" + "\n".join(checks))
+    if not args.no_write:
+        write_results(args, started, tools, pin, table, checks, results, notes, skips)
+        print(f"\nwritten to {RESULTS_MD.relative_to(REPO)}")
+    return 0
+
+
+def write_results(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str],
+                  pin: Pinning, table: str, checks: list[str], results: list[Result],
+                  notes: list[str], skips: dict[str, str]) -> None:
+    versions = [
+        f"- nginx: {tool_version([tools['nginx'], '-v'])}",
+        f"- HAProxy: {tool_version([tools['haproxy'], '-v'])}",
+        f"- wrk: {tool_version([tools['wrk'], '-v'])}",
+    ]
+    parts = [
+        "# Benchmark results",
+        "",
+        f"Date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
+        "",
+        "Command:",
+        "",
+        "```",
+        command_line(),
+        "```",
+        "",
+        "Machine:",
+        "",
+        *machine_info(),
+        *versions,
+        f"- pinning: {pin.note}",
+        "",
+        f"Load: `wrk -t1 -c{CONNECTIONS} -d{args.duration}s --latency`, {args.rounds} round(s) "
+        f"per target and body, interleaved across targets, each after a {WARMUP_S} s warm-up; medians over rounds, failed requests "
+        "(non-2xx/3xx responses + socket errors) summed over rounds; CPU µs/req is the "
+        "utime+stime of the proxy's process tree per completed request (none for `direct`).",
+        "",
+        table,
+        "",
+    ]
+    if checks:
+        parts += ["Issue 5 targets (router vs nginx, same run):", "", *checks, ""]
+    if notes:
+        parts += ["Notes:", "", *(f"- {n}" for n in notes), ""]
+    for name, why in skips.items():
+        parts += [f"**{name} skipped** (it could not be started or did not answer correctly):",
+                  "", "```", why, "```", ""]
+    parts += ["Every round. Machine CPU busy: the share of each CPU not idle over the round (and "
+              "the share the hypervisor stole, if any); a system under test on CPU 0 well below "
+              "100% was not the bottleneck. Other processes: CPU time used meanwhile by "
+              "processes this harness did not start (kernel threads left out), the biggest "
+              "named; more than a few tenths of a second means the round was disturbed.",
+              "", rounds_table(results), ""]
+    RESULTS_MD.write_text("\n".join(parts))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
