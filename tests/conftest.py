@@ -39,6 +39,23 @@ def pattern(size: int) -> bytes:
     return (block * (size // CHUNK + 1))[:size]
 
 
+async def in_chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """``data`` as an async iterable: aiohttp sends it chunked (no Content-Length)."""
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+async def download(session: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientResponse, int, str]:
+    """GET through the router at app.test, streamed: (response, bytes read, sha256 hex)."""
+    h = hashlib.sha256()
+    n = 0
+    async with session.get(url, headers={"Host": "app.test"}) as r:
+        async for chunk in r.content.iter_any():
+            h.update(chunk)
+            n += len(chunk)
+    return r, n, h.hexdigest()
+
+
 @dataclass
 class Backend:
     name: str

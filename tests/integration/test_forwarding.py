@@ -8,7 +8,7 @@ import json
 
 import aiohttp
 
-from tests.conftest import app_config, get, pattern, router_config
+from tests.conftest import app_config, download, get, in_chunks, pattern, router_config
 
 
 async def _one_backend(backend, router, **top):
@@ -95,30 +95,19 @@ async def test_large_upload_and_download_streamed(backend, router):
     be, srv = await _one_backend(backend, router)
     data = pattern(size)
     want = hashlib.sha256(data).hexdigest()
-
-    async def gen():
-        for i in range(0, size, 1 << 20):
-            yield data[i:i + (1 << 20)]
-
     async with aiohttp.ClientSession() as s:
         # Content-Length upload.
         status, _, body = await get(s, srv, "/upload", method="POST", data=data)
         assert status == 200 and json.loads(body) == {"sha256": want, "size": size, "backend": "blue"}
         # Chunked upload.
-        status, _, body = await get(s, srv, "/upload", method="PUT", data=gen())
+        status, _, body = await get(s, srv, "/upload", method="PUT", data=in_chunks(data))
         assert status == 200 and json.loads(body)["sha256"] == want
         # Content-Length and chunked downloads.
         for chunked in ("0", "1"):
-            async with s.get(f"http://127.0.0.1:{srv.port}/download?size={size}&chunked={chunked}",
-                             headers={"Host": "app.test"}) as r:
-                assert r.status == 200
-                assert (r.headers.get("Transfer-Encoding") == "chunked") == (chunked == "1")
-                h = hashlib.sha256()
-                n = 0
-                async for chunk in r.content.iter_any():
-                    h.update(chunk)
-                    n += len(chunk)
-            assert (n, h.hexdigest()) == (size, want)
+            r, n, sha = await download(s, f"http://127.0.0.1:{srv.port}/download?size={size}&chunked={chunked}")
+            assert r.status == 200
+            assert (r.headers.get("Transfer-Encoding") == "chunked") == (chunked == "1")
+            assert (n, sha) == (size, want)
 
 
 async def test_websocket_echo(backend, router):

@@ -11,7 +11,7 @@ import sys
 
 import aiohttp
 
-from tests.conftest import ROOT, app_config, free_port, get, pattern
+from tests.conftest import ROOT, app_config, download, free_port, get, in_chunks, pattern
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -104,21 +104,11 @@ async def test_100mib_each_way_with_bounded_memory(backend, router_process):
     before = rss_kib()
     data = pattern(size)
     want = hashlib.sha256(data).hexdigest()
-
-    async def gen():
-        for i in range(0, size, 1 << 20):
-            yield data[i:i + (1 << 20)]
-
     async with aiohttp.ClientSession() as s:
-        status, _, body = await get(s, rp, "/upload", method="POST", data=gen())
+        status, _, body = await get(s, rp, "/upload", method="POST", data=in_chunks(data))
         assert status == 200 and b'"sha256": "%s"' % want.encode() in body
-        async with s.get(f"{rp.url}/download?size={size}", headers={"Host": "app.test"}) as r:
-            h = hashlib.sha256()
-            n = 0
-            async for chunk in r.content.iter_any():
-                h.update(chunk)
-                n += len(chunk)
-        assert (n, h.hexdigest()) == (size, want)
+        r, n, sha = await download(s, f"{rp.url}/download?size={size}")
+        assert (r.status, n, sha) == (200, size, want)
     growth = rss_kib() - before
     # Streamed, never buffered whole: the router grows by far less than one body.
     assert growth < 20 * 1024, f"router RSS grew by {growth} KiB"
