@@ -119,7 +119,7 @@ class Exchange:
         "replayable", "head", "error", "app", "service", "backend", "set_cookie", "tried",
         "attempts", "upstream", "timer", "started", "status", "reason", "rheaders",
         "resp_started", "rechunk", "close_after", "interim", "done", "upgraded", "early",
-        "request_id", "sent", "eof_body",
+        "request_id", "sent", "eof_body", "out",
     )
 
     def __init__(self, conn: "ClientConnection") -> None:
@@ -152,6 +152,9 @@ class Exchange:
         self.early: list[bytes] | None = None
         self.sent = False
         self.eof_body = False
+        # Response bytes parsed from one read of the backend, written to the client in one
+        # call at the end of that read (head and body of a small response: one send, not two).
+        self.out: list[bytes] = []
 
     # -- request body from the client ----------------------------------------------------
     def body(self, data: bytes) -> None:
@@ -202,7 +205,7 @@ class Exchange:
         if status < 200 and status != 101:
             self.interim = True
             if status == 100 and self.http11:
-                self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+                self.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.rheaders = []
             return
         if self.timer is not None:
@@ -213,7 +216,7 @@ class Exchange:
             return
         self.status = status
         self.resp_started = True
-        self.conn.transport.write(self._response_head(status, up))  # type: ignore[union-attr]
+        self.out.append(self._response_head(status, up))
         if status == 101:
             self.upgraded = True  # tunnel once the parser hands over the rest (upstream_upgraded)
         elif self.method == b"HEAD":
@@ -224,9 +227,9 @@ class Exchange:
         if self.done:
             return
         if self.rechunk:
-            self.conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))  # type: ignore[union-attr]
+            self.out.append(b"%x\r\n%b\r\n" % (len(data), data))
         else:
-            self.conn.transport.write(data)  # type: ignore[union-attr]
+            self.out.append(data)
 
     def on_message_complete(self) -> None:
         if self.done or self.upgraded:
@@ -235,7 +238,7 @@ class Exchange:
             self.interim = False
             return
         if self.rechunk:
-            self.conn.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+            self.out.append(b"0\r\n\r\n")
         self.finish(self.upstream.parser.should_keep_alive())  # type: ignore[union-attr]
 
     def _response_head(self, status: int, up: UpstreamConnection) -> bytes:
@@ -257,7 +260,7 @@ class Exchange:
             if lname == b"content-length":
                 has_length = True
             out.append(name + b": " + value + b"\r\n")
-        if conn_tokens:
+        if conn_tokens and not conn_tokens <= _HOP:
             out = [out[0]] + [
                 h for h in out[1:]
                 if (n := h.split(b":", 1)[0].lower()) not in conn_tokens or n in _PROTECTED]
@@ -339,13 +342,27 @@ class Exchange:
         up = self.upstream
         if up is None or self.done:
             return
+        self.flush()  # the 101 head, before any tunnelled byte
         up.exchange = None
         up.tunnel = self.conn
         self.conn.start_tunnel(self, up)
         if rest:
             self.conn.transport.write(rest)  # type: ignore[union-attr]
 
+    def flush(self) -> None:
+        """Write what the backend's last read produced to the client, in one call."""
+        out = self.out
+        if out:
+            t = self.conn.transport
+            if not self.conn.closed:
+                if len(out) == 1:
+                    t.write(out[0])  # type: ignore[union-attr]
+                else:
+                    t.writelines(out)  # type: ignore[union-attr]
+            out.clear()
+
     def finish(self, upstream_keepalive: bool) -> None:
+        self.flush()  # before anything the next request may write
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
@@ -822,6 +839,7 @@ class ClientConnection(asyncio.Protocol):
         """Answer a request ourselves (404, 502, 503, 504, ...)."""
         if ex.done:
             return
+        ex.flush()  # an interim 100 Continue goes first
         ex.done = True
         if ex.timer is not None:
             ex.timer.cancel()
@@ -871,6 +889,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.done:
             return
         ex.done = True
+        ex.out.clear()
         if ex.timer is not None:
             ex.timer.cancel()
             ex.timer = None

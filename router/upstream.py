@@ -72,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as e:
             if self.exchange is ex:
                 ex.upstream_failed(self, "protocol", str(e))
+        ex.flush()
 
     def eof_received(self) -> bool:
         return False
