@@ -294,3 +294,28 @@ async def test_state_survives_restart(backend, router_process):
         # ... and the release goes on from where it was.
         status, app, _ = await api.call("POST", "/apps/shop/release/confirm")
         assert status == 200 and list(app["services"]) == ["green"]
+
+
+async def test_sticky_switched_at_runtime(api_router):
+    api, srv, blue, green, store = api_router
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+        _, h, _ = await get(s, srv)
+        cookie = h["Set-Cookie"].split(";")[0]
+        assert (await api.call("PATCH", "/apps/shop", {"session_sticky": False}))[0] == 200
+        _, h, _ = await get(s, srv, headers={"Cookie": cookie})
+        assert "Set-Cookie" not in h
+        assert srv.ctx.table.apps["shop"].by_name["blue"].stats.sticky == 0
+        assert (await api.call("PATCH", "/apps/shop", {"session_sticky": True}))[0] == 200
+        _, h, _ = await get(s, srv, headers={"Cookie": cookie})
+        assert "Set-Cookie" not in h  # the old cookie is honoured again
+        assert srv.ctx.table.apps["shop"].by_name["blue"].stats.sticky == 1
+
+
+def test_admin_off_loopback_needs_token(tmp_path):
+    from tests.integration.test_process import run_cli
+
+    path = tmp_path / "router.yaml"
+    path.write_text("admin: {listen: 0.0.0.0:9999}\n")
+    r = run_cli("serve", "--config", str(path))
+    assert r.returncode == 2
+    assert "admin.token_file" in r.stderr and "loopback" in r.stderr
