@@ -38,7 +38,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[SERVER].registry)
+    server = request.app[SERVER]
+    await server.refresh_stats()  # the workers' counters, summed
+    body = generate_latest(server.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -37,12 +37,12 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def serve(config: Config, store: str | None) -> int:
+def serve(config: Config, store: str | None, workers: int = 1) -> int:
     from .server import Server
     from .store import StoreError
 
     async def main() -> None:
-        server = Server(config, store)
+        server = Server(config, store, workers)
         await server.start()
         await server.serve_forever()
 
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.listen, args.admin)
     _logging(args.log_level)
-    if args.workers != 1:
-        print("router: --workers: only 1 worker is supported so far", file=sys.stderr)
+    if not 1 <= args.workers <= 64:
+        print(f"router: --workers: must be 1..64 (got {args.workers})", file=sys.stderr)
         return 2
     store = store_path(args.store, args.config)
     if store is None:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"router: {e}", file=sys.stderr)
         return 2
-    return serve(config, store)
+    return serve(config, store, args.workers)
 
 
 def store_path(url: str | None, config_path: str | None) -> str | None:

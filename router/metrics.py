@@ -43,6 +43,13 @@ class ServiceStats:
         self.buckets[bisect_left(BUCKETS, seconds)] += 1
         self.dsum += seconds
 
+    def add(self, other: "ServiceStats") -> None:
+        self.inflight += other.inflight
+        self.sticky += other.sticky
+        self.retries += other.retries
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
+        self.dsum += other.dsum
+
 
 class BackendStats:
     """Counters of one backend of one service; outlives routing snapshots."""
@@ -60,6 +67,12 @@ class BackendStats:
     def error(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
+    def add(self, other: "BackendStats") -> None:
+        for code, n in other.codes.items():
+            self.codes[code] = self.codes.get(code, 0) + n
+        for reason, n in other.errors.items():
+            self.errors[reason] = self.errors.get(reason, 0) + n
+
 
 class UnroutedStats:
     """Responses the router gave before any app or service was chosen (404, 400, ...)."""
@@ -74,13 +87,45 @@ class UnroutedStats:
         self.codes[key] = self.codes.get(key, 0) + 1
 
 
-class DataPlaneCollector:
-    """Reads the live table's counters at scrape time."""
+class Stats:
+    """Every counter of a process by name: what a scrape reads, and what a worker process
+    sends to the master (plain picklable objects), summed there across workers."""
 
-    def __init__(self, table: Callable[[], "RoutingTable"], unrouted: UnroutedStats,
+    __slots__ = ("services", "backends", "unrouted")
+
+    def __init__(self) -> None:
+        self.services: dict[tuple[str, str], ServiceStats] = {}
+        self.backends: dict[tuple[str, str, str], BackendStats] = {}
+        self.unrouted: dict[tuple[str, int], int] = {}
+
+    @classmethod
+    def of(cls, table: "RoutingTable", unrouted: UnroutedStats) -> "Stats":
+        """The live counters of this process (no copy)."""
+        st = cls()
+        for app in table.apps.values():
+            for svc in app.services:
+                st.services[(app.name, svc.name)] = svc.stats
+                for be in svc.backends:
+                    st.backends[(app.name, svc.name, be.key)] = be.stats
+        st.unrouted = unrouted.codes
+        return st
+
+    def add(self, other: "Stats") -> None:
+        for key, s in other.services.items():
+            self.services.setdefault(key, ServiceStats()).add(s)
+        for bkey, b in other.backends.items():
+            self.backends.setdefault(bkey, BackendStats()).add(b)
+        for ukey, n in other.unrouted.items():
+            self.unrouted[ukey] = self.unrouted.get(ukey, 0) + n
+
+
+class DataPlaneCollector:
+    """Renders the counters at scrape time, shaped by the current table."""
+
+    def __init__(self, table: Callable[[], "RoutingTable"], stats: Callable[[], Stats],
                  releases: Callable[[], Mapping[str, "Release"]]) -> None:
         self._table = table
-        self._unrouted = unrouted
+        self._stats = stats
         self._releases = releases
 
     def describe(self) -> list[Metric]:
@@ -109,11 +154,13 @@ class DataPlaneCollector:
         duration = HistogramMetricFamily(
             "router_request_duration_seconds", "Time from request head to response end",
             labels=["app", "service"])
-        for (app_name, code), n in sorted(self._unrouted.codes.items()):
+        stats = self._stats()
+        for (app_name, code), n in sorted(stats.unrouted.items()):
             requests.add_metric([app_name, "", "", str(code)], n)
+        none_s, none_b = ServiceStats(), BackendStats()
         for app in table.apps.values():
             for svc in app.services:
-                st = svc.stats
+                st = stats.services.get((app.name, svc.name), none_s)
                 labels = [app.name, svc.name]
                 retries.add_metric(labels, st.retries)
                 inflight.add_metric(labels, st.inflight)
@@ -128,9 +175,10 @@ class DataPlaneCollector:
                 for be in svc.backends:
                     blabels = [app.name, svc.name, be.key]
                     healthy.add_metric(blabels, 1 if be.healthy else 0)
-                    for code, n in sorted(be.stats.codes.items()):
+                    bst = stats.backends.get((app.name, svc.name, be.key), none_b)
+                    for code, n in sorted(bst.codes.items()):
                         requests.add_metric(blabels + [str(code)], n)
-                    for reason, n in sorted(be.stats.errors.items()):
+                    for reason, n in sorted(bst.errors.items()):
                         errors.add_metric(blabels + [reason], n)
         generation = GaugeMetricFamily(
             "router_config_generation", "Generation of the routing state in use")

@@ -1,9 +1,11 @@
-"""The router process: listeners, the admin API, signals, graceful stop, new states.
+"""The router process: the admin API, the state, signals, graceful stop -- and the data plane,
+in this process (one worker) or in N worker processes sharing the port (``--workers N``).
 
-``Server.apply`` is the one way a new routing state goes live: it builds a table and swaps
-it into the proxy context with one assignment, so every request sees the whole old state or
-the whole new one (SPEC 4.4). Requests already sent keep the backend they were sent to;
-idle pooled connections to addresses no longer routed are closed at once.
+``Server.apply_state`` is the one way a new routing state goes live. With one worker it swaps
+the table in this process; with several it sends the state to every worker and returns only
+when each has swapped it in, so an admin call answers once the change is live everywhere
+(SPEC 4.4, 6). Health checks and release readiness run here, once, and the workers are told
+the results; /metrics sums the workers' counters.
 """
 
 from __future__ import annotations
@@ -12,47 +14,86 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import sys
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .config import AppConfig, Config, ConfigError, HealthCheckConfig, load_config, split_hostport
+from . import ipc
+from .config import Config, ConfigError, HealthCheckConfig, load_config, split_hostport
+from .dataplane import DataPlane
 from .health import HealthChecker, probe
+from .metrics import DataPlaneCollector, Stats
 from .release import Status
 from .state import State, StateManager, load_file_apps, mark_ready
-from .store import FileStore, StoreError
-from .metrics import DataPlaneCollector
-from .proxy import ClientConnection, ProxyContext, setup_access_log
-from .sticky import TokenCodec, load_or_create_secret
-from .table import TableBuilder
-from .upstream import UpstreamPool
+from .sticky import load_or_create_secret
+from .store import FileStore
 
 log = logging.getLogger("router")
 
 
-class Server:
-    """One router process."""
+class Worker:
+    """The master's handle on one worker process: one request at a time, in order."""
 
-    def __init__(self, config: Config, store_path: str | None = None) -> None:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self, init: tuple[Any, ...]) -> None:
+        parent, child = socket.socketpair()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router.worker", str(child.fileno()), pass_fds=[child.fileno()])
+        child.close()
+        self.reader, self.writer = await asyncio.open_connection(sock=parent)
+        await ipc.send(self.writer, init)
+        reply = await asyncio.wait_for(ipc.recv(self.reader), 30)
+        if reply[0] != "ready":
+            raise RuntimeError(f"worker {self.index}: unexpected {reply!r}")
+
+    async def request(self, *msg: Any) -> Any:
+        async with self._lock:
+            assert self.reader is not None and self.writer is not None
+            await ipc.send(self.writer, msg)
+            return await ipc.recv(self.reader)
+
+
+class Server:
+    """One router: the admin API and state here, the data plane here or in workers."""
+
+    def __init__(self, config: Config, store_path: str | None = None, workers: int = 1) -> None:
         self.config = config
         self.store: FileStore | None = FileStore(store_path) if store_path else None
+        self.nworkers = workers
         self.manager: StateManager | None = None
-        self._release_task: asyncio.Task[None] | None = None
-        self._tcp_passed: set[tuple[str, str, str]] = set()
-        self.ready = False
-        self.generation = 0
-        self.apps: tuple[AppConfig, ...] = config.apps
-        self.ctx: ProxyContext | None = None
-        self.pool: UpstreamPool | None = None
-        self.builder: TableBuilder | None = None
+        self.plane: DataPlane | None = None
         self.health: HealthChecker | None = None
         self.registry = CollectorRegistry()
-        self._listener: asyncio.base_events.Server | None = None
-        self._admin_runner: web.AppRunner | None = None
-        self._stopping: asyncio.Event | None = None
-        self._secret = b""
+        self.ready = False
         self.port = 0
         self.admin_port = 0
+        self._workers: list[Worker] = []
+        self._worker_tasks: list[asyncio.Task[None]] = []
+        self._stats: Stats | None = None  # the workers' counters, summed at the last scrape
+        self._reserved: socket.socket | None = None
+        self._release_task: asyncio.Task[None] | None = None
+        self._tcp_passed: set[tuple[str, str, str]] = set()
+        self._admin_runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
+        self._closing = False
+
+    # The proxy context, pool and table of the in-process data plane (tests and handlers).
+    @property
+    def ctx(self):  # type: ignore[no-untyped-def]
+        return self.plane.ctx  # type: ignore[union-attr]
+
+    @property
+    def pool(self):  # type: ignore[no-untyped-def]
+        return self.plane.pool  # type: ignore[union-attr]
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -61,9 +102,7 @@ class Server:
         secret_path = cfg.sticky.secret_file
         if secret_path is None and cfg.source:
             secret_path = os.path.join(os.path.dirname(os.path.abspath(cfg.source)), "router-secret")
-        self._secret = load_or_create_secret(secret_path)
-        codec = TokenCodec(self._secret, cfg.sticky.max_idle, cfg.sticky.max_life)
-        self.builder = TableBuilder(codec)
+        secret = load_or_create_secret(secret_path)
         state = State.initial(cfg.apps)
         if self.store is not None:
             data = self.store.load()  # StoreError: refuse to start on a corrupt state file
@@ -72,22 +111,16 @@ class Server:
                 state = State.from_dict(data, self.store.path)
                 log.info("routing state from %s: generation %d", self.store.path, state.generation)
         self.manager = StateManager(state, self.store.save if self.store else None, self.apply_state)
-        self.apps = state.apps
-        self.generation = state.generation
-        table = self.builder.build(self.apps, self.generation)
-        self.pool = UpstreamPool(loop, cfg.timeouts.connect)
-        self.ctx = ProxyContext(cfg, table, self.pool, codec, loop)
-        if cfg.access_log.enabled:
-            setup_access_log()
+        self.plane = DataPlane(cfg, secret, state.apps, state.generation)
         self.registry.register(DataPlaneCollector(
-            lambda: self.ctx.table, self.ctx.unrouted, lambda: self.manager.state.releases))  # type: ignore[union-attr]
-        self.health = HealthChecker(self.builder, self._health_changed)
-        self.health.update(self.apps)
-        ctx = self.ctx
-        self._listener = await loop.create_server(
-            lambda: ClientConnection(ctx), cfg.listen_host, cfg.listen_port,
-            reuse_port=True, backlog=2048)
-        self.port = self._listener.sockets[0].getsockname()[1]
+            lambda: self.plane.table, self._current_stats,  # type: ignore[union-attr]
+            lambda: self.manager.state.releases))  # type: ignore[union-attr]
+        self.health = HealthChecker(self.plane.builder, self._health_changed)
+        self.health.update(state.apps)
+        if self.nworkers == 1:
+            self.port = await self.plane.listen(cfg.listen_host, cfg.listen_port)
+        else:
+            await self._start_workers(state)
         from admin.app import create_app  # the admin API sits on top of the server
 
         self._admin_runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
@@ -98,8 +131,42 @@ class Server:
         self._stopping = asyncio.Event()
         self._release_task = loop.create_task(self._watch_releases())
         self.ready = True
-        log.info("listening on %s:%d, admin on %s:%d, %d apps",
-                 cfg.listen_host, self.port, cfg.admin.host, self.admin_port, len(self.apps))
+        log.info("listening on %s:%d (%d worker%s), admin on %s:%d, %d apps",
+                 cfg.listen_host, self.port, self.nworkers, "s" if self.nworkers > 1 else "",
+                 cfg.admin.host, self.admin_port, len(state.apps))
+
+    async def _start_workers(self, state: State) -> None:
+        cfg = self.config
+        # Hold the port (bound, not listening) so that port 0 names one port for every worker.
+        family = socket.AF_INET6 if ":" in cfg.listen_host else socket.AF_INET
+        self._reserved = socket.socket(family, socket.SOCK_STREAM)
+        self._reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._reserved.bind((cfg.listen_host, cfg.listen_port))
+        self.port = self._reserved.getsockname()[1]
+        self._workers = [Worker(i) for i in range(self.nworkers)]
+        await asyncio.gather(*(w.start(self._init_message(state)) for w in self._workers))
+        self._worker_tasks = [asyncio.get_running_loop().create_task(self._supervise(w))
+                              for w in self._workers]
+
+    def _init_message(self, state: State) -> tuple[Any, ...]:
+        plane = self.plane
+        assert plane is not None
+        return ("init", self.config, plane.secret, state.apps, state.generation,
+                plane.health_map(), self.port)
+
+    async def _supervise(self, worker: Worker) -> None:
+        """A worker that dies is started again with the current state."""
+        while True:
+            assert worker.proc is not None
+            code = await worker.proc.wait()
+            if self._closing:
+                return
+            log.error("worker %d exited with %s; starting it again", worker.index, code)
+            await asyncio.sleep(0.5)
+            try:
+                await worker.start(self._init_message(self.manager.state))  # type: ignore[union-attr]
+            except Exception:
+                log.exception("worker %d did not start", worker.index)
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM/SIGINT; SIGHUP reloads the configuration file."""
@@ -118,55 +185,79 @@ class Server:
     async def stop(self) -> None:
         """Graceful stop: not ready, no new connections, in-flight requests finish."""
         self.ready = False
-        ctx = self.ctx
-        assert ctx is not None
-        ctx.accepting = False
-        if self._listener is not None:
-            self._listener.close()
+        self._closing = True
         grace = self.config.timeouts.grace
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while loop.time() < deadline:
-            busy = False
-            for conn in list(ctx.connections):
-                if conn.active is None and conn.tunnel is None and conn.parsing is None:
-                    conn.transport.close()  # type: ignore[union-attr]
-                else:
-                    busy = True
-            if not busy:
-                break
-            await asyncio.sleep(0.05)
-        for conn in list(ctx.connections):
-            conn.transport.abort()  # type: ignore[union-attr]
+        if self._workers:
+            await asyncio.gather(*(self._stop_worker(w, grace) for w in self._workers))
+            for t in self._worker_tasks:
+                t.cancel()
+            if self._reserved is not None:
+                self._reserved.close()
+        assert self.plane is not None
+        await self.plane.drain(grace)
         if self._release_task is not None:
             self._release_task.cancel()
         if self.health is not None:
             self.health.stop()
-        if self.pool is not None:
-            self.pool.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         log.info("stopped")
 
+    async def _stop_worker(self, worker: Worker, grace: float) -> None:
+        try:
+            await asyncio.wait_for(worker.request("stop", grace), grace + 5)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
+            log.warning("worker %d did not stop cleanly: %r", worker.index, e)
+        if worker.proc is not None and worker.proc.returncode is None:
+            try:
+                await asyncio.wait_for(worker.proc.wait(), 5)
+            except asyncio.TimeoutError:
+                worker.proc.kill()
+                await worker.proc.wait()
+
     # -- new states -----------------------------------------------------------------------
-    def apply_state(self, state: State) -> None:
-        """Make ``state`` live: one table swap (the StateManager calls this after persisting)."""
-        assert self.builder is not None and self.ctx is not None and self.health is not None
-        self.generation = state.generation
-        self.apps = state.apps
-        self._swap()
+    async def apply_state(self, state: State) -> None:
+        """Make ``state`` live here and in every worker (the StateManager calls this after
+        persisting; the admin call answers when this returns)."""
+        assert self.plane is not None and self.health is not None
+        self.plane.apply(state.apps, state.generation)
         self.health.update(state.apps)
+        await self._tell_workers("state", state.apps, state.generation, self.plane.health_map())
 
-
-    def _swap(self) -> None:
-        table = self.builder.build(self.apps, self.generation)  # type: ignore[union-attr]
-        self.ctx.table = table  # type: ignore[union-attr]
-        routed = {be.key for be in self.builder.all_backends()}  # type: ignore[union-attr]
-        self.pool.close_idle(keep=routed)  # type: ignore[union-attr]
+    async def _tell_workers(self, *msg: Any) -> None:
+        if not self._workers:
+            return
+        replies = await asyncio.gather(*(w.request(*msg) for w in self._workers),
+                                       return_exceptions=True)
+        for w, r in zip(self._workers, replies):
+            if isinstance(r, BaseException):
+                # A dead worker is restarted with the current state by its supervisor.
+                log.error("worker %d did not take %s: %r", w.index, msg[0], r)
 
     def _health_changed(self) -> None:
         # Same generation: health is observed, not a change of the configured state.
-        self._swap()
+        assert self.plane is not None
+        self.plane.rebuild()
+        if self._workers:
+            asyncio.get_running_loop().create_task(
+                self._tell_workers("health", self.plane.health_map()))
+
+    def _current_stats(self) -> Stats:
+        if self._workers and self._stats is not None:
+            return self._stats
+        return self.plane.stats()  # type: ignore[union-attr]
+
+    async def refresh_stats(self) -> None:
+        """Sum the workers' counters (before a scrape)."""
+        if not self._workers:
+            return
+        total = Stats()
+        replies = await asyncio.gather(*(w.request("stats") for w in self._workers),
+                                       return_exceptions=True)
+        for r in replies:
+            if not isinstance(r, BaseException):
+                total.add(r[1])
+        self._stats = total
 
     def reload(self) -> None:
         """SIGHUP: load the configuration file again; a bad file changes nothing."""
@@ -185,17 +276,17 @@ class Server:
         if new.sticky.secret_file != self.config.sticky.secret_file:
             log.warning("reload: sticky.secret_file changed; it takes effect only after a restart")
         self.config = new
-        self.ctx.configure(new)  # type: ignore[union-attr]
-        self.ctx.codec = TokenCodec(self._secret, new.sticky.max_idle, new.sticky.max_life)  # type: ignore[union-attr]
-        asyncio.get_running_loop().create_task(self._reload_apps(path, new.apps))
+        self.plane.reconfigure(new)  # type: ignore[union-attr]
+        asyncio.get_running_loop().create_task(self._reload(path, new))
 
-    async def _reload_apps(self, path: str, apps: tuple[AppConfig, ...]) -> None:
+    async def _reload(self, path: str, new: Config) -> None:
+        await self._tell_workers("config", new)
         try:
-            state = await self.manager.change(load_file_apps(apps))  # type: ignore[union-attr]
+            state = await self.manager.change(load_file_apps(new.apps))  # type: ignore[union-attr]
         except Exception as e:  # e.g. a route clash or the store unwritable
             log.error("reload of %s refused, running state kept: %s", path, e)
             return
-        log.info("reloaded %s: generation %d, %d apps", path, state.generation, len(apps))
+        log.info("reloaded %s: generation %d, %d apps", path, state.generation, len(new.apps))
 
     # -- releases ---------------------------------------------------------------------------
     async def releases_changed(self) -> None:

@@ -265,12 +265,12 @@ class RouterProcess:
 async def router_process(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[RouterProcess]]]:
     procs: list[RouterProcess] = []
 
-    async def start(cfg: dict[str, Any]) -> RouterProcess:
+    async def start(cfg: dict[str, Any], args: tuple[str, ...] = ()) -> RouterProcess:
         rp = RouterProcess(None, free_port(), free_port(),  # type: ignore[arg-type]
                            str(tmp_path / f"router{len(procs)}.yaml"), str(tmp_path / f"router{len(procs)}.log"))
         rp.write_config(cfg)
         logf = open(rp.log_path, "wb")
-        rp.proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", rp.config_path],
+        rp.proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", rp.config_path, *args],
                                    cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
         procs.append(rp)
         deadline = time.monotonic() + 15

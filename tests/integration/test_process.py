@@ -37,8 +37,9 @@ def test_missing_config_file_exits_2(tmp_path):
 
 def test_bad_command_line_exits_2():
     assert run_cli("serve", "--workers", "x").returncode == 2
-    r = run_cli("serve", "--workers", "4")
-    assert r.returncode == 2 and "--workers" in r.stderr
+    for bad in ("0", "65"):
+        r = run_cli("serve", "--workers", bad)
+        assert r.returncode == 2 and "--workers: must be 1..64" in r.stderr
     r = run_cli("serve", "--store", "etcd://127.0.0.1:2379")
     assert r.returncode == 2 and "--store" in r.stderr
 

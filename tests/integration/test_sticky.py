@@ -89,7 +89,7 @@ async def test_unhealthy_backend_keeps_version(backend, router):
     pinned_addr = b1.addr if name == "blue-1" else b2.addr
     svc = srv.ctx.table.apps["shop"].by_name["blue"]
     next(b for b in svc.backends if b.key == pinned_addr).healthy = False
-    srv._swap()  # what the health checker does on a change
+    srv.plane.rebuild()  # what the health checker does on a change
     status, other, new_cookie = await _get(srv, cookie)
     assert status == 200 and other != name and new_cookie is not None
 
