@@ -96,18 +96,32 @@ class App:
 
 
 class _Host:
-    """The routes of one host: the app for "/", or prefixes longest first."""
+    """The routes of one host: the app for "/", and path prefixes by value.
 
-    __slots__ = ("root", "prefixes")
+    A prefix matches whole segments, so the only candidates for a path are the path itself
+    and its parts that end before a "/": ``/api/v2/x`` -> ``/api/v2/x``, ``/api/v2``,
+    ``/api``. Trying those, longest first, costs one dict lookup per segment (no longer than
+    the longest prefix) however many prefixes the host has.
+    """
+
+    __slots__ = ("root", "prefixes", "longest")
 
     def __init__(self) -> None:
         self.root: App | None = None
-        self.prefixes: list[tuple[bytes, bytes, App]] = []  # (prefix, prefix + "/", app)
+        self.prefixes: dict[bytes, App] = {}
+        self.longest = 0
 
     def match(self, path: bytes) -> App | None:
-        for prefix, prefix_slash, app in self.prefixes:
-            if path == prefix or path.startswith(prefix_slash):
+        prefixes = self.prefixes
+        if len(path) > self.longest:
+            end = path.rfind(b"/", 0, self.longest + 1)
+            path = path[:end] if end > 0 else b""
+        while path:
+            app = prefixes.get(path)
+            if app is not None:
                 return app
+            end = path.rfind(b"/")
+            path = path[:end] if end > 0 else b""
         return self.root
 
 
@@ -190,9 +204,8 @@ class TableBuilder:
                     entry.root = app
                 else:
                     p = route.path.encode()
-                    entry.prefixes.append((p, p + b"/", app))
-        for entry in hosts.values():
-            entry.prefixes.sort(key=lambda t: len(t[0]), reverse=True)
+                    entry.prefixes[p] = app
+                    entry.longest = max(entry.longest, len(p))
         self._backends = backends
         self._stats = stats
         self._zero_since = zero_since

@@ -1,0 +1,77 @@
+"""Micro-benchmark of the hot objects: so a change that slows them shows up.
+
+    python3 -m benchmarks.micro            # prints ns per operation, median of 5 runs
+
+Each line times one operation the data plane does per request, on objects built the way a
+routing snapshot builds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import timeit
+from typing import Callable
+
+from router.balancer import LeastInFlight, SmoothWeightedRoundRobin
+from router.config import config_from_dict
+from router.sticky import TokenCodec, cookie_value
+from router.table import TableBuilder
+
+
+def _table():  # type: ignore[no-untyped-def]
+    apps = {f"app{i}": {"routes": [f"app{i}.example.com", f"example.com/app{i}"], "services": {
+        "blue": {"weight": 50, "backends": [f"10.0.{i}.{j}:80" for j in range(1, 5)]},
+        "green": {"weight": 50, "backends": [f"10.1.{i}.{j}:80" for j in range(1, 5)]}}}
+        for i in range(100)}
+    cfg = config_from_dict({"apps": apps})
+    codec = TokenCodec(b"k" * 32, 1800, 28800)
+    return TableBuilder(codec).build(cfg.apps, 1), codec
+
+
+def cases() -> dict[str, Callable[[], object]]:
+    table, codec = _table()
+    app = table.apps["app42"]
+    svc = app.services[0]
+    be = svc.backends[0]
+    now = int(time.time())
+    token = codec.issue(app.name_b, svc.token_id, be.token_id, now, now)
+    cookie = b"_ga=GA1.2.3; CONTAINERID=" + token + b"; theme=dark"
+
+    class W:
+        def __init__(self, w: int) -> None:
+            self.weight = w
+            self.inflight = 0
+
+    wrr2 = SmoothWeightedRoundRobin([W(1), W(3)])
+    wrr5 = SmoothWeightedRoundRobin([W(5), W(1), W(1), W(3), W(2)])
+    lif4 = LeastInFlight([W(1) for _ in range(4)])
+    return {
+        "table.lookup host (100 apps)": lambda: table.lookup(b"app42.example.com", b"/"),
+        "table.lookup host:port, mixed case": lambda: table.lookup(b"App42.Example.com:8080", b"/"),
+        "table.lookup path prefix": lambda: table.lookup(b"example.com", b"/app42/x"),
+        "wrr.pick (2 services)": wrr2.pick,
+        "wrr.pick (5 services)": wrr5.pick,
+        "least_in_flight.pick (4 backends)": lif4.pick,
+        "app.pick + service.pick": lambda: app.pick().pick(),  # type: ignore[union-attr]
+        "cookie_value (3 cookies)": lambda: cookie_value(cookie, b"CONTAINERID="),
+        "token.verify": lambda: codec.verify(app.name_b, token, now),
+        "token.issue": lambda: codec.issue(app.name_b, svc.token_id, be.token_id, now, now),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--number", type=int, default=200_000)
+    args = p.parse_args()
+    print(f"| operation | ns/op (median of {args.repeat} x {args.number}) |")
+    print("|---|--:|")
+    for name, fn in cases().items():
+        runs = timeit.repeat(fn, number=args.number, repeat=args.repeat)
+        print(f"| {name} | {statistics.median(runs) / args.number * 1e9:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
