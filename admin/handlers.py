@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from router import state as ops
+from router.config import NAME_RE
 from router.errors import Invalid, NotFound
 
-from .schemas import app_body, check_name, object_body, render_app, service_body, parse_body
+from .schemas import app_body, check_name, object_body, parse_body, render_app, service_body
 
 if TYPE_CHECKING:
     from router.server import Server
@@ -50,7 +51,6 @@ async def put_app(request: web.Request) -> web.Response:
     body = app_body(name, object_body(await request.read()))
     existed = _server(request).manager.state.has_app(name)  # type: ignore[union-attr]
     if not existed:
-        from router.config import NAME_RE
         if not NAME_RE.match(name):
             raise Invalid(f"app names match ^[a-z0-9][a-z0-9-]{{0,62}}$ (got {name!r})", "name")
     st = await _change(request, ops.put_app(name, body), name)
@@ -111,7 +111,7 @@ def _release_response(st: ops.State, name: str, status: int = 200) -> web.Respon
 async def start_release(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     body = object_body(await request.read())
-    st = await _change(request, ops.start(name, body), name)
+    await _change(request, ops.start(name, body), name)
     await _server(request).releases_changed()
     return _release_response(_server(request).manager.state, name, 201)  # type: ignore[union-attr]
 

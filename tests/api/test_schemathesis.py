@@ -3,7 +3,6 @@ negative data rejected. Runs the real `router serve` process (with a bearer toke
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
