@@ -143,3 +143,28 @@ def test_demo_command_serves_blue_and_green(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+async def test_access_log_json_and_combined(backend, router_process):
+    import json
+
+    be = await backend("blue")
+    for fmt in ("json", "combined"):
+        rp = await router_process({"access_log": {"enabled": True, "format": fmt},
+                                   "apps": {"shop": app_config({"web": (1, [be.addr])}, sticky=False)}})
+        async with aiohttp.ClientSession() as s:
+            await get(s, rp, "/x?y=1", headers={"X-Request-ID": "req-1", "User-Agent": "t/1"})
+            await get(s, rp, "/", host="nobody.test")
+        rp.proc.send_signal(signal.SIGTERM)
+        await asyncio.get_running_loop().run_in_executor(None, rp.proc.wait, 10)
+        lines = rp.log().splitlines()
+        if fmt == "json":
+            entries = [json.loads(line) for line in lines if line.startswith("{")]
+            assert [(e["method"], e["uri"], e["status"], e["app"], e["service"]) for e in entries] == [
+                ("GET", "/x?y=1", 200, "shop", "web"), ("GET", "/", 404, "", "")]
+            assert entries[0]["request_id"] == "req-1" and entries[0]["backend"] == be.addr
+        else:
+            combined = [line for line in lines if '"GET ' in line]
+            assert len(combined) == 2
+            assert combined[0].startswith("127.0.0.1 - - [") and '"GET /x?y=1 HTTP/1.1" 200' in combined[0]
+            assert combined[0].endswith('"-" "t/1"')
