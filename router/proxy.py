@@ -50,23 +50,76 @@ _HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"tr
                   b"transfer-encoding", b"upgrade"})
 _REQ_OWN = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                       b"x-request-id", b"content-length", b"host"})
-_REQ_SKIP = _HOP | _REQ_OWN
+# Client-address headers that only a trusted proxy may pass on (RFC 7239, nginx's X-Real-IP).
+_REQ_TRUSTED_ONLY = frozenset({b"forwarded", b"x-real-ip"})
+_REQ_SKIP = _HOP | _REQ_OWN | _REQ_TRUSTED_ONLY | {b"expect"}
 # What a Connection header may never remove (SPEC 4.2).
 _PROTECTED = _REQ_OWN | {b"cookie", b"set-cookie"}
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# RFC 9110 7.2: a DNS name or an IP literal, optional port. No userinfo, no list, no spaces
+# (the reg-name's percent-encodings and sub-delims are legal but no DNS name uses them).
+_HOST_RE = re.compile(
+    rb"^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
+# Host values already checked, so the regex runs once per distinct value, not per request.
+_GOOD_HOSTS: set[bytes] = set()
+_GOOD_HOSTS_MAX = 4096
+# Percent-encodings a backend may decode into path structure: ".", "/", "\\", NUL.
+_PCT_STRUCT_RE = re.compile(rb"%(?:2[eEfF]|5[cC]|00)")
+_DOT_SEGMENTS = frozenset({b".", b".."})
 
 _REASONS = {
     400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
-    414: b"URI Too Long", 431: b"Request Header Fields Too Large", 499: b"Client Closed Request",
-    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    414: b"URI Too Long", 417: b"Expectation Failed", 431: b"Request Header Fields Too Large",
+    499: b"Client Closed Request", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
+_ALLOW = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
 
 
-class _LimitExceeded(Exception):
+class _Refused(Exception):
+    """Raised from a parser callback: the request is answered with ``status`` and closed."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+def host_ok(host: bytes) -> bool:
+    """A syntactically valid Host value (RFC 9112 3.2: anything else is a 400)."""
+    if host in _GOOD_HOSTS:
+        return True
+    if not _HOST_RE.match(host):
+        return False
+    if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
+        _GOOD_HOSTS.clear()
+    _GOOD_HOSTS.add(host)
+    return True
+
+
+def clean_path(path: bytes) -> bytes | None:
+    """The path to route and forward, or None to refuse it (400).
+
+    A proxy that matches ``/api`` and a backend that reads ``/api/../admin`` as ``/admin`` see
+    two different requests. So the router refuses what a backend could read differently from
+    how the router matched it: dot segments (``.``/``..``, literal or percent-encoded),
+    percent-encoded ``/``, ``\\`` or NUL, and a raw ``\\``. Browsers and curl remove dot segments
+    before sending, so only crafted requests carry them. Runs of ``/`` are merged (nginx's
+    ``merge_slashes``), since sloppy clients do send ``//`` and backends read it as ``/``.
+    """
+    if b"\\" in path:
+        return None
+    if b"%" in path and _PCT_STRUCT_RE.search(path):
+        lowered = path.lower()
+        if b"%2f" in lowered or b"%5c" in lowered or b"%00" in lowered:
+            return None
+        if any(seg.replace(b"%2e", b".") in _DOT_SEGMENTS for seg in lowered.split(b"/")):
+            return None
+    if b"/." in path and any(seg in _DOT_SEGMENTS for seg in path.split(b"/")):
+        return None
+    while b"//" in path:
+        path = path.replace(b"//", b"/")
+    return path
 
 
 class ProxyContext:
@@ -386,7 +439,8 @@ def _tokens(value: bytes, into: set[bytes] | None) -> set[bytes]:
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("ctx", "loop", "transport", "parser", "parsing", "active", "queue",
                  "_paused", "write_paused", "peer", "peer_b", "trusted", "_deadline",
-                 "_deadline_kind", "_timer", "tunnel", "closed", "upgrading", "eof", "rejected")
+                 "_deadline_kind", "_timer", "tunnel", "closed", "upgrading", "eof", "rejected",
+                 "skip_upgrade")
 
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
@@ -409,6 +463,7 @@ class ClientConnection(asyncio.Protocol):
         self.upgrading = False
         self.eof = False
         self.rejected = False
+        self.skip_upgrade = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -443,6 +498,14 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
+            if self.skip_upgrade:
+                # An ignored upgrade: llhttp has stopped; the bytes after it are requests.
+                self.skip_upgrade = False
+                self.parser = httptools.HttpRequestParser(self)
+                rest = data[e.args[0]:]
+                if rest:
+                    self.data_received(rest)
+                return
             ex = self.active if self.active is not None else (self.queue[-1] if self.queue else None)
             if ex is not None and ex.upgrade and not ex.done:
                 self.upgrading = True
@@ -450,7 +513,7 @@ class ClientConnection(asyncio.Protocol):
                 self.pause(QUEUED)
         except httptools.HttpParserError as e:
             cause = e.__context__
-            if isinstance(cause, _LimitExceeded):
+            if isinstance(cause, _Refused):
                 self._reject(cause.status, str(cause).encode() + b"\n")
             else:
                 self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
@@ -539,23 +602,27 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         ex.url += url  # type: ignore[union-attr]
         if len(ex.url) > self.ctx.max_request_line:  # type: ignore[union-attr]
-            raise _LimitExceeded(414, "request line too long")
+            raise _Refused(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
         size = len(name) + len(value)
         if size > self.ctx.max_header:
-            raise _LimitExceeded(431, "header field too large")
+            raise _Refused(431, "header field too large")
         ex.header_bytes += size  # type: ignore[union-attr]
         if ex.header_bytes > self.ctx.max_headers:  # type: ignore[union-attr]
-            raise _LimitExceeded(431, "request header block too large")
+            raise _Refused(431, "request header block too large")
         ex.headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
         parser = self.parser
         ex.method = parser.get_method()  # type: ignore[union-attr]
-        ex.http11 = parser.get_http_version() == "1.1"  # type: ignore[union-attr]
+        version = parser.get_http_version()  # type: ignore[union-attr]
+        ex.http11 = version == "1.1"
+        if not ex.http11 and version != "1.0":
+            # llhttp accepts any "HTTP/<digit>.<digit>", and "0.9" for a bare "GET /".
+            raise _Refused(505 if version >= "2" else 400, "HTTP version not supported")
         ex.keep_alive = parser.should_keep_alive()  # type: ignore[union-attr]
         ex.upgrade = parser.should_upgrade()  # type: ignore[union-attr]
         self._prepare(ex)  # type: ignore[arg-type]
@@ -604,6 +671,10 @@ class ClientConnection(asyncio.Protocol):
                 elif lname == b"content-length":
                     out.append(b"Content-Length: " + value + b"\r\n")
                 elif lname == b"transfer-encoding":
+                    # llhttp lets "gzip, chunked" through; the router re-frames the body
+                    # and would drop the other coding, so only plain "chunked" is accepted.
+                    if chunked or value.strip().lower() != b"chunked":
+                        raise _Refused(400, "unsupported Transfer-Encoding")
                     chunked = True
                 elif lname == b"connection":
                     conn_tokens = _tokens(value, conn_tokens)
@@ -618,35 +689,65 @@ class ClientConnection(asyncio.Protocol):
                     xfp = value
                 elif lname == b"x-forwarded-host":
                     xfh = value
+                elif lname == b"expect":
+                    if ex.http11:  # RFC 9110 10.1.1: HTTP/1.0 expectations are ignored
+                        if value.strip().lower() != b"100-continue":
+                            raise _Refused(417, "only Expect: 100-continue is supported")
+                        out.append(b"Expect: 100-continue\r\n")
+                elif self.trusted:  # Forwarded, X-Real-IP
+                    out.append(name + b": " + value + b"\r\n")
                 continue
             if lname == b"cookie":
                 cookie = value if cookie is None else cookie + b"; " + value
             out.append(name + b": " + value + b"\r\n")
         ex.cookie = cookie
         ex.chunked = chunked
+        if ex.upgrade and upgrade_to.strip().lower() == b"h2c":
+            # h2c would hand the client an HTTP/2 connection to the backend, past every rule
+            # of ours: treat it as a plain request (RFC 9113 3.2 lets servers ignore it).
+            ex.upgrade = False
+            self.skip_upgrade = True
+        if chunked and not ex.http11:
+            # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            raise _Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
         if method == b"CONNECT":
-            ex.error = 405
-            return
+            raise _Refused(405, "CONNECT is not supported")
         if hosts != 1:
-            ex.error = 400
-            return
+            raise _Refused(400, "missing or repeated Host header")
+        host = host.strip()
+        if not host_ok(host):
+            raise _Refused(400, "invalid Host header")
         url = ex.url
         if url[:1] != b"/":
             if url == b"*":
-                pass
+                if method != b"OPTIONS":
+                    raise _Refused(400, "request target * is only for OPTIONS")
             else:
                 # Absolute form: routed by its authority through our table, never dialled.
                 try:
                     parsed = httptools.parse_url(url)
                 except httptools.HttpParserInvalidURLError:
-                    ex.error = 400
-                    return
-                if not parsed.host:
-                    ex.error = 400
-                    return
+                    raise _Refused(400, "invalid request target") from None
+                if (not parsed.host or parsed.userinfo
+                        or parsed.schema.lower() not in (b"http", b"https")):
+                    raise _Refused(400, "invalid request target")
                 host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+                if not host_ok(host):
+                    raise _Refused(400, "invalid request target")
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
-                ex.url = url
+                if parsed.fragment:
+                    raise _Refused(400, "fragment in request target")
+        if b"#" in url:
+            raise _Refused(400, "fragment in request target")
+        q = url.find(b"?")
+        path = url if q < 0 else url[:q]
+        if b"/." in path or b"//" in path or b"%" in path or b"\\" in path:
+            cleaned = clean_path(path)
+            if cleaned is None:
+                raise _Refused(400, "path with dot segments or encoded separators")
+            if cleaned is not path:
+                url = cleaned if q < 0 else cleaned + url[q:]
+        ex.url = url
         ex.host = host
         out[2] = url
         if conn_tokens:
@@ -678,13 +779,6 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         ex.started = self.loop.time()
-        if ex.error:
-            if ex.error == 405:
-                self.local(ex, 405, b"CONNECT is not supported\n", keep=False,
-                           extra=b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
-            else:
-                self.local(ex, 400, b"missing or repeated Host header\n", keep=False)
-            return
         table = self.ctx.table
         url = ex.url
         q = url.find(b"?")
@@ -846,6 +940,8 @@ class ClientConnection(asyncio.Protocol):
             ex.timer = None
         ex.status = status
         close = not (keep and ex.keep_alive and ex.body_done and not ex.upgrade)
+        if status == 405:
+            extra += _ALLOW
         if self.transport is not None and not self.closed:
             self.transport.write(
                 b"HTTP/1.1 %d %b\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -861,9 +957,26 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, status: int, body: bytes) -> None:
         """A request we cannot even parse: answer in order, then close."""
-        ex = self.parsing or Exchange(self)
+        ex = self.parsing
         self.parsing = None
         self.rejected = True  # the parser is in its error state: nothing more is read
+        if ex is not None and ex is self.active:
+            # Its body broke the framing while it was being forwarded: the backend must
+            # never see that request end, so its connection is reset, not completed.
+            self.pause(QUEUED)
+            ex.keep_alive = False
+            up = ex.upstream
+            ex.upstream = None
+            if up is not None:
+                up.abort()
+            if ex.resp_started:
+                self.abort_exchange(ex, status)
+            else:
+                self.local(ex, status, body, keep=False)
+            return
+        queued = ex is not None and self.queue is not None and ex in self.queue
+        if ex is None:
+            ex = Exchange(self)
         ex.error = status
         ex.keep_alive = False
         ex.body_done = True
@@ -882,7 +995,8 @@ class ClientConnection(asyncio.Protocol):
             ex.head = body
             if self.queue is None:
                 self.queue = deque()
-            self.queue.append(ex)
+            if not queued:
+                self.queue.append(ex)
 
     def abort_exchange(self, ex: Exchange, status: int = 502) -> None:
         """The response cannot be completed: drop the client (never a short 'complete' body)."""
