@@ -44,6 +44,10 @@ access_log = logging.getLogger("router.access")
 # HIGH_WATER_LIMIT). Past it the client is paused, and a request is no longer replayable.
 HIGH_WATER = 65536
 MAX_ATTEMPTS = 3  # SPEC 4.2: at most 2 retries
+# A non-idempotent request is not sent on a pooled connection idle longer than this: below
+# Node.js's 5 s keepAliveTimeout, the shortest common backend default, so it does not meet a
+# backend closing that connection at the same instant (it could not be retried).
+UNSAFE_REUSE_IDLE = 2.0
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus those the router sets itself.
 _HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -172,7 +176,7 @@ class Exchange:
         "replayable", "head", "error", "app", "service", "backend", "set_cookie", "tried",
         "attempts", "upstream", "timer", "started", "status", "reason", "rheaders",
         "resp_started", "rechunk", "close_after", "interim", "done", "upgraded", "early",
-        "request_id", "sent", "eof_body", "out",
+        "request_id", "sent", "eof_body", "out", "stale",
     )
 
     def __init__(self, conn: "ClientConnection") -> None:
@@ -205,6 +209,7 @@ class Exchange:
         self.early: list[bytes] | None = None
         self.sent = False
         self.eof_body = False
+        self.stale = False  # already retried once after a pooled connection turned out closed
         # Response bytes parsed from one read of the backend, written to the client in one
         # call at the end of that read (head and body of a small response: one send, not two).
         self.out: list[bytes] = []
@@ -386,7 +391,13 @@ class Exchange:
             self.timer = None
         # Bytes may have reached the backend: only an idempotent request goes again.
         if self.replayable and self.method in _IDEMPOTENT:
-            self.conn.retry(self)
+            if up.reused and not self.stale:
+                # Most likely the backend closed an idle pooled connection just as we reused
+                # it (keep-alive race): the same backend on a new connection, once.
+                self.stale = True
+                self.conn.retry_fresh(self)
+            else:
+                self.conn.retry(self)
         else:
             self.conn.local(self, 502, b"backend closed the connection\n", keep=self.body_done)
 
@@ -856,10 +867,23 @@ class ClientConnection(asyncio.Protocol):
     def _send(self, ex: Exchange) -> None:
         be = ex.backend
         conn = self.ctx.pool.get(be.key)  # type: ignore[union-attr]
+        if conn is not None and ex.method not in _IDEMPOTENT and (
+                self.loop.time() - conn.idle_since > UNSAFE_REUSE_IDLE):
+            # A request that cannot be retried avoids connections that idled long enough
+            # for the backend's keep-alive timer to be about to close them.
+            conn.close()
+            conn = None
         if conn is not None:
             self._attach(ex, conn)
         else:
             self.loop.create_task(self._connect(ex, be))  # type: ignore[arg-type]
+
+    def retry_fresh(self, ex: Exchange) -> None:
+        """The same backend again on a new connection (its pooled one was stale)."""
+        ex.service.stats.retries += 1  # type: ignore[union-attr]
+        ex.attempts += 1
+        ex.upstream = None
+        self.loop.create_task(self._connect(ex, ex.backend))  # type: ignore[arg-type]
 
     async def _connect(self, ex: Exchange, be: "Backend") -> None:
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import httptools
@@ -170,7 +169,7 @@ class UpstreamPool:
         if len(conns) >= MAX_IDLE_PER_BACKEND:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = self.loop.time()
         conns.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(IDLE_TIMEOUT / 2, self._sweep)
@@ -197,7 +196,7 @@ class UpstreamPool:
 
     def _sweep(self) -> None:
         self._sweeper = None
-        cutoff = time.monotonic() - IDLE_TIMEOUT
+        cutoff = self.loop.time() - IDLE_TIMEOUT
         for key, conns in list(self._idle.items()):
             keep = []
             for c in conns:

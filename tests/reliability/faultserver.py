@@ -66,6 +66,7 @@ class FaultServer:
     port: int = 0
     seen: list[Seen] = field(default_factory=list)
     dropped: int = 0
+    dropped_seen: list[Seen] = field(default_factory=list)
     connections: int = 0
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     _queue: collections.deque[str] = field(default_factory=collections.deque)
@@ -165,7 +166,12 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         path = self.url.decode("latin-1")
-        kind = self.srv._queue.popleft() if self.srv._queue else ""
+        queue = self.srv._queue
+        kind = ""
+        # A drop models a backend closing an idle keep-alive connection as the request
+        # arrives: only a connection that has served before can be idle.
+        if queue and (queue[0] != "drop" or self.answered):
+            kind = queue.popleft()
         if not kind and path.startswith("/fault/"):
             kind = path[len("/fault/"):].split("?")[0]
         kind = kind or "ok"
@@ -192,6 +198,7 @@ class _Conn(asyncio.Protocol):
             kind = "ok"
         if kind == "drop":
             srv.dropped += 1
+            srv.dropped_seen.append(seen)
             srv.faults[kind] += 1
             self.transport.close()  # type: ignore[union-attr]
             return False

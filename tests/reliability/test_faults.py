@@ -1,0 +1,15 @@
+"""Failing backends (issue 4, item 2): each scenario asserts exact counts and counters."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.reliability import scenarios as S
+
+
+@pytest.mark.parametrize("scenario", S.BACKEND_FAULTS, ids=lambda f: f.__name__)
+async def test_backend_fault(scenario):
+    r = await scenario(1)
+    print(f"\n{r.scenario}: sent {r.sent}, failed {r.failed}, expected {r.expected}. {r.notes}")
+    assert r.problems == []
+    assert r.failed == r.expected
