@@ -33,6 +33,7 @@ __all__ = [
     "ConfigError",
     "HealthCheckConfig",
     "Limits",
+    "PassiveHealthConfig",
     "Route",
     "ServiceConfig",
     "StickyConfig",
@@ -159,6 +160,9 @@ class Timeouts:
     response: float = 60.0  # nginx's proxy_read_timeout default
     client_header: float = 10.0  # SPEC 4.2 (408 after 10 s); HAProxy's "timeout http-request 10s"
     client_idle: float = 60.0  # SPEC 3.1; nginx's keepalive_timeout is 75s
+    # Longest pause between two reads of a request body (an idle timer, not a total): nginx's
+    # client_body_timeout 60s. A header deadline alone would let a slowloris trickle the body.
+    client_body: float = 60.0
     grace: float = 10.0  # Docker's stop timeout: SIGKILL follows SIGTERM after 10 s
 
 
@@ -171,6 +175,19 @@ class Limits:
     max_headers: int = 65536  # SPEC 4.2: all headers 64 KiB -> 431
     # HAProxy's maxconn idea: refuse early, well before a typical 65536 file-descriptor limit
     max_connections: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveHealthConfig:
+    """Passive health: a backend whose requests fail ``failures`` times in a row (cannot connect,
+    reset or closed before the response, malformed response, response timeout) gets no new
+    requests for ``cooldown``; then it is tried again. ``failures: 0`` turns it off. The last
+    healthy backend of a service is never ejected (nginx ignores max_fails for a lone server):
+    retries then move its requests to another service instead of answering 503.
+    """
+
+    failures: int = 3  # between nginx's max_fails=1 (too jumpy) and Envoy's consecutive_5xx=5
+    cooldown: float = 10.0  # nginx's fail_timeout and Envoy's base_ejection_time: 10s
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +219,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     trusted_proxies: tuple[NetworkType, ...] = ()
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    passive_health: PassiveHealthConfig = field(default_factory=PassiveHealthConfig)
     apps: tuple[AppConfig, ...] = ()
     source: str | None = None  # the file path it was loaded from
 
@@ -219,11 +237,13 @@ _TOP_KEYS = (
     "trusted_proxies",
     "access_log",
     "limits",
+    "passive_health",
     "apps",
 )
 _ADMIN_KEYS = ("listen", "token_file")
 _STICKY_KEYS = ("cookie", "max_idle", "max_life", "secret_file")
-_TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "grace")
+_TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_body", "grace")
+_PASSIVE_KEYS = ("failures", "cooldown")
 _ACCESS_LOG_KEYS = ("enabled", "format")
 _LIMIT_KEYS = ("max_request_line", "max_header", "max_headers", "max_connections")
 _APP_KEYS = ("session_sticky", "drain_timeout", "routes", "services")
@@ -1048,6 +1068,17 @@ def _parse_limits(data: dict[str, object], source: str) -> Limits:
     return Limits(**values)
 
 
+def _parse_passive_health(data: dict[str, object], source: str) -> PassiveHealthConfig:
+    m = _section(data, "passive_health", "", _PASSIVE_KEYS, source)
+    default = PassiveHealthConfig()
+    return PassiveHealthConfig(
+        failures=_int(m["failures"], "passive_health.failures", source, minimum=0)
+        if "failures" in m else default.failures,
+        cooldown=_positive_duration(m["cooldown"], "passive_health.cooldown", source)
+        if "cooldown" in m else default.cooldown,
+    )
+
+
 def _parse_access_log(data: dict[str, object], source: str) -> AccessLogConfig:
     m = _section(data, "access_log", "", _ACCESS_LOG_KEYS, source)
     default = AccessLogConfig()
@@ -1152,6 +1183,7 @@ def _config_from_dict(data: object, source: str, base_dir: str | None) -> Config
         limits=_parse_limits(top, source),
         trusted_proxies=_parse_trusted_proxies(top.get("trusted_proxies"), source),
         access_log=_parse_access_log(top, source),
+        passive_health=_parse_passive_health(top, source),
         apps=tuple(apps),
         source=None if source == _DEFAULT_SOURCE else source,
     )

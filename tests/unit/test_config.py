@@ -436,6 +436,14 @@ BAD_FILES = [
         """, "apps.shop.services.web.health_check.url", "/x"),
     ("duration-parsecs", "timeouts: {connect: 10 parsecs}\n", "timeouts.connect", "10 parsecs"),
     ("duration-zero", "timeouts: {response: 0s}\n", "timeouts.response", "0s"),
+    ("client-body-zero", "timeouts: {client_body: 0}\n", "timeouts.client_body", 0),
+    ("passive-failures-negative", "passive_health: {failures: -1}\n", "passive_health.failures", -1),
+    ("passive-failures-float", "passive_health: {failures: 2.5}\n", "passive_health.failures", 2.5),
+    ("passive-failures-bool", "passive_health: {failures: true}\n", "passive_health.failures", True),
+    ("passive-cooldown-zero", "passive_health: {cooldown: 0s}\n", "passive_health.cooldown", "0s"),
+    ("passive-cooldown-bad", "passive_health: {cooldown: soon}\n", "passive_health.cooldown", "soon"),
+    ("passive-unknown-key", "passive_health: {max_fails: 3}\n", "passive_health.max_fails", 3),
+    ("passive-not-mapping", "passive_health: 3\n", "passive_health", 3),
     ("duration-unitless", "sticky: {max_idle: '30'}\n", "sticky.max_idle", "30"),
     ("drain-zero", """\
         apps: {shop: {drain_timeout: 0, routes: [shop.example.com],
@@ -588,7 +596,7 @@ def test_bad_file_names_path_and_value(tmp_path: Path, text: str, path: str,
          "{file}: apps.shop.services.web.weight: must be an integer 0..100 (got 101)"),
         ("listen_port: 8080\n",
          "{file}: listen_port: unknown key; allowed keys: listen, admin, domain, sticky, "
-         "timeouts, trusted_proxies, access_log, limits, apps (got 8080)"),
+         "timeouts, trusted_proxies, access_log, limits, passive_health, apps (got 8080)"),
         ("timeouts: {connect: 10 parsecs}\n",
          "{file}: timeouts.connect: must be a duration like '2s', '500ms', '30m', '1h30m' "
          "or a number of seconds >= 0 (got '10 parsecs')"),
@@ -872,3 +880,16 @@ def test_dataclasses_are_frozen_and_hashable() -> None:
     with pytest.raises(AttributeError):
         cfg.listen_port = 1  # type: ignore[misc]
     assert hash(cfg) == hash(config_from_dict(app_with({"backends": ["a:1"]})))
+
+
+def test_passive_health_and_client_body_defaults_and_values():
+    from router.config import PassiveHealthConfig
+
+    cfg = config_from_dict({})
+    assert cfg.passive_health == PassiveHealthConfig(failures=3, cooldown=10.0)
+    assert cfg.timeouts.client_body == 60.0
+    cfg = config_from_dict({"passive_health": {"failures": 0, "cooldown": "1m30s"},
+                            "timeouts": {"client_body": "250ms"}})
+    assert cfg.passive_health == PassiveHealthConfig(failures=0, cooldown=90.0)
+    assert cfg.timeouts.client_body == 0.25
+    assert config_from_dict({"passive_health": None}).passive_health == PassiveHealthConfig()
