@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 import httptools
 
+from .health import failing as _failing, report_failure
 from .metrics import UnroutedStats
 from .sticky import TokenCodec, cookie_value
 from .upstream import BODY_BUFFERED, QUEUED, UPSTREAM_FULL, UpstreamConnection, UpstreamPool
@@ -87,6 +88,28 @@ class _Refused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+# File descriptors kept free of client connections: the admin API, health checks, the store.
+FD_RESERVE = 128
+
+
+def fd_connection_cap() -> int:
+    """Client connections this process can hold without running out of file descriptors.
+
+    Each client connection may hold a backend connection too, so half of what RLIMIT_NOFILE
+    leaves after a reserve: past it, new connections are refused at accept (closed at once)
+    and the admin API still has descriptors to answer with.
+    """
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1 << 30
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(16, (soft - FD_RESERVE) // 2)
 
 
 def host_ok(host: bytes) -> bool:
@@ -152,15 +175,24 @@ class ProxyContext:
         self.response_timeout = t.response
         self.client_header_timeout = t.client_header
         self.client_idle_timeout = t.client_idle
+        self.client_body_timeout = t.client_body
         lim = config.limits
         self.max_request_line = lim.max_request_line
         self.max_header = lim.max_header
         self.max_headers = lim.max_headers
-        self.max_connections = lim.max_connections
+        self.max_connections = min(lim.max_connections, fd_connection_cap())
+        self.passive_failures = config.passive_health.failures
+        self.passive_cooldown = config.passive_health.cooldown
         self.trusted: tuple["ipaddress.IPv4Network | ipaddress.IPv6Network", ...] = config.trusted_proxies
         self.log_access: Callable[[Exchange, int], None] | None = None
         if config.access_log.enabled:
             self.log_access = _log_json if config.access_log.format == "json" else _log_combined
+
+    def backend_failed(self, be: "Backend", reason: str, passive: bool = True) -> None:
+        """Count a failed use of ``be`` (metrics) and report it to passive health."""
+        be.stats.error(reason)
+        if passive:
+            report_failure(be, self.passive_failures, self.passive_cooldown)
 
     def request_id(self) -> bytes:
         self._rid_next += 1
@@ -269,6 +301,8 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if _failing:
+            _failing.pop(self.backend, None)  # type: ignore[call-overload]
         if status == 101 and not self.upgrade:
             self.upstream_failed(up, "protocol", "101 to a request that asked for no upgrade")
             return
@@ -337,7 +371,8 @@ class Exchange:
                 out.append(self.set_cookie)
             if self.upgrade:
                 self.close_after = True  # upgrade refused: the client's parser state is spent
-            if self.close_after or not self.keep_alive or not self.body_done:
+            if (self.close_after or not self.keep_alive or not self.body_done
+                    or not self.conn.ctx.accepting):  # stopping: clients must not reuse it
                 self.close_after = True
                 out.append(b"Connection: close\r\n")
             elif not self.http11:
@@ -350,7 +385,7 @@ class Exchange:
         self.timer = None
         if self.done or self.resp_started:
             return
-        self.backend.stats.error("timeout")  # type: ignore[union-attr]
+        self.conn.ctx.backend_failed(self.backend, "timeout")  # type: ignore[arg-type]
         up = self.upstream
         self.upstream = None
         if up is not None:
@@ -362,7 +397,7 @@ class Exchange:
         if self.done:
             return
         log.warning("backend %s: %s", self.backend.key, detail)  # type: ignore[union-attr]
-        self.backend.stats.error(reason)  # type: ignore[union-attr]
+        self.conn.ctx.backend_failed(self.backend, reason)  # type: ignore[arg-type]
         self.upstream = None
         up.abort()
         if self.resp_started:
@@ -382,10 +417,12 @@ class Exchange:
             if self.eof_body:
                 self.finish(False)  # EOF-delimited body: this close is its end
             else:
-                self.backend.stats.error("reset")  # type: ignore[union-attr]
+                self.conn.ctx.backend_failed(self.backend, "reset")  # type: ignore[arg-type]
                 self.conn.abort_exchange(self)
             return
-        self.backend.stats.error("reset")  # type: ignore[union-attr]
+        # A pooled connection closed before any answer is most likely the keep-alive race,
+        # not a sick backend: counted, but not against its passive health.
+        self.conn.ctx.backend_failed(self.backend, "reset", passive=not up.reused)  # type: ignore[arg-type]
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -598,8 +635,15 @@ class ClientConnection(asyncio.Protocol):
         if now < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             return
-        if self._deadline_kind == 1:
+        kind = self._deadline_kind
+        if kind == 2 and self._paused:
+            # We are not reading (the backend is slow to take the body): not the client's fault.
+            self._deadline = now + self.ctx.client_body_timeout
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+        elif kind == 1:
             self._reject(408, b"request head not received in time\n")
+        elif kind == 2:
+            self._reject(408, b"request body not received in time\n")
         else:
             self.transport.close()  # type: ignore[union-attr]
 
@@ -637,7 +681,8 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = parser.should_keep_alive()  # type: ignore[union-attr]
         ex.upgrade = parser.should_upgrade()  # type: ignore[union-attr]
         self._prepare(ex)  # type: ignore[arg-type]
-        self._deadline = 0.0  # the head is complete; the exchange has its own timers
+        # The head is complete; until the body is, each read must come within client_body.
+        self._set_deadline(2, self.ctx.client_body_timeout)
         if self.active is None:
             self.active = ex
             self._start(ex)  # type: ignore[arg-type]
@@ -649,12 +694,18 @@ class ClientConnection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         ex = self.parsing
+        self._deadline = self.loop.time() + self.ctx.client_body_timeout
         if ex is not None and not ex.error:
             ex.body(data)
 
     def on_message_complete(self) -> None:
         ex = self.parsing
         self.parsing = None
+        if self.active is None:
+            if not self.closed:
+                self._set_deadline(0, self.ctx.client_idle_timeout)
+        elif self._deadline_kind == 2:
+            self._deadline = 0.0  # the exchange has its own timers now
         if ex is not None:
             ex.body_end()
 
@@ -892,7 +943,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.done or ex.backend is not be:
                 return
             reason = "connect_timeout" if isinstance(e, TimeoutError) else "connect"
-            be.stats.error(reason)
+            self.ctx.backend_failed(be, reason)
             log.warning("backend %s: cannot connect: %s", be.key, e or "timeout")
             self.retry(ex)
             return
@@ -963,7 +1014,8 @@ class ClientConnection(asyncio.Protocol):
             ex.timer.cancel()
             ex.timer = None
         ex.status = status
-        close = not (keep and ex.keep_alive and ex.body_done and not ex.upgrade)
+        close = not (keep and ex.keep_alive and ex.body_done and not ex.upgrade
+                     and self.ctx.accepting)
         if status == 405:
             extra += _ALLOW
         if self.transport is not None and not self.closed:
@@ -984,6 +1036,9 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         self.parsing = None
         self.rejected = True  # the parser is in its error state: nothing more is read
+        if ex is not None and ex.done:
+            self.transport.close()  # type: ignore[union-attr]  # answered already
+            return
         if ex is not None and ex is self.active:
             # Its body broke the framing while it was being forwarded: the backend must
             # never see that request end, so its connection is reset, not completed.

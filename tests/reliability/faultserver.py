@@ -33,7 +33,9 @@ handled request, so a test can prove that no request reached a backend twice.
 from __future__ import annotations
 
 import asyncio
+import argparse
 import collections
+import os
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -63,6 +65,8 @@ class Seen:
 class FaultServer:
     name: str = "fault"
     close_after: int = 0  # 0: keep connections open
+    delay: float = 0.0  # every "ok" answer waits this long
+    log_fd: int | None = None  # "METHOD X-Test-Id" per handled request, written unbuffered
     port: int = 0
     seen: list[Seen] = field(default_factory=list)
     dropped: int = 0
@@ -203,6 +207,9 @@ class _Conn(asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
             return False
         srv.seen.append(seen)
+        if srv.log_fd is not None:
+            tid = b",".join(seen.header("x-test-id")) or b"-"
+            os.write(srv.log_fd, seen.method.encode() + b" " + tid + b"\n")
         if kind != "ok":
             srv.faults[kind] += 1
         if kind == "delay":
@@ -220,6 +227,10 @@ class _Conn(asyncio.Protocol):
             await asyncio.sleep(0.05)
             self.abort(rst=True)
             return False
+        if srv.delay:
+            await asyncio.sleep(srv.delay)
+            if self.closed:
+                return False
         body = srv.name.encode() + b"\n"
         self.answered += 1
         last = srv.close_after and self.answered >= srv.close_after
@@ -246,3 +257,27 @@ class _Conn(asyncio.Protocol):
                 except OSError:
                     pass
         t.abort()
+
+
+def main() -> None:
+    """Run one as its own process (to be killed with SIGKILL): prints its port, then serves."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", default="fault")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--log")
+    args = ap.parse_args()
+
+    async def run() -> None:
+        srv = FaultServer(args.name, delay=args.delay)
+        if args.log:
+            srv.log_fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        await srv.start(args.port)
+        print(srv.port, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

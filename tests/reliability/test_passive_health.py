@@ -1,0 +1,15 @@
+"""Passive health (issue 4, item 3): ejection, return after the cooldown, SIGKILL under load."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.reliability import scenarios as S
+
+
+@pytest.mark.parametrize("scenario", S.PASSIVE_HEALTH, ids=lambda f: f.__name__)
+async def test_passive_health(scenario):
+    r = await scenario(1)
+    print(f"\n{r.scenario}: sent {r.sent}, failed {r.failed}, expected {r.expected}. {r.notes}")
+    assert r.problems == []
+    assert r.failed == r.expected

@@ -1,0 +1,15 @@
+"""Restarts (issue 4, item 5): SIGTERM and SIGHUP of the real process under load."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.reliability import scenarios as S
+
+
+@pytest.mark.parametrize("scenario", S.RESTARTS, ids=lambda f: f.__name__)
+async def test_restart_under_load(scenario):
+    r = await scenario(1)
+    print(f"\n{r.scenario}: sent {r.sent}, failed {r.failed}, expected {r.expected}. {r.notes}")
+    assert r.problems == []
+    assert r.failed == r.expected

@@ -1,0 +1,15 @@
+"""Slow and many clients (issue 4, item 4): slowloris, 2,000 idle connections on few descriptors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.reliability import scenarios as S
+
+
+@pytest.mark.parametrize("scenario", S.SLOW_CLIENTS, ids=lambda f: f.__name__)
+async def test_slow_and_many_clients(scenario):
+    r = await scenario(1)
+    print(f"\n{r.scenario}: sent {r.sent}, failed {r.failed}, expected {r.expected}. {r.notes}")
+    assert r.problems == []
+    assert r.failed == r.expected
