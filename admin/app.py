@@ -32,9 +32,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[SERVER].ready:
-        return web.Response(text="ready\n")
-    return web.Response(status=503, text="stopping\n")
+    server = request.app[SERVER]
+    if not server.ready:
+        return web.Response(status=503, text="stopping\n")
+    if server.store is not None and not server.store.up:
+        # Still serving (the last state): taking the replica out of a load balancer would turn
+        # a store outage into a traffic outage. router_store_up shows it.
+        return web.Response(text="ready; the routing-state store is unreachable, serving the "
+                                 "last state\n")
+    return web.Response(text="ready\n")
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -71,6 +77,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         resp = web.json_response(e.to_dict(), status=e.status)
         if e.status == 401:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="router"'
+        elif e.status == 503:
+            resp.headers["Retry-After"] = "1"  # the store is retried continually
         return resp
     except web.HTTPException as e:
         if e.status < 400:

@@ -1,6 +1,7 @@
 """`router serve` and `router demo`: arguments -> Config -> Server; exit codes.
 
-Exit 0 after a graceful stop, 2 for a bad command line or configuration (SPEC 3).
+Exit 0 after a graceful stop, 2 for a bad command line or configuration (SPEC 3), 1 when the
+environment refuses (a port taken, the etcd store unreachable at start).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="YAML configuration (SPEC 3.1)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="worker processes sharing the port (default 1)")
-    serve.add_argument("--store", metavar="URL", help="where the routing state lives")
+    serve.add_argument("--store", metavar="URL",
+                       help="where the routing state lives: a file path, file:///path, or "
+                            "etcd://HOST:PORT[/prefix] shared by several replicas "
+                            "(default: router-state.yaml next to the configuration)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     demo = sub.add_parser("demo", help="run two demo backends (blue, green) and a router")
@@ -39,7 +43,7 @@ def _logging(level: str) -> None:
 
 def serve(config: Config, store: str | None, workers: int = 1) -> int:
     from .server import Server
-    from .store import StoreError
+    from .store import StoreError, StoreUnavailable
 
     async def main() -> None:
         server = Server(config, store, workers)
@@ -49,6 +53,9 @@ def serve(config: Config, store: str | None, workers: int = 1) -> int:
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
+    except StoreUnavailable as e:  # etcd not reachable within the start timeout
+        print(f"router: {e}", file=sys.stderr)
+        return 1
     except (ConfigError, StoreError) as e:  # a corrupt state file
         print(f"router: {e}", file=sys.stderr)
         return 2
@@ -69,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.workers <= 64:
         print(f"router: --workers: must be 1..64 (got {args.workers})", file=sys.stderr)
         return 2
-    store = store_path(args.store, args.config)
-    if store is None:
-        print(f"router: --store: {args.store!r}: use a file path or file:///path "
-              "(the etcd store is not available yet)", file=sys.stderr)
+    try:
+        store = store_spec(args.store, args.config)
+    except ValueError as e:
+        print(f"router: --store: {e}", file=sys.stderr)
         return 2
     try:
         config = load_config(args.config) if args.config else Config()
@@ -82,16 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     return serve(config, store, args.workers)
 
 
-def store_path(url: str | None, config_path: str | None) -> str | None:
-    """The file store's path: ``--store`` if given, else router-state.yaml next to the config."""
+def store_spec(url: str | None, config_path: str | None) -> str:
+    """``--store`` checked (an absolute file path or an etcd:// URL); without it,
+    router-state.yaml next to the configuration. ``ValueError`` for a bad one."""
     if url is None:
         base = os.path.dirname(os.path.abspath(config_path)) if config_path else os.getcwd()
         return os.path.join(base, "router-state.yaml")
-    if url.startswith("file://"):
-        url = url[len("file://"):]
-    if not url or "://" in url:
-        return None
-    return os.path.abspath(url)
+    from .store import check_store
+
+    return check_store(url)
 
 
 if __name__ == "__main__":

@@ -194,3 +194,23 @@ class DataPlaneCollector:
 
 def _fmt_bound(b: float) -> str:
     return "+Inf" if b == float("inf") else repr(b)
+
+
+class StoreCollector:
+    """``router_store_up``: whether the routing-state store answered its last request.
+
+    0 while etcd is unreachable: the data plane keeps serving the last state (``/readyz`` stays
+    200), but admin changes are refused until it is back.
+    """
+
+    def __init__(self, up: Callable[[], bool]) -> None:
+        self._up = up
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "router_store_up", "1 if the routing-state store answered its last request, else 0")
+        gauge.add_metric([], 1 if self._up() else 0)
+        yield gauge

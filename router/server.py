@@ -6,6 +6,11 @@ the table in this process; with several it sends the state to every worker and r
 when each has swapped it in, so an admin call answers once the change is live everywhere
 (SPEC 4.4, 6). Health checks and release readiness run here, once, and the workers are told
 the results; /metrics sums the workers' counters.
+
+The routing state lives in a store (``router.store``): a file by default, or etcd shared by
+several replicas. With a shared store this process also follows the store's watch and makes
+every other replica's change live here (``StateManager.adopt``); when the store is unreachable
+the data plane keeps serving the last state and only admin changes are refused.
 """
 
 from __future__ import annotations
@@ -25,13 +30,20 @@ from . import ipc
 from .config import Config, ConfigError, HealthCheckConfig, load_config, split_hostport
 from .dataplane import DataPlane
 from .health import HealthChecker, probe
-from .metrics import DataPlaneCollector, Stats
+from .errors import Unavailable
+from .metrics import DataPlaneCollector, Stats, StoreCollector
 from .release import Status
 from .state import State, StateManager, load_file_apps, mark_ready
 from .sticky import load_or_create_secret
-from .store import FileStore
+from .store import Store, StoreConflict, StoreUnavailable, open_store
 
 log = logging.getLogger("router")
+
+# How long a starting router waits for an unreachable shared store before giving up (exit 1):
+# long enough for etcd and the routers to be started together, short enough that a wrong
+# address is reported rather than waited on forever. A router never serves a state it could
+# not read: the configuration's apps may be older than what the replicas serve.
+STORE_START_TIMEOUT = 10.0
 
 
 class Worker:
@@ -65,9 +77,12 @@ class Worker:
 class Server:
     """One router: the admin API and state here, the data plane here or in workers."""
 
-    def __init__(self, config: Config, store_path: str | None = None, workers: int = 1) -> None:
+    def __init__(self, config: Config, store: str | None = None, workers: int = 1) -> None:
+        """``store``: a file path or an ``etcd://`` URL (see ``router.store.open_store``);
+        None keeps the state in memory only."""
         self.config = config
-        self.store: FileStore | None = FileStore(store_path) if store_path else None
+        self.store_spec = store
+        self.store: Store | None = None
         self.nworkers = workers
         self.manager: StateManager | None = None
         self.plane: DataPlane | None = None
@@ -81,6 +96,8 @@ class Server:
         self._stats: Stats | None = None  # the workers' counters, summed at the last scrape
         self._reserved: socket.socket | None = None
         self._release_task: asyncio.Task[None] | None = None
+        self._follow_task: asyncio.Task[None] | None = None
+        self._release_blocked = False
         self._tcp_passed: set[tuple[str, str, str]] = set()
         self._admin_runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
@@ -102,19 +119,21 @@ class Server:
         secret_path = cfg.sticky.secret_file
         if secret_path is None and cfg.source:
             secret_path = os.path.join(os.path.dirname(os.path.abspath(cfg.source)), "router-secret")
-        secret = load_or_create_secret(secret_path)
-        state = State.initial(cfg.apps)
-        if self.store is not None:
-            data = self.store.load()  # StoreError: refuse to start on a corrupt state file
-            if data is not None:
-                # Once the store exists, its state wins over the configuration's apps (SPEC 6).
-                state = State.from_dict(data, self.store.path)
-                log.info("routing state from %s: generation %d", self.store.path, state.generation)
-        self.manager = StateManager(state, self.store.save if self.store else None, self.apply_state)
+        state, version = State.initial(cfg.apps), 0
+        if self.store_spec is not None:
+            self.store = open_store(self.store_spec, secret_path)
+            state, version = await self._load_state(self.store, state)
+        if cfg.sticky.secret_file is not None or self.store is None:
+            secret = load_or_create_secret(secret_path)  # an explicit file always wins
+        else:
+            secret = await self.store.secret()  # etcd: one secret for every replica
+        self.manager = StateManager(state, self.store, self.apply_state, version)
         self.plane = DataPlane(cfg, secret, state.apps, state.generation)
         self.registry.register(DataPlaneCollector(
             lambda: self.plane.table, self._current_stats,  # type: ignore[union-attr]
             lambda: self.manager.state.releases))  # type: ignore[union-attr]
+        if self.store is not None:
+            self.registry.register(StoreCollector(lambda: self.store.up))  # type: ignore[union-attr]
         self.health = HealthChecker(self.plane.builder, self._health_changed)
         self.health.update(state.apps)
         if self.nworkers == 1:
@@ -130,10 +149,57 @@ class Server:
         self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._stopping = asyncio.Event()
         self._release_task = loop.create_task(self._watch_releases())
+        if self.store is not None:
+            self._follow_task = loop.create_task(self._follow_store(self.store))
         self.ready = True
         log.info("listening on %s:%d (%d worker%s), admin on %s:%d, %d apps",
                  cfg.listen_host, self.port, self.nworkers, "s" if self.nworkers > 1 else "",
                  cfg.admin.host, self.admin_port, len(state.apps))
+
+    async def _load_state(self, store: Store, initial: State) -> tuple[State, int]:
+        """The stored state and its version; ``initial`` (the configuration's apps) if the store
+        is empty. Once the store has a state, it wins over the configuration (SPEC 6)."""
+        deadline = asyncio.get_running_loop().time() + STORE_START_TIMEOUT
+        waited = False
+        while True:
+            try:
+                data, version = await store.load()  # StoreError: refuse to start on a bad state
+                if data is None and store.shared:
+                    # Seed it, so that every replica serves one state from the start; if another
+                    # replica seeded it first, its state wins.
+                    try:
+                        return initial, await store.save(initial.to_dict(), 0)
+                    except StoreConflict:
+                        continue
+                break
+            except StoreUnavailable as e:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                if not waited:
+                    log.warning("waiting up to %.0f s for the routing-state store: %s",
+                                STORE_START_TIMEOUT, e)
+                waited = True
+                await asyncio.sleep(0.5)
+        if data is None:
+            return initial, version
+        state = State.from_dict(data, store.name)
+        log.info("routing state from %s: generation %d", store.name, state.generation)
+        return state, version
+
+    async def _follow_store(self, store: Store) -> None:
+        """Make every change another replica stores live here (a shared store only)."""
+        manager = self.manager
+        assert manager is not None
+        while not self._closing:
+            try:
+                async for data, version in store.watch(manager.version):
+                    await manager.adopt(data, version)
+                return  # the store has nothing to watch, or was closed
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following %s failed; starting again", store.name)
+                await asyncio.sleep(1)
 
     async def _start_workers(self, state: State) -> None:
         cfg = self.config
@@ -197,10 +263,14 @@ class Server:
         await self.plane.drain(grace)
         if self._release_task is not None:
             self._release_task.cancel()
+        if self._follow_task is not None:
+            self._follow_task.cancel()
         if self.health is not None:
             self.health.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if self.store is not None:
+            await self.store.close()
         log.info("stopped")
 
     async def _stop_worker(self, worker: Worker, grace: float) -> None:
@@ -330,7 +400,14 @@ class Server:
                     passed = key in self._tcp_passed
                 ready = ready and passed
             if ready:
+                # With several replicas each may find the release ready; the store's conditional
+                # save lets one write it, and the others reload, see it marked, and get a 409.
                 try:
                     await self.manager.change(mark_ready(name, release.new))  # type: ignore[union-attr]
+                    self._release_blocked = False
+                except Unavailable as e:
+                    if not self._release_blocked:  # once per outage, not every tick
+                        log.warning("release of %s not marked ready: %s", name, e.message)
+                    self._release_blocked = True
                 except Exception as e:
                     log.info("release of %s not marked ready: %s", name, e)

@@ -5,20 +5,29 @@ the generation. Each admin operation is a pure function from the current state t
 one that raises a ``RouterError`` (with its HTTP status) instead of ever producing an invalid
 state. ``StateManager.change`` runs one operation at a time: it checks ``If-Match``, computes
 the next state, writes it to the store, makes it live in the data plane, and only then
-answers -- so a rejected call leaves the state exactly as it was, and an accepted one is on
-disk and serving before the caller hears of it (SPEC 4.4, 6).
+answers -- so a rejected call leaves the state exactly as it was, and an accepted one is
+stored and serving before the caller hears of it (SPEC 4.4, 6).
+
+With a store shared by several replicas (etcd), another replica may have changed the state
+since this one last read it. The save is conditional on the store's version being the one this
+state came from; when it is not, the manager reads the newer state, makes it live, and runs the
+operation again on it -- so the operation's checks (and ``If-Match``, which then answers 412)
+always judge the state it actually changes, and no replica's update is lost. The generation is
+part of the stored state, so every replica shows the same generation for the same state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from .config import AppConfig, ConfigError, HealthCheckConfig, ServiceConfig, parse_app, parse_service
 from .errors import BadRequest, Conflict, Invalid, NotFound, PreconditionFailed, RouterError, Unavailable
-from .release import Action, Release, ReleaseConflict, start as start_release
+from .release import Action, Release, ReleaseConflict, Status, start as start_release
+from .store import Store, StoreConflict, StoreUnavailable
 
 log = logging.getLogger("router.admin")
 
@@ -309,6 +318,10 @@ def mark_ready(name: str, new: str) -> Operation:
         release = _open_release(state, name)
         if release.new != new:
             raise Conflict("the release changed", "release")
+        if release.status != Status.IN_PROGRESS:
+            # Another replica (or an earlier tick) marked it: writing it again would only bump
+            # the generation.
+            raise Conflict(f"the release of {name!r} is already {release.status.value}", "release")
         return state.apps, {**state.releases, name: _still_open(release, Action.READY)}, (name,)
     return op
 
@@ -341,48 +354,133 @@ def parse_etag(value: str) -> int | None:
     return int(v)
 
 
-class StateManager:
-    """Owns the current state; serialises changes; persists, then applies, then answers."""
+# A change that lost the race against another replica's is run again on the newer state. The
+# first retry is immediate; then a random pause of up to 2, 4, ... 64 ms lets a replica that
+# keeps losing to one writing back to back (a script looping over changes) get its turn. After
+# RETRY_FOR seconds of losing the caller is told (409) rather than kept waiting.
+RETRY_FOR = 2.0
+_MAX_PAUSE = 0.064
 
-    def __init__(self, state: State, save: Callable[[dict[str, Any]], None] | None,
-                 apply: Callable[[State], Any]) -> None:
+
+class StateManager:
+    """Owns the current state; serialises changes; persists, then applies, then answers.
+
+    ``version`` is the store's version of ``state`` (0: not stored yet).
+    """
+
+    def __init__(self, state: State, store: Store | None,
+                 apply: Callable[[State], Any], version: int = 0) -> None:
         self.state = state
-        self._save = save
+        self.version = version
+        self._store = store
         self._apply = apply
         self._lock = asyncio.Lock()
 
     async def change(self, op: Operation, if_match: str | None = None,
                      etag_app: str | None = None) -> State:
         async with self._lock:
-            cur = self.state
-            # The operation first: a request that would be refused anyway (bad body, unknown
-            # service, conflict) gets that answer rather than a 412.
-            apps, releases, touched = op(cur)
-            if if_match is not None:
-                want = parse_etag(if_match)
-                if want is not None:
-                    have = (cur.app_generations.get(etag_app, cur.generation)
-                            if etag_app is not None and cur.has_app(etag_app) else cur.generation)
-                    if want != have:
-                        raise PreconditionFailed(
-                            f"stale If-Match: {want} is not the current generation {have}", "If-Match")
-            gen = cur.generation + 1
-            app_gens = {n: g for n, g in cur.app_generations.items() if any(a.name == n for a in apps)}
-            for n in touched:
-                if any(a.name == n for a in apps):
-                    app_gens[n] = gen
-            new = State(gen, apps, dict(releases), app_gens)
-            if self._save is not None:
+            deadline = asyncio.get_running_loop().time() + RETRY_FOR
+            lost = 0
+            while True:
+                new, touched = _next_state(self.state, op, if_match, etag_app)
+                if self._store is None:
+                    break
                 try:
-                    await asyncio.get_running_loop().run_in_executor(None, self._save, new.to_dict())
-                except RouterError:
-                    raise
+                    version = await self._store.save(new.to_dict(), self.version)
+                except StoreConflict as e:
+                    # Another replica's change: make it live here, then run op again on it.
+                    await self._reload(e.current)
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise Conflict(f"other replicas changed the routing state {lost + 1} times "
+                                       "while this call was being applied; try again", None) from None
+                    if lost:
+                        await asyncio.sleep(random.uniform(0, min(_MAX_PAUSE, 0.001 * 2 ** lost)))
+                    lost += 1
+                    continue
                 except Exception as e:
-                    log.error("cannot persist the routing state: %s", e)
-                    raise Unavailable(f"cannot persist the routing state: {e}") from None
+                    raise self._unavailable(e) from None
+                self.version = version
+                break
             self.state = new
-            result = self._apply(new)
-            if asyncio.iscoroutine(result):
-                await result
-            log.info("generation %d: %s", gen, ", ".join(sorted(touched)) or "-")
+            await self._make_live(new)
+            log.info("generation %d: %s", new.generation, ", ".join(sorted(touched)) or "-")
             return new
+
+    async def adopt(self, data: dict[str, Any], version: int) -> bool:
+        """A state another replica stored (from the store's watch); False if not newer."""
+        async with self._lock:
+            if version <= self.version:
+                return False  # our own save coming back, or one a reload already brought
+            try:
+                state = State.from_dict(data, self._source())
+            except ConfigError as e:
+                log.error("ignored the stored state at version %d: %s", version, e)
+                return False
+            await self._switch(state, version)
+            return True
+
+    async def _reload(self, current: tuple[dict[str, Any] | None, int] | None = None) -> None:
+        """Make the store's state (``current`` if the conflict brought it) live here."""
+        assert self._store is not None
+        if current is not None:
+            data, version = current
+        else:
+            try:
+                data, version = await self._store.load()
+            except Exception as e:
+                raise self._unavailable(e) from None
+        if data is None:
+            # The state was deleted from the store: the next save writes ours again.
+            self.version = 0
+            return
+        if version <= self.version:
+            return
+        try:
+            state = State.from_dict(data, self._source())
+        except ConfigError as e:
+            raise Unavailable(f"the state in {self._source()} is not valid: {e}") from None
+        await self._switch(state, version)
+
+    async def _switch(self, state: State, version: int) -> None:
+        self.state, self.version = state, version
+        await self._make_live(state)
+        log.info("generation %d from %s (version %d)", state.generation, self._source(), version)
+
+    async def _make_live(self, state: State) -> None:
+        result = self._apply(state)
+        if asyncio.iscoroutine(result):
+            await result
+
+    def _source(self) -> str:
+        return self._store.name if self._store is not None else "memory"
+
+    def _unavailable(self, e: Exception) -> Unavailable:
+        if isinstance(e, StoreUnavailable):
+            reason = f"{e}; changes are refused until it answers again"
+        else:
+            reason = f"cannot persist the routing state: {e}"
+        return Unavailable(f"{reason} (the data plane keeps serving generation "
+                           f"{self.state.generation})")
+
+
+def _next_state(cur: State, op: Operation, if_match: str | None,
+                etag_app: str | None) -> tuple[State, tuple[str, ...]]:
+    """The state ``op`` makes of ``cur``, and the apps it touched; a RouterError if refused."""
+    # The operation first: a request that would be refused anyway (bad body, unknown service,
+    # conflict) gets that answer rather than a 412.
+    apps, releases, touched = op(cur)
+    if if_match is not None:
+        want = parse_etag(if_match)
+        if want is not None:
+            have = (cur.app_generations.get(etag_app, cur.generation)
+                    if etag_app is not None and cur.has_app(etag_app) else cur.generation)
+            if want != have:
+                raise PreconditionFailed(
+                    f"stale If-Match: {want} is not the current generation {have}", "If-Match")
+    gen = cur.generation + 1
+    app_gens = {n: g for n, g in cur.app_generations.items() if any(a.name == n for a in apps)}
+    for n in touched:
+        if any(a.name == n for a in apps):
+            app_gens[n] = gen
+    return State(gen, apps, dict(releases), app_gens), touched
+

@@ -1,9 +1,44 @@
 """Where the routing state lives (SPEC 6).
 
-``file`` is the default, embedded store: one YAML file written atomically.  An etcd store, shared
-by several replicas, will sit beside it with the same ``load``/``save`` shape.
+``file`` is the default, embedded store: one YAML file written atomically. ``etcd`` is shared by
+several replicas. Both offer :class:`Store` (``base.py``); :func:`open_store` picks one from
+``--store``.
 """
 
-from .file import FileStore, StoreError
+from .base import Store, StoreConflict, StoreError, StoreUnavailable
+from .file import FileStateStore, FileStore
 
-__all__ = ["FileStore", "StoreError"]
+__all__ = ["FileStateStore", "FileStore", "Store", "StoreConflict", "StoreError",
+           "StoreUnavailable", "check_store", "open_store"]
+
+
+def check_store(spec: str) -> str:
+    """A ``--store`` value made canonical: an ``etcd://`` URL as given, a file path absolute.
+
+    ``ValueError`` naming what is wrong.
+    """
+    import os
+
+    if spec.startswith("etcd://"):
+        from .etcd import parse_etcd_url
+
+        parse_etcd_url(spec)
+        return spec
+    if spec.startswith("file://"):
+        spec = spec[len("file://"):]
+    if not spec or "://" in spec:
+        raise ValueError(f"{spec!r}: use a file path, file:///path or etcd://HOST:PORT[/prefix]")
+    return os.path.abspath(spec)
+
+
+def open_store(spec: str, secret_path: str | None = None) -> Store:
+    """The store ``spec`` names: an ``etcd://`` URL or a file path (see :func:`check_store`).
+
+    ``secret_path`` is the file store's sticky-secret file; the etcd store keeps its own.
+    """
+    spec = check_store(spec)
+    if spec.startswith("etcd://"):
+        from .etcd import EtcdStore  # imports gRPC: only when asked for
+
+        return EtcdStore.from_url(spec)
+    return FileStateStore(spec, secret_path)

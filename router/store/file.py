@@ -16,17 +16,22 @@ and the old state intact.  Stray files are not removed automatically: with sever
 sharing the directory a temporary file may belong to a save in progress.
 
 This module knows nothing about what the mapping contains; the caller validates it.
+:class:`FileStore` is the file itself (synchronous); :class:`FileStateStore` offers it through the
+common :class:`~router.store.base.Store` interface.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from typing import Any
 
 import yaml
 
-__all__ = ["FileStore", "StoreError"]
+from .base import Store, StoreConflict, StoreError
+
+__all__ = ["FileStateStore", "FileStore", "StoreError"]
 
 # Temporary file names are unique per process (pid) and per save (counter), so that concurrent
 # saves -- threads, or workers sharing the directory -- never write into each other's file.
@@ -41,10 +46,6 @@ _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 # The state holds the admin view of every app (backends, release, later maybe secrets): owner only.
 _MODE = 0o600
-
-
-class StoreError(Exception):
-    """The state could not be read or written; the message names the file and the reason."""
 
 
 class FileStore:
@@ -145,6 +146,49 @@ class FileStore:
                 f"{self.path}: written, but the directory {self._dir} could not be synced:"
                 f" {_reason(exc)}"
             ) from exc
+
+
+class FileStateStore(Store):
+    """The file store behind the common interface.
+
+    This process is the file's only writer (workers never write; a second router on the same
+    file is not supported), so there is nothing to watch and a conflict can only be a bug. The
+    version counts the saves since this process loaded the file: 0 without a file.
+    """
+
+    def __init__(self, path: str, secret_path: str | None = None) -> None:
+        self.file = FileStore(path)
+        self.name = path
+        # The sticky secret sits next to the configuration file, not next to the state (it
+        # always has); None: a random secret for this process only.
+        self._secret_path = secret_path
+        self._version = 0
+
+    def __repr__(self) -> str:
+        return f"FileStateStore({self.name!r})"
+
+    async def load(self) -> tuple[dict[str, Any] | None, int]:
+        data = await asyncio.get_running_loop().run_in_executor(None, self.file.load)
+        self._version = 0 if data is None else 1
+        return data, self._version
+
+    async def save(self, data: dict[str, Any], expected_version: int) -> int:
+        if expected_version != self._version:
+            raise StoreConflict(f"{self.name}: version {self._version}, not {expected_version}")
+        try:
+            # Off the event loop: the fsyncs take milliseconds, and the data plane shares the loop.
+            await asyncio.get_running_loop().run_in_executor(None, self.file.save, data)
+        except StoreError:
+            self.up = False
+            raise
+        self.up = True
+        self._version += 1
+        return self._version
+
+    async def secret(self) -> bytes:
+        from ..sticky import load_or_create_secret
+
+        return load_or_create_secret(self._secret_path)
 
 
 def _reason(exc: OSError) -> str:

@@ -40,8 +40,9 @@ def test_bad_command_line_exits_2():
     for bad in ("0", "65"):
         r = run_cli("serve", "--workers", bad)
         assert r.returncode == 2 and "--workers: must be 1..64" in r.stderr
-    r = run_cli("serve", "--store", "etcd://127.0.0.1:2379")
-    assert r.returncode == 2 and "--store" in r.stderr
+    for bad in ("etcd://127.0.0.1:99999", "etcd://:2379", "redis://127.0.0.1:6379"):
+        r = run_cli("serve", "--store", bad)
+        assert r.returncode == 2 and "--store" in r.stderr, (bad, r.stderr)
 
 
 async def test_sigterm_graceful_stop_finishes_inflight(backend, router_process):

@@ -19,7 +19,7 @@ from router import state as ops
 from router.config import config_from_dict
 from router.errors import RouterError
 from router.release import Status
-from router.store import FileStore
+from router.store import FileStateStore
 
 APPS = ("shop", "blog")
 SERVICES = ("web", "web-v2", "web-v3")
@@ -32,11 +32,11 @@ class StateOps(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.TemporaryDirectory()
-        self.store = FileStore(self.dir.name + "/state.yaml")
+        self.store = FileStateStore(self.dir.name + "/state.yaml")
         cfg = config_from_dict({"apps": {"shop": {"routes": ["shop.test"], "services": {
             "web": {"weight": 100, "backends": ["10.0.0.1:80"]}}}}})
         self.applied: list[int] = []
-        self.mgr = ops.StateManager(ops.State.initial(cfg.apps), self.store.save,
+        self.mgr = ops.StateManager(ops.State.initial(cfg.apps), self.store,
                                     lambda s: self.applied.append(s.generation))
         self.loop = asyncio.new_event_loop()
         self.accepted = 0
@@ -121,11 +121,11 @@ class StateOps(RuleBasedStateMachine):
         assert set(s.releases) <= set(names)  # one release per app at most, for existing apps
         assert set(s.app_generations) == set(names)
         assert all(g <= s.generation for g in s.app_generations.values())
-        disk = self.store.load()
+        disk = self.store.file.load()
         if disk is None:
             assert s.generation == 1
         else:
-            assert ops.State.from_dict(disk, self.store.path) == s
+            assert ops.State.from_dict(disk, self.store.name) == s
 
 
 StateOps.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)

@@ -1,0 +1,82 @@
+"""The one interface every store of the routing state offers (SPEC 6).
+
+The state manager, the admin API and the data plane see only this; which store is behind it --
+a file on this machine or etcd shared by several replicas -- is decided once, by ``--store``.
+
+A store keeps one document (the routing state as a mapping) and a *version* of it: an integer
+that changes with every save, so that a save can be made conditional on nothing having changed
+since the state it builds on was read (optimistic concurrency: etcd's ``mod_revision`` compare,
+HTTP's ``If-Match``). The generation the admin API shows is inside the document, not the
+version: versions are the store's business and need not be consecutive.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, AsyncIterator
+
+__all__ = ["Store", "StoreConflict", "StoreError", "StoreUnavailable"]
+
+Document = dict[str, Any]
+
+
+class StoreError(Exception):
+    """The state could not be read or written; the message names the store and the reason."""
+
+
+class StoreConflict(StoreError):
+    """A conditional save found a newer version than the one it was based on.
+
+    ``current`` is that newer ``(document, version)`` when the store could read it in the same
+    step (etcd does), saving the caller a load; None otherwise.
+    """
+
+    def __init__(self, message: str, current: "tuple[Document | None, int] | None" = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now; the same call may succeed later."""
+
+
+class Store(ABC):
+    """Where the routing state lives."""
+
+    #: A path or URL, for messages.
+    name: str
+    #: Other processes write this store too: a process seeds it when it is empty and follows
+    #: :meth:`watch` to learn of their changes.
+    shared: bool = False
+    #: Whether the store answered its last request (the ``router_store_up`` gauge).
+    up: bool = True
+
+    @abstractmethod
+    async def load(self) -> tuple[Document | None, int]:
+        """The stored document (``None`` if there is none yet) and its version (0 then)."""
+
+    @abstractmethod
+    async def save(self, data: Document, expected_version: int) -> int:
+        """Replace the document if its version is still ``expected_version``; the new version.
+
+        :class:`StoreConflict` if the version moved (nothing is written), :class:`StoreUnavailable`
+        if the store cannot be reached (with etcd, the outcome of a save cut short is unknown:
+        the change shows up through :meth:`watch` if it was applied).
+        """
+
+    async def watch(self, from_version: int) -> AsyncIterator[tuple[Document, int]]:
+        """Every document saved after ``from_version``, in order, as ``(document, version)``.
+
+        Runs until :meth:`close`; reconnects by itself. A store only this process writes has
+        nothing to report and returns at once.
+        """
+        return
+        yield  # an async generator that yields nothing
+
+    @abstractmethod
+    async def secret(self) -> bytes:
+        """The cookie-signing secret, created on first use; the same for every process sharing
+        the store."""
+
+    async def close(self) -> None:
+        """Release connections; a running :meth:`watch` ends."""
