@@ -1,0 +1,355 @@
+"""Several replicas sharing one routing state through a real etcd (SPEC 6, issue 6).
+
+The ``etcd`` fixture runs the Debian ``etcd`` binary on free loopback ports with a temporary data
+directory; the routers are real ``router serve`` processes started with ``--store etcd://...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import aetcd
+import aiohttp
+import pytest
+
+from router.store import StoreConflict, check_store
+from router.store.etcd import EtcdStore, parse_etcd_url
+from tests.conftest import RouterProcess, app_config, free_port, get
+from tests.integration.test_admin_api import Api, _awaiting
+from tests.integration.test_release_under_load import Load
+
+ETCD = shutil.which("etcd")
+
+
+@dataclass
+class Etcd:
+    """One etcd member on loopback; ``stop`` and ``start`` again keep its data."""
+
+    data_dir: str
+    log_path: str
+    port: int = 0
+    peer_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, prefix: str = "") -> str:
+        return f"etcd://127.0.0.1:{self.port}{prefix}"
+
+    async def start(self) -> None:
+        client, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer_port}"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [ETCD, "--name", "default", "--data-dir", self.data_dir,
+                 "--listen-client-urls", client, "--advertise-client-urls", client,
+                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                 "--initial-cluster", f"default={peer}",
+                 # One member: no peer to wait for, so a short election only speeds up start.
+                 "--heartbeat-interval", "50", "--election-timeout", "500"],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        async with aiohttp.ClientSession() as s:
+            while True:
+                try:
+                    async with s.get(client + "/health") as r:
+                        if r.status == 200 and json.loads(await r.text()).get("health") == "true":
+                            return
+                except (aiohttp.ClientError, ValueError):
+                    pass
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    with open(self.log_path, errors="replace") as f:
+                        raise AssertionError("etcd did not start:\n" + f.read()[-3000:])
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM, by PID."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+async def etcd(tmp_path: Any) -> AsyncIterator[Etcd]:
+    if ETCD is None:
+        pytest.skip("etcd is not installed (Debian package etcd-server; scripts/system-deps.sh "
+                    "installs it when run as root)")
+    e = Etcd(str(tmp_path / "etcd-data"), str(tmp_path / "etcd.log"), free_port(), free_port())
+    await e.start()
+    yield e
+    e.stop()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _cfg(apps: dict[str, Any]) -> dict[str, Any]:
+    return {"timeouts": {"grace": "1s"}, "apps": apps}
+
+
+async def _replicas(router_process: Any, etcd: Etcd, n: int, apps: dict[str, Any],
+                    prefix: str = "/t") -> list[RouterProcess]:
+    """n replicas on one etcd prefix, started together."""
+    args = ("--store", etcd.url(prefix))
+    return list(await asyncio.gather(*(router_process(_cfg(apps), args) for _ in range(n))))
+
+
+async def _metric(s: aiohttp.ClientSession, rp: RouterProcess, name: str) -> float:
+    async with s.get(rp.admin_url + "/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in the metrics of {rp.admin_url}")
+
+
+async def _app(api: Api) -> dict[str, Any]:
+    status, body, headers = await api.call("GET", "/apps/shop")
+    assert status == 200, body
+    assert headers["etag"] == f'"{body["generation"]}"'
+    return body
+
+
+async def _until(check: Any, timeout: float, what: str) -> float:
+    """Poll ``check()`` (async, truthy when done) until ``timeout``; the seconds it took."""
+    start = time.monotonic()
+    while True:
+        if await check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def _weights(app: dict[str, Any]) -> dict[str, int]:
+    return {n: s["weight"] for n, s in app["services"].items()}
+
+
+# -- tests ----------------------------------------------------------------------------------------
+def test_store_urls():
+    assert parse_etcd_url("etcd://127.0.0.1:2379") == ("127.0.0.1", 2379, "/router")
+    assert parse_etcd_url("etcd://etcd.internal/prod/router/") == ("etcd.internal", 2379, "/prod/router")
+    assert parse_etcd_url("etcd://[::1]:23790/x") == ("::1", 23790, "/x")
+    for bad, reason in (("etcd://:2379", "needs a host"), ("etcd://h:99999", "port"),
+                        ("etcd://h:2379/p?x=1", "no user, query"), ("http://h:2379", "not an etcd")):
+        with pytest.raises(ValueError, match=reason):
+            parse_etcd_url(bad)
+    assert check_store("etcd://h:1/p") == "etcd://h:1/p"
+    assert check_store("file:///var/lib/router/state.yaml") == "/var/lib/router/state.yaml"
+    assert check_store("state.yaml") == os.path.abspath("state.yaml")
+    with pytest.raises(ValueError, match="etcd://HOST:PORT"):
+        check_store("redis://h:6379")
+
+
+async def test_change_through_one_replica_is_live_on_all_within_1s(backend, router_process, etcd):
+    blue, green = await backend("blue"), await backend("green")
+    a, b, c = await _replicas(router_process, etcd, 3, {"shop": app_config(
+        {"blue": (100, [blue.addr]), "green": (0, [green.addr])}, sticky=False)})
+    async with aiohttp.ClientSession() as s:
+        apis = [Api(s, rp.admin_port) for rp in (a, b, c)]
+        # The first replica seeded etcd with the configuration's apps; all serve that state.
+        assert len({json.dumps(await _app(api), sort_keys=True) for api in apis}) == 1
+        status, changed, _ = await apis[0].call("PUT", "/apps/shop/weights", {"blue": 0, "green": 100})
+        assert status == 200
+        for rp, api in ((b, apis[1]), (c, apis[2])):
+            async def seen() -> bool:
+                return await _app(api) == changed  # noqa: B023 (awaited within the loop)
+            took = await _until(seen, 1.0, f"the change on {rp.admin_url}")
+            assert took < 1.0
+            # ... and the data plane uses it.
+            assert {(await get(s, rp))[2] for _ in range(5)} == {b"green\n"}
+        assert {await _metric(s, rp, "router_config_generation") for rp in (a, b, c)} == {changed["generation"]}
+
+
+async def test_concurrent_conflicting_changes_lose_no_update(backend, router_process, etcd):
+    """20 weight changes through A and 20 through B at once, each to its own service: every one
+    is in the final state, which every replica shows with the same generation."""
+    be = await backend("blue")
+    services = {f"s{i}": (1, [be.addr]) for i in range(40)}
+    a, b = await _replicas(router_process, etcd, 2, {"shop": app_config(services, sticky=False)})
+    async with aiohttp.ClientSession() as s:
+        api_a, api_b = Api(s, a.admin_port), Api(s, b.admin_port)
+        start = (await _app(api_a))["generation"]
+
+        async def writer(api: Api, first: int) -> list[int]:
+            statuses = []
+            for i in range(first, first + 10):
+                status, body, _ = await api.call("PUT", "/apps/shop/weights", {f"s{i}": 50 + i})
+                statuses.append(status if status == 200 else body)
+            return statuses
+
+        # Two clients per replica, so each replica also queues its own changes.
+        results = await asyncio.gather(writer(api_a, 0), writer(api_b, 20), writer(api_a, 10),
+                                       writer(api_b, 30))
+        assert all(st == 200 for r in results for st in r), results
+        want = {f"s{i}": 50 + i for i in range(40)}
+        end = start + 40  # every accepted change counted exactly once
+
+        async def converged() -> bool:
+            return all([(await _app(api))["generation"] == end for api in (api_a, api_b)])
+        await _until(converged, 1.0, "both replicas at the last generation")
+        app_a, app_b = await _app(api_a), await _app(api_b)
+        assert app_a == app_b and _weights(app_a) == want
+
+
+async def test_cookie_from_one_replica_is_honoured_by_another(backend, router_process, etcd):
+    blue, green = await backend("blue"), await backend("green")
+    a, b = await _replicas(router_process, etcd, 2, {"shop": app_config(
+        {"blue": (50, [blue.addr]), "green": (50, [green.addr])})})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+        pinned = {}
+        for _ in range(4):  # both versions get pinned clients
+            _, headers, body = await get(s, a)
+            cookie = headers["Set-Cookie"].split(";", 1)[0]
+            pinned[cookie] = body
+        assert set(pinned.values()) == {b"blue\n", b"green\n"}
+        for cookie, body in pinned.items():
+            for _ in range(5):
+                _, headers, got = await get(s, b, headers={"Cookie": cookie})
+                assert got == body and "Set-Cookie" not in headers  # verified, not replaced
+
+
+async def test_release_through_a_while_clients_use_b(backend, router_process, etcd):
+    blue, green = await backend("blue"), await backend("green")
+    a, b = await _replicas(router_process, etcd, 2, {"shop": app_config({"blue": (100, [blue.addr])})})
+    load = Load(b.url + "/", clients=4, max_seconds=30)
+    async with aiohttp.ClientSession() as s:
+        api_a, api_b = Api(s, a.admin_port), Api(s, b.admin_port)
+        load.start()
+        status, started, _ = await api_a.call("POST", "/apps/shop/release",
+                                              {"service": "green", "backends": [green.addr]})
+        assert status == 201, started
+        await _awaiting(api_a)
+        await asyncio.sleep(0.5)  # every replica's release check has run meanwhile
+        # Written once: one generation for the start, one for the readiness, on both replicas.
+        app_a, app_b = await _app(api_a), await _app(api_b)
+        assert app_a == app_b and app_a["generation"] == 3
+        assert app_a["release"]["status"] == "awaiting_confirmation"
+        assert (await api_b.call("GET", "/apps/shop/release"))[1] == app_a["release"]
+        for weights in ({"green": 100}, {"blue": 0}, {"blue": 50, "green": 50}, {"blue": 0, "green": 100}):
+            assert (await api_a.call("PUT", "/apps/shop/weights", weights))[0] == 200
+            await asyncio.sleep(0.3)
+        status, confirmed, _ = await api_a.call("POST", "/apps/shop/release/confirm")
+        assert status == 200, confirmed
+        await _until(lambda: _same(api_b, confirmed), 1.0, "the confirm on B")
+        await asyncio.sleep(0.3)
+        await load.stop()
+    assert load.failed == []
+    assert load.by_body.get("blue", 0) > 0 and load.by_body.get("green", 0) > 0
+    assert sum(load.by_body.values()) == load.sent
+
+
+async def _same(api: Api, app: dict[str, Any]) -> bool:
+    return await _app(api) == app
+
+
+async def test_etcd_down_and_back_under_load(backend, router_process, etcd):
+    blue, green = await backend("blue"), await backend("green")
+    a, b = await _replicas(router_process, etcd, 2, {"shop": app_config(
+        {"blue": (50, [blue.addr]), "green": (50, [green.addr])}, sticky=False)})
+    loads = [Load(rp.url + "/", clients=2, max_seconds=30) for rp in (a, b)]
+    async with aiohttp.ClientSession() as s:
+        api_a, api_b = Api(s, a.admin_port), Api(s, b.admin_port)
+        for load in loads:
+            load.start()
+        await asyncio.sleep(0.3)
+        etcd.stop()
+
+        async def down() -> bool:
+            return all([await _metric(s, rp, "router_store_up") == 0 for rp in (a, b)])
+        await _until(down, 2.0, "router_store_up 0 on both replicas")
+        status, body, headers = await api_a.call("PUT", "/apps/shop/weights", {"blue": 0})
+        assert status == 503 and headers["retry-after"] == "1", body
+        assert body["error"]["code"] == "unavailable"
+        assert etcd.url("/t") in body["error"]["message"] and "unreachable" in body["error"]["message"]
+        for rp in (a, b):
+            async with s.get(rp.admin_url + "/readyz") as r:
+                assert r.status == 200  # still serving the last state
+        await asyncio.sleep(0.5)  # traffic flows while etcd is down
+        sent_while_down = sum(load.sent for load in loads)
+        await etcd.start()
+        # A change through A as soon as A reaches etcd again, likely before B's watch is back:
+        # B's new watch starts from the last revision it saw, so etcd replays the change to it.
+        changed: dict[str, Any] = {}
+
+        async def accepted() -> bool:
+            nonlocal changed
+            status, changed, _ = await api_a.call("PUT", "/apps/shop/weights", {"blue": 0, "green": 100})
+            assert status in (200, 503), changed
+            return status == 200
+        await _until(accepted, 5.0, "a change accepted after etcd's return")
+        await _until(lambda: _same(api_b, changed), 3.0, "A's change on B after etcd's return")
+
+        async def up() -> bool:
+            return all([await _metric(s, rp, "router_store_up") == 1 for rp in (a, b)])
+        await _until(up, 1.0, "router_store_up 1 on both replicas")
+        # ... and the other way round, within the usual second.
+        status, changed, _ = await api_b.call("PUT", "/apps/shop/weights", {"blue": 100, "green": 0})
+        assert status == 200, changed
+        await _until(lambda: _same(api_a, changed), 1.0, "B's change on A")
+        await asyncio.sleep(0.3)
+        for load in loads:
+            await load.stop()
+    assert [f for load in loads for f in load.failed] == []
+    assert sum(load.sent for load in loads) > sent_while_down > 0
+
+
+async def test_a_router_started_before_etcd_waits_for_it(backend, router_process, etcd, tmp_path):
+    be = await backend("blue")
+    etcd.stop()
+
+    async def etcd_later() -> None:
+        log = tmp_path / "router0.log"  # the router_process fixture's name for the first router
+
+        async def waiting() -> bool:
+            return log.exists() and "waiting up to" in log.read_text()
+        await _until(waiting, 8.0, "the router waiting for etcd")
+        await etcd.start()
+
+    rp, _ = await asyncio.gather(
+        router_process(_cfg({"shop": app_config({"blue": (100, [be.addr])})}), ("--store", etcd.url())),
+        etcd_later())
+    async with aiohttp.ClientSession() as s:
+        assert (await get(s, rp))[2] == b"blue\n"
+        assert await _metric(s, rp, "router_store_up") == 1
+
+
+async def test_watch_resumes_after_compaction(etcd):
+    """The store itself: a watch started from a revision etcd has compacted away delivers the
+    current state rather than an error or nothing; later changes follow."""
+    store = EtcdStore("127.0.0.1", etcd.port, "/c")
+    try:
+        first = await store.save({"generation": 1}, 0)
+        version = first
+        for gen in range(2, 6):
+            version = await store.save({"generation": gen}, version)
+        async with aetcd.Client("127.0.0.1", etcd.port) as client:
+            await client.compact(version)
+        watch = store.watch(first).__aiter__()
+        assert await asyncio.wait_for(watch.__anext__(), 5) == ({"generation": 5}, version)
+        newer = await store.save({"generation": 6}, version)
+        assert await asyncio.wait_for(watch.__anext__(), 5) == ({"generation": 6}, newer)
+        await watch.aclose()
+    finally:
+        await store.close()
+
+
+async def test_store_conflict_brings_the_newer_state_and_one_secret_for_all(etcd):
+    stores = [EtcdStore("127.0.0.1", etcd.port, "/s") for _ in range(3)]
+    try:
+        secrets = await asyncio.gather(*(st.secret() for st in stores))
+        assert len(set(secrets)) == 1 and len(secrets[0]) == 64  # created once, read by the others
+        v1 = await stores[0].save({"generation": 1}, 0)
+        with pytest.raises(StoreConflict) as e:
+            await stores[1].save({"generation": 1}, 0)  # built on "empty": refused
+        assert e.value.current == ({"generation": 1}, v1)
+        assert await stores[2].load() == ({"generation": 1}, v1)
+    finally:
+        for st in stores:
+            await st.close()
