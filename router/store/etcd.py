@@ -18,7 +18,9 @@ reads the current state instead. Either way no change is missed and none is appl
 
 The client is ``aetcd`` (asyncio over gRPC); see the README for why. Its calls fail fast while
 etcd is down (the gRPC channel is in TRANSIENT_FAILURE), and the channel's reconnect backoff is
-capped at one second so that a replica notices etcd's return within about a second.
+capped at one second so that a replica notices etcd's return within about a second. While
+watching, a probe reads a small key every second, so that ``up`` (the ``router_store_up`` gauge)
+also turns 0 when etcd hangs without closing the connection, and 1 again when it answers.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from urllib.parse import urlsplit
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import aetcd  # noqa: E402  (after the environment above: gRPC reads it when loaded)
-from aetcd.exceptions import ClientError, RevisionCompactedError  # noqa: E402
+from aetcd.exceptions import ClientError, RevisionCompactedError, WatchTimeoutError  # noqa: E402
 from aetcd.rtypes import EventKind  # noqa: E402
 
 from .base import Store, StoreConflict, StoreError, StoreUnavailable
@@ -52,6 +54,10 @@ DEFAULT_PORT = 2379  # etcd's client port
 CALL_TIMEOUT = 3.0
 # Between two attempts to re-create a broken watch.
 RETRY_INTERVAL = 0.25
+# Between two reachability probes while watching: a watch stream that is merely quiet says
+# nothing about whether etcd would answer a change (it may hang, or have lost its quorum), and
+# router_store_up should say so within about a second, in both directions.
+PROBE_INTERVAL = 1.0
 _CHANNEL_OPTIONS = {
     # gRPC's defaults back off up to 120 s between reconnects; a replica must catch up with etcd
     # within about a second of its return.
@@ -187,6 +193,27 @@ class EtcdStore(Store):
         return value
 
     async def watch(self, from_version: int) -> AsyncIterator[tuple[dict[str, Any], int]]:
+        probe = asyncio.get_running_loop().create_task(self._probe())
+        events = self._watch(from_version)
+        try:
+            async for item in events:
+                yield item
+        finally:
+            probe.cancel()
+            await events.aclose()
+
+    async def _probe(self) -> None:
+        while not self._closed.is_set():
+            try:
+                # A linearizable read of a small key: answered only with a quorum behind it.
+                await self._client.get(self._secret_key)
+            except (ClientError, asyncio.TimeoutError) as e:
+                self._unreachable(e)
+            else:
+                self._reached()
+            await self._pause(PROBE_INTERVAL)
+
+    async def _watch(self, from_version: int) -> AsyncIterator[tuple[dict[str, Any], int]]:
         seen = from_version      # the version of the newest document delivered (or started from)
         resume = from_version + 1  # the first revision not yet read
         compacted = False
@@ -207,7 +234,10 @@ class EtcdStore(Store):
                     yield data, version
             try:
                 watch = await self._client.watch_prefix(self._prefix, start_revision=resume)
-            except RevisionCompactedError:
+            except (RevisionCompactedError, WatchTimeoutError):
+                # A timeout too: etcd may be hanging, or may have refused a compacted start
+                # revision in a way aetcd reports only as a timeout. Reading the state tells
+                # which, and is right either way.
                 compacted = True
                 continue
             except (ClientError, asyncio.TimeoutError) as e:
@@ -250,9 +280,9 @@ class EtcdStore(Store):
             log.debug("%s: close: %r", self.name, e)
 
     # -- helpers -------------------------------------------------------------------------------
-    async def _pause(self) -> None:
+    async def _pause(self, seconds: float = RETRY_INTERVAL) -> None:
         try:
-            await asyncio.wait_for(self._closed.wait(), RETRY_INTERVAL)
+            await asyncio.wait_for(self._closed.wait(), seconds)
         except asyncio.TimeoutError:
             pass
 

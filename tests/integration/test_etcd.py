@@ -300,6 +300,33 @@ async def test_etcd_down_and_back_under_load(backend, router_process, etcd):
     assert sum(load.sent for load in loads) > sent_while_down > 0
 
 
+async def test_etcd_hanging_is_noticed_and_survived(backend, router_process, etcd):
+    """etcd stopped with SIGSTOP: no socket closes, calls just hang. The probe notices."""
+    be = await backend("blue")
+    (a,) = await _replicas(router_process, etcd, 1, {"shop": app_config({"blue": (100, [be.addr])})})
+    load = Load(a.url + "/", clients=2, max_seconds=30)
+    assert etcd.proc is not None
+    async with aiohttp.ClientSession() as s:
+        api = Api(s, a.admin_port)
+        load.start()
+        etcd.proc.send_signal(signal.SIGSTOP)
+        try:
+            async def down() -> bool:
+                return await _metric(s, a, "router_store_up") == 0
+            await _until(down, 6.0, "router_store_up 0 while etcd hangs")
+            status, body, _ = await api.call("PUT", "/apps/shop/weights", {"blue": 50})
+            assert status == 503 and "unreachable" in body["error"]["message"], body
+        finally:
+            etcd.proc.send_signal(signal.SIGCONT)
+
+        async def up() -> bool:
+            return await _metric(s, a, "router_store_up") == 1
+        await _until(up, 3.0, "router_store_up 1 after etcd resumes")
+        assert (await api.call("PUT", "/apps/shop/weights", {"blue": 50}))[0] == 200
+        await load.stop()
+    assert load.failed == [] and load.sent > 0
+
+
 async def test_a_router_started_before_etcd_waits_for_it(backend, router_process, etcd, tmp_path):
     be = await backend("blue")
     etcd.stop()
