@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from .config import AppConfig, ConfigError, HealthCheckConfig, ServiceConfig, parse_app, parse_service
-from .errors import BadRequest, Conflict, Invalid, NotFound, PreconditionFailed, RouterError, Unavailable
+from .errors import BadRequest, Conflict, Invalid, NotFound, PreconditionFailed, Unavailable
 from .release import Action, Release, ReleaseConflict, Status, start as start_release
 from .store import Store, StoreConflict, StoreUnavailable
 
