@@ -164,6 +164,10 @@ class Timeouts:
     # client_body_timeout 60s. A header deadline alone would let a slowloris trickle the body.
     client_body: float = 60.0
     grace: float = 10.0  # Docker's stop timeout: SIGKILL follows SIGTERM after 10 s
+    # After SIGTERM, /readyz answers 503 but new connections are still accepted this long, so
+    # a load balancer polling readiness stops sending first (HAProxy's "grace"). 0: close the
+    # listener at once.
+    drain_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +246,8 @@ _TOP_KEYS = (
 )
 _ADMIN_KEYS = ("listen", "token_file")
 _STICKY_KEYS = ("cookie", "max_idle", "max_life", "secret_file")
-_TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_body", "grace")
+_TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_body", "grace",
+                 "drain_delay")
 _PASSIVE_KEYS = ("failures", "cooldown")
 _ACCESS_LOG_KEYS = ("enabled", "format")
 _LIMIT_KEYS = ("max_request_line", "max_header", "max_headers", "max_connections")
@@ -1049,7 +1054,7 @@ def _parse_timeouts(data: dict[str, object], source: str) -> Timeouts:
     for key, raw in m.items():
         key_path = f"timeouts.{key}"
         # grace 0 means "stop at once"; every other timeout of 0 would fail every request.
-        if key == "grace":
+        if key in ("grace", "drain_delay"):
             values[key] = parse_duration(raw, key_path, source)
         else:
             values[key] = _positive_duration(raw, key_path, source)

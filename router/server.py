@@ -251,6 +251,9 @@ class Server:
     async def stop(self) -> None:
         """Graceful stop: not ready, no new connections, in-flight requests finish."""
         self.ready = False
+        if self.config.timeouts.drain_delay > 0:
+            # Not ready, still serving: load balancers see /readyz fail and stop sending.
+            await asyncio.sleep(self.config.timeouts.drain_delay)
         self._closing = True
         grace = self.config.timeouts.grace
         if self._workers:

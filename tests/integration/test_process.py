@@ -169,3 +169,23 @@ async def test_access_log_json_and_combined(backend, router_process):
             assert len(combined) == 2
             assert combined[0].startswith("127.0.0.1 - - [") and '"GET /x?y=1 HTTP/1.1" 200' in combined[0]
             assert combined[0].endswith('"-" "t/1"')
+
+
+async def test_sigterm_drain_delay_keeps_accepting_then_closes(backend, router_process):
+    be = await backend("blue")
+    rp = await router_process({"timeouts": {"grace": "2s", "drain_delay": "1s"},
+                               "apps": {"shop": app_config({"web": (1, [be.addr])}, sticky=False)}})
+    rp.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        async with s.get(rp.admin_url + "/readyz") as r:
+            assert r.status == 503  # not ready at once ...
+        assert (await get(s, rp))[:3:2] == (200, b"blue\n")  # ... but a new connection is served
+        await asyncio.sleep(1.2)
+        try:
+            await get(s, rp)
+        except aiohttp.ClientConnectionError:
+            pass  # after the delay the listener is closed
+        else:
+            raise AssertionError("still accepting after drain_delay")
+    assert await asyncio.get_running_loop().run_in_executor(None, rp.proc.wait, 10) == 0

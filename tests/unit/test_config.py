@@ -157,7 +157,8 @@ def test_every_extra_section(tmp_path: Path) -> None:
         listen: "[::]:0"
         admin: {{listen: "[::1]:0"}}
         sticky: {{cookie: SRV_ID, max_idle: 90s, max_life: 1h30m, secret_file: {secret}}}
-        timeouts: {{connect: 500ms, response: 2.5, client_header: 1, client_idle: 1m, grace: 0}}
+        timeouts: {{connect: 500ms, response: 2.5, client_header: 1, client_idle: 1m, grace: 0,
+                   drain_delay: 5s}}
         limits: {{max_request_line: 4KiB, max_header: 16k, max_headers: 1MiB,
                   max_connections: 512}}
         trusted_proxies: [10.0.0.0/8, 192.168.1.7, "fd00::/8", 10.0.0.0/8]
@@ -182,7 +183,7 @@ def test_every_extra_section(tmp_path: Path) -> None:
         sticky=StickyConfig(cookie="SRV_ID", max_idle=90.0, max_life=5400.0,
                             secret_file=str(secret)),
         timeouts=Timeouts(connect=0.5, response=2.5, client_header=1.0, client_idle=60.0,
-                          grace=0.0),
+                          grace=0.0, drain_delay=5.0),
         limits=Limits(max_request_line=4096, max_header=16384, max_headers=1048576,
                       max_connections=512),
         trusted_proxies=(
