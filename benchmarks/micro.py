@@ -61,6 +61,70 @@ def cases() -> dict[str, Callable[[], object]]:
     }
 
 
+class _Transport:
+    """Stands in for a socket: counts bytes, never blocks."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        self.sent += len(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.sent += sum(map(len, data))
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 15:00:00 GMT\r\n"
+             b"Content-Type: text/plain\r\nContent-Length: 100\r\n"
+             b"Last-Modified: Thu, 26 Nov 2026 14:00:00 GMT\r\nConnection: keep-alive\r\n"
+             b'ETag: "6925e0a0-64"\r\nAccept-Ranges: bytes\r\n\r\n' + b"b" * 100)
+
+
+def proxy_case(sticky: bool) -> Callable[[], object]:
+    """One keep-alive request and its response through ClientConnection, the balancer and a
+    pooled UpstreamConnection, with in-memory transports: the Python cost per request."""
+    import uvloop
+
+    from router.proxy import ClientConnection, ProxyContext
+    from router.upstream import UpstreamConnection, UpstreamPool
+
+    loop = uvloop.new_event_loop()
+    cfg = config_from_dict({"apps": {"bench": {"session_sticky": sticky, "routes": ["bench.local"], "services": {
+        "blue": {"weight": 50, "backends": ["127.0.0.1:1"]},
+        "green": {"weight": 50, "backends": ["127.0.0.1:2"]}}}}})
+    codec = TokenCodec(b"k" * 32, 1800, 28800)
+    pool = UpstreamPool(loop, 3.0)
+    ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop)
+    ups = []
+    for key in ("127.0.0.1:1", "127.0.0.1:2"):
+        up = UpstreamConnection(pool, key)
+        up.connection_made(_Transport())  # type: ignore[arg-type]
+        pool.put(up)
+        ups.append(up)
+    client = ClientConnection(ctx)
+    client.connection_made(_Transport())  # type: ignore[arg-type]
+    request = (b"GET /small HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: wrk\r\n"
+               b"Accept: */*\r\n\r\n")
+
+    def one() -> None:
+        client.data_received(request)
+        up = client.active.upstream  # type: ignore[union-attr]
+        up.data_received(_RESPONSE)  # type: ignore[union-attr]
+
+    return one
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=5)
@@ -68,7 +132,10 @@ def main() -> None:
     args = p.parse_args()
     print(f"| operation | ns/op (median of {args.repeat} x {args.number}) |")
     print("|---|--:|")
-    for name, fn in cases().items():
+    all_cases = cases()
+    all_cases["proxy: one request, no sockets"] = proxy_case(False)
+    all_cases["proxy: one request, sticky cookie issued"] = proxy_case(True)
+    for name, fn in all_cases.items():
         runs = timeit.repeat(fn, number=args.number, repeat=args.repeat)
         print(f"| {name} | {statistics.median(runs) / args.number * 1e9:,.0f} |")
 

@@ -545,6 +545,8 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if self._deadline_kind == 1 and self.parsing is not None and not self.closed:
+                self._arm()  # a head split over reads: now the header deadline needs its timer
         except httptools.HttpParserUpgrade as e:
             if self.skip_upgrade:
                 # An ignored upgrade: llhttp has stopped; the bytes after it are requests.
@@ -617,15 +619,18 @@ class ClientConnection(asyncio.Protocol):
 
     # -- timers: one handle per connection, re-armed lazily ----------------------------------
     def _set_deadline(self, kind: int, timeout: float) -> None:
-        deadline = self.loop.time() + timeout
-        self._deadline = deadline
+        self._deadline = self.loop.time() + timeout
         self._deadline_kind = kind
+        self._arm()
+
+    def _arm(self) -> None:
+        """Make sure the timer fires no later than the deadline (it re-checks when it fires)."""
         timer = self._timer
         if timer is None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-        elif timer.when() > deadline:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+        elif timer.when() > self._deadline:
             timer.cancel()
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -651,7 +656,10 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.parsing = Exchange(self)
         if self.active is None:
-            self._set_deadline(1, self.ctx.client_header_timeout)
+            # Armed only if the head is still incomplete at the end of this read
+            # (data_received): most heads arrive whole, and then no timer is touched.
+            self._deadline = self.loop.time() + self.ctx.client_header_timeout
+            self._deadline_kind = 1
 
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
