@@ -43,6 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+try:
+    from .common import with_sections
+except ImportError:  # run as a script (python3 benchmarks/run.py): benchmarks/ is sys.path[0]
+    from common import with_sections  # type: ignore[no-redef]
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONF = HERE / "conf"
@@ -135,6 +140,11 @@ class Pinning:
 
     def prefix(self, cpu: int) -> list[str]:
         return [self.taskset, "-c", str(cpu)] if self.taskset else []
+
+    def prefix_all(self) -> list[str]:
+        """Every CPU: the harness pinned itself to LOAD_CPU, and children inherit that."""
+        ncpu = os.cpu_count() or 1
+        return [self.taskset, "-c", f"0-{ncpu - 1}"] if self.taskset else []
 
 
 def decide_pinning() -> Pinning:
@@ -496,39 +506,53 @@ class Target:
     procs: list[Proc] = field(default_factory=list)  # whose CPU time is the target's
     headers: dict[str, str] = field(default_factory=dict)  # extra request headers for wrk
     notes: list[str] = field(default_factory=list)
+    admin_port: int | None = None  # the router's admin API
 
 
 def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backends,
-                 pin: Pinning, args: argparse.Namespace) -> Target:
+                 pin: Pinning, args: argparse.Namespace, label: str | None = None) -> Target:
+    """Start one system under test and check it answers correctly.
+
+    ``label`` names the target in the results instead of ``name`` (so that one kind, e.g.
+    ``router``, can run in several variants side by side, as benchmarks/workers.py does).
+    """
     if name == "direct":
-        return Target(name, backends.blue, notes=["wrk straight at the blue backend"])
+        return Target(label or name, backends.blue, notes=["wrk straight at the blue backend"])
     port = free_port()
-    prefix = h.tmp / name
+    prefix = h.tmp / re.sub(r"[^A-Za-z0-9_.-]+", "_", label or name)
     prefix.mkdir()
+    admin_port: int | None = None
     if name == "nginx":
         conf = render("proxy.nginx.conf", prefix / "nginx.conf", prefix=prefix, port=port,
                       blue_port=backends.blue, green_port=backends.green)
-        proc = h.start(name, [*pin.prefix(SUT_CPU), tools["nginx"], "-p", str(prefix), "-e",
-                              str(prefix / "error.log"), "-c", str(conf)])
+        proc = h.start(label or name, [*pin.prefix(SUT_CPU), tools["nginx"], "-p", str(prefix),
+                                       "-e", str(prefix / "error.log"), "-c", str(conf)])
         ready_timeout = 10.0
     elif name == "haproxy":
         conf = render("haproxy.cfg", prefix / "haproxy.cfg", port=port,
                       blue_port=backends.blue, green_port=backends.green)
-        proc = h.start(name, [*pin.prefix(SUT_CPU), tools["haproxy"], "-db", "-f", str(conf)])
+        proc = h.start(label or name,
+                       [*pin.prefix(SUT_CPU), tools["haproxy"], "-db", "-f", str(conf)])
         ready_timeout = 10.0
     elif name in ROUTER_TARGETS:
-        admin_port = free_port()
-        conf = render("router.yaml", prefix / "router.yaml", port=port, admin_port=admin_port,
+        admin = admin_port = free_port()
+        conf = render("router.yaml", prefix / "router.yaml", port=port, admin_port=admin,
                       sticky="false" if name == "router" else "true",
                       blue_port=backends.blue, green_port=backends.green)
-        cmd = [*pin.prefix(SUT_CPU), sys.executable, "-m", "router.cli", "serve",
+        extra = getattr(args, "router_extra", "")  # more top-level YAML (benchmarks/memory.py)
+        if extra:
+            conf.write_text(conf.read_text() + "\n" + extra.strip() + "\n")
+        # --no-pin-router: the router may run on every CPU, beside wrk and the backends.
+        router_pin = (pin.prefix_all() if getattr(args, "no_pin_router", False)
+                      else pin.prefix(SUT_CPU))
+        cmd = [*router_pin, sys.executable, "-m", "router.cli", "serve",
                "--config", str(conf)]
         if args.router_workers:
             cmd += ["--workers", str(args.router_workers)]
-        proc = h.start(name, cmd, cwd=REPO)
+        proc = h.start(label or name, cmd, cwd=REPO)
 
         def readyz() -> str | None:
-            reply = http_get(admin_port, "/readyz", host=f"127.0.0.1:{admin_port}")
+            reply = http_get(admin, "/readyz", host=f"127.0.0.1:{admin}")
             return None if reply.status == 200 else f"/readyz answered {reply.status}"
 
         problem = wait_until(READY_TIMEOUT_S, readyz, proc)
@@ -539,20 +563,20 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
     else:  # argparse already refused it
         raise BenchError(f"unknown target {name}")
 
-    target = Target(name, port, procs=[proc])
+    target = Target(label or name, port, procs=[proc], admin_port=admin_port)
     problem = wait_until(ready_timeout, lambda: _check_body(port, "small"), proc)
     if problem is None:
         try:
-            problem = _sanity(target)
+            problem = _sanity(target, name)
         except (OSError, http.client.HTTPException) as exc:
             problem = f"{type(exc).__name__}: {exc}"
     if problem:
         h.stop(proc)
-        raise TargetSkipped(f"{name} on port {port}: {problem}\n{proc.log_tail()}")
+        raise TargetSkipped(f"{label or name} on port {port}: {problem}\n{proc.log_tail()}")
     return target
 
 
-def _sanity(target: Target) -> str | None:
+def _sanity(target: Target, kind: str) -> str | None:
     """Both bodies come through whole and both backends are reached; the cookie flow works."""
     port = target.port
     seen = set()
@@ -565,12 +589,12 @@ def _sanity(target: Target) -> str | None:
     if seen != {"blue", "green"}:
         target.notes.append(f"sanity check: 6 requests reached {sorted(seen)}, not both backends")
 
-    if target.name == "router-sticky":
+    if kind == "router-sticky":
         if http_get(port, "/small").headers.get("Set-Cookie") is None:
             target.notes.append("no Set-Cookie seen on an unpinned request")
         else:
             target.notes.append("unpinned requests: a cookie is issued on every response")
-    if target.name == "router-pinned":
+    if kind == "router-pinned":
         cookie = reply_cookie(http_get(port, "/small"))
         if cookie is None:
             return "no Set-Cookie on an unpinned request"
@@ -820,6 +844,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "leave the CPUs idle (default 20, 0 = do not wait)")
     parser.add_argument("--router-workers", type=int, default=0,
                         help="pass --workers N to `router serve` (default: not passed, 1 worker)")
+    parser.add_argument("--no-pin-router", action="store_true",
+                        help="do not pin the router to CPU 0: it may use every CPU, competing "
+                             "with wrk and the backends (the other proxies stay pinned)")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS_MD.name}")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
@@ -911,6 +938,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     pin = decide_pinning()
+    if args.no_pin_router and pin.taskset:
+        pin = Pinning(pin.taskset, pin.note + "; except the router (--no-pin-router): it may run "
+                      "on every CPU, beside wrk and the backends")
     print(f"pinning: {pin.note}")
     estimate = (len(args.target_list) * len(args.body_list) * args.rounds
                 * (WARMUP_S + args.duration))
@@ -1007,7 +1037,8 @@ def write_results(args: argparse.Namespace, started: _dt.datetime, tools: dict[s
               "processes this harness did not start (kernel threads left out), the biggest "
               "named; more than a few tenths of a second means the round was disturbed.",
               "", rounds_table(results), ""]
-    RESULTS_MD.write_text("\n".join(parts))
+    # The sections other benchmarks (weights, memory, workers) wrote below stay.
+    RESULTS_MD.write_text(with_sections("\n".join(parts), RESULTS_MD))
 
 
 if __name__ == "__main__":
