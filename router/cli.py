@@ -41,9 +41,25 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (as Go's runtime does): every client connection
+    and its backend connection is a descriptor, and the default soft 1024 caps a proxy at a few
+    hundred clients. Worker processes inherit it."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError) as e:
+        logging.getLogger("router").warning("cannot raise RLIMIT_NOFILE: %s", e)
+
+
 def serve(config: Config, store: str | None, workers: int = 1) -> int:
     from .server import Server
     from .store import StoreError, StoreUnavailable
+
+    raise_nofile_limit()
 
     async def main() -> None:
         server = Server(config, store, workers)

@@ -181,6 +181,10 @@ class ProxyContext:
         self.max_header = lim.max_header
         self.max_headers = lim.max_headers
         self.max_connections = min(lim.max_connections, fd_connection_cap())
+        if self.max_connections < lim.max_connections:
+            log.info("limits.max_connections %d lowered to %d: RLIMIT_NOFILE leaves room for "
+                     "no more (each client may hold a backend connection too)",
+                     lim.max_connections, self.max_connections)
         self.passive_failures = config.passive_health.failures
         self.passive_cooldown = config.passive_health.cooldown
         self.trusted: tuple["ipaddress.IPv4Network | ipaddress.IPv6Network", ...] = config.trusted_proxies

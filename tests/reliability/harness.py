@@ -87,7 +87,7 @@ class RouterProc:
 
 @contextlib.asynccontextmanager
 async def router_process(cfg: dict[str, Any], nofile: int | None = None) -> AsyncIterator[RouterProc]:
-    """The real ``router serve`` process; ``nofile`` lowers its RLIMIT_NOFILE soft limit."""
+    """The real ``router serve`` process; ``nofile`` lowers its RLIMIT_NOFILE."""
     tmp = tempfile.mkdtemp(prefix="router-rel-")
     rp = RouterProc(None, free_port(), free_port(), os.path.join(tmp, "router.yaml"),  # type: ignore[arg-type]
                     os.path.join(tmp, "router.log"))
@@ -95,8 +95,8 @@ async def router_process(cfg: dict[str, Any], nofile: int | None = None) -> Asyn
 
     def limit() -> None:
         if nofile is not None:
-            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+            # Soft and hard: the router raises its soft limit to the hard one at start.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     with open(rp.log_path, "wb") as logf:
         rp.proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", rp.path],
