@@ -38,9 +38,9 @@ from .common import (RESULTS_MD, nofile_limits, open_fds, raise_nofile, revision
                      write_section)
 from .run import (CONNECTIONS, HOST, LOAD_CPU, NOISY_SHARE, QUIET_CPUS, SUT_CPU, BenchError,
                   Harness, Others, Pinning, TargetSkipped, decide_pinning, ensure_tools,
-                  exit_on_signals, free_port, http_get, machine_info, other_cpu, parse_wrk,
-                  proc_table, process_tree, read_cpu_ticks, render, run_wrk, start_backends,
-                  start_target, tool_version, wait_for_quiet, wait_until, Backends, Target)
+                  exit_on_signals, free_port, http_get, other_cpu, parse_wrk, proc_table,
+                  process_tree, read_cpu_ticks, render, report_header, run_wrk, start_backends,
+                  start_target, tool_lines, wait_for_quiet, wait_until, Backends, Target)
 
 IDLE_TARGETS = ("router", "nginx", "haproxy")
 CONNECTIONS_IDLE = 10000
@@ -372,10 +372,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def command_line() -> str:
-    return f"python3 -m benchmarks.memory {shlex.join(sys.argv[1:])}".strip()
-
-
 def quiet(args: argparse.Namespace) -> None:
     if args.quiet_wait > 0:
         waited, busy = wait_for_quiet(args.quiet_wait)
@@ -490,21 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str],
            pin: Pinning, rev: str, text: str) -> str:
     return "\n".join([
-        "## Memory (issue 5, item 3)",
-        "",
-        f"Date: {started.strftime('%Y-%m-%d %H:%M UTC')}; router at {rev}",
-        "",
-        "Command:",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        "Machine:",
-        "",
-        *machine_info(),
-        f"- nginx: {tool_version([tools['nginx'], '-v'])}",
-        f"- HAProxy: {tool_version([tools['haproxy'], '-v'])}",
+        *report_header("## Memory (issue 5, item 3)", started, "memory",
+                       tool_lines(tools, ("nginx", "haproxy")), rev),
         f"- pinning: {pin.note}",
         "",
         "Idle connections: after a 2 s wrk warm-up, VmRSS of the proxy's process tree before "

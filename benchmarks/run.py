@@ -816,11 +816,25 @@ def machine_info() -> list[str]:
     ]
 
 
-def command_line() -> str:
+def command_line(module: str = "run") -> str:
+    """The command that produced a report (``python3 -m benchmarks.<module> ...``)."""
     args = shlex.join(sys.argv[1:])
     spec = globals().get("__spec__")
-    head = "python3 -m benchmarks.run" if spec is not None else "python3 benchmarks/run.py"
+    head = f"python3 -m benchmarks.{module}" if spec is not None or module != "run" else "python3 benchmarks/run.py"
     return f"{head} {args}".strip()
+
+
+def tool_lines(tools: dict[str, str], names: Sequence[str]) -> list[str]:
+    labels = {"nginx": "nginx", "haproxy": "HAProxy", "wrk": "wrk"}
+    return [f"- {labels[n]}: {tool_version([tools[n], '-v'])}" for n in names]
+
+
+def report_header(title: str, started: _dt.datetime, module: str, tool_info: list[str],
+                  rev: str | None = None) -> list[str]:
+    """The opening every results section shares: title, date, command, machine, tools."""
+    date = started.strftime("%Y-%m-%d %H:%M UTC") + (f"; router at {rev}" if rev else "")
+    return [title, "", f"Date: {date}", "", "Command:", "", "```", command_line(module), "```",
+            "", "Machine:", "", *machine_info(), *tool_info]
 
 
 # --------------------------------------------------------------------------------------------
@@ -994,26 +1008,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def write_results(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str],
                   pin: Pinning, table: str, checks: list[str], results: list[Result],
                   notes: list[str], skips: dict[str, str]) -> None:
-    versions = [
-        f"- nginx: {tool_version([tools['nginx'], '-v'])}",
-        f"- HAProxy: {tool_version([tools['haproxy'], '-v'])}",
-        f"- wrk: {tool_version([tools['wrk'], '-v'])}",
-    ]
     parts = [
-        "# Benchmark results",
-        "",
-        f"Date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
-        "",
-        "Command:",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        "Machine:",
-        "",
-        *machine_info(),
-        *versions,
+        *report_header("# Benchmark results", started, "run",
+                       tool_lines(tools, ("nginx", "haproxy", "wrk"))),
         f"- pinning: {pin.note}",
         "",
         f"Load: `wrk -t1 -c{CONNECTIONS} -d{args.duration}s --latency`, {args.rounds} round(s) "

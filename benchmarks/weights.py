@@ -44,9 +44,9 @@ from typing import Protocol, Sequence
 from .common import RESULTS_MD, revision, write_section
 from .run import (_UNITS, CONF, CONNECTIONS, HOST, LOAD_CPU, NOISY_SHARE, QUIET_CPUS, SUT_CPU,
                   BenchError, Harness, Pinning, Proc, TargetSkipped, cpu_use, decide_pinning,
-                  ensure_tools, exit_on_signals, free_port, http_get, machine_info, other_cpu,
-                  parse_wrk, proc_table, read_cpu_ticks, render, start_backends, start_target,
-                  tool_version, wait_for_quiet, wait_until, Backends, CpuUse, Others)
+                  ensure_tools, exit_on_signals, free_port, http_get, other_cpu, parse_wrk,
+                  proc_table, read_cpu_ticks, render, report_header, start_backends, start_target,
+                  tool_lines, wait_for_quiet, wait_until, Backends, CpuUse, Others)
 
 TARGETS = ("router", "nginx", "haproxy")
 SEQUENCE = ((0, 100), (100, 0), (50, 50), (25, 75), (75, 25))  # (blue, green), cycled
@@ -538,10 +538,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def command_line() -> str:
-    return f"python3 -m benchmarks.weights {shlex.join(sys.argv[1:])}".strip()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -626,23 +622,9 @@ def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str
            pin: Pinning, rev: str, main_table: str, shares: str, notes: list[str]) -> str:
     cycle = ", ".join(f"{b}/{g}" for b, g in SEQUENCE)
     return "\n".join([
-        "## Weights moving under full load (issue 5, item 2)"
-        + (f", router with `--workers {args.router_workers}`" if args.router_workers else ""),
-        "",
-        f"Date: {started.strftime('%Y-%m-%d %H:%M UTC')}; router at {rev}",
-        "",
-        "Command:",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        "Machine:",
-        "",
-        *machine_info(),
-        f"- nginx: {tool_version([tools['nginx'], '-v'])}",
-        f"- HAProxy: {tool_version([tools['haproxy'], '-v'])}",
-        f"- wrk: {tool_version([tools['wrk'], '-v'])}",
+        *report_header("## Weights moving under full load (issue 5, item 2)"
+                       + (f", router with `--workers {args.router_workers}`" if args.router_workers else ""),
+                       started, "weights", tool_lines(tools, ("nginx", "haproxy", "wrk")), rev),
         f"- pinning: {pin.note}",
         "",
         f"Load: `wrk -t1 -c{CONNECTIONS} -d{args.duration}s --latency -s conf/tally.lua` on "

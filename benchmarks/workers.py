@@ -26,15 +26,14 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import shlex
 import sys
 from typing import Sequence
 
 from .common import RESULTS_MD, revision, write_section
 from .run import (BODIES, CONNECTIONS, NOISY_SHARE, WARMUP_S, BenchError, Harness, Result, Target,
-                  TargetSkipped, decide_pinning, ensure_tools, exit_on_signals, machine_info,
-                  fmt, measure, results_table, rounds_table, start_backends, start_target,
-                  tool_version)
+                  TargetSkipped, decide_pinning, ensure_tools, exit_on_signals, fmt, measure,
+                  report_header, results_table, rounds_table, start_backends, start_target,
+                  tool_lines)
 
 SECTION = "workers"
 
@@ -231,21 +230,8 @@ def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str
            results: list[Result], notes: list[str], skips: dict[str, str]) -> str:
     n = args.workers
     parts = [
-        f"## Workers scaling: `--workers {n}` against 1 (issue 5, item 4)",
-        "",
-        f"Date: {started.strftime('%Y-%m-%d %H:%M UTC')}; router at {rev}",
-        "",
-        "Command:",
-        "",
-        "```",
-        f"python3 -m benchmarks.workers {shlex.join(sys.argv[1:])}".strip(),
-        "```",
-        "",
-        "Machine:",
-        "",
-        *machine_info(),
-        f"- nginx: {tool_version([tools['nginx'], '-v'])}",
-        f"- wrk: {tool_version([tools['wrk'], '-v'])}",
+        *report_header(f"## Workers scaling: `--workers {n}` against 1 (issue 5, item 4)",
+                       started, "workers", tool_lines(tools, ("nginx", "wrk")), rev),
         f"- pinning: {pin_note}; the `unpinned` router targets may run on every CPU",
         "",
         f"Load as in the main table: `wrk -t1 -c{CONNECTIONS} -d{args.duration}s --latency`, "
