@@ -212,7 +212,7 @@ class Exchange:
         "replayable", "head", "error", "app", "service", "backend", "set_cookie", "tried",
         "attempts", "upstream", "timer", "started", "status", "reason", "rheaders",
         "resp_started", "rechunk", "close_after", "interim", "done", "upgraded", "early",
-        "request_id", "sent", "eof_body", "out", "stale",
+        "request_id", "sent", "eof_body", "out", "stale", "resp_length", "body_seen", "keep_up",
     )
 
     def __init__(self, conn: "ClientConnection") -> None:
@@ -249,6 +249,12 @@ class Exchange:
         # Response bytes parsed from one read of the backend, written to the client in one
         # call at the end of that read (head and body of a small response: one send, not two).
         self.out: list[bytes] = []
+        # A Content-Length response body: its length, the bytes the parser has handed over, and
+        # whether the backend connection may be reused (known at the head). The rest of such a
+        # body is forwarded as read, past the parser (UpstreamConnection.raw_body).
+        self.resp_length = -1
+        self.body_seen = 0
+        self.keep_up = False
 
     # -- request body from the client ----------------------------------------------------
     def body(self, data: bytes) -> None:
@@ -318,6 +324,8 @@ class Exchange:
         elif self.method == b"HEAD":
             # llhttp would wait for the body that Content-Length announces; there is none.
             self.finish(up.parser.should_keep_alive())  # type: ignore[union-attr]
+        else:
+            self.keep_up = up.parser.should_keep_alive()  # type: ignore[union-attr]
 
     def on_body(self, data: bytes) -> None:
         if self.done:
@@ -325,6 +333,7 @@ class Exchange:
         if self.rechunk:
             self.out.append(b"%x\r\n%b\r\n" % (len(data), data))
         else:
+            self.body_seen += len(data)
             self.out.append(data)
 
     def on_message_complete(self) -> None:
@@ -355,6 +364,8 @@ class Exchange:
                 continue
             if lname == b"content-length":
                 has_length = True
+                if status != 204 and status != 304 and value.isdigit():
+                    self.resp_length = int(value)
             out.append(name + b": " + value + b"\r\n")
         if conn_tokens and not conn_tokens <= _HOP:
             out = [out[0]] + [

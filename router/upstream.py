@@ -34,7 +34,7 @@ IDLE_TIMEOUT = 30.0
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "key", "transport", "parser", "exchange", "reused", "idle_since",
-                 "closed", "tunnel", "_paused")
+                 "closed", "tunnel", "_paused", "body_left")
 
     def __init__(self, pool: "UpstreamPool", key: str) -> None:
         self.pool = pool
@@ -46,6 +46,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.tunnel: ClientConnection | None = None  # the client, once upgraded (WebSocket)
+        self.body_left = 0  # bytes of a Content-Length body still to forward past the parser
         self._paused = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -63,6 +64,9 @@ class UpstreamConnection(asyncio.Protocol):
             # more. Never hand it to a request.
             self.close()
             return
+        if self.body_left:
+            self.raw_body(ex, data)
+            return
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserUpgrade as e:
@@ -72,6 +76,27 @@ class UpstreamConnection(asyncio.Protocol):
             if self.exchange is ex:
                 ex.upstream_failed(self, "protocol", str(e))
         ex.flush()
+        if ex.resp_length > ex.body_seen and self.exchange is ex and not ex.done and not ex.rechunk:
+            # The head is through and the body's length is known: the rest needs no parsing
+            # (and no copy by a body callback), only counting.
+            self.body_left = ex.resp_length - ex.body_seen
+
+    def raw_body(self, ex: "Exchange", data: bytes) -> None:
+        """Bytes of a Content-Length body, forwarded as read."""
+        left = self.body_left
+        n = len(data)
+        if n < left:
+            self.body_left = left - n
+            ex.out.append(data)
+            ex.flush()
+            return
+        self.body_left = 0
+        keep = ex.keep_up
+        if n > left:  # bytes past the announced body: framing is broken, do not reuse
+            data = data[:left]
+            keep = False
+        ex.out.append(data)
+        ex.finish(keep)
 
     def eof_received(self) -> bool:
         return False
@@ -100,6 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- control from the exchange -------------------------------------------------------
     def attach(self, ex: "Exchange") -> None:
         self.exchange = ex
+        self.body_left = 0
         self.parser = httptools.HttpResponseParser(ex)
 
     def pause_reading(self) -> None:
