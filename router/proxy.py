@@ -30,7 +30,7 @@ import httptools
 from .health import failing as _failing, report_failure
 from .metrics import UnroutedStats
 from .sticky import TokenCodec, cookie_value
-from .upstream import BODY_BUFFERED, QUEUED, UPSTREAM_FULL, UpstreamConnection, UpstreamPool
+from .upstream import BODY_BUFFERED, QUEUED, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
     import ipaddress

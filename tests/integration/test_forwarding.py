@@ -214,3 +214,35 @@ async def test_header_limits_414_431(backend, router):
     out = await raw(srv, b"GET / HTTP/1.1\r\nHost: app.test\r\n" + many + b"\r\n")
     assert out.startswith(b"HTTP/1.1 431 ")
     assert be.requests == 0
+
+
+async def test_body_split_over_reads_and_bytes_past_content_length(router):
+    """A Content-Length body that arrives over several reads is forwarded exactly; bytes past
+    the announced length are not forwarded and the connection is not pooled."""
+    extra = {"send": b""}
+
+    async def handle(reader, writer):
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"56789" + extra["send"])
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    addr = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    srv = await router(router_config({"shop": app_config({"web": (1, [addr])}, sticky=False)}))
+    try:
+        async with aiohttp.ClientSession() as s:
+            assert (await get(s, srv))[::2] == (200, b"0123456789")
+            assert srv.pool.idle_count(addr) == 1  # complete and well framed: pooled
+            extra["send"] = b"EXTRA"
+            assert (await get(s, srv))[::2] == (200, b"0123456789")
+            assert srv.pool.idle_count(addr) == 0  # the backend broke framing: closed
+    finally:
+        server.close()
