@@ -400,10 +400,11 @@ async def sigkill_backend(scale: int = 1) -> Result:
         r.sent, r.failed = t.sent, t.failed()
         r.expected = len(failed_posts)
         r.check(t.failed("GET") == 0, f"GETs failed: {t.failures}")
-        # Each failed POST was in flight on a when it died: a had read it, b never saw it.
+        # Each failed POST was in flight on a when it died: sent to a (which may or may not have
+        # read, let alone logged it, before SIGKILL), never replayed to b.
         b_ids = set(i.decode() for i in b.ids())
-        r.check(all(i in a_ids and i not in b_ids for i in failed_posts),
-                f"failed POSTs not all in flight on a: {failed_posts}")
+        r.check(all(i not in b_ids for i in failed_posts),
+                f"failed POSTs that b handled too: {failed_posts}")
         r.check(len(failed_posts) <= clients, "more failed POSTs than requests in flight")
         dup = set(a_ids) & b_ids
         r.check(not dup, f"POSTs handled by both backends: {dup}")
