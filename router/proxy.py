@@ -60,6 +60,8 @@ _REQ_TRUSTED_ONLY = frozenset({b"forwarded", b"x-real-ip"})
 _REQ_SKIP = _HOP | _REQ_OWN | _REQ_TRUSTED_ONLY | {b"expect"}
 # What a Connection header may never remove (SPEC 4.2).
 _PROTECTED = _REQ_OWN | {b"cookie", b"set-cookie"}
+# Connection values that name no other header: nothing to strip beyond the hop-by-hop set.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
 # RFC 9110 7.2: a DNS name or an IP literal, optional port. No userinfo, no list, no spaces
@@ -356,7 +358,8 @@ class Exchange:
             lname = name.lower()
             if lname in _HOP:
                 if lname == b"connection":
-                    conn_tokens = _tokens(value, conn_tokens)
+                    if value not in _PLAIN_CONNECTION:  # names more than the usual tokens
+                        conn_tokens = _tokens(value, conn_tokens)
                 elif lname == b"transfer-encoding":
                     chunked = value.lower().rstrip().endswith(b"chunked")
                 elif lname == b"upgrade":
