@@ -214,7 +214,7 @@ class Exchange:
         "replayable", "head", "error", "app", "service", "backend", "set_cookie", "tried",
         "attempts", "upstream", "timer", "started", "status", "reason", "rheaders",
         "resp_started", "rechunk", "close_after", "interim", "done", "upgraded", "early",
-        "request_id", "sent", "eof_body", "out", "stale", "resp_length", "body_seen", "keep_up",
+        "request_id", "eof_body", "out", "stale", "resp_length", "body_seen", "keep_up",
     )
 
     def __init__(self, conn: "ClientConnection") -> None:
@@ -245,7 +245,6 @@ class Exchange:
         self.done = False
         self.upgraded = False
         self.early: list[bytes] | None = None
-        self.sent = False
         self.eof_body = False
         self.stale = False  # already retried once after a pooled connection turned out closed
         # Response bytes parsed from one read of the backend, written to the client in one
@@ -984,7 +983,6 @@ class ClientConnection(asyncio.Protocol):
         if self.write_paused:
             conn.pause_reading()
         t = conn.transport
-        ex.sent = True
         if ex.buf:
             if ex.chunked:
                 t.write(ex.head + b"".join(b"%x\r\n%b\r\n" % (len(d), d) for d in ex.buf))  # type: ignore[union-attr]
