@@ -62,6 +62,10 @@ _REQ_SKIP = _HOP | _REQ_OWN | _REQ_TRUSTED_ONLY | {b"expect"}
 _PROTECTED = _REQ_OWN | {b"cookie", b"set-cookie"}
 # Connection values that name no other header: nothing to strip beyond the hop-by-hop set.
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+# The hop-by-hop fields and Content-Length in a lowered response head, with their values.
+_RESP_HOP_RE = re.compile(
+    rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+    rb"|content-length):[ \t]*([^\r]*)")
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
 # RFC 9110 7.2: a DNS name or an IP literal, optional port. No userinfo, no list, no spaces
@@ -82,6 +86,21 @@ _REASONS = {
     504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 _ALLOW = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
+
+
+class _HeadCheck:
+    """The target of a response parser that only checks a head: no callback per header."""
+
+    __slots__ = ("complete",)
+
+    def __init__(self) -> None:
+        self.complete = False
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+_HEAD_CHECK = _HeadCheck()
 
 
 class _Refused(Exception):
@@ -309,17 +328,11 @@ class Exchange:
                 self.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.rheaders = []
             return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if _failing:
-            _failing.pop(self.backend, None)  # type: ignore[call-overload]
         if status == 101 and not self.upgrade:
             self.upstream_failed(up, "protocol", "101 to a request that asked for no upgrade")
             return
-        self.status = status
-        self.resp_started = True
-        self.out.append(self._response_head(status, up))
+        self._response_began(status)
+        self.out.append(self._response_head(status))
         if status == 101:
             self.upgraded = True  # tunnel once the parser hands over the rest (upstream_upgraded)
         elif self.method == b"HEAD":
@@ -347,8 +360,18 @@ class Exchange:
             self.out.append(b"0\r\n\r\n")
         self.finish(self.upstream.parser.should_keep_alive())  # type: ignore[union-attr]
 
-    def _response_head(self, status: int, up: UpstreamConnection) -> bytes:
-        out = [b"HTTP/1.1 %d %b\r\n" % (status, self.reason)]
+    def _response_began(self, status: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if _failing:
+            _failing.pop(self.backend, None)  # type: ignore[call-overload]
+        self.status = status
+        self.resp_started = True
+
+    def _response_head(self, status: int) -> bytes:
+        """The head for the client, from the backend's parsed head (the full parser's path)."""
+        out = [b"HTTP/1.1 %d %b" % (status, self.reason)]
         conn_tokens: set[bytes] | None = None
         has_length = False
         chunked = False
@@ -368,34 +391,113 @@ class Exchange:
                 has_length = True
                 if status != 204 and status != 304 and value.isdigit():
                     self.resp_length = int(value)
-            out.append(name + b": " + value + b"\r\n")
+            out.append(name + b": " + value)
         if conn_tokens and not conn_tokens <= _HOP:
             out = [out[0]] + [
                 h for h in out[1:]
                 if (n := h.split(b":", 1)[0].lower()) not in conn_tokens or n in _PROTECTED]
         if status == 101:
-            out.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_to + b"\r\n")
-        else:
-            if self.method != b"HEAD" and status != 204 and status != 304 and not has_length:
-                if chunked and self.http11:
-                    self.rechunk = True
-                    out.append(b"Transfer-Encoding: chunked\r\n")
-                else:
-                    # Body delimited by the end of the connection: so is ours.
-                    self.eof_body = True
-                    self.close_after = True
-            if self.set_cookie:
-                out.append(self.set_cookie)
-            if self.upgrade:
-                self.close_after = True  # upgrade refused: the client's parser state is spent
-            if (self.close_after or not self.keep_alive or not self.body_done
-                    or not self.conn.ctx.accepting):  # stopping: clients must not reuse it
+            out.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_to)
+            out.append(b"\r\n")
+            return b"\r\n".join(out)
+        out.append(self._head_end(status, has_length, chunked))
+        return b"\r\n".join(out)
+
+    def _head_end(self, status: int, has_length: bool, chunked: bool) -> bytes:
+        """What the router adds to a final response head (not 101), through its last CRLF."""
+        end = b"\r\n"
+        if self.method != b"HEAD" and status != 204 and status != 304 and not has_length:
+            if chunked and self.http11:
+                self.rechunk = True
+                end = b"Transfer-Encoding: chunked\r\n" + end
+            else:
+                # Body delimited by the end of the connection: so is ours.
+                self.eof_body = True
                 self.close_after = True
-                out.append(b"Connection: close\r\n")
-            elif not self.http11:
-                out.append(b"Connection: keep-alive\r\n")
-        out.append(b"\r\n")
-        return b"".join(out)
+        if self.upgrade:
+            self.close_after = True  # upgrade refused: the client's parser state is spent
+        if (self.close_after or not self.keep_alive or not self.body_done
+                or not self.conn.ctx.accepting):  # stopping: clients must not reuse it
+            self.close_after = True
+            end = b"Connection: close\r\n" + end
+        elif not self.http11:
+            end = b"Connection: keep-alive\r\n" + end
+        if self.set_cookie:
+            end = self.set_cookie + end
+        return end
+
+    def fast_response(self, up: UpstreamConnection, data: bytes) -> bool:
+        """The usual response, handled without a Python call per header: an HTTP/1.1 head
+        whole in this read, framed by Content-Length (or without a body), whose only
+        hop-by-hop fields are Connection: keep-alive/close and Keep-Alive. llhttp checks the
+        head (a parser with no per-header callback); those lines are cut from the bytes, which
+        go on as they are. False, with nothing consumed: the full parser takes this read.
+        """
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or self.done or data[:9] != b"HTTP/1.1 " or self.method == b"HEAD":
+            return False
+        parser = httptools.HttpResponseParser(_HEAD_CHECK)
+        _HEAD_CHECK.complete = False
+        try:
+            parser.feed_data(data[:end + 4])
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return False  # the full parser reports it, or switches protocols
+        status = parser.get_status_code()
+        if status < 200 or not _HEAD_CHECK.complete:
+            return False
+        head = data[:end]
+        lower = head.lower()
+        length = -1
+        keep = True
+        cut = 0
+        for name, value in _RESP_HOP_RE.findall(lower):
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection":
+                value = value.rstrip()
+                if value == b"close":
+                    keep = False
+                elif value != b"keep-alive":
+                    return False
+                cut += 1
+            elif name == b"keep-alive":
+                cut += 2
+            else:
+                return False  # Transfer-Encoding, Upgrade, TE, Trailer, Proxy-Connection
+        if status == 204 or status == 304:
+            length = 0
+        elif length < 0:
+            return False  # until the connection closes: the full parser's path
+        if cut == 1:
+            i = lower.find(b"\r\nconnection:")
+            j = head.find(b"\r\n", i + 2)
+            head = head[:i] + head[j:] if j > 0 else head[:i]
+        elif cut:
+            lines = head.split(b"\r\n")
+            head = b"\r\n".join([lines[0]] + [
+                h for h in lines[1:]
+                if h.split(b":", 1)[0].lower() not in (b"connection", b"keep-alive")])
+        self._response_began(status)
+        self.resp_length = length
+        out = self.out
+        out.append(head + b"\r\n" + self._head_end(status, True, False))
+        start = end + 4
+        have = len(data) - start
+        if have < length:
+            if have:
+                out.append(data[start:] if have < 4096 else memoryview(data)[start:])
+                self.body_seen = have
+            self.keep_up = keep
+            up.body_left = length - have
+            self.flush()
+            return True
+        if have > length:  # bytes past the announced body: framing is broken, do not reuse
+            keep = False
+        if length:
+            out.append(data[start:start + length] if length < 4096
+                       else memoryview(data)[start:start + length])
+        self.finish(keep)
+        return True
 
     # -- failures ---------------------------------------------------------------------------
     def response_timeout(self) -> None:

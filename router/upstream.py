@@ -67,6 +67,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.body_left:
             self.raw_body(ex, data)
             return
+        if self.parser is None:
+            if ex.fast_response(self, data):
+                return
+            self.parser = httptools.HttpResponseParser(ex)
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserUpgrade as e:
@@ -126,7 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
     def attach(self, ex: "Exchange") -> None:
         self.exchange = ex
         self.body_left = 0
-        self.parser = httptools.HttpResponseParser(ex)
+        self.parser = None  # made for the response only if fast_response declines its head
 
     def pause_reading(self) -> None:
         if not self._paused and self.transport is not None:

@@ -246,3 +246,53 @@ async def test_body_split_over_reads_and_bytes_past_content_length(router):
             assert srv.pool.idle_count(addr) == 0  # the backend broke framing: closed
     finally:
         server.close()
+
+
+async def test_response_heads_from_a_raw_backend(router):
+    """Each head the backend sends, as the client sees it, and whether the backend connection
+    went back to the pool. Covers the one-read path (head and body in one read, checked by
+    llhttp, hop-by-hop lines cut from the bytes) and the full parser it leaves the rest to."""
+    answers: list[bytes] = []
+
+    async def handle(reader, writer):
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            writer.write(answers.pop(0))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    addr = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    srv = await router(router_config({"shop": app_config({"web": (1, [addr])}, sticky=False)}))
+    cases = [
+        # (backend's answer, what the client must get after the status line, pooled after)
+        (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\n"
+         b"Content-Length: 2\r\n\r\nhi", b"X-A: 1\r\nContent-Length: 2\r\n\r\nhi", True),
+        (b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: Keep-Alive\r\n\r\nhi",
+         b"X-A: 1\r\nContent-Length: 2\r\n\r\nhi", True),
+        (b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+         b"Content-Length: 3\r\n\r\nabc", False),
+        (b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nX-B: 2\r\n"
+         b"Content-Length: 1\r\n\r\nz", b"X-B: 2\r\nContent-Length: 1\r\n\r\nz", True),
+        (b"HTTP/1.1 204 No Content\r\nX-C: 3\r\n\r\n", b"X-C: 3\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", b"Content-Length: 2\r\n\r\nok",
+         False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nv0",
+         b"Content-Length: 2\r\n\r\nv0", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+         b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", True),
+    ]
+    try:
+        for answer, want, pooled in cases:
+            answers.append(answer)
+            out = await raw(srv, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n",
+                            read_until_close=False, timeout=2)
+            status_line, _, rest = out.partition(b"\r\n")
+            assert status_line == answer.split(b"\r\n", 1)[0].replace(b"HTTP/1.0", b"HTTP/1.1"), answer
+            assert rest == want, answer
+            assert srv.pool.idle_count(addr) == (1 if pooled else 0), answer
+    finally:
+        server.close()
