@@ -170,6 +170,52 @@ def clean_path(path: bytes) -> bytes | None:
     return path
 
 
+class ResponseDeadlines:
+    """The response timeout of every exchange that waits for a backend's head, on one timer.
+
+    Per request this is a dict insert and delete instead of a timer handle made and
+    cancelled. The timer is set for the earliest deadline it knows of; when it fires it ends
+    every exchange past its deadline and is set again for the earliest left. With one timeout
+    for all, the entry it is set for is usually long gone by then, so it fires about once per
+    timeout period.
+    """
+
+    __slots__ = ("ctx", "waiting", "_handle", "_when")
+
+    def __init__(self, ctx: "ProxyContext") -> None:
+        self.ctx = ctx
+        self.waiting: dict[Exchange, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0
+
+    def add(self, ex: "Exchange") -> None:
+        loop = self.ctx.loop
+        deadline = loop.time() + self.ctx.response_timeout
+        self.waiting[ex] = deadline
+        ex.waiting = True
+        if self._handle is None or deadline < self._when:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._when = deadline
+            self._handle = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._handle = None
+        waiting = self.waiting
+        now = self.ctx.loop.time()
+        for ex in [ex for ex, deadline in waiting.items() if deadline <= now]:
+            if waiting.pop(ex, None) is not None:
+                ex.waiting = False
+                ex.response_timeout()
+        if waiting:
+            when = min(waiting.values())
+            if self._handle is None or when < self._when:
+                if self._handle is not None:
+                    self._handle.cancel()
+                self._when = when
+                self._handle = self.ctx.loop.call_at(when, self._expire)
+
+
 class ProxyContext:
     """Everything a worker's connections share; ``table`` is the swap point (STYLE 2)."""
 
@@ -180,6 +226,7 @@ class ProxyContext:
         self.codec = codec
         self.loop = loop
         self.unrouted = UnroutedStats()
+        self.deadlines = ResponseDeadlines(self)
         self.connections: set[ClientConnection] = set()
         self.accepting = True
         self.configure(config)
@@ -231,7 +278,7 @@ class Exchange:
         "conn", "method", "url", "headers", "header_bytes", "host", "cookie", "keep_alive",
         "http11", "upgrade", "chunked", "body_done", "buf", "buf_size",
         "replayable", "head", "error", "app", "service", "backend", "set_cookie", "tried",
-        "attempts", "upstream", "timer", "started", "status", "reason", "rheaders",
+        "attempts", "upstream", "waiting", "started", "status", "reason", "rheaders",
         "resp_started", "rechunk", "close_after", "interim", "done", "upgraded", "early",
         "request_id", "eof_body", "out", "stale", "resp_length", "body_seen", "keep_up",
     )
@@ -253,7 +300,7 @@ class Exchange:
         self.tried: list[Backend] | None = None
         self.attempts = 0
         self.upstream: UpstreamConnection | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.waiting = False  # in ProxyContext.deadlines: the response timeout runs
         self.status = 0
         self.reason = b""
         self.rheaders: list[tuple[bytes, bytes]] = []
@@ -303,9 +350,8 @@ class Exchange:
         if up is not None and not self.done:
             if self.chunked:
                 up.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
-            if self.timer is None and not self.resp_started:
-                self.timer = self.conn.loop.call_later(
-                    self.conn.ctx.response_timeout, self.response_timeout)
+            if not self.waiting and not self.resp_started:
+                self.conn.ctx.deadlines.add(self)
 
     # -- the backend's response (httptools callbacks) ----------------------------------------
     def on_message_begin(self) -> None:
@@ -361,9 +407,8 @@ class Exchange:
         self.finish(self.upstream.parser.should_keep_alive())  # type: ignore[union-attr]
 
     def _response_began(self, status: int) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.waiting:
+            self.unwait()
         if _failing:
             _failing.pop(self.backend, None)  # type: ignore[call-overload]
         self.status = status
@@ -500,8 +545,12 @@ class Exchange:
         return True
 
     # -- failures ---------------------------------------------------------------------------
+    def unwait(self) -> None:
+        """The response timeout no longer runs (the head came, or the exchange ended)."""
+        self.waiting = False
+        self.conn.ctx.deadlines.waiting.pop(self, None)
+
     def response_timeout(self) -> None:
-        self.timer = None
         if self.done or self.resp_started:
             return
         self.conn.ctx.backend_failed(self.backend, "timeout")  # type: ignore[arg-type]
@@ -542,9 +591,8 @@ class Exchange:
         # A pooled connection closed before any answer is most likely the keep-alive race,
         # not a sick backend: counted, but not against its passive health.
         self.conn.ctx.backend_failed(self.backend, "reset", passive=not up.reused)  # type: ignore[arg-type]
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.waiting:
+            self.unwait()
         # Bytes may have reached the backend: only an idempotent request goes again.
         if self.replayable and self.method in _IDEMPOTENT:
             if up.reused and not self.stale:
@@ -584,9 +632,8 @@ class Exchange:
     def finish(self, upstream_keepalive: bool) -> None:
         self.flush()  # before anything the next request may write
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.waiting:
+            self.unwait()
         up = self.upstream
         if up is not None:
             self.upstream = None
@@ -1096,7 +1143,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.body_done:
             if ex.chunked:
                 t.write(b"0\r\n\r\n")  # type: ignore[union-attr]
-            ex.timer = self.loop.call_later(self.ctx.response_timeout, ex.response_timeout)
+            self.ctx.deadlines.add(ex)
 
     def retry(self, ex: Exchange) -> None:
         """Another backend of the same service, then another service, at most 2 retries."""
@@ -1136,9 +1183,8 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.flush()  # an interim 100 Continue goes first
         ex.done = True
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        if ex.waiting:
+            ex.unwait()
         ex.status = status
         close = not (keep and ex.keep_alive and ex.body_done and not ex.upgrade
                      and self.ctx.accepting)
@@ -1209,9 +1255,8 @@ class ClientConnection(asyncio.Protocol):
             return
         ex.done = True
         ex.out.clear()
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        if ex.waiting:
+            ex.unwait()
         up = ex.upstream
         ex.upstream = None
         if up is not None:

@@ -42,6 +42,9 @@ _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 # on every request until it is refreshed, and the HMAC is most of verify()'s cost. Bounded;
 # emptied when full (a flood of distinct valid tokens only costs HMACs again).
 _VERIFIED_MAX = 16384
+# Tokens kept for reuse within one second (refreshed tokens keep their first issue time, so
+# there can be more than one per backend).
+_ISSUED_MAX = 4096
 
 
 class Pin(NamedTuple):
@@ -54,7 +57,8 @@ class Pin(NamedTuple):
 class TokenCodec:
     """Issues and verifies tokens with one secret and one cookie policy."""
 
-    __slots__ = ("_secret", "max_idle", "max_life", "refresh_after", "_verified")
+    __slots__ = ("_secret", "max_idle", "max_life", "refresh_after", "_verified", "_issued",
+                 "_issued_at")
 
     def __init__(self, secret: bytes, max_idle: float, max_life: float) -> None:
         if len(secret) < 16:
@@ -64,6 +68,11 @@ class TokenCodec:
         self.max_life = int(max_life)
         self.refresh_after = max(1, self.max_idle // 4)
         self._verified: dict[tuple[bytes, bytes], Pin] = {}
+        # Tokens issued this second: one token's content is (app, service, backend, issued,
+        # seen), all in whole seconds, so every new client pinned to the same backend in one
+        # second gets the same bytes; the HMAC is computed once per second per backend.
+        self._issued: dict[tuple[bytes, bytes, bytes, int], bytes] = {}
+        self._issued_at = 0
 
     def _id(self, *parts: str) -> bytes:
         msg = "\0".join(parts).encode()
@@ -77,6 +86,16 @@ class TokenCodec:
 
     def issue(self, app: bytes, service_id: bytes, backend_id: bytes, issued: int, now: int) -> bytes:
         """A token for ``app`` (the app name, encoded) as cookie-value bytes."""
+        if now != self._issued_at or len(self._issued) >= _ISSUED_MAX:
+            self._issued.clear()
+            self._issued_at = now
+        key = (app, service_id, backend_id, issued)
+        token = self._issued.get(key)
+        if token is None:
+            token = self._issued[key] = self._sign(app, service_id, backend_id, issued, now)
+        return token
+
+    def _sign(self, app: bytes, service_id: bytes, backend_id: bytes, issued: int, now: int) -> bytes:
         body = _BODY.pack(VERSION, service_id, backend_id, issued, now)
         mac = hmac.digest(self._secret, app + b"\0" + body, hashlib.sha256)[:MAC_LEN]
         return binascii.b2a_base64(body + mac, newline=False).translate(_TO_URLSAFE)

@@ -296,3 +296,16 @@ def test_secret_file_too_short_raises(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(ValueError):
         load_or_create_secret(str(path))
+
+
+def test_issue_is_deterministic_and_reused_within_a_second():
+    codec = TokenCodec(b"s" * 32, 1800, 28800)
+    sid, bid = ids(codec)
+    first = codec.issue(APP, sid, bid, T0, T0)
+    assert codec.issue(APP, sid, bid, T0, T0) is first  # the same second: the same bytes
+    # Every field still counts: another second, issue time or backend is another token.
+    assert codec.issue(APP, sid, bid, T0, T0 + 1) != first
+    assert codec.issue(APP, sid, bid, T0 - 5, T0 + 1) != codec.issue(APP, sid, bid, T0 + 1, T0 + 1)
+    assert codec.issue(APP, sid, codec.backend_id("shop", "blue", "x:1"), T0, T0) != first
+    pin = codec.verify(APP, first, T0)
+    assert pin is not None and (pin.service_id, pin.backend_id, pin.issued, pin.seen) == (sid, bid, T0, T0)
