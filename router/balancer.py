@@ -97,8 +97,10 @@ class LeastInFlight(Generic[L]):
     def pick(self, exclude: object = None) -> L | None:
         items = self._items
         n = self._n
-        if n == 0:
-            return None
+        if n < 2:
+            if n == 0 or (exclude is not None and items[0] in exclude):  # type: ignore[operator]
+                return None
+            return items[0]
         start = self._next
         best: L | None = None
         best_load = 0

@@ -57,12 +57,8 @@ class BackendStats:
     __slots__ = ("codes", "errors")
 
     def __init__(self) -> None:
-        self.codes: dict[int, int] = {}
+        self.codes: dict[int, int] = {}  # responses by status (ClientConnection._account)
         self.errors: dict[str, int] = {}
-
-    def count(self, code: int) -> None:
-        codes = self.codes
-        codes[code] = codes.get(code, 0) + 1
 
     def error(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1

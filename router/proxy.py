@@ -88,6 +88,10 @@ _REASONS = {
 _ALLOW = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
 
 
+# Below this many body bytes, head and body are joined into one buffer before writing.
+_JOIN_MAX = 4096
+
+
 class _HeadCheck:
     """The target of a response parser that only checks a head: no callback per header."""
 
@@ -248,6 +252,9 @@ class ProxyContext:
         self.max_request_line = lim.max_request_line
         self.max_header = lim.max_header
         self.max_headers = lim.max_headers
+        # Bytes a head in progress may take over further reads before it is refused: a bound
+        # no head within the limits reaches (a field of one-byte name and value is 5 bytes).
+        self.max_head_read = 4 * (lim.max_request_line + lim.max_headers)
         self.max_connections = min(lim.max_connections, fd_connection_cap())
         if self.max_connections < lim.max_connections:
             log.info("limits.max_connections %d lowered to %d: RLIMIT_NOFILE leaves room for "
@@ -524,24 +531,26 @@ class Exchange:
                 if h.split(b":", 1)[0].lower() not in (b"connection", b"keep-alive")])
         self._response_began(status)
         self.resp_length = length
-        out = self.out
-        out.append(head + b"\r\n" + self._head_end(status, True, False))
+        head += b"\r\n" + self._head_end(status, True, False)
         start = end + 4
         have = len(data) - start
+        if have > length:  # bytes past the announced body: framing is broken, do not reuse
+            keep = False
+            have = length
+        # A small body goes in the same bytes as the head (one write of one buffer); a large
+        # one as a view of what was read, no copy.
+        if have < _JOIN_MAX:
+            self.out.append(head + data[start:start + have] if have else head)
+        else:
+            self.out.append(head)
+            self.out.append(memoryview(data)[start:start + have])
         if have < length:
-            if have:
-                out.append(data[start:] if have < 4096 else memoryview(data)[start:])
-                self.body_seen = have
+            self.body_seen = have
             self.keep_up = keep
             up.body_left = length - have
             self.flush()
-            return True
-        if have > length:  # bytes past the announced body: framing is broken, do not reuse
-            keep = False
-        if length:
-            out.append(data[start:start + length] if length < 4096
-                       else memoryview(data)[start:start + length])
-        self.finish(keep)
+        else:
+            self.finish(keep)
         return True
 
     # -- failures ---------------------------------------------------------------------------
@@ -650,11 +659,17 @@ def _tokens(value: bytes, into: set[bytes] | None) -> set[bytes]:
     return toks
 
 
+def _forwarded(peer: bytes) -> bytes:
+    """What follows "Host: <host>" in every head forwarded for a client that is not a trusted
+    proxy, up to the host again: the router's own values, made once per connection."""
+    return b"\r\nX-Forwarded-For: " + peer + b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = ("ctx", "loop", "transport", "parser", "parsing", "active", "queue",
                  "_paused", "write_paused", "peer", "peer_b", "trusted", "_deadline",
                  "_deadline_kind", "_timer", "tunnel", "closed", "upgrading", "eof", "rejected",
-                 "skip_upgrade")
+                 "skip_upgrade", "in_body", "forwarded")
 
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
@@ -668,6 +683,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.peer = "-"
         self.peer_b = b""
+        self.forwarded = _forwarded(b"")
         self.trusted = False
         self._deadline = 0.0
         self._deadline_kind = 0  # 0 idle keep-alive, 1 reading a request head
@@ -678,6 +694,7 @@ class ClientConnection(asyncio.Protocol):
         self.eof = False
         self.rejected = False
         self.skip_upgrade = False
+        self.in_body = False  # the request being parsed has its head complete
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -692,6 +709,7 @@ class ClientConnection(asyncio.Protocol):
         if peer:
             self.peer = peer[0]
             self.peer_b = self.peer.encode()
+            self.forwarded = _forwarded(self.peer_b)
             if ctx.trusted:
                 import ipaddress
                 ip = ipaddress.ip_address(self.peer)
@@ -709,10 +727,22 @@ class ClientConnection(asyncio.Protocol):
             if ex is not None and ex.early is not None:
                 ex.early.append(data)
             return
+        ex = self.parsing
+        if ex is not None and not self.in_body:
+            # More of a head split over reads: the bytes read for it are capped (an upper
+            # bound of the sizes _prepare checks exactly, so no legal head reaches it).
+            ex.header_bytes += len(data)
+            if ex.header_bytes > self.ctx.max_head_read:
+                self._reject(431, b"request header block too large\n")
+                return
         try:
             self.parser.feed_data(data)
-            if self._deadline_kind == 1 and self.parsing is not None and not self.closed:
-                self._arm()  # a head split over reads: now the header deadline needs its timer
+            if self.parsing is not None and not self.closed:
+                if self.in_body:
+                    self._set_deadline(2, self.ctx.client_body_timeout)
+                elif self._deadline_kind == 1 and not self._deadline:
+                    # A head split over reads: from its first read on, client_header.
+                    self._set_deadline(1, self.ctx.client_header_timeout)
         except httptools.HttpParserUpgrade as e:
             if self.skip_upgrade:
                 # An ignored upgrade: llhttp has stopped; the bytes after it are requests.
@@ -821,10 +851,11 @@ class ClientConnection(asyncio.Protocol):
     # -- request parser callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.parsing = Exchange(self)
+        self.in_body = False
         if self.active is None:
-            # Armed only if the head is still incomplete at the end of this read
-            # (data_received): most heads arrive whole, and then no timer is touched.
-            self._deadline = self.loop.time() + self.ctx.client_header_timeout
+            # Set only if the head is still incomplete at the end of this read
+            # (data_received): most heads arrive whole, and then no clock or timer is touched.
+            self._deadline = 0.0
             self._deadline_kind = 1
 
     def on_url(self, url: bytes) -> None:
@@ -834,14 +865,9 @@ class ClientConnection(asyncio.Protocol):
             raise _Refused(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.parsing
-        size = len(name) + len(value)
-        if size > self.ctx.max_header:
-            raise _Refused(431, "header field too large")
-        ex.header_bytes += size  # type: ignore[union-attr]
-        if ex.header_bytes > self.ctx.max_headers:  # type: ignore[union-attr]
-            raise _Refused(431, "request header block too large")
-        ex.headers.append((name, value))  # type: ignore[union-attr]
+        # Sizes are checked once the head is complete (_prepare); a head that keeps coming
+        # is capped by the bytes read for it (data_received).
+        self.parsing.headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
@@ -855,8 +881,11 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = parser.should_keep_alive()  # type: ignore[union-attr]
         ex.upgrade = parser.should_upgrade()  # type: ignore[union-attr]
         self._prepare(ex)  # type: ignore[arg-type]
-        # The head is complete; until the body is, each read must come within client_body.
-        self._set_deadline(2, self.ctx.client_body_timeout)
+        # The head is complete; until the body is, each read must come within client_body
+        # (set at the end of the read, if the body is still incomplete then).
+        self.in_body = True
+        self._deadline = 0.0
+        self._deadline_kind = 2
         if self.active is None:
             self.active = ex
             self._start(ex)  # type: ignore[arg-type]
@@ -868,7 +897,6 @@ class ClientConnection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         ex = self.parsing
-        self._deadline = self.loop.time() + self.ctx.client_body_timeout
         if ex is not None and not ex.error:
             ex.body(data)
 
@@ -898,7 +926,13 @@ class ClientConnection(asyncio.Protocol):
         chunked = False
         upgrade_to = b""
         xfp = xfh = b""
+        total = 0
+        max_header = ctx.max_header
         for name, value in ex.headers:
+            size = len(name) + len(value)
+            if size > max_header:
+                raise _Refused(431, "header field too large")
+            total += size
             lname = name.lower()
             if lname in _REQ_SKIP:
                 if lname == b"host":
@@ -936,6 +970,8 @@ class ClientConnection(asyncio.Protocol):
             if lname == b"cookie":
                 cookie = value if cookie is None else cookie + b"; " + value
             out.append(name + b": " + value + b"\r\n")
+        if total > ctx.max_headers:
+            raise _Refused(431, "request header block too large")
         ex.cookie = cookie
         ex.chunked = chunked
         if ex.upgrade and upgrade_to.strip().lower() == b"h2c":
@@ -991,21 +1027,19 @@ class ClientConnection(asyncio.Protocol):
             if conn_tokens:
                 out = out[:4] + [h for h in out[4:]
                                  if h.split(b":", 1)[0].lower() not in conn_tokens]
-        out.append(b"Host: " + host + b"\r\n")
-        if self.trusted and xff:
-            out.append(b"X-Forwarded-For: " + xff + b", " + self.peer_b + b"\r\n")
-        else:
-            out.append(b"X-Forwarded-For: " + self.peer_b + b"\r\n")
-        # A trusted proxy in front knows the original scheme and host; anyone else does not.
-        if self.trusted and xfp:
-            out.append(b"X-Forwarded-Proto: " + xfp + b"\r\n")
-        else:
-            out.append(b"X-Forwarded-Proto: http\r\n")
-        out.append(b"X-Forwarded-Host: " + (xfh if self.trusted and xfh else host) + b"\r\n")
         if not rid or not _REQUEST_ID_RE.match(rid):
             rid = ctx.request_id()
         ex.request_id = rid
-        out.append(b"X-Request-ID: " + rid + b"\r\n")
+        if self.trusted:
+            # A trusted proxy in front knows the client, the original scheme and host.
+            out.append(b"Host: " + host + b"\r\nX-Forwarded-For: "
+                       + (xff + b", " + self.peer_b if xff else self.peer_b)
+                       + b"\r\nX-Forwarded-Proto: " + (xfp or b"http")
+                       + b"\r\nX-Forwarded-Host: " + (xfh or host)
+                       + b"\r\nX-Request-ID: " + rid + b"\r\n")
+        else:
+            out.append(b"Host: " + host + self.forwarded + host
+                       + b"\r\nX-Request-ID: " + rid + b"\r\n")
         if chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
         if ex.upgrade:
@@ -1268,7 +1302,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def exchange_done(self, ex: Exchange, status: int) -> None:
-        self._account(ex, status)
+        now = self._account(ex, status)
         if self.active is ex:
             self.active = None
         if self.closed:
@@ -1287,23 +1321,30 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._start(nxt)
             return
-        self.unpause(QUEUED)
+        if self._paused:
+            self.unpause(QUEUED)
         if self.parsing is None:
-            self._set_deadline(0, self.ctx.client_idle_timeout)
+            self._deadline = now + self.ctx.client_idle_timeout
+            self._deadline_kind = 0
         else:
-            self._set_deadline(1, self.ctx.client_header_timeout)
+            self._deadline = now + self.ctx.client_header_timeout
+            self._deadline_kind = 1
+        self._arm()
 
-    def _account(self, ex: Exchange, status: int) -> None:
+    def _account(self, ex: Exchange, status: int) -> float:
+        """Count the exchange's end in the metrics (and the access log); the loop's time."""
+        now = self.loop.time()
         be = ex.backend
         if be is not None:
             be.inflight -= 1
-            svc = ex.service
-            st = svc.stats  # type: ignore[union-attr]
+            st = ex.service.stats  # type: ignore[union-attr]
             st.inflight -= 1
-            be.stats.count(status)
-            st.observe(self.loop.time() - ex.started)
+            codes = be.stats.codes
+            codes[status] = codes.get(status, 0) + 1
+            st.observe(now - ex.started)
         if self.ctx.log_access is not None:
             self.ctx.log_access(ex, status)
+        return now
 
     # -- WebSocket and other upgrades --------------------------------------------------------
     def start_tunnel(self, ex: Exchange, up: UpstreamConnection) -> None:

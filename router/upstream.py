@@ -147,7 +147,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.parser = None
         if keep and not self.closed:
-            self.resume_reading()
+            if self._paused:
+                self.resume_reading()
             self.pool.put(self)
         else:
             self.close()

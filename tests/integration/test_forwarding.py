@@ -296,3 +296,33 @@ async def test_response_heads_from_a_raw_backend(router):
             assert srv.pool.idle_count(addr) == (1 if pooled else 0), answer
     finally:
         server.close()
+
+
+async def test_endless_head_is_refused_431(backend, router):
+    """A head that never ends (fields of a few bytes, sent in many reads) is refused once the
+    bytes read for it pass what any head within the limits can take; nothing is forwarded."""
+    be, srv = await _one_backend(backend, router)
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    lost = loop.create_future()
+
+    class Client(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            got.extend(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.set_result(None)
+
+    transport, _ = await loop.create_connection(Client, "127.0.0.1", srv.port)
+    transport.write(b"GET / HTTP/1.1\r\nHost: app.test\r\n")
+    sent = 0
+    # The bound is 4 x (8 KiB + 64 KiB) = 288 KiB; stop writing once the router answers.
+    while not got and not transport.is_closing() and sent < 4 * 1024 * 1024:
+        transport.write(b"X-A: b\r\n" * 512)
+        sent += 4096
+        await asyncio.sleep(0.001)
+    await asyncio.wait_for(lost, 10)
+    assert bytes(got).startswith(b"HTTP/1.1 431 "), (sent, bytes(got[:80]))
+    assert b"request header block too large" in got
+    assert 288 * 1024 < sent < 1024 * 1024
+    assert be.requests == 0
