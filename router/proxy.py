@@ -76,6 +76,9 @@ _HOST_RE = re.compile(
 _GOOD_HOSTS: set[bytes] = set()
 _GOOD_HOSTS_MAX = 4096
 # Percent-encodings a backend may decode into path structure: ".", "/", "\\", NUL.
+# What makes a request target need the checks below: a query, a fragment, "%", "\\", "/." or
+# "//". Most targets have none of them, and one search tells.
+_URL_SPECIAL = re.compile(rb"[?#%\\]|/[./]")
 _PCT_STRUCT_RE = re.compile(rb"%(?:2[eEfF]|5[cC]|00)")
 _DOT_SEGMENTS = frozenset({b".", b".."})
 
@@ -287,7 +290,7 @@ class Exchange:
         "replayable", "head", "error", "app", "service", "backend", "set_cookie", "tried",
         "attempts", "upstream", "waiting", "started", "status", "reason", "rheaders",
         "resp_started", "rechunk", "close_after", "interim", "done", "upgraded", "early",
-        "request_id", "eof_body", "out", "stale", "resp_length", "body_seen", "keep_up",
+        "request_id", "path", "eof_body", "out", "stale", "resp_length", "body_seen", "keep_up",
     )
 
     def __init__(self, conn: "ClientConnection") -> None:
@@ -987,7 +990,7 @@ class ClientConnection(asyncio.Protocol):
         if hosts != 1:
             raise _Refused(400, "missing or repeated Host header")
         host = host.strip()
-        if not host_ok(host):
+        if host not in _GOOD_HOSTS and not host_ok(host):
             raise _Refused(400, "invalid Host header")
         url = ex.url
         if url[:1] != b"/":
@@ -1009,17 +1012,22 @@ class ClientConnection(asyncio.Protocol):
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
                 if parsed.fragment:
                     raise _Refused(400, "fragment in request target")
-        if b"#" in url:
-            raise _Refused(400, "fragment in request target")
-        q = url.find(b"?")
-        path = url if q < 0 else url[:q]
-        if b"/." in path or b"//" in path or b"%" in path or b"\\" in path:
-            cleaned = clean_path(path)
-            if cleaned is None:
-                raise _Refused(400, "path with dot segments or encoded separators")
-            if cleaned is not path:
-                url = cleaned if q < 0 else cleaned + url[q:]
+        if _URL_SPECIAL.search(url) is None:
+            path = url  # no query, no fragment, nothing clean_path would change
+        else:
+            if b"#" in url:
+                raise _Refused(400, "fragment in request target")
+            q = url.find(b"?")
+            path = url if q < 0 else url[:q]
+            if b"/." in path or b"//" in path or b"%" in path or b"\\" in path:
+                cleaned = clean_path(path)
+                if cleaned is None:
+                    raise _Refused(400, "path with dot segments or encoded separators")
+                if cleaned is not path:
+                    path = cleaned
+                    url = cleaned if q < 0 else cleaned + url[q:]
         ex.url = url
+        ex.path = path
         ex.host = host
         out[2] = url
         if conn_tokens:
@@ -1038,8 +1046,7 @@ class ClientConnection(asyncio.Protocol):
                        + b"\r\nX-Forwarded-Host: " + (xfh or host)
                        + b"\r\nX-Request-ID: " + rid + b"\r\n")
         else:
-            out.append(b"Host: " + host + self.forwarded + host
-                       + b"\r\nX-Request-ID: " + rid + b"\r\n")
+            out += (b"Host: ", host, self.forwarded, host, b"\r\nX-Request-ID: ", rid, b"\r\n")
         if chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
         if ex.upgrade:
@@ -1049,10 +1056,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         ex.started = self.loop.time()
-        table = self.ctx.table
-        url = ex.url
-        q = url.find(b"?")
-        app = table.lookup(ex.host, url if q < 0 else url[:q])
+        app = self.ctx.table.lookup(ex.host, ex.path)
         if app is None:
             self.ctx.unrouted.count("", 404)
             host = ex.host.decode("latin-1")[:200]
@@ -1101,7 +1105,11 @@ class ClientConnection(asyncio.Protocol):
         if app.sticky:
             now = now or int(time.time())
             ex.set_cookie = self._cookie(app, svc, be, now, now)
-        self._assign(ex, svc, be)
+        ex.service = svc  # as _assign
+        ex.backend = be
+        ex.attempts += 1
+        be.inflight += 1
+        svc.stats.inflight += 1
         return True
 
     def _cookie(self, app: "App", svc: "Service", be: "Backend", issued: int, now: int) -> bytes:
@@ -1173,7 +1181,8 @@ class ClientConnection(asyncio.Protocol):
                 t.write(ex.head + b"".join(ex.buf))  # type: ignore[union-attr]
         else:
             t.write(ex.head)  # type: ignore[union-attr]
-        self.unpause(BODY_BUFFERED)
+        if self._paused:
+            self.unpause(BODY_BUFFERED)
         if ex.body_done:
             if ex.chunked:
                 t.write(b"0\r\n\r\n")  # type: ignore[union-attr]
