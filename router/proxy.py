@@ -96,15 +96,9 @@ _JOIN_MAX = 4096
 
 
 class _HeadCheck:
-    """The target of a response parser that only checks a head: no callback per header."""
+    """The target of a response parser that only checks a head: no callback at all."""
 
-    __slots__ = ("complete",)
-
-    def __init__(self) -> None:
-        self.complete = False
-
-    def on_headers_complete(self) -> None:
-        self.complete = True
+    __slots__ = ()
 
 
 _HEAD_CHECK = _HeadCheck()
@@ -489,16 +483,17 @@ class Exchange:
         go on as they are. False, with nothing consumed: the full parser takes this read.
         """
         end = data.find(b"\r\n\r\n")
-        if end < 0 or self.done or data[:9] != b"HTTP/1.1 " or self.method == b"HEAD":
+        if end < 0 or self.done or not data.startswith(b"HTTP/1.1 ") or self.method == b"HEAD":
             return False
+        # llhttp needs CRLF at every line end, so the first CRLFCRLF is where it completes
+        # the head: fed exactly the head, it either raises or has seen it all.
         parser = httptools.HttpResponseParser(_HEAD_CHECK)
-        _HEAD_CHECK.complete = False
         try:
             parser.feed_data(data[:end + 4])
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             return False  # the full parser reports it, or switches protocols
         status = parser.get_status_code()
-        if status < 200 or not _HEAD_CHECK.complete:
+        if status < 200:
             return False
         head = data[:end]
         lower = head.lower()
