@@ -34,10 +34,10 @@ def parse_body(raw: bytes, required: bool = True) -> Any:
 
 
 def object_body(raw: bytes, required: bool = True) -> dict[str, Any]:
-    body = parse_body(raw, required)
-    if body is None:
+    if not required and not raw.strip():
         return {}
-    if not isinstance(body, dict):
+    body = parse_body(raw, required)
+    if not isinstance(body, dict):  # JSON null included: it is not an empty body
         raise Invalid("the body must be a JSON object", None)
     return body
 

@@ -98,6 +98,7 @@ BAD_WEIGHTS = [
     (b'{"blue": 5, "nope": 5}', 404, "service"),
     (b'{}', 422, "weights"),
     (b'[1, 2]', 422, None),
+    (b'null', 422, None),  # JSON null is not an empty body
     (b'{"blue": 5', 400, None),
     (b'', 400, None),
     (b'\xff\xfe', 400, None),
@@ -118,6 +119,15 @@ async def test_bad_weights_rejected_state_untouched(api_router, raw, status, fie
     assert (await api.call("GET", "/apps"))[1] == before
     with open(store, "rb") as f:
         assert f.read() == disk
+
+
+async def test_patch_with_a_null_body_is_422_even_with_a_stale_if_match(api_router):
+    """A body the request would be refused for is the answer, not the stale precondition."""
+    api, srv, blue, green, store = api_router
+    got, body, _ = await api.call("PATCH", "/apps/shop", raw=b"null", headers={"If-Match": '"0"'})
+    assert (got, body["error"]["field"]) == (422, None), body
+    got, body, _ = await api.call("PATCH", "/apps/shop", raw=b"{}", headers={"If-Match": '"0"'})
+    assert got == 412, body
 
 
 BAD_APPS = [
