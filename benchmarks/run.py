@@ -813,7 +813,16 @@ def machine_info() -> list[str]:
         f"- CPU: {model}",
         f"- kernel: {platform.system()} {platform.release()}",
         f"- Python: {platform.python_version()} ({sys.executable})",
+        f"- router build: {router_build()}",
     ]
+
+
+def router_build() -> str:
+    """Which build of the data plane the router processes run (they import it from here)."""
+    import router
+
+    return ("compiled (mypyc, setup.py)" if router.compiled()
+            else "plain Python (not compiled: `make install` compiles it)")
 
 
 def command_line(module: str = "run") -> str:

@@ -1,0 +1,36 @@
+"""Weighted HTTP/1.1 reverse-proxy router for blue-green releases."""
+
+from __future__ import annotations
+
+import os
+
+# The per-request modules setup.py compiles with mypyc when it can (router/<name>.*.so beside
+# router/<name>.py; the interpreter imports the compiled one first).
+COMPILED_MODULES = ("proxy", "upstream", "balancer", "table", "metrics", "sticky")
+
+
+def _refuse_stale_builds() -> None:
+    """In a source checkout, a compiled module older than its source would run old code in
+    silence: refuse to start instead, and say how to fix it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.exists(os.path.join(here, os.pardir, "setup.py")):
+        return  # an installed package: built from the sources beside it
+    for so in os.listdir(here):
+        name = so.split(".", 1)[0]
+        if so.endswith(".so") and name in COMPILED_MODULES:
+            src = os.path.join(here, name + ".py")
+            if os.path.getmtime(src) > os.path.getmtime(os.path.join(here, so)):
+                raise ImportError(
+                    f"router/{name}.py changed after it was compiled (router/{so}): run "
+                    "`make install` to compile it again, or `make clean` to run the sources "
+                    "as plain Python")
+
+
+def compiled() -> bool:
+    """Whether the per-request modules run compiled (mypyc) rather than as plain Python."""
+    from . import proxy
+
+    return not proxy.__file__.endswith(".py")
+
+
+_refuse_stale_builds()

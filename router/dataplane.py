@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Mapping
+from typing import Callable, Mapping, cast
 
 from .config import AppConfig, Config
 from .metrics import Stats
@@ -43,8 +43,10 @@ class DataPlane:
     async def listen(self, host: str, port: int) -> int:
         """Accept on host:port (SO_REUSEPORT, so workers can share it); returns the port."""
         ctx = self.ctx
+        # ClientConnection is a protocol by duck typing (no asyncio.Protocol base: see its doc).
+        factory = cast("Callable[[], asyncio.Protocol]", lambda: ClientConnection(ctx))
         self._listener = await asyncio.get_running_loop().create_server(
-            lambda: ClientConnection(ctx), host, port, reuse_port=True, backlog=2048)
+            factory, host, port, reuse_port=True, backlog=2048)
         return int(self._listener.sockets[0].getsockname()[1])
 
     def apply(self, apps: tuple[AppConfig, ...], generation: int, health: HealthMap | None = None) -> None:

@@ -135,10 +135,10 @@ class HealthChecker:
         for key, cfg in wanted.items():
             if key in self._checks:
                 continue
-            be = self._builder.backend(*key)
-            if be is None:
+            found = self._builder.backend(*key)
+            if found is None:
                 continue
-            check = _Check(be, cfg)
+            check = _Check(found, cfg)
             check.task = asyncio.get_running_loop().create_task(self._run(key, check))
             self._checks[key] = check
         if changed:

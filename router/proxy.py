@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import httptools
 
@@ -287,6 +287,19 @@ class Exchange:
         "request_id", "path", "eof_body", "out", "stale", "resp_length", "body_seen", "keep_up",
     )
 
+    # Set once the request head is complete (ClientConnection.on_headers_complete, _prepare).
+    method: bytes
+    http11: bool
+    keep_alive: bool
+    upgrade: bool
+    chunked: bool
+    cookie: bytes | None
+    head: bytes
+    host: bytes
+    path: bytes
+    request_id: bytes
+    started: float
+
     def __init__(self, conn: "ClientConnection") -> None:
         self.conn = conn
         self.url = b""
@@ -319,7 +332,7 @@ class Exchange:
         self.stale = False  # already retried once after a pooled connection turned out closed
         # Response bytes parsed from one read of the backend, written to the client in one
         # call at the end of that read (head and body of a small response: one send, not two).
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         # A Content-Length response body: its length, the bytes the parser has handed over, and
         # whether the backend connection may be reused (known at the head). The rest of such a
         # body is forwarded as read, past the parser (UpstreamConnection.raw_body).
@@ -379,7 +392,7 @@ class Exchange:
             self.rheaders = []
             return
         if status == 101 and not self.upgrade:
-            self.upstream_failed(up, "protocol", "101 to a request that asked for no upgrade")
+            self.upstream_failed(up, "protocol", "101 to a request that asked for no upgrade")  # type: ignore[arg-type]
             return
         self._response_began(status)
         self.out.append(self._response_head(status))
@@ -414,7 +427,7 @@ class Exchange:
         if self.waiting:
             self.unwait()
         if _failing:
-            _failing.pop(self.backend, None)  # type: ignore[call-overload]
+            _failing.pop(self.backend, None)  # type: ignore[call-overload, arg-type]
         self.status = status
         self.resp_started = True
 
@@ -663,7 +676,10 @@ def _forwarded(peer: bytes) -> bytes:
     return b"\r\nX-Forwarded-For: " + peer + b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
+    """The asyncio protocol of one client socket (duck-typed, like UpstreamConnection: with no
+    base class, mypyc compiles it as a native class)."""
+
     __slots__ = ("ctx", "loop", "transport", "parser", "parsing", "active", "queue",
                  "_paused", "write_paused", "peer", "peer_b", "trusted", "_deadline",
                  "_deadline_kind", "_timer", "tunnel", "closed", "upgrading", "eof", "rejected",
@@ -872,8 +888,8 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         ex.method = parser.get_method()  # type: ignore[union-attr]
         version = parser.get_http_version()  # type: ignore[union-attr]
-        ex.http11 = version == "1.1"
-        if not ex.http11 and version != "1.0":
+        ex.http11 = version == "1.1"  # type: ignore[union-attr]
+        if not ex.http11 and version != "1.0":  # type: ignore[union-attr]
             # llhttp accepts any "HTTP/<digit>.<digit>", and "0.9" for a bare "GET /".
             raise _Refused(505 if version >= "2" else 400, "HTTP version not supported")
         ex.keep_alive = parser.should_keep_alive()  # type: ignore[union-attr]
@@ -995,7 +1011,8 @@ class ClientConnection(asyncio.Protocol):
             else:
                 # Absolute form: routed by its authority through our table, never dialled.
                 try:
-                    parsed = httptools.parse_url(url)
+                    # Any: the stubs say bytes where the parser gives None (userinfo, ...)
+                    parsed: Any = httptools.parse_url(url)
                 except httptools.HttpParserInvalidURLError:
                     raise _Refused(400, "invalid request target") from None
                 if (not parsed.host or parsed.userinfo

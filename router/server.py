@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import ipc
+from . import compiled, ipc
 from .config import Config, ConfigError, HealthCheckConfig, load_config, split_hostport
 from .dataplane import DataPlane
 from .health import HealthChecker, probe
@@ -152,9 +152,10 @@ class Server:
         if self.store is not None:
             self._follow_task = loop.create_task(self._follow_store(self.store))
         self.ready = True
-        log.info("listening on %s:%d (%d worker%s), admin on %s:%d, %d apps",
+        log.info("listening on %s:%d (%d worker%s), admin on %s:%d, %d apps; data plane %s",
                  cfg.listen_host, self.port, self.nworkers, "s" if self.nworkers > 1 else "",
-                 cfg.admin.host, self.admin_port, len(state.apps))
+                 cfg.admin.host, self.admin_port, len(state.apps),
+                 "compiled (mypyc)" if compiled() else "plain Python (not compiled: slower)")
 
     async def _load_state(self, store: Store, initial: State) -> tuple[State, int]:
         """The stored state and its version; ``initial`` (the configuration's apps) if the store

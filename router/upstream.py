@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, cast
 
 import httptools
 
@@ -32,7 +32,9 @@ MAX_IDLE_PER_BACKEND = 256
 IDLE_TIMEOUT = 30.0
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """The asyncio protocol of one backend socket (duck-typed: see ClientConnection)."""
+
     __slots__ = ("pool", "key", "transport", "parser", "exchange", "reused", "idle_since",
                  "closed", "tunnel", "_paused", "body_left")
 
@@ -189,8 +191,9 @@ class UpstreamPool:
         """A new connection; raises OSError or TimeoutError."""
         async with asyncio.timeout(self.connect_timeout):
             _, proto = await self.loop.create_connection(
-                lambda: UpstreamConnection(self, key), host, port)
-        return proto
+                cast("Callable[[], asyncio.Protocol]", lambda: UpstreamConnection(self, key)),
+                host, port)
+        return cast(UpstreamConnection, proto)
 
     def put(self, conn: UpstreamConnection) -> None:
         if self.closed:
