@@ -1117,11 +1117,7 @@ class ClientConnection:
         if app.sticky:
             now = now or int(time.time())
             ex.set_cookie = self._cookie(app, svc, be, now, now)
-        ex.service = svc  # as _assign
-        ex.backend = be
-        ex.attempts += 1
-        be.inflight += 1
-        svc.stats.inflight += 1
+        self._assign(ex, svc, be)
         return True
 
     def _cookie(self, app: "App", svc: "Service", be: "Backend", issued: int, now: int) -> bytes:

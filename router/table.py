@@ -15,7 +15,7 @@ behind the metrics, when a service's weight dropped to 0 -- lives in ``Backend``
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from typing import Iterable
 
 from .balancer import LeastInFlight, SmoothWeightedRoundRobin
 from .config import AppConfig, split_hostport
@@ -44,7 +44,7 @@ class Service:
     """A service as one snapshot sees it."""
 
     __slots__ = ("name", "weight", "backends", "healthy", "by_token", "token_id", "stats",
-                 "zero_since", "_picker", "pick")
+                 "zero_since", "_picker")
 
     def __init__(self, name: str, weight: int, backends: tuple[Backend, ...], token_id: bytes,
                  stats: ServiceStats, zero_since: float | None) -> None:
@@ -57,9 +57,10 @@ class Service:
         self.stats = stats
         self.zero_since = zero_since
         self._picker = LeastInFlight(self.healthy)
-        # pick(exclude=None): the healthy backend with the fewest requests in flight. The
-        # balancer's own bound method: one call per request, not two.
-        self.pick: Callable[..., Backend | None] = self._picker.pick
+
+    def pick(self, exclude: object = None) -> Backend | None:
+        """The healthy backend with the fewest requests in flight."""
+        return self._picker.pick(exclude)
 
     def __repr__(self) -> str:
         return f"Service({self.name!r}, weight={self.weight})"
@@ -69,7 +70,7 @@ class App:
     """An app as one snapshot sees it."""
 
     __slots__ = ("name", "name_b", "sticky", "drain_timeout", "services", "by_token",
-                 "by_name", "_wrr", "pick")
+                 "by_name", "_wrr")
 
     def __init__(self, cfg: AppConfig, services: tuple[Service, ...]) -> None:
         self.name = cfg.name
@@ -81,9 +82,10 @@ class App:
         self.by_name = {s.name: s for s in services}
         # Candidates: weight > 0 and at least one healthy backend (SPEC 4.1).
         self._wrr = SmoothWeightedRoundRobin([s for s in services if s.weight > 0 and s.healthy])
-        # pick(exclude=None): the next service by smooth weighted round robin, or None if
-        # none can serve (the balancer's bound method, as Service.pick).
-        self.pick: Callable[..., Service | None] = self._wrr.pick
+
+    def pick(self, exclude: object = None) -> Service | None:
+        """The next service by smooth weighted round robin, or None if none can serve."""
+        return self._wrr.pick(exclude)
 
     @property
     def candidates(self) -> tuple[Service, ...]:

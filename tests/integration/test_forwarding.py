@@ -216,26 +216,35 @@ async def test_header_limits_414_431(backend, router):
     assert be.requests == 0
 
 
-async def test_body_split_over_reads_and_bytes_past_content_length(router):
-    """A Content-Length body that arrives over several reads is forwarded exactly; bytes past
-    the announced length are not forwarded and the connection is not pooled."""
-    extra = {"send": b""}
-
+async def _raw_backend(answer):
+    """A backend that reads each request head and has ``await answer(writer)`` reply to it;
+    returns the server and its address."""
     async def handle(reader, writer):
         while True:
             try:
                 await reader.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, ConnectionError):
                 break
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
-            await writer.drain()
-            await asyncio.sleep(0.05)
-            writer.write(b"56789" + extra["send"])
-            await writer.drain()
+            await answer(writer)
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    addr = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    return server, "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+
+
+async def test_body_split_over_reads_and_bytes_past_content_length(router):
+    """A Content-Length body that arrives over several reads is forwarded exactly; bytes past
+    the announced length are not forwarded and the connection is not pooled."""
+    extra = {"send": b""}
+
+    async def answer(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"56789" + extra["send"])
+        await writer.drain()
+
+    server, addr = await _raw_backend(answer)
     srv = await router(router_config({"shop": app_config({"web": (1, [addr])}, sticky=False)}))
     try:
         async with aiohttp.ClientSession() as s:
@@ -254,18 +263,11 @@ async def test_response_heads_from_a_raw_backend(router):
     llhttp, hop-by-hop lines cut from the bytes) and the full parser it leaves the rest to."""
     answers: list[bytes] = []
 
-    async def handle(reader, writer):
-        while True:
-            try:
-                await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
-            writer.write(answers.pop(0))
-            await writer.drain()
-        writer.close()
+    async def answer(writer):
+        writer.write(answers.pop(0))
+        await writer.drain()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    addr = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    server, addr = await _raw_backend(answer)
     srv = await router(router_config({"shop": app_config({"web": (1, [addr])}, sticky=False)}))
     cases = [
         # (backend's answer, what the client must get after the status line, pooled after)
