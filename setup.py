@@ -23,6 +23,7 @@ COMPILED = [
     "router/table.py",
     "router/metrics.py",
     "router/sticky.py",
+    "router/accesslog.py",
 ]
 
 

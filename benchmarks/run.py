@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,9 @@ REPO = HERE.parent
 CONF = HERE / "conf"
 RESULTS_MD = HERE / "RESULTS.md"
 
-ALL_TARGETS = ("router", "router-sticky", "router-pinned", "nginx", "haproxy", "direct")
-ROUTER_TARGETS = ("router", "router-sticky", "router-pinned")
+ALL_TARGETS = ("router", "router-sticky", "router-pinned", "router-log", "nginx", "haproxy",
+               "direct")
+ROUTER_TARGETS = ("router", "router-sticky", "router-pinned", "router-log")
 HOST = "bench.local"
 BODIES = {"small": 100, "64k": 65536}
 
@@ -327,6 +329,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    stdout_lines: list[int] | None = None  # lines read from its stdout (Harness.start)
 
     @property
     def pid(self) -> int:
@@ -371,18 +374,30 @@ class Harness:
         self.keep_tmp = keep_tmp
         self.procs: list[Proc] = []
 
-    def start(self, name: str, cmd: Sequence[str], cwd: Path | None = None) -> Proc:
+    def start(self, name: str, cmd: Sequence[str], cwd: Path | None = None,
+              count_stdout: bool = False) -> Proc:
+        """Start ``cmd``; its output goes to a log file, or with ``count_stdout`` its stdout
+        is read and its lines counted (a log stream, read as a container runtime would)."""
         log = self.tmp / f"{name}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 list(cmd),
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                stdout=subprocess.PIPE if count_stdout else out,
+                stderr=out if count_stdout else subprocess.STDOUT,
                 start_new_session=True,
             )
         proc = Proc(name, popen, log)
+        if count_stdout:
+            counter = proc.stdout_lines = [0]
+            stream = popen.stdout
+
+            def drain() -> None:
+                for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[union-attr]
+                    counter[0] += chunk.count(b"\n")
+
+            threading.Thread(target=drain, name=f"{name}-stdout", daemon=True).start()
         self.procs.append(proc)
         return proc
 
@@ -537,9 +552,11 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
     elif name in ROUTER_TARGETS:
         admin = admin_port = free_port()
         conf = render("router.yaml", prefix / "router.yaml", port=port, admin_port=admin,
-                      sticky="false" if name == "router" else "true",
+                      sticky="false" if name in ("router", "router-log") else "true",
                       blue_port=backends.blue, green_port=backends.green)
         extra = getattr(args, "router_extra", "")  # more top-level YAML (benchmarks/memory.py)
+        if name == "router-log":
+            extra += "\naccess_log: {enabled: true, format: json}"
         if extra:
             conf.write_text(conf.read_text() + "\n" + extra.strip() + "\n")
         # --no-pin-router: the router may run on every CPU, beside wrk and the backends.
@@ -549,7 +566,7 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
                "--config", str(conf)]
         if args.router_workers:
             cmd += ["--workers", str(args.router_workers)]
-        proc = h.start(label or name, cmd, cwd=REPO)
+        proc = h.start(label or name, cmd, cwd=REPO, count_stdout=name == "router-log")
 
         def readyz() -> str | None:
             reply = http_get(admin, "/readyz", host=f"127.0.0.1:{admin}")
@@ -594,6 +611,13 @@ def _sanity(target: Target, kind: str) -> str | None:
             target.notes.append("no Set-Cookie seen on an unpinned request")
         else:
             target.notes.append("unpinned requests: a cookie is issued on every response")
+    if kind == "router-log":
+        lines = target.procs[0].stdout_lines
+        if wait_until(2.0, lambda: None if lines and lines[0] >= 7 else "waiting") is not None:
+            return f"the access log is on but {lines[0] if lines else 0} lines came out for 7 requests"
+        target.notes.append("access log on (`access_log: {enabled: true, format: json}`): a JSON "
+                            "line per request on stdout, read and counted by the harness as a "
+                            "container runtime would read it")
     if kind == "router-pinned":
         cookie = reply_cookie(http_get(port, "/small"))
         if cookie is None:
@@ -792,6 +816,14 @@ def target_checks(results: list[Result]) -> list[str]:
             check(f"{sticky}/nginx requests/s, small", ratio(r, nginx_small, "rps"), 0.70, True)
     if nginx_64k and router_64k:
         check("router/nginx requests/s, 64k", ratio(router_64k, nginx_64k, "rps"), 0.90, True)
+    # The access log is off by default; what turning it on costs (no target).
+    for body, plain in (("small", router_small), ("64k", router_64k)):
+        logged = by.get(("router-log", body))
+        rps = ratio(logged, plain, "rps") if logged and plain else None
+        if rps is not None:
+            extra = (logged.median("cpu_us_per_req") or 0) - (plain.median("cpu_us_per_req") or 0)
+            out.append(f"- access log on (router-log vs router), {body}: requests/s ×{rps:.2f}, "
+                       f"CPU per request {extra:+.1f} µs")
     for r in results:
         if r.target in ROUTER_TARGETS and r.rounds:
             failed = sum(x.failed for x in r.rounds)

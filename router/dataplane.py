@@ -11,7 +11,7 @@ from typing import Callable, Mapping, cast
 
 from .config import AppConfig, Config
 from .metrics import Stats
-from .proxy import ClientConnection, ProxyContext, setup_access_log
+from .proxy import ClientConnection, ProxyContext
 from .sticky import TokenCodec
 from .table import RoutingTable, TableBuilder
 from .upstream import UpstreamPool
@@ -32,8 +32,6 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         self.pool = UpstreamPool(loop, config.timeouts.connect)
         self.ctx = ProxyContext(config, self.builder.build(apps, generation), self.pool, codec, loop)
-        if config.access_log.enabled:
-            setup_access_log()
         self._listener: asyncio.base_events.Server | None = None
 
     @property
@@ -100,3 +98,5 @@ class DataPlane:
         for conn in list(ctx.connections):
             conn.transport.abort()  # type: ignore[union-attr]
         self.pool.close()
+        if ctx.log_access is not None:
+            ctx.log_access.flush()

@@ -16,17 +16,16 @@ This module is the one place where failures become 4xx/5xx answers (``_local``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
-import sys
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from .accesslog import AccessLog
 from .health import failing as _failing, report_failure
 from .metrics import UnroutedStats
 from .sticky import TokenCodec, cookie_value
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from .table import App, Backend, RoutingTable, Service
 
 log = logging.getLogger("router.error")
-access_log = logging.getLogger("router.access")
 
 # Body bytes held while no backend connection is ready, and kept for a retry (uvicorn's
 # HIGH_WATER_LIMIT). Past it the client is paused, and a request is no longer replayable.
@@ -260,9 +258,12 @@ class ProxyContext:
         self.passive_failures = config.passive_health.failures
         self.passive_cooldown = config.passive_health.cooldown
         self.trusted: tuple["ipaddress.IPv4Network | ipaddress.IPv6Network", ...] = config.trusted_proxies
-        self.log_access: Callable[[Exchange, int], None] | None = None
+        old = getattr(self, "log_access", None)
+        if old is not None:
+            old.flush()
+        self.log_access: AccessLog | None = None
         if config.access_log.enabled:
-            self.log_access = _log_json if config.access_log.format == "json" else _log_combined
+            self.log_access = AccessLog(self.loop, config.access_log.format)
 
     def backend_failed(self, be: "Backend", reason: str, passive: bool = True) -> None:
         """Count a failed use of ``be`` (metrics) and report it to passive health."""
@@ -318,6 +319,7 @@ class Exchange:
         self.attempts = 0
         self.upstream: UpstreamConnection | None = None
         self.waiting = False  # in ProxyContext.deadlines: the response timeout runs
+        self.request_id = b""  # set with the head; a request refused before has none
         self.status = 0
         self.reason = b""
         self.rheaders: list[tuple[bytes, bytes]] = []
@@ -1388,41 +1390,3 @@ class ClientConnection:
         self.tunnel = None
         if self.transport is not None and not self.closed:
             self.transport.close()
-
-
-def _log_json(ex: Exchange, status: int) -> None:
-    access_log.info(json.dumps({
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "remote": ex.conn.peer,
-        "method": ex.method.decode("latin-1"),
-        "uri": ex.url.decode("latin-1"),
-        "host": ex.host.decode("latin-1") if ex.host else "",
-        "status": status,
-        "app": ex.app.name if ex.app else "",
-        "service": ex.service.name if ex.service else "",
-        "backend": ex.backend.key if ex.backend else "",
-        "duration_ms": round((ex.conn.loop.time() - ex.started) * 1000, 3),
-        "request_id": ex.request_id.decode("latin-1") if ex.request_id else "",
-    }))
-
-
-def _log_combined(ex: Exchange, status: int) -> None:
-    ua = ref = b"-"
-    for name, value in ex.headers:
-        lname = name.lower()
-        if lname == b"user-agent":
-            ua = value
-        elif lname == b"referer":
-            ref = value
-    access_log.info('%s - - [%s] "%s %s HTTP/1.1" %d - "%s" "%s"',
-                    ex.conn.peer, time.strftime("%d/%b/%Y:%H:%M:%S %z"),
-                    ex.method.decode("latin-1"), ex.url.decode("latin-1"), status,
-                    ref.decode("latin-1"), ua.decode("latin-1"))
-
-
-def setup_access_log() -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.addHandler(handler)
-    access_log.setLevel(logging.INFO)
-    access_log.propagate = False

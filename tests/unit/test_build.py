@@ -16,9 +16,9 @@ def test_suite_runs_the_build_it_expects():
     if os.environ.get("ROUTER_EXPECT_COMPILED") != "1":
         pytest.skip(f"no compiled build expected; running {'compiled' if router.compiled() else 'plain Python'}")
     assert router.compiled()
-    from router import balancer, metrics, sticky, table, upstream
+    from router import accesslog, balancer, metrics, sticky, table, upstream
 
-    for mod in (balancer, metrics, sticky, table, upstream):
+    for mod in (accesslog, balancer, metrics, sticky, table, upstream):
         assert not mod.__file__.endswith(".py"), mod.__name__
 
 

@@ -1,0 +1,115 @@
+"""The access log's lines and how they are written, through the real protocols (in memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import uvloop
+
+from router.accesslog import PIPE_BUF, AccessLog, _json_str
+from router.config import config_from_dict
+from router.proxy import ClientConnection, ProxyContext
+from router.sticky import TokenCodec
+from router.table import TableBuilder
+from router.upstream import UpstreamConnection, UpstreamPool
+
+
+def test_json_str_escapes_as_json_dumps():
+    for raw in (b"/plain?x=1", b'/q"uote', b"/back\\slash", b"/caf\xe9", b"/tab\there", b""):
+        assert _json_str(raw) == json.dumps(raw.decode("latin-1")).encode(), raw
+        assert json.loads(_json_str(raw)) == raw.decode("latin-1")
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def writelines(self, data: list[bytes]) -> None:
+        for d in data:
+            self.data += d
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class _Out:
+    """Where the log goes: every write kept apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None: ...
+
+
+def _run(fmt: str, n: int, url: bytes = b"/x?y=1") -> tuple[list[bytes], int]:
+    """n requests through the protocols; the log's writes, and how many came before the
+    event loop's turn ended."""
+    loop = uvloop.new_event_loop()
+    try:
+        cfg = config_from_dict({"apps": {"shop": {"session_sticky": False, "routes": ["shop.test"],
+                                                  "services": {"web": {"backends": ["127.0.0.1:1"]}}}}})
+        codec = TokenCodec(b"k" * 32, 1800, 28800)
+        pool = UpstreamPool(loop, 3.0)
+        ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop)
+        out = _Out()
+        ctx.log_access = AccessLog(loop, fmt, out)
+        up = UpstreamConnection(pool, "127.0.0.1:1")
+        up.connection_made(_Transport())
+        pool.put(up)
+        client = ClientConnection(ctx)
+        client.connection_made(_Transport())
+        request = (b"GET " + url + b" HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: t/1\r\n"
+                   b"X-Request-ID: req-%d\r\n\r\n")
+        for i in range(n):
+            client.data_received(request % i)
+            client.active.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        before = len(out.writes)
+        loop.run_until_complete(asyncio.sleep(0))
+        return out.writes, before
+    finally:
+        loop.close()
+
+
+def test_json_lines_batched_by_loop_turn_never_over_pipe_buf():
+    writes, before = _run("json", 100)
+    # Written as the buffer would pass PIPE_BUF, and the rest at the end of the loop's turn.
+    assert 0 < before < len(writes)
+    assert all(len(w) <= PIPE_BUF and w.endswith(b"\n") for w in writes)
+    entries = [json.loads(line) for w in writes for line in w.splitlines()]
+    assert [e["request_id"] for e in entries] == [f"req-{i}" for i in range(100)]
+    e = entries[0]
+    assert (e["remote"], e["method"], e["uri"], e["host"], e["status"], e["app"], e["service"],
+            e["backend"]) == ("127.0.0.1", "GET", "/x?y=1", "shop.test", 200, "shop", "web",
+                              "127.0.0.1:1")
+    assert isinstance(e["duration_ms"], float) and e["time"][:2] == "20"
+
+
+def test_json_line_of_an_uri_that_needs_escaping():
+    writes, before = _run("json", 1, b'/a"b')
+    assert before == 0 and len(writes) == 1  # one line: written when the turn ends
+    (entry,) = [json.loads(line) for line in writes[0].splitlines()]
+    assert entry["uri"] == '/a"b'
+
+
+def test_combined_lines():
+    writes, before = _run("combined", 3)
+    assert before == 0 and len(writes) == 1
+    lines = writes[0].splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith(b"127.0.0.1 - - [") and lines[0].endswith(b'"GET /x?y=1 HTTP/1.1" 200 - "-" "t/1"')
