@@ -924,17 +924,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def measure(wrk: str, pin: Pinning, targets: list[Target], args: argparse.Namespace,
             notes: list[str]) -> list[Result]:
-    """Load every target, rounds interleaved: round 1 of each target, then round 2 of each.
+    """Load every target, rounds interleaved: round 1 of each target, then round 2 of each,
+    each round in the order of the one before rotated by one.
 
     On a shared machine the background load drifts over minutes; interleaving spreads that
-    drift over all targets instead of charging it to whichever ran last. Every measured round is
-    preceded by its own warm-up, so idle time between a target's rounds does not count.
+    drift over all targets instead of charging it to whichever ran last, and the rotation
+    spreads what a place in the order costs (the first target after `direct` was seen slower
+    on 64 KiB bodies in round after round). Every measured round is preceded by its own
+    warm-up, so idle time between a target's rounds does not count.
     """
     results = {(t.name, body): Result(t.name, body) for t in targets for body in args.body_list}
     for body in args.body_list:
         for i in range(args.rounds):
             print(f"-- {body}, round {i + 1} of {args.rounds}", flush=True)
-            for target in targets:
+            # Each round starts with another target: whatever the first place (or following a
+            # given target) costs falls on every target in turn, not always on the same one.
+            start = i % len(targets)
+            for target in [*targets[start:], *targets[:start]]:
                 result = results[(target.name, body)]
                 if result.error is not None:
                     continue
@@ -1055,7 +1061,7 @@ def write_results(args: argparse.Namespace, started: _dt.datetime, tools: dict[s
         f"- pinning: {pin.note}",
         "",
         f"Load: `wrk -t1 -c{CONNECTIONS} -d{args.duration}s --latency`, {args.rounds} round(s) "
-        f"per target and body, interleaved across targets, each after a {WARMUP_S} s warm-up; medians over rounds, failed requests "
+        f"per target and body, interleaved across targets (each round's order rotated by one), each after a {WARMUP_S} s warm-up; medians over rounds, failed requests "
         "(non-2xx/3xx responses + socket errors) summed over rounds; CPU µs/req is the "
         "utime+stime of the proxy's process tree per completed request (none for `direct`).",
         "",
