@@ -62,7 +62,7 @@ def cases() -> dict[str, Callable[[], object]]:
     }
 
 
-class _Transport:
+class MemoryTransport:
     """Stands in for a socket: counts bytes, never blocks."""
 
     def __init__(self) -> None:
@@ -110,11 +110,11 @@ def proxy_case(sticky: bool) -> Callable[[], object]:
     ups = []
     for key in ("127.0.0.1:1", "127.0.0.1:2"):
         up = UpstreamConnection(pool, key)
-        up.connection_made(_Transport())  # type: ignore[arg-type]
+        up.connection_made(MemoryTransport())  # type: ignore[arg-type]
         pool.put(up)
         ups.append(up)
     client = ClientConnection(ctx)
-    client.connection_made(_Transport())  # type: ignore[arg-type]
+    client.connection_made(MemoryTransport())  # type: ignore[arg-type]
     request = (b"GET /small HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: wrk\r\n"
                b"Accept: */*\r\n\r\n")
 

@@ -7,6 +7,7 @@ import json
 
 import uvloop
 
+from benchmarks.micro import MemoryTransport
 from router.accesslog import PIPE_BUF, AccessLog, _json_str
 from router.config import config_from_dict
 from router.proxy import ClientConnection, ProxyContext
@@ -19,29 +20,6 @@ def test_json_str_escapes_as_json_dumps():
     for raw in (b"/plain?x=1", b'/q"uote', b"/back\\slash", b"/caf\xe9", b"/tab\there", b""):
         assert _json_str(raw) == json.dumps(raw.decode("latin-1")).encode(), raw
         assert json.loads(_json_str(raw)) == raw.decode("latin-1")
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def writelines(self, data: list[bytes]) -> None:
-        for d in data:
-            self.data += d
-
-    def get_extra_info(self, name: str) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else None
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
 
 
 class _Out:
@@ -70,10 +48,10 @@ def _run(fmt: str, n: int, url: bytes = b"/x?y=1") -> tuple[list[bytes], int]:
         out = _Out()
         ctx.log_access = AccessLog(loop, fmt, out)
         up = UpstreamConnection(pool, "127.0.0.1:1")
-        up.connection_made(_Transport())
+        up.connection_made(MemoryTransport())
         pool.put(up)
         client = ClientConnection(ctx)
-        client.connection_made(_Transport())
+        client.connection_made(MemoryTransport())
         request = (b"GET " + url + b" HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: t/1\r\n"
                    b"X-Request-ID: req-%d\r\n\r\n")
         for i in range(n):
