@@ -56,7 +56,8 @@ def _run(fmt: str, n: int, url: bytes = b"/x?y=1") -> tuple[list[bytes], int]:
                    b"X-Request-ID: req-%d\r\n\r\n")
         for i in range(n):
             client.data_received(request % i)
-            client.active.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            if client.active is not None:  # not refused: the backend answers
+                client.active.upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         before = len(out.writes)
         loop.run_until_complete(asyncio.sleep(0))
         return out.writes, before
@@ -91,3 +92,9 @@ def test_combined_lines():
     lines = writes[0].splitlines()
     assert len(lines) == 3
     assert lines[0].startswith(b"127.0.0.1 - - [") and lines[0].endswith(b'"GET /x?y=1 HTTP/1.1" 200 - "-" "t/1"')
+
+
+def test_a_refused_request_is_logged_with_an_empty_request_id():
+    writes, _ = _run("json", 1, b"/bad\\path")  # refused (400) before any backend is chosen
+    (entry,) = [json.loads(line) for w in writes for line in w.splitlines()]
+    assert (entry["status"], entry["request_id"], entry["backend"]) == (400, "", "")
