@@ -36,11 +36,11 @@ from typing import Sequence
 
 from .common import (RESULTS_MD, nofile_limits, open_fds, raise_nofile, revision, tree_rss_kib,
                      write_section)
-from .run import (CONNECTIONS, HOST, LOAD_CPU, NOISY_SHARE, QUIET_CPUS, SUT_CPU, BenchError,
-                  Harness, Others, Pinning, TargetSkipped, decide_pinning, ensure_tools,
+from .run import (CONNECTIONS, HOST, LOAD_CPU, NOISY_SHARE, SUT_CPU, BenchError,
+                  Harness, Others, Pinning, TargetSkipped, decide_pinning, tools_or_none,
                   exit_on_signals, free_port, http_get, other_cpu, parse_wrk, proc_table,
                   process_tree, read_cpu_ticks, render, report_header, run_wrk, start_backends,
-                  start_target, tool_lines, wait_for_quiet, wait_until, Backends, Target)
+                  start_target, tool_lines, quiet_before_round, wait_until, Backends, Target)
 
 IDLE_TARGETS = ("router", "nginx", "haproxy")
 CONNECTIONS_IDLE = 10000
@@ -372,21 +372,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def quiet(args: argparse.Namespace) -> None:
-    if args.quiet_wait > 0:
-        waited, busy = wait_for_quiet(args.quiet_wait)
-        if busy >= QUIET_CPUS:
-            print(f"   (machine still busy after {waited:.0f} s: {busy:.1f} CPUs used by other "
-                  "processes; going on)", flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = _dt.datetime.now(_dt.timezone.utc)
-    try:
-        tools = ensure_tools()
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    tools = tools_or_none()
+    if tools is None:
         return 2
     soft, hard = raise_nofile()
     if args.idle_list and soft < args.connections + 100:
@@ -412,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"   SKIPPED: {exc}", flush=True)
                     idle.append(Idle(name, error=str(exc)))
                     continue
-                quiet(args)
+                quiet_before_round(args.quiet_wait)
                 try:
                     result = measure_idle(tools["wrk"], pin, target, args.connections)
                 except BenchError as exc:
@@ -437,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"== router: {args.soak} s soak at full load", flush=True)
                 target = start_proxy(harness, "router", tools, backends, pin, "router-soak")
                 run_wrk(tools["wrk"], pin, target, "small", 2, latency=False)
-                quiet(args)
+                quiet_before_round(args.quiet_wait)
                 try:
                     soaked = soak(tools["wrk"], pin, target, args.soak)
                 except BenchError as exc:

@@ -96,6 +96,15 @@ def which(name: str) -> str | None:
     return shutil.which(name, path=SBIN_PATH)
 
 
+def tools_or_none() -> dict[str, str] | None:
+    """ensure_tools(), or None once it has said on stderr what is missing (exit code 2)."""
+    try:
+        return ensure_tools()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def ensure_tools() -> dict[str, str]:
     """Find wrk, nginx and haproxy; install the Debian packages if missing and we are root."""
     missing = [tool for tool in TOOLS if which(tool) is None]
@@ -298,6 +307,18 @@ def cpu_use(before: dict[int, list[int]], after: dict[int, list[int]]) -> CpuUse
         busy[cpu] = 100.0 * (total - delta[3] - delta[4] - delta[7]) / total
         steal[cpu] = 100.0 * delta[7] / total
     return CpuUse(busy, steal) if busy else None
+
+
+def quiet_before_round(max_wait_s: float) -> None:
+    """wait_for_quiet (if max_wait_s > 0), saying how it went when it was not at once."""
+    if max_wait_s <= 0:
+        return
+    waited, busy = wait_for_quiet(max_wait_s)
+    if busy >= QUIET_CPUS:
+        print(f"   (machine still busy after {waited:.0f} s: {busy:.1f} CPUs "
+              "used by other processes; going on)", flush=True)
+    elif waited >= 2 * QUIET_SAMPLE_S:
+        print(f"   (waited {waited:.0f} s for the machine to go quiet)", flush=True)
 
 
 def wait_for_quiet(max_wait_s: float) -> tuple[float, float]:
@@ -944,13 +965,7 @@ def measure(wrk: str, pin: Pinning, targets: list[Target], args: argparse.Namesp
                 result = results[(target.name, body)]
                 if result.error is not None:
                     continue
-                if args.quiet_wait > 0:
-                    waited, busy = wait_for_quiet(args.quiet_wait)
-                    if busy >= QUIET_CPUS:
-                        print(f"   (machine still busy after {waited:.0f} s: {busy:.1f} CPUs "
-                              "used by other processes; going on)", flush=True)
-                    elif waited >= 2 * QUIET_SAMPLE_S:
-                        print(f"   (waited {waited:.0f} s for the machine to go quiet)", flush=True)
+                quiet_before_round(args.quiet_wait)
                 try:
                     run_wrk(wrk, pin, target, body, WARMUP_S, latency=False)
                     out, cpu, machine, others = run_wrk(wrk, pin, target, body, args.duration)
@@ -993,10 +1008,8 @@ def exit_on_signals() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = _dt.datetime.now(_dt.timezone.utc)
-    try:
-        tools = ensure_tools()
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    tools = tools_or_none()
+    if tools is None:
         return 2
     pin = decide_pinning()
     if args.no_pin_router and pin.taskset:

@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from .common import RESULTS_MD, revision, write_section
-from .run import (_UNITS, CONF, CONNECTIONS, HOST, LOAD_CPU, NOISY_SHARE, QUIET_CPUS, SUT_CPU,
+from .run import (_UNITS, CONF, CONNECTIONS, HOST, LOAD_CPU, NOISY_SHARE, SUT_CPU,
                   BenchError, Harness, Pinning, Proc, TargetSkipped, cpu_use, decide_pinning,
-                  ensure_tools, exit_on_signals, free_port, http_get, other_cpu, parse_wrk,
+                  tools_or_none, exit_on_signals, free_port, http_get, other_cpu, parse_wrk,
                   proc_table, read_cpu_ticks, render, report_header, start_backends, start_target,
-                  tool_lines, wait_for_quiet, wait_until, Backends, CpuUse, Others)
+                  tool_lines, quiet_before_round, wait_until, Backends, CpuUse, Others)
 
 TARGETS = ("router", "nginx", "haproxy")
 SEQUENCE = ((0, 100), (100, 0), (50, 50), (25, 75), (75, 25))  # (blue, green), cycled
@@ -541,10 +541,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = _dt.datetime.now(_dt.timezone.utc)
-    try:
-        tools = ensure_tools()
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    tools = tools_or_none()
+    if tools is None:
         return 2
     pin = decide_pinning()
     print(f"pinning: {pin.note}")
@@ -566,11 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"   SKIPPED: {exc}", flush=True)
                     outcomes.append(Outcome(name, "", error=f"skipped: {exc}"))
             for subject in subjects:
-                if args.quiet_wait > 0:
-                    waited, busy = wait_for_quiet(args.quiet_wait)
-                    if busy >= QUIET_CPUS:
-                        print(f"   (machine still busy after {waited:.0f} s: {busy:.1f} CPUs "
-                              "used by other processes; going on)", flush=True)
+                quiet_before_round(args.quiet_wait)
                 print(f"== {subject.name}: {args.duration} s of load, weights moving every "
                       f"{INTERVAL_S:.0f} s", flush=True)
                 try:

@@ -31,7 +31,7 @@ from typing import Sequence
 
 from .common import RESULTS_MD, revision, write_section
 from .run import (BODIES, CONNECTIONS, NOISY_SHARE, WARMUP_S, BenchError, Harness, Result, Target,
-                  TargetSkipped, decide_pinning, ensure_tools, exit_on_signals, fmt, measure,
+                  TargetSkipped, decide_pinning, tools_or_none, exit_on_signals, fmt, measure,
                   report_header, results_table, rounds_table, start_backends, start_target,
                   tool_lines)
 
@@ -173,10 +173,8 @@ def ceiling_lines(results: list[Result], n: int) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = _dt.datetime.now(_dt.timezone.utc)
-    try:
-        tools = ensure_tools()
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    tools = tools_or_none()
+    if tools is None:
         return 2
     pin = decide_pinning()
     rev = revision()
