@@ -185,18 +185,23 @@ class ResponseDeadlines:
         self.ctx = ctx
         self.waiting: dict[Exchange, float] = {}
         self._handle: asyncio.TimerHandle | None = None
-        self._when = 0.0
+        self._when = 0.0  # when _handle fires (kept: read on every add, cheaper than when())
 
     def add(self, ex: "Exchange") -> None:
         loop = self.ctx.loop
         deadline = loop.time() + self.ctx.response_timeout
         self.waiting[ex] = deadline
         ex.waiting = True
-        if self._handle is None or deadline < self._when:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._when = deadline
-            self._handle = loop.call_at(deadline, self._expire)
+        self._set(deadline)
+
+    def _set(self, when: float) -> None:
+        """Make the timer fire no later than ``when``."""
+        handle = self._handle
+        if handle is None or when < self._when:
+            if handle is not None:
+                handle.cancel()
+            self._when = when
+            self._handle = self.ctx.loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
         self._handle = None
@@ -207,12 +212,7 @@ class ResponseDeadlines:
                 ex.waiting = False
                 ex.response_timeout()
         if waiting:
-            when = min(waiting.values())
-            if self._handle is None or when < self._when:
-                if self._handle is not None:
-                    self._handle.cancel()
-                self._when = when
-                self._handle = self.ctx.loop.call_at(when, self._expire)
+            self._set(min(waiting.values()))
 
 
 class ProxyContext:
