@@ -96,6 +96,21 @@ def which(name: str) -> str | None:
     return shutil.which(name, path=SBIN_PATH)
 
 
+@contextlib.contextmanager
+def wrk_killed_on_error(proc: subprocess.Popen[str], limit_s: float) -> Iterator[None]:
+    """Around waiting for wrk (``communicate(timeout=limit_s)``): on a timeout, Ctrl-C or
+    SIGTERM wrk goes too, and is reaped before we go on; a timeout becomes a BenchError."""
+    try:
+        yield
+    except BaseException as exc:
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise BenchError(f"wrk did not finish within {limit_s:.0f} s") from exc
+        raise
+
+
 def tools_or_none() -> dict[str, str] | None:
     """ensure_tools(), or None once it has said on stderr what is missing (exit code 2)."""
     try:
@@ -725,16 +740,8 @@ def run_wrk(wrk: str, pin: Pinning, target: Target, body: str, seconds: int,
     table_before, machine_before = proc_table(), read_cpu_ticks()
     wrk_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-    try:
+    with wrk_killed_on_error(wrk_proc, seconds + 30):
         stdout, stderr = wrk_proc.communicate(timeout=seconds + 30)
-    except BaseException as exc:
-        # Timeout, Ctrl-C, SIGTERM: wrk goes too, and is reaped before we go on.
-        wrk_proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            wrk_proc.wait(timeout=5)
-        if isinstance(exc, subprocess.TimeoutExpired):
-            raise BenchError(f"wrk did not finish within {seconds + 30} s") from exc
-        raise
     table_after, machine_after = proc_table(), read_cpu_ticks()
     machine = cpu_use(machine_before, machine_after)
     others = other_cpu(table_before, table_after, machine_before, machine_after)

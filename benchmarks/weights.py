@@ -46,7 +46,7 @@ from .run import (_UNITS, CONF, CONNECTIONS, HOST, LOAD_CPU, NOISY_SHARE, SUT_CP
                   BenchError, Harness, Pinning, Proc, TargetSkipped, cpu_use, decide_pinning,
                   tools_or_none, exit_on_signals, free_port, http_get, other_cpu, parse_wrk,
                   proc_table, read_cpu_ticks, render, report_header, start_backends, start_target,
-                  tool_lines, quiet_before_round, wait_until, Backends, CpuUse, Others)
+                  tool_lines, quiet_before_round, wait_until, wrk_killed_on_error, Backends, CpuUse, Others)
 
 TARGETS = ("router", "nginx", "haproxy")
 SEQUENCE = ((0, 100), (100, 0), (50, 50), (25, 75), (75, 25))  # (blue, green), cycled
@@ -354,7 +354,7 @@ def load_with_changes(wrk: str, pin: Pinning, subject: Subject, duration: int) -
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
+    with wrk_killed_on_error(proc, duration + 30):
         # The changes: every INTERVAL_S from about FIRST_CHANGE_S on, while inside the load,
         # each CHANGE_PHASE_S past a wall-clock second: then every setting lives through at
         # least one whole second of wrk's per-second tally, which judges whether it moved.
@@ -373,13 +373,6 @@ def load_with_changes(wrk: str, pin: Pinning, subject: Subject, duration: int) -
             error = subject.changer.apply(blue, green)
             out.changes.append(Change(blue, green, began, time.time(), error))
         stdout, stderr = proc.communicate(timeout=duration + 30)
-    except BaseException as exc:
-        proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-        if isinstance(exc, subprocess.TimeoutExpired):
-            raise BenchError(f"wrk did not finish within {duration + 30} s") from exc
-        raise
     out.ended = time.time()
     table_after, machine_after = proc_table(), read_cpu_ticks()
     out.cpus = cpu_use(machine_before, machine_after)
