@@ -21,7 +21,7 @@ COMPILED = [
     "router/upstream.py",
     "router/balancer.py",
     "router/table.py",
-    "router/metrics.py",
+    "router/counters.py",
     "router/sticky.py",
     "router/accesslog.py",
 ]

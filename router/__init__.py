@@ -6,7 +6,7 @@ import os
 
 # The per-request modules setup.py compiles with mypyc when it can (router/<name>.*.so beside
 # router/<name>.py; the interpreter imports the compiled one first).
-COMPILED_MODULES = ("proxy", "upstream", "balancer", "table", "metrics", "sticky", "accesslog")
+COMPILED_MODULES = ("proxy", "upstream", "balancer", "table", "counters", "sticky", "accesslog")
 
 
 def _refuse_stale_builds() -> None:

@@ -7,14 +7,12 @@ environment refuses (a port taken, the etcd store unreachable at start).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 
-import uvloop
-
 from .config import Config, ConfigError, load_config
+from .process import serve
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,46 +37,6 @@ def _parser() -> argparse.ArgumentParser:
 def _logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def raise_nofile_limit() -> None:
-    """Soft RLIMIT_NOFILE up to the hard limit (as Go's runtime does): every client connection
-    and its backend connection is a descriptor, and the default soft 1024 caps a proxy at a few
-    hundred clients. Worker processes inherit it."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, OSError, ValueError) as e:
-        logging.getLogger("router").warning("cannot raise RLIMIT_NOFILE: %s", e)
-
-
-def serve(config: Config, store: str | None, workers: int = 1) -> int:
-    from .server import Server
-    from .store import StoreError, StoreUnavailable
-
-    raise_nofile_limit()
-
-    async def main() -> None:
-        server = Server(config, store, workers)
-        await server.start()
-        await server.serve_forever()
-
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
-    except StoreUnavailable as e:  # etcd not reachable within the start timeout
-        print(f"router: {e}", file=sys.stderr)
-        return 1
-    except (ConfigError, StoreError) as e:  # a corrupt state file
-        print(f"router: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. the port is taken
-        print(f"router: {e}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import logging
 from typing import Callable, Mapping, cast
 
 from .config import AppConfig, Config
-from .metrics import Stats
+from .counters import Stats
 from .proxy import ClientConnection, ProxyContext
 from .sticky import TokenCodec
 from .table import RoutingTable, TableBuilder
@@ -75,7 +75,7 @@ class DataPlane:
         self.ctx.codec = TokenCodec(self.secret, config.sticky.max_idle, config.sticky.max_life)
 
     def stats(self) -> Stats:
-        return Stats.of(self.table, self.ctx.unrouted)
+        return self.table.stats(self.ctx.unrouted)
 
     async def drain(self, grace: float) -> None:
         """Graceful stop: no new connections; in-flight requests get ``grace`` seconds."""

@@ -16,6 +16,7 @@ import tempfile
 from aiohttp import web
 
 from .config import load_config
+from .process import serve
 
 
 def _demo_backend_app(name: str) -> web.Application:
@@ -65,8 +66,6 @@ apps:
 
 
 def run_demo(listen: str, admin: str) -> int:
-    from .cli import serve
-
     socks = {"blue": _listen_socket(), "green": _listen_socket()}
     addrs = {n: "127.0.0.1:%d" % s.getsockname()[1] for n, s in socks.items()}
     proc = multiprocessing.get_context("fork").Process(target=_run_backends, args=(socks,), daemon=True)

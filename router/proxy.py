@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from .accesslog import AccessLog
-from .health import failing as _failing, report_failure
-from .metrics import UnroutedStats
+from .counters import UnroutedStats
+from .health import failing as _failing
+from .health import report_failure
 from .sticky import TokenCodec, cookie_value
 from .upstream import BODY_BUFFERED, QUEUED, UpstreamConnection, UpstreamPool
 

@@ -21,17 +21,18 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import compiled, ipc
 from .config import Config, ConfigError, HealthCheckConfig, load_config, split_hostport
+from .counters import Stats
 from .dataplane import DataPlane
-from .health import HealthChecker, probe
 from .errors import Unavailable
-from .metrics import DataPlaneCollector, Stats, StoreCollector
+from .health import HealthChecker, probe
+from .metrics import DataPlaneCollector, StoreCollector
 from .release import Status
 from .state import State, StateManager, load_file_apps, mark_ready
 from .sticky import load_or_create_secret
@@ -77,10 +78,13 @@ class Worker:
 class Server:
     """One router: the admin API and state here, the data plane here or in workers."""
 
-    def __init__(self, config: Config, store: str | None = None, workers: int = 1) -> None:
+    def __init__(self, config: Config, store: str | None = None, workers: int = 1,
+                 admin: "Callable[[Server], web.Application] | None" = None) -> None:
         """``store``: a file path or an ``etcd://`` URL (see ``router.store.open_store``);
-        None keeps the state in memory only."""
+        None keeps the state in memory only. ``admin`` makes the admin listener's application
+        for this server (``admin.app.create_app``); None: no admin listener."""
         self.config = config
+        self.admin = admin
         self.store_spec = store
         self.store: Store | None = None
         self.nworkers = workers
@@ -140,13 +144,14 @@ class Server:
             self.port = await self.plane.listen(cfg.listen_host, cfg.listen_port)
         else:
             await self._start_workers(state)
-        from admin.app import create_app  # the admin API sits on top of the server
-
-        self._admin_runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
-        await self._admin_runner.setup()
-        site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port, reuse_address=True)
-        await site.start()
-        self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.admin is not None:
+            self._admin_runner = web.AppRunner(self.admin(self), access_log=None,
+                                               handle_signals=False)
+            await self._admin_runner.setup()
+            site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port,
+                               reuse_address=True)
+            await site.start()
+            self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._stopping = asyncio.Event()
         self._release_task = loop.create_task(self._watch_releases())
         if self.store is not None:

@@ -19,7 +19,7 @@ from typing import Iterable
 
 from .balancer import LeastInFlight, SmoothWeightedRoundRobin
 from .config import AppConfig, split_hostport
-from .metrics import BackendStats, ServiceStats
+from .counters import BackendStats, ServiceStats, Stats, UnroutedStats
 from .sticky import TokenCodec
 
 
@@ -134,6 +134,17 @@ class RoutingTable:
         self.generation = generation
         self.apps = apps
         self._hosts = hosts
+
+    def stats(self, unrouted: UnroutedStats) -> Stats:
+        """The live counters of this process by name (no copy)."""
+        st = Stats()
+        for app in self.apps.values():
+            for svc in app.services:
+                st.services[(app.name, svc.name)] = svc.stats
+                for be in svc.backends:
+                    st.backends[(app.name, svc.name, be.key)] = be.stats
+        st.unrouted = unrouted.codes
+        return st
 
     def lookup(self, host: bytes, path: bytes) -> App | None:
         """The app for a ``Host`` header value and a request path (no query)."""

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from admin.app import create_app
 from router.config import config_from_dict
 from router.server import Server
 
@@ -189,7 +190,7 @@ async def router(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any]], Awai
     servers: list[Server] = []
 
     async def start(cfg: dict[str, Any], store: str | None = None) -> Server:
-        server = Server(config_from_dict(cfg), store)
+        server = Server(config_from_dict(cfg), store, admin=create_app)
         await server.start()
         servers.append(server)
         return server

@@ -53,10 +53,11 @@ def config(apps: dict[str, Any], **top: Any) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def inproc_router(cfg: dict[str, Any]) -> AsyncIterator[Any]:
     """The router's ``Server`` in this process, on port 0."""
+    from admin.app import create_app
     from router.config import config_from_dict
     from router.server import Server
 
-    srv = Server(config_from_dict(cfg))
+    srv = Server(config_from_dict(cfg), admin=create_app)
     await srv.start()
     try:
         yield srv

@@ -1,0 +1,362 @@
+"""The whole configuration file: its sections, and reading it from YAML.
+
+``load_config(path)`` reads and validates a file; ``config_from_dict`` validates data already
+parsed. Either gives a ``Config`` or raises ``ConfigError`` naming the file, the key path, the
+reason and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from typing import Any
+
+import yaml
+
+from .apps import parse_app_routes
+from .model import (
+    DEFAULT_SOURCE,
+    AccessLogConfig,
+    AdminConfig,
+    AppConfig,
+    Config,
+    ConfigError,
+    Limits,
+    NetworkType,
+    PassiveHealthConfig,
+    Route,
+    StickyConfig,
+    Timeouts,
+)
+from .scalars import (
+    check_bool,
+    check_int,
+    check_mapping,
+    check_str,
+    is_dns_name,
+    is_loopback,
+    parse_duration,
+    parse_listen,
+    parse_size,
+    positive_duration,
+    read_secret_file,
+    resolve_file,
+    section,
+)
+
+_TOP_KEYS = (
+    "listen",
+    "admin",
+    "domain",
+    "sticky",
+    "timeouts",
+    "trusted_proxies",
+    "access_log",
+    "limits",
+    "passive_health",
+    "apps",
+)
+_ADMIN_KEYS = ("listen", "token_file")
+_STICKY_KEYS = ("cookie", "max_idle", "max_life", "secret_file")
+_TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_body", "grace",
+                 "drain_delay")
+_PASSIVE_KEYS = ("failures", "cooldown")
+_ACCESS_LOG_KEYS = ("enabled", "format")
+_LIMIT_KEYS = ("max_request_line", "max_header", "max_headers", "max_connections")
+_ACCESS_LOG_FORMATS = ("json", "combined")
+# RFC 6265 cookie-name = token (RFC 2616 tchar).
+_COOKIE_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}\Z")
+
+
+def _parse_admin(data: dict[str, object], source: str, base_dir: str | None) -> AdminConfig:
+    m = section(data, "admin", "", _ADMIN_KEYS, source)
+    default = AdminConfig()
+    host, port = default.host, default.port
+    if m.get("listen") is not None:
+        host, port = parse_listen(m["listen"], "admin.listen", source)
+    token_file: str | None = None
+    token: str | None = None
+    if m.get("token_file") is not None:
+        token_file = resolve_file(check_str(m["token_file"], "admin.token_file", source), base_dir)
+        token = read_secret_file(token_file, "admin.token_file", source)
+    else:
+        token = os.environ.get("ROUTER_ADMIN_TOKEN", "").strip() or None
+    if token is None and not is_loopback(host):
+        raise ConfigError(
+            "admin.token_file",
+            "required when admin.listen is not on loopback (or set ROUTER_ADMIN_TOKEN)",
+            m.get("token_file"),
+            source,
+        )
+    return AdminConfig(host=host, port=port, token_file=token_file, token=token)
+
+
+# router.sticky.load_or_create_secret refuses shorter secrets: an HMAC key needs some entropy.
+_MIN_SECRET_BYTES = 16
+
+
+def _check_sticky_secret_file(name: str, source: str) -> None:
+    """Fail at load, not on first use: the secret file is read, or created when absent."""
+    path = "sticky.secret_file"
+    try:
+        with open(name, "rb") as fh:
+            secret = fh.read().strip()
+    except FileNotFoundError:
+        directory = os.path.dirname(os.path.abspath(name))
+        if not os.path.isdir(directory):
+            raise ConfigError(
+                path, f"file does not exist and cannot be created: no directory {directory}",
+                name, source,
+            ) from None
+        return
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read file: {exc}", name, source) from None
+    if len(secret) < _MIN_SECRET_BYTES:
+        raise ConfigError(
+            path, f"secret is shorter than {_MIN_SECRET_BYTES} bytes", name, source
+        )
+
+
+def _parse_sticky(data: dict[str, object], source: str, base_dir: str | None) -> StickyConfig:
+    m = section(data, "sticky", "", _STICKY_KEYS, source)
+    default = StickyConfig()
+    cookie = default.cookie
+    if "cookie" in m:
+        cookie_value = m["cookie"]
+        if not isinstance(cookie_value, str) or not _COOKIE_RE.match(cookie_value):
+            raise ConfigError(
+                "sticky.cookie",
+                "must be a cookie name: 1..64 letters, digits or !#$%&'*+-.^_`|~ (RFC 6265 token)",
+                cookie_value,
+                source,
+            )
+        cookie = cookie_value
+    secret_file: str | None = None
+    if m.get("secret_file") is not None:
+        secret_file = resolve_file(check_str(m["secret_file"], "sticky.secret_file", source), base_dir)
+        _check_sticky_secret_file(secret_file, source)
+    return StickyConfig(
+        cookie=cookie,
+        max_idle=positive_duration(m["max_idle"], "sticky.max_idle", source)
+        if "max_idle" in m else default.max_idle,
+        max_life=positive_duration(m["max_life"], "sticky.max_life", source)
+        if "max_life" in m else default.max_life,
+        secret_file=secret_file,
+    )
+
+
+def _parse_timeouts(data: dict[str, object], source: str) -> Timeouts:
+    m = section(data, "timeouts", "", _TIMEOUT_KEYS, source)
+    values: dict[str, float] = {}
+    for key, raw in m.items():
+        key_path = f"timeouts.{key}"
+        # grace 0 means "stop at once"; every other timeout of 0 would fail every request.
+        if key in ("grace", "drain_delay"):
+            values[key] = parse_duration(raw, key_path, source)
+        else:
+            values[key] = positive_duration(raw, key_path, source)
+    return Timeouts(**values)
+
+
+def _parse_limits(data: dict[str, object], source: str) -> Limits:
+    m = section(data, "limits", "", _LIMIT_KEYS, source)
+    values: dict[str, int] = {}
+    for key, raw in m.items():
+        key_path = f"limits.{key}"
+        if key == "max_connections":
+            values[key] = check_int(raw, key_path, source)
+        else:
+            values[key] = parse_size(raw, key_path, source)
+    return Limits(**values)
+
+
+def _parse_passive_health(data: dict[str, object], source: str) -> PassiveHealthConfig:
+    m = section(data, "passive_health", "", _PASSIVE_KEYS, source)
+    default = PassiveHealthConfig()
+    return PassiveHealthConfig(
+        failures=check_int(m["failures"], "passive_health.failures", source, minimum=0)
+        if "failures" in m else default.failures,
+        cooldown=positive_duration(m["cooldown"], "passive_health.cooldown", source)
+        if "cooldown" in m else default.cooldown,
+    )
+
+
+def _parse_access_log(data: dict[str, object], source: str) -> AccessLogConfig:
+    m = section(data, "access_log", "", _ACCESS_LOG_KEYS, source)
+    default = AccessLogConfig()
+    enabled = default.enabled
+    if "enabled" in m:
+        enabled = check_bool(m["enabled"], "access_log.enabled", source)
+    fmt = m.get("format", default.format)
+    if fmt not in _ACCESS_LOG_FORMATS:
+        raise ConfigError("access_log.format", "must be 'json' or 'combined'", fmt, source)
+    assert isinstance(fmt, str)
+    return AccessLogConfig(enabled=enabled, format=fmt)
+
+
+def _parse_trusted_proxies(value: object, source: str) -> tuple[NetworkType, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(
+            "trusted_proxies", "must be a list of CIDRs or IP addresses", value, source
+        )
+    networks: list[NetworkType] = []
+    for i, raw in enumerate(value):
+        item_path = f"trusted_proxies[{i}]"
+        if not isinstance(raw, str):
+            raise ConfigError(
+                item_path, "must be a CIDR like 10.0.0.0/8 or an IP address", raw, source
+            )
+        try:
+            network = ipaddress.ip_network(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(
+                item_path, f"must be a CIDR like 10.0.0.0/8 or an IP address ({exc})", raw, source
+            ) from None
+        if network not in networks:
+            networks.append(network)
+    return tuple(networks)
+
+
+def _parse_domain(value: object, source: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not is_dns_name(value.lower()):
+        raise ConfigError("domain", "must be a DNS name like example.com", value, source)
+    return value.lower()
+
+
+def _addresses_overlap(a: str, b: str) -> bool:
+    return a == b or a in ("0.0.0.0", "::") or b in ("0.0.0.0", "::")
+
+
+def _config_from_dict(data: object, source: str, base_dir: str | None) -> Config:
+    if data is None:
+        data = {}
+    top = check_mapping(data, "", _TOP_KEYS, source, what="a mapping of keys at the top level")
+    default = Config()
+
+    listen_host, listen_port = default.listen_host, default.listen_port
+    if top.get("listen") is not None:
+        listen_host, listen_port = parse_listen(top["listen"], "listen", source)
+    admin = _parse_admin(top, source, base_dir)
+    if (
+        listen_port != 0
+        and admin.port == listen_port
+        and _addresses_overlap(listen_host, admin.host)
+    ):
+        raise ConfigError(
+            "admin.listen",
+            "must not be the data plane's listen address",
+            f"{admin.host}:{admin.port}",
+            source,
+        )
+    domain = _parse_domain(top.get("domain"), source)
+
+    raw_apps = top.get("apps")
+    if raw_apps is None:
+        raw_apps = {}
+    if not isinstance(raw_apps, dict):
+        raise ConfigError("apps", "must be a mapping of app names to apps", raw_apps, source)
+    apps: list[AppConfig] = []
+    claimed: dict[Route, str] = {}  # route -> app name
+    for name, app_data in raw_apps.items():
+        app, origins = parse_app_routes(name, app_data, domain, f"apps.{name}", source)
+        for route, origin in origins.items():
+            owner = claimed.get(route)
+            if owner is not None:
+                raise ConfigError(
+                    origin,
+                    f"route {route} is claimed by both apps {owner!r} and {app.name!r}",
+                    str(route),
+                    source,
+                )
+            claimed[route] = app.name
+        apps.append(app)
+
+    return Config(
+        listen_host=listen_host,
+        listen_port=listen_port,
+        admin=admin,
+        domain=domain,
+        sticky=_parse_sticky(top, source, base_dir),
+        timeouts=_parse_timeouts(top, source),
+        limits=_parse_limits(top, source),
+        trusted_proxies=_parse_trusted_proxies(top.get("trusted_proxies"), source),
+        access_log=_parse_access_log(top, source),
+        passive_health=_parse_passive_health(top, source),
+        apps=tuple(apps),
+        source=None if source == DEFAULT_SOURCE else source,
+    )
+
+
+def config_from_dict(data: object, source: str = DEFAULT_SOURCE) -> Config:
+    """A validated Config from already-parsed YAML/JSON data (None gives the defaults).
+
+    Relative ``token_file`` / ``secret_file`` paths are taken as they are (relative to the
+    working directory); ``load_config`` resolves them against the file's directory.
+    """
+    return _config_from_dict(data, source, None)
+
+
+_YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe YAML loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _YAML_MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=False)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+def load_config(path: str) -> Config:
+    """Read, parse and validate a YAML configuration file.
+
+    Every failure is a ConfigError with ``source=path``: unreadable file, YAML syntax error
+    (with its line), a top level that is not a mapping, and every validation error.  An empty
+    file gives the default Config.  Relative file names inside (token_file, secret_file) are
+    resolved against the file's directory, as the file store is kept next to it.
+    """
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        reason = f"cannot read configuration file: {exc.strerror or exc}"
+        raise ConfigError("", reason, path, path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+        raise ConfigError("", reason, raw[exc.start : exc.start + 8], path) from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if mark is None:
+            raise ConfigError("", f"invalid YAML: {problem}", None, path) from None
+        lines = text.splitlines()
+        line_text = lines[mark.line].strip() if mark.line < len(lines) else ""
+        raise ConfigError(
+            "",
+            f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}",
+            line_text,
+            path,
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"invalid YAML: {exc}", None, path) from None
+    base_dir = os.path.dirname(os.path.abspath(path))
+    return _config_from_dict(data, path, base_dir)

@@ -1,0 +1,180 @@
+"""The configuration's model: frozen dataclasses, names, and ConfigError.
+
+Every value here was validated at load and never changes; the dataclasses hold only tuples,
+so one ``Config`` is shared by every task without copying.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# newline, so ``NAME_RE.match("shop\n")`` would succeed with it.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+NetworkType = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_SOURCE = "<config>"
+# A value's repr is cut in messages beyond this many characters (a whole app mapping can be long).
+_MAX_VALUE_REPR = 200
+
+
+class ConfigError(Exception):
+    """A configuration value that was refused, with where it was and why.
+
+    ``str(err)`` is ``"{source}: {path}: {reason} (got {value!r})"``; when the error is about the
+    document as a whole (``path == ""``) the empty path segment is left out.
+    """
+
+    def __init__(
+        self, path: str, reason: str, value: object = None, source: str = DEFAULT_SOURCE
+    ) -> None:
+        self.source = source
+        self.path = path
+        self.value = value
+        self.reason = reason
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        shown = repr(self.value)
+        if len(shown) > _MAX_VALUE_REPR:
+            shown = shown[: _MAX_VALUE_REPR - 3] + "..."
+        where = f"{self.source}: {self.path}: " if self.path else f"{self.source}: "
+        return f"{where}{self.reason} (got {shown})"
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps the error picklable across worker processes despite the custom signature.
+        return (type(self), (self.path, self.reason, self.value, self.source))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A host name, optionally with a path prefix (SPEC 2)."""
+
+    host: str  # lower-case host name, no port
+    path: str = "/"  # starts with "/", no trailing "/" except the root "/"
+
+    def __str__(self) -> str:
+        return self.host if self.path == "/" else self.host + self.path
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """Active health check of every backend of one service."""
+
+    path: str | None = None  # None: TCP connect; else HTTP GET of this path
+    interval: float = 2.0  # HAProxy's default "inter 2s"
+    timeout: float = 1.0  # half the interval, so one probe never overlaps the next
+    rise: int = 2  # HAProxy's default "rise 2": consecutive successes to become healthy
+    fall: int = 3  # HAProxy's default "fall 3": consecutive failures to become unhealthy
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """One version of an app: a weight and its backends."""
+
+    name: str
+    weight: int  # 0..100, relative to the other services of the app
+    backends: tuple[str, ...]  # normalised "host:port" ("[::1]:8080" for IPv6), no duplicates
+    health_check: HealthCheckConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """An application: its routes and its services."""
+
+    name: str
+    routes: tuple[Route, ...]
+    services: tuple[ServiceConfig, ...]  # in file order
+    session_sticky: bool = True  # Aliyun's routing is sticky by default
+    drain_timeout: float | None = None  # seconds; None: pinned clients drain forever
+
+
+@dataclass(frozen=True, slots=True)
+class StickyConfig:
+    """The stickiness cookie (SPEC 4.3)."""
+
+    cookie: str = "CONTAINERID"  # Aliyun's cookie name
+    max_idle: float = 1800.0  # 30m, Aliyun's default
+    max_life: float = 28800.0  # 8h, Aliyun's default
+    secret_file: str | None = None  # file holding the HMAC secret; None: generated/stored
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Network timeouts in seconds (SPEC 3.1)."""
+
+    # SPEC 3.1; nginx's proxy_connect_timeout of 60s is far too long to fail over to another backend
+    connect: float = 3.0
+    response: float = 60.0  # nginx's proxy_read_timeout default
+    client_header: float = 10.0  # SPEC 4.2 (408 after 10 s); HAProxy's "timeout http-request 10s"
+    client_idle: float = 60.0  # SPEC 3.1; nginx's keepalive_timeout is 75s
+    # Longest pause between two reads of a request body (an idle timer, not a total): nginx's
+    # client_body_timeout 60s. A header deadline alone would let a slowloris trickle the body.
+    client_body: float = 60.0
+    grace: float = 10.0  # Docker's stop timeout: SIGKILL follows SIGTERM after 10 s
+    # After SIGTERM, /readyz answers 503 but new connections are still accepted this long, so
+    # a load balancer polling readiness stops sending first (HAProxy's "grace"). 0: close the
+    # listener at once.
+    drain_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request size and connection limits (SPEC 4.2)."""
+
+    max_request_line: int = 8192  # nginx's large_client_header_buffers 8k -> 414
+    max_header: int = 8192  # nginx's large_client_header_buffers 8k -> 431
+    max_headers: int = 65536  # SPEC 4.2: all headers 64 KiB -> 431
+    # HAProxy's maxconn idea: refuse early, well before a typical 65536 file-descriptor limit
+    max_connections: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveHealthConfig:
+    """Passive health: a backend whose requests fail ``failures`` times in a row (cannot connect,
+    reset or closed before the response, malformed response, response timeout) gets no new
+    requests for ``cooldown``; then it is tried again. ``failures: 0`` turns it off. The last
+    healthy backend of a service is never ejected (nginx ignores max_fails for a lone server):
+    retries then move its requests to another service instead of answering 503.
+    """
+
+    failures: int = 3  # between nginx's max_fails=1 (too jumpy) and Envoy's consecutive_5xx=5
+    cooldown: float = 10.0  # nginx's fail_timeout and Envoy's base_ejection_time: 10s
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """Where the admin API listens and how it authenticates."""
+
+    host: str = "127.0.0.1"  # SPEC 3: admin API on loopback by default
+    port: int = 9090
+    token_file: str | None = None
+    token: str | None = None  # read from token_file (stripped) or env ROUTER_ADMIN_TOKEN at load
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    enabled: bool = False
+    format: str = "json"  # "json" or "combined" (nginx/Apache combined log format)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration file."""
+
+    listen_host: str = "0.0.0.0"  # SPEC 3: data plane on 0.0.0.0:8080
+    listen_port: int = 8080
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    domain: str | None = None
+    sticky: StickyConfig = field(default_factory=StickyConfig)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    trusted_proxies: tuple[NetworkType, ...] = ()
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    passive_health: PassiveHealthConfig = field(default_factory=PassiveHealthConfig)
+    apps: tuple[AppConfig, ...] = ()
+    source: str | None = None  # the file path it was loaded from

@@ -1,0 +1,90 @@
+"""The data plane's counters: plain integers on objects the request path already holds.
+
+The hot path only bumps integers here (a backend's response codes, a service's histogram
+buckets); nothing takes a lock or builds a label tuple per request. ``router.metrics`` turns
+them into Prometheus families at scrape time; with several worker processes each sends its
+``Stats`` to the master, which sums them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+# Prometheus client's default buckets: the usual latency range of an HTTP service.
+BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class ServiceStats:
+    """Counters of one service of one app; outlives routing snapshots."""
+
+    __slots__ = ("inflight", "sticky", "retries", "buckets", "dsum")
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.sticky = 0
+        self.retries = 0
+        self.buckets = [0] * (len(BUCKETS) + 1)
+        self.dsum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+        self.dsum += seconds
+
+    def add(self, other: "ServiceStats") -> None:
+        self.inflight += other.inflight
+        self.sticky += other.sticky
+        self.retries += other.retries
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
+        self.dsum += other.dsum
+
+
+class BackendStats:
+    """Counters of one backend of one service; outlives routing snapshots."""
+
+    __slots__ = ("codes", "errors")
+
+    def __init__(self) -> None:
+        self.codes: dict[int, int] = {}  # responses by status (ClientConnection._account)
+        self.errors: dict[str, int] = {}
+
+    def error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def add(self, other: "BackendStats") -> None:
+        for code, n in other.codes.items():
+            self.codes[code] = self.codes.get(code, 0) + n
+        for reason, n in other.errors.items():
+            self.errors[reason] = self.errors.get(reason, 0) + n
+
+
+class UnroutedStats:
+    """Responses the router gave before any app or service was chosen (404, 400, ...)."""
+
+    __slots__ = ("codes",)
+
+    def __init__(self) -> None:
+        self.codes: dict[tuple[str, int], int] = {}
+
+    def count(self, app: str, code: int) -> None:
+        key = (app, code)
+        self.codes[key] = self.codes.get(key, 0) + 1
+
+
+class Stats:
+    """Every counter of a process by name: what a scrape reads, and what a worker process
+    sends to the master (plain picklable objects), summed there across workers."""
+
+    __slots__ = ("services", "backends", "unrouted")
+
+    def __init__(self) -> None:
+        self.services: dict[tuple[str, str], ServiceStats] = {}
+        self.backends: dict[tuple[str, str, str], BackendStats] = {}
+        self.unrouted: dict[tuple[str, int], int] = {}
+
+    def add(self, other: "Stats") -> None:
+        for key, s in other.services.items():
+            self.services.setdefault(key, ServiceStats()).add(s)
+        for bkey, b in other.backends.items():
+            self.backends.setdefault(bkey, BackendStats()).add(b)
+        for ukey, n in other.unrouted.items():
+            self.unrouted[ukey] = self.unrouted.get(ukey, 0) + n
