@@ -18,7 +18,8 @@ from .accesslog import AccessLog
 from .config import Config
 from .counters import UnroutedStats
 from .deadlines import ResponseDeadlines
-from .health import failing as _failing, report_failure
+from .health import failing as _failing
+from .health import report_failure
 from .http.request_head import RequestIds
 from .logs import Throttled
 from .sticky import TokenCodec

@@ -9,10 +9,10 @@ import asyncio
 import logging
 from typing import Callable, Mapping, cast
 
-from .config import AppConfig, Config
-from .counters import Stats
 from .client import ClientConnection
+from .config import AppConfig, Config
 from .context import ProxyContext
+from .counters import Stats
 from .sticky import TokenCodec
 from .table import RoutingTable, TableBuilder
 from .upstream import UpstreamPool
