@@ -217,7 +217,7 @@ class ClientConnection(ClientSide):
 
     # -- what exchanges, the tunnel and the data plane ask -----------------------------------
     def is_open(self) -> bool:
-        return self.phase < P.CLOSING
+        return self.phase != P.CLOSED
 
     def write(self, data: bytes) -> None:
         if self.phase != P.CLOSED:
@@ -399,6 +399,8 @@ class ClientConnection(ClientSide):
                           upgrade, ctx.max_header, ctx.max_headers, self.trusted, self.peer_b,
                           self.tail, ctx.ids)
         ex.llhttp_upgrade = upgrade
+        if ex.framing == framing.NONE:
+            ex.body_done = True  # known now: an answer given before the message ends may keep it
         self._move(P.READING_BODY)
         # Until the body is complete, each read must come within client_body (set at the end
         # of the read, if the body is still incomplete then).
@@ -432,11 +434,14 @@ class ClientConnection(ClientSide):
         """``ex`` has been read whole."""
         self.parsing = None
         if self.phase == P.READING_BODY:
-            self._move(P.IDLE)
-            if self.active is None:
-                self._idle()
+            if not ex.keep_alive:
+                self._closing()  # the client said this is its last request: read no more
             else:
-                self._deadline = 0.0  # the exchange has its own timers now
+                self._move(P.IDLE)
+                if self.active is None:
+                    self._idle()
+                else:
+                    self._deadline = 0.0  # the exchange has its own timers now
         ex.body_end()
 
     # -- requests with an Upgrade field ----------------------------------------------------

@@ -13,7 +13,10 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Coroutine
+
+import h11
 
 from router.client import ClientConnection
 from router.config import config_from_dict
@@ -39,12 +42,15 @@ class MemoryTransport:
         self.aborted = False
         self.paused = False
         self.protocol: Any = None
+        self.on_write: Callable[[bytes], None] | None = None  # the peer reading what is written
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
         self.sent += len(data)
         if self.keep:
             self.data += data
+        if self.on_write is not None:
+            self.on_write(bytes(data))
 
     def writelines(self, data: list[bytes]) -> None:
         for d in data:
@@ -158,19 +164,154 @@ class FakeLoop:
         self.now = end
 
 
+@dataclass
+class Request:
+    """A request as a backend read it (with h11, an HTTP/1.1 implementation of its own)."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+    complete: bool = False
+    tunnel: bytes = b""  # bytes that followed it once the backend switched protocols
+
+    def header(self, name: bytes) -> bytes | None:
+        """The value of field ``name`` (lower case), or None."""
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+
+# What a backend answers to a request: the bytes (split as they are to be delivered) and
+# whether it closes the connection after them. None: it does not answer (yet).
+Answer = Callable[[Request], "tuple[list[bytes], bool] | None"]
+
+
+class BackendConnection:
+    """The backend's end of one connection: what it reads, parsed by h11 as it arrives."""
+
+    def __init__(self, backend: "MemoryBackend", up: UpstreamConnection,
+                 transport: MemoryTransport) -> None:
+        self.backend = backend
+        self.up = up
+        self.transport = transport
+        self.h11 = h11.Connection(h11.SERVER)
+        self.requests: list[Request] = []
+        self.error: str | None = None  # h11 refused what it read: the framing broke
+        self.switched = False
+
+    def received(self, data: bytes) -> None:
+        if self.switched:
+            self.requests[-1].tunnel += data
+            return
+        if self.error is not None:
+            return
+        self.h11.receive_data(data)
+        self._events()
+
+    def _events(self) -> None:
+        while True:
+            try:
+                ev = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                self.error = str(e)
+                return
+            if ev is h11.NEED_DATA or ev is h11.PAUSED:
+                if ev is h11.PAUSED and self.h11.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+                    self._answer(self.requests[-1])
+                return
+            if isinstance(ev, h11.Request):
+                self.requests.append(Request(ev.method, ev.target, list(ev.headers.raw_items())))
+            elif isinstance(ev, h11.Data):
+                self.requests[-1].body += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                req = self.requests[-1]
+                req.complete = True
+                if self.h11.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+                    self._answer(req)
+            elif isinstance(ev, h11.ConnectionClosed):
+                return
+
+    def _answer(self, req: Request) -> None:
+        answer = self.backend.answer
+        if answer is None:
+            return
+        plan = answer(req)
+        if plan is None:
+            return
+        pieces, close = plan
+        raw = b"".join(pieces)
+        if raw.startswith(b"HTTP/1.1 101"):
+            self.switched = True
+            self.requests[-1].tunnel = bytes(self.h11.trailing_data[0])
+        else:
+            # h11 keeps its own view of the response, to read the next request after it.
+            self._h11_response(raw, req)
+        loop = self.transport.loop
+        assert loop is not None
+        for piece in pieces:
+            loop.call_soon(self._deliver, piece)
+        if close:
+            loop.call_soon(self.transport.close)
+
+    def _h11_response(self, raw: bytes, req: Request) -> None:
+        try:
+            self._h11_sync(raw, req)
+        except h11.ProtocolError:
+            # Not a response h11 would send (a test of a broken backend): what this connection
+            # reads from now on is kept raw, not parsed.
+            self.switched = True
+            self.requests.append(Request(b"", b"", []))
+
+    def _h11_sync(self, raw: bytes, req: Request) -> None:
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method=req.method, target=req.target,
+                                headers=[("Host", "x")]))
+        client.send(h11.EndOfMessage())
+        client.receive_data(raw)
+        while True:
+            ev = client.next_event()
+            if ev is h11.NEED_DATA or ev is h11.PAUSED or isinstance(ev, h11.ConnectionClosed):
+                break
+            if isinstance(ev, h11.InformationalResponse):
+                self.h11.send(ev)
+            elif isinstance(ev, h11.Response):
+                self.h11.send(h11.Response(status_code=ev.status_code, headers=ev.headers,
+                                           reason=ev.reason))
+            elif isinstance(ev, h11.Data):
+                self.h11.send(ev)
+            elif isinstance(ev, h11.EndOfMessage):
+                self.h11.send(h11.EndOfMessage())
+                break
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            self._events()
+
+    def _deliver(self, data: bytes) -> None:
+        if not self.transport.closed:
+            self.up.data_received(data)
+
+
 class MemoryBackend:
-    """A backend address: its connections (in memory) and what it does when one is opened."""
+    """A backend address: its connections (in memory), what they read, how it answers."""
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.refuse = False  # connecting fails (as a refused TCP connect)
+        self.answer: Answer | None = None  # None: the test answers by hand (Wire.reply)
         self.connections: list[UpstreamConnection] = []
+        self.peers: list[BackendConnection] = []
 
     def received(self, i: int = -1) -> bytes:
         """What its i-th connection (the last by default) has received."""
         t = self.connections[i].transport
         assert isinstance(t, MemoryTransport)
         return bytes(t.data)
+
+    def requests(self) -> list[Request]:
+        """Every request its connections have read, connection by connection."""
+        return [r for p in self.peers for r in p.requests]
 
 
 class MemoryPool(UpstreamPool):
@@ -190,6 +331,9 @@ class MemoryPool(UpstreamPool):
         t.protocol = up
         up.connection_made(t)  # type: ignore[arg-type]
         be.connections.append(up)
+        peer = BackendConnection(be, up, t)
+        t.on_write = peer.received
+        be.peers.append(peer)
         return up
 
 
