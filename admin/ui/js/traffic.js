@@ -91,7 +91,9 @@ export class Traffic {
       this.plots.req.setData(reqData);
       this.plots.err.setData(errData);
     }
-    this.chartBox.chartData = reqData;  // what is drawn, for a reader of the page's state
+    // What is drawn, for anyone reading the page's state (the browser tests do).
+    this.chartBox.chartData = reqData;
+    this.chartBox.chartNames = names;
     this.renderTable(names, this.recent());
   }
 
