@@ -106,7 +106,7 @@ class Load:
     url: str
     host: str = "app.test"
     clients: int = 4
-    pinned: int = 2
+    pinned: int = 1
     pause: float = 0.01
     max_requests: int = 60_000
     max_seconds: float = 300.0

@@ -74,12 +74,13 @@ async def traffic(page: Any, service: str) -> dict[str, float]:
         const row = document.querySelector(`#traffic-readout tr[data-service="${name}"]`);
         const chart = document.getElementById("traffic-chart");
         const i = (chart.chartNames || []).indexOf(name);
+        const j = (chart.chartPinned || []).indexOf(name);
         const last = (a) => (a && a.length ? a[a.length - 1] : null);
         return {
             rps: row && row.dataset.rps ? Number(row.dataset.rps) : -1,
             pinned: row && row.dataset.pinned ? Number(row.dataset.pinned) : -1,
             chart: i < 0 ? null : last(chart.chartData[1 + i]),
-            chart_pinned: i < 0 ? null : last(chart.chartData[1 + chart.chartNames.length + i]),
+            chart_pinned: j < 0 ? null : last(chart.chartData[1 + chart.chartNames.length + j]),
         };
     }""", service)
 

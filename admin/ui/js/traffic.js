@@ -40,6 +40,7 @@ export class Traffic {
     this.samples = [];   // readings of the counters, oldest first
     this.points = [];    // {t, rates} between consecutive readings
     this.names = [];
+    this.zero = [];
     this.plots = null;
     this.chartBox = h("div", {class: "chart", id: "traffic-chart", role: "img",
       "aria-label": "Requests per second per service over the last 5 minutes; the same numbers are in the table below"});
@@ -80,12 +81,14 @@ export class Traffic {
     const latest = this.samples[this.samples.length - 1];
     if (!latest) return;
     const names = Object.keys(latest.services);
-    if (names.join() !== this.names.join()) this.build(names);
+    // A pinned series for each service that was at weight 0 within the window.
+    const zero = names.filter((n) => this.points.some((p) => p.rates[n] && p.rates[n].weight === 0));
+    if (!this.plots || names.join() !== this.names.join() || zero.join() !== this.zero.join()) this.build(names, zero);
     const xs = this.points.map((p) => p.t);
     const val = (name, f) => this.points.map((p) => (p.rates[name] ? f(p.rates[name]) : null));
     const reqData = [xs,
       ...names.map((n) => val(n, (r) => (r.weight > 0 ? r.rps : r.rps - r.pinned))),
-      ...names.map((n) => val(n, (r) => (r.weight === 0 ? r.pinned : null)))];
+      ...zero.map((n) => val(n, (r) => (r.weight === 0 ? r.pinned : null)))];
     const errData = [xs, ...names.map((n) => val(n, (r) => (r.requests > 0 ? (100 * r.errors) / r.requests : 0)))];
     if (this.plots) {
       this.plots.req.setData(reqData);
@@ -94,11 +97,13 @@ export class Traffic {
     // What is drawn, for anyone reading the page's state (the browser tests do).
     this.chartBox.chartData = reqData;
     this.chartBox.chartNames = names;
+    this.chartBox.chartPinned = zero;
     this.renderTable(names, this.recent());
   }
 
-  build(names) {
+  build(names, zero) {
     this.names = names;
+    this.zero = zero;
     if (this.plots) { this.plots.req.destroy(); this.plots.err.destroy(); this.plots = null; }
     if (typeof uPlot === "undefined") return;  // the chart library did not load: the table stays
     const width = Math.max(280, this.el.clientWidth);
@@ -112,8 +117,9 @@ export class Traffic {
     });
     const req = new uPlot({...base("requests/s"), series: [{},
       ...names.map((n) => ({label: n, stroke: colorOf(n, names), width: 2, spanGaps: false})),
-      ...names.map((n) => ({label: `${n} pinned at weight 0`, stroke: colorOf(n, names), width: 2, dash: [6, 4]}))]},
-    [[]].concat(names.map(() => []), names.map(() => [])), this.chartBox);
+      ...zero.map((n) => ({label: `${n} pinned at weight 0`, stroke: colorOf(n, names), width: 3, dash: [8, 5],
+        fill: `${colorOf(n, names)}22`}))]},
+    [[]].concat(names.map(() => []), zero.map(() => [])), this.chartBox);
     const err = new uPlot({...base("% 5xx"), series: [{},
       ...names.map((n) => ({label: n, stroke: colorOf(n, names), width: 2}))]},
     [[]].concat(names.map(() => [])), this.errBox);
