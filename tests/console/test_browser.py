@@ -48,23 +48,26 @@ def weights(app: dict[str, Any]) -> dict[str, int]:
     return {n: s["weight"] for n, s in app["services"].items()}
 
 
+async def _shop(backend, router_process, monkeypatch, two: bool):
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", TOKEN)  # the router process reads it at start
+    blue, green = await backend("blue"), await backend("green")
+    services = ({"blue": (50, [blue.addr]), "green": (50, [green.addr])} if two
+                else {"web": (100, [blue.addr])})
+    rp = await router_process({"apps": {"shop": app_config(services)}})
+    return rp, blue, green
+
+
 @pytest.fixture
 async def shop(backend, router_process, monkeypatch):
     """The router process with an admin token and the app ``shop`` (service web on blue);
     a second backend, green, for the new version."""
-    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", TOKEN)  # the router process reads it at start
-    blue, green = await backend("blue"), await backend("green")
-    rp = await router_process({"apps": {"shop": app_config({"web": (100, [blue.addr])})}})
-    return rp, blue, green
+    return await _shop(backend, router_process, monkeypatch, two=False)
 
 
 @pytest.fixture
 async def two_services(backend, router_process, monkeypatch):
-    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", TOKEN)
-    blue, green = await backend("blue"), await backend("green")
-    rp = await router_process({"apps": {"shop": app_config(
-        {"blue": (50, [blue.addr]), "green": (50, [green.addr])})}})
-    return rp, blue, green
+    """As ``shop``, with services blue and green at 50/50."""
+    return await _shop(backend, router_process, monkeypatch, two=True)
 
 
 async def traffic(page: Any, service: str) -> dict[str, float]:
@@ -172,17 +175,25 @@ async def test_release_confirmed_by_clicks_under_load(shop, browser, load, capsy
     assert app["release"] is None and weights(app) == {"web-v2": 100}
     await expect(page.locator("#release-title")).to_have_text("Release")
 
-    # The pinned clients follow the release: blue gets nothing more.
+    await left_alone(ld, "blue")  # the pinned clients followed the release
+    await stop_and_report(ld, capsys, "confirm workflow")
+    assert ld.by_backend["blue"] > 0 and ld.by_backend["green"] > 0
+
+
+async def left_alone(ld: Any, backend_name: str) -> None:
+    """After the requests in flight, the backend gets none of the next 200."""
     await ld.wait_more(40)
-    blue_before = ld.by_backend["blue"]
+    before = ld.by_backend[backend_name]
     await ld.wait_more(200)
-    assert ld.by_backend["blue"] == blue_before
+    assert ld.by_backend[backend_name] == before
+
+
+async def stop_and_report(ld: Any, capsys: Any, what: str) -> None:
     await ld.stop()
     with capsys.disabled():
-        print(f"\n  confirm workflow: {ld.sent} requests under load, {ld.failed} failed, "
+        print(f"\n  {what}: {ld.sent} requests under load, {ld.failed} failed, "
               f"by backend {dict(ld.by_backend)}")
     assert ld.failed == 0, ld.failures[:5]
-    assert ld.by_backend["blue"] > 0 and ld.by_backend["green"] > 0
 
 
 def _rate_above(page: Any, service: str, rps: float):
@@ -248,15 +259,8 @@ async def test_release_rolled_back_by_clicks_under_load(shop, browser, load, cap
     assert app["release"] is None and weights(app) == {"web": 100}
     await expect(row).to_contain_text("No release")
 
-    await ld.wait_more(40)
-    green_before = ld.by_backend["green"]
-    await ld.wait_more(200)
-    assert ld.by_backend["green"] == green_before  # clients pinned to web-v2 came back to web
-    await ld.stop()
-    with capsys.disabled():
-        print(f"\n  rollback workflow: {ld.sent} requests under load, {ld.failed} failed, "
-              f"by backend {dict(ld.by_backend)}")
-    assert ld.failed == 0, ld.failures[:5]
+    await left_alone(ld, "green")  # clients pinned to web-v2 came back to web
+    await stop_and_report(ld, capsys, "rollback workflow")
     assert ld.by_backend["green"] > 0
 
 
