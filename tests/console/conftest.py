@@ -66,8 +66,10 @@ async def browser(tmp_path: Any) -> AsyncIterator[Browser]:
     why = browser_missing()
     if why:
         pytest.skip(why)
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
+    # Generous on a loaded machine; a wait that passes returns as soon as its condition holds.
+    expect.set_options(timeout=15_000)
     b = Browser(str(tmp_path))
     b.pw = await async_playwright().start()
     try:
