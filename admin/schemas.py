@@ -6,7 +6,9 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from router.config import NAME_RE
+from router.counters import ServiceStats, Stats
 from router.errors import BadRequest, Invalid, NotFound, PayloadTooLarge
+from router.metrics import cumulative_buckets
 from router.state import State, app_to_dict
 
 if TYPE_CHECKING:
@@ -88,3 +90,34 @@ def render_app(state: State, name: str, table: "RoutingTable") -> dict[str, Any]
     out["release"] = release.to_dict() if release is not None else None
     out["generation"] = state.app_generations.get(name, state.generation)
     return out
+
+
+def render_stats(stats: Stats, table: "RoutingTable", name: str, now: float) -> dict[str, Any]:
+    """The live counters of an app's services (``GET /api/v1/apps/{app}/stats``): totals since
+    the router started, so a client turns two readings into rates. ``errors`` are the 5xx
+    answers given for the service; ``upstream_errors`` the failed attempts to use its backends."""
+    live = table.apps.get(name)
+    services: dict[str, Any] = {}
+    for svc in live.services if live is not None else ():
+        st = stats.services.get((name, svc.name)) or ServiceStats()
+        codes: dict[int, int] = {}
+        upstream_errors = 0
+        for be in svc.backends:
+            bst = stats.backends.get((name, svc.name, be.key))
+            if bst is None:
+                continue
+            for code, n in bst.codes.items():
+                codes[code] = codes.get(code, 0) + n
+            upstream_errors += sum(bst.errors.values())
+        buckets = cumulative_buckets(st)
+        services[svc.name] = {
+            "requests": sum(codes.values()),
+            "errors": sum(n for code, n in codes.items() if code >= 500),
+            "codes": {str(code): n for code, n in sorted(codes.items())},
+            "upstream_errors": upstream_errors,
+            "sticky": st.sticky,
+            "inflight": st.inflight,
+            "weight": svc.weight,
+            "duration": {"count": buckets[-1][1], "sum": st.dsum, "buckets": dict(buckets)},
+        }
+    return {"app": name, "time": now, "services": services}

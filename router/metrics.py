@@ -74,12 +74,7 @@ class DataPlaneCollector:
                 weight.add_metric(labels, svc.weight)
                 sticky.add_metric(labels, st.sticky)
                 fallback.add_metric(labels, st.fallback)
-                cumulative = []
-                acc = 0
-                for bound, n in zip(BUCKETS + (float("inf"),), st.buckets):
-                    acc += n
-                    cumulative.append((_fmt_bound(bound), acc))
-                duration.add_metric(labels, cumulative, st.dsum)
+                duration.add_metric(labels, cumulative_buckets(st), st.dsum)
                 for be in svc.backends:
                     blabels = [app.name, svc.name, be.key]
                     healthy.add_metric(blabels, 1 if be.healthy else 0)
@@ -104,8 +99,15 @@ class DataPlaneCollector:
                     duration, generation, release_info, refused)
 
 
-def _fmt_bound(b: float) -> str:
-    return "+Inf" if b == float("inf") else repr(b)
+def cumulative_buckets(st: ServiceStats) -> list[tuple[str, int]]:
+    """A service's latency histogram as Prometheus shows it: (upper bound, requests at or
+    under it), the last bound ``+Inf`` holding the count."""
+    out = []
+    acc = 0
+    for bound, n in zip(BUCKETS + (float("inf"),), st.buckets):
+        acc += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+    return out
 
 
 class StoreCollector:

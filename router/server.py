@@ -326,6 +326,13 @@ class Server:
             return self._stats
         return self.plane.stats()  # type: ignore[union-attr]
 
+    async def summed_stats(self) -> Stats:
+        """Every counter of the data plane now, summed across the worker processes: what
+        ``/metrics`` and the stats endpoint read. Only reads counters; the request path is not
+        touched."""
+        await self.refresh_stats()
+        return self._current_stats()
+
     async def refresh_stats(self) -> None:
         """Sum the workers' counters (before a scrape)."""
         if not self._workers:

@@ -254,7 +254,8 @@ async def test_openapi_document(api_router):
     assert set(doc["paths"]) == {
         "/api/v1/apps", "/api/v1/apps/{app}", "/api/v1/apps/{app}/weights",
         "/api/v1/apps/{app}/services/{svc}", "/api/v1/apps/{app}/release",
-        "/api/v1/apps/{app}/release/confirm", "/api/v1/apps/{app}/release/rollback"}
+        "/api/v1/apps/{app}/release/confirm", "/api/v1/apps/{app}/release/rollback",
+        "/api/v1/apps/{app}/stats"}
 
 
 async def test_concurrent_weight_changes_one_consistent_state(api_router):
