@@ -21,6 +21,11 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# No object of the API nests deeper than 4; a generous bound that keeps every validator's
+# recursion (and json's) far from Python's limit.
+MAX_DEPTH = 32
+
+
 def parse_body(raw: bytes, required: bool = True) -> Any:
     """JSON from a request body; NaN and Infinity are refused (json.loads accepts them)."""
     if len(raw) > MAX_BODY:
@@ -30,9 +35,29 @@ def parse_body(raw: bytes, required: bool = True) -> Any:
             raise BadRequest("a JSON body is required")
         return None
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest(f"body is nested more than {MAX_DEPTH} levels deep") from None
+    if _depth_over(body, MAX_DEPTH):
+        raise BadRequest(f"body is nested more than {MAX_DEPTH} levels deep")
+    return body
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (no recursion: the
+    body is the client's)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            if d > limit:
+                return True
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return False
 
 
 def object_body(raw: bytes, required: bool = True) -> dict[str, Any]:
