@@ -363,8 +363,9 @@ class UpstreamConnection:
             self._paused = False
             self.transport.resume_reading()
 
-    def release(self, keep: bool) -> None:
-        """Detach from the request; back to the pool if ``keep``, else close."""
+    def release(self, keep: bool, now: float) -> None:
+        """Detach from the request; back to the pool if ``keep`` (idle since ``now``, the
+        loop's time), else close."""
         self.request = None
         self._parser = None
         self._head = None
@@ -372,7 +373,7 @@ class UpstreamConnection:
         if keep and not self.closed:
             if self._paused:
                 self.resume_reading()
-            self.pool.put(self)
+            self.pool.put(self, now)
         else:
             self.close()
 
@@ -416,7 +417,7 @@ class UpstreamPool:
                 host, port)
         return cast(UpstreamConnection, proto)
 
-    def put(self, conn: UpstreamConnection) -> None:
+    def put(self, conn: UpstreamConnection, now: float) -> None:
         if self.closed:
             conn.close()
             return
@@ -424,7 +425,7 @@ class UpstreamPool:
         if len(conns) >= MAX_IDLE_PER_BACKEND:
             conn.close()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = now
         conns.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(IDLE_TIMEOUT / 2, self._sweep)

@@ -89,6 +89,31 @@ class MemoryTransport:
         return out
 
 
+class CountingTransport:
+    """The cheapest stand-in for a socket: counts what is written, nothing else (so a timing
+    of the data plane is not a timing of the test's transport)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        self.sent += len(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.sent += sum(map(len, data))
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
 class _Handle:
     __slots__ = ("_when", "callback", "args", "cancelled")
 
