@@ -170,8 +170,9 @@ class DockerProvider:
         actor = event.get("Actor") or {}
         attributes = actor.get("Attributes") or {}
         if kind == "container":
-            if action.startswith("exec_") or not any(
-                    k.startswith("aliyun.routing.port_") for k in attributes):
+            routed = any(k.startswith("aliyun.routing.port_") for k in attributes) or (
+                self.swarm and "com.docker.swarm.service.id" in attributes)  # labels on the service
+            if action.startswith("exec_") or not routed:
                 return  # health-check runs, and containers that are not routed
             if action == "kill" and attributes.get("signal") in STOP_SIGNALS:
                 # Out of rotation now, from the listing at hand: it may exit any moment.
@@ -200,13 +201,16 @@ class DockerProvider:
         self._probed = {p for p in self._probed if p[0] in running}
         self._listing = listing
 
-    def _ready(self, version: Version) -> tuple[str, ...]:
+    def _ready(self, version: Version, routed: set[str]) -> tuple[str, ...]:
+        """The addresses of ``version``'s instances that take traffic. Without a Docker health
+        check, one that is ``routed`` already stays (a restarted router does not take its
+        backends out while it probes them); a new one is probed first."""
         ready = []
         for inst in version.instances:
             if inst.address is None or inst.container in self._stopping:
                 continue
-            if inst.health == "healthy" or (
-                    inst.health is None and (inst.container, inst.address) in self._probed):
+            if inst.health == "healthy" or inst.health is None and (
+                    inst.address in routed or (inst.container, inst.address) in self._probed):
                 ready.append(inst.address)
             elif inst.health is None:
                 self._probe(inst.container, inst.address)
@@ -242,10 +246,13 @@ class DockerProvider:
             await self._reconcile_locked(self._listing)
 
     async def _reconcile_locked(self, listing: Listing) -> None:
-        found = [Found(v, self._ready(v)) for v in listing.versions]
+        state = self._manager.state
+        routed = {b for a in state.apps if a.name in state.discovered
+                  for s in a.services for b in s.backends}
+        found = [Found(v, self._ready(v, routed)) for v in listing.versions]
         health_check = self.config.health_check
         notes = list(listing.skipped)
-        if reconcile(self._manager.state, found, health_check, notes) is not None:
+        if reconcile(state, found, health_check, notes) is not None:
             def op(state: State) -> Any:
                 outcome = reconcile(state, found, health_check, [])
                 if outcome is None:
