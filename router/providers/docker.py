@@ -61,11 +61,10 @@ class DockerProvider:
         self.up = False
         self.errors = 0
         self.swarm = False
-        self.synced = asyncio.Event()  # set after the first reconcile against a listing
         self._listing: Listing | None = None
         self._stopping: dict[str, float] = {}  # container id -> when its stop signal came
         self._probed: set[tuple[str, str]] = set()  # (container, address) that accepted a connect
-        self._probing: set[tuple[str, str]] = set()
+        self._probing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._relist = True
         self._notes: set[str] = set()
@@ -77,12 +76,10 @@ class DockerProvider:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        tasks = [t for t in (self._task, *self._probing.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.close()
 
     def state_changed(self) -> None:
@@ -220,7 +217,6 @@ class DockerProvider:
         key = (container, address)
         if key in self._probing:
             return
-        self._probing.add(key)
 
         async def run() -> None:
             try:
@@ -232,8 +228,8 @@ class DockerProvider:
                         return
                     await asyncio.sleep(_REPROBE)
             finally:
-                self._probing.discard(key)
-        asyncio.get_running_loop().create_task(run())
+                self._probing.pop(key, None)
+        self._probing[key] = asyncio.get_running_loop().create_task(run())
 
     def _listed(self, key: tuple[str, str]) -> bool:
         return self._listing is not None and any(
@@ -270,7 +266,6 @@ class DockerProvider:
         for note in sorted(set(notes) - self._notes):
             log.warning("%s", note)
         self._notes = set(notes)
-        self.synced.set()
 
     # -- confirm and roll back with removal ----------------------------------------------
     def check_removable(self, app: str) -> None:

@@ -78,13 +78,16 @@ class Engine:
         return "unix://" + self.socket
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120,
-               input: bytes | None = None) -> str:
+               input: bytes | None = None, merge: bool = False) -> str:
+        """The CLI's output (``merge``: with its standard error, as ``docker logs`` needs)."""
         env = {**os.environ, "DOCKER_HOST": self.endpoint, "DOCKER_BUILDKIT": "0",
                "DOCKER_CONFIG": os.path.join(self.root, "cli")}
-        done = subprocess.run([self.cli, *args], env=env, capture_output=True, timeout=timeout,
-                              input=input)
+        done = subprocess.run([self.cli, *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+                              timeout=timeout, input=input)
         if check and done.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)}: {done.stderr.decode()[-2000:]}")
+            raise AssertionError(f"docker {' '.join(args)}: "
+                                 f"{(done.stderr or done.stdout).decode()[-2000:]}")
         return done.stdout.decode().strip()
 
     def run(self, name: str, project: str, service: str, labels: dict[str, str] | None = None,
