@@ -249,13 +249,18 @@ class DockerProvider:
         health_check = self.config.health_check
         notes = list(listing.skipped)
         if reconcile(state, found, health_check, notes) is not None:
+            done: list[str] = []
+
             def op(state: State) -> Any:
-                outcome = reconcile(state, found, health_check, [])
+                done.clear()  # run again on a newer state after a lost race
+                outcome = reconcile(state, found, health_check, [], done)
                 if outcome is None:
                     raise NothingToDo("the routing state already matches Docker")
                 return outcome
             try:
                 await self._change(op)
+                for line in done:
+                    log.info("%s", line)
             except NothingToDo:
                 pass
             except Unavailable as e:

@@ -69,14 +69,16 @@ class _Work:
         self.releases = dict(state.releases)
         self.discovered = dict(state.discovered)
         self.touched: set[str] = set()
+        self.done: list[str] = []  # what was changed, for the log
 
     def state(self) -> State:
         return State(self.generation, self.apps, self.releases, {}, self.discovered)
 
-    def run(self, op: Any) -> None:
+    def run(self, op: Any, what: str) -> None:
         apps, releases, touched = op(self.state())
         self.apps, self.releases = apps, dict(releases)
         self.touched.update(touched)
+        self.done.append(what)
 
     def app(self, name: str) -> AppConfig | None:
         return next((a for a in self.apps if a.name == name), None)
@@ -89,11 +91,13 @@ def _service_body(weight: int, backends: tuple[str, ...],
 
 
 def reconcile(state: State, found: list[Found], health_check: HealthCheckConfig | None,
-              notes: list[str]) -> DiscoveryOutcome | None:
+              notes: list[str], done: list[str] | None = None) -> DiscoveryOutcome | None:
     """The state's apps, releases and ``discovered`` after bringing them in line with
     ``found``; None when nothing changes. Why an app or version was left out goes to
-    ``notes``."""
+    ``notes``, what was changed to ``done``."""
     work = _Work(state)
+    if done is not None:
+        work.done = done
     claimed: set[str] = set()
     for comp in components(found):
         project = comp[0].version.project
@@ -146,7 +150,8 @@ def _create(work: _Work, comp: list[Found], health_check: HealthCheckConfig | No
     if first.sticky is not None:
         body["session_sticky"] = first.sticky
     try:
-        work.run(put_app(name, body))
+        work.run(put_app(name, body), f"app {name}: made from version {first.name} of project "
+                 f"{first.project}, backends {', '.join(ready[0].backends)}")
     except RouterError as e:
         notes.append(f"project {first.project}, service {first.name}: not routed: {e.message}")
         return None
@@ -172,7 +177,8 @@ def _sync(work: _Work, name: str, comp: list[Found], health_check: HealthCheckCo
             services.append(f.version.name)
         if svc.backends != f.backends:
             work.run(put_service(name, svc.name, _service_body(svc.weight, f.backends,
-                                                               svc.health_check)))
+                                                               svc.health_check)),
+                     f"app {name}: {svc.name}: backends {', '.join(f.backends) or 'none'}")
     for svc_name in list(services):
         if svc_name in by_name:
             continue
@@ -181,7 +187,8 @@ def _sync(work: _Work, name: str, comp: list[Found], health_check: HealthCheckCo
             services.remove(svc_name)  # removed through the API, and now its containers too
         elif svc.backends:
             # Every container gone: no backends, the weight kept for when they come back.
-            work.run(put_service(name, svc_name, _service_body(svc.weight, (), svc.health_check)))
+            work.run(put_service(name, svc_name, _service_body(svc.weight, (), svc.health_check)),
+                     f"app {name}: {svc_name}: no container runs; weight {svc.weight} kept")
     # A version never seen before is a new version: a release at weight 0, one at a time.
     for f in comp:
         if f.version.name in services or f.version.name in in_app:
@@ -193,7 +200,8 @@ def _sync(work: _Work, name: str, comp: list[Found], health_check: HealthCheckCo
         if not f.backends:
             continue  # no ready container yet
         work.run(start(name, {"service": f.version.name, "backends": list(f.backends),
-                              "health_check": health_check_to_dict(health_check)}))
+                              "health_check": health_check_to_dict(health_check)}),
+                 f"app {name}: new version {f.version.name}: release opened at weight 0")
         services.append(f.version.name)
         break
     work.discovered[name] = replace(known, services=tuple(services))
@@ -210,7 +218,8 @@ def _labels(work: _Work, name: str, versions: list[Version]) -> None:
     routes = list(dict.fromkeys(r for v in versions for r in v.routes))
     sticky = next((v.sticky for v in versions if v.sticky is not None), app.session_sticky)
     if tuple(routes) != app.routes or sticky != app.session_sticky:
-        work.run(patch_app(name, {"routes": [str(r) for r in routes], "session_sticky": sticky}))
+        work.run(patch_app(name, {"routes": [str(r) for r in routes], "session_sticky": sticky}),
+                 f"app {name}: routes {', '.join(map(str, routes))}, sticky {sticky} (labels)")
 
 
 def _vanished(work: _Work, name: str) -> None:
@@ -224,6 +233,7 @@ def _vanished(work: _Work, name: str) -> None:
     keep = tuple(s for s in known.services if any(x.name == s for x in app.services))
     for svc in app.services:
         if svc.name in keep and svc.backends:
-            work.run(put_service(name, svc.name, _service_body(svc.weight, (), svc.health_check)))
+            work.run(put_service(name, svc.name, _service_body(svc.weight, (), svc.health_check)),
+                     f"app {name}: {svc.name}: no container runs; weight {svc.weight} kept")
     if keep != known.services:
         work.discovered[name] = replace(known, services=keep)

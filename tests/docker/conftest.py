@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,8 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, terminate
+from tests.reliability.harness import parse_metrics
 
 IMAGE = "router-test/busybox:1"
 BUSYBOX = "/bin/busybox"
@@ -166,13 +166,7 @@ def _start_engine() -> Engine:
 
 
 def _stop_engine(engine: Engine) -> None:
-    if engine.proc.poll() is None:
-        engine.proc.send_signal(signal.SIGTERM)
-        try:
-            engine.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            engine.proc.kill()
-            engine.proc.wait()
+    terminate(engine.proc, 30)
     subprocess.run(["umount", "-R", "-l", engine.root], capture_output=True)
     shutil.rmtree(engine.root, ignore_errors=True)
 
@@ -246,13 +240,7 @@ class Admin:
 
     async def metrics(self) -> dict[str, float]:
         async with self.s.get(self.base + "/metrics") as r:
-            text = await r.text()
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                values[key] = float(value)
-        return values
+            return parse_metrics(await r.text())
 
     async def until(self, what: str, check: Any, timeout: float = 20.0) -> Any:
         """Poll ``check()`` (async) until it returns something true; its result."""
@@ -271,6 +259,63 @@ class Admin:
         if a is None:
             return {}
         return {n: (s["weight"], sorted(s["backends"])) for n, s in a["services"].items()}
+
+
+LABEL = {"aliyun.routing.port_80": "shop;http://shop.test/api"}
+HOST = "shop.example.test"  # the label's "shop" under the domain of provider_config
+
+
+async def get(s: aiohttp.ClientSession, url: str, host: str = HOST) -> tuple[int, str]:
+    async with s.get(url, headers={"Host": host}) as r:
+        return r.status, await r.text()
+
+
+def routed(admin: Admin, app: str, expected: dict[str, tuple[int, list[str]]]) -> Any:
+    """A check for ``Admin.until``: ``app``'s {service: (weight, backends)} is ``expected``."""
+    async def check() -> Any:
+        services = await admin.services(app)
+        return services if services == expected else None
+    return check
+
+
+async def awaiting(admin: Admin, app: str = "shop") -> bool:
+    a = await admin.app(app)
+    return bool(a and a["release"] and a["release"]["status"] == "awaiting_confirmation")
+
+
+async def release_with_removal(admin: Admin, old: str, new: str) -> dict[str, Any]:
+    """The seed's release, once the new version is ready: its weight to 100, then the old one's
+    to 0 (traffic flowing between the steps), then confirm, removing the old containers."""
+    await admin.until("the release ready", lambda: awaiting(admin))
+    await admin.ok("PUT", "/apps/shop/weights", {new: 100})
+    await asyncio.sleep(0.5)
+    await admin.ok("PUT", "/apps/shop/weights", {old: 0})
+    await asyncio.sleep(0.5)
+    app = await admin.ok("POST", "/apps/shop/release/confirm", {"remove": True})
+    assert {n: x["weight"] for n, x in app["services"].items()} == {new: 100}
+    assert app["release"] is None
+    return app
+
+
+async def next_version(docker: Engine, admin: Admin, load: Any = None,
+                       ) -> tuple[Container, Container]:
+    """web routed alone (then ``load`` started), then web-v2 started: its release open at
+    weight 0."""
+    web = docker.run("shop-web-1", "shop", "web", LABEL, published=True)
+    await admin.until("web routed", routed(admin, "shop", {"web": (100, [web.addr])}))
+    if load is not None:
+        load.start()
+        await asyncio.sleep(0.3)
+    v2 = docker.run("shop-web-v2-1", "shop", "web-v2", LABEL, published=True)
+    await admin.until("the new version at weight 0", routed(
+        admin, "shop", {"web": (100, [web.addr]), "web-v2": (0, [v2.addr])}))
+    return web, v2
+
+
+def no_retries(m: dict[str, float]) -> None:
+    """No request of app shop met a failing backend, not even one that a retry then saved."""
+    assert metric_sum(m, "router_retries_total", app="shop") == 0
+    assert metric_sum(m, "router_upstream_errors_total", app="shop") == 0
 
 
 def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:

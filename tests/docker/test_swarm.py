@@ -9,8 +9,17 @@ import asyncio
 import aiohttp
 
 from tests.conftest import free_port
-from tests.docker.conftest import IMAGE, SERVE, Admin, Engine, provider_config
-from tests.docker.test_containers import HOST, _no_failures, _routed
+from tests.docker.conftest import (
+    HOST,
+    IMAGE,
+    SERVE,
+    Admin,
+    Engine,
+    no_retries,
+    provider_config,
+    release_with_removal,
+    routed,
+)
 from tests.integration.test_release_under_load import Load
 
 
@@ -33,28 +42,19 @@ async def test_swarm_service_update_released_under_load_fails_nothing(swarm: Eng
     rp = await router_process(provider_config(swarm, swarm="auto"))
     async with aiohttp.ClientSession() as s:
         admin = Admin(s, rp.admin_port)
-        await admin.until("the service routed", _routed(admin, "shop", {"web": (100, [web])}),
+        await admin.until("the service routed", routed(admin, "shop", {"web": (100, [web])}),
                           timeout=30)
         assert "following Swarm services" in rp.log()
         load = Load(rp.url + "/", host=HOST, expect=("shop_web\n", "shop_web-v2\n"),
                     max_seconds=90)
         load.start()
         v2 = _service(swarm, "shop", "web-v2", free_port())
-        await admin.until("the new service at weight 0", _routed(
+        await admin.until("the new service at weight 0", routed(
             admin, "shop", {"web": (100, [web]), "web-v2": (0, [v2])}), timeout=30)
         release = (await admin.app("shop"))["release"]
         assert (release["old"], release["new"]) == (["web"], "web-v2")
-
-        async def awaiting() -> bool:
-            return (await admin.app("shop"))["release"]["status"] == "awaiting_confirmation"
-        await admin.until("ready", awaiting)
         assert "shop_web-v2" not in load.by_body
-        await admin.ok("PUT", "/apps/shop/weights", {"web-v2": 100})
-        await asyncio.sleep(0.5)
-        await admin.ok("PUT", "/apps/shop/weights", {"web": 0})
-        await asyncio.sleep(0.5)
-        app = await admin.ok("POST", "/apps/shop/release/confirm", {"remove": True})
-        assert {n: x["weight"] for n, x in app["services"].items()} == {"web-v2": 100}
+        await release_with_removal(admin, "web", "web-v2")
         assert swarm.docker("service", "ls", "--format", "{{.Name}}").split() == ["shop_web-v2"]
         await asyncio.sleep(1.0)
         await load.stop()
@@ -63,4 +63,4 @@ async def test_swarm_service_update_released_under_load_fails_nothing(swarm: Eng
           f"{load.by_body}")
     assert load.failed == []
     assert load.by_body["shop_web"] > 50 and load.by_body["shop_web-v2"] > 50
-    _no_failures(m)
+    no_retries(m)

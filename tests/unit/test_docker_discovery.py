@@ -279,3 +279,22 @@ def test_health_check_of_the_provider_goes_to_new_versions():
     outcome = reconcile(EMPTY, [found("web", 1, "10.0.0.2:80")], hc, [])
     assert outcome is not None
     assert outcome[0][0].services[0].health_check == hc
+
+
+def test_what_was_done_is_told_for_the_log():
+    done: list[str] = []
+    st = step(EMPTY, [found("web", 1, "10.0.0.2:80")])
+    reconcile(st, [found("web", 1, "10.0.0.2:80", "10.0.0.3:80"), found("web-v2", 2, "10.0.0.4:80")],
+              None, [], done)
+    assert done == ["app shop: web: backends 10.0.0.2:80, 10.0.0.3:80",
+                    "app shop: new version web-v2: release opened at weight 0"]
+
+
+def test_a_sighup_reload_keeps_the_apps_from_docker():
+    from router.state import load_file_apps
+
+    st = step(EMPTY, [found("web", 1, "10.0.0.2:80")])
+    file_apps = config_from_dict({"apps": {"static": {"routes": ["static.test"], "services": {
+        "a": {"backends": ["127.0.0.1:9"]}}}}}).apps
+    after = apply(st, load_file_apps(file_apps))
+    assert [a.name for a in after.apps] == ["static", "shop"]
