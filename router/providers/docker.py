@@ -69,7 +69,6 @@ class DockerProvider:
         self._relist = True
         self._notes: set[str] = set()
         self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -128,12 +127,14 @@ class DockerProvider:
             log.info("Docker at %s: following %s", self.config.endpoint,
                      "Swarm services" if self.swarm else "containers")
             while True:
+                # Cleared before the work, not after: an event that comes meanwhile (a kill
+                # while the state is being written) wakes the next round at once.
+                self._wake.clear()
                 if self._relist:
                     self._relist = False
                     await self._list()
                     self.up = True
                 await self._reconcile()
-                self._wake.clear()
                 await self._until(self._wake.wait(), follow, self._next_wait())
         finally:
             follow.cancel()
@@ -236,12 +237,9 @@ class DockerProvider:
             (i.container, i.address) == key for v in self._listing.versions for i in v.instances)
 
     async def _reconcile(self) -> None:
-        if self._listing is None:
+        listing = self._listing
+        if listing is None:
             return
-        async with self._lock:
-            await self._reconcile_locked(self._listing)
-
-    async def _reconcile_locked(self, listing: Listing) -> None:
         state = self._manager.state
         routed = {b for a in state.apps if a.name in state.discovered
                   for s in a.services for b in s.backends}

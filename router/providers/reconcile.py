@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..config import AppConfig, HealthCheckConfig
+from ..config import AppConfig, HealthCheckConfig, Route
 from ..errors import Conflict, RouterError
 from ..state import (
     Discovered,
@@ -83,6 +83,10 @@ class _Work:
     def app(self, name: str) -> AppConfig | None:
         return next((a for a in self.apps if a.name == name), None)
 
+    def routes(self, name: str) -> tuple[Route, ...]:
+        app = self.app(name)
+        return app.routes if app is not None else ()
+
 
 def _service_body(weight: int, backends: tuple[str, ...],
                   health_check: HealthCheckConfig | None) -> dict[str, Any]:
@@ -108,7 +112,7 @@ def reconcile(state: State, found: list[Found], health_check: HealthCheckConfig 
         if owner is None:  # the app's versions are all gone, and a new one claims its routes
             owner = next((n for n, d in work.discovered.items()
                           if d.project == project and n not in claimed
-                          and routes & set(getattr(work.app(n), "routes", ()))), None)
+                          and routes & set(work.routes(n))), None)
         if owner is None:
             owner = _create(work, comp, health_check, notes)
             if owner is None:
