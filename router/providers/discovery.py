@@ -79,6 +79,25 @@ def _routing(labels: dict[str, str], what: str, domain: str | None,
         parsed.sticky[0] if parsed.sticky is not None else None)
 
 
+_Identity = tuple[str, str, int, tuple[Route, ...], bool | None]
+
+
+def _identify(what: str, grouping: str, project: str, service: str, labels: dict[str, str],
+              domain: str | None, skipped: list[str]) -> _Identity | None:
+    """(app, service, port, routes, sticky) of a labelled container or Swarm service; None,
+    with the reason in ``skipped``, if it cannot be routed."""
+    app, svc = router_name(project), router_name(service)
+    if app is None or svc is None:
+        skipped.append(f"{what}: {grouping} {project!r} or service {service!r} cannot be an "
+                       "app or service name (^[a-z0-9][a-z0-9-]{0,62}$)")
+        return None
+    try:
+        return (app, svc, *_routing(labels, what, domain))
+    except ConfigError as e:
+        skipped.append(str(e))
+        return None
+
+
 def _routed(labels: dict[str, str] | None) -> bool:
     return any(k.startswith(ROUTING_PORT_PREFIX) for k in labels or {})
 
@@ -142,16 +161,10 @@ def from_containers(containers: list[dict[str, Any]], cfg: DockerProviderConfig,
             skipped.append(f"{what}: has routing labels but no {PROJECT_LABEL} and "
                            f"{SERVICE_LABEL} labels (compose sets them), so no app")
             continue
-        app, svc = router_name(project), router_name(service)
-        if app is None or svc is None:
-            skipped.append(f"{what}: project {project!r} or service {service!r} cannot be "
-                           "an app or service name (^[a-z0-9][a-z0-9-]{0,62}$)")
+        identity = _identify(what, "project", project, service, labels, domain, skipped)
+        if identity is None:
             continue
-        try:
-            port, routes, sticky = _routing(labels, what, domain)
-        except ConfigError as e:
-            skipped.append(str(e))
-            continue
+        app, svc, port, routes, sticky = identity
         groups.setdefault((app, svc), []).append((c, port, routes, sticky))
     versions = []
     for (app, svc), members in sorted(groups.items()):
@@ -239,17 +252,11 @@ def from_swarm(services: list[dict[str, Any]], tasks: list[dict[str, Any]],
                            "(docker stack deploy sets it), so no app")
             continue
         full = str(spec.get("Name", ""))
-        app = router_name(stack)
-        svc = router_name(full[len(stack) + 1:] if full.startswith(stack + "_") else full)
-        if app is None or svc is None:
-            skipped.append(f"{what}: stack {stack!r} or service {full!r} cannot be an app or "
-                           "service name (^[a-z0-9][a-z0-9-]{0,62}$)")
+        name = full[len(stack) + 1:] if full.startswith(stack + "_") else full
+        identity = _identify(what, "stack", stack, name, labels, domain, skipped)
+        if identity is None:
             continue
-        try:
-            port, routes, sticky = _routing(labels, what, domain)
-        except ConfigError as e:
-            skipped.append(str(e))
-            continue
+        app, svc, port, routes, sticky = identity
         test = (container_spec.get("Healthcheck") or {}).get("Test") or []
         checked = bool(test) and test[0] != "NONE"
         instances = []
