@@ -10,6 +10,7 @@ from router import state as ops
 from router.config import NAME_RE
 from router.errors import BadGateway, Conflict, Invalid, NotFound
 from router.providers.engine import DockerError
+from router.release import Release
 
 from .schemas import app_body, check_name, object_body, parse_body, render_app, service_body
 
@@ -124,6 +125,12 @@ async def get_release(request: web.Request) -> web.Response:
     return _release_response(st, name)
 
 
+def _open_release(request: web.Request, name: str) -> Release | None:
+    manager = _server(request).manager
+    assert manager is not None
+    return manager.state.releases.get(name)
+
+
 def _remove_flag(body: dict[str, Any]) -> bool:
     remove = body.get("remove", False)
     if not isinstance(remove, bool):
@@ -163,7 +170,7 @@ async def confirm_release(request: web.Request) -> web.Response:
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise Invalid(f"must be true or false (got {force!r})", "force")
-    release = _server(request).manager.state.releases.get(name)  # type: ignore[union-attr]
+    release = _open_release(request, name)
     return await _release_step(request, name, ops.confirm(name, force), _remove_flag(body),
                                release.old if release is not None else ())
 
@@ -174,7 +181,7 @@ async def rollback_release(request: web.Request) -> web.Response:
     for key in body:
         if key != "remove":
             raise Invalid(f"unknown field {key!r}", key)
-    release = _server(request).manager.state.releases.get(name)  # type: ignore[union-attr]
+    release = _open_release(request, name)
     return await _release_step(request, name, ops.rollback(name), _remove_flag(body),
                                (release.new,) if release is not None else ())
 
