@@ -167,7 +167,11 @@ def _start_engine() -> Engine:
 
 def _stop_engine(engine: Engine) -> None:
     terminate(engine.proc, 30)
-    subprocess.run(["umount", "-R", "-l", engine.root], capture_output=True)
+    # dockerd leaves its network namespace file (nsfs) mounted under the exec root.
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split()[1] for line in f if line.split()[1].startswith(engine.root + "/")]
+    for mount in sorted(mounts, reverse=True):
+        subprocess.run(["umount", "-l", mount], capture_output=True)
     shutil.rmtree(engine.root, ignore_errors=True)
 
 
