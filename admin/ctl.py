@@ -10,8 +10,8 @@ operator sees. Standard library only, so it runs wherever Python does.
     routerctl sticky shop off
     routerctl release start shop web-v2 --backend 10.0.0.7:80 --wait
     routerctl release status shop
-    routerctl release confirm shop [--force]
-    routerctl release rollback shop
+    routerctl release confirm shop [--force] [--remove]
+    routerctl release rollback shop [--remove]
 
 Global options (before or after the command): ``--url`` (env ``ROUTER_URL``, default
 ``http://127.0.0.1:9090``), ``--token`` (env ``ROUTER_TOKEN``), ``--json``, ``--timeout``,
@@ -37,6 +37,7 @@ from typing import Any, Callable, NoReturn, Sequence, TextIO
 
 DEFAULT_URL = "http://127.0.0.1:9090"  # SPEC 3: the admin API's default listen address
 DEFAULT_TIMEOUT = 10.0
+REMOVE_TIMEOUT = 60.0
 POLL_INTERVAL = 0.5  # --wait: how often the release is fetched
 API = "/api/v1/apps"
 
@@ -378,18 +379,31 @@ def _closed(what: str) -> Callable[[dict[str, Any]], str]:
                       + services_table(a))
 
 
+def _removal_time(c: Client, args: argparse.Namespace) -> None:
+    # The server answers once the containers are stopped: Docker gives each its stop timeout
+    # (10 s by default) before SIGKILL.
+    if args.remove:
+        c.timeout = max(c.timeout, REMOVE_TIMEOUT)
+
+
 def cmd_release_confirm(c: Client, args: argparse.Namespace, out: Output) -> int:
-    body = {"force": True} if args.force else None
+    body = {k: True for k in ("force", "remove") if getattr(args, k)} or None
+    _removal_time(c, args)
     out.show(c.request("POST", app_path(args.app, "/release/confirm"), body), _closed("confirmed"))
     return EXIT_OK
 
 
 def cmd_release_rollback(c: Client, args: argparse.Namespace, out: Output) -> int:
-    out.show(c.request("POST", app_path(args.app, "/release/rollback")), _closed("rolled back"))
+    body = {"remove": True} if args.remove else None
+    _removal_time(c, args)
+    out.show(c.request("POST", app_path(args.app, "/release/rollback"), body),
+             _closed("rolled back"))
     return EXIT_OK
 
 
 # -- command line -----------------------------------------------------------------------------
+_REMOVE_HELP = ("also stop and remove the containers of the version taken out (apps discovered "
+                "from Docker); waits for them at least 60 s")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -485,11 +499,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
     p.add_argument("--force", action="store_true",
                    help="first move all weight to the new service")
+    p.add_argument("--remove", action="store_true", help=_REMOVE_HELP)
     p.set_defaults(func=cmd_release_confirm)
 
     p = rsub.add_parser("rollback", parents=[common],
                         help="delete the new service, restore the old weights")
     p.add_argument("app")
+    p.add_argument("--remove", action="store_true", help=_REMOVE_HELP)
     p.set_defaults(func=cmd_release_rollback)
     return parser
 

@@ -9,7 +9,9 @@ from aiohttp import web
 
 from router import state as ops
 from router.config import NAME_RE
-from router.errors import Invalid, NotFound
+from router.errors import BadGateway, Conflict, Invalid, NotFound
+from router.providers.engine import DockerError
+from router.release import Release
 
 from .schemas import (
     app_body,
@@ -132,26 +134,65 @@ async def get_release(request: web.Request) -> web.Response:
     return _release_response(st, name)
 
 
+def _open_release(request: web.Request, name: str) -> Release | None:
+    manager = _server(request).manager
+    assert manager is not None
+    return manager.state.releases.get(name)
+
+
+def _remove_flag(body: dict[str, Any]) -> bool:
+    remove = body.get("remove", False)
+    if not isinstance(remove, bool):
+        raise Invalid(f"must be true or false (got {remove!r})", "remove")
+    return remove
+
+
+async def _release_step(request: web.Request, name: str, op: ops.Operation, remove: bool,
+                        leaving: tuple[str, ...]) -> web.Response:
+    """Run a release step; with ``remove``, then stop and remove the containers of the
+    versions it took out of the app (``leaving``)."""
+    srv = _server(request)
+    if remove:
+        if srv.docker is None:
+            raise Conflict("no Docker provider is configured (providers.docker): there are "
+                           "no containers to remove", "remove")
+        srv.docker.check_removable(name)
+    st = await _change(request, op, name)
+    if remove:
+        assert srv.docker is not None
+        gone = tuple(s for s in leaving if all(x.name != s for x in st.app(name).services))
+        try:
+            await srv.docker.remove(name, gone)
+        except DockerError as e:
+            raise BadGateway(f"the release step of {name!r} is done (generation "
+                             f"{st.generation}), but removing the containers of "
+                             f"{', '.join(gone)} failed: {e}", "remove") from None
+    return _app_response(request, st, name)
+
+
 async def confirm_release(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     body = object_body(await request.read(), required=False)
     for key in body:
-        if key != "force":
+        if key not in ("force", "remove"):
             raise Invalid(f"unknown field {key!r}", key)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise Invalid(f"must be true or false (got {force!r})", "force")
-    st = await _change(request, ops.confirm(name, force), name)
-    return _app_response(request, st, name)
+    release = _open_release(request, name)
+    return await _release_step(request, name, ops.confirm(name, force), _remove_flag(body),
+                               release.old if release is not None else ())
 
 
 async def rollback_release(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     body = object_body(await request.read(), required=False)
-    if body:
-        raise Invalid(f"unknown field {sorted(body)[0]!r}", sorted(body)[0])
-    st = await _change(request, ops.rollback(name), name)
-    return _app_response(request, st, name)
+    for key in body:
+        if key != "remove":
+            raise Invalid(f"unknown field {key!r}", key)
+    release = _open_release(request, name)
+    return await _release_step(request, name, ops.rollback(name), _remove_flag(body),
+                               (release.new,) if release is not None else ())
 
 
 async def app_stats(request: web.Request) -> web.Response:

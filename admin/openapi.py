@@ -174,6 +174,10 @@ _MUTATION = {**_COMMON, "400": _err("body is not JSON"), "404": _err("unknown ap
              "409": _err("state conflict"), "412": _err("stale If-Match"),
              "413": _err("body too large"), "422": _err("invalid value"),
              "503": _err("the state cannot be persisted")}
+_REMOVE = {"type": "boolean", "description": "also stop and remove the containers (in Swarm mode "
+           "the services) of the versions the step takes out, through the Docker provider; 409 "
+           "for an app that was not discovered from Docker"}
+_REMOVE_FAILED = "the release step is done, but removing the containers failed"
 
 
 def openapi() -> dict[str, Any]:
@@ -245,20 +249,26 @@ def openapi() -> dict[str, Any]:
             },
             app_path + "/release/confirm": {
                 "parameters": [_APP_PARAM],
-                "post": {"summary": "delete the old services (409 while in_progress)",
+                "post": {"summary": "delete the old services (409 while in_progress); with "
+                                    "remove, also stop and remove their containers",
                          "parameters": [_IF_MATCH],
                          "requestBody": _body({"type": "object", "additionalProperties": False,
-                                               "properties": {"force": {"type": "boolean"}}},
+                                               "properties": {"force": {"type": "boolean"},
+                                                              "remove": _REMOVE}},
                                               required=False),
-                         "responses": {**_MUTATION, "200": _json("App", "confirmed")}},
+                         "responses": {**_MUTATION, "200": _json("App", "confirmed"),
+                                       "502": _err(_REMOVE_FAILED)}},
             },
             app_path + "/release/rollback": {
                 "parameters": [_APP_PARAM],
-                "post": {"summary": "delete the new service and restore the old weights",
+                "post": {"summary": "delete the new service and restore the old weights; "
+                                    "with remove, also stop and remove its containers",
                          "parameters": [_IF_MATCH],
                          "requestBody": _body({"type": "object", "additionalProperties": False,
-                                               "properties": {}}, required=False),
-                         "responses": {**_MUTATION, "200": _json("App", "rolled back")}},
+                                               "properties": {"remove": _REMOVE}},
+                                              required=False),
+                         "responses": {**_MUTATION, "200": _json("App", "rolled back"),
+                                       "502": _err(_REMOVE_FAILED)}},
             },
             app_path + "/stats": {
                 "parameters": [_APP_PARAM],

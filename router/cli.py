@@ -7,11 +7,12 @@ environment refuses (a port taken, the etcd store unreachable at start).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import logging
 import os
 import sys
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, DockerProviderConfig, load_config, parse_docker_endpoint
 from .process import serve
 
 
@@ -26,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="where the routing state lives: a file path, file:///path, or "
                             "etcd://HOST:PORT[/prefix] shared by several replicas "
                             "(default: router-state.yaml next to the configuration)")
+    serve.add_argument("--docker", nargs="?", const="", metavar="ENDPOINT",
+                       help="discover apps from Docker labels (providers.docker): the Engine at "
+                            "ENDPOINT, unix:///var/run/docker.sock by default, or tcp://HOST:PORT")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     demo = sub.add_parser("demo", help="run two demo backends (blue, green) and a router")
@@ -57,10 +61,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = load_config(args.config) if args.config else Config()
+        if args.docker is not None:
+            config = with_docker(config, args.docker)
     except ConfigError as e:
         print(f"router: {e}", file=sys.stderr)
         return 2
     return serve(config, store, args.workers)
+
+
+def with_docker(config: Config, endpoint: str) -> Config:
+    """``--docker [ENDPOINT]``: the Docker provider on, at ENDPOINT when one is given."""
+    docker = config.providers.docker or DockerProviderConfig()
+    if endpoint:
+        docker = replace(docker, endpoint=parse_docker_endpoint(endpoint, "--docker", "command line"))
+    return replace(config, providers=replace(config.providers, docker=docker))
 
 
 def store_spec(url: str | None, config_path: str | None) -> str:

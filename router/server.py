@@ -33,6 +33,7 @@ from .dataplane import DataPlane
 from .errors import Unavailable
 from .health import HealthChecker, probe
 from .metrics import DataPlaneCollector, StoreCollector
+from .providers.docker import DockerProvider
 from .release import Status
 from .state import State, StateManager, load_file_apps, mark_ready
 from .sticky import load_or_create_secret
@@ -91,6 +92,7 @@ class Server:
         self.manager: StateManager | None = None
         self.plane: DataPlane | None = None
         self.health: HealthChecker | None = None
+        self.docker: DockerProvider | None = None
         self.registry = CollectorRegistry()
         self.ready = False
         self.port = 0
@@ -152,6 +154,10 @@ class Server:
                                reuse_address=True)
             await site.start()
             self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if cfg.providers.docker is not None:
+            self.docker = DockerProvider(cfg.providers.docker, cfg.domain, self.manager)
+            self.registry.register(self.docker.collector())
+            await self.docker.start()
         self._stopping = asyncio.Event()
         self._release_task = loop.create_task(self._watch_releases())
         if self.store is not None:
@@ -261,6 +267,8 @@ class Server:
             # Not ready, still serving: load balancers see /readyz fail and stop sending.
             await asyncio.sleep(self.config.timeouts.drain_delay)
         self._closing = True
+        if self.docker is not None:
+            await self.docker.stop()
         grace = self.config.timeouts.grace
         if self._workers:
             await asyncio.gather(*(self._stop_worker(w, grace) for w in self._workers))
@@ -301,6 +309,8 @@ class Server:
         assert self.plane is not None and self.health is not None
         self.plane.apply(state.apps, state.generation)
         self.health.update(state.apps)
+        if self.docker is not None:
+            self.docker.state_changed()
         await self._tell_workers("state", state.apps, state.generation, self.plane.health_map())
 
     async def _tell_workers(self, *msg: Any) -> None:
@@ -356,7 +366,7 @@ class Server:
         except ConfigError as e:
             log.error("reload refused, running configuration kept: %s", e)
             return
-        for attr in ("listen_host", "listen_port", "admin"):
+        for attr in ("listen_host", "listen_port", "admin", "providers"):
             if getattr(new, attr) != getattr(self.config, attr):
                 log.warning("reload: %s changed; it takes effect only after a restart", attr)
         if new.sticky.secret_file != self.config.sticky.secret_file:
@@ -404,7 +414,7 @@ class Server:
                 continue
             app = state.app(name)
             svc = next(s for s in app.services if s.name == release.new)
-            ready = True
+            ready = bool(svc.backends)  # a version with no backend (yet) has proven nothing
             for addr in svc.backends:
                 key = (name, svc.name, addr)
                 passed = self.health.passed(*key)  # type: ignore[union-attr]

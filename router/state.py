@@ -33,12 +33,24 @@ log = logging.getLogger("router.admin")
 
 
 @dataclass(frozen=True)
+class Discovered:
+    """An app the Docker provider made: its compose project (or stack) and the versions it
+    added to the app, kept so that a version removed through the API (a confirmed release's old
+    one) is not added again while its containers still run (docs/docker.md)."""
+
+    project: str
+    services: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class State:
     generation: int
     apps: tuple[AppConfig, ...] = ()
     releases: Mapping[str, Release] = field(default_factory=dict)
     # The generation at which each app last changed: its ETag.
     app_generations: Mapping[str, int] = field(default_factory=dict)
+    # Apps that discovery made, by name; only discovery's own operations change it.
+    discovered: Mapping[str, Discovered] = field(default_factory=dict)
 
     @classmethod
     def initial(cls, apps: tuple[AppConfig, ...]) -> "State":
@@ -56,12 +68,16 @@ class State:
 
     def to_dict(self) -> dict[str, Any]:
         """The store's format: the configuration file's ``apps`` plus releases and generations."""
-        return {
+        data = {
             "generation": self.generation,
             "apps": {a.name: app_to_dict(a) for a in self.apps},
             "releases": {name: r.to_dict() for name, r in self.releases.items()},
             "app_generations": dict(self.app_generations),
         }
+        if self.discovered:
+            data["discovered"] = {name: {"project": d.project, "services": list(d.services)}
+                                  for name, d in self.discovered.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "State":
@@ -78,7 +94,15 @@ class State:
             except ValueError as e:
                 raise ConfigError(f"releases.{name}", str(e), r, source) from None
         gens = {n: int(g) for n, g in (data.get("app_generations") or {}).items()}
-        return cls(data["generation"], apps, releases, gens)
+        discovered = {}
+        for name, d in (data.get("discovered") or {}).items():
+            if (not isinstance(d, dict) or not isinstance(d.get("project"), str)
+                    or not isinstance(d.get("services"), list)
+                    or not all(isinstance(s, str) for s in d["services"])):
+                raise ConfigError(f"discovered.{name}", "must be {project: str, services: [str]}",
+                                  d, source)
+            discovered[name] = Discovered(d["project"], tuple(d["services"]))
+        return cls(data["generation"], apps, releases, gens, discovered)
 
 
 def health_check_to_dict(hc: HealthCheckConfig | None) -> dict[str, Any] | None:
@@ -131,9 +155,12 @@ def _service(app: AppConfig, name: str) -> ServiceConfig:
     raise NotFound(f"app {app.name!r} has no service {name!r}", "service")
 
 
-# An operation: State -> (apps, releases, names of the apps it changed).
+# An operation: State -> (apps, releases, names of the apps it changed). Discovery's operations
+# also give the new ``discovered`` (the fourth item); every other one leaves it as it was.
 Outcome = tuple[tuple[AppConfig, ...], Mapping[str, Release], tuple[str, ...]]
-Operation = Callable[[State], Outcome]
+DiscoveryOutcome = tuple[tuple[AppConfig, ...], Mapping[str, Release], tuple[str, ...],
+                         Mapping[str, Discovered]]
+Operation = Callable[[State], Outcome | DiscoveryOutcome]
 
 
 # -- operations -------------------------------------------------------------------------------
@@ -326,10 +353,13 @@ def mark_ready(name: str, new: str) -> Operation:
     return op
 
 
-def load_file_apps(apps: tuple[AppConfig, ...]) -> Operation:
+def load_file_apps(file_apps: tuple[AppConfig, ...]) -> Operation:
     """SIGHUP: the configuration file's apps replace the state's; releases whose services are
-    gone with them are closed."""
+    gone with them are closed. Apps discovered from Docker are not the file's: they stay."""
     def op(state: State) -> Outcome:
+        names = {a.name for a in file_apps}
+        apps = file_apps + tuple(a for a in state.apps
+                                 if a.name in state.discovered and a.name not in names)
         releases = {}
         for name, r in state.releases.items():
             app = next((a for a in apps if a.name == name), None)
@@ -468,7 +498,9 @@ def _next_state(cur: State, op: Operation, if_match: str | None,
     """The state ``op`` makes of ``cur``, and the apps it touched; a RouterError if refused."""
     # The operation first: a request that would be refused anyway (bad body, unknown service,
     # conflict) gets that answer rather than a 412.
-    apps, releases, touched = op(cur)
+    outcome = op(cur)
+    apps, releases, touched = outcome[0], outcome[1], outcome[2]
+    discovered = outcome[3] if len(outcome) == 4 else cur.discovered
     if if_match is not None:
         want = parse_etag(if_match)
         if want is not None:
@@ -482,5 +514,5 @@ def _next_state(cur: State, op: Operation, if_match: str | None,
     for n in touched:
         if any(a.name == n for a in apps):
             app_gens[n] = gen
-    return State(gen, apps, dict(releases), app_gens), touched
+    return State(gen, apps, dict(releases), app_gens, dict(discovered)), touched
 

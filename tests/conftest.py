@@ -291,13 +291,18 @@ async def router_process(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any
 
     yield start
     for rp in procs:
-        if rp.proc.poll() is None:
-            rp.proc.send_signal(signal.SIGTERM)
-            try:
-                rp.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                rp.proc.kill()
-                rp.proc.wait()
+        terminate(rp.proc, 15)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 async def get(session: aiohttp.ClientSession, server: Server | RouterProcess, path: str = "/",

@@ -19,8 +19,8 @@ sizes, addresses), ``labels`` (routes and Aliyun labels), ``apps`` (apps and ser
 from __future__ import annotations
 
 from .apps import parse_app, parse_health_check, parse_service
-from .labels import parse_route, parse_routing_label
-from .load import config_from_dict, load_config
+from .labels import Labels, parse_labels, parse_route, parse_routing_label
+from .load import config_from_dict, load_config, parse_docker_endpoint
 from .model import (
     NAME_RE,
     AccessLogConfig,
@@ -28,9 +28,11 @@ from .model import (
     AppConfig,
     Config,
     ConfigError,
+    DockerProviderConfig,
     HealthCheckConfig,
     Limits,
     PassiveHealthConfig,
+    ProvidersConfig,
     Route,
     ServiceConfig,
     StickyConfig,
@@ -45,9 +47,12 @@ __all__ = [
     "AppConfig",
     "Config",
     "ConfigError",
+    "DockerProviderConfig",
     "HealthCheckConfig",
+    "Labels",
     "Limits",
     "PassiveHealthConfig",
+    "ProvidersConfig",
     "Route",
     "ServiceConfig",
     "StickyConfig",
@@ -56,8 +61,10 @@ __all__ = [
     "load_config",
     "parse_app",
     "parse_backend",
+    "parse_docker_endpoint",
     "parse_duration",
     "parse_health_check",
+    "parse_labels",
     "parse_listen",
     "parse_route",
     "parse_routing_label",
