@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Final, cast
+from typing import Awaitable, Callable, Final, cast
 
 import httptools
 
@@ -390,12 +390,20 @@ class UpstreamConnection:
             self.transport.abort()
 
 
-class UpstreamPool:
-    """Idle keep-alive connections per backend address, most recently used first."""
+# Opens a backend connection for (pool, key, host, port); the pool's default dials TCP.
+Opener = Callable[["UpstreamPool", str, str, int], Awaitable[UpstreamConnection]]
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float) -> None:
+
+class UpstreamPool:
+    """Idle keep-alive connections per backend address, most recently used first.
+
+    ``opener`` replaces the TCP dial (the tests open connections in memory this way)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float,
+                 opener: Opener | None = None) -> None:
         self.loop = loop
         self.connect_timeout = connect_timeout
+        self.opener = opener
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
@@ -411,6 +419,8 @@ class UpstreamPool:
 
     async def connect(self, key: str, host: str, port: int) -> UpstreamConnection:
         """A new connection; raises OSError or TimeoutError."""
+        if self.opener is not None:
+            return await self.opener(self, key, host, port)
         async with asyncio.timeout(self.connect_timeout):
             _, proto = await self.loop.create_connection(
                 cast("Callable[[], asyncio.Protocol]", lambda: UpstreamConnection(self, key)),
