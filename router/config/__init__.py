@@ -36,7 +36,7 @@ from .model import (
     StickyConfig,
     Timeouts,
 )
-from .scalars import parse_backend, parse_duration, parse_listen, split_hostport
+from .scalars import format_duration, parse_backend, parse_duration, parse_listen, split_hostport
 
 __all__ = [
     "NAME_RE",
@@ -53,6 +53,7 @@ __all__ = [
     "StickyConfig",
     "Timeouts",
     "config_from_dict",
+    "format_duration",
     "load_config",
     "parse_app",
     "parse_backend",
