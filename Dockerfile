@@ -8,7 +8,7 @@ COPY admin ./admin
 # Same install step as the README's; gcc only while it runs, so that it compiles the data plane
 # (setup.py: mypyc), then removed from the image.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
- && pip install --no-cache-dir . \
+ && pip install --no-cache-dir '.[etcd]' \
  && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
  && cd / && python -c "import router, sys; sys.exit(not router.compiled())" && cd /opt/router \
  && useradd --system --uid 10001 --home-dir /var/lib/router --create-home router \

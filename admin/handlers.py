@@ -8,7 +8,7 @@ from aiohttp import web
 
 from router import state as ops
 from router.config import NAME_RE, ConfigError, config_from_dict
-from router.errors import Conflict, Invalid, NotFound
+from router.errors import BadRequest, Conflict, Invalid, NotFound
 from router.history import HISTORY_LIMIT, Actor, fingerprint
 
 from .schemas import (app_body, check_name, object_body, parse_body, query_flag, query_limit,
@@ -37,6 +37,16 @@ def actor(request: web.Request) -> Actor:
     return Actor(request.remote or "-", fingerprint(token) if token is not None else None)
 
 
+def _only_new(request: web.Request) -> bool:
+    """``If-None-Match: *``: create, never replace."""
+    value = request.headers.get("If-None-Match")
+    if value is None:
+        return False
+    if value.strip() != "*":
+        raise BadRequest(f"If-None-Match: only * is supported (got {value!r})", "If-None-Match")
+    return True
+
+
 async def _change(request: web.Request, op: ops.Operation, app: str | None) -> ops.State:
     return await _server(request).manager.change(  # type: ignore[union-attr]
         op, request.headers.get("If-Match"), app, actor(request))
@@ -63,7 +73,7 @@ async def put_app(request: web.Request) -> web.Response:
     if not existed:
         if not NAME_RE.match(name):
             raise Invalid(f"app names match ^[a-z0-9][a-z0-9-]{{0,62}}$ (got {name!r})", "name")
-    st = await _change(request, ops.put_app(name, body), name)
+    st = await _change(request, ops.put_app(name, body, _only_new(request)), name)
     return _app_response(request, st, name, 200 if existed else 201)
 
 
@@ -99,7 +109,7 @@ async def put_service(request: web.Request) -> web.Response:
     srv = _server(request)
     cur = srv.manager.state  # type: ignore[union-attr]
     existed = any(s.name == svc for s in cur.app(name).services)
-    st = await _change(request, ops.put_service(name, svc, body), name)
+    st = await _change(request, ops.put_service(name, svc, body, _only_new(request)), name)
     return _app_response(request, st, name, 200 if existed else 201)
 
 

@@ -176,6 +176,10 @@ _IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
              "schema": {"type": "string", "pattern": '^(\\*|(W/)?"[0-9]+")$'},
              "description": 'the ETag of the app ("<generation>"); a stale one answers 412'}
 
+_IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
+                  "schema": {"type": "string", "enum": ["*"]},
+                  "description": "*: create only; 412 if it exists"}
+
 _COMMON = {"401": _err("missing or wrong bearer token")}
 _MUTATION = {**_COMMON, "400": _err("body is not JSON"), "404": _err("unknown app or service"),
              "409": _err("state conflict"), "412": _err("stale If-Match"),
@@ -233,7 +237,7 @@ def openapi() -> dict[str, Any]:
                 "parameters": [_APP_PARAM],
                 "get": {"summary": "one app",
                         "responses": {**_COMMON, "200": _json("App", "the app"), "404": _err("unknown app")}},
-                "put": {"summary": "create or replace an app", "parameters": [_IF_MATCH],
+                "put": {"summary": "create or replace an app", "parameters": [_IF_MATCH, _IF_NONE_MATCH],
                         "requestBody": _body("AppIn"),
                         "responses": {**_MUTATION, "200": _json("App", "replaced"),
                                       "201": _json("App", "created")}},
@@ -253,7 +257,8 @@ def openapi() -> dict[str, Any]:
             },
             app_path + "/services/{svc}": {
                 "parameters": [_APP_PARAM, _SVC_PARAM],
-                "put": {"summary": "create or replace a service", "parameters": [_IF_MATCH],
+                "put": {"summary": "create or replace a service",
+                        "parameters": [_IF_MATCH, _IF_NONE_MATCH],
                         "requestBody": _body("ServiceIn"),
                         "responses": {**_MUTATION, "200": _json("App", "replaced"),
                                       "201": _json("App", "created")}},

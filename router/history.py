@@ -132,9 +132,9 @@ def _app_changes(old: AppConfig | None, new: AppConfig | None, old_release: Rele
         return []
     if old is None:
         assert new is not None
-        lines = [f"app added: routes {_names(new.routes)}, session_sticky "
-                 f"{_on_off(new.session_sticky)}, drain_timeout {_duration(new.drain_timeout)}"]
-        lines += [f"service {s.name} added: {_service(s)}" for s in new.services]
+        lines = [f"app added (routes {_names(new.routes)}; session_sticky "
+                 f"{_on_off(new.session_sticky)}; drain_timeout {_duration(new.drain_timeout)})"]
+        lines += [f"service {s.name} added ({_service(s)})" for s in new.services]
     elif new is None:
         lines = ["app deleted"]
     else:
@@ -159,7 +159,7 @@ def _services_changes(old: AppConfig, new: AppConfig) -> list[str]:
     before = {s.name: s for s in old.services}
     after = {s.name: s for s in new.services}
     lines = [f"service {n} deleted" for n in before if n not in after]
-    lines += [f"service {n} added: {_service(s)}" for n, s in after.items() if n not in before]
+    lines += [f"service {n} added ({_service(s)})" for n, s in after.items() if n not in before]
     common = [n for n in before if n in after]
     weights = [f"{n} {before[n].weight}->{after[n].weight}" for n in common
                if before[n].weight != after[n].weight]
@@ -204,9 +204,9 @@ def _release_changes(old: Release | None, new: Release | None, app: AppConfig | 
 
 
 def _service(s: ServiceConfig) -> str:
-    text = f"weight {s.weight}, backends {_names(s.backends)}"
+    text = f"weight {s.weight}; backends {_names(s.backends)}"
     if s.health_check is not None:
-        text += f", health_check {_check(s.health_check)}"
+        text += f"; health_check {_check(s.health_check)}"
     return text
 
 

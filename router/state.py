@@ -182,13 +182,20 @@ def operation(name: str) -> Callable[[Callable[P, Step]], Callable[P, Operation]
 
 
 # -- operations -------------------------------------------------------------------------------
+def _exists(what: str) -> PreconditionFailed:
+    return PreconditionFailed(f"{what} exists already (If-None-Match: *)", "If-None-Match")
+
+
 @operation("put_app")
-def put_app(name: str, body: Any) -> Step:
+def put_app(name: str, body: Any, only_new: bool = False) -> Step:
+    """Create or replace an app; ``only_new``: create only (412 if it exists)."""
     def op(state: State) -> Outcome:
         try:
             app = parse_app(name, body, None, "")
         except ConfigError as e:
             raise invalid(e) from None
+        if only_new and state.has_app(name):
+            raise _exists(f"app {name!r}")
         release = state.releases.get(name)
         if release is not None:
             names = {s.name for s in app.services}
@@ -240,7 +247,8 @@ def set_weights(name: str, weights: dict[str, Any]) -> Step:
 
 
 @operation("put_service")
-def put_service(name: str, svc_name: str, body: Any) -> Step:
+def put_service(name: str, svc_name: str, body: Any, only_new: bool = False) -> Step:
+    """Create or replace a service; ``only_new``: create only (412 if it exists)."""
     def op(state: State) -> Outcome:
         app = state.app(name)
         try:
@@ -249,6 +257,8 @@ def put_service(name: str, svc_name: str, body: Any) -> Step:
             raise invalid(e) from None
         releases = dict(state.releases)
         if any(s.name == svc_name for s in app.services):
+            if only_new:
+                raise _exists(f"service {svc_name!r} of {name!r}")
             services = tuple(svc if s.name == svc_name else s for s in app.services)
             release = releases.get(name)
             if release is not None:

@@ -322,14 +322,9 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
         return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
 
-def load_config(path: str) -> Config:
-    """Read, parse and validate a YAML configuration file.
-
-    Every failure is a ConfigError with ``source=path``: unreadable file, YAML syntax error
-    (with its line), a top level that is not a mapping, and every validation error.  An empty
-    file gives the default Config.  Relative file names inside (token_file, secret_file) are
-    resolved against the file's directory, as the file store is kept next to it.
-    """
+def read_yaml(path: str) -> object:
+    """The YAML document in the file ``path``, parsed as the configuration is (safe, duplicate
+    keys refused); ``ConfigError`` naming the file, and the line for a syntax error."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -342,7 +337,7 @@ def load_config(path: str) -> Config:
         reason = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
         raise ConfigError("", reason, raw[exc.start : exc.start + 8], path) from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "syntax error"
@@ -358,5 +353,16 @@ def load_config(path: str) -> Config:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError("", f"invalid YAML: {exc}", None, path) from None
+
+
+def load_config(path: str) -> Config:
+    """Read, parse and validate a YAML configuration file.
+
+    Every failure is a ConfigError with ``source=path``: unreadable file, YAML syntax error
+    (with its line), a top level that is not a mapping, and every validation error.  An empty
+    file gives the default Config.  Relative file names inside (token_file, secret_file) are
+    resolved against the file's directory, as the file store is kept next to it.
+    """
+    data = read_yaml(path)
     base_dir = os.path.dirname(os.path.abspath(path))
     return _config_from_dict(data, path, base_dir)
