@@ -555,21 +555,24 @@ def apply_text(source: str, result: dict[str, Any]) -> str:
 
 
 def cmd_apply(c: Client, args: argparse.Namespace, out: Output) -> int:
-    from router.config import ConfigError, read_yaml
+    from router.config import ConfigError, parse_yaml, read_yaml
 
     try:
-        data = read_yaml(args.file)
+        # "-": standard input, so that `routerctl export | routerctl apply -` works.
+        data = (parse_yaml(sys.stdin.buffer.read(), "<stdin>") if args.file == "-"
+                else read_yaml(args.file))
     except ConfigError as e:
         raise UsageError(str(e)) from None
     if not isinstance(data, dict) or "apps" not in data:
         raise UsageError(f"{args.file}: no apps section: nothing to apply (an empty `apps: {{}}` "
-                         "deletes every app)")
+                         "would delete every app)")
+    source = "<stdin>" if args.file == "-" else args.file
     body = {"apps": data["apps"] if data["apps"] is not None else {},
-            "domain": data.get("domain"), "source": args.file}
+            "domain": data.get("domain"), "source": source}
     query = urllib.parse.urlencode([(k, "1") for k, on in (("dry_run", args.dry_run),
                                                            ("force", args.force)) if on])
     result = c.request("POST", "/api/v1/apply" + (f"?{query}" if query else ""), body)
-    out.show(result, lambda r: apply_text(args.file, r))
+    out.show(result, lambda r: apply_text(source, r))
     return EXIT_OK
 
 
@@ -737,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("apply", parents=[common],
                        help="make the apps of a configuration file the router's, in one change")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="a configuration file; - for standard input")
     p.add_argument("--dry-run", action="store_true", help="show the changes, make none")
     p.add_argument("--force", action="store_true",
                    help="also close open releases and delete services clients are pinned to")

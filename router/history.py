@@ -188,12 +188,12 @@ def _release_changes(old: Release | None, new: Release | None, app: AppConfig | 
     if old is not None and (new is None or new.new != old.new):
         names = {s.name for s in app.services} if app is not None else set()
         if app is None:
-            why = "app deleted"
+            how = "closed (app deleted)"
         elif old.new not in names:
-            why = f"{old.new} deleted"
+            how = f"rolled back ({old.new} deleted)"
         else:
-            why = f"{_names(s for s in old.old if s not in names)} deleted"
-        lines.append(f"release of {old.new} closed ({why})")
+            how = f"confirmed ({_names(s for s in old.old if s not in names)} deleted)"
+        lines.append(f"release of {old.new} {how}")
     if new is not None:
         if old is None or old.new != new.new:
             lines.append(f"release of {new.new} started ({new.status.value}; old: "

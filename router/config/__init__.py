@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .apps import parse_app, parse_health_check, parse_service
 from .labels import parse_route, parse_routing_label
-from .load import config_from_dict, load_config, read_yaml
+from .load import config_from_dict, load_config, parse_yaml, read_yaml
 from .model import (
     NAME_RE,
     AccessLogConfig,
@@ -63,6 +63,7 @@ __all__ = [
     "parse_route",
     "parse_routing_label",
     "parse_service",
+    "parse_yaml",
     "read_yaml",
     "split_hostport",
 ]

@@ -331,28 +331,33 @@ def read_yaml(path: str) -> object:
     except OSError as exc:
         reason = f"cannot read configuration file: {exc.strerror or exc}"
         raise ConfigError("", reason, path, path) from None
+    return parse_yaml(raw, path)
+
+
+def parse_yaml(raw: bytes, source: str) -> object:
+    """:func:`read_yaml` of bytes already read; ``source`` names them in errors."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         reason = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
-        raise ConfigError("", reason, raw[exc.start : exc.start + 8], path) from None
+        raise ConfigError("", reason, raw[exc.start : exc.start + 8], source) from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "syntax error"
         if mark is None:
-            raise ConfigError("", f"invalid YAML: {problem}", None, path) from None
+            raise ConfigError("", f"invalid YAML: {problem}", None, source) from None
         lines = text.splitlines()
         line_text = lines[mark.line].strip() if mark.line < len(lines) else ""
         raise ConfigError(
             "",
             f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}",
             line_text,
-            path,
+            source,
         ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError("", f"invalid YAML: {exc}", None, path) from None
+        raise ConfigError("", f"invalid YAML: {exc}", None, source) from None
 
 
 def load_config(path: str) -> Config:
