@@ -18,7 +18,8 @@ from .scalars import format_duration
 NEEDS_RESTART = ("listen", "admin.listen", "sticky.secret_file")
 # Shown as changed, never with their values.
 _SECRETS = ("admin.token",)
-_SECTIONS = ("sticky", "timeouts", "limits", "access_log", "passive_health")
+# In the order of the configuration file's documentation (README "Configuration").
+_SECTIONS = ("sticky", "timeouts", "passive_health", "limits", "trusted_proxies", "access_log")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class SettingChange:
 
 
 def setting_changes(old: Config, new: Config) -> list[SettingChange]:
-    """Every process setting that differs, in the file's order."""
+    """Every process setting that differs, in the documented order of the file."""
     before, after = _settings(old), _settings(new)
     return [SettingChange(k, before[k], after[k]) for k in before if before[k] != after[k]]
 
@@ -61,10 +62,12 @@ def _settings(cfg: Config) -> dict[str, str]:
         "domain": _show(cfg.domain),
     }
     for section in _SECTIONS:
+        if section == "trusted_proxies":
+            out[section] = "[" + ", ".join(str(n) for n in cfg.trusted_proxies) + "]"
+            continue
         values = getattr(cfg, section)
         for f in dataclasses.fields(values):
             out[f"{section}.{f.name}"] = _show(getattr(values, f.name))
-    out["trusted_proxies"] = "[" + ", ".join(str(n) for n in cfg.trusted_proxies) + "]"
     return out
 
 

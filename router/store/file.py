@@ -275,7 +275,7 @@ class FileStateStore(Store):
         return data, history
 
     def _read_history(self) -> deque[dict[str, Any]]:
-        return deque(reversed(self.history_file.load()), maxlen=HISTORY_LIMIT)
+        return deque(reversed(self.history_file.load()[-HISTORY_LIMIT:]), maxlen=HISTORY_LIMIT)
 
     async def save(self, data: dict[str, Any], expected_version: int,
                    entry: dict[str, Any] | None = None) -> int:

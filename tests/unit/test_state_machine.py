@@ -112,6 +112,13 @@ class StateOps(RuleBasedStateMachine):
     def patch_app(self, app: str, sticky: object) -> None:
         self.run(ops.patch_app(app, {"session_sticky": sticky}))
 
+    @rule(apps=st.lists(st.sampled_from(APPS), unique=True), svc=st.sampled_from(SERVICES),
+          weight=st.integers(min_value=0, max_value=100), force=st.booleans())
+    def apply(self, apps: list[str], svc: str, weight: int, force: bool) -> None:
+        cfg = config_from_dict({"apps": {a: {"routes": [f"{a}.test"], "services": {
+            svc: {"weight": weight, "backends": ["10.0.0.1:80"]}}} for a in apps}})
+        self.run(ops.apply_apps(cfg.apps, force))
+
     @invariant()
     def invariants(self) -> None:
         s = self.mgr.state
