@@ -367,7 +367,8 @@ class Server:
             if c.needs_restart:
                 log.warning("reload of %s: %s needs a restart; running with the old value", path, c)
         applied = [str(c) for c in changes if not c.needs_restart]
-        log.info("reload of %s: %s", path, "; ".join(applied) or "no setting changed")
+        if applied or not changes:
+            log.info("reload of %s: %s", path, "; ".join(applied) or "no setting changed")
         self.config = keep_bound(self.config, new)
         self.plane.reconfigure(self.config)  # type: ignore[union-attr]
         asyncio.get_running_loop().create_task(self._tell_workers("config", self.config))
