@@ -11,8 +11,8 @@ from router.config import NAME_RE, ConfigError, config_from_dict
 from router.errors import BadRequest, Conflict, Invalid, NotFound
 from router.history import HISTORY_LIMIT, Actor, fingerprint
 
-from .schemas import (app_body, check_name, object_body, parse_body, query_flag, query_limit,
-                      render_app, service_body)
+from .schemas import (app_body, check_name, check_query, object_body, parse_body, query_flag,
+                      query_limit, render_app, service_body)
 
 if TYPE_CHECKING:
     from router.server import Server
@@ -166,6 +166,7 @@ async def rollback_release(request: web.Request) -> web.Response:
 
 
 async def history(request: web.Request) -> web.Response:
+    check_query(request.query, ("app", "limit"))
     app = request.query.get("app")
     if app is not None and not NAME_RE.match(app):
         raise Invalid(f"app names match ^[a-z0-9][a-z0-9-]{{0,62}}$ (got {app!r})", "app")
@@ -176,6 +177,7 @@ async def history(request: web.Request) -> web.Response:
 
 async def apply(request: web.Request) -> web.Response:
     """The apps of a configuration file become the routing state's, as one change."""
+    check_query(request.query, ("dry_run", "force"))
     body = object_body(await request.read())
     for key in body:
         if key not in ("apps", "domain", "source"):
@@ -184,11 +186,13 @@ async def apply(request: web.Request) -> web.Response:
     if not isinstance(body.get("apps"), dict):
         raise Invalid("required: the apps, a mapping of app names to apps (an empty mapping "
                       "deletes every app)", "apps")
-    source = body.get("source")
+    source = body.get("source", "apply")
+    if not isinstance(source, str):
+        raise Invalid(f"must be the file's name (got {source!r})", "source")
     try:
         # The file's own rules: labels (with its domain), routes unique across its apps.
         apps = config_from_dict({"domain": body.get("domain"), "apps": body["apps"]},
-                                source if isinstance(source, str) and source else "apply").apps
+                                source or "apply").apps
     except ConfigError as e:
         raise ops.invalid(e) from None
     force = query_flag(request.query, "force")

@@ -43,6 +43,15 @@ def object_body(raw: bytes, required: bool = True) -> dict[str, Any]:
     return body
 
 
+def check_query(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
+    """A query parameter the endpoint does not know is a mistake worth saying (a typo of
+    ``dry_run`` would otherwise apply for real)."""
+    for name in query:
+        if name not in allowed:
+            raise Invalid(f"unknown query parameter {name!r}; this endpoint takes "
+                          f"{', '.join(allowed)}", name)
+
+
 def query_flag(query: Mapping[str, str], name: str) -> bool:
     """``?name=1`` / ``true`` / ``0`` / ``false``; absent is false."""
     value = query.get(name)
