@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -11,8 +12,18 @@ from router.config import NAME_RE, ConfigError, config_from_dict
 from router.errors import BadRequest, Conflict, Invalid, NotFound
 from router.history import HISTORY_LIMIT, Actor, fingerprint
 
-from .schemas import (app_body, check_name, check_query, object_body, parse_body, query_flag,
-                      query_limit, render_app, service_body)
+from .schemas import (
+    app_body,
+    check_name,
+    check_query,
+    object_body,
+    parse_body,
+    query_flag,
+    query_limit,
+    render_app,
+    render_stats,
+    service_body,
+)
 
 if TYPE_CHECKING:
     from router.server import Server
@@ -224,6 +235,16 @@ async def apply(request: web.Request) -> web.Response:
     }, headers={"ETag": f'"{st.generation}"'})
 
 
+async def app_stats(request: web.Request) -> web.Response:
+    name = check_name(request.match_info["app"], "app")
+    srv = _server(request)
+    assert srv.manager is not None and srv.plane is not None  # started before the admin listener
+    srv.manager.state.app(name)  # 404 for an unknown app
+    stats = await srv.summed_stats()
+    return web.json_response(render_stats(stats, srv.plane.table, name, time.time()),
+                             headers={"Cache-Control": "no-store"})
+
+
 def routes() -> list[Any]:
     p = "/api/v1/apps"
     return [
@@ -241,4 +262,5 @@ def routes() -> list[Any]:
         web.get(p + "/{app}/release", get_release),
         web.post(p + "/{app}/release/confirm", confirm_release),
         web.post(p + "/{app}/release/rollback", rollback_release),
+        web.get(p + "/{app}/stats", app_stats),
     ]

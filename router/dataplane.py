@@ -9,9 +9,10 @@ import asyncio
 import logging
 from typing import Callable, Mapping, cast
 
+from .client import ClientConnection
 from .config import AppConfig, Config
+from .context import ProxyContext
 from .counters import Stats
-from .proxy import ClientConnection, ProxyContext
 from .sticky import TokenCodec
 from .table import RoutingTable, TableBuilder
 from .upstream import UpstreamPool
@@ -76,7 +77,9 @@ class DataPlane:
         self.ctx.codec = TokenCodec(self.secret, config.sticky.max_idle, config.sticky.max_life)
 
     def stats(self) -> Stats:
-        return self.table.stats(self.ctx.unrouted)
+        st = self.table.stats(self.ctx.unrouted)
+        st.refused = self.ctx.refused
+        return st
 
     async def drain(self, grace: float) -> None:
         """Graceful stop: no new connections; in-flight requests get ``grace`` seconds."""
@@ -89,15 +92,13 @@ class DataPlane:
         while loop.time() < deadline:
             busy = False
             for conn in list(ctx.connections):
-                if conn.active is None and conn.tunnel is None and conn.parsing is None:
-                    conn.transport.close()  # type: ignore[union-attr]
-                else:
+                if conn.shutdown():
                     busy = True
             if not busy:
                 break
             await asyncio.sleep(0.05)
         for conn in list(ctx.connections):
-            conn.transport.abort()  # type: ignore[union-attr]
+            conn.abort()
         self.pool.close()
         if ctx.log_access is not None:
             ctx.log_access.flush()

@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -157,8 +157,10 @@ class Server:
             await site.start()
             self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._stopping = asyncio.Event()
-        self._release_task = loop.create_task(self._watch_releases())
-        self._pins_task = loop.create_task(self._sample_pins())
+        self._release_task = loop.create_task(
+            self._every(0.25, self._check_releases, "release check"))
+        self._pins_task = loop.create_task(
+            self._every(SAMPLE_INTERVAL, self._sample_pins_once, "sampling the sticky counters"))
         if self.store is not None:
             self._follow_task = loop.create_task(self._follow_store(self.store))
         self.ready = True
@@ -338,6 +340,13 @@ class Server:
             return self._stats
         return self.plane.stats()  # type: ignore[union-attr]
 
+    async def summed_stats(self) -> Stats:
+        """Every counter of the data plane now, summed across the worker processes: what
+        ``/metrics`` and the stats endpoint read. Only reads counters; the request path is not
+        touched."""
+        await self.refresh_stats()
+        return self._current_stats()
+
     async def refresh_stats(self) -> None:
         """Sum the workers' counters (before a scrape)."""
         if not self._workers:
@@ -397,34 +406,24 @@ class Server:
         await self._sample_pins_once()
         return self.pins.pinned(asyncio.get_running_loop().time(), self.config.sticky.max_idle)
 
-    async def _sample_pins(self) -> None:
+    async def _sample_pins_once(self) -> None:
+        self.pins.observe(await self.summed_stats(), asyncio.get_running_loop().time())
+
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``step`` every ``seconds`` until cancelled; a failure is logged, not fatal."""
         while True:
-            await asyncio.sleep(SAMPLE_INTERVAL)
+            await asyncio.sleep(seconds)
             try:
-                await self._sample_pins_once()
+                await step()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("sampling the sticky counters failed")
-
-    async def _sample_pins_once(self) -> None:
-        await self.refresh_stats()
-        self.pins.observe(self._current_stats(), asyncio.get_running_loop().time())
+                log.exception("%s failed", what)
 
     # -- releases ---------------------------------------------------------------------------
     async def releases_changed(self) -> None:
         """Check open releases now rather than at the next tick."""
         await self._check_releases()
-
-    async def _watch_releases(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            try:
-                await self._check_releases()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("release check failed")
 
     async def _check_releases(self) -> None:
         """An in-progress release whose new backends have all passed a check is ready.
