@@ -11,7 +11,7 @@ import aiohttp
 
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api
-from tests.integration.test_etcd import Etcd, _replicas, etcd  # noqa: F401  (etcd: a fixture)
+from tests.integration.test_etcd import Etcd, _replicas, _until, etcd  # noqa: F401  (etcd: a fixture)
 from tests.state.changes import check_history, every_kind_of_change
 from tests.state.conftest import wait_log
 
@@ -55,7 +55,7 @@ async def test_history_of_every_kind_of_change_in_etcd(backend, router_process, 
 
         # A change that changes nothing writes nothing to etcd, on either replica.
         before = await _revisions(etcd)
-        status, app, _ = await api_b.call("GET", "/apps/cart")
+        status, app, _ = await api_a.call("GET", "/apps/cart")
         for api in (api_a, api_b):
             assert (await api.call("PUT", "/apps/cart/weights", {"v3": 100}))[0] == 200
             status, same, _ = await api.call("PUT", "/apps/cart", app)
@@ -76,7 +76,12 @@ async def test_sighup_on_one_replica_never_touches_the_cluster(backend, router_p
     a, b = await _replicas(router_process, etcd, 2, apps, prefix=PREFIX)
     async with aiohttp.ClientSession() as s:
         api_a, api_b = Api(s, a.admin_port), Api(s, b.admin_port)
-        assert (await api_a.call("PUT", "/apps/shop/weights", {"blue": 0, "green": 100}))[0] == 200
+        status, state, _ = await api_a.call("PUT", "/apps/shop/weights", {"blue": 0, "green": 100})
+        assert status == 200
+
+        async def b_has_it() -> bool:
+            return (await api_b.call("GET", "/apps/shop"))[1] == state
+        await _until(b_has_it, 5.0, "the change live on B")
         before = await _revisions(etcd)
         state = (await api_a.call("GET", "/apps"))[1]
         # B's file now says something else entirely; a log rotation tool sends B a SIGHUP.
