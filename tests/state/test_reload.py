@@ -123,3 +123,33 @@ async def test_restart_keeps_the_state_and_reports_the_file(backend, router_proc
     assert ("shop: session_sticky off -> on; blog: app added (routes blog.test; session_sticky on; "
             "drain_timeout none); blog: service w added") in log
     assert f"`routerctl apply {rp2.config_path}`" in log
+
+
+async def test_reload_applies_each_setting_it_reports(tmp_path, backend):
+    """What the log says changed is what the running process now uses (with the pool's connect
+    timeout, which a reload used to leave as it was), and the routing state is as it was."""
+    from router.config import load_config
+    from router.server import Server
+
+    be = await backend("blue")
+    path = tmp_path / "router.yaml"
+    cfg = {"listen": "127.0.0.1:0", "timeouts": {"grace": "1s"},
+           "apps": {"shop": app_config({"blue": (100, [be.addr])})}}
+    path.write_text(yaml.safe_dump(cfg))
+    srv = Server(load_config(str(path)), str(tmp_path / "router-state.yaml"))
+    await srv.start()
+    try:
+        state = srv.manager.state
+        cfg.update(timeouts={"grace": "1s", "connect": "250ms", "client_idle": "5s"},
+                   limits={"max_header": "4KiB"}, passive_health={"failures": 0},
+                   sticky={"cookie": "SID"}, apps={})
+        path.write_text(yaml.safe_dump(cfg))
+        srv.reload()
+        ctx = srv.plane.ctx
+        assert srv.plane.pool.connect_timeout == 0.25
+        assert (ctx.client_idle_timeout, ctx.max_header, ctx.passive_failures) == (5.0, 4096, 0)
+        assert ctx.cookie_eq == b"SID="
+        assert srv.manager.state is state  # the file has no apps now: nothing else changes
+        assert [a.name for a in srv.plane.table.apps.values()] == ["shop"]
+    finally:
+        await srv.stop()
