@@ -14,7 +14,7 @@ ENV PATH=/opt/router/venv/bin:$PATH
 # (setup.py: mypyc), then removed from the image.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
  && python3 -m venv /opt/router/venv \
- && pip install --no-cache-dir . \
+ && pip install --no-cache-dir '.[etcd]' \
  && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
  && cd / && python -c "import router, sys; sys.exit(not router.compiled())" && cd /opt/router \
  && useradd --system --uid 10001 --home-dir /var/lib/router --create-home router \

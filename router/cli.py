@@ -12,12 +12,18 @@ import logging
 import os
 import sys
 
+from . import version
 from .config import Config, ConfigError, DockerProviderConfig, load_config, parse_docker_endpoint
 from .process import serve
+
+# The demo's backends and their default addresses: the README's walkthrough uses them.
+DEMO_BACKENDS = {"blue": "127.0.0.1:18001", "green": "127.0.0.1:18002",
+                 "green-v2": "127.0.0.1:18003"}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router", description="Weighted blue-green HTTP router")
+    p.add_argument("--version", action="version", version=f"router {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the data plane and the admin API")
     serve.add_argument("--config", metavar="FILE", help="YAML configuration (SPEC 3.1)")
@@ -32,9 +38,13 @@ def _parser() -> argparse.ArgumentParser:
                             "ENDPOINT, unix:///var/run/docker.sock by default, or tcp://HOST:PORT")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
-    demo = sub.add_parser("demo", help="run two demo backends (blue, green) and a router")
+    demo = sub.add_parser("demo", help="run demo backends (blue, green, and green-v2 for a "
+                                       "release) and a router")
     demo.add_argument("--listen", default="127.0.0.1:8080", help="data plane (default %(default)s)")
     demo.add_argument("--admin", default="127.0.0.1:9090", help="admin API (default %(default)s)")
+    for name, addr in DEMO_BACKENDS.items():
+        demo.add_argument(f"--{name}", default=addr, metavar="HOST:PORT",
+                          help=f"the {name} backend (default %(default)s; port 0: any free one)")
     return p
 
 
@@ -49,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         _logging("info")
         from .demo import run_demo
 
-        return run_demo(args.listen, args.admin)
+        return run_demo(args.listen, args.admin,
+                        {name: getattr(args, name.replace("-", "_")) for name in DEMO_BACKENDS})
     _logging(args.log_level)
     if not 1 <= args.workers <= 64:
         print(f"router: --workers: must be 1..64 (got {args.workers})", file=sys.stderr)

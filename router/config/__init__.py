@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .apps import parse_app, parse_health_check, parse_service
 from .labels import Labels, parse_labels, parse_route, parse_routing_label
-from .load import config_from_dict, load_config, parse_docker_endpoint
+from .load import config_from_dict, load_config, parse_docker_endpoint, parse_yaml, read_yaml
 from .model import (
     NAME_RE,
     AccessLogConfig,
@@ -38,7 +38,7 @@ from .model import (
     StickyConfig,
     Timeouts,
 )
-from .scalars import parse_backend, parse_duration, parse_listen, split_hostport
+from .scalars import format_duration, parse_backend, parse_duration, parse_listen, split_hostport
 
 __all__ = [
     "NAME_RE",
@@ -58,6 +58,7 @@ __all__ = [
     "StickyConfig",
     "Timeouts",
     "config_from_dict",
+    "format_duration",
     "load_config",
     "parse_app",
     "parse_backend",
@@ -69,5 +70,7 @@ __all__ = [
     "parse_route",
     "parse_routing_label",
     "parse_service",
+    "parse_yaml",
+    "read_yaml",
     "split_hostport",
 ]

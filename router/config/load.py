@@ -387,6 +387,44 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
         return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
 
+def read_yaml(path: str) -> object:
+    """The YAML document in the file ``path``, parsed as the configuration is (safe, duplicate
+    keys refused); ``ConfigError`` naming the file, and the line for a syntax error."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        reason = f"cannot read configuration file: {exc.strerror or exc}"
+        raise ConfigError("", reason, path, path) from None
+    return parse_yaml(raw, path)
+
+
+def parse_yaml(raw: bytes, source: str) -> object:
+    """:func:`read_yaml` of bytes already read; ``source`` names them in errors."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+        raise ConfigError("", reason, raw[exc.start : exc.start + 8], source) from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if mark is None:
+            raise ConfigError("", f"invalid YAML: {problem}", None, source) from None
+        lines = text.splitlines()
+        line_text = lines[mark.line].strip() if mark.line < len(lines) else ""
+        raise ConfigError(
+            "",
+            f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}",
+            line_text,
+            source,
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"invalid YAML: {exc}", None, source) from None
+
+
 def load_config(path: str) -> Config:
     """Read, parse and validate a YAML configuration file.
 
@@ -395,33 +433,6 @@ def load_config(path: str) -> Config:
     file gives the default Config.  Relative file names inside (token_file, secret_file) are
     resolved against the file's directory, as the file store is kept next to it.
     """
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        reason = f"cannot read configuration file: {exc.strerror or exc}"
-        raise ConfigError("", reason, path, path) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        reason = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
-        raise ConfigError("", reason, raw[exc.start : exc.start + 8], path) from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        if mark is None:
-            raise ConfigError("", f"invalid YAML: {problem}", None, path) from None
-        lines = text.splitlines()
-        line_text = lines[mark.line].strip() if mark.line < len(lines) else ""
-        raise ConfigError(
-            "",
-            f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}",
-            line_text,
-            path,
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"invalid YAML: {exc}", None, path) from None
+    data = read_yaml(path)
     base_dir = os.path.dirname(os.path.abspath(path))
     return _config_from_dict(data, path, base_dir)

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..config import DockerProviderConfig, HealthCheckConfig, split_hostport
 from ..errors import Conflict, RouterError, Unavailable
 from ..health import probe
-from ..state import Operation, State
+from ..state import Operation, State, Step
 from .discovery import Listing, Version, from_containers, from_swarm
 from .engine import DockerClient, DockerError
 from .reconcile import Found, NothingToDo, reconcile
@@ -86,9 +86,10 @@ class DockerProvider:
         the next version in."""
         self._wake.set()
 
-    async def _change(self, op: Operation) -> State:
-        """Every change discovery makes goes through here."""
-        return await self._manager.change(op)
+    async def _change(self, op: Step, name: str = "discover") -> State:
+        """Every change discovery makes goes through here, recorded in the history as the
+        router's own under ``name``."""
+        return await self._manager.change(Operation(name, op))
 
     # -- the session with the Engine ---------------------------------------------------------
     async def _run(self) -> None:

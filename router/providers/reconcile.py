@@ -68,16 +68,14 @@ class _Work:
         self.apps = state.apps
         self.releases = dict(state.releases)
         self.discovered = dict(state.discovered)
-        self.touched: set[str] = set()
         self.done: list[str] = []  # what was changed, for the log
 
     def state(self) -> State:
-        return State(self.generation, self.apps, self.releases, {}, self.discovered)
+        return State(self.generation, self.apps, self.releases, {}, discovered=self.discovered)
 
     def run(self, op: Any, what: str) -> None:
-        apps, releases, touched = op(self.state())
-        self.apps, self.releases = apps, dict(releases)
-        self.touched.update(touched)
+        outcome = op(self.state())
+        self.apps, self.releases = outcome[0], dict(outcome[1])
         self.done.append(what)
 
     def app(self, name: str) -> AppConfig | None:
@@ -130,7 +128,7 @@ def reconcile(state: State, found: list[Found], health_check: HealthCheckConfig 
     if (work.apps == state.apps and work.releases == state.releases
             and work.discovered == state.discovered):
         return None
-    return work.apps, work.releases, tuple(sorted(work.touched)), work.discovered
+    return work.apps, work.releases, work.discovered
 
 
 def _create(work: _Work, comp: list[Found], health_check: HealthCheckConfig | None,
