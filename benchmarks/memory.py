@@ -1,5 +1,5 @@
 """Memory: RSS per idle keep-alive client connection, and RSS over a soak at full load
-(issue 5, item 3).
+(kept in RESULTS.md beside the load runs).
 
     python3 -m benchmarks.memory                    # 10,000 idle connections; 300 s soak
     python3 -m benchmarks.memory --quick            # the same idle test; 30 s soak
@@ -476,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str],
            pin: Pinning, rev: str, text: str) -> str:
     return "\n".join([
-        *report_header("## Memory (issue 5, item 3)", started, "memory",
+        *report_header("## Memory per idle connection, and a soak", started, "memory",
                        tool_lines(tools, ("nginx", "haproxy")), rev),
         f"- pinning: {pin.note}",
         "",

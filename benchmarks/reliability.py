@@ -1,4 +1,4 @@
-"""Reliability report: every scenario of issue 4 with its load, printed and written to
+"""Reliability report: every reliability scenario with its load, printed and written to
 ``benchmarks/RELIABILITY.md``.
 
     python3 -m benchmarks.reliability              # scale 2 (about a minute)
@@ -59,7 +59,7 @@ async def run(scale: int) -> tuple[str, bool]:
         f"{took:.0f} s on this machine (loopback only). \"failed\" counts requests that did not "
         "get a 200 (or, in the corpus, cases whose verdict differed from the expected one); "
         "\"expected failures\" are those the contract allows: a POST that a dying backend had "
-        "already read is never replayed (SPEC 4.2), and the injected faults that must surface "
+        "already read is never replayed, and the injected faults that must surface "
         "(502, 504, an aborted download).",
         "",
         _table(results),

@@ -1046,7 +1046,7 @@ def rounds_table(results: list[Result]) -> str:
 
 
 def target_checks(results: list[Result]) -> list[str]:
-    """The router against the targets of issue 5, when nginx ran beside it."""
+    """The router against its targets (benchmarks/README.md), when nginx ran beside it."""
     by = {(r.target, r.body): r for r in results if r.rounds}
     out: list[str] = []
 

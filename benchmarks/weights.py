@@ -1,4 +1,4 @@
-"""Zero failed requests while weights move under full load (issue 5, item 2).
+"""Zero failed requests while weights move under full load, against nginx's reload and HAProxy.
 
     python3 -m benchmarks.weights                 # router, nginx, HAProxy: 30 s of load each
     python3 -m benchmarks.weights --quick         # 10 s each
@@ -609,7 +609,7 @@ def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str
            pin: Pinning, rev: str, main_table: str, shares: str, notes: list[str]) -> str:
     cycle = ", ".join(f"{b}/{g}" for b, g in SEQUENCE)
     return "\n".join([
-        *report_header("## Weights moving under full load (issue 5, item 2)"
+        *report_header("## Weights moving under full load"
                        + (f", router with `--workers {args.router_workers}`" if args.router_workers else ""),
                        started, "weights", tool_lines(tools, ("nginx", "haproxy", "wrk")), rev),
         f"- pinning: {pin.note}",

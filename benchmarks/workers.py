@@ -1,4 +1,4 @@
-"""Scaling of ``router serve --workers N`` on this machine (issue 5, item 4).
+"""Scaling of ``router serve --workers N`` on this machine on this machine.
 
     python3 -m benchmarks.workers                  # 2 rounds of 10 s, small bodies
     python3 -m benchmarks.workers --quick          # 1 round of 3 s
@@ -228,7 +228,7 @@ def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str
            results: list[Result], notes: list[str], skips: dict[str, str]) -> str:
     n = args.workers
     parts = [
-        *report_header(f"## Workers scaling: `--workers {n}` against 1 (issue 5, item 4)",
+        *report_header(f"## Workers scaling: `--workers {n}` against 1",
                        started, "workers", tool_lines(tools, ("nginx", "wrk")), rev),
         f"- pinning: {pin_note}; the `unpinned` router targets may run on every CPU",
         "",

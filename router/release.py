@@ -1,4 +1,4 @@
-"""The blue-green release of one app: its statuses and the transition table (SPEC 5).
+"""The blue-green release of one app: its statuses and the transition table (docs/behaviour.md, "Words").
 
 This module is pure -- no I/O, no clock unless asked, no locks -- and mostly explanation, in the
 spirit of h11's ``_state.py``: the rules of the lifecycle are written down once, here, as a table,
@@ -247,7 +247,7 @@ class Release:
     old_weights: tuple[tuple[str, int], ...]
 
     def to_dict(self) -> dict[str, object]:
-        """SPEC 5's release object (also what the state file stores)."""
+        """The release object of the admin API (also what the state file stores)."""
         return {
             "old": list(self.old),
             "new": self.new,

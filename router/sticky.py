@@ -1,4 +1,4 @@
-"""Signed, opaque session-stickiness tokens (SPEC 4.3).
+"""Signed, opaque session-stickiness tokens (docs/routing.md, "The pin").
 
 A token pins a client to one backend of one service of one app. It is::
 

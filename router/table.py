@@ -2,7 +2,7 @@
 
 A table is built from the configured apps whenever anything changes (a reload, an admin
 call, a backend's health) and swapped in with one assignment; a request reads the table once
-and uses only that object (STYLE 2). Everything a request needs that does not depend on the
+and uses only that object (docs/architecture.md). Everything a request needs that does not depend on the
 request itself is computed here, once per snapshot: the byte keys for host lookup, the
 candidate services and their balancer, each service's healthy backends, the ids used in
 stickiness tokens.

@@ -52,7 +52,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A host name, optionally with a path prefix (SPEC 2)."""
+    """A host name, optionally with a path prefix (docs/behaviour.md, "Words")."""
 
     host: str  # lower-case host name, no port
     path: str = "/"  # starts with "/", no trailing "/" except the root "/"
@@ -95,7 +95,7 @@ class AppConfig:
 
 @dataclass(frozen=True, slots=True)
 class StickyConfig:
-    """The stickiness cookie (SPEC 4.3)."""
+    """The stickiness cookie (docs/routing.md, "The pin")."""
 
     cookie: str = "CONTAINERID"  # Aliyun's cookie name
     max_idle: float = 1800.0  # 30m, Aliyun's default
@@ -105,13 +105,13 @@ class StickyConfig:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Network timeouts in seconds (SPEC 3.1)."""
+    """Network timeouts in seconds (docs/behaviour.md, "Limits and timeouts")."""
 
-    # SPEC 3.1; nginx's proxy_connect_timeout of 60s is far too long to fail over to another backend
+    # nginx's proxy_connect_timeout of 60s is far too long to fail over to another backend
     connect: float = 3.0
     response: float = 60.0  # nginx's proxy_read_timeout default
-    client_header: float = 10.0  # SPEC 4.2 (408 after 10 s); HAProxy's "timeout http-request 10s"
-    client_idle: float = 60.0  # SPEC 3.1; nginx's keepalive_timeout is 75s
+    client_header: float = 10.0  # 408 after 10 s: HAProxy's "timeout http-request 10s"
+    client_idle: float = 60.0  # below nginx's keepalive_timeout of 75s
     # Longest pause between two reads of a request body (an idle timer, not a total): nginx's
     # client_body_timeout 60s. A header deadline alone would let a slowloris trickle the body.
     client_body: float = 60.0
@@ -124,11 +124,11 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Request size and connection limits (SPEC 4.2)."""
+    """Request size and connection limits (docs/behaviour.md, "Limits and timeouts")."""
 
     max_request_line: int = 8192  # nginx's large_client_header_buffers 8k -> 414
     max_header: int = 8192  # nginx's large_client_header_buffers 8k -> 431
-    max_headers: int = 65536  # SPEC 4.2: all headers 64 KiB -> 431
+    max_headers: int = 65536  # all fields together: 64 KiB -> 431
     # HAProxy's maxconn idea: refuse early, well before a typical 65536 file-descriptor limit
     max_connections: int = 10000
 
@@ -150,7 +150,7 @@ class PassiveHealthConfig:
 class AdminConfig:
     """Where the admin API listens and how it authenticates."""
 
-    host: str = "127.0.0.1"  # SPEC 3: admin API on loopback by default
+    host: str = "127.0.0.1"  # the admin API on loopback by default
     port: int = 9090
     token_file: str | None = None
     token: str | None = None  # read from token_file (stripped) or env ROUTER_ADMIN_TOKEN at load
@@ -189,7 +189,7 @@ class ProvidersConfig:
 class Config:
     """The whole configuration file."""
 
-    listen_host: str = "0.0.0.0"  # SPEC 3: data plane on 0.0.0.0:8080
+    listen_host: str = "0.0.0.0"  # the data plane on 0.0.0.0:8080
     listen_port: int = 8080
     admin: AdminConfig = field(default_factory=AdminConfig)
     domain: str | None = None

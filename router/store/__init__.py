@@ -1,4 +1,4 @@
-"""Where the routing state lives (SPEC 6).
+"""Where the routing state lives (docs/state.md).
 
 ``file`` is the default, embedded store: one YAML file written atomically. ``etcd`` is shared by
 several replicas. Both offer :class:`Store` (``base.py``); :func:`open_store` picks one from

@@ -1,4 +1,4 @@
-"""The one interface every store of the routing state offers (SPEC 6).
+"""The one interface every store of the routing state offers (docs/state.md).
 
 The state manager, the admin API and the data plane see only this; which store is behind it --
 a file on this machine or etcd shared by several replicas -- is decided once, by ``--store``.

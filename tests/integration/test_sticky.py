@@ -1,4 +1,4 @@
-"""Session stickiness through the router (SPEC 4.3), in process and with the real process."""
+"""Session stickiness through the router, in process and with the real process."""
 
 from __future__ import annotations
 

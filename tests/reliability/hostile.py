@@ -90,22 +90,22 @@ def difference_table(rows: list[Row]) -> str:
 
 
 _CL_TE = ("HAProxy repairs it as RFC 9112 6.3 allows (drops Content-Length, forwards chunked, "
-          "closes); SPEC 4.2 refuses framing two parsers may read differently")
+          "closes); the router refuses framing two parsers may read differently")
 _HOST = "HAProxy passes Host unchecked; RFC 9112 3.2: an invalid Host MUST be a 400"
 _PATH = ("HAProxy forwards the path as sent (normalize-uri is off by default); the router refuses "
          "a path a backend could read differently from how it was matched")
 _ABS = ("HAProxy 2.6 refuses an absolute URI whose authority differs from Host; the router follows "
         "RFC 9112 3.2.2 (the authority wins) and routes it through its own table, never dialling it")
-_LF = "HAProxy accepts bare LF (RFC 9112 2.2 MAY); SPEC 4.2 says 400"
+_LF = "HAProxy accepts bare LF (RFC 9112 2.2 MAY); the router says 400"
 _MISSING = ("this HAProxy configuration routes by Host, so a request without one meets the 404 rule; "
             "RFC 9112 3.2: MUST be a 400")
 # Why the router's verdict is the one wanted where HAProxy's differs (from runs of HAProxy 2.6).
 WHY: dict[str, str] = {
     "cl_and_te": _CL_TE,
     "te_and_cl": _CL_TE,
-    "cl_duplicate_same": "HAProxy merges equal values (RFC 9110 8.6 MAY); SPEC 4.2: duplicate Content-Length is a 400",
-    "cl_list": "HAProxy merges '5, 5' (RFC 9110 8.6 MAY); SPEC 4.2: a bad Content-Length is a 400",
-    "te_gzip_chunked": "both refuse: HAProxy with 422, the router with SPEC 4.2's 400",
+    "cl_duplicate_same": "HAProxy merges equal values (RFC 9110 8.6 MAY); the router: a duplicate Content-Length is a 400",
+    "cl_list": "HAProxy merges '5, 5' (RFC 9110 8.6 MAY); the router: a bad Content-Length is a 400",
+    "te_gzip_chunked": "both refuse: HAProxy with 422, the router with 400",
     "te_http10": "HAProxy accepts it; RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing",
     "chunk_size_space": "HAProxy's chunk parser skips the blank; llhttp's strict mode refuses it",
     "chunk_bare_lf": _LF,
@@ -114,9 +114,9 @@ WHY: dict[str, str] = {
     "obs_fold": "HAProxy unfolds it; refusing is the other choice RFC 9112 5.2 allows, with no ambiguity",
     "version_2_0": "HAProxy forwards it as HTTP/1.1; the router refuses a version it does not speak (505)",
     "version_1_2": "HAProxy forwards it as HTTP/1.1; llhttp refuses it",
-    "request_line_too_long": "HAProxy's limit is its 16 KiB buffer; the router's 8 KiB is SPEC 4.2's 414",
-    "header_too_large": "HAProxy's limit is its 16 KiB buffer; the router's 8 KiB is SPEC 4.2's 431",
-    "header_block_too_large": "both refuse: HAProxy with 400 (buffer full), the router with SPEC 4.2's 431",
+    "request_line_too_long": "HAProxy's limit is its 16 KiB buffer; the router's 8 KiB gives 414",
+    "header_too_large": "HAProxy's limit is its 16 KiB buffer; the router's 8 KiB gives 431",
+    "header_block_too_large": "both refuse: HAProxy with 400 (buffer full), the router with 431",
     "host_missing": _MISSING,
     "host_empty": _MISSING,
     "host_userinfo": _HOST,
@@ -127,7 +127,7 @@ WHY: dict[str, str] = {
     "absolute_form_our_host": _ABS,
     "absolute_form_userinfo": "HAProxy forwards it; RFC 9110 4.2.4: userinfo in an http URI is an error",
     "absolute_form_ftp": "HAProxy forwards it; the router takes only http and https URIs",
-    "connect": "HAProxy forwards CONNECT to the backend here; SPEC 4.1: 405",
+    "connect": "HAProxy forwards CONNECT to the backend here; the router: 405",
     "get_asterisk": "HAProxy forwards it; RFC 9112 3.2.4: '*' is for OPTIONS only",
     "path_dotdot": _PATH,
     "path_dotdot_encoded": _PATH,

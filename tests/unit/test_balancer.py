@@ -1,4 +1,4 @@
-"""router.balancer: exact pick sequences of smooth WRR and least-in-flight (SPEC 4.1)."""
+"""router.balancer: exact pick sequences of smooth WRR and least-in-flight."""
 
 from __future__ import annotations
 

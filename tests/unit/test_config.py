@@ -59,7 +59,7 @@ def app_with(service: dict[str, object], **app: object) -> dict[str, object]:
 # Whole files
 # --------------------------------------------------------------------------------------------
 
-SPEC_EXAMPLE = """\
+DOCUMENTED_EXAMPLE = """\
 listen: 0.0.0.0:8080
 admin:
   listen: 127.0.0.1:9090
@@ -92,7 +92,7 @@ apps:
 def test_spec_example_loads_exactly(tmp_path: Path) -> None:
     token_file = tmp_path / "router-token"
     token_file.write_text("s3cret-token\n")
-    path = write(tmp_path, SPEC_EXAMPLE.format(token_file=token_file))
+    path = write(tmp_path, DOCUMENTED_EXAMPLE.format(token_file=token_file))
 
     assert load_config(str(path)) == Config(
         listen_host="0.0.0.0",

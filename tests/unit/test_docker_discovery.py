@@ -157,14 +157,15 @@ def step(state: State, items: list[Found], notes: list[str] | None = None) -> St
     outcome = reconcile(state, items, None, notes if notes is not None else [])
     if outcome is None:
         return state
-    apps, releases, touched, discovered = outcome
+    apps, releases, discovered = outcome
     return State(state.generation + 1, apps, dict(releases),
-                 {n: state.generation + 1 for n in touched}, dict(discovered))
+                 {a.name: state.generation + 1 for a in apps}, discovered=dict(discovered))
 
 
 def apply(state: State, op: Any) -> State:
-    apps, releases, _ = op(state)
-    return State(state.generation + 1, apps, dict(releases), {}, dict(state.discovered))
+    outcome = op(state)
+    return State(state.generation + 1, outcome[0], dict(outcome[1]), {},
+                 discovered=dict(state.discovered))
 
 
 def weights(state: State, app: str = "shop") -> dict[str, tuple[int, tuple[str, ...]]]:
@@ -290,11 +291,12 @@ def test_what_was_done_is_told_for_the_log():
                     "app shop: new version web-v2: release opened at weight 0"]
 
 
-def test_a_sighup_reload_keeps_the_apps_from_docker():
-    from router.state import load_file_apps
+def test_routerctl_apply_keeps_the_apps_from_docker():
+    """A file's apps become the state's, but the apps discovery made are not the file's."""
+    from router.state import apply_apps
 
     st = step(EMPTY, [found("web", 1, "10.0.0.2:80")])
     file_apps = config_from_dict({"apps": {"static": {"routes": ["static.test"], "services": {
         "a": {"backends": ["127.0.0.1:9"]}}}}}).apps
-    after = apply(st, load_file_apps(file_apps))
-    assert [a.name for a in after.apps] == ["static", "shop"]
+    after = apply(st, apply_apps(file_apps))
+    assert [a.name for a in after.apps] == ["shop", "static"]

@@ -1,4 +1,4 @@
-"""router.store.file: atomic YAML state file (SPEC 6), including SIGKILL in the middle of saves."""
+"""router.store.file: atomic YAML state file, including SIGKILL in the middle of saves."""
 
 from __future__ import annotations
 

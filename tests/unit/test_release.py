@@ -1,4 +1,4 @@
-"""router.release: the transition table, the release object, start() (SPEC 5)."""
+"""router.release: the transition table, the release object, start()."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""router.sticky: signed tokens, expiry, cookie parsing, the secret file (SPEC 4.3)."""
+"""router.sticky: signed tokens, expiry, cookie parsing, the secret file."""
 
 from __future__ import annotations
 

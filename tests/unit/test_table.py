@@ -1,4 +1,4 @@
-"""router.table: host and prefix lookup, candidates, state carried across builds (SPEC 4.1)."""
+"""router.table: host and prefix lookup, candidates, state carried across builds."""
 
 from __future__ import annotations
 
