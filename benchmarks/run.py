@@ -60,9 +60,10 @@ REPO = HERE.parent
 CONF = HERE / "conf"
 RESULTS_MD = HERE / "RESULTS.md"
 
-ALL_TARGETS = ("router", "router-sticky", "router-pinned", "router-log", "nginx", "haproxy",
-               "direct")
-ROUTER_TARGETS = ("router", "router-sticky", "router-pinned", "router-log")
+ALL_TARGETS = ("router", "router-base", "router-sticky", "router-pinned", "router-log", "nginx",
+               "haproxy", "direct")
+DEFAULT_TARGETS = tuple(t for t in ALL_TARGETS if t != "router-base")  # that one: --baseline
+ROUTER_TARGETS = ("router", "router-base", "router-sticky", "router-pinned", "router-log")
 HOST = "bench.local"
 BODIES = {"small": 100, "64k": 65536}
 
@@ -421,7 +422,7 @@ class Harness:
         self.procs: list[Proc] = []
 
     def start(self, name: str, cmd: Sequence[str], cwd: Path | None = None,
-              count_stdout: bool = False) -> Proc:
+              count_stdout: bool = False, env: dict[str, str] | None = None) -> Proc:
         """Start ``cmd``; its output goes to a log file, or with ``count_stdout`` its stdout
         is read and its lines counted (a log stream, read as a container runtime would)."""
         log = self.tmp / f"{name}.log"
@@ -429,6 +430,7 @@ class Harness:
             popen = subprocess.Popen(
                 list(cmd),
                 cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if count_stdout else out,
                 stderr=out if count_stdout else subprocess.STDOUT,
@@ -670,7 +672,7 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
     elif name in ROUTER_TARGETS:
         admin = admin_port = free_port()
         conf = render("router.yaml", prefix / "router.yaml", port=port, admin_port=admin,
-                      sticky="false" if name in ("router", "router-log") else "true",
+                      sticky="false" if name in ("router", "router-base", "router-log") else "true",
                       blue_port=backends.blue, green_port=backends.green)
         extra = getattr(args, "router_extra", "")  # more top-level YAML (benchmarks/memory.py)
         if name == "router-log":
@@ -684,7 +686,11 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
                "--config", str(conf)]
         if args.router_workers:
             cmd += ["--workers", str(args.router_workers)]
-        proc = h.start(label or name, cmd, cwd=REPO, count_stdout=name == "router-log")
+        base = getattr(args, "baseline", None) if name == "router-base" else None
+        if name == "router-base" and base is None:
+            raise TargetSkipped("router-base needs --baseline DIR")
+        proc = h.start(label or name, cmd, cwd=base or REPO, count_stdout=name == "router-log",
+                       env={**os.environ, "PYTHONPATH": str(base)} if base else None)
 
         def readyz() -> str | None:
             reply = http_get(admin, "/readyz", host=f"127.0.0.1:{admin}")
@@ -1090,6 +1096,17 @@ def target_checks(results: list[Result]) -> list[str]:
             extra = (logged.median("cpu_us_per_req") or 0) - (plain.median("cpu_us_per_req") or 0)
             out.append(f"- access log on (router-log vs router), {body}: CPU per request "
                        f"{extra:+.1f} µs, requests/s ×{rps:.2f}")
+    # Before and after in one run (--baseline): this checkout's router against the other's.
+    for body in ("small", "64k"):
+        plain, base, nginx = by.get(("router", body)), by.get(("router-base", body)), by.get(("nginx", body))
+        cpu = ratio(plain, base, "cpu_us_per_req") if plain and base else None
+        if cpu is not None:
+            line = f"- router vs router-base (--baseline), {body}: CPU per request ×{cpu:.2f}"
+            if nginx:
+                now, before = ratio(plain, nginx, "cpu_us_per_req"), ratio(base, nginx, "cpu_us_per_req")
+                if now is not None and before is not None:
+                    line += f"; relative to nginx {before:.2f} before, {now:.2f} after"
+            out.append(line)
     for r in results:
         if r.target in ROUTER_TARGETS and r.rounds:
             failed = sum(x.failed for x in r.rounds)
@@ -1153,8 +1170,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python3 -m benchmarks.run",
         description="Load comparison of the router with nginx and HAProxy (wrk, one machine).",
     )
-    parser.add_argument("--targets", default=",".join(ALL_TARGETS),
-                        help=f"comma-separated, any of {','.join(ALL_TARGETS)} (default: all)")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help=f"comma-separated, any of {','.join(ALL_TARGETS)} (default: all "
+                             "but router-base)")
     parser.add_argument("--bodies", default=",".join(BODIES),
                         help=f"comma-separated, any of {','.join(BODIES)} (default: all)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per round (default 10)")
@@ -1168,10 +1186,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pin-router", action="store_true",
                         help="do not pin the router to CPU 0: it may use every CPU, competing "
                              "with wrk and the backends (the other proxies stay pinned)")
+    parser.add_argument("--baseline", metavar="DIR", type=Path,
+                        help="also run the router of another checkout (e.g. a `git worktree` of "
+                             "the previous release, built with `python3 setup.py build_ext "
+                             "--inplace` to compare compiled builds) as target `router-base`, "
+                             "configured as `router`: before and after in one run")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS_MD.name}")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.baseline is not None:
+        if not (args.baseline / "router" / "cli.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no router/cli.py there")
+        if "router-base" not in targets:
+            targets.insert(targets.index("router") + 1 if "router" in targets else 0,
+                           "router-base")
     bad = [t for t in targets if t not in ALL_TARGETS]
     if bad or not targets:
         parser.error(f"--targets: unknown {bad}; choose from {','.join(ALL_TARGETS)}")
@@ -1308,7 +1337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = target_checks(results)
     print("\n" + table + "\n\n" + "\n".join(load_side))
     if checks:
-        print("\nIssue 5 targets (router vs nginx, same run):\n" + "\n".join(checks))
+        print("\nTargets (router vs nginx, same run):\n" + "\n".join(checks))
     if not args.no_write:
         write_results(args, started, tools, pin, table, load_side, checks, results, notes,
                       skips)
@@ -1342,7 +1371,7 @@ def write_results(args: argparse.Namespace, started: _dt.datetime, tools: dict[s
         "",
     ]
     if checks:
-        parts += ["Issue 5 targets (router vs nginx, same run):", "", *checks, ""]
+        parts += ["Targets (router vs nginx, same run):", "", *checks, ""]
     if notes:
         parts += ["Notes:", "", *(f"- {n}" for n in notes), ""]
     for name, why in skips.items():
