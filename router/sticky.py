@@ -25,7 +25,7 @@ import os
 import struct
 from typing import NamedTuple
 
-log = logging.getLogger("router.error")
+log = logging.getLogger("router")
 
 VERSION = 1
 ID_LEN = 6

@@ -20,7 +20,6 @@ response and hands it over piece by piece: each head (``response_head``), the bo
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Awaitable, Callable, Final, cast
 
 import httptools
@@ -28,8 +27,6 @@ import httptools
 from .http import framing
 from .http.request_head import RequestHead
 from .http.response_head import ResponseError, ResponseHead
-
-log = logging.getLogger("router.error")
 
 # Why a client connection's reading is paused (bit flags; reading resumes when none is left).
 UPSTREAM_FULL: Final = 1   # the backend's socket buffer is full
