@@ -27,8 +27,6 @@ import httptools
 
 from .accesslog import AccessLog
 from .counters import UnroutedStats
-from .health import failing as _failing
-from .health import report_failure
 from .sticky import TokenCodec, cookie_value
 from .upstream import BODY_BUFFERED, QUEUED, UpstreamConnection, UpstreamPool
 
@@ -36,6 +34,7 @@ if TYPE_CHECKING:
     import ipaddress
 
     from .config import Config
+    from .health import PassiveHealth
     from .table import App, Backend, RoutingTable, Service
 
 log = logging.getLogger("router.error")
@@ -220,9 +219,11 @@ class ProxyContext:
     """Everything a worker's connections share; ``table`` is the swap point (STYLE 2)."""
 
     def __init__(self, config: "Config", table: "RoutingTable", pool: UpstreamPool,
-                 codec: TokenCodec, loop: asyncio.AbstractEventLoop) -> None:
+                 codec: TokenCodec, loop: asyncio.AbstractEventLoop,
+                 passive: "PassiveHealth") -> None:
         self.table = table
         self.pool = pool
+        self.passive = passive
         self.codec = codec
         self.loop = loop
         self.unrouted = UnroutedStats()
@@ -256,8 +257,6 @@ class ProxyContext:
             log.info("limits.max_connections %d lowered to %d: RLIMIT_NOFILE leaves room for "
                      "no more (each client may hold a backend connection too)",
                      lim.max_connections, self.max_connections)
-        self.passive_failures = config.passive_health.failures
-        self.passive_cooldown = config.passive_health.cooldown
         self.trusted: tuple["ipaddress.IPv4Network | ipaddress.IPv6Network", ...] = config.trusted_proxies
         old = getattr(self, "log_access", None)
         if old is not None:
@@ -270,7 +269,7 @@ class ProxyContext:
         """Count a failed use of ``be`` (metrics) and report it to passive health."""
         be.stats.error(reason)
         if passive:
-            report_failure(be, self.passive_failures, self.passive_cooldown)
+            self.passive.failure(be)
 
     def request_id(self) -> bytes:
         self._rid_next += 1
@@ -429,8 +428,9 @@ class Exchange:
     def _response_began(self, status: int) -> None:
         if self.waiting:
             self.unwait()
-        if _failing:
-            _failing.pop(self.backend, None)  # type: ignore[call-overload, arg-type]
+        passive = self.conn.ctx.passive
+        if passive.watching and self.backend is not None:
+            passive.success(self.backend)
         self.status = status
         self.resp_started = True
 

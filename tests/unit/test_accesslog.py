@@ -10,6 +10,7 @@ import uvloop
 from benchmarks.micro import MemoryTransport
 from router.accesslog import PIPE_BUF, AccessLog, _json_str
 from router.config import config_from_dict
+from router.health import Health, PassiveHealth
 from router.proxy import ClientConnection, ProxyContext
 from router.sticky import TokenCodec
 from router.table import TableBuilder
@@ -44,7 +45,8 @@ def _run(fmt: str, n: int, url: bytes = b"/x?y=1") -> tuple[list[bytes], int]:
                                                   "services": {"web": {"backends": ["127.0.0.1:1"]}}}}})
         codec = TokenCodec(b"k" * 32, 1800, 28800)
         pool = UpstreamPool(loop, 3.0)
-        ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop)
+        passive = PassiveHealth(Health(lambda: None, cfg.passive_health), cfg.passive_health.failures)
+        ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop, passive)
         out = _Out()
         ctx.log_access = AccessLog(loop, fmt, out)
         up = UpstreamConnection(pool, "127.0.0.1:1")
