@@ -12,8 +12,8 @@ old file or the new one, never a torn mix.  ``save`` gets that from the usual se
    "accepted".
 
 A process killed between 1 and 3 leaves a stray ``.<name>.<pid>.<n>.tmp`` beside the state file
-and the old state intact.  Stray files are not removed automatically: with several workers
-sharing the directory a temporary file may belong to a save in progress.
+and the old state intact.  The router removes them when it starts (:meth:`FileStore.remove_strays`):
+it is the file's only writer (workers never write), so no save can be in progress then.
 
 This module knows nothing about what the mapping contains; the caller validates it.
 :class:`FileStore` is the file itself (synchronous); :class:`FileStateStore` offers it through the
@@ -23,7 +23,9 @@ common :class:`~router.store.base.Store` interface.
 from __future__ import annotations
 
 import asyncio
+import glob
 import itertools
+import logging
 import os
 from typing import Any
 
@@ -32,6 +34,8 @@ import yaml
 from .base import Store, StoreConflict, StoreError
 
 __all__ = ["FileStateStore", "FileStore", "StoreError"]
+
+log = logging.getLogger("router.store")
 
 # Temporary file names are unique per process (pid) and per save (counter), so that concurrent
 # saves -- threads, or workers sharing the directory -- never write into each other's file.
@@ -60,6 +64,21 @@ class FileStore:
 
     def __repr__(self) -> str:
         return f"FileStore({self.path!r})"
+
+    def remove_strays(self) -> int:
+        """Remove the temporary files that interrupted saves left; how many there were."""
+        base = glob.escape(os.path.basename(self.path))
+        removed = 0
+        for stray in glob.glob(os.path.join(glob.escape(self._dir), f".{base}.*.tmp")):
+            try:
+                os.unlink(stray)
+                removed += 1
+            except OSError as exc:
+                log.warning("%s: cannot remove a stray temporary file: %s", stray, _reason(exc))
+        if removed:
+            log.info("%s: removed %d temporary file%s left by interrupted saves", self.path,
+                     removed, "s" if removed > 1 else "")
+        return removed
 
     def load(self) -> dict[str, object] | None:
         """The stored mapping; ``None`` if there is no file; :class:`StoreError` if unusable."""
@@ -159,15 +178,19 @@ class FileStateStore(Store):
     def __init__(self, path: str, secret_path: str | None = None) -> None:
         self.file = FileStore(path)
         self.name = path
-        # The sticky secret sits next to the configuration file, not next to the state (it
-        # always has); None: a random secret for this process only.
+        # The sticky secret's file (in the state directory, unless sticky.secret_file names
+        # another); None: a random secret for this process only.
         self._secret_path = secret_path
         self._version = 0
+        self._started = False
 
     def __repr__(self) -> str:
         return f"FileStateStore({self.name!r})"
 
     async def load(self) -> tuple[dict[str, Any] | None, int]:
+        if not self._started:  # once, at start: no save of this process can be under way
+            self._started = True
+            await asyncio.get_running_loop().run_in_executor(None, self.file.remove_strays)
         data = await asyncio.get_running_loop().run_in_executor(None, self.file.load)
         self._version = 0 if data is None else 1
         return data, self._version
