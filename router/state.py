@@ -175,8 +175,13 @@ def delete_app(name: str) -> Operation:
     return op
 
 
-def set_weights(name: str, weights: dict[str, Any]) -> Operation:
-    """All listed weights change in one step, or none does."""
+def set_weights(name: str, weights: dict[str, Any], ready: set[str] | None = None) -> Operation:
+    """All listed weights change in one step, or none does.
+
+    ``ready``: the services with a backend ready to take requests. Given, a change that would
+    leave every weight at 0, or all of the weight on services not in it, is a 409 (a release
+    turned into an outage by one command); None: no such check (``force``).
+    """
     def op(state: State) -> Outcome:
         app = state.app(name)
         if not weights:
@@ -186,6 +191,17 @@ def set_weights(name: str, weights: dict[str, Any]) -> Operation:
             if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100:
                 raise Invalid(f"must be an integer 0..100 (got {w!r})", svc)
         services = tuple(replace(s, weight=weights.get(s.name, s.weight)) for s in app.services)
+        if ready is not None and services != app.services:
+            weighted = [s for s in services if s.weight > 0]
+            if not weighted:
+                raise Conflict(f"every weight of {name!r} would be 0: every request without a "
+                               "sticky cookie would get 503; send force=true to do it anyway",
+                               "weights")
+            if not any(s.name in ready for s in weighted):
+                which = "; ".join(f"{s.name} ({', '.join(s.backends)})" for s in weighted)
+                raise Conflict(f"{name!r} would send all its traffic to services with no backend "
+                               f"ready to take requests (none is healthy or accepts a "
+                               f"connection): {which}; send force=true to do it anyway", "weights")
         return _replace_app(state, replace(app, services=services)), state.releases, (name,)
     return op
 
