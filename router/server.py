@@ -37,7 +37,7 @@ from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
 from .release import Status
 from .state import State, StateManager, load_file_apps, mark_ready
 from .sticky import load_or_create_secret
-from .store import Store, StoreConflict, StoreUnavailable, open_store
+from .store import Store, StoreConflict, StoreLost, StoreUnavailable, open_store
 from .supervisor import Supervisor
 
 log = logging.getLogger("router")
@@ -194,9 +194,12 @@ class Server:
         return state, version
 
     async def _follow_store(self, store: Store) -> None:
-        """Make every change another replica stores live here (a shared store only)."""
+        """Make every change another replica stores live here (a shared store only); write back
+        the newest state this replica holds if the store lost its data."""
         manager = self.manager
-        assert manager is not None
+        assert manager is not None and self.plane is not None
+        # The secret goes back only if it came from the store (not from sticky.secret_file).
+        secret = self.plane.secret if self.config.sticky.secret_file is None else None
         while not self._closing:
             try:
                 async for data, version in store.watch(manager.version):
@@ -204,6 +207,9 @@ class Server:
                 return  # the store has nothing to watch, or was closed
             except asyncio.CancelledError:
                 raise
+            except StoreLost:
+                data, version = await store.reseed(manager.state.to_dict(), secret)
+                await manager.reseeded(data, version)
             except Exception:
                 log.exception("following %s failed; starting again", store.name)
                 await asyncio.sleep(1)

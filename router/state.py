@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 from .config import AppConfig, ConfigError, HealthCheckConfig, ServiceConfig, parse_app, parse_service
 from .errors import BadRequest, Conflict, Invalid, NotFound, PreconditionFailed, Unavailable
 from .release import Action, Release, ReleaseConflict, Status, start as start_release
-from .store import Store, StoreConflict, StoreUnavailable
+from .store import Store, StoreConflict, StoreLost, StoreUnavailable
 
 log = logging.getLogger("router.admin")
 
@@ -435,6 +435,21 @@ class StateManager:
             await self._switch(state, version)
             return True
 
+    async def reseeded(self, data: dict[str, Any], version: int) -> None:
+        """The store lost its data and was written back: ``data`` at ``version`` is what it
+        holds now -- this replica's state, or a newer one another replica offered."""
+        async with self._lock:
+            try:
+                state = State.from_dict(data, self._source())
+            except ConfigError as e:
+                log.error("the re-seeded state at version %d is not valid: %s", version, e)
+                self.version = version
+                return
+            if state != self.state and state.generation >= self.state.generation:
+                await self._switch(state, version)
+            else:
+                self.version = version
+
     async def _reload(self, current: tuple[dict[str, Any] | None, int] | None = None) -> None:
         """Make the store's state (``current`` if the conflict brought it) live here."""
         assert self._store is not None
@@ -471,7 +486,9 @@ class StateManager:
         return self._store.name if self._store is not None else "memory"
 
     def _unavailable(self, e: Exception) -> Unavailable:
-        if isinstance(e, StoreUnavailable):
+        if isinstance(e, StoreLost):
+            reason = str(e)
+        elif isinstance(e, StoreUnavailable):
             reason = f"{e}; changes are refused until it answers again"
         else:
             reason = f"cannot persist the routing state: {e}"
