@@ -1,8 +1,8 @@
 """The router's listening sockets, bound before anything listens.
 
 A router binds its data-plane and admin addresses first, and only once every one is bound does
-any of them listen: a port already taken means exit 1 naming it, with nothing served for a
-moment, as with nginx and HAProxy. No socket has SO_REUSEPORT: a second process can never join
+any of them listen: a port already taken (listened on by another process) means exit 1 naming
+it, with nothing served for a moment, as with nginx and HAProxy. No socket has SO_REUSEPORT: a second process can never join
 our port and split its traffic. The worker processes of ``--workers N`` share the data-plane
 socket by inheriting it from the master (docs/workers.md says why that, and not one
 SO_REUSEPORT socket per worker).
@@ -61,9 +61,18 @@ def bind(host: str, port: int, what: str) -> list[socket.socket]:
     return socks
 
 
-def listen(socks: list[socket.socket], backlog: int) -> None:
+def listen(socks: list[socket.socket], backlog: int, what: str) -> None:
+    """Start listening. Two routers started at the same instant may both bind (SO_REUSEADDR
+    allows it until one listens): the second to listen gets the same error as a late one."""
     for s in socks:
-        s.listen(backlog)
+        try:
+            s.listen(backlog)
+        except OSError as e:
+            host, port = s.getsockname()[:2]
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            reason = (e.strerror or str(e)).lower()
+            raise ListenError(e.errno or errno.EADDRINUSE,
+                              f"cannot listen on {shown} ({what}): {reason}") from None
 
 
 def port_of(socks: list[socket.socket]) -> int:

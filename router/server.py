@@ -137,7 +137,8 @@ class Server:
         self.registry.register(WorkersCollector(self._workers_up, self._worker_restarts))
         if self.store is not None:
             self.registry.register(StoreCollector(lambda: self.store.up))  # type: ignore[union-attr]
-        listen(self._listen, BACKLOG)
+        listen(self._listen, BACKLOG, "data plane")
+        listen(admin_socks, BACKLOG, "admin API")
         if self.nworkers == 1:
             for sock in self._listen:
                 await self.plane.serve(sock)
@@ -394,6 +395,8 @@ class Server:
             log.warning("reload: sticky.secret_file changed; it takes effect only after a restart")
         self.config = new
         self.plane.reconfigure(new)  # type: ignore[union-attr]
+        if self.health is not None:
+            self.health.configure(new.passive_health)
         asyncio.get_running_loop().create_task(self._reload(path, new))
 
     async def _reload(self, path: str, new: Config) -> None:
