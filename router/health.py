@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 from .config import AppConfig, HealthCheckConfig, PassiveHealthConfig, split_hostport
 from .counters import BUCKETS
@@ -66,13 +66,14 @@ STALL_FACTOR = 10.0
 class Reporter(Protocol):
     """Where a data plane's observations go: :class:`Health`, or the pipe to the master."""
 
-    def failure(self, key: BackendKey, run: int) -> None:
+    # The data plane ignores what these return.
+    def failure(self, key: BackendKey, run: int) -> object:
         """A request failed on the backend; ``run`` failures in a row seen by this data plane."""
 
-    def success(self, key: BackendKey) -> None:
+    def success(self, key: BackendKey) -> object:
         """A response began after failures, or from a backend not yet shown to work."""
 
-    def stalled(self, key: BackendKey, reason: str) -> None:
+    def stalled(self, key: BackendKey, reason: str) -> object:
         """The backend's requests are stuck (see STALL_FACTOR)."""
 
 
@@ -117,7 +118,7 @@ class PassiveHealth:
                 watching[be] = old[be]
         self.watching = watching
 
-    def sweep(self, waiting: Mapping[object, float], response_timeout: float, now: float) -> None:
+    def sweep(self, waiting: Mapping[Any, float], response_timeout: float, now: float) -> None:
         """Report the backends whose requests are stuck (see STALL_FACTOR).
 
         ``waiting``: the exchanges waiting for a response head and their deadlines (the

@@ -79,9 +79,9 @@ class Store(ABC):
         return
         yield  # an async generator that yields nothing
 
-    async def reseed(self, data: Document, secret: bytes) -> tuple[Document, int]:
+    async def reseed(self, data: Document, secret: bytes | None) -> tuple[Document, int]:
         """After :class:`StoreLost`: offer ``data`` (the newest state this process holds) and
-        the sticky ``secret``, and return the state the store holds once every process sharing
+        the sticky ``secret`` (None: this process does not take it from the store), and return the state the store holds once every process sharing
         it had the time to offer theirs (the highest generation), with its version."""
         raise NotImplementedError(f"{type(self).__name__} cannot lose its data behind our back")
 
