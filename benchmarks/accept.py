@@ -8,7 +8,8 @@ Two ways for N processes to accept on one port:
 ``reuseport``  each worker opens its own socket with SO_REUSEPORT; the kernel hashes every new
                connection to one of the sockets' accept queues.
 ``shared``     the master opens one listening socket and every worker inherits it; a
-               connection waits in the one queue until whichever worker calls accept() first.
+               connection waits in the one queue until whichever worker calls accept() first
+               (what the router does).
 
 The workers here are minimal uvloop HTTP responders (one small response per request, keep-alive),
 so that only the accept model differs. Three measurements:
@@ -18,8 +19,13 @@ so that only the accept model differs. Three measurements:
 2. **hung worker**: worker 0 is stopped with SIGSTOP (a hung process: its sockets stay open),
    then 100 fresh connections each send one request and wait up to 1 s: how many got no
    answer. Then worker 0 is killed (SIGKILL, as a watchdog would): what became of those.
-3. **load** (``--load S``): ``wrk -t1 -c50 -dS`` against the port: requests/s and each
-   worker's share of the connections.
+3. **load** (``--load S``): ``wrk -t1 -c50 -dS`` against the port, keep-alive and with a new
+   connection per request: requests/s.
+
+A third model is measured beside them, ``shared-one``: one shared socket, each worker accepting
+one connection per wake-up (the others, woken too, take the next ones): it balances bursts of
+new connections, at the cost of a task per accepted connection. docs/workers.md has the numbers
+and the choice.
 """
 
 from __future__ import annotations
@@ -149,24 +155,21 @@ async def hung(mode: str, n: int) -> tuple[Counter[str], Counter[str]]:
         return first, after
 
 
-def load(mode: str, n: int, seconds: int, close: bool = False) -> tuple[float, str]:
+def load(mode: str, n: int, seconds: int, close: bool = False) -> float | None:
+    """Requests/s of ``wrk -t1 -c50`` (None without wrk); ``close``: a new connection per
+    request."""
     wrk = shutil.which("wrk")
     if wrk is None:
-        return 0.0, "wrk not installed"
+        return None
     with Workers(mode, n) as w:
         extra = ["-H", "Connection: close"] if close else []
-        out = subprocess.run([wrk, "-t1", "-c50", f"-d{seconds}s", *extra, f"http://127.0.0.1:{w.port}/"],
+        out = subprocess.run([wrk, "-t1", "-c50", f"-d{seconds}s", *extra,
+                              f"http://127.0.0.1:{w.port}/"],
                              capture_output=True, text=True, timeout=seconds + 30).stdout
-        per = Counter()
-        for p in w.procs:
-            per[str(p.pid)] = 0
-        rps = 0.0
-        for line in out.splitlines():
-            if line.startswith("Requests/sec:"):
-                rps = float(line.split()[1])
-        # Connections per worker: what each process holds at the end (wrk has closed by now,
-        # so count from the spread of a fresh 50-connection burst instead).
-        return rps, out.strip().splitlines()[-2] if out else ""
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    return None
 
 
 async def burst(mode: str, n: int, conns: int = 50) -> Counter[str]:
@@ -195,10 +198,10 @@ def main() -> None:
         print(f"  the same, watched past SIGKILL of worker 0 (5 s): {dict(sorted(after.items()))}"
               f"  [{took:.1f} s]")
         if args.load:
-            rps, _ = load(mode, args.workers, args.load)
-            print(f"  wrk -t1 -c50 -d{args.load}s: {rps:,.0f} requests/s")
-            rps, _ = load(mode, args.workers, args.load, close=True)
-            print(f"  the same, a new connection per request: {rps:,.0f} requests/s")
+            for close, what in ((False, f"wrk -t1 -c50 -d{args.load}s"),
+                                (True, "the same, a new connection per request")):
+                rps = load(mode, args.workers, args.load, close)
+                print(f"  {what}: " + ("wrk not installed" if rps is None else f"{rps:,.0f} requests/s"))
 
 
 if __name__ == "__main__":
