@@ -30,4 +30,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
-	rm -f router/*.so *.so
+	rm -f router/*.so router/http/*.so *.so

@@ -17,13 +17,22 @@ from setuptools.command.build_ext import build_ext
 
 # Run per request; type-checked by mypy before they are compiled (a type error fails the build).
 COMPILED = [
-    "router/proxy.py",
-    "router/upstream.py",
+    "router/http/framing.py",
+    "router/http/request_head.py",
+    "router/http/response_head.py",
+    "router/phases.py",
     "router/balancer.py",
-    "router/table.py",
     "router/counters.py",
     "router/sticky.py",
+    "router/table.py",
+    "router/routing.py",
+    "router/upstream.py",
+    "router/deadlines.py",
     "router/accesslog.py",
+    "router/logs.py",
+    "router/context.py",
+    "router/exchange.py",
+    "router/client.py",
 ]
 
 

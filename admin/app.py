@@ -1,4 +1,4 @@
-"""The admin listener: health, readiness, metrics and the REST API of SPEC 5.
+"""The admin listener: health, readiness, metrics, the REST API and the web console.
 
 Auth and the mapping of errors to ``{"error": {...}}`` bodies happen here, in one place;
 handlers (``admin.handlers``) stay thin and call the state's operations.
@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router.errors import RouterError, Unauthorized
 
-from . import handlers
+from . import console, handlers
 from .handlers import SERVER
 from .openapi import openapi
 
@@ -46,7 +46,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     server = request.app[SERVER]
-    await server.refresh_stats()  # the workers' counters, summed
+    await server.summed_stats()  # the collector reads the sum made here
     body = generate_latest(server.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -95,11 +95,14 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def create_app(server: "Server") -> web.Application:
-    app = web.Application(middlewares=[api_middleware], client_max_size=2 * 1024 * 1024)
+    # The console's session stands in for the bearer token before the API checks it.
+    app = web.Application(middlewares=[console.session_middleware, api_middleware],
+                          client_max_size=2 * 1024 * 1024)
     app[SERVER] = server
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/openapi.json", openapi_doc)
     app.router.add_routes(handlers.routes())
+    console.add_routes(app)
     return app

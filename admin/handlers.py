@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -10,8 +11,16 @@ from router import state as ops
 from router.config import NAME_RE
 from router.errors import Invalid, NotFound
 
-from .schemas import (HealthOf, app_body, check_name, object_body, parse_body, render_app,
-                      service_body)
+from .schemas import (
+    HealthOf,
+    app_body,
+    check_name,
+    object_body,
+    parse_body,
+    render_app,
+    render_stats,
+    service_body,
+)
 
 if TYPE_CHECKING:
     from router.server import Server
@@ -172,6 +181,16 @@ async def rollback_release(request: web.Request) -> web.Response:
     return _app_response(request, st, name)
 
 
+async def app_stats(request: web.Request) -> web.Response:
+    name = check_name(request.match_info["app"], "app")
+    srv = _server(request)
+    assert srv.manager is not None and srv.plane is not None  # started before the admin listener
+    srv.manager.state.app(name)  # 404 for an unknown app
+    stats = await srv.summed_stats()
+    return web.json_response(render_stats(stats, srv.plane.table, name, time.time()),
+                             headers={"Cache-Control": "no-store"})
+
+
 def routes() -> list[Any]:
     p = "/api/v1/apps"
     return [
@@ -187,4 +206,5 @@ def routes() -> list[Any]:
         web.get(p + "/{app}/release", get_release),
         web.post(p + "/{app}/release/confirm", confirm_release),
         web.post(p + "/{app}/release/rollback", rollback_release),
+        web.get(p + "/{app}/stats", app_stats),
     ]

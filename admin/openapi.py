@@ -102,6 +102,43 @@ _APP = {
     },
 }
 
+_COUNT = {"type": "integer", "minimum": 0}
+
+_SERVICE_STATS = {
+    "type": "object",
+    "required": ["requests", "errors", "codes", "upstream_errors", "sticky", "inflight", "weight",
+                 "duration"],
+    "properties": {
+        "requests": {**_COUNT, "description": "responses given for the service since start"},
+        "errors": {**_COUNT, "description": "of those, the ones with a 5xx status"},
+        "codes": {"type": "object", "additionalProperties": _COUNT,
+                  "description": "responses by status code"},
+        "upstream_errors": {**_COUNT, "description": "failed attempts to use a backend "
+                                                     "(connect, reset, timeout, protocol)"},
+        "sticky": {**_COUNT, "description": "requests routed by the stickiness cookie"},
+        "inflight": {**_COUNT, "description": "requests in flight now"},
+        "weight": WEIGHT,
+        "duration": {
+            "type": "object", "required": ["count", "sum", "buckets"],
+            "properties": {
+                "count": _COUNT, "sum": {"type": "number", "description": "seconds"},
+                "buckets": {"type": "object", "additionalProperties": _COUNT,
+                            "description": "cumulative: requests that took at most the key's "
+                                           "seconds; \"+Inf\" equals count"}}},
+    },
+}
+
+_STATS = {
+    "type": "object",
+    "required": ["app", "time", "services"],
+    "properties": {
+        "app": NAME,
+        "time": {"type": "number", "description": "when the counters were read, Unix seconds"},
+        "services": {"type": "object",
+                     "additionalProperties": {"$ref": "#/components/schemas/ServiceStats"}},
+    },
+}
+
 _APP_IN = {
     "type": "object",
     "additionalProperties": False,
@@ -168,7 +205,8 @@ def openapi() -> dict[str, Any]:
         "components": {
             "schemas": {"Error": _ERROR, "HealthCheck": _HEALTH_CHECK, "Service": _SERVICE,
                         "ServiceIn": _SERVICE_IN, "Release": _RELEASE, "App": _APP,
-                        "AppIn": _APP_IN, "AppPatch": _APP_PATCH},
+                        "AppIn": _APP_IN, "AppPatch": _APP_PATCH,
+                        "ServiceStats": _SERVICE_STATS, "Stats": _STATS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -249,6 +287,13 @@ def openapi() -> dict[str, Any]:
                          "requestBody": _body({"type": "object", "additionalProperties": False,
                                                "properties": {}}, required=False),
                          "responses": {**_MUTATION, "200": _json("App", "rolled back")}},
+            },
+            app_path + "/stats": {
+                "parameters": [_APP_PARAM],
+                "get": {"summary": "live counters of the app's services, summed across worker "
+                                   "processes, since the router started",
+                        "responses": {**_COMMON, "200": _json("Stats", "the counters", etag=False),
+                                      "404": _err("unknown app")}},
             },
         },
     }

@@ -6,7 +6,9 @@ import json
 from typing import TYPE_CHECKING, Any, Callable
 
 from router.config import NAME_RE
+from router.counters import ServiceStats, Stats
 from router.errors import BadRequest, Invalid, NotFound, PayloadTooLarge
+from router.metrics import cumulative_buckets
 from router.state import State, app_to_dict
 
 if TYPE_CHECKING:
@@ -19,6 +21,11 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# No object of the API nests deeper than 4; a generous bound that keeps every validator's
+# recursion (and json's) far from Python's limit.
+MAX_DEPTH = 32
+
+
 def parse_body(raw: bytes, required: bool = True) -> Any:
     """JSON from a request body; NaN and Infinity are refused (json.loads accepts them)."""
     if len(raw) > MAX_BODY:
@@ -28,9 +35,29 @@ def parse_body(raw: bytes, required: bool = True) -> Any:
             raise BadRequest("a JSON body is required")
         return None
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest(f"body is nested more than {MAX_DEPTH} levels deep") from None
+    if _depth_over(body, MAX_DEPTH):
+        raise BadRequest(f"body is nested more than {MAX_DEPTH} levels deep")
+    return body
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (no recursion: the
+    body is the client's)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            if d > limit:
+                return True
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return False
 
 
 def object_body(raw: bytes, required: bool = True) -> dict[str, Any]:
@@ -99,3 +126,34 @@ def render_app(state: State, name: str, table: "RoutingTable",
     out["release"] = release.to_dict() if release is not None else None
     out["generation"] = state.app_generations.get(name, state.generation)
     return out
+
+
+def render_stats(stats: Stats, table: "RoutingTable", name: str, now: float) -> dict[str, Any]:
+    """The live counters of an app's services (``GET /api/v1/apps/{app}/stats``): totals since
+    the router started, so a client turns two readings into rates. ``errors`` are the 5xx
+    answers given for the service; ``upstream_errors`` the failed attempts to use its backends."""
+    live = table.apps.get(name)
+    services: dict[str, Any] = {}
+    for svc in live.services if live is not None else ():
+        st = stats.services.get((name, svc.name)) or ServiceStats()
+        codes: dict[int, int] = {}
+        upstream_errors = 0
+        for be in svc.backends:
+            bst = stats.backends.get((name, svc.name, be.key))
+            if bst is None:
+                continue
+            for code, n in bst.codes.items():
+                codes[code] = codes.get(code, 0) + n
+            upstream_errors += sum(bst.errors.values())
+        buckets = cumulative_buckets(st)
+        services[svc.name] = {
+            "requests": sum(codes.values()),
+            "errors": sum(n for code, n in codes.items() if code >= 500),
+            "codes": {str(code): n for code, n in sorted(codes.items())},
+            "upstream_errors": upstream_errors,
+            "sticky": st.sticky,
+            "inflight": st.inflight,
+            "weight": svc.weight,
+            "duration": {"count": buckets[-1][1], "sum": st.dsum, "buckets": dict(buckets)},
+        }
+    return {"app": name, "time": now, "services": services}

@@ -63,30 +63,6 @@ def cases() -> dict[str, Callable[[], object]]:
     }
 
 
-class MemoryTransport:
-    """Stands in for a socket: counts bytes, never blocks."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def write(self, data: bytes) -> None:
-        self.sent += len(data)
-
-    def writelines(self, data: list[bytes]) -> None:
-        self.sent += sum(map(len, data))
-
-    def get_extra_info(self, name: str) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else None
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-
-
 _RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 15:00:00 GMT\r\n"
              b"Content-Type: text/plain\r\nContent-Length: 100\r\n"
              b"Last-Modified: Thu, 26 Nov 2026 14:00:00 GMT\r\nConnection: keep-alive\r\n"
@@ -98,8 +74,10 @@ def proxy_case(sticky: bool) -> Callable[[], object]:
     pooled UpstreamConnection, with in-memory transports: the Python cost per request."""
     import uvloop
 
-    from router.proxy import ClientConnection, ProxyContext
+    from router.client import ClientConnection
+    from router.context import ProxyContext
     from router.upstream import UpstreamConnection, UpstreamPool
+    from tests.memory import MemoryTransport
 
     loop = uvloop.new_event_loop()
     cfg = config_from_dict({"apps": {"bench": {"session_sticky": sticky, "routes": ["bench.local"], "services": {
@@ -107,16 +85,16 @@ def proxy_case(sticky: bool) -> Callable[[], object]:
         "green": {"weight": 50, "backends": ["127.0.0.1:2"]}}}}})
     codec = TokenCodec(b"k" * 32, 1800, 28800)
     pool = UpstreamPool(loop, 3.0)
-    passive = PassiveHealth(Health(lambda: None, cfg.passive_health), cfg.passive_health.failures)
+    passive = PassiveHealth(Health(lambda: None, cfg.passive_health, loop), cfg.passive_health.failures)
     ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop, passive)
     ups = []
     for key in ("127.0.0.1:1", "127.0.0.1:2"):
         up = UpstreamConnection(pool, key)
-        up.connection_made(MemoryTransport())  # type: ignore[arg-type]
+        up.connection_made(MemoryTransport(keep=False))  # type: ignore[arg-type]
         pool.put(up)
         ups.append(up)
     client = ClientConnection(ctx)
-    client.connection_made(MemoryTransport())  # type: ignore[arg-type]
+    client.connection_made(MemoryTransport(keep=False))  # type: ignore[arg-type]
     request = (b"GET /small HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: wrk\r\n"
                b"Accept: */*\r\n\r\n")
 

@@ -6,7 +6,9 @@ import os
 
 # The per-request modules setup.py compiles with mypyc when it can (router/<name>.*.so beside
 # router/<name>.py; the interpreter imports the compiled one first).
-COMPILED_MODULES = ("proxy", "upstream", "balancer", "table", "counters", "sticky", "accesslog")
+COMPILED_MODULES = ("http/framing", "http/request_head", "http/response_head", "phases",
+                    "balancer", "counters", "sticky", "table", "routing", "upstream", "deadlines",
+                    "accesslog", "logs", "context", "exchange", "client")
 
 
 def _refuse_stale_builds() -> None:
@@ -15,22 +17,25 @@ def _refuse_stale_builds() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     if not os.path.exists(os.path.join(here, os.pardir, "setup.py")):
         return  # an installed package: built from the sources beside it
-    for so in os.listdir(here):
-        name = so.split(".", 1)[0]
-        if so.endswith(".so") and name in COMPILED_MODULES:
-            src = os.path.join(here, name + ".py")
-            if os.path.getmtime(src) > os.path.getmtime(os.path.join(here, so)):
-                raise ImportError(
-                    f"router/{name}.py changed after it was compiled (router/{so}): run "
-                    "`make install` to compile it again, or `make clean` to run the sources "
-                    "as plain Python")
+    for name in COMPILED_MODULES:
+        folder, _, base = os.path.join(here, name).rpartition(os.sep)
+        src = os.path.join(folder, base + ".py")
+        if not os.path.exists(src):
+            continue
+        for so in os.listdir(folder):
+            if so.startswith(base + ".") and so.endswith(".so"):
+                if os.path.getmtime(src) > os.path.getmtime(os.path.join(folder, so)):
+                    raise ImportError(
+                        f"router/{name}.py changed after it was compiled ({so}): run "
+                        "`make install` to compile it again, or `make clean` to run the "
+                        "sources as plain Python")
 
 
 def compiled() -> bool:
     """Whether the per-request modules run compiled (mypyc) rather than as plain Python."""
-    from . import proxy
+    from . import client
 
-    return not proxy.__file__.endswith(".py")
+    return not client.__file__.endswith(".py")
 
 
 _refuse_stale_builds()

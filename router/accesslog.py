@@ -14,10 +14,7 @@ import re
 import select
 import sys
 import time
-from typing import TYPE_CHECKING, BinaryIO
-
-if TYPE_CHECKING:
-    from .proxy import Exchange
+from typing import BinaryIO
 
 # A write to a pipe of at most this many bytes is never interleaved with another writer's.
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
@@ -32,8 +29,31 @@ def _json_str(value: bytes) -> bytes:
     return json.dumps(value.decode("latin-1")).encode()
 
 
+class Entry:
+    """What one line says of one request (filled by the exchange as it ends)."""
+
+    __slots__ = ("remote", "method", "url", "host", "status", "app", "service", "backend",
+                 "seconds", "request_id", "sent", "headers")
+
+    def __init__(self, remote: bytes, method: bytes, url: bytes, host: bytes, status: int,
+                 app: bytes, service: bytes, backend: bytes, seconds: float, request_id: bytes,
+                 sent: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.remote = remote
+        self.method = method
+        self.url = url
+        self.host = host
+        self.status = status
+        self.app = app
+        self.service = service
+        self.backend = backend
+        self.seconds = seconds
+        self.request_id = request_id
+        self.sent = sent  # body bytes sent to the client
+        self.headers = headers  # the request's header fields (User-Agent, Referer)
+
+
 class AccessLog:
-    """Called with each finished exchange and its status."""
+    """Called with each finished request's ``Entry``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fmt: str, out: BinaryIO | None = None) -> None:
         self.loop = loop
@@ -46,8 +66,8 @@ class AccessLog:
         self._iso = b""  # 2026-11-26T18:00:00+0000, for this second
         self._clf = b""  # 26/Nov/2026:18:00:00 +0000
 
-    def __call__(self, ex: "Exchange", status: int) -> None:
-        line = self.line(ex, status)
+    def __call__(self, e: Entry) -> None:
+        line = self.line(e)
         if self._size + len(line) > PIPE_BUF and self._buf:
             self._write()
         self._buf.append(line)
@@ -83,31 +103,26 @@ class AccessLog:
             self._iso = time.strftime("%Y-%m-%dT%H:%M:%S%z", t).encode()
             self._clf = time.strftime("%d/%b/%Y:%H:%M:%S %z", t).encode()
 
-    def _json(self, ex: "Exchange", status: int) -> bytes:
+    def _json(self, e: Entry) -> bytes:
         self._stamps()
-        conn = ex.conn
-        app = ex.app
-        svc = ex.service
-        be = ex.backend
         return b'{"time": "%b", "remote": "%b", "method": %b, "uri": %b, "host": %b, ' \
                b'"status": %d, "app": "%b", "service": "%b", "backend": "%b", ' \
-               b'"duration_ms": %b, "request_id": "%b"}\n' % (
-                   self._iso, conn.peer.encode(), _json_str(ex.method), _json_str(ex.url),
-                   _json_str(ex.host if ex.host else b""), status,
-                   app.name_b if app is not None else b"",
-                   svc.name.encode() if svc is not None else b"",
-                   be.key.encode() if be is not None else b"",
-                   repr(round((conn.loop.time() - ex.started) * 1000, 3)).encode(),
-                   ex.request_id if ex.request_id else b"")
+               b'"duration_ms": %b, "bytes": %d, "request_id": "%b"}\n' % (
+                   self._iso, e.remote, _json_str(e.method), _json_str(e.url),
+                   _json_str(e.host), e.status, e.app, e.service, e.backend,
+                   b"%.3f" % (e.seconds * 1000), e.sent, e.request_id)
 
-    def _combined(self, ex: "Exchange", status: int) -> bytes:
+    def _combined(self, e: Entry) -> bytes:
+        """nginx's and Apache's combined format, then the request time in seconds with
+        microseconds (nginx's ``$request_time``, finer)."""
         self._stamps()
         ua = ref = b"-"
-        for name, value in ex.headers:
+        for name, value in e.headers:
             lname = name.lower()
             if lname == b"user-agent":
                 ua = value
             elif lname == b"referer":
                 ref = value
-        return b'%b - - [%b] "%b %b HTTP/1.1" %d - "%b" "%b"\n' % (
-            ex.conn.peer.encode(), self._clf, ex.method, ex.url, status, ref, ua)
+        return b'%b - - [%b] "%b %b HTTP/1.1" %d %b "%b" "%b" %.6f\n' % (
+            e.remote, self._clf, e.method, e.url, e.status, b"%d" % e.sent if e.sent else b"-",
+            ref, ua, e.seconds)

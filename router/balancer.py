@@ -6,6 +6,8 @@ subtracts the total weight from the winner. The sequence is deterministic and sp
 service's share evenly: for weights 1:3 it is ``B A B B`` repeated, so every window of 4
 consecutive picks splits exactly 1:3 (nginx ``ngx_http_upstream_get_peer``).
 
+Among services of equal standing (the fallback services at weight 0): plain round robin.
+
 Inside one service: the healthy backend with the fewest requests in flight, round robin among
 those that tie (so an idle service still spreads evenly, as HAProxy's ``leastconn`` does).
 
@@ -15,7 +17,7 @@ phase of the sequence, never the ratio.
 
 from __future__ import annotations
 
-from typing import Generic, Protocol, Sequence, TypeVar
+from typing import Container, Generic, Protocol, Sequence, TypeVar
 
 
 class _Weighted(Protocol):
@@ -44,7 +46,7 @@ class SmoothWeightedRoundRobin(Generic[T]):
     def items(self) -> tuple[T, ...]:
         return self._items
 
-    def pick(self, exclude: object = None) -> T | None:
+    def pick(self, exclude: Container[object] | None = None) -> T | None:
         """The next item, or ``None`` when there is none.
 
         ``exclude`` (a container) skips items for a retry without disturbing the sequence
@@ -59,7 +61,7 @@ class SmoothWeightedRoundRobin(Generic[T]):
         best_score = 0
         total = 0
         for i, item in enumerate(self._items):
-            if exclude is not None and item in exclude:  # type: ignore[operator]
+            if exclude is not None and item in exclude:
                 continue
             w = weights[i]
             s = scores[i] + w
@@ -94,11 +96,11 @@ class LeastInFlight(Generic[L]):
     def __len__(self) -> int:
         return self._n
 
-    def pick(self, exclude: object = None) -> L | None:
+    def pick(self, exclude: Container[object] | None = None) -> L | None:
         items = self._items
         n = self._n
         if n < 2:
-            if n == 0 or (exclude is not None and items[0] in exclude):  # type: ignore[operator]
+            if n == 0 or (exclude is not None and items[0] in exclude):
                 return None
             return items[0]
         start = self._next
@@ -110,7 +112,7 @@ class LeastInFlight(Generic[L]):
             if j >= n:
                 j -= n
             item = items[j]
-            if exclude is not None and item in exclude:  # type: ignore[operator]
+            if exclude is not None and item in exclude:
                 continue
             load = item.inflight
             if best is None or load < best_load:
@@ -122,3 +124,31 @@ class LeastInFlight(Generic[L]):
         if best is not None:
             self._next = best_at + 1 if best_at + 1 < n else 0
         return best
+
+
+A = TypeVar("A")
+
+
+class RoundRobin(Generic[A]):
+    """Each item in turn (the fallback services, which have no weight to share by)."""
+
+    __slots__ = ("_items", "_next")
+
+    def __init__(self, items: Sequence[A]) -> None:
+        self._items = tuple(items)
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def pick(self, exclude: Container[object] | None = None) -> A | None:
+        items = self._items
+        n = len(items)
+        for k in range(n):
+            j = (self._next + k) % n
+            item = items[j]
+            if exclude is not None and item in exclude:
+                continue
+            self._next = (j + 1) % n
+            return item
+        return None

@@ -17,11 +17,12 @@ BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0
 class ServiceStats:
     """Counters of one service of one app; outlives routing snapshots."""
 
-    __slots__ = ("inflight", "sticky", "retries", "buckets", "dsum")
+    __slots__ = ("inflight", "sticky", "fallback", "retries", "buckets", "dsum")
 
     def __init__(self) -> None:
         self.inflight = 0
         self.sticky = 0
+        self.fallback = 0  # requests sent here because no weighted service could serve
         self.retries = 0
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.dsum = 0.0
@@ -34,6 +35,7 @@ class ServiceStats:
         if inflight:
             self.inflight += other.inflight
         self.sticky += other.sticky
+        self.fallback += other.fallback
         self.retries += other.retries
         self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
         self.dsum += other.dsum
@@ -75,12 +77,13 @@ class Stats:
     """Every counter of a process by name: what a scrape reads, and what a worker process
     sends to the master (plain picklable objects), summed there across workers."""
 
-    __slots__ = ("services", "backends", "unrouted")
+    __slots__ = ("services", "backends", "unrouted", "refused")
 
     def __init__(self) -> None:
         self.services: dict[tuple[str, str], ServiceStats] = {}
         self.backends: dict[tuple[str, str, str], BackendStats] = {}
         self.unrouted: dict[tuple[str, int], int] = {}
+        self.refused = 0  # client connections refused at the connection cap
 
     def add(self, other: "Stats", inflight: bool = True) -> None:
         """Add ``other``'s counts; ``inflight=False``: the counters only (the totals of a worker
@@ -91,6 +94,7 @@ class Stats:
             self.backends.setdefault(bkey, BackendStats()).add(b)
         for ukey, n in other.unrouted.items():
             self.unrouted[ukey] = self.unrouted.get(ukey, 0) + n
+        self.refused += other.refused
 
     def keep(self, services: set[tuple[str, str]], backends: set[tuple[str, str, str]]) -> None:
         """Forget the counters of services and backends no longer routed."""

@@ -11,10 +11,11 @@ import logging
 import socket
 from typing import Callable, cast
 
+from .client import ClientConnection
 from .config import AppConfig, Config
+from .context import ProxyContext
 from .counters import Stats
 from .health import STALL_SWEEP, UNHEALTHY, BackendKey, HealthMap, PassiveHealth, Reporter, apply_states
-from .proxy import ClientConnection, ProxyContext
 from .sticky import TokenCodec
 from .table import RoutingTable, TableBuilder
 from .upstream import UpstreamPool
@@ -67,7 +68,7 @@ class DataPlane:
         while True:
             await asyncio.sleep(STALL_SWEEP)
             if ctx.deadlines.waiting:
-                self.passive.sweep(ctx.deadlines.waiting, ctx.response_timeout, loop.time())
+                self.passive.sweep(ctx.deadlines.waiting, ctx.deadlines.timeout, loop.time())
 
     def apply(self, apps: tuple[AppConfig, ...], generation: int, health: HealthMap | None = None) -> None:
         """A new state: build the table and swap it in with one assignment."""
@@ -109,7 +110,9 @@ class DataPlane:
         self.passive.failures = config.passive_health.failures
 
     def stats(self) -> Stats:
-        return self.table.stats(self.ctx.unrouted)
+        st = self.table.stats(self.ctx.unrouted)
+        st.refused = self.ctx.refused
+        return st
 
     async def drain(self, grace: float) -> None:
         """Graceful stop: no new connections; in-flight requests get ``grace`` seconds."""
@@ -124,15 +127,13 @@ class DataPlane:
         while loop.time() < deadline:
             busy = False
             for conn in list(ctx.connections):
-                if conn.active is None and conn.tunnel is None and conn.parsing is None:
-                    conn.transport.close()  # type: ignore[union-attr]
-                else:
+                if conn.shutdown():
                     busy = True
             if not busy:
                 break
             await asyncio.sleep(0.05)
         for conn in list(ctx.connections):
-            conn.transport.abort()  # type: ignore[union-attr]
+            conn.abort()
         self.pool.close()
         if ctx.log_access is not None:
             ctx.log_access.flush()

@@ -28,6 +28,10 @@ class Unauthorized(RouterError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(RouterError):
+    status, code = 403, "forbidden"
+
+
 class NotFound(RouterError):
     status, code = 404, "not_found"
 

@@ -225,8 +225,10 @@ class Health:
     this process's data plane or from workers.
     """
 
-    def __init__(self, on_change: Callable[[], None], passive: PassiveHealthConfig) -> None:
+    def __init__(self, on_change: Callable[[], None], passive: PassiveHealthConfig,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self._on_change = on_change
+        self._loop = loop
         self._known: dict[BackendKey, _Known] = {}
         self.configure(passive)
 
@@ -257,7 +259,7 @@ class Health:
                             changed = True
                     if svc.health_check is not None and k.check is None:
                         k.check = _Check(svc.health_check)
-                        k.check.task = asyncio.get_running_loop().create_task(self._run(key, k))
+                        k.check.task = self._loop.create_task(self._run(key, k))
         for k in self._known.values():  # backends no longer configured
             self._forget(k)
         self._known = known
@@ -332,7 +334,7 @@ class Health:
         if not any(self._known[o].state != UNHEALTHY for o in k.group if o != key and o in self._known):
             return False  # the last backend of its service that takes requests stays
         k.state, k.reason, k.run = UNHEALTHY, reason, 0
-        k.ejected = asyncio.get_running_loop().call_later(self.cooldown, self._readmit, key)
+        k.ejected = self._loop.call_later(self.cooldown, self._readmit, key)
         log.warning("backend %s of %s/%s %s; out for %gs", key[2], key[0], key[1], reason,
                     self.cooldown)
         self._on_change()

@@ -62,6 +62,9 @@ class DataPlaneCollector:
         sticky = CounterMetricFamily(
             "router_sticky_requests", "Requests routed by the stickiness cookie",
             labels=["app", "service"])
+        fallback = CounterMetricFamily(
+            "router_fallback_requests", "Requests sent to a weight-0 service because no "
+            "weighted service had a healthy backend", labels=["app", "service"])
         duration = HistogramMetricFamily(
             "router_request_duration_seconds", "Time from request head to response end",
             labels=["app", "service"])
@@ -77,12 +80,8 @@ class DataPlaneCollector:
                 inflight.add_metric(labels, st.inflight)
                 weight.add_metric(labels, svc.weight)
                 sticky.add_metric(labels, st.sticky)
-                cumulative = []
-                acc = 0
-                for bound, n in zip(BUCKETS + (float("inf"),), st.buckets):
-                    acc += n
-                    cumulative.append((_fmt_bound(bound), acc))
-                duration.add_metric(labels, cumulative, st.dsum)
+                fallback.add_metric(labels, st.fallback)
+                duration.add_metric(labels, cumulative_buckets(st), st.dsum)
                 for be in svc.backends:
                     blabels = [app.name, svc.name, be.key]
                     state = self._health((app.name, svc.name, be.key))
@@ -104,12 +103,23 @@ class DataPlaneCollector:
             labels=["app", "old", "new", "status"])
         for app_name, r in sorted(self._releases().items()):
             release_info.add_metric([app_name, ",".join(r.old), r.new, r.status.value], 1)
+        refused = CounterMetricFamily(
+            "router_connections_refused", "Client connections refused at limits.max_connections "
+            "with no idle connection to close")
+        refused.add_metric([], stats.refused)
         yield from (requests, errors, retries, inflight, weight, healthy, unchecked, sticky,
-                    duration, generation, release_info)
+                    fallback, duration, generation, release_info, refused)
 
 
-def _fmt_bound(b: float) -> str:
-    return "+Inf" if b == float("inf") else repr(b)
+def cumulative_buckets(st: ServiceStats) -> list[tuple[str, int]]:
+    """A service's latency histogram as Prometheus shows it: (upper bound, requests at or
+    under it), the last bound ``+Inf`` holding the count."""
+    out = []
+    acc = 0
+    for bound, n in zip(BUCKETS + (float("inf"),), st.buckets):
+        acc += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+    return out
 
 
 class StoreCollector:

@@ -125,7 +125,7 @@ class Server:
         else:
             secret = await self.store.secret()  # etcd: one secret for every replica
         self.manager = StateManager(state, self.store, self.apply_state, version)
-        self.health = Health(self._health_changed, cfg.passive_health)
+        self.health = Health(self._health_changed, cfg.passive_health, loop)
         self.plane = DataPlane(cfg, secret, state.apps, state.generation, self.health)
         self.health.update(state.apps)
         self.plane.rebuild(self.health.states())
@@ -344,6 +344,13 @@ class Server:
         if self.workers is not None and self._stats is not None:
             return self._stats
         return self.plane.stats()  # type: ignore[union-attr]
+
+    async def summed_stats(self) -> Stats:
+        """Every counter of the data plane now, summed across the worker processes: what
+        ``/metrics`` and the stats endpoint read. Only reads counters; the request path is not
+        touched."""
+        await self.refresh_stats()
+        return self._current_stats()
 
     async def refresh_stats(self) -> None:
         """Sum the workers' counters (before a scrape), within ``supervisor.STATS_TIMEOUT``."""

@@ -15,9 +15,9 @@ behind the metrics, when a service's weight dropped to 0 -- lives in ``Backend``
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Container, Iterable
 
-from .balancer import LeastInFlight, SmoothWeightedRoundRobin
+from .balancer import LeastInFlight, RoundRobin, SmoothWeightedRoundRobin
 from .config import AppConfig, split_hostport
 from .counters import BackendStats, ServiceStats, Stats, UnroutedStats
 from .sticky import TokenCodec
@@ -59,7 +59,7 @@ class Service:
         self.zero_since = zero_since
         self._picker = LeastInFlight(self.healthy)
 
-    def pick(self, exclude: object = None) -> Backend | None:
+    def pick(self, exclude: Container[object] | None = None) -> Backend | None:
         """The healthy backend with the fewest requests in flight."""
         return self._picker.pick(exclude)
 
@@ -71,7 +71,7 @@ class App:
     """An app as one snapshot sees it."""
 
     __slots__ = ("name", "name_b", "sticky", "drain_timeout", "services", "by_token",
-                 "by_name", "_wrr")
+                 "by_name", "unavailable", "_wrr", "_fallback")
 
     def __init__(self, cfg: AppConfig, services: tuple[Service, ...]) -> None:
         self.name = cfg.name
@@ -81,12 +81,25 @@ class App:
         self.services = services
         self.by_token = {s.token_id: s for s in services}
         self.by_name = {s.name: s for s in services}
-        # Candidates: weight > 0 and at least one healthy backend (SPEC 4.1).
+        # Candidates: weight > 0 and at least one healthy backend.
         self._wrr = SmoothWeightedRoundRobin([s for s in services if s.weight > 0 and s.healthy])
+        weighted = any(s.weight > 0 for s in services)
+        # When no weighted service has a healthy backend, the services at weight 0 that have
+        # one serve rather than the app failing (docs/routing.md, "Fallback"); not when every
+        # weight is 0, which is the operator's way of stopping the app.
+        self._fallback = RoundRobin([s for s in services if s.weight == 0 and s.healthy]
+                                    if weighted else [])
+        # Why a request finds no service (the text of its 503).
+        self.unavailable = (b"no healthy backend for this app\n" if weighted
+                            else b"all weights of this app are 0\n")
 
-    def pick(self, exclude: object = None) -> Service | None:
+    def pick(self, exclude: Container[object] | None = None) -> Service | None:
         """The next service by smooth weighted round robin, or None if none can serve."""
         return self._wrr.pick(exclude)
+
+    def pick_fallback(self, exclude: Container[object] | None = None) -> Service | None:
+        """A weight-0 service with a healthy backend, when no weighted one has any."""
+        return self._fallback.pick(exclude)
 
     @property
     def candidates(self) -> tuple[Service, ...]:

@@ -1,153 +1,374 @@
-"""Pooled keep-alive connections to backends.
+"""Pooled keep-alive connections to backends, and how a response is read from one.
 
-One ``UpstreamPool`` per process (STYLE 6). An ``UpstreamConnection`` is an asyncio Protocol
-with an httptools response parser; while it serves a request it hands every parsed event to
-the ``Exchange`` it is attached to (``router.proxy``), and when the response is complete and
-both sides allow it, it goes back to the pool's idle list for its backend address.
+One ``UpstreamPool`` per process. An ``UpstreamConnection`` is the protocol of one backend socket.
+While it serves a request (an ``UpstreamRequest``: the exchange, seen from here) it reads the
+response and hands it over piece by piece: each head (``response_head``), the body
+(``response_body``), the end (``response_end``), or what went wrong. docs/request-path.md,
+"Reading a response", has the whole story; in short:
+
+- a head is read up to its empty line, checked by llhttp as it arrives (a parser with no
+  per-field callback), and rewritten for the client by ``router.http.response_head``; 1xx heads
+  are passed on and the next head is read;
+- a ``Content-Length`` body is forwarded as read, only counted; a chunked body goes through
+  llhttp (its ``on_body``); a body that ends with the connection is forwarded until the close;
+- bytes past the end of a body mean the backend's framing cannot be trusted: the connection is
+  not used again;
+- the connection goes back to the pool only when the request was sent whole, the response was
+  read whole, and both the backend and the framing allow it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable, cast
+from typing import Callable, Final, cast
 
 import httptools
 
-if TYPE_CHECKING:
-    from .proxy import ClientConnection, Exchange
+from .http import framing
+from .http.request_head import RequestHead
+from .http.response_head import ResponseError, ResponseHead
 
 log = logging.getLogger("router.error")
 
 # Why a client connection's reading is paused (bit flags; reading resumes when none is left).
-UPSTREAM_FULL = 1   # the backend's socket buffer is full
-BODY_BUFFERED = 2   # body bytes wait for a backend connection
-QUEUED = 4          # a pipelined request waits for the one before it
+UPSTREAM_FULL: Final = 1   # the backend's socket buffer is full
+BODY_BUFFERED: Final = 2   # body bytes wait for a backend connection
+QUEUED: Final = 4          # a pipelined request waits for the one before it
 
 # Idle connections kept per backend address. nginx's `keepalive 64` style cap: enough for a
 # busy worker, small enough that a removed backend does not keep thousands of sockets.
-MAX_IDLE_PER_BACKEND = 256
+MAX_IDLE_PER_BACKEND: Final = 256
 # Close pooled connections idle this long: below the common backend keep-alive timeouts
 # (nginx 75 s, Node.js 5 s is the awkward one, so reuse also tolerates a closed connection).
-IDLE_TIMEOUT = 30.0
+IDLE_TIMEOUT: Final = 30.0
+# A response head larger than this is refused (nginx's proxy_buffer_size is 4-8 KiB; generous).
+MAX_RESPONSE_HEAD: Final = 65536
+
+# What a connection is reading.
+_HEAD: Final = 0     # a response head
+_LENGTH: Final = 1   # a Content-Length body (body_left bytes to go)
+_CHUNKED: Final = 2  # a chunked body, through llhttp
+_EOF: Final = 3      # a body that ends with the connection
+_IDLE: Final = 4     # nothing: the response is complete, or the connection is a tunnel
+
+
+class UpstreamRequest(RequestHead):
+    """A request as the backend connection serving it sees it: its head, and the calls that
+    take its response. The exchange (``router.exchange.Exchange``) is the one implementation."""
+
+    __slots__ = ()
+
+    def response_head(self, up: "UpstreamConnection", raw: bytes, status: int,
+                      keep_alive: bool) -> ResponseHead:
+        """A response head (1xx or final), as llhttp has checked it. ``ResponseError`` if the
+        router will not pass it on."""
+        raise NotImplementedError
+
+    def response_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def response_end(self, up: "UpstreamConnection", reusable: bool) -> None:
+        raise NotImplementedError
+
+    def response_upgraded(self, up: "UpstreamConnection", rest: bytes) -> None:
+        raise NotImplementedError
+
+    def response_failed(self, up: "UpstreamConnection", reason: str, detail: str) -> None:
+        """The backend broke the protocol (``reason`` for the metrics, ``detail`` for the log)."""
+        raise NotImplementedError
+
+    def upstream_lost(self, up: "UpstreamConnection") -> None:
+        """The backend connection closed while this request used it."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Write what the last read produced to the client, in one call."""
+        raise NotImplementedError
+
+    def backpressure(self, full: bool) -> None:
+        """The backend's socket buffer is full (stop reading the client) or drained."""
+        raise NotImplementedError
+
+    def response_timeout(self) -> None:
+        """No response head within the response timeout (``router.deadlines``)."""
+        raise NotImplementedError
+
+
+class Tunnel:
+    """The other end of an upgraded connection (the client connection)."""
+
+    __slots__ = ()
+
+    def tunnel_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def tunnel_closed(self) -> None:
+        raise NotImplementedError
+
+    def tunnel_backpressure(self, full: bool) -> None:
+        raise NotImplementedError
 
 
 class UpstreamConnection:
-    """The asyncio protocol of one backend socket (duck-typed: see ClientConnection)."""
+    """The protocol of one backend socket (duck-typed, with no asyncio.Protocol base, so that
+    mypyc compiles it as a native class)."""
 
-    __slots__ = ("pool", "key", "transport", "parser", "exchange", "reused", "idle_since",
-                 "closed", "tunnel", "_paused", "body_left")
+    __slots__ = ("pool", "key", "transport", "request", "reused", "idle_since", "closed",
+                 "tunnel", "_paused", "_reading", "_buf", "_parser", "_head", "body_left",
+                 "_extra")
+
+    transport: asyncio.Transport
 
     def __init__(self, pool: "UpstreamPool", key: str) -> None:
         self.pool = pool
         self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.parser: httptools.HttpResponseParser | None = None
-        self.exchange: Exchange | None = None
+        self.request: UpstreamRequest | None = None
         self.reused = False
         self.idle_since = 0.0
         self.closed = False
-        self.tunnel: ClientConnection | None = None  # the client, once upgraded (WebSocket)
-        self.body_left = 0  # bytes of a Content-Length body still to forward past the parser
+        self.tunnel: Tunnel | None = None  # the client, once upgraded
         self._paused = False
+        self._reading = _IDLE
+        self._buf = b""  # a response head being read
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head: ResponseHead | None = None
+        self.body_left = 0  # bytes of a Content-Length body still to forward
+        self._extra = False  # the backend sent bytes past the end of a chunked body
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
-            tunnel.transport.write(data)  # type: ignore[union-attr]
+            tunnel.tunnel_data(data)
             return
-        ex = self.exchange
-        if ex is None:
+        req = self.request
+        if req is None:
             # Bytes from an idle backend connection: it is not speaking HTTP to us any
             # more. Never hand it to a request.
             self.close()
             return
-        if self.body_left:
-            self.raw_body(ex, data)
-            return
-        if self.parser is None:
-            if ex.fast_response(self, data):
-                return
-            self.parser = httptools.HttpResponseParser(ex)
-        try:
-            self.parser.feed_data(data)  # type: ignore[union-attr]
-        except httptools.HttpParserUpgrade as e:
-            if self.exchange is ex:
-                ex.upstream_upgraded(data[e.args[0]:])
-        except httptools.HttpParserError as e:
-            if self.exchange is ex:
-                ex.upstream_failed(self, "protocol", str(e))
-        ex.flush()
-        if ex.resp_length > ex.body_seen and self.exchange is ex and not ex.done and not ex.rechunk:
-            # The head is through and the body's length is known: the rest needs no parsing
-            # (and no copy by a body callback), only counting.
-            self.body_left = ex.resp_length - ex.body_seen
+        reading = self._reading
+        if reading == _LENGTH:
+            self._length_body(req, data)
+        elif reading == _HEAD:
+            self._heads(req, data)
+        elif reading == _CHUNKED:
+            self._chunked_body(req, data)
+        elif reading == _EOF:
+            req.response_body(data)
+            req.flush()
 
-    def raw_body(self, ex: "Exchange", data: bytes) -> None:
+    def _heads(self, req: UpstreamRequest, data: bytes) -> None:
+        """Read response heads (1xx, then the final one) and what follows them in this read."""
+        buf = self._buf + data if self._buf else data
+        fed = len(self._buf)
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_RESPONSE_HEAD:
+                    self._fail(req, "response head too large")
+                    return
+                if not self._check(req, buf[fed:]):
+                    return
+                self._buf = buf
+                return
+            if not self._check(req, buf[fed:end + 4]):
+                return
+            parser = self._parser
+            assert parser is not None
+            status = parser.get_status_code()
+            try:
+                rh = req.response_head(self, buf[:end], status, parser.should_keep_alive())
+            except ResponseError as e:
+                self._fail(req, str(e))
+                return
+            if self.request is not req:
+                return  # the exchange ended meanwhile (the client went away)
+            rest = buf[end + 4:]
+            if status < 200 and status != 101:  # interim: the next head follows
+                self._parser = None
+                buf, fed = rest, 0
+                if not buf:
+                    self._buf = b""
+                    req.flush()
+                    return
+                continue
+            self._buf = b""
+            if status == 101:
+                self._reading = _IDLE
+                req.response_upgraded(self, rest)
+                return
+            self._head = rh
+            body = rh.body
+            if body == framing.LENGTH:
+                self._parser = None
+                self._reading = _LENGTH
+                self.body_left = rh.length
+                if rest:
+                    self._length_body(req, rest)
+                else:
+                    req.flush()
+            elif body == framing.CHUNKED:
+                self._reading = _CHUNKED
+                self._extra = False
+                if rest:
+                    self._chunked_body(req, rest)
+                else:
+                    req.flush()
+            elif body == framing.EOF:
+                self._parser = None
+                self._reading = _EOF
+                if rest:
+                    req.response_body(rest)
+                req.flush()
+            else:
+                self._parser = None
+                self._reading = _IDLE
+                self.request = None
+                req.response_end(self, rh.reusable and not rest)
+            return
+
+    def _check(self, req: UpstreamRequest, data: bytes) -> bool:
+        """Feed head bytes to this response's checking parser; False once it has failed."""
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpResponseParser(self)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # a 101 head: complete; what follows is the new protocol
+        except httptools.HttpParserError as e:
+            self._fail(req, f"malformed response: {e}")
+            return False
+        return True
+
+    def _length_body(self, req: UpstreamRequest, data: bytes) -> None:
         """Bytes of a Content-Length body, forwarded as read."""
         left = self.body_left
         n = len(data)
         if n < left:
             self.body_left = left - n
-            ex.out.append(data)
-            ex.flush()
+            req.response_body(data)
+            req.flush()
             return
         self.body_left = 0
-        keep = ex.keep_up
+        head = self._head
+        assert head is not None
+        reusable = head.reusable
         if n > left:  # bytes past the announced body: framing is broken, do not reuse
             data = data[:left]
-            keep = False
-        ex.out.append(data)
-        ex.finish(keep)
+            reusable = False
+        if data:
+            req.response_body(data)
+        self._reading = _IDLE
+        self.request = None
+        req.response_end(self, reusable)
+
+    def _chunked_body(self, req: UpstreamRequest, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            if self._reading == _CHUNKED:
+                self._fail(req, f"malformed chunked body: {e}")
+                return
+            # Past the end of the body: the backend sends what it should not.
+            self._extra = True
+        if self._reading == _CHUNKED:
+            req.flush()
+            return
+        head = self._head
+        assert head is not None
+        self._parser = None
+        self.request = None
+        req.response_end(self, head.reusable and not self._extra)
+
+    # llhttp's callbacks for a chunked body (no per-field callback: the head is checked whole).
+    def on_body(self, data: bytes) -> None:
+        req = self.request
+        if req is not None and self._reading == _CHUNKED:
+            req.response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._reading == _CHUNKED:
+            self._reading = _IDLE
+
+    def on_message_begin(self) -> None:
+        if self._reading == _IDLE and self._head is not None:
+            self._extra = True  # a second message after the body: never reuse
+
+    def _fail(self, req: UpstreamRequest, detail: str) -> None:
+        self._reading = _IDLE
+        self._parser = None
+        self._buf = b""
+        req.response_failed(self, "protocol", detail)
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        ex = self.exchange
-        if ex is not None:
-            self.exchange = None
-            ex.upstream_lost(self, exc)
+        req = self.request
+        if req is not None:
+            self.request = None
+            if self._reading == _EOF:
+                self._reading = _IDLE
+                req.response_end(self, False)  # the close is the end of this body
+            else:
+                self._reading = _IDLE
+                req.upstream_lost(self)
         elif self.tunnel is not None:
-            self.tunnel.tunnel_closed()
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.tunnel_closed()
         else:
             self.pool.discard(self)
 
     def pause_writing(self) -> None:
-        client = self.tunnel or (self.exchange.conn if self.exchange is not None else None)
-        if client is not None:
-            client.pause(UPSTREAM_FULL)
+        if self.tunnel is not None:
+            self.tunnel.tunnel_backpressure(True)
+        elif self.request is not None:
+            self.request.backpressure(True)
 
     def resume_writing(self) -> None:
-        client = self.tunnel or (self.exchange.conn if self.exchange is not None else None)
-        if client is not None:
-            client.unpause(UPSTREAM_FULL)
+        if self.tunnel is not None:
+            self.tunnel.tunnel_backpressure(False)
+        elif self.request is not None:
+            self.request.backpressure(False)
 
     # -- control from the exchange -------------------------------------------------------
-    def attach(self, ex: "Exchange") -> None:
-        self.exchange = ex
+    def attach(self, req: UpstreamRequest) -> None:
+        self.request = req
+        self._reading = _HEAD
+        self._buf = b""
+        self._parser = None
+        self._head = None
         self.body_left = 0
-        self.parser = None  # made for the response only if fast_response declines its head
+
+    def start_tunnel(self, tunnel: Tunnel) -> None:
+        self.request = None
+        self.tunnel = tunnel
 
     def pause_reading(self) -> None:
-        if not self._paused and self.transport is not None:
+        if not self._paused and not self.closed:
             self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._paused and self.transport is not None:
+        if self._paused and not self.closed:
             self._paused = False
             self.transport.resume_reading()
 
     def release(self, keep: bool) -> None:
-        """Detach from the exchange; back to the pool if ``keep``, else close."""
-        self.exchange = None
-        self.parser = None
+        """Detach from the request; back to the pool if ``keep``, else close."""
+        self.request = None
+        self._parser = None
+        self._head = None
+        self._reading = _IDLE
         if keep and not self.closed:
             if self._paused:
                 self.resume_reading()
@@ -156,15 +377,15 @@ class UpstreamConnection:
             self.close()
 
     def close(self) -> None:
-        self.closed = True
-        self.exchange = None
-        if self.transport is not None:
+        if not self.closed:
+            self.closed = True
+            self.request = None
             self.transport.close()
 
     def abort(self) -> None:
-        self.closed = True
-        self.exchange = None
-        if self.transport is not None:
+        if not self.closed:
+            self.closed = True
+            self.request = None
             self.transport.abort()
 
 
@@ -182,7 +403,7 @@ class UpstreamPool:
         conns = self._idle.get(key)
         while conns:
             conn = conns.pop()
-            if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
+            if not conn.closed and not conn.transport.is_closing():
                 conn.reused = True
                 return conn
         return None

@@ -7,6 +7,7 @@ command -v nginx   >/dev/null 2>&1 || want+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || want+=(haproxy)
 command -v etcd    >/dev/null 2>&1 || want+=(etcd-server)
 command -v wrk     >/dev/null 2>&1 || want+=(wrk)
+command -v chromium >/dev/null 2>&1 || want+=(chromium)   # the console's browser tests (Playwright drives it)
 [ ${#want[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages: ${want[*]}"

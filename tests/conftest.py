@@ -110,6 +110,8 @@ def _backend_app(be: Backend) -> web.Application:
         else:
             resp.enable_chunked_encoding()
         await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp  # a response to HEAD has no body (RFC 9110 9.3.2)
         data = pattern(size)
         for i in range(0, size, CHUNK):
             await resp.write(data[i:i + CHUNK])

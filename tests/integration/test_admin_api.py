@@ -132,6 +132,16 @@ async def test_patch_with_a_null_body_is_422_even_with_a_stale_if_match(api_rout
     assert got == 412, body
 
 
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"a":' * 100_000, b"[" * 40 + b"]" * 40,
+                                 b'{"routes": ' + b"[" * 33 + b"]" * 33 + b"}"])
+async def test_json_nested_too_deep_is_a_400(api_router, raw):
+    api, srv, blue, green, store = api_router
+    for method, path in (("PUT", "/apps/deep"), ("PUT", "/apps/shop/weights"),
+                         ("POST", "/apps/shop/release"), ("PATCH", "/apps/shop")):
+        got, body, _ = await api.call(method, path, raw=raw)
+        assert got == 400 and "nested more than 32 levels" in body["error"]["message"], body
+
+
 BAD_APPS = [
     ({"routes": ["x.test"], "services": {"web": {"weight": 1, "backends": ["1.2.3.4:80", "1.2.3.4:80"]}}}, 422),
     ({"routes": ["x.test"], "services": {"web": {"weight": 1, "backends": ["not an address"]}}}, 422),
@@ -259,7 +269,8 @@ async def test_openapi_document(api_router):
     assert set(doc["paths"]) == {
         "/api/v1/apps", "/api/v1/apps/{app}", "/api/v1/apps/{app}/weights",
         "/api/v1/apps/{app}/services/{svc}", "/api/v1/apps/{app}/release",
-        "/api/v1/apps/{app}/release/confirm", "/api/v1/apps/{app}/release/rollback"}
+        "/api/v1/apps/{app}/release/confirm", "/api/v1/apps/{app}/release/rollback",
+        "/api/v1/apps/{app}/stats"}
 
 
 async def test_concurrent_weight_changes_one_consistent_state(api_router):

@@ -75,7 +75,7 @@ async def test_no_candidate_503_retry_after(backend, router):
         status, headers, body = await get(s, srv)
     assert status == 503
     assert headers["Retry-After"] == "5"
-    assert body == b"no healthy backend for this app\n"
+    assert body == b"all weights of this app are 0\n"
     assert be.requests == 0
 
 

@@ -16,9 +16,10 @@ def test_suite_runs_the_build_it_expects():
     if os.environ.get("ROUTER_EXPECT_COMPILED") != "1":
         pytest.skip(f"no compiled build expected; running {'compiled' if router.compiled() else 'plain Python'}")
     assert router.compiled()
-    from router import accesslog, balancer, metrics, sticky, table, upstream
+    import importlib
 
-    for mod in (accesslog, balancer, metrics, sticky, table, upstream):
+    for name in router.COMPILED_MODULES:
+        mod = importlib.import_module("router." + name.replace("/", "."))
         assert not mod.__file__.endswith(".py"), mod.__name__
 
 
@@ -29,12 +30,12 @@ def test_stale_compiled_module_is_refused(tmp_path):
     (tmp_path / "setup.py").write_text("")
     src = os.path.join(os.path.dirname(router.__file__), "__init__.py")
     (pkg / "__init__.py").write_text(open(src).read())
-    so = pkg / "proxy.cpython-311-x86_64-linux-gnu.so"
+    so = pkg / "client.cpython-311-x86_64-linux-gnu.so"
     so.write_bytes(b"")
-    (pkg / "proxy.py").write_text("")
+    (pkg / "client.py").write_text("")
     os.utime(so, (1_000_000, 1_000_000))
     code = compile((pkg / "__init__.py").read_text(), str(pkg / "__init__.py"), "exec")
-    with pytest.raises(ImportError, match=r"router/proxy.py changed after it was compiled"):
+    with pytest.raises(ImportError, match=r"router/client.py changed after it was compiled"):
         exec(code, {"__file__": str(pkg / "__init__.py"), "__name__": "router_copy"})
     os.utime(so, None)  # newer than the source: fine
     exec(code, {"__file__": str(pkg / "__init__.py"), "__name__": "router_copy"})

@@ -134,7 +134,7 @@ def test_sweep_spares_a_backend_that_still_answers():
 async def test_health_decides_ejects_and_readmits():
     changes: list[dict] = []
     health = Health(lambda: changes.append(health.states()),
-                    PassiveHealthConfig(failures=3, cooldown=0.05))
+                    PassiveHealthConfig(failures=3, cooldown=0.05), asyncio.get_running_loop())
     health.update(_apps())
     assert health.states() == {A: UNCHECKED, B: UNCHECKED, C: UNCHECKED}
     health.success(A)
@@ -160,7 +160,8 @@ async def test_health_decides_ejects_and_readmits():
 
 
 async def test_a_success_ends_the_run():
-    health = Health(lambda: None, PassiveHealthConfig(failures=3, cooldown=10))
+    health = Health(lambda: None, PassiveHealthConfig(failures=3, cooldown=10),
+                    asyncio.get_running_loop())
     health.update(_apps())
     health.failure(A, 1)
     health.failure(A, 2)

@@ -1,0 +1,59 @@
+// Confirm Release Completion and Roll back: each asks first, then calls the API; a refusal
+// comes back as the API's own message through `report`.
+
+import { api, explain } from "./api.js";
+import { confirmDialog } from "./dialogs.js";
+import { etagOf, h } from "./dom.js";
+
+export async function confirmRelease(app, report) {
+  const r = app.release;
+  const choice = await confirmDialog({
+    title: "Confirm Release Completion",
+    text: `Complete the release of ${app.name}: the old version${r.old.length > 1 ? "s" : ""} ${r.old.join(", ")} will be deleted and ${r.new} keeps serving. This cannot be undone.`,
+    option: `Force: first give ${r.new} weight 100 (otherwise ${r.new} must already have weight)`,
+    ok: "Confirm release",
+    danger: true,
+  });
+  if (!choice.ok) return null;
+  try {
+    const {data} = await api("POST", `/api/v1/apps/${app.name}/release/confirm`,
+      {body: choice.option ? {force: true} : {}, etag: etagOf(app)});
+    report(null, `Release of ${app.name} confirmed: ${r.old.join(", ")} deleted.`);
+    return data;
+  } catch (e) {
+    report(`Confirm refused: ${explain(e)}`);
+    return null;
+  }
+}
+
+export async function rollbackRelease(app, report) {
+  const r = app.release;
+  const old = Object.entries(r.old_weights).map(([n, w]) => `${n}=${w}`).join(", ");
+  const choice = await confirmDialog({
+    title: "Roll back the release",
+    text: `Roll back the release of ${app.name}: ${r.new} will be deleted and the old weights restored (${old}).`,
+    ok: "Roll back",
+    danger: true,
+  });
+  if (!choice.ok) return null;
+  try {
+    const {data} = await api("POST", `/api/v1/apps/${app.name}/release/rollback`, {body: {}, etag: etagOf(app)});
+    report(null, `Release of ${app.name} rolled back: ${r.new} deleted.`);
+    return data;
+  } catch (e) {
+    report(`Roll back refused: ${explain(e)}`);
+    return null;
+  }
+}
+
+// The two buttons; `after(app)` runs with the app the API answered.
+export function releaseButtons(app, report, after, idPrefix) {
+  return h("span", {class: "release-actions"},
+    h("button", {type: "button", id: `${idPrefix}confirm-${app.name}`,
+      onclick: async () => { const out = await confirmRelease(app, report); if (out) after(out); }},
+      "Confirm Release Completion"),
+    " ",
+    h("button", {type: "button", class: "secondary", id: `${idPrefix}rollback-${app.name}`,
+      onclick: async () => { const out = await rollbackRelease(app, report); if (out) after(out); }},
+      "Roll back"));
+}

@@ -1,0 +1,168 @@
+// Live traffic from the router's own counters: GET /api/v1/apps/{app}/stats every second,
+// turned into rates between readings and drawn over the last minutes. Requests still pinned by
+// cookie to a version whose weight is 0 are drawn apart (dashed): that is what a drain waits for.
+
+import { api } from "./api.js";
+import { h, num, pct } from "./dom.js";
+
+export const WINDOW_S = 300;
+const PALETTE = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4d7c0f", "#be185d"];
+
+export function colorOf(name, names) {
+  return PALETTE[names.indexOf(name) % PALETTE.length];
+}
+
+// Rates between two readings of the counters. A counter that went down was reset (a worker
+// replaced, a service deleted and made again): that interval counts as nothing.
+export function rates(prev, cur) {
+  const dt = cur.time - prev.time;
+  const out = {};
+  for (const [name, c] of Object.entries(cur.services)) {
+    const p = prev.services[name];
+    if (!p || dt <= 0) continue;
+    const d = (k) => Math.max(0, c[k] - p[k]);
+    const requests = d("requests");
+    const dcount = Math.max(0, c.duration.count - p.duration.count);
+    const dsum = Math.max(0, c.duration.sum - p.duration.sum);
+    out[name] = {
+      requests, errors: d("errors"), sticky: d("sticky"), dt,
+      rps: requests / dt, eps: d("errors") / dt, pinned: d("sticky") / dt,
+      weight: c.weight, inflight: c.inflight,
+      mean: dcount > 0 ? dsum / dcount : null,
+    };
+  }
+  return out;
+}
+
+export class Traffic {
+  constructor(appName) {
+    this.app = appName;
+    this.samples = [];   // readings of the counters, oldest first
+    this.points = [];    // {t, rates} between consecutive readings
+    this.names = [];
+    this.zero = [];
+    this.plots = null;
+    this.chartBox = h("div", {class: "chart", id: "traffic-chart", role: "img",
+      "aria-label": "Requests per second per service over the last 5 minutes; the same numbers are in the table below"});
+    this.errBox = h("div", {class: "chart", id: "error-chart", role: "img",
+      "aria-label": "Error rate per service over the last 5 minutes; the same numbers are in the table below"});
+    this.drain = h("p", {class: "drain", id: "drain-note", role: "status"});
+    this.table = h("div", {class: "readout", id: "traffic-readout"});
+    this.el = h("div", {class: "traffic"},
+      h("h3", {class: "chart-title"}, "Requests per second"), this.chartBox,
+      h("h3", {class: "chart-title"}, "Error rate (5xx)"), this.errBox,
+      this.drain, this.table);
+    this.resize = new ResizeObserver(() => this.fit());
+    this.resize.observe(this.el);
+  }
+
+  async poll() {
+    const {data} = await api("GET", `/api/v1/apps/${this.app}/stats`);
+    this.add(data);
+    this.draw();
+  }
+
+  add(sample) {
+    const prev = this.samples[this.samples.length - 1];
+    this.samples.push(sample);
+    if (this.samples.length > 10) this.samples.shift();
+    if (prev) this.points.push({t: sample.time, rates: rates(prev, sample)});
+    while (this.points.length && this.points[0].t < sample.time - WINDOW_S) this.points.shift();
+  }
+
+  // Rates over the last few seconds, for the table: steadier than one interval.
+  recent() {
+    const n = this.samples.length;
+    if (n < 2) return {};
+    return rates(this.samples[Math.max(0, n - 4)], this.samples[n - 1]);
+  }
+
+  draw() {
+    const latest = this.samples[this.samples.length - 1];
+    if (!latest) return;
+    const names = Object.keys(latest.services);
+    // A pinned series for each service that was at weight 0 within the window.
+    const zero = names.filter((n) => this.points.some((p) => p.rates[n] && p.rates[n].weight === 0));
+    if (!this.plots || names.join() !== this.names.join() || zero.join() !== this.zero.join()) this.build(names, zero);
+    const xs = this.points.map((p) => p.t);
+    const val = (name, f) => this.points.map((p) => (p.rates[name] ? f(p.rates[name]) : null));
+    const reqData = [xs,
+      ...names.map((n) => val(n, (r) => (r.weight > 0 ? r.rps : r.rps - r.pinned))),
+      ...zero.map((n) => val(n, (r) => (r.weight === 0 ? r.pinned : null)))];
+    const errData = [xs, ...names.map((n) => val(n, (r) => (r.requests > 0 ? (100 * r.errors) / r.requests : 0)))];
+    if (this.plots) {
+      this.plots.req.setData(reqData);
+      this.plots.err.setData(errData);
+    }
+    // What is drawn, for anyone reading the page's state (the browser tests do).
+    this.chartBox.chartData = reqData;
+    this.chartBox.chartNames = names;
+    this.chartBox.chartPinned = zero;
+    this.renderTable(names, this.recent());
+  }
+
+  build(names, zero) {
+    this.names = names;
+    this.zero = zero;
+    if (this.plots) { this.plots.req.destroy(); this.plots.err.destroy(); this.plots = null; }
+    if (typeof uPlot === "undefined") return;  // the chart library did not load: the table stays
+    const width = Math.max(280, this.el.clientWidth);
+    const base = (label) => ({
+      width, height: 200, legend: {show: true, live: false},
+      cursor: {drag: {x: false, y: false}},
+      // At least the last minute, growing to the whole window: the time axis stays readable.
+      scales: {x: {time: true, range: (u, min, max) => [max - Math.min(WINDOW_S, Math.max(60, max - min)), max]},
+        y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
+      axes: [{}, {label, size: 60}],
+    });
+    const req = new uPlot({...base("requests/s"), series: [{},
+      ...names.map((n) => ({label: n, stroke: colorOf(n, names), width: 2, spanGaps: false})),
+      ...zero.map((n) => ({label: `${n} pinned at weight 0`, stroke: colorOf(n, names), width: 3, dash: [8, 5],
+        fill: `${colorOf(n, names)}22`}))]},
+    [[]].concat(names.map(() => []), zero.map(() => [])), this.chartBox);
+    const err = new uPlot({...base("% 5xx"), series: [{},
+      ...names.map((n) => ({label: n, stroke: colorOf(n, names), width: 2}))]},
+    [[]].concat(names.map(() => [])), this.errBox);
+    this.plots = {req, err};
+  }
+
+  fit() {
+    if (!this.plots) return;
+    const width = Math.max(280, this.el.clientWidth);
+    this.plots.req.setSize({width, height: 200});
+    this.plots.err.setSize({width, height: 200});
+  }
+
+  renderTable(names, recent) {
+    const draining = names.filter((n) => recent[n] && recent[n].weight === 0 && recent[n].pinned > 0);
+    this.drain.textContent = draining.length
+      ? `Draining: ${draining.map((n) => `${n} still gets ${num(recent[n].pinned)} req/s from clients pinned by cookie`).join("; ")} (weight 0).`
+      : "";
+    const rows = names.map((n) => {
+      const r = recent[n];
+      const byWeight = r ? r.rps - r.pinned : null;
+      return h("tr", {dataset: r ? {service: n, rps: r.rps.toFixed(3), pinned: r.pinned.toFixed(3), eps: r.eps.toFixed(3), weight: r.weight} : {service: n},
+        class: r && r.weight === 0 && r.pinned > 0 ? "draining" : null},
+        h("th", {scope: "row"}, h("span", {class: "swatch", dataset: {color: colorOf(n, names)}}), n),
+        h("td", {"data-label": "Weight"}, r ? String(r.weight) : "–"),
+        h("td", {"data-label": "Requests/s"}, r ? num(r.rps) : "–"),
+        h("td", {"data-label": "By weight"}, r ? num(Math.max(0, byWeight)) : "–"),
+        h("td", {"data-label": "Pinned by cookie"}, r ? num(r.pinned) : "–"),
+        h("td", {"data-label": "Errors/s"}, r ? num(r.eps) : "–"),
+        h("td", {"data-label": "Error rate"}, r ? pct(r.requests > 0 ? (100 * r.errors) / r.requests : 0) : "–"),
+        h("td", {"data-label": "In flight"}, r ? String(r.inflight) : "–"),
+        h("td", {"data-label": "Mean latency"}, r && r.mean !== null ? `${num(r.mean * 1000)} ms` : "–"));
+    });
+    this.table.replaceChildren(h("table", {class: "stack"},
+      h("caption", {}, "Last few seconds"),
+      h("thead", {}, h("tr", {}, ["Service", "Weight", "Requests/s", "By weight", "Pinned by cookie", "Errors/s", "Error rate", "In flight", "Mean latency"]
+        .map((t) => h("th", {scope: "col"}, t)))),
+      h("tbody", {}, rows)));
+    for (const sw of this.table.querySelectorAll(".swatch")) sw.style.background = sw.dataset.color;
+  }
+
+  stop() {
+    this.resize.disconnect();
+    if (this.plots) { this.plots.req.destroy(); this.plots.err.destroy(); }
+  }
+}

@@ -1,0 +1,134 @@
+"""What every connection of one data plane shares: the routing table (the swap point), the
+upstream pool, the settings a reload may change, the response deadlines, the counters of
+requests that reached no service, and the reports to passive health.
+
+A new routing state is made live by one assignment to ``ProxyContext.table``; a request reads
+the table once, when it is routed, and uses only that object (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+from typing import Final
+
+from .accesslog import AccessLog
+from .config import Config
+from .counters import UnroutedStats
+from .deadlines import ResponseDeadlines
+from .health import PassiveHealth
+from .http.request_head import RequestIds
+from .logs import Throttled
+from .sticky import TokenCodec
+from .table import Backend, RoutingTable
+from .upstream import Tunnel, UpstreamPool
+
+log = logging.getLogger("router")
+warn = logging.getLogger("router.error")
+
+# File descriptors kept free of client connections: the admin API, health checks, the store.
+FD_RESERVE: Final = 128
+
+
+def fd_connection_cap() -> int:
+    """Client connections this process can hold without running out of file descriptors.
+
+    Each client connection may hold a backend connection too, so half of what RLIMIT_NOFILE
+    leaves after a reserve: past it, new connections are refused at accept (closed at once)
+    and the admin API still has descriptors to answer with.
+    """
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1 << 30
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(16, (soft - FD_RESERVE) // 2)
+
+
+class ClientBase(Tunnel):
+    """What the data plane asks of a client connection (``router.client.ClientConnection``),
+    which is also the client's end of a tunnel (``upstream.Tunnel``)."""
+
+    __slots__ = ()
+
+    def idle_since(self) -> float:
+        """When it became idle between requests (loop time), or -1.0 if it is not idle."""
+        raise NotImplementedError
+
+    def shutdown(self) -> bool:
+        """Graceful stop: close it if idle (and ask its current response to close it after);
+        True while it still has a request in progress."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class ProxyContext:
+    """Everything one data plane's connections share."""
+
+    def __init__(self, config: Config, table: RoutingTable, pool: UpstreamPool,
+                 codec: TokenCodec, loop: asyncio.AbstractEventLoop, passive: PassiveHealth) -> None:
+        self.table = table
+        self.pool = pool
+        self.passive = passive  # this data plane's observations of its backends (router.health)
+        self.codec = codec
+        self.loop = loop
+        self.unrouted = UnroutedStats()
+        self.deadlines = ResponseDeadlines(loop, config.timeouts.response)
+        self.connections: set[ClientBase] = set()
+        self.refused = 0  # connections refused at the cap (router_connections_refused_total)
+        self.no_idle_until = 0.0  # no idle connection to close at the cap until then
+        self.accepting = True
+        self.ids = RequestIds(os.urandom(6).hex().encode() + b"-")
+        self.throttled = Throttled(warn, 10.0, loop)
+        self.log_access: AccessLog | None = None
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Settings that a reload may change (listen addresses are not among them)."""
+        self.config = config
+        cookie = config.sticky.cookie.encode()
+        self.cookie_eq = cookie + b"="
+        self.set_cookie_prefix = b"Set-Cookie: " + cookie + b"="
+        t = config.timeouts
+        self.deadlines.timeout = t.response
+        self.client_header_timeout = t.client_header
+        self.client_idle_timeout = t.client_idle
+        self.client_body_timeout = t.client_body
+        lim = config.limits
+        self.max_request_line = lim.max_request_line
+        self.max_header = lim.max_header
+        self.max_headers = lim.max_headers
+        # Bytes a head in progress may take over further reads before it is refused: a bound
+        # no head within the limits reaches (a field of one-byte name and value is 5 bytes).
+        self.max_head_read = 4 * (lim.max_request_line + lim.max_headers)
+        self.max_connections = min(lim.max_connections, fd_connection_cap())
+        if self.max_connections < lim.max_connections:
+            log.info("limits.max_connections %d lowered to %d: RLIMIT_NOFILE leaves room for "
+                     "no more (each client may hold a backend connection too)",
+                     lim.max_connections, self.max_connections)
+        self.trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+            config.trusted_proxies)
+        if self.log_access is not None:
+            self.log_access.flush()
+        self.log_access = (AccessLog(self.loop, config.access_log.format)
+                           if config.access_log.enabled else None)
+
+    def backend_failed(self, be: Backend, reason: str, passive: bool = True) -> None:
+        """Count a failed use of ``be`` (metrics) and report it to passive health."""
+        be.stats.error(reason)
+        if passive:
+            self.passive.failure(be)
+
+    def backend_ok(self, be: Backend) -> None:
+        """A response began on ``be``: its run of failures, if any, ends, and an unchecked backend
+        is known to work (one truth test when no backend is failing or unchecked)."""
+        passive = self.passive
+        if passive.watching:
+            passive.success(be)

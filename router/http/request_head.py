@@ -1,0 +1,348 @@
+"""A client's request head: checked once, and turned into the head sent to a backend.
+
+Pure: ``read_request_head`` takes what llhttp parsed (method, target, version, header fields)
+and what the connection knows (the client's address, whether it is a trusted proxy), fills a
+``RequestHead`` and returns nothing, or raises ``Refused`` with the status to answer. No I/O,
+no clock: the tests drive it from tables of bytes (docs/request-path.md, "The request head").
+
+What it decides:
+
+- the routing inputs: the host (the ``Host`` field, or the authority of an absolute-form
+  target, never dialled) and the path the routing table matches;
+- the framing of the body (``framing.NONE``, ``LENGTH`` or ``CHUNKED``) and its length;
+- whether the request asks for a protocol upgrade the router will tunnel (``h2c`` never is);
+- the head forwarded to the backend: hop-by-hop fields and every field named in ``Connection``
+  removed (never ``Host``, ``Content-Length``, cookies or the router's own fields), then
+  ``X-Forwarded-For``/``-Proto``/``-Host`` and ``X-Request-ID`` set.
+
+The path a backend reads must be the path the router routed: the target's path is normalised
+(percent-encoded unreserved characters decoded, runs of ``/`` merged) and then routed with each
+segment's ``;parameters`` left out, as Tomcat, Jetty and Spring read it; a path that a common
+backend could read as another path -- a dot segment (``..``, ``%2e%2e``, ``..;x``), an encoded
+``/``, ``\\``, ``;`` or NUL, a raw ``\\``, a malformed percent-encoding -- is refused with 400.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import httptools
+
+from . import framing
+
+
+class Refused(Exception):
+    """The request is answered with ``status`` (and the connection closed): ``str()`` says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+# Hop-by-hop fields (RFC 9110 7.6.1) and the fields the router sets itself.
+HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade"})
+_OWN: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                         b"x-request-id", b"content-length", b"host"})
+# Client-address fields only a trusted proxy may pass on (RFC 7239 Forwarded, nginx's X-Real-IP).
+_TRUSTED_ONLY: Final = frozenset({b"forwarded", b"x-real-ip"})
+_SKIP: Final = HOP | _OWN | _TRUSTED_ONLY | {b"expect"}
+# What a Connection field may never remove.
+PROTECTED: Final = _OWN | {b"cookie", b"set-cookie"}
+
+REQUEST_ID_RE: Final = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# RFC 9110 7.2: a DNS name or an IP literal, optional port. No userinfo, no list, no spaces.
+_HOST_RE: Final = re.compile(rb"^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
+# Host values already checked, so the regex runs once per distinct value, not per request.
+_GOOD_HOSTS: set[bytes] = set()
+_GOOD_HOSTS_MAX: Final = 4096
+
+# What makes a request target need the path checks below: a query, a fragment, "%", "\\", ";",
+# "/." or "//". Most targets have none, and one search tells.
+_URL_SPECIAL: Final = re.compile(rb"[?#%\\;]|/[./]")
+_PCT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
+# Percent-encodings that stay encoded after normalisation but that a backend may decode into
+# path structure: "/", "\\", ";", NUL. (".", letters, digits, "-", "_", "~" are decoded.)
+_PCT_STRUCT: Final = frozenset({0x2F, 0x5C, 0x3B, 0x00})
+_UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_DOT_SEGMENTS: Final = frozenset({b".", b".."})
+
+
+class RequestHead:
+    """What the router reads from one request head (``read_request_head`` fills it)."""
+
+    __slots__ = ("method", "url", "path", "host", "cookie", "framing", "length", "upgrade",
+                 "http11", "keep_alive", "request_id", "head")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.url = b""  # the target as forwarded (origin form, normalised path)
+        self.path = b""  # the path the routing table matches
+        self.host = b""
+        self.cookie: bytes | None = None
+        self.framing = framing.NONE
+        self.length = 0  # with framing.LENGTH
+        self.upgrade = False  # an upgrade the router tunnels once the backend answers 101
+        self.http11 = True
+        self.keep_alive = True
+        self.request_id = b""  # the client's X-Request-ID if sane, else one of RequestIds
+        self.head = b""  # the head sent to the backend, through its empty line
+
+
+class RequestIds:
+    """``X-Request-ID`` values for requests that carry none: a random prefix per process and a
+    counter, unique without a random draw per request."""
+
+    __slots__ = ("prefix", "n")
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+        self.n = 0
+
+    def next(self) -> bytes:
+        self.n += 1
+        return self.prefix + b"%x" % self.n
+
+
+def host_ok(host: bytes) -> bool:
+    """A syntactically valid Host value (RFC 9112 3.2: anything else is a 400)."""
+    if host in _GOOD_HOSTS:
+        return True
+    if not _HOST_RE.match(host):
+        return False
+    if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
+        _GOOD_HOSTS.clear()
+    _GOOD_HOSTS.add(host)
+    return True
+
+
+def _decode_unreserved(path: bytes) -> bytes | None:
+    """``%41`` -> ``A`` for unreserved characters (RFC 3986 6.2.2.2); None if a ``%`` is not
+    followed by two hexadecimal digits or encodes path structure."""
+    if path.count(b"%") != len(_PCT.findall(path)):
+        return None
+    bad = False
+
+    def repl(m: Any) -> bytes:
+        nonlocal bad
+        code = int(m.group(1), 16)
+        if code in _UNRESERVED:
+            return bytes((code,))
+        if code in _PCT_STRUCT:
+            bad = True
+        return bytes(m.group(0))
+
+    out = _PCT.sub(repl, path)
+    return None if bad else out
+
+
+def normalise_path(path: bytes) -> tuple[bytes, bytes] | None:
+    """``(forwarded path, routed path)`` for a target's path, or None to refuse it (400).
+
+    The forwarded path has unreserved percent-encodings decoded and runs of ``/`` merged
+    (nginx's ``merge_slashes``: sloppy clients send ``//``, and backends read it as ``/``). The
+    routed path is the forwarded one with each segment's ``;parameters`` left out.
+    """
+    if b"\\" in path:
+        return None
+    if b"%" in path:
+        decoded = _decode_unreserved(path)
+        if decoded is None:
+            return None
+        path = decoded
+    while b"//" in path:
+        path = path.replace(b"//", b"/")
+    routed = path
+    if b";" in path:
+        routed = b"/".join(seg.split(b";", 1)[0] for seg in path.split(b"/"))
+    if b"." in routed and any(seg in _DOT_SEGMENTS for seg in routed.split(b"/")):
+        return None
+    return path, routed
+
+
+def _tokens(value: bytes, into: set[bytes] | None) -> set[bytes]:
+    toks = into if into is not None else set()
+    for t in value.split(b","):
+        t = t.strip().lower()
+        if t:
+            toks.add(t)
+    return toks
+
+
+def is_h2c(upgrade: bytes) -> bool:
+    """Whether an ``Upgrade`` value offers h2c (as any of its protocols, with or without a
+    version): h2c would hand the client an HTTP/2 connection to the backend, past every rule
+    of the router, so such a request is served as a plain request (RFC 9113 3.2 allows it)."""
+    for proto in upgrade.split(b","):
+        if proto.strip().split(b"/", 1)[0].strip().lower() == b"h2c":
+            return True
+    return False
+
+
+def forwarded_tail(peer: bytes) -> bytes:
+    """What follows ``Host: <host>`` in every head forwarded for a client that is not a trusted
+    proxy, up to the host again: the router's own values, made once per connection."""
+    return b"\r\nX-Forwarded-For: " + peer + b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
+
+
+def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
+                      headers: list[tuple[bytes, bytes]], upgrade: bool,
+                      max_header: int, max_headers: int, trusted: bool, peer: bytes,
+                      tail: bytes, ids: RequestIds) -> None:
+    """Check one request head and fill ``rh``; ``Refused`` if it is answered without routing.
+
+    ``upgrade`` is llhttp's verdict (``Connection: upgrade`` and an ``Upgrade`` field);
+    ``tail`` is ``forwarded_tail(peer)`` (made once per connection); ``ids`` makes the
+    request id of a request that brings no sane one.
+    """
+    rh.method = method
+    http11 = version == "1.1"
+    if not http11 and version != "1.0":
+        # llhttp accepts any "HTTP/<digit>.<digit>", and "0.9" for a bare "GET /".
+        raise Refused(505 if version >= "2" else 400, "HTTP version not supported")
+    rh.http11 = http11
+    out = [method, b" ", b"", b" HTTP/1.1\r\n"]
+    host = b""
+    hosts = 0
+    cookie = None
+    conn_tokens: set[bytes] | None = None
+    xff = b""
+    rid = b""
+    chunked = False
+    length = -1
+    upgrade_to = b""
+    xfp = xfh = b""
+    total = 0
+    for name, value in headers:
+        size = len(name) + len(value)
+        if size > max_header:
+            raise Refused(431, "header field too large")
+        total += size
+        lname = name.lower()
+        if lname in _SKIP:
+            if lname == b"host":
+                host = value
+                hosts += 1
+            elif lname == b"content-length":
+                # llhttp has refused a repeated or malformed one, and one beside chunked.
+                length = int(value)
+                out.append(b"Content-Length: " + value + b"\r\n")
+            elif lname == b"transfer-encoding":
+                # llhttp lets "gzip, chunked" through; the router re-frames the body and
+                # would drop the other coding, so only plain "chunked" is accepted.
+                if chunked or value.strip().lower() != b"chunked":
+                    raise Refused(400, "unsupported Transfer-Encoding")
+                chunked = True
+            elif lname == b"connection":
+                conn_tokens = _tokens(value, conn_tokens)
+            elif lname == b"upgrade":
+                upgrade_to = value
+            elif lname == b"x-forwarded-for":
+                if trusted:
+                    xff = value if not xff else xff + b", " + value
+            elif lname == b"x-request-id":
+                rid = value
+            elif lname == b"x-forwarded-proto":
+                xfp = value
+            elif lname == b"x-forwarded-host":
+                xfh = value
+            elif lname == b"expect":
+                if http11:  # RFC 9110 10.1.1: HTTP/1.0 expectations are ignored
+                    if value.strip().lower() != b"100-continue":
+                        raise Refused(417, "only Expect: 100-continue is supported")
+                    out.append(b"Expect: 100-continue\r\n")
+            elif trusted:  # Forwarded, X-Real-IP
+                out.append(name + b": " + value + b"\r\n")
+            continue
+        if lname == b"cookie":
+            cookie = value if cookie is None else cookie + b"; " + value
+        out.append(name + b": " + value + b"\r\n")
+    if total > max_headers:
+        raise Refused(431, "request header block too large")
+    rh.cookie = cookie
+    # RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive".
+    if conn_tokens is None:
+        rh.keep_alive = http11
+    else:
+        rh.keep_alive = (b"close" not in conn_tokens
+                         and (http11 or b"keep-alive" in conn_tokens))
+    if chunked:
+        if not http11:
+            # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            raise Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+        rh.framing = framing.CHUNKED
+    elif length > 0:
+        rh.framing = framing.LENGTH
+        rh.length = length
+    if upgrade and is_h2c(upgrade_to):
+        upgrade = False
+    rh.upgrade = upgrade
+    if method == b"CONNECT":
+        raise Refused(405, "CONNECT is not supported")
+    if hosts != 1:
+        raise Refused(400, "missing or repeated Host header")
+    host = host.strip()
+    if not host_ok(host):
+        raise Refused(400, "invalid Host header")
+    if url[:1] != b"/":
+        if url == b"*":
+            if method != b"OPTIONS":
+                raise Refused(400, "request target * is only for OPTIONS")
+        else:
+            # Absolute form: routed by its authority through our table, never dialled.
+            try:
+                # Any: the stubs say bytes where the parser gives None (userinfo, ...)
+                parsed: Any = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise Refused(400, "invalid request target") from None
+            if (not parsed.host or parsed.userinfo
+                    or parsed.schema.lower() not in (b"http", b"https")):
+                raise Refused(400, "invalid request target")
+            host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            if not host_ok(host):
+                raise Refused(400, "invalid request target")
+            if parsed.fragment:
+                raise Refused(400, "fragment in request target")
+            url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+    if _URL_SPECIAL.search(url) is None:
+        path = url  # no query, no fragment, nothing normalise_path would change
+    else:
+        if b"#" in url:
+            raise Refused(400, "fragment in request target")
+        q = url.find(b"?")
+        path = url if q < 0 else url[:q]
+        paths = normalise_path(path)
+        if paths is None:
+            raise Refused(400, "path with dot segments, encoded separators or bad encoding")
+        fwd = paths[0]
+        if fwd != path:
+            url = fwd if q < 0 else fwd + url[q:]
+        path = paths[1]
+    rh.url = url
+    rh.path = path
+    rh.host = host
+    out[2] = url
+    if conn_tokens:
+        conn_tokens -= PROTECTED
+        if conn_tokens:
+            out = out[:4] + [h for h in out[4:]
+                             if h.split(b":", 1)[0].lower() not in conn_tokens]
+    if not rid or not REQUEST_ID_RE.match(rid):
+        rid = ids.next()
+    rh.request_id = rid
+    if trusted:
+        # A trusted proxy in front knows the client, the original scheme and host.
+        out.append(b"Host: " + host + b"\r\nX-Forwarded-For: "
+                   + (xff + b", " + peer if xff else peer)
+                   + b"\r\nX-Forwarded-Proto: " + (xfp or b"http")
+                   + b"\r\nX-Forwarded-Host: " + (xfh or host)
+                   + b"\r\nX-Request-ID: " + rid + b"\r\n")
+    else:
+        out += (b"Host: ", host, tail, host, b"\r\nX-Request-ID: ", rid, b"\r\n")
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade:
+        out.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_to + b"\r\n")
+    out.append(b"\r\n")
+    rh.head = b"".join(out)

@@ -1,0 +1,177 @@
+"""A backend's response head: checked, and turned into the head the client receives.
+
+Pure: ``read_response_head`` takes the head's bytes (llhttp has checked their syntax), its
+status, and what the request was, and returns a ``ResponseHead``: the bytes for the client, how
+the backend's body is framed, how it is passed on, and whether either connection can be used
+again. One set of rules for every response (docs/request-path.md, "The response head"):
+
+- hop-by-hop fields and every field the ``Connection`` field names are removed (never
+  ``Content-Length``, ``Set-Cookie`` or ``Cookie``); a ``Set-Cookie`` of the router's own cookie
+  name is removed from sticky apps' responses (the router owns that cookie);
+- a status line with control characters is refused (502);
+- 1xx (but 101), 204 and 304 have no body and carry no ``Content-Length`` or
+  ``Transfer-Encoding`` on the way out; a response to ``HEAD`` has no body and keeps its
+  ``Content-Length``;
+- a chunked body, or one that ends with the connection, reaches an HTTP/1.1 client chunked, its
+  other transfer codings kept (``gzip, chunked`` stays ``gzip, chunked``), so the client keeps
+  its connection; an HTTP/1.0 client gets it delimited by the end of the connection, and a
+  transfer coding other than chunked, which it cannot be sent, is refused (502);
+- ``Connection: close`` when the client connection ends after this response (the client asked,
+  a refused upgrade, the request body not read to its end, a graceful stop, an HTTP/1.0 client
+  with a body delimited by the close), ``Connection: keep-alive`` for an HTTP/1.0 client that
+  keeps it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from . import framing
+from .request_head import HOP, PROTECTED
+
+# Hop-by-hop fields, Content-Length and Set-Cookie in a lowered head: the ones read or cut.
+_SPECIAL: Final = re.compile(
+    rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+    rb"|content-length|set-cookie)[ \t]*:[ \t]*([^\r]*)")
+# Control characters other than HTAB (RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text )).
+_CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Connection values that name no other field.
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b""})
+
+
+class ResponseError(Exception):
+    """A response head the router will not pass on (the client gets a 502)."""
+
+
+class ResponseHead:
+    """What the router makes of one backend response head."""
+
+    __slots__ = ("status", "head", "body", "length", "rechunk", "close", "reusable")
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.head = b""  # for the client, through the empty line (b"": nothing to send)
+        self.body = framing.NONE  # how the backend's body is framed
+        self.length = 0  # with framing.LENGTH
+        self.rechunk = False  # each piece of body goes to the client as one chunk
+        self.close = False  # the client connection closes after this response
+        self.reusable = True  # the backend connection may serve another request after it
+
+
+def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_request: bool,
+                       client_http11: bool, client_keep_alive: bool, upgrade_requested: bool,
+                       request_done: bool, accepting: bool, set_cookie: bytes,
+                       own_cookie: bytes) -> ResponseHead:
+    """The client's view of the response head ``raw`` (status line and fields, without the
+    final empty line).
+
+    ``set_cookie`` is the router's own ``Set-Cookie: ...`` field to add (or b"");
+    ``own_cookie`` is ``b"<name>="`` of the router's cookie when the app is sticky (its
+    ``Set-Cookie`` lines from the backend are removed), else b"".
+    """
+    rh = ResponseHead(status)
+    eol = raw.find(b"\r\n")
+    status_line = raw if eol < 0 else raw[:eol]
+    if _CTL.search(status_line) is not None:
+        raise ResponseError("control character in the status line")
+    interim = status < 200 and status != 101
+    cuts: list[tuple[int, int]] = []
+    conn_tokens: set[bytes] | None = None
+    codings: list[bytes] | None = None
+    length = -1
+    upgrade_to = b""
+    lowered = raw.lower()
+    for m in _SPECIAL.finditer(lowered):
+        name = m.group(1)
+        if name == b"set-cookie":
+            if own_cookie and raw[m.start(2):m.end()].startswith(own_cookie):
+                cuts.append((m.start(), m.end()))
+            continue
+        cuts.append((m.start(), m.end()))
+        value = m.group(2).rstrip()
+        if name == b"content-length":
+            # llhttp has refused a malformed or repeated one, and one beside Transfer-Encoding.
+            length = int(value)
+        elif name == b"transfer-encoding":
+            if codings is None:
+                codings = []
+            codings += [c.strip() for c in value.split(b",") if c.strip()]
+        elif name == b"connection":
+            if value not in _PLAIN_CONNECTION:
+                conn_tokens = conn_tokens or set()
+                conn_tokens.update(t.strip() for t in value.split(b",") if t.strip())
+        elif name == b"upgrade":
+            upgrade_to = raw[m.start(2):m.end()].rstrip()
+    close = (not client_keep_alive or not request_done or not accepting
+             or (upgrade_requested and status != 101))
+    extra: list[bytes] = []
+    if interim:
+        if not client_http11:
+            return rh  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client
+        rh.reusable = backend_keep_alive
+    elif status == 101:
+        if not upgrade_requested:
+            raise ResponseError("101 to a request that asked for no upgrade")
+        extra.append(b"\r\nConnection: upgrade\r\nUpgrade: " + upgrade_to)
+        rh.reusable = False
+    else:
+        if status == 204 or status == 304:
+            pass  # no body; Content-Length and Transfer-Encoding are cut with the rest
+        elif head_request:
+            # No body; Content-Length tells the length a GET would have had.
+            cuts = [c for c in cuts if not lowered.startswith(b"\r\ncontent-length", c[0])]
+        elif codings is not None:
+            chunked = bool(codings) and codings[-1].lower() == b"chunked"
+            rh.body = framing.CHUNKED if chunked else framing.EOF
+            other = codings[:-1] if chunked else codings
+            if client_http11:
+                rh.rechunk = True
+                extra.append(b"\r\nTransfer-Encoding: " + b", ".join(other + [b"chunked"]))
+            elif other:
+                raise ResponseError("a transfer coding an HTTP/1.0 client cannot be sent")
+            else:
+                close = True
+        elif length >= 0:
+            cuts = [c for c in cuts if not lowered.startswith(b"\r\ncontent-length", c[0])]
+            if length:
+                rh.body = framing.LENGTH
+                rh.length = length
+        else:
+            rh.body = framing.EOF
+            if client_http11:
+                rh.rechunk = True
+                extra.append(b"\r\nTransfer-Encoding: chunked")
+            else:
+                close = True
+        rh.reusable = backend_keep_alive and rh.body != framing.EOF
+        if close:
+            extra.append(b"\r\nConnection: close")
+        elif not client_http11:
+            extra.append(b"\r\nConnection: keep-alive")
+        if set_cookie:
+            extra.append(b"\r\n" + set_cookie)
+        rh.close = close
+    rh.head = _rebuild(raw, lowered, cuts, conn_tokens, extra)
+    return rh
+
+
+def _rebuild(raw: bytes, lowered: bytes, cuts: list[tuple[int, int]],
+             conn_tokens: set[bytes] | None, extra: list[bytes]) -> bytes:
+    """``raw`` as ``HTTP/1.1``, without the ``cuts`` and the fields ``conn_tokens`` names,
+    with ``extra`` and the empty line."""
+    parts = [b"HTTP/1.1"]
+    pos = 8  # llhttp has checked the status line starts "HTTP/x.y "
+    for start, end in cuts:
+        parts.append(raw[pos:start])
+        pos = end
+    parts.append(raw[pos:])
+    if conn_tokens:
+        named = conn_tokens - PROTECTED - HOP
+        if named:
+            lines = b"".join(parts).split(b"\r\n")
+            parts = [lines[0]] + [b"\r\n" + ln for ln in lines[1:]
+                                  if ln.split(b":", 1)[0].strip().lower() not in named]
+    parts += extra
+    parts.append(b"\r\n\r\n")
+    return b"".join(parts)

@@ -1,0 +1,193 @@
+"""Fixtures for the web console: real Chromium through Playwright, a bounded background load
+through the data plane, and screenshots when ``ROUTER_SCREENSHOTS`` names a directory.
+
+The browser is Debian's ``chromium`` (``scripts/system-deps.sh`` installs it as root); Playwright
+never downloads one. Without either, the browser tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+CHROMIUM = os.environ.get("ROUTER_CHROMIUM", "/usr/bin/chromium")
+# No network here: nothing in the browser may try to reach outside (updates, sync, QUIC probes).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "console-test-token"
+
+
+def browser_missing() -> str | None:
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        found = shutil.which("chromium")
+        return (f"no Chromium at {CHROMIUM}" + (f" (one is at {found}: set ROUTER_CHROMIUM)" if found else "")
+                + "; install Debian's chromium package (scripts/system-deps.sh does, as root)")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    return None
+
+
+@dataclass
+class Browser:
+    """Pages in fresh Chromium profiles; errors the pages raise are collected for the test."""
+
+    root: str
+    pw: Any = None
+    contexts: list[Any] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+
+    async def page(self, width: int = 1280, height: int = 800) -> Any:
+        profile = os.path.join(self.root, f"profile-{len(self.contexts)}")
+        ctx = await self.pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": width, "height": height})
+        self.contexts.append(ctx)
+        page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+        page.set_default_timeout(15_000)
+        page.on("pageerror", lambda e: self.page_errors.append(f"page error: {e}"))
+        # A Content-Security-Policy violation means a file the console needs would not run.
+        page.on("console", lambda m: self.page_errors.append(f"console: {m.text}")
+                if "Content Security Policy" in m.text else None)
+        return page
+
+
+@pytest.fixture
+async def browser(tmp_path: Any) -> AsyncIterator[Browser]:
+    why = browser_missing()
+    if why:
+        pytest.skip(why)
+    from playwright.async_api import async_playwright, expect
+
+    # Generous on a loaded machine; a wait that passes returns as soon as its condition holds.
+    expect.set_options(timeout=15_000)
+    b = Browser(str(tmp_path))
+    b.pw = await async_playwright().start()
+    try:
+        yield b
+    finally:
+        for ctx in b.contexts:
+            await ctx.close()
+        await b.pw.stop()
+    assert not b.page_errors, b.page_errors
+
+
+async def screenshot(page: Any, name: str) -> None:
+    """Write ``<name>.png`` into ``$ROUTER_SCREENSHOTS`` when set (the README's pictures)."""
+    where = os.environ.get("ROUTER_SCREENSHOTS")
+    if where:
+        os.makedirs(where, exist_ok=True)
+        await page.screenshot(path=os.path.join(where, f"{name}.png"), full_page=True)
+
+
+async def sign_in(page: Any, admin_url: str, token: str = TOKEN) -> None:
+    await page.goto(admin_url + "/ui/")
+    await page.get_by_label("Admin token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+@dataclass
+class Load:
+    """Continuous background load through the data plane, bounded in count and time.
+
+    ``clients`` loops each send one GET after another (with ``pause`` between) until ``stop``,
+    ``max_requests`` in all, or ``max_seconds``. The first ``pinned`` clients keep the
+    stickiness cookie, as browsers do; the others never send one. Every answer other than a
+    200 from a backend, and every connection error, counts as failed.
+    """
+
+    url: str
+    host: str = "app.test"
+    clients: int = 4
+    pinned: int = 1
+    pause: float = 0.01
+    max_requests: int = 60_000
+    max_seconds: float = 300.0
+    ok: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+    by_backend: Counter[str] = field(default_factory=Counter)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def sent(self) -> int:
+        return self.ok + self.failed
+
+    async def _client(self, keep_cookie: bool) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        cookie: str | None = None
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+            while not self._stop.is_set() and self.sent < self.max_requests and time.monotonic() < deadline:
+                headers = {"Host": self.host}
+                if cookie:
+                    headers["Cookie"] = cookie
+                try:
+                    async with s.get(self.url, headers=headers) as r:
+                        body = (await r.read()).decode(errors="replace").strip()
+                        if r.status == 200:
+                            self.ok += 1
+                            self.by_backend[body] += 1
+                        else:
+                            self.failed += 1
+                            self.failures.append(f"{r.status} {body[:80]}")
+                        if keep_cookie:
+                            for morsel in r.cookies.values():
+                                cookie = f"{morsel.key}={morsel.value}"
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    self.failed += 1
+                    self.failures.append(repr(e))
+                await asyncio.sleep(self.pause)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.get_running_loop().create_task(self._client(i < self.pinned))
+                       for i in range(self.clients)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def wait_more(self, n: int, timeout: float = 15.0) -> None:
+        """Until ``n`` more requests have been answered (the load is really running)."""
+        target = self.sent + n
+        deadline = time.monotonic() + timeout
+        while self.sent < target:
+            assert time.monotonic() < deadline, f"load stalled at {self.sent} requests"
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def load() -> AsyncIterator[Callable[..., Load]]:
+    started: list[Load] = []
+
+    def make(url: str, **kw: Any) -> Load:
+        ld = Load(url, **kw)
+        ld.start()
+        started.append(ld)
+        return ld
+
+    yield make
+    for ld in started:
+        await ld.stop()
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0,
+                interval: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")

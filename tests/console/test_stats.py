@@ -1,0 +1,111 @@
+"""GET /api/v1/apps/{app}/stats: the live counters the console draws, exact after a known
+number of requests, summed across worker processes, behind the admin token."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from tests.conftest import app_config, free_port, get, router_config
+from tests.integration.test_workers import _fresh_connections
+
+BUCKET_KEYS = ["0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1.0",
+               "2.5", "5.0", "7.5", "10.0", "+Inf"]
+
+
+async def _stats(admin_port: int, app: str, **kw: object) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{admin_port}/api/v1/apps/{app}/stats", **kw) as r:
+            return r.status, await r.json()
+
+
+async def test_counts_are_exact(backend, router):
+    blue, green = await backend("blue"), await backend("green")
+    srv = await router(router_config({"shop": app_config(
+        {"web": (100, [blue.addr]), "web-v2": (0, [green.addr])}, sticky=False)}))
+    async with aiohttp.ClientSession() as s:
+        for _ in range(7):
+            assert (await get(s, srv, "/"))[0] == 200
+        for _ in range(3):
+            assert (await get(s, srv, "/status/502"))[0] == 502
+        assert (await get(s, srv, "/status/404"))[0] == 404
+    status, body = await _stats(srv.admin_port, "shop")
+    assert status == 200
+    assert body["app"] == "shop" and isinstance(body["time"], float)
+    web = body["services"]["web"]
+    assert {k: v for k, v in web.items() if k != "duration"} == {
+        "requests": 11, "errors": 3, "codes": {"200": 7, "404": 1, "502": 3},
+        "upstream_errors": 0, "sticky": 0, "inflight": 0, "weight": 100}
+    assert web["duration"]["count"] == 11
+    assert list(web["duration"]["buckets"]) == BUCKET_KEYS
+    assert web["duration"]["buckets"]["+Inf"] == 11
+    counts = list(web["duration"]["buckets"].values())
+    assert counts == sorted(counts)  # cumulative
+    assert 0 < web["duration"]["sum"] < 11 * 10
+    assert body["services"]["web-v2"] == {
+        "requests": 0, "errors": 0, "codes": {}, "upstream_errors": 0, "sticky": 0, "inflight": 0,
+        "weight": 0, "duration": {"count": 0, "sum": 0.0, "buckets": dict.fromkeys(BUCKET_KEYS, 0)}}
+
+
+async def test_sticky_requests_and_weight_zero(backend, router):
+    """Requests routed by cookie are counted apart: after the weight moves to 0 the pinned
+    client's requests are the service's whole traffic (what the console shows as the drain)."""
+    blue, green = await backend("blue"), await backend("green")
+    srv = await router(router_config({"shop": app_config(
+        {"web": (100, [blue.addr]), "web-v2": (0, [green.addr])}, sticky=True)}))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+        _, headers, _ = await get(s, srv, "/")
+        cookie = headers["Set-Cookie"].split(";")[0]
+        async with s.put(f"http://127.0.0.1:{srv.admin_port}/api/v1/apps/shop/weights",
+                         json={"web": 0, "web-v2": 100}) as r:
+            assert r.status == 200
+        for _ in range(5):
+            assert (await get(s, srv, "/", headers={"Cookie": cookie}))[2] == b"blue\n"
+        for _ in range(2):
+            assert (await get(s, srv, "/"))[2] == b"green\n"
+    _, body = await _stats(srv.admin_port, "shop")
+    web, v2 = body["services"]["web"], body["services"]["web-v2"]
+    assert (web["requests"], web["sticky"], web["weight"]) == (6, 5, 0)
+    assert (v2["requests"], v2["sticky"], v2["weight"]) == (2, 0, 100)
+
+
+async def test_upstream_errors_match_the_metrics(backend, router):
+    blue = await backend("blue")
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: every connect is refused
+    srv = await router(router_config({"shop": app_config({"web": (100, [dead, blue.addr])}, sticky=False)}))
+    async with aiohttp.ClientSession() as s:
+        for _ in range(4):
+            assert (await get(s, srv, "/"))[0] == 200  # retried on the live backend
+        async with s.get(f"http://127.0.0.1:{srv.admin_port}/metrics") as r:
+            metrics = await r.text()
+    _, body = await _stats(srv.admin_port, "shop")
+    web = body["services"]["web"]
+    assert web["requests"] == 4 and web["errors"] == 0
+    line = f'router_upstream_errors_total{{app="shop",backend="{dead}",reason="connect",service="web"}}'
+    assert web["upstream_errors"] >= 1
+    assert f"{line} {float(web['upstream_errors'])}" in metrics
+
+
+async def test_unknown_app_and_token(backend, router, tmp_path):
+    (tmp_path / "token").write_text("s3cret\n")
+    blue = await backend("blue")
+    srv = await router(router_config({"shop": app_config({"web": (100, [blue.addr])})},
+                                     admin={"listen": "127.0.0.1:0", "token_file": str(tmp_path / "token")}))
+    status, body = await _stats(srv.admin_port, "shop")
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    auth = {"headers": {"Authorization": "Bearer s3cret"}}
+    status, body = await _stats(srv.admin_port, "nope", **auth)
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body = await _stats(srv.admin_port, "shop", **auth)
+    assert status == 200 and body["services"]["web"]["requests"] == 0
+
+
+async def test_summed_across_workers(backend, router_process):
+    blue = await backend("blue")
+    rp = await router_process({"apps": {"shop": app_config({"web": (100, [blue.addr])}, sticky=False)}},
+                              ("--workers", "2"))
+    assert set(await _fresh_connections(rp, 30)) == {b"blue\n"}
+    assert blue.connections >= 2  # both workers served some
+    status, body = await _stats(rp.admin_port, "shop")
+    assert status == 200
+    web = body["services"]["web"]
+    assert (web["requests"], web["codes"], web["duration"]["count"]) == (30, {"200": 30}, 30)

@@ -1,0 +1,338 @@
+"""The request path driven with bytes, without sockets: a client connection, the exchanges and
+backend connections in memory, on a clock the test moves (tests/memory.py). Each test asserts
+the exact bytes a client receives and the requests each backend reads (parsed by h11)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.memory import Request, Wire
+
+SHOP, ADMIN, OTHER = "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
+
+
+def wire(**top: Any) -> Wire:
+    cfg: dict[str, Any] = {"apps": {
+        "shop": {"routes": ["shop.test"], "session_sticky": False,
+                 "services": {"web": {"backends": [SHOP]}}},
+        "admin": {"routes": ["shop.test/admin"], "session_sticky": False,
+                  "services": {"web": {"backends": [ADMIN]}}},
+    }}
+    cfg.update(top)
+    w = Wire(cfg)
+    for key in (SHOP, ADMIN):
+        w.backend(key).answer = ok
+    return w
+
+
+def ok(req: Request) -> tuple[list[bytes], bool]:
+    body = b"seen " + req.target
+    return [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)], False
+
+
+def get(target: bytes, extra: bytes = b"", host: bytes = b"shop.test") -> bytes:
+    return b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + extra + b"\r\n"
+
+
+def statuses(data: bytes) -> list[int]:
+    """The status of every response in ``data`` (no test body holds a status line)."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 ([0-9]{3}) ", data)]
+
+
+# -- an Upgrade request's body is a body -----------------------------------------------------
+SMUGGLE = b"GET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+
+
+def test_upgrade_with_a_body_refused_early_leaves_the_pooled_connection_clean():
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([b"HTTP/1.1 400 No\r\nContent-Length: 2\r\n\r\nno"], False)
+    c1 = w.client()
+    c1.send(b"POST /up HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(SMUGGLE) + SMUGGLE)
+    assert statuses(c1.received()) == [400] and c1.closed  # a refused upgrade closes
+    w.backend(SHOP).answer = ok
+    c2 = w.client(("127.0.0.2", 1))
+    c2.send(get(b"/next"))
+    assert c2.received().endswith(b"seen /next")
+    peer, = w.backend(SHOP).peers  # one pooled connection served both clients
+    assert [(r.method, r.target, r.body) for r in peer.requests] == [
+        (b"POST", b"/up", SMUGGLE), (b"GET", b"/next", b"")]
+    assert peer.error is None
+
+
+def test_upgrade_with_a_chunked_body_then_the_tunnel():
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
+                                         b"Connection: Upgrade\r\n\r\nhello"], False)
+    c = w.client()
+    c.send(b"POST /up HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: x\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n5\r\nab")
+    c.send(b"cde\r\n0\r\n\r\nEARLY")  # bytes after the body: the tunnel's, held until the 101
+    req, = w.backend(SHOP).requests()
+    assert (req.body, req.complete, req.tunnel) == (b"abcde", True, b"EARLY")
+    assert c.take().endswith(b"\r\n\r\nhello")
+    c.send(b"more")
+    assert w.backend(SHOP).requests()[0].tunnel == b"EARLYmore"
+
+
+def test_switching_protocols_before_the_body_is_sent_is_a_502():
+    w = wire()
+    c = w.client()
+    c.send(b"POST /up HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: x\r\n"
+           b"Content-Length: 10\r\n\r\nabc")
+    w.reply(SHOP, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+    assert statuses(c.received()) == [502] and c.closed
+
+
+@pytest.mark.parametrize("value", [b"h2c", b"h2c, websocket", b"websocket, h2c", b"h2c/1", b"H2C"])
+def test_h2c_is_a_plain_request_and_its_body_a_body(value):
+    w = wire()
+    c = w.client()
+    c.send(b"POST /a HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+           b"Upgrade: " + value + b"\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(SMUGGLE) + SMUGGLE + get(b"/b"))
+    reqs = w.backend(SHOP).requests()
+    assert [(r.method, r.target, r.body) for r in reqs] == [(b"POST", b"/a", SMUGGLE),
+                                                           (b"GET", b"/b", b"")]
+    assert reqs[0].header(b"upgrade") is None and reqs[0].header(b"http2-settings") is None
+    assert statuses(c.received()) == [200, 200] and not c.closed
+
+
+# -- nothing after a closing answer is forwarded ---------------------------------------------
+@pytest.mark.parametrize("first, status", [
+    (get(b"/", b"Connection: close\r\n", host=b"nowhere.test"), 404),
+    # Answered before its body is read: the answer closes; the bytes after it are not requests.
+    (b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 3\r\n\r\nabc", 404),
+    (get(b"/", b"Connection: close\r\n"), 200),
+    (get(b"/../x"), 400),
+    (b"GET / HTTP/1.1\r\nHost: shop.test\r\nBad Header: x\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+    (get(b"/", b"Connection: Upgrade\r\nUpgrade: websocket\r\n", host=b"nowhere.test"), 404),
+])
+def test_nothing_after_a_closing_answer_is_forwarded(first, status):
+    for split in (None, len(first)):
+        w = wire()
+        c = w.client()
+        data = first + SMUGGLE + SMUGGLE
+        if split is None:
+            c.send(data)
+        else:
+            c.send(data[:split])
+            c.send(data[split:])
+        assert statuses(c.received()) == [status] and c.closed
+        assert [r.target for r in w.backend(SHOP).requests()] == ([b"/"] if status == 200 else [])
+
+
+def test_a_backend_closing_its_connection_does_not_close_the_clients():
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                                         b"Content-Length: 0\r\n\r\n"], True)
+    c = w.client()
+    c.send(get(b"/1") + get(b"/2") + get(b"/3"))
+    assert statuses(c.received()) == [200, 200, 200] and not c.closed
+    assert [[r.target for r in p.requests] for p in w.backend(SHOP).peers] == [
+        [b"/1"], [b"/2"], [b"/3"]]
+
+
+# -- paths a backend reads as another app's prefix --------------------------------------------
+@pytest.mark.parametrize("target, backend, seen", [
+    (b"/%61dmin/x", ADMIN, b"/admin/x"),
+    (b"/admin;jsessionid=1/x", ADMIN, b"/admin;jsessionid=1/x"),
+    (b"/public/x", SHOP, b"/public/x"),
+    (b"/%41dmin/x", SHOP, b"/Admin/x"),
+])
+def test_paths_routed_as_backends_read_them(target, backend, seen):
+    w = wire()
+    w.client().send(get(target))
+    assert [r.target for r in w.backend(backend).requests()] == [seen]
+
+
+@pytest.mark.parametrize("target", [b"/public/..;/admin/x", b"/public/..%3b/admin/x",
+                                    b"/public/%2e%2e/admin/x", b"/public/..;x/admin"])
+def test_paths_with_dot_segments_in_any_disguise_are_refused(target):
+    w = wire()
+    c = w.client()
+    c.send(get(target))
+    assert statuses(c.received()) == [400] and c.closed
+    assert w.backend(SHOP).requests() == [] and w.backend(ADMIN).requests() == []
+
+
+# -- responses that must not pass as they are ------------------------------------------------------
+def reply_with(raw: bytes, target: bytes = b"/") -> tuple[bytes, bool]:
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([raw], False)
+    c = w.client()
+    c.send(get(target))
+    return c.received(), c.closed
+
+
+def test_control_character_in_the_reason_is_a_502():
+    out, closed = reply_with(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n")
+    assert statuses(out) == [502] and b"\x01" not in out
+
+
+def test_204_loses_its_content_length():
+    out, _ = reply_with(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+    assert out == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+def test_transfer_codings_are_kept():
+    out, _ = reply_with(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                        b"3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
+    assert out == (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                   b"3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
+
+
+def test_the_backends_own_sticky_cookie_is_dropped():
+    w = Wire({"apps": {"shop": {"routes": ["shop.test"], "services": {"web": {"backends": [SHOP]}}}}})
+    w.backend(SHOP).answer = lambda r: ([b"HTTP/1.1 200 OK\r\nSet-Cookie: CONTAINERID=evil\r\n"
+                                         b"Set-Cookie: sid=1\r\nContent-Length: 0\r\n\r\n"], False)
+    c = w.client()
+    c.send(get(b"/"))
+    out = c.received()
+    assert b"CONTAINERID=evil" not in out and b"Set-Cookie: sid=1\r\n" in out
+    assert out.count(b"Set-Cookie: CONTAINERID=") == 1  # the router's
+
+
+def test_bad_chunk_size_in_the_first_read_is_a_502_with_a_status_line():
+    out, closed = reply_with(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n")
+    assert statuses(out) == [502] and out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+
+
+def test_bad_chunk_size_after_the_head_was_written_aborts():
+    w = wire()
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(get(b"/"))
+    w.reply(SHOP, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    assert c.take().endswith(b"3\r\nabc\r\n")
+    w.reply(SHOP, b"zz\r\n")
+    assert c.transport.aborted and c.take() == b""  # never a short "complete" body
+
+
+# -- timers ------------------------------------------------------------------------------------
+def test_request_head_timeout_is_a_408():
+    w = wire(timeouts={"client_header": "2s"})
+    c = w.client()
+    c.send(b"GET / HTTP/1.1\r\nHost: sh")
+    w.loop.advance(1.9)
+    assert c.received() == b""
+    w.loop.advance(0.2)
+    assert statuses(c.received()) == [408] and c.closed
+
+
+def test_request_body_timeout_is_a_408():
+    w = wire(timeouts={"client_body": "3s"})
+    c = w.client()
+    c.send(b"POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\nabc")
+    w.loop.advance(3.1)
+    assert statuses(c.received()) == [408] and c.closed
+    assert w.backend(SHOP).peers[0].up.closed  # the backend never sees that request end
+
+
+def test_response_timeout_is_a_504_and_the_connection_stays():
+    w = wire(timeouts={"response": "5s"})
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(get(b"/slow"))
+    w.loop.advance(5.1)
+    assert statuses(c.take()) == [504] and not c.closed
+    w.backend(SHOP).answer = ok
+    c.send(get(b"/next"))
+    assert c.take().endswith(b"seen /next")
+
+
+def test_idle_timeout_closes_quietly():
+    w = wire(timeouts={"client_idle": "10s"})
+    c = w.client()
+    c.send(get(b"/"))
+    c.take()
+    w.loop.advance(9)
+    assert not c.closed
+    w.loop.advance(2)
+    assert c.closed and c.take() == b""
+
+
+# -- retries -------------------------------------------------------------------------------------
+def test_connect_refused_goes_to_another_backend():
+    w = Wire({"apps": {"shop": {"routes": ["shop.test"], "session_sticky": False,
+                                "services": {"web": {"backends": [SHOP, OTHER]}}}}})
+    w.backend(SHOP).refuse = True
+    w.backend(OTHER).answer = ok
+    c = w.client()
+    c.send(get(b"/a") + get(b"/b"))
+    assert statuses(c.received()) == [200, 200]
+    assert [r.target for r in w.backend(OTHER).requests()] == [b"/a", b"/b"]
+
+
+def test_keep_alive_race_retries_an_idempotent_request_on_a_fresh_connection():
+    w = wire()
+    c = w.client()
+    c.send(get(b"/1"))
+    # The pooled connection is closed by the backend as the next request arrives.
+    w.backend(SHOP).answer = None
+    c.send(get(b"/2"))
+    w.backend(SHOP).answer = ok
+    w.close_backend(SHOP, 0)
+    assert statuses(c.received()) == [200, 200]
+    assert len(w.backend(SHOP).peers) == 2
+    assert [r.target for r in w.backend(SHOP).peers[1].requests] == [b"/2"]
+
+
+def test_a_post_whose_connection_closes_is_not_sent_again():
+    w = wire()
+    c = w.client()
+    c.send(get(b"/1"))
+    w.backend(SHOP).answer = None
+    c.send(b"POST /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1\r\n\r\nx")
+    w.close_backend(SHOP, 0)
+    assert statuses(c.received()) == [200, 502]
+    assert len(w.backend(SHOP).peers) == 1
+
+
+# -- 100-continue --------------------------------------------------------------------------------
+def test_100_continue_then_the_answer():
+    w = wire()
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(b"PUT /u HTTP/1.1\r\nHost: shop.test\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+    w.reply(SHOP, b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert c.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    c.send(b"abc")
+    w.reply(SHOP, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    assert c.take() == b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+    assert w.backend(SHOP).requests()[0].body == b"abc"
+
+
+# -- the connection cap ----------------------------------------------------------------------------
+def test_the_oldest_idle_connections_make_room_at_the_cap():
+    w = wire(limits={"max_connections": 3})
+    clients = []
+    for i in range(3):
+        c = w.client(("127.0.0.1", 1000 + i))
+        c.send(get(b"/"))
+        w.loop.advance(1)
+        clients.append(c)
+    busy = clients[1]
+    w.backend(SHOP).answer = None
+    busy.send(get(b"/busy"))
+    new = w.client(("127.0.0.1", 2000))
+    w.loop.run()
+    # The oldest idle ones closed; the busy one kept; the new one admitted.
+    assert [c.closed for c in clients] == [True, False, True]
+    assert not new.closed and w.ctx.refused == 0
+    w.backend(SHOP).answer = ok
+    new.send(get(b"/new"))
+    assert new.received().endswith(b"seen /new")
+
+
+def test_refused_at_the_cap_when_nothing_is_idle():
+    w = wire(limits={"max_connections": 1})
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(get(b"/busy"))
+    late = w.client(("127.0.0.1", 2))
+    assert late.transport.aborted and w.ctx.refused == 1
