@@ -189,10 +189,11 @@ async def passive_eject_workers(scale: int = 1, workers: int = 2) -> Result:
             r.check(await healthy(rp.admin_port, addr_a) == 0,
                     "a not shown unhealthy (router_backend_healthy) after its failures")
             # Each worker counts its own failures and reports them; the master ejects at the
-            # third overall and tells every worker. A worker may send one more before that
-            # reaches it.
-            r.check(3 <= refused <= 3 + workers - 1,
-                    f"{refused} connects to a, want 3 (+ at most one per other worker)")
+            # third overall and tells every worker (3 or 4 attempts on an idle machine: another
+            # worker may try once more before the decision reaches it). Whatever the master's
+            # delay, a worker stops by itself at its own third: never more than 3 per worker.
+            r.check(3 <= refused <= 3 * workers,
+                    f"{refused} connects to a, want 3 to {3 * workers}")
             then = [await http_status(rp.port, "/", "app.test") for _ in range(n)]
             after = await _errors(rp.admin_port, "connect", addr_a)
             r.check(after == refused, f"{after - refused} connects to a after it was ejected")
