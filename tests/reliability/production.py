@@ -32,8 +32,9 @@ WORKER_TIMEOUT = 2.0  # timeouts.worker, the default
 STATS_TIMEOUT = 1.0
 # A hung worker: an admin change answers within WORKER_TIMEOUT (+ the kill); the watchdog
 # kills it within PING_INTERVAL + WORKER_TIMEOUT; nothing it accepted waits longer than that.
+# Each bound here has a second on top for a loaded machine's scheduling.
 ADMIN_BOUND = WORKER_TIMEOUT + 1.0
-STRANDED_BOUND = PING_INTERVAL + WORKER_TIMEOUT + 0.5
+STRANDED_BOUND = PING_INTERVAL + WORKER_TIMEOUT + 1.0
 
 
 def worker_pids(master: int) -> list[int]:
@@ -189,9 +190,9 @@ async def passive_eject_workers(scale: int = 1, workers: int = 2) -> Result:
             r.check(await healthy(rp.admin_port, addr_a) == 0,
                     "a not shown unhealthy (router_backend_healthy) after its failures")
             # Each worker counts its own failures and reports them; the master ejects at the
-            # third overall and tells every worker (3 or 4 attempts on an idle machine: another
-            # worker may try once more before the decision reaches it). Whatever the master's
-            # delay, a worker stops by itself at its own third: never more than 3 per worker.
+            # third overall and tells every worker (3 to 5 attempts in our runs: another worker
+            # may try again before the decision reaches it). Whatever the master's delay, a
+            # worker stops by itself at its own third: never more than 3 per worker.
             r.check(3 <= refused <= 3 * workers,
                     f"{refused} connects to a, want 3 to {3 * workers}")
             then = [await http_status(rp.port, "/", "app.test") for _ in range(n)]
