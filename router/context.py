@@ -77,6 +77,8 @@ class ProxyContext:
         self.table = table
         self.pool = pool
         self.passive = passive  # this data plane's observations of its backends (router.health)
+        # The same dict as passive.watching (never replaced, only changed): read per response.
+        self.watching: dict[Backend, int] = passive.watching
         self.codec = codec
         self.loop = loop
         self.unrouted = UnroutedStats()
@@ -129,6 +131,5 @@ class ProxyContext:
     def backend_ok(self, be: Backend) -> None:
         """A response began on ``be``: its run of failures, if any, ends, and an unchecked backend
         is known to work (one truth test when no backend is failing or unchecked)."""
-        passive = self.passive
-        if passive.watching:
-            passive.success(be)
+        if self.watching:
+            self.passive.success(be)

@@ -83,7 +83,7 @@ class PassiveHealth:
     ``watching`` holds the backends whose next response must be reported: those with failures
     in a row (their count) and those not yet shown to work (0). The proxy tests its truth before
     calling :meth:`success`, so a process where nothing is failing or unchecked pays one test per
-    response.
+    response; it holds the dict itself, which is therefore changed in place, never replaced.
     """
 
     __slots__ = ("watching", "failures", "reporter", "_progress")
@@ -116,7 +116,8 @@ class PassiveHealth:
                 watching[be] = old.get(be, 0)
             elif state == HEALTHY and be in old:
                 watching[be] = old[be]
-        self.watching = watching
+        old.clear()
+        old.update(watching)
 
     def sweep(self, waiting: Mapping[Any, float], response_timeout: float, now: float) -> None:
         """Report the backends whose requests are stuck (see STALL_FACTOR).
