@@ -9,14 +9,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Also compiles the data plane's per-request modules in place with mypyc (setup.py), when a C
-# compiler is present; `make clean` goes back to plain Python.
-install: $(BIN)/python
+# The extras the tests need: test (which includes etcd). Also compiles the data plane's
+# per-request modules in place with mypyc (setup.py), when a C compiler is present; `make clean`
+# goes back to plain Python. That takes about 40 s, so it runs again only when the packaging or
+# a module of the router changed since (the stamp file).
+STAMP := $(VENV)/.installed
+$(STAMP): pyproject.toml setup.py $(wildcard router/*.py router/*/*.py) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
 
-# Two demo backends (blue, green) and a router at 127.0.0.1:8080, admin at 127.0.0.1:9090.
+install: $(STAMP)
+
+# Demo backends (blue, green, and green-v2 for the README's release walkthrough) and a router
+# at 127.0.0.1:8080, admin at 127.0.0.1:9090. Other addresses: make demo DEMO_FLAGS='--listen
+# 127.0.0.1:8081 --admin 127.0.0.1:9091' (router demo --help lists them).
+DEMO_FLAGS ?=
 demo: install
-	$(BIN)/router demo
+	$(BIN)/router demo $(DEMO_FLAGS)
 
 # Installs what it can (Debian packages as root), then the whole suite.
 # With a C compiler the suite runs against the compiled modules, and checks that it does.

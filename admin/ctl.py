@@ -2,16 +2,25 @@
 
 It only speaks HTTP to the admin API -- every rule (weights 0..100, one open release per app,
 no confirm while ``in_progress`` ...) is the server's, and the server's error message is what the
-operator sees. Standard library only, so it runs wherever Python does.
+operator sees. The standard library, and the router's YAML reader for ``apply`` and ``export``.
 
     routerctl apps
     routerctl show shop
+    routerctl create shop --route shop.example.com --backend 10.0.0.5:80
     routerctl weights shop web=0 web-v2=100       # one atomic step [--force]
     routerctl sticky shop off
+    routerctl routes shop shop.example.com example.com/shop
+    routerctl drain-timeout shop 10m
+    routerctl service set shop web --backend 10.0.0.5:80 --backend 10.0.0.6:80
+    routerctl service delete shop web-old
     routerctl release start shop web-v2 --backend 10.0.0.7:80 --wait
     routerctl release status shop
-    routerctl release confirm shop [--force]
-    routerctl release rollback shop
+    routerctl release confirm shop [--force] [--remove]
+    routerctl release rollback shop [--remove]
+    routerctl delete shop
+    routerctl export > router.yaml                # the apps, as a configuration file
+    routerctl apply router.yaml [--dry-run] [--force]
+    routerctl history [shop] [--limit N]
 
 Global options (before or after the command): ``--url`` (env ``ROUTER_URL``, default
 ``http://127.0.0.1:9090``), ``--token`` (env ``ROUTER_TOKEN``), ``--json``, ``--timeout``,
@@ -35,8 +44,12 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable, NoReturn, Sequence, TextIO
 
+from router import version
+from router.config import format_duration
+
 DEFAULT_URL = "http://127.0.0.1:9090"  # SPEC 3: the admin API's default listen address
 DEFAULT_TIMEOUT = 10.0
+REMOVE_TIMEOUT = 60.0
 POLL_INTERVAL = 0.5  # --wait: how often the release is fetched
 API = "/api/v1/apps"
 
@@ -90,24 +103,28 @@ class Client:
         self.token = token
         self.timeout = timeout
         self.if_match = if_match
+        self.etag: str | None = None  # of the last answer
         # Straight to the admin listener: it is loopback or an internal address, and an HTTP
         # proxy from the environment would see the bearer token.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Accept": "application/json"}
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> Any:
+        headers = {"Accept": "application/json", **(headers or {})}
         data = None
         if body is not None:
-            data = json.dumps(body).encode()
+            # default=str: a YAML date in a file to apply reaches the server, which names it.
+            data = json.dumps(body, default=str).encode()
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if self.if_match is not None and method != "GET":
-            headers["If-Match"] = f'"{self.if_match}"'
+            headers.setdefault("If-Match", f'"{self.if_match}"')
         req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
                 raw = resp.read()
+                self.etag = resp.headers.get("ETag")
         except urllib.error.HTTPError as e:
             raise _api_error(e.code, e.reason, e.read()) from None
         except urllib.error.URLError as e:
@@ -166,6 +183,12 @@ def pairs(mapping: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in mapping.items()) or "-"
 
 
+def _seconds(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_duration(float(value))
+    return "-" if value is None else str(value)
+
+
 def on_off(value: Any) -> str:
     return "on" if value else "off"
 
@@ -203,16 +226,18 @@ def _health(svc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def services_table(app: dict[str, Any]) -> str:
-    """HEALTHY counts the backends known to work: an unchecked one is not counted, and the
-    backends table of ``show`` says which."""
+    """HEALTHY counts the backends known to work, and says how many nothing has shown to work
+    yet (unchecked: they take requests meanwhile); the backends table of ``show`` says which."""
     services = app.get("services") or {}
     total = sum(s["weight"] for s in services.values())
     rows = [["SERVICE", "WEIGHT", "SHARE", "BACKENDS", "HEALTHY"]]
     for name, s in services.items():
         backends = s.get("backends") or []
-        healthy = sum(1 for h in _health(s).values() if h.get("state") == "healthy")
+        states = [h.get("state") for h in _health(s).values()]
+        unchecked = states.count("unchecked")
         rows.append([name, str(s["weight"]), share(s["weight"], total),
-                     ",".join(backends) or "-", f"{healthy}/{len(backends)}"])
+                     ",".join(backends) or "-", f"{states.count('healthy')}/{len(backends)}"
+                     + (f" ({unchecked} unchecked)" if unchecked else "")])
     return table(rows, right=(1, 2, 4))
 
 
@@ -235,12 +260,10 @@ def release_table(release: dict[str, Any]) -> str:
 
 
 def app_detail(app: dict[str, Any]) -> str:
-    drain = app.get("drain_timeout")
     head = table([["app:", app["name"]],
                   ["routes:", ",".join(app.get("routes") or []) or "-"],
                   ["sticky:", on_off(app.get("session_sticky"))],
-                  ["drain_timeout:", "-" if drain is None else f"{drain:g}s"
-                   if isinstance(drain, (int, float)) else str(drain)],
+                  ["drain_timeout:", _seconds(app.get("drain_timeout"))],
                   ["generation:", str(app.get("generation", "-"))]])
     parts = [head, "", services_table(app), "", backends_table(app)]
     release = app.get("release")
@@ -304,10 +327,16 @@ def cmd_sticky(c: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_release_start(c: Client, args: argparse.Namespace, out: Output) -> int:
-    body: dict[str, Any] = {"service": args.service, "backends": args.backend}
+def health_check(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The health check the ``--health-*`` options ask for; None if none is given."""
     check = {k: v for k, v in (("path", args.health_path), ("interval", args.health_interval),
                                ("timeout", args.health_timeout)) if v is not None}
+    return check or None
+
+
+def cmd_release_start(c: Client, args: argparse.Namespace, out: Output) -> int:
+    body: dict[str, Any] = {"service": args.service, "backends": args.backend}
+    check = health_check(args)
     if check:
         body["health_check"] = check
     release = c.request("POST", app_path(args.app, "/release"), body)
@@ -401,18 +430,210 @@ def _closed(what: str) -> Callable[[dict[str, Any]], str]:
                       + services_table(a))
 
 
+def _removal_time(c: Client, args: argparse.Namespace) -> None:
+    # The server answers once the containers are stopped: Docker gives each its stop timeout
+    # (10 s by default) before SIGKILL.
+    if args.remove:
+        c.timeout = max(c.timeout, REMOVE_TIMEOUT)
+
+
 def cmd_release_confirm(c: Client, args: argparse.Namespace, out: Output) -> int:
-    body = {"force": True} if args.force else None
+    body = {k: True for k in ("force", "remove") if getattr(args, k)} or None
+    _removal_time(c, args)
     out.show(c.request("POST", app_path(args.app, "/release/confirm"), body), _closed("confirmed"))
     return EXIT_OK
 
 
 def cmd_release_rollback(c: Client, args: argparse.Namespace, out: Output) -> int:
-    out.show(c.request("POST", app_path(args.app, "/release/rollback")), _closed("rolled back"))
+    body = {"remove": True} if args.remove else None
+    _removal_time(c, args)
+    out.show(c.request("POST", app_path(args.app, "/release/rollback"), body),
+             _closed("rolled back"))
+    return EXIT_OK
+
+
+# -- apps, services, routes -------------------------------------------------------------------
+def _generation_line(what: str) -> Callable[[dict[str, Any]], str]:
+    return lambda a: f"{a['name']}: {what} (generation {a['generation']})\n" + services_table(a)
+
+
+def _drain_timeout(value: str) -> str | None:
+    return None if value in ("none", "off") else value
+
+
+def cmd_create(c: Client, args: argparse.Namespace, out: Output) -> int:
+    service: dict[str, Any] = {"weight": args.weight, "backends": args.backend}
+    check = health_check(args)
+    if check:
+        service["health_check"] = check
+    body: dict[str, Any] = {"routes": args.route, "session_sticky": args.sticky == "on",
+                            "services": {args.service: service}}
+    if args.drain_timeout is not None:
+        body["drain_timeout"] = _drain_timeout(args.drain_timeout)
+    # Create, never replace: an app of that name answers 412.
+    app = c.request("PUT", app_path(args.app), body, {"If-None-Match": "*"})
+    out.show(app, _generation_line("created"))
+    return EXIT_OK
+
+
+def cmd_delete(c: Client, args: argparse.Namespace, out: Output) -> int:
+    c.request("DELETE", app_path(args.app))
+    out.show({"name": args.app, "deleted": True}, lambda d: f"{d['name']}: deleted")
+    return EXIT_OK
+
+
+def cmd_routes(c: Client, args: argparse.Namespace, out: Output) -> int:
+    app = c.request("PATCH", app_path(args.app), {"routes": args.routes})
+    out.show(app, lambda a: f"{a['name']}: routes {','.join(a['routes'])} "
+                            f"(generation {a['generation']})")
+    return EXIT_OK
+
+
+def cmd_drain_timeout(c: Client, args: argparse.Namespace, out: Output) -> int:
+    app = c.request("PATCH", app_path(args.app), {"drain_timeout": _drain_timeout(args.value)})
+    out.show(app, lambda a: f"{a['name']}: drain_timeout {_seconds(a['drain_timeout'])} "
+                            f"(generation {a['generation']})")
+    return EXIT_OK
+
+
+def cmd_service_set(c: Client, args: argparse.Namespace, out: Output) -> int:
+    """Create a service, or change the given fields of one: the others are kept as they are,
+    read and written back under If-Match, so that a change made meanwhile is not undone."""
+    app = c.get(app_path(args.app))
+    current = (app.get("services") or {}).get(args.service)
+    check = health_check(args)
+    if current is None:
+        if not args.backend:
+            raise UsageError(f"service set: {args.service} is a new service of {args.app}: "
+                             "give its --backend")
+        body = {"weight": 0 if args.weight is None else args.weight, "backends": args.backend,
+                "health_check": check}
+    else:
+        if args.no_health_check:
+            check = None
+        elif check is not None or current.get("health_check") is not None:
+            check = {**(current.get("health_check") or {}), **(check or {})}
+        body = {"weight": current["weight"] if args.weight is None else args.weight,
+                "backends": args.backend or current["backends"], "health_check": check}
+    headers = {} if c.if_match is not None else {"If-Match": f'"{app["generation"]}"'}
+    result = c.request("PUT", app_path(args.app, f"/services/{_quote(args.service)}"), body,
+                       headers)
+    out.show(result, _generation_line(f"service {args.service} "
+                                      f"{'added' if current is None else 'changed'}"))
+    return EXIT_OK
+
+
+def cmd_service_delete(c: Client, args: argparse.Namespace, out: Output) -> int:
+    c.request("DELETE", app_path(args.app, f"/services/{_quote(args.service)}"))
+    out.show({"name": args.app, "service": args.service, "deleted": True},
+             lambda d: f"{d['name']}: service {d['service']} deleted")
+    return EXIT_OK
+
+
+# -- the state as a file; its history ---------------------------------------------------------
+def exported_app(app: dict[str, Any]) -> dict[str, Any]:
+    """An app object of the API as the configuration file writes it."""
+    out: dict[str, Any] = {"routes": app["routes"], "session_sticky": app["session_sticky"]}
+    if app.get("drain_timeout") is not None:
+        out["drain_timeout"] = format_duration(app["drain_timeout"])
+    services: dict[str, Any] = {}
+    for name, s in (app.get("services") or {}).items():
+        svc: dict[str, Any] = {"weight": s["weight"], "backends": s["backends"]}
+        hc = s.get("health_check")
+        if hc is not None:
+            svc["health_check"] = {k: format_duration(v) if k in ("interval", "timeout") else v
+                                   for k, v in hc.items() if v is not None}
+        services[name] = svc
+    out["services"] = services
+    return out
+
+
+def cmd_export(c: Client, args: argparse.Namespace, out: Output) -> int:
+    import yaml
+
+    apps = c.get(API).get("apps") or []
+    generation = (c.etag or "").strip('"')
+    names = [a["name"] for a in apps]
+    for name in args.apps:
+        if name not in names:
+            raise CtlError(f"export: no app {name!r} (apps: {', '.join(names) or 'none'})")
+    doc = {"apps": {a["name"]: exported_app(a) for a in apps
+                    if not args.apps or a["name"] in args.apps}}
+    if out.as_json:
+        out.out.write(json.dumps(doc, indent=2) + "\n")
+        return EXIT_OK
+    out.out.write(f"# The apps of the router at {c.url}, generation {generation}. `routerctl "
+                  "apply FILE` makes\n# a router's apps these; its other settings stay those of "
+                  "its configuration file.\n")
+    out.out.write(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100))
+    return EXIT_OK
+
+
+def change_lines(entry: dict[str, Any]) -> list[str]:
+    """An entry's changes, each naming its app (the server names it only when several apps
+    changed at once)."""
+    apps, changes = entry.get("apps") or [], entry.get("changes") or []
+    return [f"{apps[0]}: {c}" for c in changes] if len(apps) == 1 else list(changes)
+
+
+def apply_text(source: str, result: dict[str, Any]) -> str:
+    lines, gen = change_lines(result), result["generation"]
+    if result["dry_run"]:
+        head = (f"{source}: {'would change' if lines else 'no changes against'} generation "
+                f"{gen} (dry run: nothing applied)")
+    elif lines:
+        head = f"{source}: applied (generation {gen})"
+    else:
+        head = f"{source}: no changes (generation {gen})"
+    text = head + "".join(f"\n  {line}" for line in lines)
+    if result.get("refused"):
+        text += f"\nrefused without --force: {result['refused']}"
+    return text
+
+
+def cmd_apply(c: Client, args: argparse.Namespace, out: Output) -> int:
+    from router.config import ConfigError, parse_yaml, read_yaml
+
+    try:
+        # "-": standard input, so that `routerctl export | routerctl apply -` works.
+        data = (parse_yaml(sys.stdin.buffer.read(), "<stdin>") if args.file == "-"
+                else read_yaml(args.file))
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    if not isinstance(data, dict) or "apps" not in data:
+        raise UsageError(f"{args.file}: no apps section: nothing to apply (an empty `apps: {{}}` "
+                         "would delete every app)")
+    source = "<stdin>" if args.file == "-" else args.file
+    body = {"apps": data["apps"] if data["apps"] is not None else {},
+            "domain": data.get("domain"), "source": source}
+    query = urllib.parse.urlencode([(k, "1") for k, on in (("dry_run", args.dry_run),
+                                                           ("force", args.force)) if on])
+    result = c.request("POST", "/api/v1/apply" + (f"?{query}" if query else ""), body)
+    out.show(result, lambda r: apply_text(source, r))
+    return EXIT_OK
+
+
+def history_table(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "no changes recorded"
+    rows = [["GENERATION", "TIME", "CLIENT", "TOKEN", "OPERATION", "CHANGES"]]
+    for e in entries:
+        apps, changes = e.get("apps") or [], "; ".join(e.get("changes") or [])
+        rows.append([str(e["generation"]), e["time"], e["client"], e.get("token") or "-",
+                     e["operation"], f"{apps[0]}: {changes}" if len(apps) == 1 else changes])
+    return table(rows, right=(0,))
+
+
+def cmd_history(c: Client, args: argparse.Namespace, out: Output) -> int:
+    query = [("limit", str(args.limit))] + ([("app", args.app)] if args.app else [])
+    data = c.get("/api/v1/history?" + urllib.parse.urlencode(query))
+    out.show(data, lambda d: history_table(d.get("history") or []))
     return EXIT_OK
 
 
 # -- command line -----------------------------------------------------------------------------
+_REMOVE_HELP = ("also stop and remove the containers of the version taken out (apps discovered "
+                "from Docker); waits for them at least 60 s")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -436,10 +657,28 @@ def _generation(value: str) -> int:
     return int(v)
 
 
-def _global_options(defaults: bool) -> argparse.ArgumentParser:
+def _weight(value: str) -> int:
+    if not _INT_RE.match(value) or not 0 <= int(value) <= 100:
+        raise argparse.ArgumentTypeError(f"must be an integer 0..100 (got {value!r})")
+    return int(value)
+
+
+def _limit(value: str) -> int:
+    if not _INT_RE.match(value) or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {value!r})")
+    return int(value)
+
+
+def _health_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--health-path", metavar="PATH", help="HTTP health check path (default: TCP)")
+    p.add_argument("--health-interval", metavar="DURATION", help="health check interval, e.g. 2s")
+    p.add_argument("--health-timeout", metavar="DURATION", help="health check timeout, e.g. 1s")
+
+
+def _global_options(defaults: bool) -> "_Parser":
     """The global options, accepted before and after the command. Only the top-level parser
     carries defaults; a subcommand's copy sets a value only when it is given there."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)
     d: Callable[[Any], Any] = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     p.add_argument("--url", default=d(os.environ.get("ROUTER_URL") or DEFAULT_URL),
                    help="admin API base URL (env ROUTER_URL; default %(default)s)"
@@ -462,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Admin client for the blue-green router.",
                      epilog="exit codes: 0 ok, 1 server error, 2 bad command line, "
                             "3 admin API unreachable")
+    parser.add_argument("--version", action="version", version=f"routerctl {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
 
@@ -486,6 +726,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("state", choices=["on", "off"])
     p.set_defaults(func=cmd_sticky)
 
+    p = sub.add_parser("create", parents=[common], help="create an app with one service")
+    p.add_argument("app")
+    p.add_argument("--route", action="append", required=True, metavar="HOST[/PATH]",
+                   help="a route of the app (repeat for more)")
+    p.add_argument("--backend", action="append", required=True, metavar="HOST:PORT",
+                   help="a backend of its service (repeat for more)")
+    p.add_argument("--service", default="web", help="the service's name (default %(default)s)")
+    p.add_argument("--weight", type=_weight, default=100, help="its weight (default %(default)s)")
+    p.add_argument("--sticky", choices=["on", "off"], default="on",
+                   help="session stickiness (default %(default)s)")
+    p.add_argument("--drain-timeout", metavar="DURATION",
+                   help="re-pin clients of a 0-weight service after this long (default none)")
+    _health_options(p)
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("delete", parents=[common], help="delete an app")
+    p.add_argument("app")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("routes", parents=[common], help="set an app's routes")
+    p.add_argument("app")
+    p.add_argument("routes", nargs="+", metavar="HOST[/PATH]")
+    p.set_defaults(func=cmd_routes)
+
+    p = sub.add_parser("drain-timeout", parents=[common],
+                       help="re-pin clients of a 0-weight service after this long")
+    p.add_argument("app")
+    p.add_argument("value", metavar="DURATION|none", help="e.g. 10m; none: never")
+    p.set_defaults(func=cmd_drain_timeout)
+
+    svc = sub.add_parser("service", parents=[common], help="add, change or delete a service")
+    ssub = svc.add_subparsers(dest="service_command", metavar="ACTION", required=True,
+                              parser_class=_Parser)
+    p = ssub.add_parser("set", parents=[common],
+                        help="add a service (weight 0 unless given), or change what is given")
+    p.add_argument("app")
+    p.add_argument("service")
+    p.add_argument("--backend", action="append", metavar="HOST:PORT",
+                   help="its backends, all of them (repeat for more)")
+    p.add_argument("--weight", type=_weight, help="its weight")
+    _health_options(p)
+    p.add_argument("--no-health-check", action="store_true",
+                   help="remove its health check (a TCP connect is all a release waits for)")
+    p.set_defaults(func=cmd_service_set)
+    p = ssub.add_parser("delete", parents=[common], help="delete a service")
+    p.add_argument("app")
+    p.add_argument("service")
+    p.set_defaults(func=cmd_service_delete)
+
+    p = sub.add_parser("export", parents=[common],
+                       help="the apps as a configuration file (routerctl apply reads it)")
+    p.add_argument("apps", nargs="*", metavar="APP", help="only these apps (default: all)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("apply", parents=[common],
+                       help="make the apps of a configuration file the router's, in one change")
+    p.add_argument("file", metavar="FILE", help="a configuration file; - for standard input")
+    p.add_argument("--dry-run", action="store_true", help="show the changes, make none")
+    p.add_argument("--force", action="store_true",
+                   help="also close open releases and delete services clients are pinned to")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("history", parents=[common], help="the changes, newest first")
+    p.add_argument("app", nargs="?", help="only the changes of this app")
+    p.add_argument("--limit", type=_limit, default=20, help="how many (default %(default)s)")
+    p.set_defaults(func=cmd_history)
+
     rel = sub.add_parser("release", parents=[common], help="blue-green releases")
     rsub = rel.add_subparsers(dest="release_command", metavar="ACTION", required=True,
                               parser_class=_Parser)
@@ -494,9 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("service")
     p.add_argument("--backend", action="append", required=True, metavar="HOST:PORT",
                    help="a backend of the new service (repeat for more)")
-    p.add_argument("--health-path", metavar="PATH", help="HTTP health check path (default: TCP)")
-    p.add_argument("--health-interval", metavar="DURATION", help="health check interval, e.g. 2s")
-    p.add_argument("--health-timeout", metavar="DURATION", help="health check timeout, e.g. 1s")
+    _health_options(p)
     p.add_argument("--wait", action="store_true",
                    help="wait until every new backend is healthy (awaiting_confirmation)")
     p.add_argument("--wait-timeout", type=_positive, default=120.0, metavar="SECONDS",
@@ -511,11 +816,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
     p.add_argument("--force", action="store_true",
                    help="first move all weight to the new service")
+    p.add_argument("--remove", action="store_true", help=_REMOVE_HELP)
     p.set_defaults(func=cmd_release_confirm)
 
     p = rsub.add_parser("rollback", parents=[common],
                         help="delete the new service, restore the old weights")
     p.add_argument("app")
+    p.add_argument("--remove", action="store_true", help=_REMOVE_HELP)
     p.set_defaults(func=cmd_release_rollback)
     return parser
 

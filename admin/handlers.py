@@ -8,15 +8,21 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from router import state as ops
-from router.config import NAME_RE
-from router.errors import Invalid, NotFound
+from router.config import NAME_RE, ConfigError, config_from_dict
+from router.errors import BadGateway, BadRequest, Conflict, Invalid, NotFound
+from router.history import HISTORY_LIMIT, Actor, fingerprint
+from router.providers.engine import DockerError
+from router.release import Release
 
 from .schemas import (
     HealthOf,
     app_body,
     check_name,
+    check_query,
     object_body,
     parse_body,
+    query_flag,
+    query_limit,
     render_app,
     render_stats,
     service_body,
@@ -43,8 +49,26 @@ def _app_response(request: web.Request, state: ops.State, name: str, status: int
     return web.json_response(body, status=status, headers={"ETag": f'"{body["generation"]}"'})
 
 
+def actor(request: web.Request) -> Actor:
+    """Who makes a change: the client's address, and which token (the api middleware has
+    checked it, when one is configured)."""
+    token = _server(request).config.admin.token
+    return Actor(request.remote or "-", fingerprint(token) if token is not None else None)
+
+
+def _only_new(request: web.Request) -> bool:
+    """``If-None-Match: *``: create, never replace."""
+    value = request.headers.get("If-None-Match")
+    if value is None:
+        return False
+    if value.strip() != "*":
+        raise BadRequest(f"If-None-Match: only * is supported (got {value!r})", "If-None-Match")
+    return True
+
+
 async def _change(request: web.Request, op: ops.Operation, app: str | None) -> ops.State:
-    return await _server(request).manager.change(op, request.headers.get("If-Match"), app)  # type: ignore[union-attr]
+    return await _server(request).manager.change(  # type: ignore[union-attr]
+        op, request.headers.get("If-Match"), app, actor(request))
 
 
 async def list_apps(request: web.Request) -> web.Response:
@@ -69,7 +93,7 @@ async def put_app(request: web.Request) -> web.Response:
     if not existed:
         if not NAME_RE.match(name):
             raise Invalid(f"app names match ^[a-z0-9][a-z0-9-]{{0,62}}$ (got {name!r})", "name")
-    st = await _change(request, ops.put_app(name, body), name)
+    st = await _change(request, ops.put_app(name, body, _only_new(request)), name)
     return _app_response(request, st, name, 200 if existed else 201)
 
 
@@ -125,7 +149,7 @@ async def put_service(request: web.Request) -> web.Response:
     srv = _server(request)
     cur = srv.manager.state  # type: ignore[union-attr]
     existed = any(s.name == svc for s in cur.app(name).services)
-    st = await _change(request, ops.put_service(name, svc, body), name)
+    st = await _change(request, ops.put_service(name, svc, body, _only_new(request)), name)
     return _app_response(request, st, name, 200 if existed else 201)
 
 
@@ -159,26 +183,124 @@ async def get_release(request: web.Request) -> web.Response:
     return _release_response(st, name)
 
 
+def _open_release(request: web.Request, name: str) -> Release | None:
+    manager = _server(request).manager
+    assert manager is not None
+    return manager.state.releases.get(name)
+
+
+def _remove_flag(body: dict[str, Any]) -> bool:
+    remove = body.get("remove", False)
+    if not isinstance(remove, bool):
+        raise Invalid(f"must be true or false (got {remove!r})", "remove")
+    return remove
+
+
+async def _release_step(request: web.Request, name: str, op: ops.Operation, remove: bool,
+                        leaving: tuple[str, ...]) -> web.Response:
+    """Run a release step; with ``remove``, then stop and remove the containers of the
+    versions it took out of the app (``leaving``)."""
+    srv = _server(request)
+    if remove:
+        if srv.docker is None:
+            raise Conflict("no Docker provider is configured (providers.docker): there are "
+                           "no containers to remove", "remove")
+        srv.docker.check_removable(name)
+    st = await _change(request, op, name)
+    if remove:
+        assert srv.docker is not None
+        gone = tuple(s for s in leaving if all(x.name != s for x in st.app(name).services))
+        try:
+            await srv.docker.remove(name, gone)
+        except DockerError as e:
+            raise BadGateway(f"the release step of {name!r} is done (generation "
+                             f"{st.generation}), but removing the containers of "
+                             f"{', '.join(gone)} failed: {e}", "remove") from None
+    return _app_response(request, st, name)
+
+
 async def confirm_release(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     body = object_body(await request.read(), required=False)
     for key in body:
-        if key != "force":
+        if key not in ("force", "remove"):
             raise Invalid(f"unknown field {key!r}", key)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise Invalid(f"must be true or false (got {force!r})", "force")
-    st = await _change(request, ops.confirm(name, force), name)
-    return _app_response(request, st, name)
+    release = _open_release(request, name)
+    return await _release_step(request, name, ops.confirm(name, force), _remove_flag(body),
+                               release.old if release is not None else ())
 
 
 async def rollback_release(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     body = object_body(await request.read(), required=False)
-    if body:
-        raise Invalid(f"unknown field {sorted(body)[0]!r}", sorted(body)[0])
-    st = await _change(request, ops.rollback(name), name)
-    return _app_response(request, st, name)
+    for key in body:
+        if key != "remove":
+            raise Invalid(f"unknown field {key!r}", key)
+    release = _open_release(request, name)
+    return await _release_step(request, name, ops.rollback(name), _remove_flag(body),
+                               (release.new,) if release is not None else ())
+
+
+async def history(request: web.Request) -> web.Response:
+    check_query(request.query, ("app", "limit"))
+    app = request.query.get("app")
+    if app is not None and not NAME_RE.match(app):
+        raise Invalid(f"app names match ^[a-z0-9][a-z0-9-]{{0,62}}$ (got {app!r})", "app")
+    limit = query_limit(request.query, "limit", default=100, maximum=HISTORY_LIMIT)
+    entries = await _server(request).manager.history(app, limit)  # type: ignore[union-attr]
+    return web.json_response({"history": entries})
+
+
+async def apply(request: web.Request) -> web.Response:
+    """The apps of a configuration file become the routing state's, as one change."""
+    check_query(request.query, ("dry_run", "force"))
+    body = object_body(await request.read())
+    for key in body:
+        if key not in ("apps", "domain", "source"):
+            raise Invalid(f"unknown field {key!r}; the body is {{\"apps\": ..., \"domain\": ..., "
+                          "\"source\": ...}", key)
+    if not isinstance(body.get("apps"), dict):
+        raise Invalid("required: the apps, a mapping of app names to apps (an empty mapping "
+                      "deletes every app)", "apps")
+    source = body.get("source", "apply")
+    if not isinstance(source, str):
+        raise Invalid(f"must be the file's name (got {source!r})", "source")
+    try:
+        # The file's own rules: labels (with its domain), routes unique across its apps.
+        apps = config_from_dict({"domain": body.get("domain"), "apps": body["apps"]},
+                                source or "apply").apps
+    except ConfigError as e:
+        raise ops.invalid(e) from None
+    force = query_flag(request.query, "force")
+    dry_run = query_flag(request.query, "dry_run")
+    srv = _server(request)
+    manager = srv.manager
+    assert manager is not None
+    pinned = await srv.pinned_services()
+    if_match = request.headers.get("If-Match")
+    refused = None
+    if dry_run:
+        # What a forced apply would change, and what an unforced one would refuse.
+        try:
+            manager.preview(ops.apply_apps(apps, force, pinned), if_match)
+        except Conflict as e:
+            refused = e.message
+        st = manager.state
+        planned = manager.preview(ops.apply_apps(apps, True, pinned), if_match)
+        change = planned.change if planned is not st else None
+    else:
+        st, change = await manager.run(ops.apply_apps(apps, force, pinned), if_match, None,
+                                       actor(request))
+    return web.json_response({
+        "dry_run": dry_run,
+        "generation": st.generation,
+        "apps": list(change.apps) if change is not None else [],
+        "changes": list(change.changes) if change is not None else [],
+        "refused": refused,
+    }, headers={"ETag": f'"{st.generation}"'})
 
 
 async def app_stats(request: web.Request) -> web.Response:
@@ -194,6 +316,8 @@ async def app_stats(request: web.Request) -> web.Response:
 def routes() -> list[Any]:
     p = "/api/v1/apps"
     return [
+        web.get("/api/v1/history", history),
+        web.post("/api/v1/apply", apply),
         web.get(p, list_apps),
         web.get(p + "/{app}", get_app),
         web.put(p + "/{app}", put_app),

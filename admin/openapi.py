@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from router.history import HISTORY_LIMIT
+
 NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
 WEIGHT = {"type": "integer", "minimum": 0, "maximum": 100}
 BACKEND = {"type": "string", "description": "host:port", "example": "10.0.0.5:80"}
@@ -166,6 +168,48 @@ _APP_PATCH = {
 }
 
 
+_HISTORY_ENTRY = {
+    "type": "object",
+    "required": ["generation", "time", "client", "token", "operation", "apps", "changes"],
+    "properties": {
+        "generation": {"type": "integer"},
+        "time": {"type": "string", "format": "date-time"},
+        "client": {"type": "string", "description": 'the client\'s address; "router" for the '
+                                                   "router's own changes"},
+        "token": {"type": ["string", "null"], "pattern": "^sha256:[0-9a-f]{8}$",
+                  "description": "a fingerprint of the bearer token used"},
+        "operation": {"type": "string", "example": "set_weights"},
+        "apps": {"type": "array", "items": NAME},
+        "changes": {"type": "array", "items": {"type": "string"},
+                    "example": ["weights web 50->0, web-v2 50->100"]},
+    },
+}
+
+_APPLY_IN = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apps"],
+    "properties": {
+        "apps": {"type": "object", "description": "the apps section of a configuration file"},
+        "domain": {"type": ["string", "null"], "description": "the file's domain, for labels"},
+        "source": {"type": "string", "description": "the file's name, for error messages"},
+    },
+}
+
+_APPLY = {
+    "type": "object",
+    "required": ["dry_run", "generation", "apps", "changes", "refused"],
+    "properties": {
+        "dry_run": {"type": "boolean"},
+        "generation": {"type": "integer"},
+        "apps": {"type": "array", "items": NAME},
+        "changes": {"type": "array", "items": {"type": "string"}},
+        "refused": {"type": ["string", "null"],
+                    "description": "dry run: why the apply would be refused without force"},
+    },
+}
+
+
 def _err(description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -190,11 +234,19 @@ _IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
              "schema": {"type": "string", "pattern": '^(\\*|(W/)?"[0-9]+")$'},
              "description": 'the ETag of the app ("<generation>"); a stale one answers 412'}
 
+_IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
+                  "schema": {"type": "string", "enum": ["*"]},
+                  "description": "*: create only; 412 if it exists"}
+
 _COMMON = {"401": _err("missing or wrong bearer token")}
 _MUTATION = {**_COMMON, "400": _err("body is not JSON"), "404": _err("unknown app or service"),
              "409": _err("state conflict"), "412": _err("stale If-Match"),
              "413": _err("body too large"), "422": _err("invalid value"),
              "503": _err("the state cannot be persisted")}
+_REMOVE = {"type": "boolean", "description": "also stop and remove the containers (in Swarm mode "
+           "the services) of the versions the step takes out, through the Docker provider; 409 "
+           "for an app that was not discovered from Docker"}
+_REMOVE_FAILED = "the release step is done, but removing the containers failed"
 
 
 def openapi() -> dict[str, Any]:
@@ -206,11 +258,39 @@ def openapi() -> dict[str, Any]:
             "schemas": {"Error": _ERROR, "HealthCheck": _HEALTH_CHECK, "Service": _SERVICE,
                         "ServiceIn": _SERVICE_IN, "Release": _RELEASE, "App": _APP,
                         "AppIn": _APP_IN, "AppPatch": _APP_PATCH,
+                        "HistoryEntry": _HISTORY_ENTRY, "ApplyIn": _APPLY_IN, "Apply": _APPLY,
                         "ServiceStats": _SERVICE_STATS, "Stats": _STATS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
         "paths": {
+            "/api/v1/history": {"get": {
+                "summary": "every accepted change, newest first",
+                "parameters": [
+                    {"name": "app", "in": "query", "required": False, "schema": NAME,
+                     "description": "only the changes of this app"},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": HISTORY_LIMIT,
+                                "default": 100}}],
+                "responses": {**_COMMON, "422": _err("invalid app or limit"),
+                              "503": _err("the store cannot be reached"),
+                              "200": {"description": "the history", "content": {"application/json": {
+                                  "schema": {"type": "object", "required": ["history"], "properties": {
+                                      "history": {"type": "array", "items": {
+                                          "$ref": "#/components/schemas/HistoryEntry"}}}}}}}}}},
+            "/api/v1/apply": {"post": {
+                "summary": "make the apps of a configuration file the routing state, as one change",
+                "parameters": [
+                    {**_IF_MATCH, "description": 'the generation of every app ("<generation>" of '
+                                                 "GET /api/v1/apps); a stale one answers 412"},
+                    {"name": "dry_run", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["1", "0", "true", "false"]},
+                     "description": "compute the changes, change nothing"},
+                    {"name": "force", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["1", "0", "true", "false"]},
+                     "description": "close open releases and delete pinned services if the file says so"}],
+                "requestBody": _body("ApplyIn"),
+                "responses": {**_MUTATION, "200": _json("Apply", "applied, or what would be")}}},
             "/api/v1/apps": {"get": {
                 "summary": "every app",
                 "responses": {**_COMMON, "200": {"description": "the apps", "content": {"application/json": {
@@ -220,7 +300,7 @@ def openapi() -> dict[str, Any]:
                 "parameters": [_APP_PARAM],
                 "get": {"summary": "one app",
                         "responses": {**_COMMON, "200": _json("App", "the app"), "404": _err("unknown app")}},
-                "put": {"summary": "create or replace an app", "parameters": [_IF_MATCH],
+                "put": {"summary": "create or replace an app", "parameters": [_IF_MATCH, _IF_NONE_MATCH],
                         "requestBody": _body("AppIn"),
                         "responses": {**_MUTATION, "200": _json("App", "replaced"),
                                       "201": _json("App", "created")}},
@@ -247,7 +327,8 @@ def openapi() -> dict[str, Any]:
             },
             app_path + "/services/{svc}": {
                 "parameters": [_APP_PARAM, _SVC_PARAM],
-                "put": {"summary": "create or replace a service", "parameters": [_IF_MATCH],
+                "put": {"summary": "create or replace a service",
+                        "parameters": [_IF_MATCH, _IF_NONE_MATCH],
                         "requestBody": _body("ServiceIn"),
                         "responses": {**_MUTATION, "200": _json("App", "replaced"),
                                       "201": _json("App", "created")}},
@@ -273,20 +354,26 @@ def openapi() -> dict[str, Any]:
             },
             app_path + "/release/confirm": {
                 "parameters": [_APP_PARAM],
-                "post": {"summary": "delete the old services (409 while in_progress)",
+                "post": {"summary": "delete the old services (409 while in_progress); with "
+                                    "remove, also stop and remove their containers",
                          "parameters": [_IF_MATCH],
                          "requestBody": _body({"type": "object", "additionalProperties": False,
-                                               "properties": {"force": {"type": "boolean"}}},
+                                               "properties": {"force": {"type": "boolean"},
+                                                              "remove": _REMOVE}},
                                               required=False),
-                         "responses": {**_MUTATION, "200": _json("App", "confirmed")}},
+                         "responses": {**_MUTATION, "200": _json("App", "confirmed"),
+                                       "502": _err(_REMOVE_FAILED)}},
             },
             app_path + "/release/rollback": {
                 "parameters": [_APP_PARAM],
-                "post": {"summary": "delete the new service and restore the old weights",
+                "post": {"summary": "delete the new service and restore the old weights; "
+                                    "with remove, also stop and remove its containers",
                          "parameters": [_IF_MATCH],
                          "requestBody": _body({"type": "object", "additionalProperties": False,
-                                               "properties": {}}, required=False),
-                         "responses": {**_MUTATION, "200": _json("App", "rolled back")}},
+                                               "properties": {"remove": _REMOVE}},
+                                              required=False),
+                         "responses": {**_MUTATION, "200": _json("App", "rolled back"),
+                                       "502": _err(_REMOVE_FAILED)}},
             },
             app_path + "/stats": {
                 "parameters": [_APP_PARAM],

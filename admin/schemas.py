@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable
+import re
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from router.config import NAME_RE
 from router.counters import ServiceStats, Stats
@@ -67,6 +68,39 @@ def object_body(raw: bytes, required: bool = True) -> dict[str, Any]:
     if not isinstance(body, dict):  # JSON null included: it is not an empty body
         raise Invalid("the body must be a JSON object", None)
     return body
+
+
+def check_query(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
+    """A query parameter the endpoint does not know is a mistake worth saying (a typo of
+    ``dry_run`` would otherwise apply for real)."""
+    for name in query:
+        if name not in allowed:
+            raise Invalid(f"unknown query parameter {name!r}; this endpoint takes "
+                          f"{', '.join(allowed)}", name)
+
+
+def query_flag(query: Mapping[str, str], name: str) -> bool:
+    """``?name=1`` / ``true`` / ``0`` / ``false``; absent is false."""
+    value = query.get(name)
+    if value is None:
+        return False
+    if value.lower() in ("1", "true"):
+        return True
+    if value.lower() in ("0", "false"):
+        return False
+    raise Invalid(f"must be 1, true, 0 or false (got {value!r})", name)
+
+
+_LIMIT_RE = re.compile(r"[0-9]{1,9}\Z")
+
+
+def query_limit(query: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not _LIMIT_RE.match(value) or not 1 <= int(value) <= maximum:
+        raise Invalid(f"must be an integer 1..{maximum} (got {value!r})", name)
+    return int(value)
 
 
 def check_name(name: str, kind: str) -> str:

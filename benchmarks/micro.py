@@ -77,7 +77,7 @@ def proxy_case(sticky: bool) -> Callable[[], object]:
     from router.client import ClientConnection
     from router.context import ProxyContext
     from router.upstream import UpstreamConnection, UpstreamPool
-    from tests.memory import MemoryTransport
+    from tests.memory import CountingTransport
 
     loop = uvloop.new_event_loop()
     cfg = config_from_dict({"apps": {"bench": {"session_sticky": sticky, "routes": ["bench.local"], "services": {
@@ -90,11 +90,11 @@ def proxy_case(sticky: bool) -> Callable[[], object]:
     ups = []
     for key in ("127.0.0.1:1", "127.0.0.1:2"):
         up = UpstreamConnection(pool, key)
-        up.connection_made(MemoryTransport(keep=False))  # type: ignore[arg-type]
-        pool.put(up)
+        up.connection_made(CountingTransport())  # type: ignore[arg-type]
+        pool.put(up, 0.0)
         ups.append(up)
     client = ClientConnection(ctx)
-    client.connection_made(MemoryTransport(keep=False))  # type: ignore[arg-type]
+    client.connection_made(CountingTransport())  # type: ignore[arg-type]
     request = (b"GET /small HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: wrk\r\n"
                b"Accept: */*\r\n\r\n")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 
 # The per-request modules setup.py compiles with mypyc when it can (router/<name>.*.so beside
@@ -29,6 +30,14 @@ def _refuse_stale_builds() -> None:
                         f"router/{name}.py changed after it was compiled ({so}): run "
                         "`make install` to compile it again, or `make clean` to run the "
                         "sources as plain Python")
+
+
+def version() -> str:
+    """The installed package's version; "unknown" for sources that were never installed."""
+    try:
+        return importlib.metadata.version("bluegreen-router")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def compiled() -> bool:

@@ -8,17 +8,24 @@ unreachable at start).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import logging
 import os
 import sys
 import tempfile
 
-from .config import Config, ConfigError, load_config
+from . import version
+from .config import Config, ConfigError, DockerProviderConfig, load_config, parse_docker_endpoint
 from .process import serve
+
+# The demo's backends and their default addresses: the README's walkthrough uses them.
+DEMO_BACKENDS = {"blue": "127.0.0.1:18001", "green": "127.0.0.1:18002",
+                 "green-v2": "127.0.0.1:18003"}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router", description="Weighted blue-green HTTP router")
+    p.add_argument("--version", action="version", version=f"router {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the data plane and the admin API")
     serve.add_argument("--config", metavar="FILE", help="YAML configuration (SPEC 3.1)")
@@ -32,11 +39,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="the routing state and the sticky secret (env ROUTER_STATE_DIR; "
                             "default: the configuration's directory if writable, else "
                             f"{DEFAULT_STATE_DIR})")
+    serve.add_argument("--docker", nargs="?", const="", metavar="ENDPOINT",
+                       help="discover apps from Docker labels (providers.docker): the Engine at "
+                            "ENDPOINT, unix:///var/run/docker.sock by default, or tcp://HOST:PORT")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
-    demo = sub.add_parser("demo", help="run two demo backends (blue, green) and a router")
+    demo = sub.add_parser("demo", help="run demo backends (blue, green, and green-v2 for a "
+                                       "release) and a router")
     demo.add_argument("--listen", default="127.0.0.1:8080", help="data plane (default %(default)s)")
     demo.add_argument("--admin", default="127.0.0.1:9090", help="admin API (default %(default)s)")
+    for name, addr in DEMO_BACKENDS.items():
+        demo.add_argument(f"--{name}", default=addr, metavar="HOST:PORT",
+                          help=f"the {name} backend (default %(default)s; port 0: any free one)")
     return p
 
 
@@ -51,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         _logging("info")
         from .demo import run_demo
 
-        return run_demo(args.listen, args.admin)
+        return run_demo(args.listen, args.admin,
+                        {name: getattr(args, name.replace("-", "_")) for name in DEMO_BACKENDS})
     _logging(args.log_level)
     if not 1 <= args.workers <= 64:
         print(f"router: --workers: must be 1..64 (got {args.workers})", file=sys.stderr)
@@ -65,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = load_config(args.config) if args.config else Config()
+        if args.docker is not None:
+            config = with_docker(config, args.docker)
     except ConfigError as e:
         print(f"router: {e}", file=sys.stderr)
         return 2
@@ -79,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         if store is None:
             store = os.path.join(state, STATE_FILE)
     return serve(config, store, args.workers, state)
+
+
+def with_docker(config: Config, endpoint: str) -> Config:
+    """``--docker [ENDPOINT]``: the Docker provider on, at ENDPOINT when one is given."""
+    docker = config.providers.docker or DockerProviderConfig()
+    if endpoint:
+        docker = replace(docker, endpoint=parse_docker_endpoint(endpoint, "--docker", "command line"))
+    return replace(config, providers=replace(config.providers, docker=docker))
 
 
 # Where the state goes when the configuration's directory is read-only (a mounted ConfigMap,
@@ -129,7 +154,6 @@ def _writable(path: str) -> str | None:
     os.close(fd)
     os.unlink(name)
     return None
-
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ class ClientConnection(ClientSide):
             self.unpause(QUEUED)
         if phase == P.IDLE:
             if self.parsing is None:
-                self._idle()
+                self._idle(ex.ended)
         elif phase == P.READING_HEAD:
             self._set_deadline(self.ctx.client_header_timeout)
 
@@ -325,12 +325,12 @@ class ClientConnection(ClientSide):
             self.unpause(UPSTREAM_FULL)
 
     # -- timers: one handle per connection; which timer runs follows from the phase -----------
-    def _idle(self) -> None:
-        self.idle_at = self.loop.time()
-        self._set_deadline(self.ctx.client_idle_timeout)
+    def _idle(self, now: float = 0.0) -> None:
+        self.idle_at = now or self.loop.time()
+        self._set_deadline(self.ctx.client_idle_timeout, self.idle_at)
 
-    def _set_deadline(self, timeout: float) -> None:
-        self._deadline = self.loop.time() + timeout
+    def _set_deadline(self, timeout: float, now: float = 0.0) -> None:
+        self._deadline = (now or self.loop.time()) + timeout
         timer = self._timer
         if timer is None:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)

@@ -106,6 +106,7 @@ class DataPlane:
         """Settings a reload may change (not the listen addresses)."""
         self.config = config
         self.ctx.configure(config)
+        self.pool.connect_timeout = config.timeouts.connect
         self.ctx.codec = TokenCodec(self.secret, config.sticky.max_idle, config.sticky.max_life)
         self.passive.failures = config.passive_health.failures
 

@@ -1,7 +1,9 @@
-"""`router demo`: two demo backends answering ``blue`` and ``green``, and a router in front.
+"""`router demo`: demo backends answering ``blue``, ``green`` and ``green-v2``, and a router in
+front of the first two.
 
-The quick start's first command. The backends run in a child process so that the router
-process is exactly what `router serve` runs; the app is routed for ``localhost`` and
+The quick start's first command, and what the README's release walkthrough runs against:
+``green-v2`` is the new version it releases. The backends run in a child process so that the
+router process is exactly what `router serve` runs; the app is routed for ``localhost`` and
 ``127.0.0.1`` at weights 50/50 with stickiness on, so ``curl`` shows the split at once.
 """
 
@@ -15,7 +17,7 @@ import tempfile
 
 from aiohttp import web
 
-from .config import load_config
+from .config import load_config, split_hostport
 from .process import serve
 
 
@@ -44,12 +46,18 @@ def _run_backends(socks: dict[str, socket.socket]) -> None:
         pass
 
 
-def _listen_socket() -> socket.socket:
-    s = socket.socket()
+def _listen_socket(addr: str) -> socket.socket:
+    host, port = split_hostport(addr)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", 0))
+    s.bind((host, port))
     s.listen(128)
     return s
+
+
+def _address(s: socket.socket) -> str:
+    host, port = s.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 DEMO_CONFIG = """\
@@ -65,9 +73,17 @@ apps:
 """
 
 
-def run_demo(listen: str, admin: str) -> int:
-    socks = {"blue": _listen_socket(), "green": _listen_socket()}
-    addrs = {n: "127.0.0.1:%d" % s.getsockname()[1] for n, s in socks.items()}
+def run_demo(listen: str, admin: str, backends: dict[str, str]) -> int:
+    """``backends``: name -> HOST:PORT to listen on (port 0: any free one)."""
+    socks: dict[str, socket.socket] = {}
+    try:
+        for name, addr in backends.items():
+            socks[name] = _listen_socket(addr)
+    except (OSError, ValueError) as e:
+        print(f"router: demo backend {name} on {addr}: {e} (choose another with --{name})",
+              file=sys.stderr)
+        return 1
+    addrs = {n: _address(s) for n, s in socks.items()}
     proc = multiprocessing.get_context("fork").Process(target=_run_backends, args=(socks,), daemon=True)
     proc.start()
     for s in socks.values():
@@ -75,9 +91,12 @@ def run_demo(listen: str, admin: str) -> int:
     workdir = tempfile.mkdtemp(prefix="router-demo-")
     path = os.path.join(workdir, "router.yaml")
     with open(path, "w") as f:
-        f.write(DEMO_CONFIG.format(listen=listen, admin=admin, **addrs))
-    print(f"demo backends: blue on {addrs['blue']}, green on {addrs['green']}", file=sys.stderr)
-    print(f"configuration: {path}  (edit it and send SIGHUP to reload)", file=sys.stderr)
+        f.write(DEMO_CONFIG.format(listen=listen, admin=admin, blue=addrs["blue"],
+                                   green=addrs["green"]))
+    print("demo backends: " + ", ".join(f"{n} on {a}" for n, a in addrs.items())
+          + " (green-v2 is the new version of the README's release walkthrough)", file=sys.stderr)
+    print(f"configuration: {path}  (change its apps and run `routerctl apply {path}`)",
+          file=sys.stderr)
     print(f"try: curl -i http://{listen.replace('0.0.0.0', '127.0.0.1')}/", file=sys.stderr)
     try:
         return serve(load_config(path), os.path.join(workdir, "router-state.yaml"), state_dir=workdir)

@@ -52,5 +52,9 @@ class Invalid(RouterError):
     status, code = 422, "invalid"
 
 
+class BadGateway(RouterError):
+    status, code = 502, "bad_gateway"
+
+
 class Unavailable(RouterError):
     status, code = 503, "unavailable"

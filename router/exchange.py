@@ -87,8 +87,8 @@ class Exchange(UpstreamRequest):
 
     __slots__ = ("conn", "headers", "phase", "body_done", "llhttp_upgrade", "buf", "buf_size",
                  "replayable", "app", "service", "backend", "set_cookie", "tried", "attempts",
-                 "upstream", "waiting", "started", "status", "out", "resp", "sent", "stale",
-                 "refusal", "refusal_body", "close_after")
+                 "upstream", "waiting", "started", "ended", "status", "out", "resp", "sent",
+                 "stale", "refusal", "refusal_body", "close_after")
 
     def __init__(self, conn: ClientSide) -> None:
         super().__init__()
@@ -109,6 +109,7 @@ class Exchange(UpstreamRequest):
         self.upstream: UpstreamConnection | None = None
         self.waiting = False  # in the response deadlines
         self.started = 0.0
+        self.ended = 0.0  # loop time when it ended (the client's idle timer starts from it)
         self.status = 0
         # Client-bound bytes from one read of the backend, written in one call at its end.
         self.out: list[bytes] = []
@@ -228,7 +229,7 @@ class Exchange(UpstreamRequest):
             self.retry()
             return
         if self.phase != P.CONNECTING or self.backend is not be or not self.conn.is_open():
-            up.release(True)
+            up.release(True, ctx.loop.time())
             return
         self._attach(up)
 
@@ -378,7 +379,7 @@ class Exchange(UpstreamRequest):
         self._move(P.TUNNEL)
         self.flush()  # the 101 head, before any tunnelled byte
         self.upstream = None
-        self._account(101)
+        self._account(101, self.conn.ctx.loop.time())
         self.backend = None  # counted: the tunnel is the connection's now
         self.conn.start_tunnel(self, up, rest)
 
@@ -463,11 +464,12 @@ class Exchange(UpstreamRequest):
         self.flush()
         self._move(P.DONE)
         self._unwait()
+        now = self.conn.ctx.loop.time()
         up = self.upstream
         if up is not None:
             self.upstream = None
-            up.release(reusable and self.body_done)
-        self._account(self.status)
+            up.release(reusable and self.body_done, now)
+        self._account(self.status, now)
         self.conn.exchange_done(self)
 
     def answer(self, status: int, body: bytes, keep: bool, extra: bytes = b"",
@@ -499,7 +501,7 @@ class Exchange(UpstreamRequest):
         if not counted and self.backend is None:
             app = self.app
             conn.ctx.unrouted.count(app.name if app is not None else "", status)
-        self._account(status)
+        self._account(status, conn.ctx.loop.time())
         conn.exchange_done(self)
 
     def abort(self, status: int = 502) -> None:
@@ -516,13 +518,13 @@ class Exchange(UpstreamRequest):
             self.upstream = None
             up.abort()
         self.close_after = True
-        self._account(self.status)
+        self._account(self.status, self.conn.ctx.loop.time())
         self.conn.drop(self)
 
-    def _account(self, status: int) -> None:
+    def _account(self, status: int, now: float) -> None:
         """Count the exchange's end in the metrics (and the access log)."""
+        self.ended = now
         ctx = self.conn.ctx
-        now = ctx.loop.time()
         be = self.backend
         svc = self.service
         if be is not None and svc is not None:

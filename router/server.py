@@ -21,21 +21,24 @@ import logging
 import os
 import signal
 import socket
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import compiled
 from .config import AppConfig, Config, ConfigError, HealthCheckConfig, load_config, split_hostport
+from .config.settings import keep_bound, setting_changes
 from .counters import Stats
 from .dataplane import BACKLOG, DataPlane
 from .errors import Unavailable
 from .health import HEALTHY, UNCHECKED, BackendKey, Health, probe
 from .listeners import bind, listen, port_of
 from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
+from .pins import SAMPLE_INTERVAL, PinWatch
+from .providers.docker import DockerProvider
 from .release import Status
-from .state import State, StateManager, load_file_apps, mark_ready
+from .state import State, StateManager, apply_apps, mark_ready
 from .sticky import load_or_create_secret
 from .store import Store, StoreConflict, StoreLost, StoreUnavailable, open_store
 from .supervisor import Supervisor
@@ -74,6 +77,7 @@ class Server:
         self.plane: DataPlane | None = None
         self.health: Health | None = None
         self.workers: Supervisor | None = None
+        self.docker: DockerProvider | None = None
         self.registry = CollectorRegistry()
         self.ready = False
         self.port = 0
@@ -84,6 +88,8 @@ class Server:
         self._health_dirty = False
         self._release_task: asyncio.Task[None] | None = None
         self._follow_task: asyncio.Task[None] | None = None
+        self._pins_task: asyncio.Task[None] | None = None
+        self.pins = PinWatch()
         self._release_blocked = False
         self._tcp_passed: set[tuple[str, str, str]] = set()
         self._admin_runner: web.AppRunner | None = None
@@ -116,10 +122,10 @@ class Server:
         secret_path = cfg.sticky.secret_file
         if secret_path is None and self.state_dir is not None:
             secret_path = os.path.join(self.state_dir, SECRET_FILE)
-        state, version = State.initial(cfg.apps), 0
+        state, version, stored = State.initial(cfg.apps), 0, False
         if self.store_spec is not None:
             self.store = open_store(self.store_spec, secret_path)
-            state, version = await self._load_state(self.store, state)
+            state, version, stored = await self._load_state(self.store, state)
         if cfg.sticky.secret_file is not None or self.store is None:
             secret = load_or_create_secret(secret_path)  # an explicit file always wins
         else:
@@ -154,8 +160,15 @@ class Server:
             for sock in admin_socks:
                 await web.SockSite(self._admin_runner, sock).start()
             self.admin_port = port_of(admin_socks)
+        if cfg.providers.docker is not None:
+            self.docker = DockerProvider(cfg.providers.docker, cfg.domain, self.manager)
+            self.registry.register(self.docker.collector())
+            await self.docker.start()
         self._stopping = asyncio.Event()
-        self._release_task = loop.create_task(self._watch_releases())
+        self._release_task = loop.create_task(
+            self._every(0.25, self._check_releases, "release check"))
+        self._pins_task = loop.create_task(
+            self._every(SAMPLE_INTERVAL, self._sample_pins_once, "sampling the sticky counters"))
         if self.store is not None:
             self._follow_task = loop.create_task(self._follow_store(self.store))
         self.ready = True
@@ -163,22 +176,29 @@ class Server:
                  cfg.listen_host, self.port, self.nworkers, "s" if self.nworkers > 1 else "",
                  cfg.admin.host, self.admin_port, len(state.apps),
                  "compiled (mypyc)" if compiled() else "plain Python (not compiled: slower)")
+        if stored:
+            self._report_file_apps(cfg)
 
-    async def _load_state(self, store: Store, initial: State) -> tuple[State, int]:
-        """The stored state and its version; ``initial`` (the configuration's apps) if the store
-        is empty. Once the store has a state, it wins over the configuration (SPEC 6)."""
+    async def _load_state(self, store: Store, initial: State) -> tuple[State, int, bool]:
+        """The stored state, its version, and whether it was there before; ``initial`` (the
+        configuration's apps) seeds an empty store. Once the store has a state, it wins over
+        the configuration (``docs/state.md``)."""
         deadline = asyncio.get_running_loop().time() + STORE_START_TIMEOUT
         waited = False
         while True:
             try:
                 data, version = await store.load()  # StoreError: refuse to start on a bad state
-                if data is None and store.shared:
+                if data is None:
                     # Seed it, so that every replica serves one state from the start; if another
                     # replica seeded it first, its state wins.
+                    assert initial.change is not None
                     try:
-                        return initial, await store.save(initial.to_dict(), 0)
+                        saved = await store.save(initial.to_dict(), 0, initial.change.to_dict())
                     except StoreConflict:
                         continue
+                    log.info("seeded %s from %s: generation 1, %d apps", store.name,
+                             self.config.source or "the defaults", len(initial.apps))
+                    return initial, saved, False
                 break
             except StoreUnavailable as e:
                 if asyncio.get_running_loop().time() > deadline:
@@ -188,11 +208,9 @@ class Server:
                                 STORE_START_TIMEOUT, e)
                 waited = True
                 await asyncio.sleep(0.5)
-        if data is None:
-            return initial, version
         state = State.from_dict(data, store.name)
         log.info("routing state from %s: generation %d", store.name, state.generation)
-        return state, version
+        return state, version, True
 
     async def _follow_store(self, store: Store) -> None:
         """Make every change another replica stores live here (a shared store only); write back
@@ -296,6 +314,8 @@ class Server:
             # Not ready, still serving: load balancers see /readyz fail and stop sending.
             await asyncio.sleep(self.config.timeouts.drain_delay)
         self._closing = True
+        if self.docker is not None:
+            await self.docker.stop()
         grace = self.config.timeouts.grace
         if self.workers is not None:
             await self.workers.stop(grace)
@@ -307,6 +327,8 @@ class Server:
             self._release_task.cancel()
         if self._follow_task is not None:
             self._follow_task.cancel()
+        if self._pins_task is not None:
+            self._pins_task.cancel()
         if self.health is not None:
             self.health.stop()
         if self._admin_runner is not None:
@@ -323,6 +345,8 @@ class Server:
         self.health.update(state.apps)
         health = self.health.states()
         self.plane.apply(state.apps, state.generation, health)
+        if self.docker is not None:
+            self.docker.state_changed()
         if self.workers is not None:
             self.workers.keep({(a.name, s.name) for a in state.apps for s in a.services},
                               set(health))
@@ -385,7 +409,8 @@ class Server:
         return ready
 
     def reload(self) -> None:
-        """SIGHUP: load the configuration file again; a bad file changes nothing."""
+        """SIGHUP: the process settings of the configuration file again (timeouts, limits,
+        logging, ...); never the routing state (``docs/state.md``). A bad file changes nothing."""
         path = self.config.source
         if path is None:
             log.warning("SIGHUP ignored: started without --config")
@@ -395,40 +420,61 @@ class Server:
         except ConfigError as e:
             log.error("reload refused, running configuration kept: %s", e)
             return
-        for attr in ("listen_host", "listen_port", "admin"):
-            if getattr(new, attr) != getattr(self.config, attr):
-                log.warning("reload: %s changed; it takes effect only after a restart", attr)
-        if new.sticky.secret_file != self.config.sticky.secret_file:
-            log.warning("reload: sticky.secret_file changed; it takes effect only after a restart")
-        self.config = new
-        self.plane.reconfigure(new)  # type: ignore[union-attr]
+        changes = setting_changes(self.config, new)
+        for c in changes:
+            if c.needs_restart:
+                log.warning("reload of %s: %s needs a restart; running with the old value", path, c)
+        applied = [str(c) for c in changes if not c.needs_restart]
+        if applied or not changes:
+            log.info("reload of %s: %s", path, "; ".join(applied) or "no setting changed")
+        self.config = keep_bound(self.config, new)
+        self.plane.reconfigure(self.config)  # type: ignore[union-attr]
         if self.health is not None:
-            self.health.configure(new.passive_health)
-        asyncio.get_running_loop().create_task(self._reload(path, new))
+            self.health.configure(self.config.passive_health)
+        asyncio.get_running_loop().create_task(self._tell_workers("config", self.config))
+        self._report_file_apps(new)
 
-    async def _reload(self, path: str, new: Config) -> None:
-        await self._tell_workers("config", new)
-        try:
-            state = await self.manager.change(load_file_apps(new.apps))  # type: ignore[union-attr]
-        except Exception as e:  # e.g. a route clash or the store unwritable
-            log.error("reload of %s refused, running state kept: %s", path, e)
+    def _report_file_apps(self, cfg: Config) -> None:
+        """Log how the file's apps differ from the routing state, and the command that would
+        import them: the file is where an operator may look first, and it may be stale."""
+        if not cfg.apps:
+            return  # the file leaves the apps to the admin API
+        manager = self.manager
+        assert manager is not None
+        planned = manager.preview(apply_apps(cfg.apps, force=True))
+        if planned is manager.state or planned.change is None:
             return
-        log.info("reloaded %s: generation %d, %d apps", path, state.generation, len(new.apps))
+        shown = planned.change.changes[:10]
+        more = len(planned.change.changes) - len(shown)
+        log.warning("the apps in %s differ from the routing state (generation %d, in %s): %s%s; "
+                    "`routerctl apply %s` imports them (with --dry-run, shows what it would do)",
+                    cfg.source, manager.state.generation, manager.store_name, "; ".join(shown),
+                    f"; and {more} more" if more else "", cfg.source)
+
+    async def pinned_services(self) -> frozenset[tuple[str, str]]:
+        """(app, service) pairs that got a request by cookie within ``sticky.max_idle``: the
+        services clients are still pinned to (``router.pins``)."""
+        await self._sample_pins_once()
+        return self.pins.pinned(asyncio.get_running_loop().time(), self.config.sticky.max_idle)
+
+    async def _sample_pins_once(self) -> None:
+        self.pins.observe(await self.summed_stats(), asyncio.get_running_loop().time())
+
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``step`` every ``seconds`` until cancelled; a failure is logged, not fatal."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed", what)
 
     # -- releases ---------------------------------------------------------------------------
     async def releases_changed(self) -> None:
         """Check open releases now rather than at the next tick."""
         await self._check_releases()
-
-    async def _watch_releases(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            try:
-                await self._check_releases()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("release check failed")
 
     async def _check_releases(self) -> None:
         """An in-progress release whose new backends have all passed a check is ready.
@@ -447,7 +493,7 @@ class Server:
                 continue
             app = state.app(name)
             svc = next(s for s in app.services if s.name == release.new)
-            ready = True
+            ready = bool(svc.backends)  # a version with no backend (yet) has proven nothing
             for addr in svc.backends:
                 key = (name, svc.name, addr)
                 passed = health.passed(*key)

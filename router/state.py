@@ -1,12 +1,14 @@
 """The routing state and every operation that changes it.
 
-A ``State`` is immutable: the apps (as validated ``AppConfig`` objects), the open releases and
-the generation. Each admin operation is a pure function from the current state to the next
-one that raises a ``RouterError`` (with its HTTP status) instead of ever producing an invalid
-state. ``StateManager.change`` runs one operation at a time: it checks ``If-Match``, computes
-the next state, writes it to the store, makes it live in the data plane, and only then
-answers -- so a rejected call leaves the state exactly as it was, and an accepted one is
-stored and serving before the caller hears of it (SPEC 4.4, 6).
+A ``State`` is immutable: the apps (as validated ``AppConfig`` objects), the open releases, the
+generation, and the history entry of the change that made it. Each admin operation is a pure
+function from the current state to the next apps and releases that raises a ``RouterError``
+(with its HTTP status) instead of ever producing an invalid state. ``StateManager.change`` runs
+one operation at a time: it checks ``If-Match``, computes the next state, writes it to the store
+with its history entry, makes it live in the data plane, and only then answers -- so a rejected
+call leaves the state exactly as it was, and an accepted one is stored and serving before the
+caller hears of it. An operation that changes nothing is not a change: no new generation, no
+write, no history entry.
 
 With a store shared by several replicas (etcd), another replica may have changed the state
 since this one last read it. The save is conditional on the store's version being the one this
@@ -14,22 +16,37 @@ state came from; when it is not, the manager reads the newer state, makes it liv
 operation again on it -- so the operation's checks (and ``If-Match``, which then answers 412)
 always judge the state it actually changes, and no replica's update is lost. The generation is
 part of the stored state, so every replica shows the same generation for the same state.
+
+Where the state comes from at start, and why a reload never changes it: ``docs/state.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
+from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, ParamSpec
 
 from .config import AppConfig, ConfigError, HealthCheckConfig, ServiceConfig, parse_app, parse_service
 from .errors import BadRequest, Conflict, Invalid, NotFound, PreconditionFailed, Unavailable
-from .release import Action, Release, ReleaseConflict, Status, start as start_release
+from .history import HISTORY_LIMIT, ROUTER, Actor, Change, describe, utc_now
+from .release import Action, Release, ReleaseConflict, start as start_release
 from .store import Store, StoreConflict, StoreLost, StoreUnavailable
 
 log = logging.getLogger("router.admin")
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """An app the Docker provider made: its compose project (or stack) and the versions it
+    added to the app, kept so that a version removed through the API (a confirmed release's old
+    one) is not added again while its containers still run (docs/docker.md)."""
+
+    project: str
+    services: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -39,11 +56,18 @@ class State:
     releases: Mapping[str, Release] = field(default_factory=dict)
     # The generation at which each app last changed: its ETag.
     app_generations: Mapping[str, int] = field(default_factory=dict)
+    # The history entry of the change that made this state (None in states stored before
+    # there was a history).
+    change: Change | None = None
+    # Apps that discovery made, by name; only discovery's own operations change it.
+    discovered: Mapping[str, Discovered] = field(default_factory=dict)
 
     @classmethod
     def initial(cls, apps: tuple[AppConfig, ...]) -> "State":
-        """Generation 1: the configuration file's apps."""
-        return cls(1, apps, {}, {a.name: 1 for a in apps})
+        """Generation 1: the configuration file's apps, which seed an empty store."""
+        touched, changes = describe((), {}, apps, {})
+        return cls(1, apps, {}, {a.name: 1 for a in apps},
+                   Change(1, utc_now(), ROUTER.client, None, "seed", touched, changes))
 
     def app(self, name: str) -> AppConfig:
         for a in self.apps:
@@ -55,13 +79,19 @@ class State:
         return any(a.name == name for a in self.apps)
 
     def to_dict(self) -> dict[str, Any]:
-        """The store's format: the configuration file's ``apps`` plus releases and generations."""
-        return {
+        """The store's format: the configuration file's ``apps`` plus releases, generations and
+        the last change (and the apps discovery made, if any)."""
+        data = {
             "generation": self.generation,
             "apps": {a.name: app_to_dict(a) for a in self.apps},
             "releases": {name: r.to_dict() for name, r in self.releases.items()},
             "app_generations": dict(self.app_generations),
+            "change": self.change.to_dict() if self.change is not None else None,
         }
+        if self.discovered:
+            data["discovered"] = {name: {"project": d.project, "services": list(d.services)}
+                                  for name, d in self.discovered.items()}
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "State":
@@ -78,7 +108,21 @@ class State:
             except ValueError as e:
                 raise ConfigError(f"releases.{name}", str(e), r, source) from None
         gens = {n: int(g) for n, g in (data.get("app_generations") or {}).items()}
-        return cls(data["generation"], apps, releases, gens)
+        change = None
+        if data.get("change") is not None:
+            try:
+                change = Change.from_dict(data["change"])
+            except ValueError as e:
+                raise ConfigError("change", str(e), data["change"], source) from None
+        discovered = {}
+        for name, d in (data.get("discovered") or {}).items():
+            if (not isinstance(d, dict) or not isinstance(d.get("project"), str)
+                    or not isinstance(d.get("services"), list)
+                    or not all(isinstance(s, str) for s in d["services"])):
+                raise ConfigError(f"discovered.{name}", "must be {project: str, services: [str]}",
+                                  d, source)
+            discovered[name] = Discovered(d["project"], tuple(d["services"]))
+        return cls(data["generation"], apps, releases, gens, change, discovered)
 
 
 def health_check_to_dict(hc: HealthCheckConfig | None) -> dict[str, Any] | None:
@@ -102,7 +146,8 @@ def app_to_dict(app: AppConfig) -> dict[str, Any]:
     }
 
 
-def _invalid(e: ConfigError) -> Invalid:
+def invalid(e: ConfigError) -> Invalid:
+    """A configuration error in a request body, as the admin API's 422."""
     return Invalid(f"{e.reason} (got {e.value!r})" if e.value is not None else e.reason, e.path or None)
 
 
@@ -131,18 +176,53 @@ def _service(app: AppConfig, name: str) -> ServiceConfig:
     raise NotFound(f"app {app.name!r} has no service {name!r}", "service")
 
 
-# An operation: State -> (apps, releases, names of the apps it changed).
-Outcome = tuple[tuple[AppConfig, ...], Mapping[str, Release], tuple[str, ...]]
-Operation = Callable[[State], Outcome]
+# What an operation makes of a state: the next apps and releases. The generation, the ETags and
+# the history entry follow from comparing them with the state's (``_next_state``).
+Outcome = tuple[tuple[AppConfig, ...], Mapping[str, Release]]
+# Discovery's operations (router.providers) also give the next ``discovered``; every other
+# operation leaves it as it was.
+DiscoveryOutcome = tuple[tuple[AppConfig, ...], Mapping[str, Release], Mapping[str, Discovered]]
+Step = Callable[[State], "Outcome | DiscoveryOutcome"]
+P = ParamSpec("P")
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A step with the name the history and the log show for it."""
+
+    name: str
+    step: Step
+
+    def __call__(self, state: State) -> "Outcome | DiscoveryOutcome":
+        return self.step(state)
+
+
+def operation(name: str) -> Callable[[Callable[P, Step]], Callable[P, Operation]]:
+    """Names what an operation factory makes: ``@operation("set_weights")`` above a function
+    that returns a step is all a new operation needs to show in the history under its name."""
+    def named(factory: Callable[P, Step]) -> Callable[P, Operation]:
+        @functools.wraps(factory)
+        def make(*args: P.args, **kwargs: P.kwargs) -> Operation:
+            return Operation(name, factory(*args, **kwargs))
+        return make
+    return named
 
 
 # -- operations -------------------------------------------------------------------------------
-def put_app(name: str, body: Any) -> Operation:
+def _exists(what: str) -> PreconditionFailed:
+    return PreconditionFailed(f"{what} exists already (If-None-Match: *)", "If-None-Match")
+
+
+@operation("put_app")
+def put_app(name: str, body: Any, only_new: bool = False) -> Step:
+    """Create or replace an app; ``only_new``: create only (412 if it exists)."""
     def op(state: State) -> Outcome:
         try:
             app = parse_app(name, body, None, "")
         except ConfigError as e:
-            raise _invalid(e) from None
+            raise invalid(e) from None
+        if only_new and state.has_app(name):
+            raise _exists(f"app {name!r}")
         release = state.releases.get(name)
         if release is not None:
             names = {s.name for s in app.services}
@@ -150,11 +230,12 @@ def put_app(name: str, body: Any) -> Operation:
             if missing:
                 raise Conflict(f"app {name!r} has an open release that needs service {missing[0]!r}; "
                                "confirm or roll back the release first", "services")
-        return _replace_app(state, app), state.releases, (name,)
+        return _replace_app(state, app), state.releases
     return op
 
 
-def patch_app(name: str, body: dict[str, Any]) -> Operation:
+@operation("patch_app")
+def patch_app(name: str, body: dict[str, Any]) -> Step:
     def op(state: State) -> Outcome:
         app = state.app(name)
         merged = app_to_dict(app)
@@ -162,20 +243,22 @@ def patch_app(name: str, body: dict[str, Any]) -> Operation:
         try:
             new = parse_app(name, merged, None, "")
         except ConfigError as e:
-            raise _invalid(e) from None
-        return _replace_app(state, new), state.releases, (name,)
+            raise invalid(e) from None
+        return _replace_app(state, new), state.releases
     return op
 
 
-def delete_app(name: str) -> Operation:
+@operation("delete_app")
+def delete_app(name: str) -> Step:
     def op(state: State) -> Outcome:
         state.app(name)
         releases = {k: v for k, v in state.releases.items() if k != name}
-        return tuple(a for a in state.apps if a.name != name), releases, (name,)
+        return tuple(a for a in state.apps if a.name != name), releases
     return op
 
 
-def set_weights(name: str, weights: dict[str, Any], ready: set[str] | None = None) -> Operation:
+@operation("set_weights")
+def set_weights(name: str, weights: dict[str, Any], ready: set[str] | None = None) -> Step:
     """All listed weights change in one step, or none does.
 
     ``ready``: the services with a backend ready to take requests. Given, a change that would
@@ -202,32 +285,35 @@ def set_weights(name: str, weights: dict[str, Any], ready: set[str] | None = Non
                 raise Conflict(f"{name!r} would send all its traffic to services with no backend "
                                f"ready to take requests (none is healthy or accepts a "
                                f"connection): {which}; send force=true to do it anyway", "weights")
-        return _replace_app(state, replace(app, services=services)), state.releases, (name,)
+        return _replace_app(state, replace(app, services=services)), state.releases
     return op
 
 
-def put_service(name: str, svc_name: str, body: Any) -> Operation:
+@operation("put_service")
+def put_service(name: str, svc_name: str, body: Any, only_new: bool = False) -> Step:
+    """Create or replace a service; ``only_new``: create only (412 if it exists)."""
     def op(state: State) -> Outcome:
         app = state.app(name)
         try:
             svc = parse_service(svc_name, body, "")
         except ConfigError as e:
-            raise _invalid(e) from None
+            raise invalid(e) from None
         releases = dict(state.releases)
         if any(s.name == svc_name for s in app.services):
+            if only_new:
+                raise _exists(f"service {svc_name!r} of {name!r}")
             services = tuple(svc if s.name == svc_name else s for s in app.services)
             release = releases.get(name)
-            if release is not None and release.new == svc_name:
-                old = _service(app, svc_name)
-                if old.backends != svc.backends or old.health_check != svc.health_check:
-                    releases[name] = _still_open(release, Action.NOT_READY)
+            if release is not None:
+                releases[name] = _recheck(release, app, replace(app, services=services))
         else:
             services = app.services + (svc,)
-        return _replace_app(state, replace(app, services=services)), releases, (name,)
+        return _replace_app(state, replace(app, services=services)), releases
     return op
 
 
-def delete_service(name: str, svc_name: str) -> Operation:
+@operation("delete_service")
+def delete_service(name: str, svc_name: str) -> Step:
     def op(state: State) -> Outcome:
         app = state.app(name)
         _service(app, svc_name)
@@ -239,7 +325,7 @@ def delete_service(name: str, svc_name: str) -> Operation:
         if not services:
             raise Conflict(f"{svc_name!r} is the last service of {name!r}; delete the app instead",
                            "service")
-        return _replace_app(state, replace(app, services=services)), state.releases, (name,)
+        return _replace_app(state, replace(app, services=services)), state.releases
     return op
 
 
@@ -257,7 +343,8 @@ def _still_open(release: Release, action: Action) -> Release:
     return nxt
 
 
-def start(name: str, body: Any) -> Operation:
+@operation("start_release")
+def start(name: str, body: Any) -> Step:
     def op(state: State) -> Outcome:
         app = state.app(name)
         if not isinstance(body, dict):
@@ -276,13 +363,13 @@ def start(name: str, body: Any) -> Operation:
             svc = parse_service(svc_name, {"weight": 0, "backends": body.get("backends"),
                                            "health_check": body.get("health_check")}, "")
         except ConfigError as e:
-            raise _invalid(e) from None
+            raise invalid(e) from None
         try:
             release = start_release([(s.name, s.weight) for s in app.services], svc_name)
         except ReleaseConflict as e:
             raise Conflict(str(e), "service") from None
         new_app = replace(app, services=app.services + (svc,))
-        return _replace_app(state, new_app), {**state.releases, name: release}, (name,)
+        return _replace_app(state, new_app), {**state.releases, name: release}
     return op
 
 
@@ -294,7 +381,8 @@ def _open_release(state: State, name: str) -> Release:
     return release
 
 
-def confirm(name: str, force: bool) -> Operation:
+@operation("confirm_release")
+def confirm(name: str, force: bool) -> Step:
     """Delete the old services; with ``force`` the new one first gets all the weight."""
     def op(state: State) -> Outcome:
         release = _open_release(state, name)
@@ -310,11 +398,12 @@ def confirm(name: str, force: bool) -> Operation:
         services = tuple(new if s.name == new.name else s
                          for s in app.services if s.name not in release.old)
         releases = {k: v for k, v in state.releases.items() if k != name}
-        return _replace_app(state, replace(app, services=services)), releases, (name,)
+        return _replace_app(state, replace(app, services=services)), releases
     return op
 
 
-def rollback(name: str) -> Operation:
+@operation("rollback_release")
+def rollback(name: str) -> Step:
     """Delete the new service and give the old ones their weights back."""
     def op(state: State) -> Outcome:
         release = _open_release(state, name)
@@ -324,35 +413,76 @@ def rollback(name: str) -> Operation:
         services = tuple(replace(s, weight=old_weights.get(s.name, s.weight))
                          for s in app.services if s.name != release.new)
         releases = {k: v for k, v in state.releases.items() if k != name}
-        return _replace_app(state, replace(app, services=services)), releases, (name,)
+        return _replace_app(state, replace(app, services=services)), releases
     return op
 
 
-def mark_ready(name: str, new: str) -> Operation:
+@operation("release_ready")
+def mark_ready(name: str, new: str) -> Step:
     """Every backend of the release's new service has passed its check."""
     def op(state: State) -> Outcome:
         release = _open_release(state, name)
         if release.new != new:
             raise Conflict("the release changed", "release")
-        if release.status != Status.IN_PROGRESS:
-            # Another replica (or an earlier tick) marked it: writing it again would only bump
-            # the generation.
-            raise Conflict(f"the release of {name!r} is already {release.status.value}", "release")
-        return state.apps, {**state.releases, name: _still_open(release, Action.READY)}, (name,)
+        # Already marked (by another replica, or an earlier tick): READY is idempotent, and a
+        # step that changes nothing is no new generation.
+        return state.apps, {**state.releases, name: _still_open(release, Action.READY)}
     return op
 
 
-def load_file_apps(apps: tuple[AppConfig, ...]) -> Operation:
-    """SIGHUP: the configuration file's apps replace the state's; releases whose services are
-    gone with them are closed."""
+def _recheck(release: Release, old: AppConfig, new: AppConfig) -> Release:
+    """The release once its new service is as in ``new``: back to in_progress if the service's
+    backends or health check changed, for the new backends must pass before a confirm."""
+    was, now = _service(old, release.new), _service(new, release.new)
+    if was.backends != now.backends or was.health_check != now.health_check:
+        return _still_open(release, Action.NOT_READY)
+    return release
+
+
+@operation("apply")
+def apply_apps(apps: tuple[AppConfig, ...], force: bool = False,
+               pinned: frozenset[tuple[str, str]] = frozenset()) -> Step:
+    """The apps of a configuration file (validated, routes unique) become the state's apps:
+    ``routerctl apply``. Apps keep their place; new ones come after, in the file's order.
+
+    Refused (409) unless ``force``: closing an open release (its app or one of its services is
+    not in the file), and deleting a service clients are still pinned to -- one of weight 0 in
+    ``pinned`` (``(app, service)`` pairs that got requests by cookie lately). With ``force`` a
+    release whose services are gone is closed.
+    """
     def op(state: State) -> Outcome:
-        releases = {}
-        for name, r in state.releases.items():
-            app = next((a for a in apps if a.name == name), None)
-            if app is not None and {r.new, *r.old} <= {s.name for s in app.services}:
-                releases[name] = r
-        touched = tuple({a.name for a in apps} | {a.name for a in state.apps})
-        return apps, releases, touched
+        # Apps discovered from Docker are not the file's: they stay unless the file names them.
+        given = {a.name: a for a in state.apps if a.name in state.discovered}
+        given.update((a.name, a) for a in apps)
+        new_apps = tuple(given[a.name] for a in state.apps if a.name in given)
+        new_apps += tuple(a for a in apps if not state.has_app(a.name))
+        releases: dict[str, Release] = {}
+        refused = []
+        for name, release in state.releases.items():
+            app = given.get(name)
+            services = {s.name for s in app.services} if app is not None else set()
+            gone = [s for s in (release.new, *release.old) if s not in services]
+            if not gone:
+                assert app is not None
+                releases[name] = _recheck(release, state.app(name), app)
+            elif app is None:
+                refused.append(f"deletes app {name!r}, closing its open release of {release.new!r}")
+            else:
+                refused.append(f"closes the open release of {name!r}: the file has no service "
+                               f"{gone[0]!r}")
+        for app in state.apps:
+            kept = {s.name for s in given[app.name].services} if app.name in given else set()
+            open_release = state.releases.get(app.name)
+            if open_release is not None:  # its services are the release's, judged above
+                kept |= {open_release.new, *open_release.old}
+            for svc in app.services:
+                if svc.name not in kept and svc.weight == 0 and (app.name, svc.name) in pinned:
+                    refused.append(f"deletes service {svc.name!r} of {app.name!r}, which clients "
+                                   "are still pinned to (weight 0, recent requests by cookie)")
+        if refused and not force:
+            raise Conflict("apply " + "; ".join(refused) + "; apply with force to do it anyway",
+                           "force")
+        return new_apps, releases
     return op
 
 
@@ -391,18 +521,34 @@ class StateManager:
         self._store = store
         self._apply = apply
         self._lock = asyncio.Lock()
+        # The history, newest first, when there is no store to keep it.
+        self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_LIMIT)
+        if store is None and state.change is not None:
+            self._history.append(state.change.to_dict())
 
     async def change(self, op: Operation, if_match: str | None = None,
-                     etag_app: str | None = None) -> State:
+                     etag_app: str | None = None, actor: Actor = ROUTER) -> State:
+        """Run ``op`` (see :meth:`run`); the state after it."""
+        return (await self.run(op, if_match, etag_app, actor))[0]
+
+    async def run(self, op: Operation, if_match: str | None = None, etag_app: str | None = None,
+                  actor: Actor = ROUTER) -> tuple[State, Change | None]:
+        """Run ``op`` as asked by ``actor``: the state after it, and the history entry it added
+        (None: it changed nothing, and the state and its generation are as they were)."""
         async with self._lock:
             deadline = asyncio.get_running_loop().time() + RETRY_FOR
             lost = 0
             while True:
-                new, touched = _next_state(self.state, op, if_match, etag_app)
+                new = _next_state(self.state, op, if_match, etag_app, actor)
+                if new is self.state:
+                    return new, None
+                assert new.change is not None
                 if self._store is None:
+                    self._history.appendleft(new.change.to_dict())
                     break
                 try:
-                    version = await self._store.save(new.to_dict(), self.version)
+                    version = await self._store.save(new.to_dict(), self.version,
+                                                     new.change.to_dict())
                 except StoreConflict as e:
                     # Another replica's change: make it live here, then run op again on it.
                     await self._reload(e.current)
@@ -419,8 +565,28 @@ class StateManager:
                 break
             self.state = new
             await self._make_live(new)
-            log.info("generation %d: %s", new.generation, ", ".join(sorted(touched)) or "-")
-            return new
+            log.info("generation %d: %s", new.generation, new.change.summary())
+            return new, new.change
+
+    def preview(self, op: Operation, if_match: str | None = None,
+                etag_app: str | None = None) -> State:
+        """The state ``op`` would make of the current one, changing nothing (a dry run); the
+        current state itself if it would change nothing."""
+        return _next_state(self.state, op, if_match, etag_app, ROUTER)
+
+    async def history(self, app: str | None = None,
+                      limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
+        """The newest ``limit`` history entries, newest first; only those of ``app`` if given."""
+        if self._store is None:
+            entries = list(self._history)
+        else:
+            try:
+                entries = await self._store.history()
+            except Exception as e:
+                raise self._unavailable(e) from None
+        if app is not None:
+            entries = [e for e in entries if app in e.get("apps", ())]
+        return entries[:limit]
 
     async def adopt(self, data: dict[str, Any], version: int) -> bool:
         """A state another replica stored (from the store's watch); False if not newer."""
@@ -428,7 +594,7 @@ class StateManager:
             if version <= self.version:
                 return False  # our own save coming back, or one a reload already brought
             try:
-                state = State.from_dict(data, self._source())
+                state = State.from_dict(data, self.store_name)
             except ConfigError as e:
                 log.error("ignored the stored state at version %d: %s", version, e)
                 return False
@@ -440,7 +606,7 @@ class StateManager:
         holds now -- this replica's state, or a newer one another replica offered."""
         async with self._lock:
             try:
-                state = State.from_dict(data, self._source())
+                state = State.from_dict(data, self.store_name)
             except ConfigError as e:
                 log.error("the re-seeded state at version %d is not valid: %s", version, e)
                 self.version = version
@@ -467,22 +633,25 @@ class StateManager:
         if version <= self.version:
             return
         try:
-            state = State.from_dict(data, self._source())
+            state = State.from_dict(data, self.store_name)
         except ConfigError as e:
-            raise Unavailable(f"the state in {self._source()} is not valid: {e}") from None
+            raise Unavailable(f"the state in {self.store_name} is not valid: {e}") from None
         await self._switch(state, version)
 
     async def _switch(self, state: State, version: int) -> None:
         self.state, self.version = state, version
         await self._make_live(state)
-        log.info("generation %d from %s (version %d)", state.generation, self._source(), version)
+        what = state.change.summary() if state.change is not None else "-"
+        log.info("generation %d from %s (version %d): %s", state.generation, self.store_name,
+                 version, what)
 
     async def _make_live(self, state: State) -> None:
         result = self._apply(state)
         if asyncio.iscoroutine(result):
             await result
 
-    def _source(self) -> str:
+    @property
+    def store_name(self) -> str:
         return self._store.name if self._store is not None else "memory"
 
     def _unavailable(self, e: Exception) -> Unavailable:
@@ -496,12 +665,15 @@ class StateManager:
                            f"{self.state.generation})")
 
 
-def _next_state(cur: State, op: Operation, if_match: str | None,
-                etag_app: str | None) -> tuple[State, tuple[str, ...]]:
-    """The state ``op`` makes of ``cur``, and the apps it touched; a RouterError if refused."""
+def _next_state(cur: State, op: Operation, if_match: str | None, etag_app: str | None,
+                actor: Actor) -> State:
+    """The state ``op`` makes of ``cur`` (``cur`` itself if it changes nothing); a RouterError
+    if refused."""
     # The operation first: a request that would be refused anyway (bad body, unknown service,
     # conflict) gets that answer rather than a 412.
-    apps, releases, touched = op(cur)
+    outcome = op(cur)
+    apps, releases = outcome[0], outcome[1]
+    discovered = outcome[2] if len(outcome) == 3 else cur.discovered
     if if_match is not None:
         want = parse_etag(if_match)
         if want is not None:
@@ -510,10 +682,12 @@ def _next_state(cur: State, op: Operation, if_match: str | None,
             if want != have:
                 raise PreconditionFailed(
                     f"stale If-Match: {want} is not the current generation {have}", "If-Match")
+    if apps == cur.apps and releases == cur.releases and discovered == cur.discovered:
+        return cur
     gen = cur.generation + 1
-    app_gens = {n: g for n, g in cur.app_generations.items() if any(a.name == n for a in apps)}
-    for n in touched:
-        if any(a.name == n for a in apps):
-            app_gens[n] = gen
-    return State(gen, apps, dict(releases), app_gens), touched
-
+    touched, changes = describe(cur.apps, cur.releases, apps, releases)
+    names = {a.name for a in apps}
+    app_gens = {n: g for n, g in cur.app_generations.items() if n in names}
+    app_gens.update((n, gen) for n in touched if n in names)
+    change = Change(gen, utc_now(), actor.client, actor.token, op.name, touched, changes)
+    return State(gen, apps, dict(releases), app_gens, change, dict(discovered))

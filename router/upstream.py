@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Final, cast
+from typing import Awaitable, Callable, Final, cast
 
 import httptools
 
@@ -363,8 +363,9 @@ class UpstreamConnection:
             self._paused = False
             self.transport.resume_reading()
 
-    def release(self, keep: bool) -> None:
-        """Detach from the request; back to the pool if ``keep``, else close."""
+    def release(self, keep: bool, now: float) -> None:
+        """Detach from the request; back to the pool if ``keep`` (idle since ``now``, the
+        loop's time), else close."""
         self.request = None
         self._parser = None
         self._head = None
@@ -372,7 +373,7 @@ class UpstreamConnection:
         if keep and not self.closed:
             if self._paused:
                 self.resume_reading()
-            self.pool.put(self)
+            self.pool.put(self, now)
         else:
             self.close()
 
@@ -389,12 +390,20 @@ class UpstreamConnection:
             self.transport.abort()
 
 
-class UpstreamPool:
-    """Idle keep-alive connections per backend address, most recently used first."""
+# Opens a backend connection for (pool, key, host, port); the pool's default dials TCP.
+Opener = Callable[["UpstreamPool", str, str, int], Awaitable[UpstreamConnection]]
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float) -> None:
+
+class UpstreamPool:
+    """Idle keep-alive connections per backend address, most recently used first.
+
+    ``opener`` replaces the TCP dial (the tests open connections in memory this way)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float,
+                 opener: Opener | None = None) -> None:
         self.loop = loop
         self.connect_timeout = connect_timeout
+        self.opener = opener
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
@@ -410,13 +419,15 @@ class UpstreamPool:
 
     async def connect(self, key: str, host: str, port: int) -> UpstreamConnection:
         """A new connection; raises OSError or TimeoutError."""
+        if self.opener is not None:
+            return await self.opener(self, key, host, port)
         async with asyncio.timeout(self.connect_timeout):
             _, proto = await self.loop.create_connection(
                 cast("Callable[[], asyncio.Protocol]", lambda: UpstreamConnection(self, key)),
                 host, port)
         return cast(UpstreamConnection, proto)
 
-    def put(self, conn: UpstreamConnection) -> None:
+    def put(self, conn: UpstreamConnection, now: float) -> None:
         if self.closed:
             conn.close()
             return
@@ -424,7 +435,7 @@ class UpstreamPool:
         if len(conns) >= MAX_IDLE_PER_BACKEND:
             conn.close()
             return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = now
         conns.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(IDLE_TIMEOUT / 2, self._sweep)

@@ -8,6 +8,11 @@ command -v haproxy >/dev/null 2>&1 || want+=(haproxy)
 command -v etcd    >/dev/null 2>&1 || want+=(etcd-server)
 command -v wrk     >/dev/null 2>&1 || want+=(wrk)
 command -v chromium >/dev/null 2>&1 || want+=(chromium)   # the console's browser tests (Playwright drives it)
+# The Docker provider's tests start their own dockerd; the image test builds a base image with
+# debootstrap; test containers run a static busybox.
+command -v dockerd >/dev/null 2>&1 || want+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || want+=(debootstrap)
+ldd /bin/busybox 2>&1 | grep -q "not a dynamic" || want+=(busybox-static)
 [ ${#want[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian packages: ${want[*]}"

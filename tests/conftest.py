@@ -203,10 +203,10 @@ async def router(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any]], Awai
 
 
 async def set_apps(server: Server, cfg: dict[str, Any]) -> None:
-    """Replace the running router's apps as a SIGHUP reload would."""
-    from router.state import load_file_apps
+    """Replace the running router's apps as `routerctl apply --force` would."""
+    from router.state import apply_apps
 
-    await server.manager.change(load_file_apps(config_from_dict(cfg).apps))  # type: ignore[union-attr]
+    await server.manager.change(apply_apps(config_from_dict(cfg).apps, force=True))  # type: ignore[union-attr]
 
 
 def free_port() -> int:
@@ -240,10 +240,14 @@ class RouterProcess:
             yaml.safe_dump(cfg, f)
         os.replace(tmp, self.config_path)
 
-    async def reload(self, cfg: dict[str, Any], generation: int) -> None:
-        """Write the file, SIGHUP, and wait until the router reports ``generation``."""
+    async def apply(self, cfg: dict[str, Any], generation: int) -> None:
+        """Write the file and apply its apps (``routerctl apply --force``); wait until the
+        router reports ``generation``."""
         self.write_config(cfg)
-        self.proc.send_signal(signal.SIGHUP)
+        async with aiohttp.ClientSession() as s:
+            async with s.post(self.admin_url + "/api/v1/apply?force=1",
+                              json={"apps": cfg.get("apps") or {}}) as r:
+                assert r.status == 200, await r.text()
         await self.wait_generation(generation)
 
     async def wait_generation(self, generation: int, timeout: float = 10.0) -> None:
@@ -291,13 +295,18 @@ async def router_process(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any
 
     yield start
     for rp in procs:
-        if rp.proc.poll() is None:
-            rp.proc.send_signal(signal.SIGTERM)
-            try:
-                rp.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                rp.proc.kill()
-                rp.proc.wait()
+        terminate(rp.proc, 15)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 async def get(session: aiohttp.ClientSession, server: Server | RouterProcess, path: str = "/",

@@ -90,6 +90,31 @@ class MemoryTransport:
         return out
 
 
+class CountingTransport:
+    """The cheapest stand-in for a socket: counts what is written, nothing else (so a timing
+    of the data plane is not a timing of the test's transport)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        self.sent += len(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.sent += sum(map(len, data))
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
 class _Handle:
     __slots__ = ("_when", "callback", "args", "cancelled")
 
@@ -315,20 +340,19 @@ class MemoryBackend:
         return [r for p in self.peers for r in p.requests]
 
 
-class MemoryPool(UpstreamPool):
-    """An upstream pool whose new connections are in memory (or refused)."""
+class MemoryOpener:
+    """Opens a pool's backend connections in memory (or refuses them, as a closed port)."""
 
     def __init__(self, loop: FakeLoop, backends: dict[str, MemoryBackend]) -> None:
-        super().__init__(loop, 3.0)  # type: ignore[arg-type]
         self.backends = backends
-        self.fake_loop = loop
+        self.loop = loop
 
-    async def connect(self, key: str, host: str, port: int) -> UpstreamConnection:
+    async def __call__(self, pool: UpstreamPool, key: str, host: str, port: int) -> UpstreamConnection:
         be = self.backends.setdefault(key, MemoryBackend(key))
         if be.refuse:
             raise ConnectionRefusedError(111, "Connection refused")
-        up = UpstreamConnection(self, key)
-        t = MemoryTransport(self.fake_loop)
+        up = UpstreamConnection(pool, key)
+        t = MemoryTransport(self.loop)
         t.protocol = up
         up.connection_made(t)  # type: ignore[arg-type]
         be.connections.append(up)
@@ -347,7 +371,7 @@ class Wire:
         self.config = config_from_dict(cfg)
         self.codec = TokenCodec(b"k" * 32, self.config.sticky.max_idle, self.config.sticky.max_life)
         self.backends: dict[str, MemoryBackend] = {}
-        self.pool = MemoryPool(self.loop, self.backends)
+        self.pool = UpstreamPool(self.loop, 3.0, MemoryOpener(self.loop, self.backends))  # type: ignore[arg-type]
         self.builder = TableBuilder(self.codec)
         health = Health(lambda: None, self.config.passive_health, self.loop)  # type: ignore[arg-type]
         self.ctx = ProxyContext(self.config, self.builder.build(self.config.apps, 1), self.pool,

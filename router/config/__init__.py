@@ -19,8 +19,8 @@ sizes, addresses), ``labels`` (routes and Aliyun labels), ``apps`` (apps and ser
 from __future__ import annotations
 
 from .apps import parse_app, parse_health_check, parse_service
-from .labels import parse_route, parse_routing_label
-from .load import config_from_dict, load_config
+from .labels import Labels, parse_labels, parse_route, parse_routing_label
+from .load import config_from_dict, load_config, parse_docker_endpoint, parse_yaml, read_yaml
 from .model import (
     NAME_RE,
     AccessLogConfig,
@@ -28,15 +28,17 @@ from .model import (
     AppConfig,
     Config,
     ConfigError,
+    DockerProviderConfig,
     HealthCheckConfig,
     Limits,
     PassiveHealthConfig,
+    ProvidersConfig,
     Route,
     ServiceConfig,
     StickyConfig,
     Timeouts,
 )
-from .scalars import parse_backend, parse_duration, parse_listen, split_hostport
+from .scalars import format_duration, parse_backend, parse_duration, parse_listen, split_hostport
 
 __all__ = [
     "NAME_RE",
@@ -45,22 +47,30 @@ __all__ = [
     "AppConfig",
     "Config",
     "ConfigError",
+    "DockerProviderConfig",
     "HealthCheckConfig",
+    "Labels",
     "Limits",
     "PassiveHealthConfig",
+    "ProvidersConfig",
     "Route",
     "ServiceConfig",
     "StickyConfig",
     "Timeouts",
     "config_from_dict",
+    "format_duration",
     "load_config",
     "parse_app",
     "parse_backend",
+    "parse_docker_endpoint",
     "parse_duration",
     "parse_health_check",
+    "parse_labels",
     "parse_listen",
     "parse_route",
     "parse_routing_label",
     "parse_service",
+    "parse_yaml",
+    "read_yaml",
     "split_hostport",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .apps import parse_app_routes
+from .apps import parse_app_routes, parse_health_check
 from .model import (
     DEFAULT_SOURCE,
     AccessLogConfig,
@@ -22,9 +22,11 @@ from .model import (
     AppConfig,
     Config,
     ConfigError,
+    DockerProviderConfig,
     Limits,
     NetworkType,
     PassiveHealthConfig,
+    ProvidersConfig,
     Route,
     StickyConfig,
     Timeouts,
@@ -43,6 +45,7 @@ from .scalars import (
     read_secret_file,
     resolve_file,
     section,
+    split_backend,
 )
 
 _TOP_KEYS = (
@@ -55,6 +58,7 @@ _TOP_KEYS = (
     "access_log",
     "limits",
     "passive_health",
+    "providers",
     "apps",
 )
 _ADMIN_KEYS = ("listen", "token_file")
@@ -63,6 +67,9 @@ _TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_
                  "drain_delay", "worker")
 _PASSIVE_KEYS = ("failures", "cooldown")
 _ACCESS_LOG_KEYS = ("enabled", "format")
+_PROVIDER_KEYS = ("docker",)
+_DOCKER_KEYS = ("endpoint", "swarm", "network", "published_ports", "host", "health_check",
+                "refresh")
 _LIMIT_KEYS = ("max_request_line", "max_header", "max_headers", "max_connections")
 _ACCESS_LOG_FORMATS = ("json", "combined")
 # RFC 6265 cookie-name = token (RFC 2616 tchar).
@@ -195,6 +202,63 @@ def _parse_access_log(data: dict[str, object], source: str) -> AccessLogConfig:
     return AccessLogConfig(enabled=enabled, format=fmt)
 
 
+def parse_docker_endpoint(value: object, path: str, source: str = DEFAULT_SOURCE) -> str:
+    """``unix:///absolute/path`` or ``tcp://host:port`` (plain HTTP, as ``dockerd -H``)."""
+    reason = "must be unix:///path/to/docker.sock or tcp://host:port"
+    if not isinstance(value, str):
+        raise ConfigError(path, reason, value, source)
+    if value.startswith("unix://"):
+        if not value[len("unix://"):].startswith("/"):
+            raise ConfigError(path, "a unix:// endpoint needs an absolute path", value, source)
+        return value
+    if value.startswith(("tcp://", "http://")):
+        rest = value.split("://", 1)[1].rstrip("/")
+        host, port, ipv6 = split_backend(rest, path, source)
+        if port is None:
+            raise ConfigError(path, "a tcp:// endpoint needs a port (dockerd -H tcp://...:2375)",
+                              value, source)
+        return f"tcp://[{host}]:{port}" if ipv6 else f"tcp://{host}:{port}"
+    raise ConfigError(path, reason, value, source)
+
+
+def _parse_docker(value: object, source: str) -> DockerProviderConfig:
+    path = "providers.docker"
+    default = DockerProviderConfig()
+    if value is None:  # "docker:" with nothing under it: every default
+        return default
+    m = check_mapping(value, path, _DOCKER_KEYS, source)
+    swarm = m.get("swarm", "auto")
+    if swarm == "auto":
+        swarm = None
+    elif not isinstance(swarm, bool):
+        raise ConfigError(f"{path}.swarm", "must be true, false or auto", swarm, source)
+    network = default.network
+    if m.get("network") is not None:
+        network = check_str(m["network"], f"{path}.network", source)
+    host = default.host
+    if "host" in m:
+        host, _, _ = split_backend(m["host"], f"{path}.host", source)
+    return DockerProviderConfig(
+        endpoint=parse_docker_endpoint(m.get("endpoint", default.endpoint), f"{path}.endpoint",
+                                       source),
+        swarm=swarm,
+        network=network,
+        published_ports=check_bool(m["published_ports"], f"{path}.published_ports", source)
+        if "published_ports" in m else default.published_ports,
+        host=host,
+        health_check=parse_health_check(m.get("health_check"), f"{path}.health_check", source),
+        refresh=positive_duration(m["refresh"], f"{path}.refresh", source)
+        if "refresh" in m else default.refresh,
+    )
+
+
+def _parse_providers(data: dict[str, object], source: str) -> ProvidersConfig:
+    m = section(data, "providers", "", _PROVIDER_KEYS, source)
+    if "docker" not in m:
+        return ProvidersConfig()
+    return ProvidersConfig(docker=_parse_docker(m["docker"], source))
+
+
 def _parse_trusted_proxies(value: object, source: str) -> tuple[NetworkType, ...]:
     if value is None:
         return ()
@@ -287,6 +351,7 @@ def _config_from_dict(data: object, source: str, base_dir: str | None) -> Config
         trusted_proxies=_parse_trusted_proxies(top.get("trusted_proxies"), source),
         access_log=_parse_access_log(top, source),
         passive_health=_parse_passive_health(top, source),
+        providers=_parse_providers(top, source),
         apps=tuple(apps),
         source=None if source == DEFAULT_SOURCE else source,
     )
@@ -322,6 +387,44 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
         return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
 
 
+def read_yaml(path: str) -> object:
+    """The YAML document in the file ``path``, parsed as the configuration is (safe, duplicate
+    keys refused); ``ConfigError`` naming the file, and the line for a syntax error."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        reason = f"cannot read configuration file: {exc.strerror or exc}"
+        raise ConfigError("", reason, path, path) from None
+    return parse_yaml(raw, path)
+
+
+def parse_yaml(raw: bytes, source: str) -> object:
+    """:func:`read_yaml` of bytes already read; ``source`` names them in errors."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+        raise ConfigError("", reason, raw[exc.start : exc.start + 8], source) from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if mark is None:
+            raise ConfigError("", f"invalid YAML: {problem}", None, source) from None
+        lines = text.splitlines()
+        line_text = lines[mark.line].strip() if mark.line < len(lines) else ""
+        raise ConfigError(
+            "",
+            f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}",
+            line_text,
+            source,
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"invalid YAML: {exc}", None, source) from None
+
+
 def load_config(path: str) -> Config:
     """Read, parse and validate a YAML configuration file.
 
@@ -330,33 +433,6 @@ def load_config(path: str) -> Config:
     file gives the default Config.  Relative file names inside (token_file, secret_file) are
     resolved against the file's directory, as the file store is kept next to it.
     """
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        reason = f"cannot read configuration file: {exc.strerror or exc}"
-        raise ConfigError("", reason, path, path) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        reason = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
-        raise ConfigError("", reason, raw[exc.start : exc.start + 8], path) from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        if mark is None:
-            raise ConfigError("", f"invalid YAML: {problem}", None, path) from None
-        lines = text.splitlines()
-        line_text = lines[mark.line].strip() if mark.line < len(lines) else ""
-        raise ConfigError(
-            "",
-            f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}",
-            line_text,
-            path,
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"invalid YAML: {exc}", None, path) from None
+    data = read_yaml(path)
     base_dir = os.path.dirname(os.path.abspath(path))
     return _config_from_dict(data, path, base_dir)

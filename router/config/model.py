@@ -167,6 +167,29 @@ class AccessLogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DockerProviderConfig:
+    """Where the Docker provider finds the Engine API and how it turns containers into backends
+    (docs/docker.md)."""
+
+    endpoint: str = "unix:///var/run/docker.sock"  # the Engine's default socket
+    swarm: bool | None = None  # None: services and tasks when the engine is a Swarm manager
+    network: str | None = None  # None: the container's only network (or the host network)
+    published_ports: bool = False  # True: the host port published for <P>, at ``host``
+    host: str = "127.0.0.1"  # the address of published ports and host-network containers
+    health_check: HealthCheckConfig | None = None  # given to every discovered service
+    # A full listing this often besides the event stream: Swarm tasks have no events of their
+    # own; Traefik's swarmModeRefreshSeconds default is 15s.
+    refresh: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProvidersConfig:
+    """Sources of apps besides the file and the admin API."""
+
+    docker: DockerProviderConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration file."""
 
@@ -180,5 +203,6 @@ class Config:
     trusted_proxies: tuple[NetworkType, ...] = ()
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     passive_health: PassiveHealthConfig = field(default_factory=PassiveHealthConfig)
+    providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     apps: tuple[AppConfig, ...] = ()
     source: str | None = None  # the file path it was loaded from

@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import re
+from decimal import Decimal
 from fractions import Fraction
 
 from .model import DEFAULT_SOURCE, NAME_RE, ConfigError
@@ -210,6 +211,20 @@ def parse_duration(value: object, path: str, source: str = DEFAULT_SOURCE) -> fl
     for number, unit in _DURATION_PART_RE.findall(text):
         total += Fraction(number) * _DURATION_UNITS[unit]
     return float(total)
+
+
+def format_duration(seconds: float) -> str:
+    """The spelling of ``seconds`` that :func:`parse_duration` reads back exactly, in the
+    largest whole unit: 600.0 -> "10m", 0.25 -> "250ms", 90.0 -> "90s", 0.0 -> "0s"."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        n = round(seconds / _DURATION_UNITS[unit])
+        if n and float(n * _DURATION_UNITS[unit]) == seconds:
+            return f"{n}{unit}"
+    if seconds == 0:
+        return "0s"
+    # repr is the shortest decimal that reads back as the same float; written out without an
+    # exponent, which the duration syntax does not have.
+    return format(Decimal(repr(seconds)), "f") + "s"
 
 
 def parse_size(value: object, path: str, source: str) -> int:

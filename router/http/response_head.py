@@ -30,12 +30,21 @@ from typing import Final
 from . import framing
 from .request_head import HOP, PROTECTED
 
-# Hop-by-hop fields, Content-Length and Set-Cookie in a lowered head: the ones read or cut.
+# Hop-by-hop fields and Content-Length in a lowered head, with what follows their colon. One
+# regular expression over the head: the one scan of its fields on the way back (a callback per
+# field from llhttp costs as much again).
 _SPECIAL: Final = re.compile(
     rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
-    rb"|content-length|set-cookie)[ \t]*:[ \t]*([^\r]*)")
+    rb"|content-length):([^\r]*)")
+_NEEDLE: Final = {n: b"\r\n" + n + b":" for n in (
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"content-length")}
 # Control characters other than HTAB (RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text )).
 _CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Status lines already checked (a backend sends a handful of distinct ones): the check runs
+# once per distinct line, not per response.
+_GOOD_STATUS: set[bytes] = set()
+_GOOD_STATUS_MAX: Final = 1024
 # Connection values that name no other field.
 _PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b""})
 
@@ -73,27 +82,32 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
     rh = ResponseHead(status)
     eol = raw.find(b"\r\n")
     status_line = raw if eol < 0 else raw[:eol]
-    if _CTL.search(status_line) is not None:
-        raise ResponseError("control character in the status line")
+    if status_line not in _GOOD_STATUS:
+        if _CTL.search(status_line) is not None:
+            raise ResponseError("control character in the status line")
+        if len(_GOOD_STATUS) >= _GOOD_STATUS_MAX:
+            _GOOD_STATUS.clear()
+        _GOOD_STATUS.add(status_line)
     interim = status < 200 and status != 101
     cuts: list[tuple[int, int]] = []
     conn_tokens: set[bytes] | None = None
     codings: list[bytes] | None = None
     length = -1
+    cl_line = (0, 0)  # where Content-Length is, once it must go
     upgrade_to = b""
     lowered = raw.lower()
-    for m in _SPECIAL.finditer(lowered):
-        name = m.group(1)
-        if name == b"set-cookie":
-            if own_cookie and raw[m.start(2):m.end()].startswith(own_cookie):
-                cuts.append((m.start(), m.end()))
-            continue
-        cuts.append((m.start(), m.end()))
-        value = m.group(2).rstrip()
+    pos = 0
+    for name, rest in _SPECIAL.findall(lowered):
+        value = rest.strip()
         if name == b"content-length":
             # llhttp has refused a malformed or repeated one, and one beside Transfer-Encoding.
             length = int(value)
-        elif name == b"transfer-encoding":
+            cl_line = (-1, len(rest))
+            continue
+        start = lowered.find(_NEEDLE[name], pos)
+        pos = start + 3 + len(name) + len(rest)
+        cuts.append((start, pos))
+        if name == b"transfer-encoding":
             if codings is None:
                 codings = []
             codings += [c.strip() for c in value.split(b",") if c.strip()]
@@ -102,7 +116,13 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
                 conn_tokens = conn_tokens or set()
                 conn_tokens.update(t.strip() for t in value.split(b",") if t.strip())
         elif name == b"upgrade":
-            upgrade_to = raw[m.start(2):m.end()].rstrip()
+            upgrade_to = raw[pos - len(rest):pos].strip()
+    if own_cookie:
+        _own_cookies(raw, lowered, own_cookie, cuts)
+    if cl_line[0] < 0 and (status < 200 or status == 204 or status == 304):
+        # No body, and no Content-Length on the way out (RFC 9110 8.6).
+        start = lowered.find(_NEEDLE[b"content-length"])
+        cuts.append((start, start + 17 + cl_line[1]))
     close = (not client_keep_alive or not request_done or not accepting
              or (upgrade_requested and status != 101))
     extra: list[bytes] = []
@@ -117,10 +137,9 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
         rh.reusable = False
     else:
         if status == 204 or status == 304:
-            pass  # no body; Content-Length and Transfer-Encoding are cut with the rest
+            pass  # no body (Content-Length is cut below, Transfer-Encoding with the hop fields)
         elif head_request:
-            # No body; Content-Length tells the length a GET would have had.
-            cuts = [c for c in cuts if not lowered.startswith(b"\r\ncontent-length", c[0])]
+            pass  # no body; Content-Length tells the length a GET would have had
         elif codings is not None:
             chunked = bool(codings) and codings[-1].lower() == b"chunked"
             rh.body = framing.CHUNKED if chunked else framing.EOF
@@ -133,7 +152,6 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
             else:
                 close = True
         elif length >= 0:
-            cuts = [c for c in cuts if not lowered.startswith(b"\r\ncontent-length", c[0])]
             if length:
                 rh.body = framing.LENGTH
                 rh.length = length
@@ -156,12 +174,27 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
     return rh
 
 
+def _own_cookies(raw: bytes, lowered: bytes, own_cookie: bytes,
+                 cuts: list[tuple[int, int]]) -> None:
+    """Add to ``cuts`` the backend's ``Set-Cookie`` fields of the router's own cookie."""
+    i = lowered.find(b"\r\nset-cookie:")
+    while i >= 0:
+        end = raw.find(b"\r\n", i + 2)
+        if end < 0:
+            end = len(raw)
+        if raw[i + 13:end].lstrip().startswith(own_cookie):
+            cuts.append((i, end))
+        i = lowered.find(b"\r\nset-cookie:", end)
+
+
 def _rebuild(raw: bytes, lowered: bytes, cuts: list[tuple[int, int]],
              conn_tokens: set[bytes] | None, extra: list[bytes]) -> bytes:
     """``raw`` as ``HTTP/1.1``, without the ``cuts`` and the fields ``conn_tokens`` names,
     with ``extra`` and the empty line."""
     parts = [b"HTTP/1.1"]
     pos = 8  # llhttp has checked the status line starts "HTTP/x.y "
+    if len(cuts) > 1:
+        cuts.sort()
     for start, end in cuts:
         parts.append(raw[pos:start])
         pos = end

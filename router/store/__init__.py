@@ -20,8 +20,11 @@ def check_store(spec: str) -> str:
     import os
 
     if spec.startswith("etcd://"):
-        from .etcd import parse_etcd_url
-
+        try:
+            from .etcd import parse_etcd_url
+        except ImportError as e:  # aetcd, or gRPC under it
+            raise ValueError(f"{spec}: the etcd store needs the etcd extra: pip install "
+                             f"'bluegreen-router[etcd]' ({e})") from None
         parse_etcd_url(spec)
         return spec
     if spec.startswith("file://"):

@@ -62,13 +62,20 @@ class Store(ABC):
         """The stored document (``None`` if there is none yet) and its version (0 then)."""
 
     @abstractmethod
-    async def save(self, data: Document, expected_version: int) -> int:
+    async def save(self, data: Document, expected_version: int,
+                   entry: Document | None = None) -> int:
         """Replace the document if its version is still ``expected_version``; the new version.
 
+        ``entry`` is the history entry of the change (``router.history``), added to the
+        history in the same step; the history keeps the newest ``HISTORY_LIMIT`` entries.
         :class:`StoreConflict` if the version moved (nothing is written), :class:`StoreUnavailable`
         if the store cannot be reached (with etcd, the outcome of a save cut short is unknown:
         the change shows up through :meth:`watch` if it was applied).
         """
+
+    @abstractmethod
+    async def history(self) -> list[Document]:
+        """The history entries kept, newest first."""
 
     async def watch(self, from_version: int) -> AsyncIterator[tuple[Document, int]]:
         """Every document saved after ``from_version``, in order, as ``(document, version)``.

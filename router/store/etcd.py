@@ -4,6 +4,9 @@ Layout under the prefix (``/router`` unless the URL names another)::
 
     <prefix>/state    the routing state, JSON (the same mapping the file store writes as YAML)
     <prefix>/secret   the cookie-signing secret, hex; created once by whichever replica asks first
+    <prefix>/history/<generation, 12 digits>
+                      the history entry of each change (router.history), the newest
+                      HISTORY_LIMIT, written in the transaction that writes its state
 
 The whole state is one key, so one compare covers it: a save is the transaction
 ``if mod_revision(state) == <the revision this state was built on> then put``. Two replicas
@@ -51,6 +54,7 @@ import aetcd  # noqa: E402  (after the environment above: gRPC reads it when loa
 from aetcd.exceptions import ClientError, RevisionCompactedError, WatchTimeoutError  # noqa: E402
 from aetcd.rtypes import EventKind  # noqa: E402
 
+from ..history import HISTORY_LIMIT
 from .base import Store, StoreConflict, StoreError, StoreLost, StoreUnavailable
 
 __all__ = ["DEFAULT_PREFIX", "EtcdStore", "parse_etcd_url"]
@@ -115,6 +119,7 @@ class EtcdStore(Store):
         self._prefix = (prefix + "/").encode()
         self._key = self._prefix + b"state"
         self._secret_key = self._prefix + b"secret"
+        self._history_prefix = self._prefix + b"history/"
         self._client = aetcd.Client(shown, port, timeout=timeout, options=_CHANNEL_OPTIONS)
         self._closed = asyncio.Event()
         # What has been seen of this etcd: a data loss shows as one of them going back.
@@ -219,11 +224,19 @@ class EtcdStore(Store):
         self._seen_state(0)
         return None, 0, revision
 
-    async def save(self, data: dict[str, Any], expected_version: int) -> int:
+    async def save(self, data: dict[str, Any], expected_version: int,
+                   entry: dict[str, Any] | None = None) -> int:
         if self.lost is not None:
             raise self._refused()
         payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
         tx = self._client.transactions
+        writes = [tx.put(self._key, payload)]
+        if entry is not None:
+            # In the same transaction: the entry exists exactly when its state does. The one
+            # HISTORY_LIMIT generations older goes (generations grow by one per change).
+            generation = int(entry["generation"])
+            writes += [tx.put(self._history_key(generation), json.dumps(entry).encode()),
+                       tx.delete(self._history_key(generation - HISTORY_LIMIT))]
         try:
             # mod_revision of a key that does not exist is 0: expected_version 0 creates. On a
             # conflict the same transaction reads the newer state: one round trip, not two, before
@@ -232,7 +245,7 @@ class EtcdStore(Store):
             floor = self._revision
             ok, responses = await self._client.transaction(
                 compare=[tx.mod(self._key) == expected_version],
-                success=[tx.put(self._key, payload)],
+                success=writes,
                 # The secret too: its header shows a data loss even when the state is gone.
                 failure=[tx.get(self._key), tx.get(self._secret_key)],
             )
@@ -261,6 +274,24 @@ class EtcdStore(Store):
             raise self._refused()
         raise StoreConflict(f"{self.name}: the state changed after revision {expected_version}",
                             current)
+
+    def _history_key(self, generation: int) -> bytes:
+        # Zero-padded: the keys sort as the generations do.
+        return self._history_prefix + b"%012d" % generation
+
+    async def history(self) -> list[dict[str, Any]]:
+        try:
+            got = await self._client.get_prefix(self._history_prefix, sort_order="descend")
+        except (ClientError, asyncio.TimeoutError) as e:
+            raise self._unreachable(e) from None
+        self._reached()
+        entries = []
+        for kv in got:
+            try:
+                entries.append(json.loads(kv.value))
+            except ValueError:
+                log.error("%s: %s is not a history entry; skipped", self.name, kv.key.decode())
+        return entries[:HISTORY_LIMIT]
 
     async def secret(self) -> bytes:
         fresh = binascii.hexlify(os.urandom(32))

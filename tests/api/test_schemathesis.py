@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import schemathesis
 import yaml
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, settings
 
 from admin.openapi import openapi
 from tests.conftest import ROOT, free_port
@@ -53,5 +53,8 @@ def test_api_conforms(case, base_url):
     # Every check but "schema-valid data is accepted": a schema cannot say that an If-Match is
     # stale (412), that a route belongs to another app (409) or that an address is well-formed,
     # and those answers are right.
+    # A query parameter whose value is an empty list is sent as nothing at all: a "negative"
+    # case made only of such a parameter is a valid request on the wire.
+    assume(not any(v == [] for v in (case.query or {}).values()))
     case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"},
                            excluded_checks=[schemathesis.checks.positive_data_acceptance])

@@ -1,4 +1,8 @@
-"""The admin API (SPEC 5) against a real router: status codes, bodies, ETags, persistence."""
+"""The admin API against a real router: status codes, bodies, ETags, persistence.
+
+In-process routers are reached through pytest-aiohttp's test client (``aiohttp_client``) on
+their admin application; ``router serve`` processes through a plain session.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,25 @@ import aiohttp
 import pytest
 import yaml
 
+from admin.app import create_app
+from router.config import config_from_dict
+from router.server import Server
 from tests.conftest import app_config, get, router_config
 
 
 class Api:
-    def __init__(self, session: aiohttp.ClientSession, port: int, token: str | None = None) -> None:
+    """The admin API at ``where``: a port on loopback, or a base URL."""
+
+    def __init__(self, session: aiohttp.ClientSession, where: int | str,
+                 token: str | None = None) -> None:
         self.s = session
-        self.base = f"http://127.0.0.1:{port}/api/v1"
+        self.root = f"http://127.0.0.1:{where}" if isinstance(where, int) else where.rstrip("/")
+        self.base = self.root + "/api/v1"
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def metrics(self) -> str:
+        async with self.s.get(self.root + "/metrics") as r:
+            return await r.text()
 
     async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                    headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
@@ -39,13 +54,31 @@ async def _awaiting(api: Api, app: str = "shop") -> None:
 
 
 @pytest.fixture
-async def api_router(backend, router, tmp_path):
+async def admin_api(aiohttp_client):
+    """Starts an in-process router without an admin listener of its own: its admin application
+    is served by pytest-aiohttp's test server. ``start(cfg, store, token)`` -> (Api, Server)."""
+    servers: list[Server] = []
+
+    async def start(cfg: dict[str, Any], store: str | None = None,
+                    token: str | None = None) -> tuple[Api, Server]:
+        srv = Server(config_from_dict(cfg), store)
+        await srv.start()
+        servers.append(srv)
+        client = await aiohttp_client(create_app(srv))
+        return Api(client.session, str(client.make_url("/")), token), srv
+
+    yield start
+    for srv in servers:
+        await srv.stop()
+
+
+@pytest.fixture
+async def api_router(backend, admin_api, tmp_path):
     blue, green = await backend("blue"), await backend("green")
     store = str(tmp_path / "state.yaml")
-    srv = await router(router_config({"shop": app_config(
+    api, srv = await admin_api(router_config({"shop": app_config(
         {"blue": (100, [blue.addr])}, sticky=True)}), store=store)
-    async with aiohttp.ClientSession() as s:
-        yield Api(s, srv.admin_port), srv, blue, green, store
+    yield api, srv, blue, green, store
 
 
 async def test_app_crud_and_etag(api_router):
@@ -66,13 +99,15 @@ async def test_app_crud_and_etag(api_router):
                                                        "rise": 2, "fall": 3}
     status, body, _ = await api.call("PUT", "/apps/cart", {**new, "session_sticky": False})
     assert status == 200 and body["session_sticky"] is False and body["generation"] == 3
-    # GET -> PUT round trip: read-only fields are accepted back.
+    # GET -> PUT round trip: read-only fields are accepted back; the same app again is no
+    # change, so no new generation.
     status, got, _ = await api.call("GET", "/apps/cart")
-    assert (await api.call("PUT", "/apps/cart", got))[0] == 200
-    status, body, _ = await api.call("PATCH", "/apps/cart", {"drain_timeout": "10m"}, headers={"If-Match": '"4"'})
-    assert status == 200 and body["drain_timeout"] == 600.0
+    status, body, h = await api.call("PUT", "/apps/cart", got)
+    assert status == 200 and body == got and h["etag"] == '"3"'
+    status, body, _ = await api.call("PATCH", "/apps/cart", {"drain_timeout": "10m"}, headers={"If-Match": '"3"'})
+    assert status == 200 and body["drain_timeout"] == 600.0 and body["generation"] == 4
     # A stale If-Match is refused and changes nothing.
-    status, body, _ = await api.call("PATCH", "/apps/cart", {"session_sticky": True}, headers={"If-Match": '"4"'})
+    status, body, _ = await api.call("PATCH", "/apps/cart", {"session_sticky": True}, headers={"If-Match": '"3"'})
     assert status == 412 and body["error"]["code"] == "precondition_failed"
     # The shop app's ETag is untouched by changes to cart.
     assert (await api.call("GET", "/apps/shop"))[2]["etag"] == '"1"'
@@ -247,18 +282,16 @@ async def test_release_errors(api_router):
     assert (await api.call("POST", "/apps/shop/release/rollback"))[0] == 404
 
 
-async def test_auth_required_with_token(backend, router, tmp_path):
+async def test_auth_required_with_token(admin_api, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
     cfg = router_config({}, admin={"listen": "127.0.0.1:0", "token_file": str(token_file)})
-    srv = await router(cfg)
-    async with aiohttp.ClientSession() as s:
-        status, body, h = await Api(s, srv.admin_port).call("GET", "/apps")
-        assert status == 401 and body["error"]["code"] == "unauthorized"
-        assert (await Api(s, srv.admin_port, "wrong").call("GET", "/apps"))[0] == 401
-        assert (await Api(s, srv.admin_port, "s3cret").call("GET", "/apps"))[0] == 200
-        async with s.get(f"http://127.0.0.1:{srv.admin_port}/metrics") as r:
-            assert r.status == 200  # scrapes need no token
+    api, srv = await admin_api(cfg)
+    status, body, h = await api.call("GET", "/apps")
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    assert (await Api(api.s, api.root, "wrong").call("GET", "/apps"))[0] == 401
+    assert (await Api(api.s, api.root, "s3cret").call("GET", "/apps"))[0] == 200
+    assert "router_requests_total" in await api.metrics()  # scrapes need no token
 
 
 async def test_openapi_document(api_router):
@@ -270,7 +303,7 @@ async def test_openapi_document(api_router):
         "/api/v1/apps", "/api/v1/apps/{app}", "/api/v1/apps/{app}/weights",
         "/api/v1/apps/{app}/services/{svc}", "/api/v1/apps/{app}/release",
         "/api/v1/apps/{app}/release/confirm", "/api/v1/apps/{app}/release/rollback",
-        "/api/v1/apps/{app}/stats"}
+        "/api/v1/apps/{app}/stats", "/api/v1/history", "/api/v1/apply"}
 
 
 async def test_concurrent_weight_changes_one_consistent_state(api_router):
@@ -291,8 +324,7 @@ async def test_concurrent_weight_changes_one_consistent_state(api_router):
         disk = yaml.safe_load(f)
     assert disk["generation"] == gens[-1]
     assert {n: s["weight"] for n, s in disk["apps"]["shop"]["services"].items()} == weights
-    async with api.s.get(f"http://127.0.0.1:{srv.admin_port}/metrics") as r:
-        text = await r.text()
+    text = await api.metrics()
     assert f'router_service_weight{{app="shop",service="blue"}} {float(weights["blue"])}' in text
     assert f"router_config_generation {float(gens[-1])}" in text
     table = srv.ctx.table.apps["shop"]

@@ -145,7 +145,7 @@ async def test_routerctl_show_and_force(backend, router_process):
     r = await ctl(rp.admin_url, "show", "shop")
     assert r.rc == 0, r.err
     assert row(r.out, "web") == ["web", "100", "100%", web.addr, "1/1"]
-    assert row(r.out, "web-v9") == ["web-v9", "0", "0%", dead, "0/1"]
+    assert row(r.out, "web-v9") == ["web-v9", "0", "0%", dead, "0/1", "(1", "unchecked)"]
     assert row(r.out, web.addr) == [web.addr, "web", "healthy", "-"]
     assert row(r.out, dead) == [dead, "web-v9", "unchecked", "-"]
 
@@ -154,4 +154,4 @@ async def test_routerctl_show_and_force(backend, router_process):
     assert "409 conflict" in r.err and f"web-v9 ({dead})" in r.err
     r = await ctl(rp.admin_url, "weights", "shop", "web=0", "web-v9=100", "--force")
     assert r.rc == 0, r.err
-    assert row(r.out, "web-v9") == ["web-v9", "100", "100%", dead, "0/1"]
+    assert row(r.out, "web-v9") == ["web-v9", "100", "100%", dead, "0/1", "(1", "unchecked)"]

@@ -123,7 +123,7 @@ async def test_apps_table_and_json(shop: tuple[RouterProcess, Backend, Backend])
     assert row(r.out, "sticky:") == ["sticky:", "on"]
     assert row(r.out, "SERVICE") == ["SERVICE", "WEIGHT", "SHARE", "BACKENDS", "HEALTHY"]
     # No request yet, no health check: nothing has shown that blue works.
-    assert row(r.out, "web") == ["web", "100", "100%", blue.addr, "0/1"]
+    assert row(r.out, "web") == ["web", "100", "100%", blue.addr, "0/1", "(1", "unchecked)"]
     assert row(r.out, "BACKEND") == ["BACKEND", "SERVICE", "STATE", "REASON"]
     assert row(r.out, blue.addr) == [blue.addr, "web", "unchecked", "-"]
     assert "release: -" in r.out

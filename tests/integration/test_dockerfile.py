@@ -30,8 +30,9 @@ def _exec_form(instruction: str) -> list[str]:
 def test_install_step_matches_readme():
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
-    assert "pip install --no-cache-dir ." in _dockerfile()
-    assert "pip install ." in readme
+    # The image runs replicas sharing etcd: it has the etcd extra.
+    assert "pip install --no-cache-dir '.[etcd]'" in _dockerfile()
+    assert "pip install '.[etcd]'" in readme
 
 
 def test_cmd_and_healthcheck_run_outside_docker(tmp_path):

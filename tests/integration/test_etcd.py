@@ -118,10 +118,14 @@ async def _app(api: Api) -> dict[str, Any]:
     return _shared(body)
 
 
-def _shared(app: dict[str, Any]) -> dict[str, Any]:
-    for svc in app["services"].values():
-        svc.pop("backend_health", None)
-    return app
+def _shared(body: Any) -> Any:
+    """An admin API body less ``backend_health`` (what each replica has seen of the backends
+    is its own; the state is shared)."""
+    if isinstance(body, dict):
+        return {k: _shared(v) for k, v in body.items() if k != "backend_health"}
+    if isinstance(body, list):
+        return [_shared(v) for v in body]
+    return body
 
 
 async def _until(check: Any, timeout: float, what: str) -> float:

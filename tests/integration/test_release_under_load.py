@@ -19,8 +19,11 @@ from tests.integration.test_admin_api import Api, _awaiting
 class Load:
     """Clients sending requests back to back until stopped (bounded in count and time)."""
 
-    def __init__(self, url: str, clients: int = 4, max_requests: int = 200_000, max_seconds: float = 60) -> None:
+    def __init__(self, url: str, clients: int = 4, max_requests: int = 200_000, max_seconds: float = 60,
+                 host: str = "app.test", expect: tuple[str, ...] = ("blue\n", "green\n")) -> None:
         self.url = url
+        self.host = host
+        self.expect = expect
         self.clients = clients
         self.max_requests = max_requests
         self.deadline = time.monotonic() + max_seconds
@@ -35,9 +38,9 @@ class Load:
             while not self._stop.is_set() and self.sent < self.max_requests and time.monotonic() < self.deadline:
                 self.sent += 1
                 try:
-                    async with s.get(self.url, headers={"Host": "app.test"}) as r:
+                    async with s.get(self.url, headers={"Host": self.host}) as r:
                         body = (await r.read()).decode()
-                        if r.status != 200 or body not in ("blue\n", "green\n"):
+                        if r.status != 200 or body not in self.expect:
                             self.failed.append(f"{r.status} {body!r}")
                         else:
                             self.by_body[body.strip()] = self.by_body.get(body.strip(), 0) + 1

@@ -136,7 +136,7 @@ async def test_state_dir_flag_and_environment(backend, tmp_path):
         proc = await _serving(_command(args), admin, env)
         await _change_weight(admin)
         assert _stop(proc) == 0
-        assert sorted(os.listdir(state)) == ["router-secret", "router-state.yaml"]
+        assert sorted(os.listdir(state)) == ["router-secret", "router-state.history.jsonl", "router-state.yaml"]
         assert "weight: 7" in (state / "router-state.yaml").read_text()
         assert oct(state.stat().st_mode & 0o777) == "0o700"
         assert os.listdir(conf) == ["router.yaml"]  # nothing written beside the configuration
@@ -155,7 +155,7 @@ async def test_read_only_configuration_directory_uses_the_default(backend, tmp_p
     await _change_weight(admin)
     assert _stop(proc) == 0
     # /var/lib/router inside the router's namespace is var-lib/router here.
-    assert sorted(os.listdir(var_lib / "router")) == ["router-secret", "router-state.yaml"]
+    assert sorted(os.listdir(var_lib / "router")) == ["router-secret", "router-state.history.jsonl", "router-state.yaml"]
     assert "weight: 7" in (var_lib / "router" / "router-state.yaml").read_text()
     assert os.listdir(conf) == ["router.yaml"]
 
@@ -196,9 +196,11 @@ def test_read_only_configuration_and_default_exit_2(tmp_path):
 async def test_stray_temporary_files_are_removed_at_start(backend, tmp_path):
     be = await backend("blue")
     path, _, admin = _write_config(str(tmp_path), be.addr)
-    strays = [tmp_path / ".router-state.yaml.4242.1.tmp", tmp_path / ".router-state.yaml.17.3.tmp"]
+    strays = [tmp_path / ".router-state.yaml.4242.1.tmp", tmp_path / ".router-state.yaml.17.3.tmp",
+              tmp_path / ".router-state.history.jsonl.17.4.tmp"]
     strays[0].write_bytes(b"")  # a kill right after the create
     strays[1].write_text("generation: 9\napps: {")  # a kill half-way through the write
+    strays[2].write_text('{"generation": 9')  # the history file's, the same way
     old_secret_tmp = tmp_path / "router-secret.tmp4242"
     old_secret_tmp.write_text("abc")
     os.utime(old_secret_tmp, (time.time() - 3600, time.time() - 3600))
@@ -210,6 +212,8 @@ async def test_stray_temporary_files_are_removed_at_start(backend, tmp_path):
     err = proc.stderr.read().decode()  # type: ignore[union-attr]
     assert not any(p.exists() for p in strays) and not old_secret_tmp.exists()
     assert unrelated.exists()
-    assert "removed 2 temporary files left by interrupted saves" in err
+    assert "router-state.yaml: removed 2 temporary files left by interrupted saves" in err
+    assert "router-state.history.jsonl: removed 1 temporary file left by interrupted saves" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".other.yaml.1.1.tmp", "router-secret", "router-state.yaml", "router.yaml"]
+        ".other.yaml.1.1.tmp", "router-secret", "router-state.history.jsonl", "router-state.yaml",
+        "router.yaml"]

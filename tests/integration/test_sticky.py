@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import aiohttp
 
@@ -152,24 +153,27 @@ async def test_drain_timeout_repins(backend, router):
     assert (status, name) == (200, "green") and new_cookie is not None
 
 
-async def test_real_process_sighup_drain_and_repin(backend, router_process):
-    """The cookie flow with the real `router serve` process and SIGHUP reloads."""
+async def test_real_process_apply_drain_and_repin(backend, router_process):
+    """The cookie flow with the real `router serve` process and the file applied."""
     blue, green = await backend("blue"), await backend("green")
     cfg = {"apps": {"shop": app_config({"blue": (100, [blue.addr]), "green": (0, [green.addr])})}}
     rp = await router_process(cfg)
     _, name, cookie = await _get(rp)
     assert name == "blue" and cookie
-    await rp.reload({"apps": {"shop": app_config({"blue": (0, [blue.addr]), "green": (100, [green.addr])})}}, 2)
+    await rp.apply({"apps": {"shop": app_config({"blue": (0, [blue.addr]), "green": (100, [green.addr])})}}, 2)
     assert (await _get(rp))[1] == "green"
     assert [(await _get(rp, cookie))[1] for _ in range(5)] == ["blue"] * 5
-    await rp.reload({"apps": {"shop": app_config({"green": (100, [green.addr])})}}, 3)
+    await rp.apply({"apps": {"shop": app_config({"green": (100, [green.addr])})}}, 3)
     status, name, new_cookie = await _get(rp, cookie)
     assert (status, name) == (200, "green") and new_cookie and new_cookie != cookie
     # A bad file on reload is refused and logged; the running table stays.
     with open(rp.config_path, "w") as f:
         f.write("apps: {shop: {routes: [app.test], services: {green: {weight: 101, backends: []}}}}\n")
-    rp.proc.send_signal(1)
-    await asyncio.sleep(0.5)
+    rp.proc.send_signal(signal.SIGHUP)
+    for _ in range(100):
+        if "reload refused" in rp.log():
+            break
+        await asyncio.sleep(0.05)
     assert (await _get(rp, new_cookie))[1:] == ("green", None)
     assert "reload refused" in rp.log() and "apps.shop.services.green.weight" in rp.log()
     async with aiohttp.ClientSession() as s:

@@ -247,9 +247,13 @@ async def metrics(admin_port: int) -> dict[str, float]:
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     raw = await reader.read()
     writer.close()
-    body = raw.split(b"\r\n\r\n", 1)[1].decode()
+    return parse_metrics(raw.split(b"\r\n\r\n", 1)[1].decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format -> {"name{labels}": value}."""
     out: dict[str, float] = {}
-    for line in body.splitlines():
+    for line in text.splitlines():
         if line and not line.startswith("#"):
             k, _, v = line.rpartition(" ")
             out[k] = float(v)

@@ -583,8 +583,8 @@ async def sigterm_under_load(scale: int = 1, workers: int = 1, grace: float = 5.
 
 async def sighup_under_load(scale: int = 1, workers: int = 1) -> Result:
     clients, per = 10, 150 * scale
-    r = Result("SIGHUP reloads under load", f"{clients} clients x {per} (1 POST in 3)",
-               "3 reloads moving weight between two services")
+    r = Result("SIGHUP and apply under load", f"{clients} clients x {per} (1 POST in 3)",
+               "3 weight changes: the file written, SIGHUP (settings only), routerctl apply")
     r.workers = workers
     a, b = await FaultServer("a", delay=0.005).start(), await FaultServer("b", delay=0.005).start()
     try:
@@ -596,10 +596,19 @@ async def sighup_under_load(scale: int = 1, workers: int = 1) -> Result:
         async with router_process(cfg(100, 0), workers=workers) as rp:
             load = asyncio.ensure_future(drive(rp.port, clients, per, mixed(), deadline=30))
             gen = 1
-            for wa, wb in ((50, 50), (0, 100), (100, 0)):
+            for i, (wa, wb) in enumerate(((50, 50), (0, 100), (100, 0)), 1):
                 await asyncio.sleep(0.4)
                 rp.write(cfg(wa, wb))
                 rp.proc.send_signal(signal.SIGHUP)
+                await wait_for(lambda: rp.log().count("reload of") >= i, 10, "the reload")  # noqa: B023
+                now = metric_sum(await metrics(rp.admin_port), "router_config_generation")
+                r.check(now == gen, f"SIGHUP changed the routing state: generation {now}")
+                ctl = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "admin.ctl", "--url", f"http://127.0.0.1:{rp.admin_port}",
+                    "apply", rp.path, cwd=ROOT, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE)
+                _, err = await ctl.communicate()
+                r.check(ctl.returncode == 0, f"routerctl apply: {err.decode().strip()}")
                 gen += 1
                 await _wait_generation(rp.admin_port, gen)
             t = await load

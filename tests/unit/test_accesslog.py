@@ -53,7 +53,7 @@ def _run(fmt: str, n: int, url: bytes = b"/x?y=1") -> tuple[list[bytes], int]:
         ctx.log_access = AccessLog(loop, fmt, out)
         up = UpstreamConnection(pool, "127.0.0.1:1")
         up.connection_made(MemoryTransport())
-        pool.put(up)
+        pool.put(up, 0.0)
         client = ClientConnection(ctx)
         client.connection_made(MemoryTransport())
         request = (b"GET " + url + b" HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: t/1\r\n"

@@ -597,7 +597,7 @@ def test_bad_file_names_path_and_value(tmp_path: Path, text: str, path: str,
          "{file}: apps.shop.services.web.weight: must be an integer 0..100 (got 101)"),
         ("listen_port: 8080\n",
          "{file}: listen_port: unknown key; allowed keys: listen, admin, domain, sticky, "
-         "timeouts, trusted_proxies, access_log, limits, passive_health, apps (got 8080)"),
+         "timeouts, trusted_proxies, access_log, limits, passive_health, providers, apps (got 8080)"),
         ("timeouts: {connect: 10 parsecs}\n",
          "{file}: timeouts.connect: must be a duration like '2s', '500ms', '30m', '1h30m' "
          "or a number of seconds >= 0 (got '10 parsecs')"),
@@ -894,3 +894,64 @@ def test_passive_health_and_client_body_defaults_and_values():
     assert cfg.passive_health == PassiveHealthConfig(failures=0, cooldown=90.0)
     assert cfg.timeouts.client_body == 0.25
     assert config_from_dict({"passive_health": None}).passive_health == PassiveHealthConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# providers
+# --------------------------------------------------------------------------------------------
+
+def test_docker_provider_defaults_and_every_key(tmp_path: Path) -> None:
+    from router.config import DockerProviderConfig
+
+    assert config_from_dict({}).providers.docker is None
+    assert load_text(tmp_path, "providers:\n  docker:\n").providers.docker == DockerProviderConfig()
+    cfg = load_text(tmp_path, """\
+        providers:
+          docker:
+            endpoint: tcp://127.0.0.1:2375
+            swarm: true
+            network: shop_default
+            published_ports: true
+            host: 10.0.0.9
+            health_check: {path: /healthz, interval: 1s}
+            refresh: 5s
+        """)
+    assert cfg.providers.docker == DockerProviderConfig(
+        endpoint="tcp://127.0.0.1:2375", swarm=True, network="shop_default",
+        published_ports=True, host="10.0.0.9",
+        health_check=HealthCheckConfig(path="/healthz", interval=1.0), refresh=5.0)
+    assert config_from_dict({"providers": {"docker": {"swarm": "auto"}}}).providers.docker.swarm is None
+
+
+@pytest.mark.parametrize(
+    ("docker", "path", "reason"),
+    [
+        ({"endpoint": "unix://relative.sock"}, "providers.docker.endpoint",
+         "a unix:// endpoint needs an absolute path"),
+        ({"endpoint": "tcp://127.0.0.1"}, "providers.docker.endpoint",
+         "a tcp:// endpoint needs a port (dockerd -H tcp://...:2375)"),
+        ({"endpoint": "ssh://host"}, "providers.docker.endpoint",
+         "must be unix:///path/to/docker.sock or tcp://host:port"),
+        ({"swarm": "yes"}, "providers.docker.swarm", "must be true, false or auto"),
+        ({"network": ""}, "providers.docker.network", "must be a non-empty string"),
+        ({"published_ports": "true"}, "providers.docker.published_ports", "must be true or false"),
+        ({"refresh": "0s"}, "providers.docker.refresh", "must be a duration > 0"),
+        ({"health_check": {"path": "x"}}, "providers.docker.health_check.path",
+         "must be a URL path starting with '/', without spaces"),
+        ({"labels": {}}, "providers.docker.labels",
+         "unknown key; allowed keys: endpoint, swarm, network, published_ports, host, "
+         "health_check, refresh"),
+    ],
+)
+def test_docker_provider_errors_name_key_and_value(docker: dict[str, object], path: str,
+                                                   reason: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"providers": {"docker": docker}}, source="f.yaml")
+    assert (exc.value.path, exc.value.reason) == (path, reason)
+    assert str(exc.value).startswith(f"f.yaml: {path}: {reason} (got ")
+
+
+def test_unknown_provider_is_refused() -> None:
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"providers": {"kubernetes": {}}})
+    assert exc.value.path == "providers.kubernetes"

@@ -2,8 +2,9 @@
 
 The operations are the real ones (``router.state``) run through the real ``StateManager`` with
 the real file store; each step is checked: at most one open release per app, weights 0..100,
-the generation strictly growing by one per accepted change and unchanged by a refused one, a
-release's services present, and the file on disk equal to the state in memory.
+the generation growing by one per change and unchanged by a refused call or one that changes
+nothing, a release's services present, the file on disk equal to the state in memory, and one
+history entry per generation, in the history file too.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class StateOps(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.accepted = 0
         self.refused = 0
+        self.unchanged = 0
 
     def teardown(self) -> None:
         self.loop.close()
@@ -55,8 +57,15 @@ class StateOps(RuleBasedStateMachine):
             assert self.mgr.state is before  # refused: nothing changed
             self.refused += 1
         else:
-            assert self.mgr.state.generation == before.generation + 1
-            assert self.applied[-1] == self.mgr.state.generation  # live before answering
+            after = self.mgr.state
+            if after is before:  # it changed nothing: no generation, no write, no entry
+                self.unchanged += 1
+                return
+            assert (after.apps, after.releases) != (before.apps, before.releases)
+            assert after.generation == before.generation + 1
+            assert self.applied[-1] == after.generation  # live before answering
+            assert after.change is not None and after.change.generation == after.generation
+            assert after.change.changes, after.change  # something is described
             self.accepted += 1
 
     @rule(app=st.sampled_from(APPS), svc=st.sampled_from(SERVICES), addr=st.sampled_from(ADDRS),
@@ -103,6 +112,13 @@ class StateOps(RuleBasedStateMachine):
     def patch_app(self, app: str, sticky: object) -> None:
         self.run(ops.patch_app(app, {"session_sticky": sticky}))
 
+    @rule(apps=st.lists(st.sampled_from(APPS), unique=True), svc=st.sampled_from(SERVICES),
+          weight=st.integers(min_value=0, max_value=100), force=st.booleans())
+    def apply(self, apps: list[str], svc: str, weight: int, force: bool) -> None:
+        cfg = config_from_dict({"apps": {a: {"routes": [f"{a}.test"], "services": {
+            svc: {"weight": weight, "backends": ["10.0.0.1:80"]}}} for a in apps}})
+        self.run(ops.apply_apps(cfg.apps, force))
+
     @invariant()
     def invariants(self) -> None:
         s = self.mgr.state
@@ -126,6 +142,12 @@ class StateOps(RuleBasedStateMachine):
             assert s.generation == 1
         else:
             assert ops.State.from_dict(disk, self.store.name) == s
+        history = self.loop.run_until_complete(self.mgr.history())
+        assert [e["generation"] for e in history] == list(range(s.generation, 1, -1))
+        assert [e["generation"] for e in reversed(self.store.history_file.load())] == \
+            list(range(s.generation, 1, -1))
+        if s.generation > 1:
+            assert history[0] == s.change.to_dict()
 
 
 StateOps.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
