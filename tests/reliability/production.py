@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import yaml
 
 from .faultserver import FaultServer
-from .harness import ROOT, app, config, free_port, http_status, metric_sum, metrics, router_process
+from .harness import (ROOT, RouterProc, app, config, free_port, http_status, metric_sum, metrics,
+                      router_process)
 from .scenarios import Result, _errors, _spawn_backend, drive, get
 
 # The router's bounds these scenarios hold it to (router/supervisor.py, docs/workers.md).
@@ -156,6 +157,14 @@ async def healthy(admin_port: int, addr: str) -> float | None:
     return None
 
 
+async def replaced(rp: RouterProc, victim: int, workers: int) -> bool:
+    """Whether ``victim`` is gone and ``workers`` workers serve again."""
+    now = worker_pids(rp.proc.pid)
+    if victim in now or len(now) != workers:
+        return False
+    return metric_sum((await scrape(rp.admin_port))[0], "router_workers_up") == workers
+
+
 async def until(pred, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
     """Poll the async ``pred`` until true; the seconds it took."""
     t0 = time.monotonic()
@@ -250,12 +259,7 @@ async def hung_worker(scale: int = 1, workers: int = 2) -> Result:
             r.check(ready == 200, f"/readyz {ready} while the other worker serves")
 
             # 3. Replaced: a new worker serves, the stopped one is gone.
-            async def replaced() -> bool:
-                now = worker_pids(rp.proc.pid)
-                if victim in now or len(now) != workers:
-                    return False
-                return metric_sum((await scrape(rp.admin_port))[0], "router_workers_up") == workers
-            await until(replaced, 30, "the stopped worker replaced")
+            await until(lambda: replaced(rp, victim, workers), 30, "the stopped worker replaced")
             t_first = time.monotonic() - t_stop
             r.check(blue.handled == blue_then,
                     f"{blue.handled - blue_then} requests went to blue after its weight became 0")
@@ -267,12 +271,8 @@ async def hung_worker(scale: int = 1, workers: int = 2) -> Result:
             os.kill(victim2, signal.SIGSTOP)
             stopped.append(victim2)
 
-            async def replaced2() -> bool:
-                now = worker_pids(rp.proc.pid)
-                if victim2 in now or len(now) != workers:
-                    return False
-                return metric_sum((await scrape(rp.admin_port))[0], "router_workers_up") == workers
-            await until(replaced2, 30, "the second stopped worker replaced by the watchdog")
+            await until(lambda: replaced(rp, victim2, workers), 30,
+                        "the second stopped worker replaced by the watchdog")
             t_second = time.monotonic() - t_stop2
             await asyncio.sleep(0.3)
             stop.set()
@@ -330,11 +330,7 @@ async def counters_survive_worker_kill(scale: int = 1, workers: int = 2) -> Resu
             victim = worker_pids(rp.proc.pid)[0]
             os.kill(victim, signal.SIGKILL)
 
-            async def replaced() -> bool:
-                now = worker_pids(rp.proc.pid)
-                return victim not in now and len(now) == workers and metric_sum(
-                    (await scrape(rp.admin_port))[0], "router_workers_up") == workers
-            took = await until(replaced, 30, "the killed worker replaced")
+            took = await until(lambda: replaced(rp, victim, workers), 30, "the killed worker replaced")
             t2 = await drive(rp.port, clients, per, get())
             m2, _ = await scrape(rp.admin_port)
         counters = [k for k in m1 if k.split("{")[0].endswith(_COUNTER_SUFFIXES)]
