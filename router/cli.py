@@ -1,6 +1,6 @@
 """`router serve` and `router demo`: arguments -> Config -> Server; exit codes.
 
-Exit 0 after a graceful stop, 2 for a bad command line or configuration (SPEC 3) or a state
+Exit 0 after a graceful stop, 2 for a bad command line or configuration or a state
 directory it cannot write, 1 when the environment refuses (a port taken, the etcd store
 unreachable at start).
 """
