@@ -33,14 +33,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     server = request.app[SERVER]
-    if not server.ready:
-        return web.Response(status=503, text="stopping\n")
+    ready, why = server.readiness()
+    if not ready:
+        return web.Response(status=503, text=why + "\n")
     if server.store is not None and not server.store.up:
         # Still serving (the last state): taking the replica out of a load balancer would turn
         # a store outage into a traffic outage. router_store_up shows it.
-        return web.Response(text="ready; the routing-state store is unreachable, serving the "
+        return web.Response(text=why + "; the routing-state store is unreachable, serving the "
                                  "last state\n")
-    return web.Response(text="ready\n")
+    return web.Response(text=why + "\n")
 
 
 async def metrics(request: web.Request) -> web.Response:

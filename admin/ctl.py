@@ -7,7 +7,7 @@ operator sees. The standard library, and the router's YAML reader for ``apply`` 
     routerctl apps
     routerctl show shop
     routerctl create shop --route shop.example.com --backend 10.0.0.5:80
-    routerctl weights shop web=0 web-v2=100       # one atomic step
+    routerctl weights shop web=0 web-v2=100       # one atomic step [--force]
     routerctl sticky shop off
     routerctl routes shop shop.example.com example.com/shop
     routerctl drain-timeout shop 10m
@@ -214,16 +214,40 @@ def apps_table(apps: list[dict[str, Any]]) -> str:
     return table(rows, right=(5,))
 
 
+def _health(svc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A service's backends' {"state", "reason"}; from a server that does not say, the ones
+    taking requests count as healthy."""
+    known = svc.get("backend_health")
+    if isinstance(known, dict):
+        return known
+    taking = set(svc.get("healthy_backends") or [])
+    return {b: {"state": "healthy" if b in taking else "unhealthy", "reason": None}
+            for b in svc.get("backends") or []}
+
+
 def services_table(app: dict[str, Any]) -> str:
+    """HEALTHY counts the backends known to work, and says how many nothing has shown to work
+    yet (unchecked: they take requests meanwhile); the backends table of ``show`` says which."""
     services = app.get("services") or {}
     total = sum(s["weight"] for s in services.values())
     rows = [["SERVICE", "WEIGHT", "SHARE", "BACKENDS", "HEALTHY"]]
     for name, s in services.items():
         backends = s.get("backends") or []
-        healthy = s.get("healthy_backends") or []
+        states = [h.get("state") for h in _health(s).values()]
+        unchecked = states.count("unchecked")
         rows.append([name, str(s["weight"]), share(s["weight"], total),
-                     ",".join(backends) or "-", f"{len(healthy)}/{len(backends)}"])
+                     ",".join(backends) or "-", f"{states.count('healthy')}/{len(backends)}"
+                     + (f" ({unchecked} unchecked)" if unchecked else "")])
     return table(rows, right=(1, 2, 4))
+
+
+def backends_table(app: dict[str, Any]) -> str:
+    """Every backend's state (healthy, unhealthy, unchecked) and why."""
+    rows = [["BACKEND", "SERVICE", "STATE", "REASON"]]
+    for name, s in (app.get("services") or {}).items():
+        for addr, h in _health(s).items():
+            rows.append([addr, name, str(h.get("state", "-")), h.get("reason") or "-"])
+    return table(rows)
 
 
 def release_table(release: dict[str, Any]) -> str:
@@ -241,7 +265,7 @@ def app_detail(app: dict[str, Any]) -> str:
                   ["sticky:", on_off(app.get("session_sticky"))],
                   ["drain_timeout:", _seconds(app.get("drain_timeout"))],
                   ["generation:", str(app.get("generation", "-"))]])
-    parts = [head, "", services_table(app)]
+    parts = [head, "", services_table(app), "", backends_table(app)]
     release = app.get("release")
     parts += ["", "release:", release_table(release)] if release else ["", "release: -"]
     return "\n".join(parts)
@@ -290,7 +314,8 @@ def parse_weights(items: Sequence[str]) -> dict[str, int]:
 
 def cmd_weights(c: Client, args: argparse.Namespace, out: Output) -> int:
     weights = parse_weights(args.pairs)
-    app = c.request("PUT", app_path(args.app, "/weights"), weights)
+    app = c.request("PUT", app_path(args.app, "/weights" + ("?force=true" if args.force else "")),
+                    weights)
     out.show(app, lambda a: f"{a['name']}: generation {a['generation']}\n" + services_table(a))
     return EXIT_OK
 
@@ -691,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="set several weights in one atomic step")
     p.add_argument("app")
     p.add_argument("pairs", nargs="+", metavar="SVC=W")
+    p.add_argument("--force", action="store_true",
+                   help="even if no service left with weight has a backend ready to take "
+                        "requests, or every weight becomes 0")
     p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("sticky", parents=[common], help="switch session stickiness")

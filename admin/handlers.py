@@ -15,6 +15,7 @@ from router.providers.engine import DockerError
 from router.release import Release
 
 from .schemas import (
+    HealthOf,
     app_body,
     check_name,
     check_query,
@@ -37,9 +38,14 @@ def _server(request: web.Request) -> "Server":
     return request.app[SERVER]
 
 
+def _health(srv: "Server") -> HealthOf:
+    assert srv.health is not None
+    return srv.health.state
+
+
 def _app_response(request: web.Request, state: ops.State, name: str, status: int = 200) -> web.Response:
     srv = _server(request)
-    body = render_app(state, name, srv.ctx.table)  # type: ignore[union-attr]
+    body = render_app(state, name, srv.ctx.table, _health(srv))
     return web.json_response(body, status=status, headers={"ETag": f'"{body["generation"]}"'})
 
 
@@ -68,7 +74,8 @@ async def _change(request: web.Request, op: ops.Operation, app: str | None) -> o
 async def list_apps(request: web.Request) -> web.Response:
     srv = _server(request)
     st = srv.manager.state  # type: ignore[union-attr]
-    apps = [render_app(st, a.name, srv.ctx.table) for a in st.apps]  # type: ignore[union-attr]
+    health = _health(srv)
+    apps = [render_app(st, a.name, srv.ctx.table, health) for a in st.apps]
     return web.json_response({"apps": apps}, headers={"ETag": f'"{st.generation}"'})
 
 
@@ -111,8 +118,28 @@ async def delete_app(request: web.Request) -> web.Response:
 async def put_weights(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     body = object_body(await request.read())
-    st = await _change(request, ops.set_weights(name, body), name)
+    force = _flag(request, "force")
+    ready = None
+    if not force:
+        # Which services that would have weight can take requests: found before the change
+        # (a probe may take up to a second), judged by the change itself.
+        srv = _server(request)
+        app = srv.manager.state.app(name)  # type: ignore[union-attr]
+        weighted = [s.name for s in app.services if _positive(body.get(s.name, s.weight))]
+        ready = await srv.ready_services(app, weighted)
+    st = await _change(request, ops.set_weights(name, body, ready), name)
     return _app_response(request, st, name)
+
+
+def _positive(weight: Any) -> bool:
+    return isinstance(weight, int) and not isinstance(weight, bool) and weight > 0
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false")
+    if value not in ("true", "false"):
+        raise Invalid(f"must be true or false (got {value!r})", name)
+    return value == "true"
 
 
 async def put_service(request: web.Request) -> web.Response:

@@ -42,17 +42,38 @@ _SERVICE_IN = {
         "backends": {"type": "array", "items": BACKEND, "uniqueItems": True},
         "health_check": {"$ref": "#/components/schemas/HealthCheck"},
         "healthy_backends": {"type": "array", "items": BACKEND, "readOnly": True},
+        "backend_health": {"type": "object", "readOnly": True},
+    },
+}
+
+_BACKEND_HEALTH = {
+    "type": "object",
+    "description": "what is known of each backend: healthy (an active check passed or a request "
+                   "got a response), unhealthy (out of rotation: failed checks, or ejected by "
+                   "passive health), unchecked (nothing has shown yet that it works; it takes "
+                   "requests meanwhile)",
+    "additionalProperties": {
+        "type": "object",
+        "required": ["state", "reason"],
+        "properties": {
+            "state": {"type": "string", "enum": ["healthy", "unhealthy", "unchecked"]},
+            "reason": {"type": ["string", "null"],
+                       "examples": ["3 failed checks", "ejected: 3 requests failed in a row"]},
+        },
     },
 }
 
 _SERVICE = {
     "type": "object",
-    "required": ["weight", "backends", "health_check", "healthy_backends"],
+    "required": ["weight", "backends", "health_check", "healthy_backends", "backend_health"],
     "properties": {
         "weight": WEIGHT,
         "backends": {"type": "array", "items": BACKEND},
         "health_check": {"$ref": "#/components/schemas/HealthCheck"},
-        "healthy_backends": {"type": "array", "items": BACKEND},
+        "healthy_backends": {"type": "array", "items": BACKEND,
+                             "description": "the backends that take new requests (healthy or "
+                                            "unchecked)"},
+        "backend_health": _BACKEND_HEALTH,
     },
 }
 
@@ -292,7 +313,14 @@ def openapi() -> dict[str, Any]:
             app_path + "/weights": {
                 "parameters": [_APP_PARAM],
                 "put": {"summary": "change several weights in one step, or none",
-                        "parameters": [_IF_MATCH],
+                        "description": "409 if every service left with weight would have no "
+                                       "backend ready to take requests, or if every weight "
+                                       "would be 0; force=true does it anyway",
+                        "parameters": [_IF_MATCH, {
+                            "name": "force", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["true", "false"]},
+                            "description": "apply even if no weighted service has a ready "
+                                           "backend, or every weight is 0"}],
                         "requestBody": _body({"type": "object", "minProperties": 1,
                                               "additionalProperties": WEIGHT}),
                         "responses": {**_MUTATION, "200": _json("App", "changed")}},

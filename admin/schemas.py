@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from router.config import NAME_RE
 from router.counters import ServiceStats, Stats
@@ -112,7 +112,7 @@ def check_name(name: str, kind: str) -> str:
 # Fields of an app object that the server computes: accepted back in a PUT and ignored, so
 # that GET -> edit -> PUT works.
 _READ_ONLY_APP = ("name", "generation", "release")
-_READ_ONLY_SERVICE = ("healthy_backends",)
+_READ_ONLY_SERVICE = ("healthy_backends", "backend_health")
 
 
 def app_body(name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +136,13 @@ def service_body(body: Any) -> Any:
     return body
 
 
-def render_app(state: State, name: str, table: "RoutingTable") -> dict[str, Any]:
+# A backend's (state, reason): healthy | unhealthy | unchecked (router.health).
+HealthOf = Callable[[tuple[str, str, str]], tuple[str, str | None]]
+
+
+def render_app(state: State, name: str, table: "RoutingTable",
+               health: HealthOf | None = None) -> dict[str, Any]:
+    """The app object; ``health`` gives each backend's state (without it: all unchecked)."""
     app = state.app(name)
     out: dict[str, Any] = {"name": name}
     out.update(app_to_dict(app))
@@ -145,6 +151,11 @@ def render_app(state: State, name: str, table: "RoutingTable") -> dict[str, Any]
         lsvc = live.by_name.get(svc_name) if live is not None else None
         svc["healthy_backends"] = ([b.key for b in lsvc.backends if b.healthy]
                                    if lsvc is not None else list(svc["backends"]))
+        known = {}
+        for addr in svc["backends"]:
+            st, reason = health((name, svc_name, addr)) if health is not None else ("unchecked", None)
+            known[addr] = {"state": st, "reason": reason}
+        svc["backend_health"] = known
     release = state.releases.get(name)
     out["release"] = release.to_dict() if release is not None else None
     out["generation"] = state.app_generations.get(name, state.generation)

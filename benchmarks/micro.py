@@ -16,6 +16,7 @@ from typing import Callable
 
 from router.balancer import LeastInFlight, SmoothWeightedRoundRobin
 from router.config import config_from_dict
+from router.health import Health, PassiveHealth
 from router.sticky import TokenCodec, cookie_value
 from router.table import TableBuilder
 
@@ -84,7 +85,8 @@ def proxy_case(sticky: bool) -> Callable[[], object]:
         "green": {"weight": 50, "backends": ["127.0.0.1:2"]}}}}})
     codec = TokenCodec(b"k" * 32, 1800, 28800)
     pool = UpstreamPool(loop, 3.0)
-    ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop)
+    passive = PassiveHealth(Health(lambda: None, cfg.passive_health, loop), cfg.passive_health.failures)
+    ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop, passive)
     ups = []
     for key in ("127.0.0.1:1", "127.0.0.1:2"):
         up = UpstreamConnection(pool, key)

@@ -6,8 +6,10 @@
     python3 -m benchmarks.reliability --no-write   # print only
 
 The scenarios are the ones ``tests/reliability`` runs (same code, bigger with ``--scale``):
-real routers and backends on 127.0.0.1, bounded loads, exact counts. HAProxy (Debian package
-``haproxy``) gets the same hostile corpus when it is installed.
+real routers and backends on 127.0.0.1, bounded loads, exact counts; each with ``--workers 1``
+and ``--workers 2`` (``--workers 1,2`` picks), the production scenarios (hung worker, counters
+across a worker's death, a taken port) with the worker counts they need. HAProxy (Debian
+package ``haproxy``) gets the same hostile corpus when it is installed.
 """
 
 from __future__ import annotations
@@ -23,20 +25,22 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tests.reliability import scenarios as S  # noqa: E402
+from tests.reliability.production import PRODUCTION  # noqa: E402
 from tests.reliability.corpus import CORPUS  # noqa: E402
 from tests.reliability.hostile import difference_table, run_corpus  # noqa: E402
 
 
 def _table(results: list[S.Result]) -> str:
-    out = ["| scenario | load | faults injected | requests sent | failed | expected failures | verdict |",
-           "|---|---|---|---:|---:|---:|---|"]
+    out = ["| scenario | workers | load | faults injected | requests sent | failed | expected failures | verdict |",
+           "|---|--:|---|---|---:|---:|---:|---|"]
     for r in results:
         verdict = "pass" if r.ok else "FAIL: " + "; ".join(r.problems or [f"{r.failed} != {r.expected}"])
-        out.append(f"| {r.scenario} | {r.load} | {r.faults} | {r.sent} | {r.failed} | {r.expected} | {verdict} |")
+        out.append(f"| {r.scenario} | {r.workers} | {r.load} | {r.faults} | {r.sent} | {r.failed} "
+                   f"| {r.expected} | {verdict} |")
     return "\n".join(out)
 
 
-async def run(scale: int) -> tuple[str, bool]:
+async def run(scale: int, workers: list[int]) -> tuple[str, bool]:
     t0 = time.monotonic()
     rows, ran_haproxy = await run_corpus(compare_haproxy=True)
     bad = [r for r in rows if r.problems]
@@ -45,17 +49,20 @@ async def run(scale: int) -> tuple[str, bool]:
                       sent=len(rows), failed=len(bad), expected=0,
                       problems=[f"{r.case.name}: {'; '.join(r.problems)}" for r in bad])
     results = [corpus]
-    for scenario in S.ALL:
-        print(f"running {scenario.__name__} ...", file=sys.stderr, flush=True)
+    runs = [(scenario, n) for scenario in S.ALL for n in workers]
+    runs += [(scenario, n) for scenario, counts in PRODUCTION for n in counts]
+    for scenario, n in runs:
+        print(f"running {scenario.__name__} --workers {n} ...", file=sys.stderr, flush=True)
         try:
-            results.append(await scenario(scale))
+            results.append(await scenario(scale, n))
         except Exception as e:  # a scenario that breaks is reported, the others still run
-            results.append(S.Result(scenario.__name__, "-", "-", problems=[f"{type(e).__name__}: {e}"]))
+            results.append(S.Result(scenario.__name__, "-", "-", workers=n,
+                                    problems=[f"{type(e).__name__}: {e}"]))
     took = time.monotonic() - t0
     lines = [
         "# Reliability report",
         "",
-        f"`python3 -m benchmarks.reliability --scale {scale}`: {len(results)} scenarios in "
+        f"`python3 -m benchmarks.reliability --scale {scale}`: {len(results)} scenario runs in "
         f"{took:.0f} s on this machine (loopback only). \"failed\" counts requests that did not "
         "get a 200 (or, in the corpus, cases whose verdict differed from the expected one); "
         "\"expected failures\" are those the contract allows: a POST that a dying backend had "
@@ -90,10 +97,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=int, default=2, help="load multiplier (tests use 1)")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--workers", default="1,2", help="router worker counts for every scenario")
     args = ap.parse_args()
     if args.scale < 1:
         ap.error("--scale must be >= 1")
-    report, ok = asyncio.run(run(args.scale))
+    try:
+        workers = [int(n) for n in args.workers.split(",")]
+    except ValueError:
+        ap.error("--workers: a comma-separated list of counts, like 1,2")
+    report, ok = asyncio.run(run(args.scale, workers))
     print(report)
     if not args.no_write:
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RELIABILITY.md")

@@ -1,7 +1,8 @@
 """`router serve` and `router demo`: arguments -> Config -> Server; exit codes.
 
-Exit 0 after a graceful stop, 2 for a bad command line or configuration (SPEC 3), 1 when the
-environment refuses (a port taken, the etcd store unreachable at start).
+Exit 0 after a graceful stop, 2 for a bad command line or configuration or a state
+directory it cannot write, 1 when the environment refuses (a port taken, the etcd store
+unreachable at start).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import replace
 import logging
 import os
 import sys
+import tempfile
 
 from . import version
 from .config import Config, ConfigError, DockerProviderConfig, load_config, parse_docker_endpoint
@@ -32,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", metavar="URL",
                        help="where the routing state lives: a file path, file:///path, or "
                             "etcd://HOST:PORT[/prefix] shared by several replicas "
-                            "(default: router-state.yaml next to the configuration)")
+                            "(default: router-state.yaml in the state directory)")
+    serve.add_argument("--state-dir", metavar="DIR",
+                       help="the routing state and the sticky secret (env ROUTER_STATE_DIR; "
+                            "default: the configuration's directory if writable, else "
+                            f"{DEFAULT_STATE_DIR})")
     serve.add_argument("--docker", nargs="?", const="", metavar="ENDPOINT",
                        help="discover apps from Docker labels (providers.docker): the Engine at "
                             "ENDPOINT, unix:///var/run/docker.sock by default, or tcp://HOST:PORT")
@@ -65,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.workers <= 64:
         print(f"router: --workers: must be 1..64 (got {args.workers})", file=sys.stderr)
         return 2
+    from .store import check_store
+
     try:
-        store = store_spec(args.store, args.config)
+        store = check_store(args.store) if args.store is not None else None
     except ValueError as e:
         print(f"router: --store: {e}", file=sys.stderr)
         return 2
@@ -77,7 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"router: {e}", file=sys.stderr)
         return 2
-    return serve(config, store, args.workers)
+    state = None
+    if store is None or not store.startswith("etcd://"):  # etcd holds the state and the secret
+        try:
+            state = state_dir(args.state_dir or os.environ.get("ROUTER_STATE_DIR") or None,
+                              args.config)
+        except StateDirError as e:
+            print(f"router: {e}", file=sys.stderr)
+            return 2
+        if store is None:
+            store = os.path.join(state, STATE_FILE)
+    return serve(config, store, args.workers, state)
 
 
 def with_docker(config: Config, endpoint: str) -> Config:
@@ -88,15 +106,54 @@ def with_docker(config: Config, endpoint: str) -> Config:
     return replace(config, providers=replace(config.providers, docker=docker))
 
 
-def store_spec(url: str | None, config_path: str | None) -> str:
-    """``--store`` checked (an absolute file path or an etcd:// URL); without it,
-    router-state.yaml next to the configuration. ``ValueError`` for a bad one."""
-    if url is None:
-        base = os.path.dirname(os.path.abspath(config_path)) if config_path else os.getcwd()
-        return os.path.join(base, "router-state.yaml")
-    from .store import check_store
+# Where the state goes when the configuration's directory is read-only (a mounted ConfigMap,
+# /etc owned by root): the Filesystem Hierarchy Standard's place for a program's state.
+DEFAULT_STATE_DIR = "/var/lib/router"
+STATE_FILE = "router-state.yaml"
 
-    return check_store(url)
+
+class StateDirError(Exception):
+    """The state directory cannot be used; the message names it and says why."""
+
+
+def state_dir(explicit: str | None, config_path: str | None) -> str:
+    """The directory of the routing state and the sticky secret.
+
+    ``explicit`` (``--state-dir`` or ``ROUTER_STATE_DIR``) if given; else the configuration's
+    directory (the current one without ``--config``) if this process can write there; else
+    DEFAULT_STATE_DIR. Created if missing (mode 0700); ``StateDirError`` if it cannot be written.
+    """
+    if explicit:
+        return _usable(os.path.abspath(explicit), "")
+    base = os.path.dirname(os.path.abspath(config_path)) if config_path else os.getcwd()
+    if _writable(base) is None:
+        return base
+    return _usable(DEFAULT_STATE_DIR, f" (the default: {base} is not writable)")
+
+
+def _usable(path: str, why: str) -> str:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise StateDirError(f"state directory {path}{why}: cannot create it: "
+                            f"{e.strerror or e}; set --state-dir or ROUTER_STATE_DIR") from None
+    problem = _writable(path)
+    if problem is not None:
+        raise StateDirError(f"state directory {path}{why}: not writable ({problem}); set "
+                            "--state-dir or ROUTER_STATE_DIR to a directory this user can write")
+    return path
+
+
+def _writable(path: str) -> str | None:
+    """None if a file can be created in ``path``; else why not. Tried for real: permissions,
+    a read-only mount and ACLs all answer the same way."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".router-probe-", dir=path)
+    except OSError as e:
+        return e.strerror or str(e)
+    os.close(fd)
+    os.unlink(name)
+    return None
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ from .accesslog import AccessLog
 from .config import Config
 from .counters import UnroutedStats
 from .deadlines import ResponseDeadlines
-from .health import failing as _failing
-from .health import report_failure
+from .health import PassiveHealth
 from .http.request_head import RequestIds
 from .logs import Throttled
 from .sticky import TokenCodec
@@ -74,9 +73,12 @@ class ProxyContext:
     """Everything one data plane's connections share."""
 
     def __init__(self, config: Config, table: RoutingTable, pool: UpstreamPool,
-                 codec: TokenCodec, loop: asyncio.AbstractEventLoop) -> None:
+                 codec: TokenCodec, loop: asyncio.AbstractEventLoop, passive: PassiveHealth) -> None:
         self.table = table
         self.pool = pool
+        self.passive = passive  # this data plane's observations of its backends (router.health)
+        # The same dict as passive.watching (never replaced, only changed): read per response.
+        self.watching: dict[Backend, int] = passive.watching
         self.codec = codec
         self.loop = loop
         self.unrouted = UnroutedStats()
@@ -113,8 +115,6 @@ class ProxyContext:
             log.info("limits.max_connections %d lowered to %d: RLIMIT_NOFILE leaves room for "
                      "no more (each client may hold a backend connection too)",
                      lim.max_connections, self.max_connections)
-        self.passive_failures = config.passive_health.failures
-        self.passive_cooldown = config.passive_health.cooldown
         self.trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
             config.trusted_proxies)
         if self.log_access is not None:
@@ -126,10 +126,10 @@ class ProxyContext:
         """Count a failed use of ``be`` (metrics) and report it to passive health."""
         be.stats.error(reason)
         if passive:
-            report_failure(be, self.passive_failures, self.passive_cooldown)
+            self.passive.failure(be)
 
     def backend_ok(self, be: Backend) -> None:
-        """A response began on ``be``: its run of failures, if any, ends (one truth test when
-        no backend is failing)."""
-        if _failing:
-            _failing.pop(be, None)
+        """A response began on ``be``: its run of failures, if any, ends, and an unchecked backend
+        is known to work (one truth test when no backend is failing or unchecked)."""
+        if self.watching:
+            self.passive.success(be)

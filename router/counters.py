@@ -31,8 +31,9 @@ class ServiceStats:
         self.buckets[bisect_left(BUCKETS, seconds)] += 1
         self.dsum += seconds
 
-    def add(self, other: "ServiceStats") -> None:
-        self.inflight += other.inflight
+    def add(self, other: "ServiceStats", inflight: bool = True) -> None:
+        if inflight:
+            self.inflight += other.inflight
         self.sticky += other.sticky
         self.fallback += other.fallback
         self.retries += other.retries
@@ -84,11 +85,18 @@ class Stats:
         self.unrouted: dict[tuple[str, int], int] = {}
         self.refused = 0  # client connections refused at the connection cap
 
-    def add(self, other: "Stats") -> None:
+    def add(self, other: "Stats", inflight: bool = True) -> None:
+        """Add ``other``'s counts; ``inflight=False``: the counters only (the totals of a worker
+        that is gone, which has nothing in flight any more)."""
         for key, s in other.services.items():
-            self.services.setdefault(key, ServiceStats()).add(s)
+            self.services.setdefault(key, ServiceStats()).add(s, inflight)
         for bkey, b in other.backends.items():
             self.backends.setdefault(bkey, BackendStats()).add(b)
         for ukey, n in other.unrouted.items():
             self.unrouted[ukey] = self.unrouted.get(ukey, 0) + n
         self.refused += other.refused
+
+    def keep(self, services: set[tuple[str, str]], backends: set[tuple[str, str, str]]) -> None:
+        """Forget the counters of services and backends no longer routed."""
+        self.services = {k: v for k, v in self.services.items() if k in services}
+        self.backends = {k: v for k, v in self.backends.items() if k in backends}

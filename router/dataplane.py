@@ -1,52 +1,74 @@
-"""What one process needs to proxy: the table builder, the upstream pool, the proxy context
-and the listening socket. The single-process server owns one; with ``--workers N`` every
-worker owns one and the master keeps a listener-less one for health and metrics.
+"""What one process needs to proxy: the table builder, the upstream pool, the proxy context,
+its passive health and the listening socket. The single-process server owns one; with
+``--workers N`` every worker owns one and the master keeps a listener-less one for health and
+metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Mapping, cast
+import socket
+from typing import Callable, cast
 
 from .client import ClientConnection
 from .config import AppConfig, Config
 from .context import ProxyContext
 from .counters import Stats
+from .health import STALL_SWEEP, UNHEALTHY, BackendKey, HealthMap, PassiveHealth, Reporter, apply_states
 from .sticky import TokenCodec
 from .table import RoutingTable, TableBuilder
 from .upstream import UpstreamPool
 
 log = logging.getLogger("router")
 
-HealthMap = Mapping[tuple[str, str, str], bool]  # (app, service, backend) -> healthy
+# The kernel's queue of connections not yet accepted (nginx and HAProxy default to 511 and
+# somaxconn; the kernel caps it at net.core.somaxconn).
+BACKLOG = 2048
 
 
 class DataPlane:
-    def __init__(self, config: Config, secret: bytes, apps: tuple[AppConfig, ...], generation: int) -> None:
+    def __init__(self, config: Config, secret: bytes, apps: tuple[AppConfig, ...], generation: int,
+                 reporter: Reporter) -> None:
+        """``reporter`` hears what this data plane's passive health observes (``router.health``)."""
         self.config = config
         self.secret = secret
         self.apps = apps
         self.generation = generation
+        self.health: HealthMap = {}
         codec = TokenCodec(secret, config.sticky.max_idle, config.sticky.max_life)
         self.builder = TableBuilder(codec)
         loop = asyncio.get_running_loop()
         self.pool = UpstreamPool(loop, config.timeouts.connect)
-        self.ctx = ProxyContext(config, self.builder.build(apps, generation), self.pool, codec, loop)
+        self.passive = PassiveHealth(reporter, config.passive_health.failures)
+        self.ctx = ProxyContext(config, self.builder.build(apps, generation), self.pool, codec, loop,
+                                self.passive)
+        self.passive.follow(self.builder.all_backends(), self.health)
         self._listener: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def table(self) -> RoutingTable:
         return self.ctx.table
 
-    async def listen(self, host: str, port: int) -> int:
-        """Accept on host:port (SO_REUSEPORT, so workers can share it); returns the port."""
+    async def serve(self, sock: socket.socket) -> None:
+        """Accept on ``sock``: bound and listening, made by the caller (with ``--workers N`` the
+        master made it and every worker inherited it; see docs/workers.md)."""
         ctx = self.ctx
         # ClientConnection is a protocol by duck typing (no asyncio.Protocol base: see its doc).
         factory = cast("Callable[[], asyncio.Protocol]", lambda: ClientConnection(ctx))
-        self._listener = await asyncio.get_running_loop().create_server(
-            factory, host, port, reuse_port=True, backlog=2048)
-        return int(self._listener.sockets[0].getsockname()[1])
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(factory, sock=sock, backlog=BACKLOG)
+        self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Stalled backends (``router.health.STALL_FACTOR``), off the request path."""
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(STALL_SWEEP)
+            if ctx.deadlines.waiting:
+                self.passive.sweep(ctx.deadlines.waiting, ctx.deadlines.timeout, loop.time())
 
     def apply(self, apps: tuple[AppConfig, ...], generation: int, health: HealthMap | None = None) -> None:
         """A new state: build the table and swap it in with one assignment."""
@@ -55,19 +77,30 @@ class DataPlane:
         self.rebuild(health)
 
     def rebuild(self, health: HealthMap | None = None) -> None:
+        """A new table; with ``health``, the backends' states first (``router.health``)."""
         if health is not None:
+            self.health = health
             self.builder.build(self.apps, self.generation)  # make sure every backend exists
-            for be_key, healthy in health.items():
-                be = self.builder.backend(*be_key)
-                if be is not None:
-                    be.healthy = healthy
+            apply_states(self.builder.all_backends(), health)
         self.ctx.table = self.builder.build(self.apps, self.generation)
+        self.passive.follow(self.builder.all_backends(), self.health)
         routed = {be.key for be in self.builder.all_backends()}
         self.pool.close_idle(keep=routed)
 
-    def health_map(self) -> dict[tuple[str, str, str], bool]:
-        return {(a.name, s.name, b.key): b.healthy
-                for a in self.table.apps.values() for s in a.services for b in s.backends}
+    def eject(self, key: BackendKey) -> bool:
+        """Take a backend out of this data plane's rotation now, ahead of the decision that the
+        master sends to every worker; never the last of its service that takes requests."""
+        be = self.builder.backend(*key)
+        if be is None or not be.healthy:
+            return False
+        app = self.table.apps.get(key[0])
+        svc = app.by_name.get(key[1]) if app is not None else None
+        if svc is None or not any(b.healthy for b in svc.backends if b is not be):
+            return False
+        be.healthy = False
+        self.health = {**self.health, key: UNHEALTHY}
+        self.rebuild()
+        return True
 
     def reconfigure(self, config: Config) -> None:
         """Settings a reload may change (not the listen addresses)."""
@@ -75,6 +108,7 @@ class DataPlane:
         self.ctx.configure(config)
         self.pool.connect_timeout = config.timeouts.connect
         self.ctx.codec = TokenCodec(self.secret, config.sticky.max_idle, config.sticky.max_life)
+        self.passive.failures = config.passive_health.failures
 
     def stats(self) -> Stats:
         st = self.table.stats(self.ctx.unrouted)
@@ -87,6 +121,8 @@ class DataPlane:
         ctx.accepting = False
         if self._listener is not None:
             self._listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while loop.time() < deadline:

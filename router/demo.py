@@ -99,7 +99,7 @@ def run_demo(listen: str, admin: str, backends: dict[str, str]) -> int:
           file=sys.stderr)
     print(f"try: curl -i http://{listen.replace('0.0.0.0', '127.0.0.1')}/", file=sys.stderr)
     try:
-        return serve(load_config(path), os.path.join(workdir, "router-state.yaml"))
+        return serve(load_config(path), os.path.join(workdir, "router-state.yaml"), state_dir=workdir)
     finally:
         proc.terminate()
         proc.join(5)

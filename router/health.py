@@ -1,58 +1,174 @@
-"""Active health checks of backends.
+"""The health of backends: what is known about each one, who observes it, and who decides.
 
-Every backend of a service with a ``health_check`` is probed every ``interval``: an HTTP
-``GET <path>`` that must answer 2xx or 3xx within ``timeout``, or, with no path, a TCP
-connect. ``fall`` failures in a row mark it unhealthy (no new requests), ``rise`` successes
-in a row healthy again -- HAProxy's ``check inter rise fall``. A backend starts healthy, as
-in HAProxy, so a configured service serves at once; the checker only takes it out.
+Every backend is in one of three states (``docs/health.md``):
 
-Passive health (``passive_health`` in the configuration): the data plane reports every
-failure of a request on a backend (cannot connect, reset or closed before the response on a
-new connection, malformed response, response timeout) with ``report_failure``, and any
-response with ``report_success``. ``failures`` in a row eject the backend for ``cooldown``:
-it gets no new requests, then it is tried again (a failing one is ejected again at once, as
-in nginx). An active check cannot end an ejection early -- a backend can pass its check and
-still fail requests, which is what passive health is for -- but a backend that comes back
-after the cooldown must also pass its active check if it has one. The last healthy backend
-of a service is not ejected: the retries of its requests move them to another service.
+``unchecked``  nothing has shown yet that it works: no active check has passed and no request
+               has got a response from it. It takes requests (a new backend serves at once, as
+               in HAProxy), but the admin API, ``routerctl show`` and the metrics say "unchecked"
+               instead of pretending it is healthy.
+``healthy``    an active check passed, or a request got a response.
+``unhealthy``  its active check failed ``fall`` times in a row, or passive health ejected it; it
+               gets no new requests.
 
-Health lives on the ``Backend`` object that successive routing tables share; a change asks
-the owner for a new table (``on_change``) so candidates and pickers are recomputed.
+**Observers.** Each data plane (the one process, or every worker of ``--workers N``) owns a
+:class:`PassiveHealth`: the proxy tells it of every failed use of a backend (cannot connect;
+reset, closed or silent before the response; malformed response; response timeout) and of the
+first response after a failure, and it sweeps for stalled backends. It reports what it sees to a
+``Reporter``: in one process, the :class:`Health` itself; in a worker, a pipe to the master.
+
+**The decision** is taken in one place per router, :class:`Health`, in the master process: it
+runs the active checks (HAProxy's ``check inter rise fall``: an HTTP ``GET <path>`` answering 2xx
+or 3xx, or a TCP connect), counts failures in a row across every data plane, ejects a backend
+for ``passive_health.cooldown`` after ``passive_health.failures`` of them (nginx's
+``max_fails``/``fail_timeout``, Envoy's consecutive errors), and readmits it after. An active
+check cannot end an ejection early -- a backend can pass its check and still fail requests,
+which is what passive health is for -- but a backend that comes back after the cooldown must
+also pass its active check if it has one. The last backend of a service that takes requests is
+never ejected: the retries of its requests move them to another service instead.
+
+Routing reads only ``Backend.healthy`` (``state != unhealthy``) from the routing table. When a
+backend goes out of rotation or back in, :class:`Health` calls ``on_change``; its owner then
+builds new tables from :meth:`Health.states`, in this process and, through the master, in every
+worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
-from .config import AppConfig, HealthCheckConfig
-from .table import Backend, TableBuilder
+from .config import AppConfig, HealthCheckConfig, PassiveHealthConfig, split_hostport
+from .counters import BUCKETS
+
+if TYPE_CHECKING:
+    from .table import Backend
 
 log = logging.getLogger("router.health")
 
-# Consecutive request failures, only of backends that have some: the proxy's success path
-# checks this dict's truth first, so a process without failures pays one test per response.
-failing: dict[Backend, int] = {}
-# The checker that owns each routed backend, and the backends of its service. The proxy
-# reports by Backend object, which belongs to one TableBuilder, so routers never mix.
-_owners: dict[Backend, tuple["HealthChecker", tuple[Backend, ...]]] = {}
+HEALTHY, UNHEALTHY, UNCHECKED = "healthy", "unhealthy", "unchecked"
+
+BackendKey = tuple[str, str, str]  # (app, service, address)
+HealthMap = Mapping[BackendKey, str]  # backend -> state: what a data plane is told
+
+# Stalled backends: a backend whose requests wait for their response head long past the
+# service's usual latency, while nothing at all comes back from it, is ejected without waiting
+# for the response timeout (60 s by default: a frozen process would get a share of new requests
+# all that time). "Long past" is STALL_FACTOR times the service's 99th-percentile latency and
+# at least STALL_MIN; a service whose p99 is beyond the histogram's last bucket (10 s: long
+# polling, say) is never judged stalled, and neither is any stall the response timeout ends
+# first. Swept every STALL_SWEEP seconds, off the request path. See docs/health.md.
+STALL_SWEEP = 0.5
+STALL_MIN = 2.0
+STALL_FACTOR = 10.0
 
 
-def report_failure(be: Backend, failures: int, cooldown: float) -> None:
-    """A request failed on ``be`` (before its response began, or cut mid-response)."""
-    if failures <= 0:
-        return
-    n = failing.get(be, 0) + 1
-    failing[be] = n
-    if n >= failures:
-        owner = _owners.get(be)
-        if owner is not None:
-            owner[0].eject(be, owner[1], cooldown, n)
+class Reporter(Protocol):
+    """Where a data plane's observations go: :class:`Health`, or the pipe to the master."""
+
+    # The data plane ignores what these return.
+    def failure(self, key: BackendKey, run: int) -> object:
+        """A request failed on the backend; ``run`` failures in a row seen by this data plane."""
+
+    def success(self, key: BackendKey) -> object:
+        """A response began after failures, or from a backend not yet shown to work."""
+
+    def stalled(self, key: BackendKey, reason: str) -> object:
+        """The backend's requests are stuck (see STALL_FACTOR)."""
 
 
-def report_success(be: Backend) -> None:
-    failing.pop(be, None)
+class PassiveHealth:
+    """One data plane's passive health: what its proxy observes, told to a ``Reporter``.
+
+    ``watching`` holds the backends whose next response must be reported: those with failures
+    in a row (their count) and those not yet shown to work (0). The proxy tests its truth before
+    calling :meth:`success`, so a process where nothing is failing or unchecked pays one test per
+    response; it holds the dict itself, which is therefore changed in place, never replaced.
+    """
+
+    __slots__ = ("watching", "failures", "reporter", "_progress")
+
+    def __init__(self, reporter: Reporter, failures: int) -> None:
+        self.watching: dict[Backend, int] = {}
+        self.failures = failures  # 0: passive health off (unchecked backends are still watched)
+        self.reporter = reporter
+        self._progress: dict[Backend, tuple[int, float]] = {}
+
+    def failure(self, be: Backend) -> None:
+        if self.failures <= 0:
+            return
+        n = self.watching.get(be, 0) + 1
+        self.watching[be] = n
+        self.reporter.failure(be.ident, n)
+
+    def success(self, be: Backend) -> None:
+        if self.watching.pop(be, None) is not None:
+            self.reporter.success(be.ident)
+
+    def follow(self, backends: Iterable[Backend], health: HealthMap) -> None:
+        """A new table: watch the unchecked backends, forget those gone or ejected (an ejected
+        backend starts counting afresh when it comes back)."""
+        old = self.watching
+        watching: dict[Backend, int] = {}
+        for be in backends:
+            state = health.get(be.ident, UNCHECKED)
+            if state == UNCHECKED:
+                watching[be] = old.get(be, 0)
+            elif state == HEALTHY and be in old:
+                watching[be] = old[be]
+        old.clear()
+        old.update(watching)
+
+    def sweep(self, waiting: Mapping[Any, float], response_timeout: float, now: float) -> None:
+        """Report the backends whose requests are stuck (see STALL_FACTOR).
+
+        ``waiting``: the exchanges waiting for a response head and their deadlines (the
+        proxy's response timeouts); each has ``backend`` and ``service``.
+        """
+        if self.failures <= 0:
+            return
+        oldest: dict[Backend, tuple[float, int, object]] = {}
+        for ex, deadline in waiting.items():
+            be: Backend | None = getattr(ex, "backend", None)
+            if be is None:
+                continue
+            sent = deadline - response_timeout
+            seen = oldest.get(be)
+            if seen is None:
+                oldest[be] = (sent, 1, getattr(ex, "service", None))
+            else:
+                oldest[be] = (min(seen[0], sent), seen[1] + 1, seen[2])
+        progress: dict[Backend, tuple[int, float]] = {}
+        for be, (sent, count, svc) in oldest.items():
+            # Responses counted so far: a backend that still finishes requests is slow, not stuck.
+            done = sum(be.stats.codes.values())
+            before = self._progress.get(be)
+            since = now if before is None or before[0] != done else before[1]
+            progress[be] = (done, since)
+            limit = stall_limit(getattr(svc, "stats", None))
+            if limit is None or limit >= response_timeout or not be.healthy:
+                continue
+            if now - sent > limit and now - since > limit:
+                self.reporter.stalled(be.ident, f"ejected: {count} request{'s' if count > 1 else ''}"
+                                      f" waiting over {limit:g} s with no response")
+        self._progress = progress
+
+
+def stall_limit(stats: object) -> float | None:
+    """How long a request may wait for its head before its backend counts as stalled: see
+    STALL_FACTOR. None: never (the service's usual latency is beyond the histogram)."""
+    buckets: list[int] | None = getattr(stats, "buckets", None)
+    if not buckets:
+        return STALL_MIN
+    total = sum(buckets)
+    if total == 0:
+        return STALL_MIN
+    acc = 0
+    for bound, n in zip(BUCKETS, buckets):
+        acc += n
+        if acc >= 0.99 * total:
+            return max(STALL_MIN, STALL_FACTOR * bound)
+    return None
 
 
 async def probe(host: str, port: int, check: HealthCheckConfig) -> bool:
@@ -76,138 +192,207 @@ async def probe(host: str, port: int, check: HealthCheckConfig) -> bool:
         return False
 
 
-class _Check:
-    __slots__ = ("backend", "config", "task", "ok_run", "fail_run", "passed", "up")
+class _Known:
+    """What is known about one backend, and its active check."""
 
-    def __init__(self, backend: Backend, config: HealthCheckConfig) -> None:
-        self.backend = backend
+    __slots__ = ("state", "reason", "run", "group", "check", "ejected")
+
+    def __init__(self, group: tuple[BackendKey, ...]) -> None:
+        self.state = UNCHECKED
+        self.reason: str | None = None
+        self.run = 0  # request failures in a row, across every data plane
+        self.group = group  # the backends of its service
+        self.check: _Check | None = None
+        self.ejected: asyncio.TimerHandle | None = None
+
+
+class _Check:
+    __slots__ = ("config", "task", "ok_run", "fail_run", "passed", "up")
+
+    def __init__(self, config: HealthCheckConfig) -> None:
         self.config = config
         self.task: asyncio.Task[None] | None = None
         self.ok_run = 0
         self.fail_run = 0
         self.passed = 0  # successful probes so far (a release waits for one per backend)
-        self.up = True  # the active check's own verdict; a backend starts healthy
+        self.up = True  # the check's own verdict; unproven backends take requests
 
 
-class HealthChecker:
-    """Runs one probe loop per checked backend; follows the configured apps."""
+class Health:
+    """The health of every routed backend of one router: the one place that decides.
 
-    def __init__(self, builder: TableBuilder, on_change: Callable[[], None]) -> None:
-        self._builder = builder
+    ``on_change`` is called when a backend goes out of rotation or back in (the caller builds
+    new tables from :meth:`states` and tells the workers). Reports arrive by backend key, from
+    this process's data plane or from workers.
+    """
+
+    def __init__(self, on_change: Callable[[], None], passive: PassiveHealthConfig,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self._on_change = on_change
-        self._checks: dict[tuple[str, str, str], _Check] = {}
-        self._ejected: dict[Backend, asyncio.TimerHandle] = {}
-        self._owned: set[Backend] = set()
+        self._loop = loop
+        self._known: dict[BackendKey, _Known] = {}
+        self.configure(passive)
 
+    def configure(self, passive: PassiveHealthConfig) -> None:
+        self.failures = passive.failures
+        self.cooldown = passive.cooldown
+
+    # -- following the configured apps -------------------------------------------------------
     def update(self, apps: tuple[AppConfig, ...]) -> None:
-        """Start checks for new or changed backends, stop those no longer configured."""
-        wanted: dict[tuple[str, str, str], HealthCheckConfig] = {}
-        owned: dict[Backend, tuple[Backend, ...]] = {}
+        """New backends start unchecked; checks start, change or stop with the configuration."""
+        known: dict[BackendKey, _Known] = {}
+        changed = False
         for app in apps:
             for svc in app.services:
-                group = tuple(b for b in (self._builder.backend(app.name, svc.name, a)
-                                          for a in svc.backends) if b is not None)
-                for b in group:
-                    owned[b] = group
-                if svc.health_check is None:
-                    continue
-                for addr in svc.backends:
-                    wanted[(app.name, svc.name, addr)] = svc.health_check
-        for b in self._owned - owned.keys():
-            _owners.pop(b, None)
-            failing.pop(b, None)
-            timer = self._ejected.pop(b, None)
-            if timer is not None:
-                timer.cancel()
-        for b, group in owned.items():
-            _owners[b] = (self, group)
-        self._owned = set(owned)
-        changed = False
-        for key, check in list(self._checks.items()):
-            if wanted.get(key) != check.config or self._builder.backend(*key) is not check.backend:
-                if check.task is not None:
-                    check.task.cancel()
-                del self._checks[key]
-                be = check.backend
-                if not be.healthy and be not in self._ejected:
-                    be.healthy = True  # unchecked backends are healthy
-                    changed = True
-        for key, cfg in wanted.items():
-            if key in self._checks:
-                continue
-            found = self._builder.backend(*key)
-            if found is None:
-                continue
-            check = _Check(found, cfg)
-            check.task = asyncio.get_running_loop().create_task(self._run(key, check))
-            self._checks[key] = check
+                group = tuple((app.name, svc.name, a) for a in svc.backends)
+                for key in group:
+                    k = self._known.pop(key, None) or _Known(group)
+                    k.group = group
+                    known[key] = k
+                    check = k.check
+                    if check is not None and check.config != svc.health_check:
+                        if check.task is not None:
+                            check.task.cancel()
+                        k.check = None
+                        if k.state == UNHEALTHY and k.ejected is None:
+                            # Out only by its old check: unproven again, back in.
+                            k.state, k.reason = UNCHECKED, None
+                            changed = True
+                    if svc.health_check is not None and k.check is None:
+                        k.check = _Check(svc.health_check)
+                        k.check.task = self._loop.create_task(self._run(key, k))
+        for k in self._known.values():  # backends no longer configured
+            self._forget(k)
+        self._known = known
         if changed:
             self._on_change()
 
-    def passed(self, app: str, service: str, addr: str) -> bool | None:
-        """Whether the backend has passed a check (None: it has no check)."""
-        check = self._checks.get((app, service, addr))
-        return None if check is None else check.passed > 0
+    def stop(self) -> None:
+        for k in self._known.values():
+            self._forget(k)
+        self._known = {}
 
-    async def _run(self, key: tuple[str, str, str], check: _Check) -> None:
+    @staticmethod
+    def _forget(k: _Known) -> None:
+        if k.check is not None and k.check.task is not None:
+            k.check.task.cancel()
+        if k.ejected is not None:
+            k.ejected.cancel()
+
+    # -- what is known -------------------------------------------------------------------------
+    def state(self, key: BackendKey) -> tuple[str, str | None]:
+        """(state, reason) of a backend; unchecked if it is not known (yet)."""
+        k = self._known.get(key)
+        return (UNCHECKED, None) if k is None else (k.state, k.reason)
+
+    def states(self) -> dict[BackendKey, str]:
+        """Every backend's state: what a data plane is told."""
+        return {key: k.state for key, k in self._known.items()}
+
+    def passed(self, app: str, service: str, addr: str) -> bool | None:
+        """Whether the backend has passed its active check (None: it has none)."""
+        k = self._known.get((app, service, addr))
+        if k is None or k.check is None:
+            return None
+        return k.check.passed > 0
+
+    # -- reports ---------------------------------------------------------------------------------
+    def failure(self, key: BackendKey, run: int) -> bool:
+        """A request failed on the backend; ``run``: failures in a row seen by the reporting data
+        plane. True if the backend is (now) out of rotation."""
+        k = self._known.get(key)
+        if k is None or self.failures <= 0:
+            return False
+        k.run = max(k.run + 1, run)
+        if k.run >= self.failures:
+            return self._eject(key, k, f"ejected: {k.run} requests failed in a row")
+        return k.state == UNHEALTHY
+
+    def success(self, key: BackendKey) -> None:
+        k = self._known.get(key)
+        if k is None:
+            return
+        k.run = 0
+        if k.state == UNCHECKED:
+            k.state, k.reason = HEALTHY, None
+
+    def stalled(self, key: BackendKey, reason: str) -> bool:
+        k = self._known.get(key)
+        if k is None or self.failures <= 0:
+            return False
+        return self._eject(key, k, reason)
+
+    def worked(self, key: BackendKey) -> None:
+        """A one-off probe (a release's readiness, a weight change's) reached the backend."""
+        k = self._known.get(key)
+        if k is not None and k.state == UNCHECKED:
+            k.state, k.reason = HEALTHY, None
+
+    # -- passive health ----------------------------------------------------------------------------
+    def _eject(self, key: BackendKey, k: _Known, reason: str) -> bool:
+        if k.state == UNHEALTHY:
+            return True
+        if not any(self._known[o].state != UNHEALTHY for o in k.group if o != key and o in self._known):
+            return False  # the last backend of its service that takes requests stays
+        k.state, k.reason, k.run = UNHEALTHY, reason, 0
+        k.ejected = self._loop.call_later(self.cooldown, self._readmit, key)
+        log.warning("backend %s of %s/%s %s; out for %gs", key[2], key[0], key[1], reason,
+                    self.cooldown)
+        self._on_change()
+        return True
+
+    def _readmit(self, key: BackendKey) -> None:
+        k = self._known.get(key)
+        if k is None:
+            return
+        k.ejected = None
+        if k.check is not None and not k.check.up:
+            k.reason = f"{k.check.fail_run} failed checks"
+            return
+        # Back in rotation, on probation: unchecked until a check or a request shows it works.
+        k.state = HEALTHY if k.check is not None else UNCHECKED
+        k.reason = None
+        log.warning("backend %s of %s/%s back after its passive-health cooldown",
+                    key[2], key[0], key[1])
+        self._on_change()
+
+    # -- active checks -------------------------------------------------------------------------------
+    async def _run(self, key: BackendKey, k: _Known) -> None:
+        check = k.check
+        assert check is not None
         cfg = check.config
-        be = check.backend
+        host, port = split_hostport(key[2])
         while True:
-            ok = await probe(be.host, be.port, cfg)
+            ok = await probe(host, port, cfg)
             if ok:
                 check.passed += 1
                 check.ok_run += 1
                 check.fail_run = 0
+                if k.state == UNCHECKED:
+                    k.state, k.reason = HEALTHY, None
                 if not check.up and check.ok_run >= cfg.rise:
                     check.up = True
-                    if be not in self._ejected:
-                        be.healthy = True
-                        log.warning("backend %s of %s/%s is healthy again", be.key, key[0], key[1])
+                    if k.ejected is None and k.state == UNHEALTHY:
+                        k.state, k.reason = HEALTHY, None
+                        log.warning("backend %s of %s/%s is healthy again", key[2], key[0], key[1])
                         self._on_change()
             else:
                 check.fail_run += 1
                 check.ok_run = 0
                 if check.up and check.fail_run >= cfg.fall:
                     check.up = False
-                    if be.healthy:
-                        be.healthy = False
+                    if k.state != UNHEALTHY:
+                        k.state, k.reason = UNHEALTHY, f"{check.fail_run} failed checks"
                         log.warning("backend %s of %s/%s is unhealthy: %d failed checks",
-                                    be.key, key[0], key[1], check.fail_run)
+                                    key[2], key[0], key[1], check.fail_run)
                         self._on_change()
+                elif k.state == UNHEALTHY and k.ejected is None:
+                    k.reason = f"{check.fail_run} failed checks"
             await asyncio.sleep(cfg.interval)
 
-    # -- passive health ---------------------------------------------------------------------
-    def eject(self, be: Backend, group: tuple[Backend, ...], cooldown: float, fails: int) -> None:
-        if not be.healthy or be in self._ejected:
-            return
-        if not any(b.healthy for b in group if b is not be):
-            return  # the last healthy backend of its service stays
-        be.healthy = False
-        failing.pop(be, None)
-        self._ejected[be] = asyncio.get_running_loop().call_later(cooldown, self._readmit, be)
-        log.warning("backend %s ejected for %gs: %d requests failed in a row", be.key, cooldown, fails)
-        self._on_change()
 
-    def ejected(self, be: Backend) -> bool:
-        return be in self._ejected
 
-    def _readmit(self, be: Backend) -> None:
-        self._ejected.pop(be, None)
-        check = next((c for c in self._checks.values() if c.backend is be), None)
-        if check is None or check.up:
-            be.healthy = True
-            log.warning("backend %s back after its passive-health cooldown", be.key)
-            self._on_change()
-
-    def stop(self) -> None:
-        for check in self._checks.values():
-            if check.task is not None:
-                check.task.cancel()
-        self._checks.clear()
-        for timer in self._ejected.values():
-            timer.cancel()
-        self._ejected.clear()
-        for b in self._owned:
-            _owners.pop(b, None)
-            failing.pop(b, None)
-        self._owned = set()
+def apply_states(backends: Iterable[Backend], health: HealthMap) -> None:
+    """Set each backend's routing flag from a health map (a data plane told by the master)."""
+    for be in backends:
+        be.healthy = health.get(be.ident, UNCHECKED) != UNHEALTHY

@@ -1,5 +1,10 @@
 """Messages between the master and its worker processes: length-prefixed pickles over a
 socketpair. Both ends are our own code, started together; nothing else speaks on it.
+
+The master *calls* (``("call", id, kind, *args)``), the worker *replies* (``("reply", id,
+*result)``) in the order it received the calls; the worker also sends *notes*
+(``("notes", [note, ...])``: what its passive health saw) that need no answer. Every call has a
+deadline on the master's side (docs/workers.md).
 """
 
 from __future__ import annotations
@@ -12,9 +17,14 @@ from typing import Any
 _LEN = struct.Struct(">I")
 
 
-async def send(writer: asyncio.StreamWriter, msg: Any) -> None:
+def post(writer: asyncio.StreamWriter, msg: Any) -> None:
+    """Queue ``msg`` for sending without waiting (the transport buffers it)."""
     data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     writer.write(_LEN.pack(len(data)) + data)
+
+
+async def send(writer: asyncio.StreamWriter, msg: Any) -> None:
+    post(writer, msg)
     await writer.drain()
 
 

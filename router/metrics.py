@@ -27,10 +27,13 @@ class DataPlaneCollector:
     """Renders the counters at scrape time, shaped by the current table."""
 
     def __init__(self, table: Callable[[], "RoutingTable"], stats: Callable[[], Stats],
-                 releases: Callable[[], Mapping[str, "Release"]]) -> None:
+                 releases: Callable[[], Mapping[str, "Release"]],
+                 health: Callable[[tuple[str, str, str]], str]) -> None:
+        """``health``: a backend's state (``router.health``): healthy, unhealthy, unchecked."""
         self._table = table
         self._stats = stats
         self._releases = releases
+        self._health = health
 
     def describe(self) -> list[Metric]:
         return []  # names are dynamic; registering without describe avoids a scrape at register
@@ -50,7 +53,11 @@ class DataPlaneCollector:
         weight = GaugeMetricFamily(
             "router_service_weight", "Configured weight of a service", labels=["app", "service"])
         healthy = GaugeMetricFamily(
-            "router_backend_healthy", "1 if the backend takes new requests",
+            "router_backend_healthy", "1 if the backend is known to work, 0 if it is out of "
+            "rotation; no series while it is unchecked", labels=["app", "service", "backend"])
+        unchecked = GaugeMetricFamily(
+            "router_backend_unchecked", "1 while nothing has shown that the backend works (no "
+            "active check passed, no response yet); it takes requests meanwhile",
             labels=["app", "service", "backend"])
         sticky = CounterMetricFamily(
             "router_sticky_requests", "Requests routed by the stickiness cookie",
@@ -77,7 +84,12 @@ class DataPlaneCollector:
                 duration.add_metric(labels, cumulative_buckets(st), st.dsum)
                 for be in svc.backends:
                     blabels = [app.name, svc.name, be.key]
-                    healthy.add_metric(blabels, 1 if be.healthy else 0)
+                    state = self._health((app.name, svc.name, be.key))
+                    if state == "unchecked" and be.healthy:
+                        unchecked.add_metric(blabels, 1)
+                    else:
+                        unchecked.add_metric(blabels, 0)
+                        healthy.add_metric(blabels, 1 if be.healthy else 0)
                     bst = stats.backends.get((app.name, svc.name, be.key), none_b)
                     for code, n in sorted(bst.codes.items()):
                         requests.add_metric(blabels + [str(code)], n)
@@ -95,8 +107,8 @@ class DataPlaneCollector:
             "router_connections_refused", "Client connections refused at limits.max_connections "
             "with no idle connection to close")
         refused.add_metric([], stats.refused)
-        yield from (requests, errors, retries, inflight, weight, healthy, sticky, fallback,
-                    duration, generation, release_info, refused)
+        yield from (requests, errors, retries, inflight, weight, healthy, unchecked, sticky,
+                    fallback, duration, generation, release_info, refused)
 
 
 def cumulative_buckets(st: ServiceStats) -> list[tuple[str, int]]:
@@ -128,3 +140,25 @@ class StoreCollector:
             "router_store_up", "1 if the routing-state store answered its last request, else 0")
         gauge.add_metric([], 1 if self._up() else 0)
         yield gauge
+
+
+class WorkersCollector:
+    """``router_workers_up``: worker processes serving and answering the master (1 without
+    ``--workers``); ``router_worker_restarts_total``: workers replaced, by reason (``exited``,
+    or ``hung``: killed by the watchdog)."""
+
+    def __init__(self, up: Callable[[], int], restarts: Callable[[], Mapping[str, int]]) -> None:
+        self._up = up
+        self._restarts = restarts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("router_workers_up", "Worker processes serving and answering")
+        up.add_metric([], self._up())
+        restarts = CounterMetricFamily("router_worker_restarts", "Worker processes replaced",
+                                       labels=["reason"])
+        for reason in ("exited", "hung"):
+            restarts.add_metric([reason], self._restarts().get(reason, 0))
+        yield from (up, restarts)

@@ -32,11 +32,11 @@ def raise_nofile_limit() -> None:
         logging.getLogger("router").warning("cannot raise RLIMIT_NOFILE: %s", e)
 
 
-def serve(config: Config, store: str | None, workers: int = 1) -> int:
+def serve(config: Config, store: str | None, workers: int = 1, state_dir: str | None = None) -> int:
     raise_nofile_limit()
 
     async def main() -> None:
-        server = Server(config, store, workers, admin=create_app)
+        server = Server(config, store, workers, admin=create_app, state_dir=state_dir)
         await server.start()
         await server.serve_forever()
 

@@ -3,9 +3,10 @@ in this process (one worker) or in N worker processes sharing the port (``--work
 
 ``Server.apply_state`` is the one way a new routing state goes live. With one worker it swaps
 the table in this process; with several it sends the state to every worker and returns only
-when each has swapped it in, so an admin call answers once the change is live everywhere
-(SPEC 4.4, 6). Health checks and release readiness run here, once, and the workers are told
-the results; /metrics sums the workers' counters.
+when each has swapped it in or was replaced with it, so an admin call answers once the change
+is live everywhere (``router.supervisor``, docs/workers.md). Health is decided here, once
+(``router.health``): active checks run here, every data plane reports what its requests see,
+and the workers are told the results; /metrics sums the workers' counters.
 
 The routing state lives in a store (``router.store``): a file by default, or etcd shared by
 several replicas. With a shared store this process also follows the store's watch and makes
@@ -20,26 +21,27 @@ import logging
 import os
 import signal
 import socket
-import sys
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import compiled, ipc
-from .config import Config, ConfigError, HealthCheckConfig, load_config, split_hostport
+from . import compiled
+from .config import AppConfig, Config, ConfigError, HealthCheckConfig, load_config, split_hostport
 from .config.settings import keep_bound, setting_changes
 from .counters import Stats
-from .dataplane import DataPlane
+from .dataplane import BACKLOG, DataPlane
 from .errors import Unavailable
-from .health import HealthChecker, probe
-from .metrics import DataPlaneCollector, StoreCollector
+from .health import HEALTHY, UNCHECKED, BackendKey, Health, probe
+from .listeners import bind, listen, port_of
+from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
 from .pins import SAMPLE_INTERVAL, PinWatch
 from .providers.docker import DockerProvider
 from .release import Status
 from .state import State, StateManager, apply_apps, mark_ready
 from .sticky import load_or_create_secret
-from .store import Store, StoreConflict, StoreUnavailable, open_store
+from .store import Store, StoreConflict, StoreLost, StoreUnavailable, open_store
+from .supervisor import Supervisor
 
 log = logging.getLogger("router")
 
@@ -48,61 +50,42 @@ log = logging.getLogger("router")
 # address is reported rather than waited on forever. A router never serves a state it could
 # not read: the configuration's apps may be older than what the replicas serve.
 STORE_START_TIMEOUT = 10.0
-
-
-class Worker:
-    """The master's handle on one worker process: one request at a time, in order."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.proc: asyncio.subprocess.Process | None = None
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self._lock = asyncio.Lock()
-
-    async def start(self, init: tuple[Any, ...]) -> None:
-        parent, child = socket.socketpair()
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router.worker", str(child.fileno()), pass_fds=[child.fileno()])
-        child.close()
-        self.reader, self.writer = await asyncio.open_connection(sock=parent)
-        await ipc.send(self.writer, init)
-        reply = await asyncio.wait_for(ipc.recv(self.reader), 30)
-        if reply[0] != "ready":
-            raise RuntimeError(f"worker {self.index}: unexpected {reply!r}")
-
-    async def request(self, *msg: Any) -> Any:
-        async with self._lock:
-            assert self.reader is not None and self.writer is not None
-            await ipc.send(self.writer, msg)
-            return await ipc.recv(self.reader)
+# The sticky secret's file in the state directory (unless sticky.secret_file names another).
+SECRET_FILE = "router-secret"
+# A one-off probe of a backend nothing has shown to work yet (a weight change to its service).
+READY_PROBE = HealthCheckConfig(timeout=1.0)
 
 
 class Server:
     """One router: the admin API and state here, the data plane here or in workers."""
 
     def __init__(self, config: Config, store: str | None = None, workers: int = 1,
-                 admin: "Callable[[Server], web.Application] | None" = None) -> None:
+                 admin: "Callable[[Server], web.Application] | None" = None,
+                 state_dir: str | None = None) -> None:
         """``store``: a file path or an ``etcd://`` URL (see ``router.store.open_store``);
         None keeps the state in memory only. ``admin`` makes the admin listener's application
-        for this server (``admin.app.create_app``); None: no admin listener."""
+        for this server (``admin.app.create_app``); None: no admin listener. ``state_dir``
+        holds the sticky secret (unless ``sticky.secret_file`` names one); None: a secret for
+        this process only."""
         self.config = config
         self.admin = admin
         self.store_spec = store
         self.store: Store | None = None
+        self.state_dir = state_dir
         self.nworkers = workers
         self.manager: StateManager | None = None
         self.plane: DataPlane | None = None
-        self.health: HealthChecker | None = None
+        self.health: Health | None = None
+        self.workers: Supervisor | None = None
         self.docker: DockerProvider | None = None
         self.registry = CollectorRegistry()
         self.ready = False
         self.port = 0
         self.admin_port = 0
-        self._workers: list[Worker] = []
-        self._worker_tasks: list[asyncio.Task[None]] = []
         self._stats: Stats | None = None  # the workers' counters, summed at the last scrape
-        self._reserved: socket.socket | None = None
+        self._listen: list[socket.socket] = []
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_dirty = False
         self._release_task: asyncio.Task[None] | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._pins_task: asyncio.Task[None] | None = None
@@ -126,9 +109,19 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
+        # Every address first, before the store is touched or anything listens: a router whose
+        # port is taken exits naming it (router.listeners).
+        self._listen = bind(cfg.listen_host, cfg.listen_port, "data plane")
+        try:
+            admin_socks = bind(cfg.admin.host, cfg.admin.port, "admin API") if self.admin else []
+        except OSError:
+            for s in self._listen:
+                s.close()
+            raise
+        self.port = port_of(self._listen)
         secret_path = cfg.sticky.secret_file
-        if secret_path is None and cfg.source:
-            secret_path = os.path.join(os.path.dirname(os.path.abspath(cfg.source)), "router-secret")
+        if secret_path is None and self.state_dir is not None:
+            secret_path = os.path.join(self.state_dir, SECRET_FILE)
         state, version, stored = State.initial(cfg.apps), 0, False
         if self.store_spec is not None:
             self.store = open_store(self.store_spec, secret_path)
@@ -138,26 +131,35 @@ class Server:
         else:
             secret = await self.store.secret()  # etcd: one secret for every replica
         self.manager = StateManager(state, self.store, self.apply_state, version)
-        self.plane = DataPlane(cfg, secret, state.apps, state.generation)
+        self.health = Health(self._health_changed, cfg.passive_health, loop)
+        self.plane = DataPlane(cfg, secret, state.apps, state.generation, self.health)
+        self.health.update(state.apps)
+        self.plane.rebuild(self.health.states())
+        health = self.health
         self.registry.register(DataPlaneCollector(
             lambda: self.plane.table, self._current_stats,  # type: ignore[union-attr]
-            lambda: self.manager.state.releases))  # type: ignore[union-attr]
+            lambda: self.manager.state.releases,  # type: ignore[union-attr]
+            lambda key: health.state(key)[0]))
+        self.registry.register(WorkersCollector(self._workers_up, self._worker_restarts))
         if self.store is not None:
             self.registry.register(StoreCollector(lambda: self.store.up))  # type: ignore[union-attr]
-        self.health = HealthChecker(self.plane.builder, self._health_changed)
-        self.health.update(state.apps)
+        listen(self._listen, BACKLOG, "data plane")
+        listen(admin_socks, BACKLOG, "admin API")
         if self.nworkers == 1:
-            self.port = await self.plane.listen(cfg.listen_host, cfg.listen_port)
+            for sock in self._listen:
+                await self.plane.serve(sock)
         else:
-            await self._start_workers(state)
+            self.workers = Supervisor(self.nworkers, self._listen, self._init_message,
+                                      self._sync_message, self._worker_notes,
+                                      lambda: self.config.timeouts.worker)
+            await self.workers.start()
         if self.admin is not None:
             self._admin_runner = web.AppRunner(self.admin(self), access_log=None,
                                                handle_signals=False)
             await self._admin_runner.setup()
-            site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port,
-                               reuse_address=True)
-            await site.start()
-            self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            for sock in admin_socks:
+                await web.SockSite(self._admin_runner, sock).start()
+            self.admin_port = port_of(admin_socks)
         if cfg.providers.docker is not None:
             self.docker = DockerProvider(cfg.providers.docker, cfg.domain, self.manager)
             self.registry.register(self.docker.collector())
@@ -211,9 +213,12 @@ class Server:
         return state, version, True
 
     async def _follow_store(self, store: Store) -> None:
-        """Make every change another replica stores live here (a shared store only)."""
+        """Make every change another replica stores live here (a shared store only); write back
+        the newest state this replica holds if the store lost its data."""
         manager = self.manager
-        assert manager is not None
+        assert manager is not None and self.plane is not None
+        # The secret goes back only if it came from the store (not from sticky.secret_file).
+        secret = self.plane.secret if self.config.sticky.secret_file is None else None
         while not self._closing:
             try:
                 async for data, version in store.watch(manager.version):
@@ -221,42 +226,72 @@ class Server:
                 return  # the store has nothing to watch, or was closed
             except asyncio.CancelledError:
                 raise
+            except StoreLost:
+                data, version = await store.reseed(manager.state.to_dict(), secret)
+                await manager.reseeded(data, version)
             except Exception:
                 log.exception("following %s failed; starting again", store.name)
                 await asyncio.sleep(1)
 
-    async def _start_workers(self, state: State) -> None:
-        cfg = self.config
-        # Hold the port (bound, not listening) so that port 0 names one port for every worker.
-        family = socket.AF_INET6 if ":" in cfg.listen_host else socket.AF_INET
-        self._reserved = socket.socket(family, socket.SOCK_STREAM)
-        self._reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._reserved.bind((cfg.listen_host, cfg.listen_port))
-        self.port = self._reserved.getsockname()[1]
-        self._workers = [Worker(i) for i in range(self.nworkers)]
-        await asyncio.gather(*(w.start(self._init_message(state)) for w in self._workers))
-        self._worker_tasks = [asyncio.get_running_loop().create_task(self._supervise(w))
-                              for w in self._workers]
+    # -- worker processes (router.supervisor) ------------------------------------------------
+    def _init_message(self) -> tuple[Any, ...]:
+        assert self.plane is not None
+        return ("init", self.config, self.plane.secret, *self._sync_message()[1:])
 
-    def _init_message(self, state: State) -> tuple[Any, ...]:
-        plane = self.plane
-        assert plane is not None
-        return ("init", self.config, plane.secret, state.apps, state.generation,
-                plane.health_map(), self.port)
+    def _sync_message(self) -> tuple[Any, ...]:
+        """What a worker needs just before it serves: the current everything."""
+        assert self.manager is not None and self.health is not None
+        state = self.manager.state
+        return (self.config, state.apps, state.generation, self.health.states())
 
-    async def _supervise(self, worker: Worker) -> None:
-        """A worker that dies is started again with the current state."""
-        while True:
-            assert worker.proc is not None
-            code = await worker.proc.wait()
-            if self._closing:
-                return
-            log.error("worker %d exited with %s; starting it again", worker.index, code)
-            await asyncio.sleep(0.5)
-            try:
-                await worker.start(self._init_message(self.manager.state))  # type: ignore[union-attr]
-            except Exception:
-                log.exception("worker %d did not start", worker.index)
+    def _worker_notes(self, notes: list[Any]) -> None:
+        """What a worker's passive health saw; a worker that took a backend out of its own
+        rotation ahead of a decision that did not come is told the decided states again."""
+        health = self.health
+        assert health is not None
+        resync = False
+        for note in notes:
+            kind, key = note[0], note[1]
+            if kind == "failure":
+                resync |= note[3] and not health.failure(key, note[2])
+            elif kind == "success":
+                health.success(key)
+            elif kind == "stalled":
+                resync |= note[3] and not health.stalled(key, note[2])
+        if resync:
+            self._push_health()
+
+    def _push_health(self) -> None:
+        """Tell the workers the backends' states: one broadcast at a time, with the newest."""
+        self._health_dirty = True
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.get_running_loop().create_task(self._send_health())
+
+    async def _send_health(self) -> None:
+        assert self.workers is not None and self.health is not None
+        while self._health_dirty and not self._closing:
+            self._health_dirty = False
+            await self.workers.broadcast("health", self.health.states())
+
+    def _workers_up(self) -> int:
+        if self.workers is None:
+            return 1 if self.ready else 0
+        return self.workers.up
+
+    def _worker_restarts(self) -> dict[str, int]:
+        return dict(self.workers.restarts) if self.workers is not None else {}
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for /readyz."""
+        if not self.ready:
+            return False, "stopping" if self._closing or self._stopping is not None else "starting"
+        if self.workers is not None:
+            up = self.workers.up
+            if up == 0:
+                return False, f"no worker is serving (0 of {self.nworkers}; being replaced)"
+            if up < self.nworkers:
+                return True, f"ready; {up} of {self.nworkers} workers serving, the others being replaced"
+        return True, "ready"
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM/SIGINT; SIGHUP reloads the configuration file."""
@@ -282,14 +317,12 @@ class Server:
         if self.docker is not None:
             await self.docker.stop()
         grace = self.config.timeouts.grace
-        if self._workers:
-            await asyncio.gather(*(self._stop_worker(w, grace) for w in self._workers))
-            for t in self._worker_tasks:
-                t.cancel()
-            if self._reserved is not None:
-                self._reserved.close()
+        if self.workers is not None:
+            await self.workers.stop(grace)
         assert self.plane is not None
         await self.plane.drain(grace)
+        for sock in self._listen:
+            sock.close()
         if self._release_task is not None:
             self._release_task.cancel()
         if self._follow_task is not None:
@@ -304,49 +337,35 @@ class Server:
             await self.store.close()
         log.info("stopped")
 
-    async def _stop_worker(self, worker: Worker, grace: float) -> None:
-        try:
-            await asyncio.wait_for(worker.request("stop", grace), grace + 5)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
-            log.warning("worker %d did not stop cleanly: %r", worker.index, e)
-        if worker.proc is not None and worker.proc.returncode is None:
-            try:
-                await asyncio.wait_for(worker.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                worker.proc.kill()
-                await worker.proc.wait()
-
     # -- new states -----------------------------------------------------------------------
     async def apply_state(self, state: State) -> None:
         """Make ``state`` live here and in every worker (the StateManager calls this after
         persisting; the admin call answers when this returns)."""
         assert self.plane is not None and self.health is not None
-        self.plane.apply(state.apps, state.generation)
         self.health.update(state.apps)
+        health = self.health.states()
+        self.plane.apply(state.apps, state.generation, health)
         if self.docker is not None:
             self.docker.state_changed()
-        await self._tell_workers("state", state.apps, state.generation, self.plane.health_map())
+        if self.workers is not None:
+            self.workers.keep({(a.name, s.name) for a in state.apps for s in a.services},
+                              set(health))
+            await self.workers.broadcast("state", state.apps, state.generation, health)
 
-    async def _tell_workers(self, *msg: Any) -> None:
-        if not self._workers:
-            return
-        replies = await asyncio.gather(*(w.request(*msg) for w in self._workers),
-                                       return_exceptions=True)
-        for w, r in zip(self._workers, replies):
-            if isinstance(r, BaseException):
-                # A dead worker is restarted with the current state by its supervisor.
-                log.error("worker %d did not take %s: %r", w.index, msg[0], r)
+    async def _tell_workers(self, kind: str, *args: Any) -> None:
+        """Every worker takes the call, or is replaced (``Supervisor.broadcast``)."""
+        if self.workers is not None:
+            await self.workers.broadcast(kind, *args)
 
     def _health_changed(self) -> None:
         # Same generation: health is observed, not a change of the configured state.
-        assert self.plane is not None
-        self.plane.rebuild()
-        if self._workers:
-            asyncio.get_running_loop().create_task(
-                self._tell_workers("health", self.plane.health_map()))
+        assert self.plane is not None and self.health is not None
+        self.plane.rebuild(self.health.states())
+        if self.workers is not None:
+            self._push_health()
 
     def _current_stats(self) -> Stats:
-        if self._workers and self._stats is not None:
+        if self.workers is not None and self._stats is not None:
             return self._stats
         return self.plane.stats()  # type: ignore[union-attr]
 
@@ -358,16 +377,36 @@ class Server:
         return self._current_stats()
 
     async def refresh_stats(self) -> None:
-        """Sum the workers' counters (before a scrape)."""
-        if not self._workers:
-            return
-        total = Stats()
-        replies = await asyncio.gather(*(w.request("stats") for w in self._workers),
-                                       return_exceptions=True)
-        for r in replies:
-            if not isinstance(r, BaseException):
-                total.add(r[1])
-        self._stats = total
+        """Sum the workers' counters (before a scrape), within ``supervisor.STATS_TIMEOUT``."""
+        if self.workers is not None:
+            self._stats = await self.workers.stats()
+
+    async def ready_services(self, app: AppConfig, names: Iterable[str]) -> set[str]:
+        """Which of the services ``names`` of ``app`` have a backend ready to take requests: one
+        shown to work, or an unchecked one that accepts a connection now (a one-off probe, as a
+        release's readiness check does without a configured check)."""
+        health = self.health
+        assert health is not None
+        services = {s.name: s for s in app.services}
+        ready: set[str] = set()
+        unproven: list[tuple[str, BackendKey]] = []
+        for name in names:
+            svc = services.get(name)
+            if svc is None:
+                continue
+            keys = [(app.name, name, addr) for addr in svc.backends]
+            if any(health.state(k)[0] == HEALTHY for k in keys):
+                ready.add(name)
+            else:
+                unproven += [(name, k) for k in keys if health.state(k)[0] == UNCHECKED]
+
+        async def try_one(name: str, key: BackendKey) -> None:
+            host, port = split_hostport(key[2])
+            if await probe(host, port, READY_PROBE):
+                health.worked(key)
+                ready.add(name)
+        await asyncio.gather(*(try_one(n, k) for n, k in unproven))
+        return ready
 
     def reload(self) -> None:
         """SIGHUP: the process settings of the configuration file again (timeouts, limits,
@@ -390,6 +429,8 @@ class Server:
             log.info("reload of %s: %s", path, "; ".join(applied) or "no setting changed")
         self.config = keep_bound(self.config, new)
         self.plane.reconfigure(self.config)  # type: ignore[union-attr]
+        if self.health is not None:
+            self.health.configure(self.config.passive_health)
         asyncio.get_running_loop().create_task(self._tell_workers("config", self.config))
         self._report_file_apps(new)
 
@@ -442,6 +483,8 @@ class Server:
         with a TCP connect (SPEC 5).
         """
         state = self.manager.state  # type: ignore[union-attr]
+        health = self.health
+        assert health is not None
         watched = {(n, r.new, a) for n, r in state.releases.items() if r.status == Status.IN_PROGRESS
                    for a in next(s for s in state.app(n).services if s.name == r.new).backends}
         self._tcp_passed &= watched
@@ -453,12 +496,13 @@ class Server:
             ready = bool(svc.backends)  # a version with no backend (yet) has proven nothing
             for addr in svc.backends:
                 key = (name, svc.name, addr)
-                passed = self.health.passed(*key)  # type: ignore[union-attr]
+                passed = health.passed(*key)
                 if passed is None:  # no configured check: a TCP connect
                     if key not in self._tcp_passed:
                         host, port = split_hostport(addr)
-                        if await probe(host, port, HealthCheckConfig(timeout=1.0)):
+                        if await probe(host, port, READY_PROBE):
                             self._tcp_passed.add(key)
+                            health.worked(key)
                     passed = key in self._tcp_passed
                 ready = ready and passed
             if ready:

@@ -34,7 +34,7 @@ from .config import AppConfig, ConfigError, HealthCheckConfig, ServiceConfig, pa
 from .errors import BadRequest, Conflict, Invalid, NotFound, PreconditionFailed, Unavailable
 from .history import HISTORY_LIMIT, ROUTER, Actor, Change, describe, utc_now
 from .release import Action, Release, ReleaseConflict, start as start_release
-from .store import Store, StoreConflict, StoreUnavailable
+from .store import Store, StoreConflict, StoreLost, StoreUnavailable
 
 log = logging.getLogger("router.admin")
 
@@ -258,8 +258,13 @@ def delete_app(name: str) -> Step:
 
 
 @operation("set_weights")
-def set_weights(name: str, weights: dict[str, Any]) -> Step:
-    """All listed weights change in one step, or none does."""
+def set_weights(name: str, weights: dict[str, Any], ready: set[str] | None = None) -> Step:
+    """All listed weights change in one step, or none does.
+
+    ``ready``: the services with a backend ready to take requests. Given, a change that would
+    leave every weight at 0, or all of the weight on services not in it, is a 409 (a release
+    turned into an outage by one command); None: no such check (``force``).
+    """
     def op(state: State) -> Outcome:
         app = state.app(name)
         if not weights:
@@ -269,6 +274,17 @@ def set_weights(name: str, weights: dict[str, Any]) -> Step:
             if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100:
                 raise Invalid(f"must be an integer 0..100 (got {w!r})", svc)
         services = tuple(replace(s, weight=weights.get(s.name, s.weight)) for s in app.services)
+        if ready is not None and services != app.services:
+            weighted = [s for s in services if s.weight > 0]
+            if not weighted:
+                raise Conflict(f"every weight of {name!r} would be 0: every request without a "
+                               "sticky cookie would get 503; send force=true to do it anyway",
+                               "weights")
+            if not any(s.name in ready for s in weighted):
+                which = "; ".join(f"{s.name} ({', '.join(s.backends)})" for s in weighted)
+                raise Conflict(f"{name!r} would send all its traffic to services with no backend "
+                               f"ready to take requests (none is healthy or accepts a "
+                               f"connection): {which}; send force=true to do it anyway", "weights")
         return _replace_app(state, replace(app, services=services)), state.releases
     return op
 
@@ -585,6 +601,21 @@ class StateManager:
             await self._switch(state, version)
             return True
 
+    async def reseeded(self, data: dict[str, Any], version: int) -> None:
+        """The store lost its data and was written back: ``data`` at ``version`` is what it
+        holds now -- this replica's state, or a newer one another replica offered."""
+        async with self._lock:
+            try:
+                state = State.from_dict(data, self.store_name)
+            except ConfigError as e:
+                log.error("the re-seeded state at version %d is not valid: %s", version, e)
+                self.version = version
+                return
+            if state != self.state and state.generation >= self.state.generation:
+                await self._switch(state, version)
+            else:
+                self.version = version
+
     async def _reload(self, current: tuple[dict[str, Any] | None, int] | None = None) -> None:
         """Make the store's state (``current`` if the conflict brought it) live here."""
         assert self._store is not None
@@ -624,7 +655,9 @@ class StateManager:
         return self._store.name if self._store is not None else "memory"
 
     def _unavailable(self, e: Exception) -> Unavailable:
-        if isinstance(e, StoreUnavailable):
+        if isinstance(e, StoreLost):
+            reason = str(e)
+        elif isinstance(e, StoreUnavailable):
             reason = f"{e}; changes are refused until it answers again"
         else:
             reason = f"cannot persist the routing state: {e}"

@@ -18,11 +18,13 @@ issued in the future) is treated as no cookie at all.
 from __future__ import annotations
 
 import binascii
+import glob
 import hashlib
 import hmac
 import logging
 import os
 import struct
+import time
 from typing import NamedTuple
 
 log = logging.getLogger("router")
@@ -162,6 +164,7 @@ def load_or_create_secret(path: str | None) -> bytes:
     """
     if path is None:
         return os.urandom(32)
+    _remove_strays(path)
     try:
         with open(path, "rb") as f:
             data = f.read().strip()
@@ -186,3 +189,19 @@ def load_or_create_secret(path: str | None) -> bytes:
     os.unlink(tmp)
     log.info("created sticky secret %s", path)
     return secret
+
+
+# A secret's temporary file lives for milliseconds; one older than this was left by a router
+# killed while creating it (replicas sharing the file may be creating theirs right now).
+_STRAY_AGE = 60.0
+
+
+def _remove_strays(path: str) -> None:
+    """Temporary files of a secret's creation that a killed router left behind."""
+    now = time.time()
+    for stray in glob.glob(glob.escape(path) + ".tmp[0-9]*"):
+        try:
+            if now - os.stat(stray).st_mtime > _STRAY_AGE:
+                os.unlink(stray)
+        except OSError:
+            pass

@@ -26,10 +26,11 @@ from .sticky import TokenCodec
 class Backend:
     """One backend address of one service; shared by every snapshot that contains it."""
 
-    __slots__ = ("key", "host", "port", "inflight", "healthy", "stats", "token_id")
+    __slots__ = ("key", "ident", "host", "port", "inflight", "healthy", "stats", "token_id")
 
-    def __init__(self, key: str, token_id: bytes) -> None:
+    def __init__(self, key: str, token_id: bytes, ident: tuple[str, str, str] = ("", "", "")) -> None:
         self.key = key
+        self.ident = ident  # (app, service, address): how health reports name it across processes
         self.host, self.port = split_hostport(key)
         self.inflight = 0
         self.healthy = True
@@ -211,7 +212,7 @@ class TableBuilder:
                     bkey = (cfg.name, scfg.name, addr)
                     be = self._backends.get(bkey)
                     if be is None:
-                        be = Backend(addr, self._codec.backend_id(cfg.name, scfg.name, addr))
+                        be = Backend(addr, self._codec.backend_id(cfg.name, scfg.name, addr), bkey)
                     backends[bkey] = be
                     bes.append(be)
                 st = stats[skey] = self._stats.get(skey) or ServiceStats()

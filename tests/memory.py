@@ -21,6 +21,7 @@ import h11
 from router.client import ClientConnection
 from router.config import config_from_dict
 from router.context import ProxyContext
+from router.health import Health, PassiveHealth
 from router.sticky import TokenCodec
 from router.table import TableBuilder
 from router.upstream import UpstreamConnection, UpstreamPool
@@ -372,8 +373,10 @@ class Wire:
         self.backends: dict[str, MemoryBackend] = {}
         self.pool = UpstreamPool(self.loop, 3.0, MemoryOpener(self.loop, self.backends))  # type: ignore[arg-type]
         self.builder = TableBuilder(self.codec)
+        health = Health(lambda: None, self.config.passive_health, self.loop)  # type: ignore[arg-type]
         self.ctx = ProxyContext(self.config, self.builder.build(self.config.apps, 1), self.pool,
-                                self.codec, self.loop)  # type: ignore[arg-type]
+                                self.codec, self.loop,  # type: ignore[arg-type]
+                                PassiveHealth(health, self.config.passive_health.failures))
 
     def backend(self, key: str) -> MemoryBackend:
         return self.backends.setdefault(key, MemoryBackend(key))

@@ -64,7 +64,7 @@ _TOP_KEYS = (
 _ADMIN_KEYS = ("listen", "token_file")
 _STICKY_KEYS = ("cookie", "max_idle", "max_life", "secret_file")
 _TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_body", "grace",
-                 "drain_delay")
+                 "drain_delay", "worker")
 _PASSIVE_KEYS = ("failures", "cooldown")
 _ACCESS_LOG_KEYS = ("enabled", "format")
 _PROVIDER_KEYS = ("docker",)

@@ -120,6 +120,10 @@ class Timeouts:
     # a load balancer polling readiness stops sending first (HAProxy's "grace"). 0: close the
     # listener at once.
     drain_delay: float = 0.0
+    # With --workers N: a worker that does not answer the master within this (a ping, a new
+    # state) is killed and replaced; an admin change waits at most this long for a hung worker.
+    # A live worker answers in milliseconds; 2 s leaves room for a busy machine.
+    worker: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

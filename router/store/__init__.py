@@ -5,10 +5,10 @@ several replicas. Both offer :class:`Store` (``base.py``); :func:`open_store` pi
 ``--store``.
 """
 
-from .base import Store, StoreConflict, StoreError, StoreUnavailable
+from .base import Store, StoreConflict, StoreError, StoreLost, StoreUnavailable
 from .file import FileStateStore, FileStore
 
-__all__ = ["FileStateStore", "FileStore", "Store", "StoreConflict", "StoreError",
+__all__ = ["FileStateStore", "FileStore", "Store", "StoreConflict", "StoreError", "StoreLost",
            "StoreUnavailable", "check_store", "open_store"]
 
 

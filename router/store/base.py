@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, AsyncIterator
 
-__all__ = ["Store", "StoreConflict", "StoreError", "StoreUnavailable"]
+__all__ = ["Store", "StoreConflict", "StoreError", "StoreLost", "StoreUnavailable"]
 
 Document = dict[str, Any]
 
@@ -38,6 +38,12 @@ class StoreConflict(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached now; the same call may succeed later."""
+
+
+class StoreLost(StoreUnavailable):
+    """The store lost its data (etcd restarted empty, say): changes are refused until the
+    processes sharing it have written back the newest state they hold (:meth:`Store.reseed`).
+    Raised by :meth:`Store.save` meanwhile, and by :meth:`Store.watch` to ask for the re-seed."""
 
 
 class Store(ABC):
@@ -79,6 +85,12 @@ class Store(ABC):
         """
         return
         yield  # an async generator that yields nothing
+
+    async def reseed(self, data: Document, secret: bytes | None) -> tuple[Document, int]:
+        """After :class:`StoreLost`: offer ``data`` (the newest state this process holds) and
+        the sticky ``secret`` (None: this process does not take it from the store), and return the state the store holds once every process sharing
+        it had the time to offer theirs (the highest generation), with its version."""
+        raise NotImplementedError(f"{type(self).__name__} cannot lose its data behind our back")
 
     @abstractmethod
     async def secret(self) -> bytes:

@@ -19,6 +19,16 @@ restarted, connection lost) is created again from the revision after the last ev
 etcd replays whatever happened meanwhile; if etcd has compacted that history away, the store
 reads the current state instead. Either way no change is missed and none is applied twice.
 
+**Data loss.** An etcd restarted with an empty (or older) data directory answers as if nothing
+had happened, and its revisions start again from 1. Every answer's header is checked: a cluster
+ID that changes, or a revision lower than one already seen, means the data is gone; so does the
+state key vanishing, or being created anew, under a running replica. The store then says so
+(``router_store_up`` 0, a log line naming the cause), refuses changes (:class:`StoreLost`), and
+the replicas write back what they hold (:meth:`EtcdStore.reseed`): each offers its state and the
+sticky secret, the highest generation wins, and after ``RESEED_HOLD`` (every replica has noticed
+and offered by then) all of them serve that state and accept changes again, generations
+continuing from it. docs/etcd.md walks through it.
+
 The client is ``aetcd`` (asyncio over gRPC); see the README for why. Its calls fail fast while
 etcd is down (the gRPC channel is in TRANSIENT_FAILURE), and the channel's reconnect backoff is
 capped at one second so that a replica notices etcd's return within about a second. While
@@ -45,7 +55,7 @@ from aetcd.exceptions import ClientError, RevisionCompactedError, WatchTimeoutEr
 from aetcd.rtypes import EventKind  # noqa: E402
 
 from ..history import HISTORY_LIMIT
-from .base import Store, StoreConflict, StoreError, StoreUnavailable
+from .base import Store, StoreConflict, StoreError, StoreLost, StoreUnavailable
 
 __all__ = ["DEFAULT_PREFIX", "EtcdStore", "parse_etcd_url"]
 
@@ -62,6 +72,10 @@ RETRY_INTERVAL = 0.25
 # nothing about whether etcd would answer a change (it may hang, or have lost its quorum), and
 # router_store_up should say so within about a second, in both directions.
 PROBE_INTERVAL = 1.0
+# After a data loss, how long a replica refuses changes after noticing it: every replica notices
+# within about two probes of etcd's return (a reconnect of at most 1 s, then a probe), and
+# offers its state at once; the state with the highest generation is the one served after.
+RESEED_HOLD = 3.0
 _CHANNEL_OPTIONS = {
     # gRPC's defaults back off up to 120 s between reconnects; a replica must catch up with etcd
     # within about a second of its return.
@@ -108,6 +122,13 @@ class EtcdStore(Store):
         self._history_prefix = self._prefix + b"history/"
         self._client = aetcd.Client(shown, port, timeout=timeout, options=_CHANNEL_OPTIONS)
         self._closed = asyncio.Event()
+        # What has been seen of this etcd: a data loss shows as one of them going back.
+        self._cluster: int | None = None
+        self._revision = 0
+        self._state_created = 0  # create_revision of the state key; 0: not seen yet
+        self.lost: str | None = None  # why the store counts as having lost its data
+        self._lost_at = 0.0
+        self._watching: Any = None
 
     @classmethod
     def from_url(cls, url: str) -> "EtcdStore":
@@ -118,9 +139,60 @@ class EtcdStore(Store):
 
     # -- reachability ------------------------------------------------------------------------
     def _reached(self) -> None:
+        if self.lost is not None:
+            return  # reachable, but not up until the replicas have re-seeded it
         if not self.up:
             log.info("%s: reachable", self.name)
         self.up = True
+
+    # -- data loss ----------------------------------------------------------------------------
+    def _seen(self, header: Any, floor: int) -> None:
+        """Every answer's header: another cluster, or a revision below ``floor`` -- the newest
+        revision known when the request was sent -- is a data loss. (Answers to requests sent
+        at the same time may arrive in any order: only one sent after a revision was seen must
+        be at or above it.)"""
+        if self.lost is not None or header is None:
+            return
+        if not header.cluster_id:
+            pass  # the header of an operation inside a transaction carries only the revision
+        elif self._cluster is None:
+            self._cluster = header.cluster_id
+        elif header.cluster_id != self._cluster:
+            self._lose(f"etcd's cluster ID changed from {self._cluster:x} to {header.cluster_id:x}")
+            return
+        if header.revision < floor:
+            self._lose(f"etcd's revision went back from {floor} to {header.revision} "
+                       "(restarted with an empty or older data directory?)")
+            return
+        self._revision = max(self._revision, header.revision)
+
+    def _seen_state(self, created: int) -> None:
+        """The state key's create_revision (0: absent) as an answer showed it."""
+        if self.lost is not None:
+            return
+        if created == 0 and self._state_created:
+            self._lose(f"the state key {self._key.decode()} vanished")
+        elif created and self._state_created and created != self._state_created:
+            self._lose(f"the state key {self._key.decode()} was created anew at revision "
+                       f"{created} (it was created at {self._state_created})")
+        elif created:
+            self._state_created = created
+
+    def _lose(self, cause: str) -> None:
+        self.lost = cause
+        self.up = False
+        self._lost_at = asyncio.get_running_loop().time()
+        log.error("%s: data loss: %s; changes are refused until the replicas have written back "
+                  "the newest state they hold", self.name, cause)
+        if self._watching is not None:
+            # The watch waits for revisions of the lost history: end it, so that the router
+            # re-seeds (StoreLost from watch()).
+            asyncio.get_running_loop().create_task(_cancel_quietly(self._watching))
+
+    def _refused(self) -> StoreLost:
+        return StoreLost(f"the routing-state store {self.name} lost its data ({self.lost}); "
+                         "changes are refused until the replicas have written back the newest "
+                         "state they hold")
 
     def _unreachable(self, exc: BaseException) -> StoreUnavailable:
         if self.up:
@@ -138,18 +210,24 @@ class EtcdStore(Store):
         try:
             # A range read, not a get: its header carries the store revision even when the
             # state key does not exist yet, and the watch resumes after that revision.
+            floor = self._revision
             got = await self._client.get_prefix(self._key)
         except (ClientError, asyncio.TimeoutError) as e:
             raise self._unreachable(e) from None
         self._reached()
+        self._seen(got.header, floor)
         revision = got.header.revision
         for kv in got:
             if kv.key == self._key:
+                self._seen_state(kv.create_revision)
                 return self._decode(kv.value, kv.mod_revision), kv.mod_revision, revision
+        self._seen_state(0)
         return None, 0, revision
 
     async def save(self, data: dict[str, Any], expected_version: int,
                    entry: dict[str, Any] | None = None) -> int:
+        if self.lost is not None:
+            raise self._refused()
         payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
         tx = self._client.transactions
         writes = [tx.put(self._key, payload)]
@@ -164,22 +242,36 @@ class EtcdStore(Store):
             # conflict the same transaction reads the newer state: one round trip, not two, before
             # the caller can try again -- which keeps a replica from losing every race to one
             # that is writing back to back.
+            floor = self._revision
             ok, responses = await self._client.transaction(
                 compare=[tx.mod(self._key) == expected_version],
                 success=writes,
-                failure=[tx.get(self._key)],
+                # The secret too: its header shows a data loss even when the state is gone.
+                failure=[tx.get(self._key), tx.get(self._secret_key)],
             )
         except (ClientError, asyncio.TimeoutError) as e:
             raise self._unreachable(e) from None
         self._reached()
         if ok:
-            return int(responses[0].response_put.header.revision)
+            header = responses[0].response_put.header
+            self._seen(header, floor)
+            if expected_version == 0:
+                self._seen_state(header.revision)  # created by this put
+            return int(header.revision)
         current: tuple[dict[str, Any] | None, int] | None = (None, 0)
-        for value, kv in responses[0] if responses else ():
+        state = responses[0] if responses else []
+        for _, kv in state + (responses[1] if len(responses) > 1 else []):
+            self._seen(kv.header, floor)
+        if expected_version and not state:
+            self._seen_state(0)  # built on a state that is not there any more
+        for value, kv in state:
+            self._seen_state(kv.create_revision)
             try:
                 current = self._decode(value, kv.mod_revision), kv.mod_revision
             except StoreError:
                 current = None  # let the caller load it and see the error
+        if self.lost is not None:
+            raise self._refused()
         raise StoreConflict(f"{self.name}: the state changed after revision {expected_version}",
                             current)
 
@@ -206,6 +298,7 @@ class EtcdStore(Store):
         tx = self._client.transactions
         try:
             # Create if absent, else read: replicas starting together all end with the winner's.
+            floor = self._revision
             ok, responses = await self._client.transaction(
                 compare=[tx.create(self._secret_key) == 0],
                 success=[tx.put(self._secret_key, fresh)],
@@ -215,8 +308,10 @@ class EtcdStore(Store):
             raise self._unreachable(e) from None
         self._reached()
         if ok:
+            self._seen(responses[0].response_put.header, floor)
             log.info("%s: created the sticky secret", self.name)
             return fresh
+        self._seen(responses[0][0][1].header, floor)
         value = bytes(responses[0][0][0]).strip()
         if len(value) < 16:
             raise StoreError(f"{self.name}: {self._secret_key.decode()}: the sticky secret is "
@@ -236,12 +331,16 @@ class EtcdStore(Store):
     async def _probe(self) -> None:
         while not self._closed.is_set():
             try:
-                # A linearizable read of a small key: answered only with a quorum behind it.
-                await self._client.get(self._secret_key)
+                # A linearizable read, answered only with a quorum behind it: the state key
+                # without its value, whose header and create_revision show a data loss.
+                floor = self._revision
+                got = await self._client.get_prefix(self._key, keys_only=True)
             except (ClientError, asyncio.TimeoutError) as e:
                 self._unreachable(e)
             else:
                 self._reached()
+                self._seen(got.header, floor)
+                self._seen_state(next((kv.create_revision for kv in got if kv.key == self._key), 0))
             await self._pause(PROBE_INTERVAL)
 
     async def _watch(self, from_version: int) -> AsyncIterator[tuple[dict[str, Any], int]]:
@@ -249,6 +348,8 @@ class EtcdStore(Store):
         resume = from_version + 1  # the first revision not yet read
         compacted = False
         while not self._closed.is_set():
+            if self.lost is not None:
+                raise self._refused()
             if compacted:
                 # The history from ``resume`` on is gone: read the current state instead, and
                 # watch from the revision of that read.
@@ -276,6 +377,7 @@ class EtcdStore(Store):
                 await self._pause()
                 continue
             self._reached()
+            self._watching = watch
             try:
                 async for event in watch:
                     kv = event.kv
@@ -283,9 +385,13 @@ class EtcdStore(Store):
                     if kv.key != self._key:
                         continue
                     if event.kind == EventKind.DELETE:
-                        log.warning("%s: the state was deleted from etcd; serving the last one "
-                                    "until a new one is written", self.name)
-                        continue
+                        self._seen_state(0)
+                        break
+                    self._seen_state(kv.create_revision)
+                    # The newest revision known: an etcd that comes back empty answers below it.
+                    self._revision = max(self._revision, kv.mod_revision)
+                    if self.lost is not None:
+                        break
                     try:
                         data = self._decode(kv.value, kv.mod_revision)
                     except StoreError as e:
@@ -301,7 +407,72 @@ class EtcdStore(Store):
                     self._unreachable(e)
                     await self._pause()
             finally:
+                self._watching = None
                 await _cancel_quietly(watch)
+
+    async def reseed(self, data: dict[str, Any],
+                     secret: bytes | None) -> tuple[dict[str, Any], int]:
+        """Write back ``data`` (and ``secret``, the sticky secret this replica got from etcd;
+        None: it uses its own file) unless etcd holds a state of the same or a higher
+        generation; then, RESEED_HOLD after the loss was noticed, the state etcd holds (the
+        newest any replica offered) and its version. Retries while etcd is unreachable."""
+        generation = data.get("generation", 0)
+        payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+        tx = self._client.transactions
+        puts = [tx.put(self._key, payload)]
+        if secret is not None:
+            puts.append(tx.put(self._secret_key, secret))
+        while True:
+            got = await self._read_state()
+            kv = next((kv for kv in got if kv.key == self._key), None)
+            held = None
+            if kv is not None:
+                try:
+                    held = self._decode(kv.value, kv.mod_revision).get("generation")
+                except StoreError as e:
+                    log.error("%s: %s; writing ours over it", self.name, e)
+            if isinstance(held, int) and held >= generation:
+                log.info("%s: holds generation %d; ours (%d) is not newer", self.name, held,
+                         generation)
+                break
+            try:
+                ok, _ = await self._client.transaction(
+                    compare=[tx.mod(self._key) == (kv.mod_revision if kv is not None else 0)],
+                    success=puts, failure=[])
+            except (ClientError, asyncio.TimeoutError) as e:
+                self._unreachable(e)
+                await self._pause()
+                continue
+            if ok:
+                log.warning("%s: wrote back generation %d%s", self.name, generation,
+                            " and the sticky secret" if secret is not None else "")
+                break
+        await self._pause(max(0.0, self._lost_at + RESEED_HOLD - asyncio.get_running_loop().time()))
+        got = await self._read_state()
+        kv = next((kv for kv in got if kv.key == self._key), None)
+        if kv is None:  # lost again meanwhile: offer again
+            return await self.reseed(data, secret)
+        state = self._decode(kv.value, kv.mod_revision)
+        # A new history: what is seen from now on is compared with this.
+        self._cluster, self._revision = got.header.cluster_id, got.header.revision
+        self._state_created = kv.create_revision
+        cause, self.lost = self.lost, None
+        self._reached()
+        log.warning("%s: re-seeded after the data loss (%s): generation %s at revision %d; "
+                    "changes are accepted again", self.name, cause, state.get("generation"),
+                    kv.mod_revision)
+        return state, kv.mod_revision
+
+    async def _read_state(self) -> Any:
+        """The state key's range read, retried until etcd answers (StoreUnavailable once the
+        store is closed)."""
+        while not self._closed.is_set():
+            try:
+                return await self._client.get_prefix(self._key)
+            except (ClientError, asyncio.TimeoutError) as e:
+                self._unreachable(e)
+                await self._pause()
+        raise StoreUnavailable(f"{self.name}: closed")
 
     async def close(self) -> None:
         self._closed.set()

@@ -12,8 +12,9 @@ old file or the new one, never a torn mix.  ``save`` gets that from the usual se
    "accepted".
 
 A process killed between 1 and 3 leaves a stray ``.<name>.<pid>.<n>.tmp`` beside the state file
-and the old state intact.  Stray files are not removed automatically: with several workers
-sharing the directory a temporary file may belong to a save in progress.
+and the old state intact.  The router removes them when it starts (:func:`remove_strays`):
+it is the files' only writer (workers never write), so no save can be in progress then; the
+history file's strays go the same way.
 
 :class:`FileStore` is the file itself (synchronous) and knows nothing about what the mapping
 contains; the caller validates it. :class:`FileStateStore` offers it through the common
@@ -25,6 +26,7 @@ change that made the state, to mend the history after a crash.
 from __future__ import annotations
 
 import asyncio
+import glob
 import itertools
 import json
 import logging
@@ -247,13 +249,14 @@ class FileStateStore(Store):
         self.file = FileStore(path)
         self.history_file = HistoryFile(history_path(path))
         self.name = path
-        # The sticky secret sits next to the configuration file, not next to the state (it
-        # always has); None: a random secret for this process only.
+        # The sticky secret's file (in the state directory, unless sticky.secret_file names
+        # another); None: a random secret for this process only.
         self._secret_path = secret_path
         self._version = 0
         # Newest first; read from the history file on first use. Changed only on the event
         # loop, so that a read never meets a save half-way.
         self._history: deque[dict[str, Any]] | None = None
+        self._started = False
 
     def __repr__(self) -> str:
         return f"FileStateStore({self.name!r})"
@@ -264,6 +267,10 @@ class FileStateStore(Store):
         return data, self._version
 
     def _load(self) -> tuple[dict[str, Any] | None, deque[dict[str, Any]]]:
+        if not self._started:  # once, at start: no save of this process can be under way
+            self._started = True
+            for path in (self.file.path, self.history_file.path):
+                remove_strays(path)
         data = self.file.load()
         history = self._read_history()
         last = data.get("change") if data is not None else None
@@ -323,6 +330,23 @@ class FileStateStore(Store):
         from ..sticky import load_or_create_secret
 
         return load_or_create_secret(self._secret_path)
+
+
+def remove_strays(path: str) -> int:
+    """Remove the temporary files that interrupted saves of ``path`` left; how many there were."""
+    directory = os.path.dirname(path) or "."
+    base = glob.escape(os.path.basename(path))
+    removed = 0
+    for stray in glob.glob(os.path.join(glob.escape(directory), f".{base}.*.tmp")):
+        try:
+            os.unlink(stray)
+            removed += 1
+        except OSError as exc:
+            log.warning("%s: cannot remove a stray temporary file: %s", stray, _reason(exc))
+    if removed:
+        log.info("%s: removed %d temporary file%s left by interrupted saves", path, removed,
+                 "s" if removed > 1 else "")
+    return removed
 
 
 def _reason(exc: OSError) -> str:

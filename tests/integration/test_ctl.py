@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Backend, RouterProcess, app_config, free_port
+from tests.conftest import ROOT, Backend, RouterProcess, app_config, free_port, get
 
 CTL_TIMEOUT = 30.0
 
@@ -122,8 +122,16 @@ async def test_apps_table_and_json(shop: tuple[RouterProcess, Backend, Backend])
     assert row(r.out, "routes:") == ["routes:", "shop.test"]
     assert row(r.out, "sticky:") == ["sticky:", "on"]
     assert row(r.out, "SERVICE") == ["SERVICE", "WEIGHT", "SHARE", "BACKENDS", "HEALTHY"]
-    assert row(r.out, "web") == ["web", "100", "100%", blue.addr, "1/1"]
+    # No request yet, no health check: nothing has shown that blue works.
+    assert row(r.out, "web") == ["web", "100", "100%", blue.addr, "0/1", "(1", "unchecked)"]
+    assert row(r.out, "BACKEND") == ["BACKEND", "SERVICE", "STATE", "REASON"]
+    assert row(r.out, blue.addr) == [blue.addr, "web", "unchecked", "-"]
     assert "release: -" in r.out
+    async with aiohttp.ClientSession() as s:
+        assert (await get(s, rp, host="shop.test"))[0] == 200
+    r = await ctl(rp.admin_url, "show", "shop")
+    assert row(r.out, "web") == ["web", "100", "100%", blue.addr, "1/1"]
+    assert row(r.out, blue.addr) == [blue.addr, "web", "healthy", "-"]
 
 
 async def test_weights_in_one_step(shop: tuple[RouterProcess, Backend, Backend]) -> None:

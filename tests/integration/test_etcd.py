@@ -110,9 +110,21 @@ async def _metric(s: aiohttp.ClientSession, rp: RouterProcess, name: str) -> flo
 
 
 async def _app(api: Api) -> dict[str, Any]:
+    """The app as the replica shows it, less ``backend_health``: what each replica has seen of
+    the backends is its own, the state is shared."""
     status, body, headers = await api.call("GET", "/apps/shop")
     assert status == 200, body
     assert headers["etag"] == f'"{body["generation"]}"'
+    return _shared(body)
+
+
+def _shared(body: Any) -> Any:
+    """An admin API body less ``backend_health`` (what each replica has seen of the backends
+    is its own; the state is shared)."""
+    if isinstance(body, dict):
+        return {k: _shared(v) for k, v in body.items() if k != "backend_health"}
+    if isinstance(body, list):
+        return [_shared(v) for v in body]
     return body
 
 
@@ -159,7 +171,7 @@ async def test_change_through_one_replica_is_live_on_all_within_1s(backend, rout
         assert status == 200
         for rp, api in ((b, apis[1]), (c, apis[2])):
             async def seen() -> bool:
-                return await _app(api) == changed  # noqa: B023 (awaited within the loop)
+                return await _app(api) == _shared(changed)  # noqa: B023 (awaited within the loop)
             took = await _until(seen, 1.0, f"the change on {rp.admin_url}")
             assert took < 1.0
             # ... and the data plane uses it.
@@ -245,8 +257,12 @@ async def test_release_through_a_while_clients_use_b(backend, router_process, et
     assert sum(load.by_body.values()) == load.sent
 
 
+async def _metric_is(s: aiohttp.ClientSession, rp: RouterProcess, name: str, value: float) -> bool:
+    return await _metric(s, rp, name) == value
+
+
 async def _same(api: Api, app: dict[str, Any]) -> bool:
-    return await _app(api) == app
+    return await _app(api) == _shared(app)
 
 
 async def test_etcd_down_and_back_under_load(backend, router_process, etcd):
@@ -380,3 +396,146 @@ async def test_store_conflict_brings_the_newer_state_and_one_secret_for_all(etcd
     finally:
         for st in stores:
             await st.close()
+
+
+class Partition:
+    """A TCP proxy in front of etcd for one replica: ``cut()`` drops its connections and
+    refuses new ones (the replica is cut off from etcd), ``heal()`` lets them through again."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self.cut_off = False
+        self._pipes: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> "Partition":
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._pipes |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.transport.abort()
+                self._pipes.discard(dst)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for w in list(self._pipes):
+            w.transport.abort()
+        self._pipes.clear()
+
+    def heal(self) -> None:
+        self.cut_off = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_etcd_emptied_under_three_replicas(backend, router_process, etcd):
+    """etcd restarted with an empty data directory under three replicas, one of them behind:
+    every replica notices, says so, refuses changes meanwhile, and the newest state they hold
+    (with the sticky secret they share) is written back; generations continue from it."""
+    blue, green = await backend("blue"), await backend("green")
+    apps = {"shop": app_config({"blue": (50, [blue.addr]), "green": (50, [green.addr])})}
+    a, b = await _replicas(router_process, etcd, 2, apps)
+    partition = await Partition(etcd.port).start()
+    c = await router_process(_cfg(apps), ("--store", f"etcd://127.0.0.1:{partition.port}/t"))
+    try:
+        await _emptied(etcd, a, b, c, partition, router_process)
+    finally:
+        await partition.close()
+
+
+async def _emptied(etcd: Etcd, a: RouterProcess, b: RouterProcess, c: RouterProcess,
+                   partition: Partition, router_process: Any) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+        apis = [Api(s, rp.admin_port) for rp in (a, b, c)]
+        pinned = {}
+        for rp in (a, b, c, a):  # cookies issued by every replica, pinning both versions
+            _, headers, body = await get(s, rp)
+            pinned[headers["Set-Cookie"].split(";", 1)[0]] = body
+        assert set(pinned.values()) == {b"blue\n", b"green\n"}
+        for weights in ({"blue": 60, "green": 40}, {"blue": 70, "green": 30}):
+            assert (await apis[0].call("PUT", "/apps/shop/weights", weights))[0] == 200
+        current = await _app(apis[0])
+        await _until(lambda: _same(apis[2], current), 1.0, "C up to date")
+        # C falls behind: cut off from etcd, it misses the last change before etcd loses
+        # everything.
+        partition.cut()
+        await _until(lambda: _metric_is(s, c, "router_store_up", 0), 6.0, "C cut off")
+        assert (await apis[0].call("PUT", "/apps/shop/weights", {"blue": 80, "green": 20}))[0] == 200
+        newest = await _app(apis[0])
+        await _until(lambda: _same(apis[1], newest), 1.0, "B has the newest state")
+        etcd.stop()
+        shutil.rmtree(etcd.data_dir)
+        await etcd.start()
+        t_back = time.monotonic()
+        partition.heal()
+
+        # Detection: a log line naming the cause, router_store_up 0, changes refused (503).
+        took: dict[int, float] = {}
+
+        async def all_noticed() -> bool:
+            for rp in (a, b, c):
+                if rp.admin_port not in took and "data loss: " in rp.log():
+                    took[rp.admin_port] = time.monotonic() - t_back
+            return len(took) == 3
+        await _until(all_noticed, 10.0, "every replica noticing the data loss")
+        detected = max(took.values())
+        status, body, _ = await apis[1].call("PUT", "/apps/shop/weights", {"blue": 10})
+        assert status == 503, body
+        assert "lost its data" in body["error"]["message"]
+        assert await _metric(s, b, "router_store_up") == 0
+
+        # Re-seeded from the newest generation; then up again everywhere.
+        async def up() -> bool:
+            return all([await _metric(s, rp, "router_store_up") == 1 for rp in (a, b, c)])
+        reseeded = await _until(up, 15.0, "router_store_up 1 on every replica")
+        seen = [await _app(api) for api in apis]
+        # C offered its older state, or found the newer one there first: either way the newest
+        # is what every replica serves.
+        assert seen[0] == seen[1] == seen[2] == newest
+        async with aetcd.Client("127.0.0.1", etcd.port) as client:
+            stored = json.loads((await client.get(b"/t/state")).value)
+            secret = (await client.get(b"/t/secret")).value
+        assert stored["generation"] == newest["generation"]
+        # Generations continue, and changes go everywhere again.
+        assert (await apis[2].call("PUT", "/apps/shop/weights", {"blue": 90, "green": 10}))[0] == 200
+        after = await _app(apis[2])
+        assert after["generation"] == newest["generation"] + 1
+        for api in apis[:2]:
+            await _until(lambda: _same(api, after), 1.0, "the change on every replica")  # noqa: B023
+
+        # Cookies issued before the loss are valid on every replica, and on a new one, which
+        # gets the secret from etcd.
+        d = await router_process(_cfg({}), ("--store", etcd.url("/t")))
+        for rp in (a, b, c, d):
+            for cookie, body in pinned.items():
+                _, headers, got = await get(s, rp, headers={"Cookie": cookie})
+                assert got == body and "Set-Cookie" not in headers, (rp.admin_url, cookie)
+        assert len(secret) == 64
+    print(f"\ndata loss noticed by all three replicas {detected:.2f} s after etcd came back "
+          f"empty (each: {', '.join(f'{t:.2f}' for t in took.values())} s); changes refused, "
+          f"then accepted again {detected + reseeded:.2f} s after")
+

@@ -51,13 +51,14 @@ def config(apps: dict[str, Any], **top: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def inproc_router(cfg: dict[str, Any]) -> AsyncIterator[Any]:
-    """The router's ``Server`` in this process, on port 0."""
+async def inproc_router(cfg: dict[str, Any], workers: int = 1) -> AsyncIterator[Any]:
+    """The router's ``Server`` in this process, on port 0; with ``workers`` > 1 this process is
+    the master of that many worker processes."""
     from admin.app import create_app
     from router.config import config_from_dict
     from router.server import Server
 
-    srv = Server(config_from_dict(cfg), admin=create_app)
+    srv = Server(config_from_dict(cfg), workers=workers, admin=create_app)
     await srv.start()
     try:
         yield srv
@@ -87,7 +88,8 @@ class RouterProc:
 
 
 @contextlib.asynccontextmanager
-async def router_process(cfg: dict[str, Any], nofile: int | None = None) -> AsyncIterator[RouterProc]:
+async def router_process(cfg: dict[str, Any], nofile: int | None = None, workers: int = 1,
+                         args: tuple[str, ...] = ()) -> AsyncIterator[RouterProc]:
     """The real ``router serve`` process; ``nofile`` lowers its RLIMIT_NOFILE."""
     tmp = tempfile.mkdtemp(prefix="router-rel-")
     rp = RouterProc(None, free_port(), free_port(), os.path.join(tmp, "router.yaml"),  # type: ignore[arg-type]
@@ -100,7 +102,8 @@ async def router_process(cfg: dict[str, Any], nofile: int | None = None) -> Asyn
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     with open(rp.log_path, "wb") as logf:
-        rp.proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", rp.path],
+        rp.proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", rp.path,
+                                    "--workers", str(workers), *args],
                                    cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=limit)
     try:
         deadline = time.monotonic() + 15

@@ -33,6 +33,7 @@ class Result:
     sent: int = 0
     failed: int = 0
     expected: int = 0  # failures the contract allows (e.g. POSTs a dying backend had read)
+    workers: int = 1  # the router's --workers
     notes: str = ""
     problems: list[str] = field(default_factory=list)
 
@@ -139,13 +140,14 @@ async def _retries(admin_port: int) -> float:
 NO_PASSIVE = {"passive_health": {"failures": 0}}
 
 
-async def malformed_502(scale: int = 1) -> Result:
+async def malformed_502(scale: int = 1, workers: int = 1) -> Result:
     n, k = 60 * scale, 5 * scale
     r = Result("malformed status line -> 502", f"{n} GETs, 4 keep-alive clients",
                f"{k} malformed responses")
+    r.workers = workers
     be = await FaultServer("a").start()
     try:
-        async with inproc_router(config({"shop": app([be.addr])}, **NO_PASSIVE)) as srv:
+        async with inproc_router(config({"shop": app([be.addr])}, **NO_PASSIVE), workers) as srv:
             be.inject("malformed", k)
             t = await drive(srv.port, 4, n // 4, get())
             r.sent, r.failed, r.expected = t.sent, t.failed(), k
@@ -158,15 +160,16 @@ async def malformed_502(scale: int = 1) -> Result:
     return r
 
 
-async def silence_504(scale: int = 1, timeout: float = 1.0) -> Result:
+async def silence_504(scale: int = 1, workers: int = 1, timeout: float = 1.0) -> Result:
     k = 4 * scale
     n = 40 * scale
     r = Result("silent backend -> 504", f"{k} silent requests beside {n} GETs",
                f"{k} silences, response timeout {timeout:g} s")
+    r.workers = workers
     be = await FaultServer("a").start()
     try:
         cfg = config({"shop": app([be.addr])}, timeouts={"response": f"{timeout}s"}, **NO_PASSIVE)
-        async with inproc_router(cfg) as srv:
+        async with inproc_router(cfg, workers) as srv:
             async def silent(i: int) -> tuple[list[int], float]:
                 # Started a quarter timeout apart: each deadline is its own, not its batch's.
                 await asyncio.sleep(i * timeout / 4)
@@ -200,14 +203,15 @@ async def silence_504(scale: int = 1, timeout: float = 1.0) -> Result:
     return r
 
 
-async def midbody_abort(scale: int = 1) -> Result:
+async def midbody_abort(scale: int = 1, workers: int = 1) -> Result:
     k = 5 * scale
     n = 40 * scale
     r = Result("backend dies mid-body -> client aborted", f"{k} broken downloads beside {n} GETs",
                f"{k} resets after 100 of 1000 body bytes")
+    r.workers = workers
     be = await FaultServer("a").start()
     try:
-        async with inproc_router(config({"shop": app([be.addr])}, **NO_PASSIVE)) as srv:
+        async with inproc_router(config({"shop": app([be.addr])}, **NO_PASSIVE), workers) as srv:
             async def broken() -> tuple[bool, int]:
                 reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
                 writer.write(b"GET /fault/midbody HTTP/1.1\r\nHost: app.test\r\n\r\n")
@@ -244,13 +248,14 @@ async def midbody_abort(scale: int = 1) -> Result:
     return r
 
 
-async def reset_retry(scale: int = 1) -> Result:
+async def reset_retry(scale: int = 1, workers: int = 1) -> Result:
     n, k = 120 * scale, 8 * scale
     r = Result("reset before headers -> retry", f"{n} requests (1 POST in 3), 2 backends",
                f"{k} resets on backend a")
+    r.workers = workers
     a, b = await FaultServer("a").start(), await FaultServer("b").start()
     try:
-        async with inproc_router(config({"shop": app([a.addr, b.addr])}, **NO_PASSIVE)) as srv:
+        async with inproc_router(config({"shop": app([a.addr, b.addr])}, **NO_PASSIVE), workers) as srv:
             a.inject("reset", k)
             t = await drive(srv.port, 4, n // 4, mixed())
             reset_posts = sum(1 for s in a.seen if s.fault == "reset" and s.method == "POST")
@@ -278,14 +283,15 @@ def _no_duplicate_posts(r: Result, backends: list[FaultServer]) -> None:
     r.check(not dup, f"POSTs handled twice: {dup}")
 
 
-async def keepalive_race(scale: int = 1) -> Result:
+async def keepalive_race(scale: int = 1, workers: int = 1) -> Result:
     n, k = 150 * scale, 10 * scale
     r = Result("keep-alive race (backend closes a reused connection)",
                f"{n} requests (1 POST in 3), 1 backend, 5 keep-alive clients",
                f"{k} requests dropped unanswered on reused connections")
+    r.workers = workers
     be = await FaultServer("a").start()
     try:
-        async with inproc_router(config({"shop": app([be.addr])}, **NO_PASSIVE)) as srv:
+        async with inproc_router(config({"shop": app([be.addr])}, **NO_PASSIVE), workers) as srv:
             be.inject("drop", k)
             t = await drive(srv.port, 5, n // 5, mixed())
             dropped_posts = sum(1 for s in be.dropped_seen if s.method == "POST")
@@ -306,13 +312,14 @@ async def keepalive_race(scale: int = 1) -> Result:
     return r
 
 
-async def keepalive_close_after(scale: int = 1) -> Result:
+async def keepalive_close_after(scale: int = 1, workers: int = 1) -> Result:
     n = 150 * scale
     r = Result("backend closes keep-alive connections after 3 requests",
                f"{n} requests (1 POST in 3), 5 keep-alive clients", "every 3rd response closes")
+    r.workers = workers
     be = await FaultServer("a", close_after=3).start()
     try:
-        async with inproc_router(config({"shop": app([be.addr])}, **NO_PASSIVE)) as srv:
+        async with inproc_router(config({"shop": app([be.addr])}, **NO_PASSIVE), workers) as srv:
             t = await drive(srv.port, 5, n // 5, mixed())
             posts_sent = t.sent_by["POST"]
             handled_posts = sum(1 for s in be.seen if s.method == "POST")
@@ -338,10 +345,11 @@ async def _healthy(admin_port: int, addr: str) -> float:
     return metric_sum(await metrics(admin_port), "router_backend_healthy", backend=addr)
 
 
-async def passive_eject_return(scale: int = 1) -> Result:
+async def passive_eject_return(scale: int = 1, workers: int = 1) -> Result:
     n = 30 * scale
     r = Result("passive health: eject after 3 failures, back after cooldown",
                f"{2 * n} sequential GETs, 2 backends", "backend a down, then up again")
+    r.workers = workers
     port_a = free_port()
     addr_a = f"127.0.0.1:{port_a}"
     b = await FaultServer("b").start()
@@ -349,7 +357,7 @@ async def passive_eject_return(scale: int = 1) -> Result:
     try:
         cfg = config({"shop": app([addr_a, b.addr])},
                      passive_health={"failures": 3, "cooldown": "1s"})
-        async with inproc_router(cfg) as srv:
+        async with inproc_router(cfg, workers) as srv:
             t1 = await drive(srv.port, 1, n, get())
             refused = await _errors(srv.admin_port, "connect", addr_a)
             r.check(refused == 3, f"{refused} connects to a while it was down, want 3 then ejected")
@@ -379,10 +387,11 @@ def _spawn_backend(name: str, delay: float, log: str) -> tuple[subprocess.Popen[
     return proc, f"127.0.0.1:{int(line)}"
 
 
-async def sigkill_backend(scale: int = 1) -> Result:
+async def sigkill_backend(scale: int = 1, workers: int = 1) -> Result:
     clients, per = 8, 60 * scale
     r = Result("backend SIGKILLed under load", f"{clients * per} requests (1 POST in 3), "
                f"{clients} clients, 2 backends, 20 ms each", "SIGKILL of backend a after 0.5 s")
+    r.workers = workers
     tmp = tempfile.mkdtemp(prefix="rel-kill-")
     log = os.path.join(tmp, "a.log")
     proc, addr_a = _spawn_backend("a", 0.02, log)
@@ -390,7 +399,7 @@ async def sigkill_backend(scale: int = 1) -> Result:
     try:
         cfg = config({"shop": app([addr_a, b.addr])},
                      passive_health={"failures": 3, "cooldown": "30s"})
-        async with inproc_router(cfg) as srv:
+        async with inproc_router(cfg, workers) as srv:
             load = asyncio.ensure_future(drive(srv.port, clients, per, mixed()))
             await asyncio.sleep(0.5)
             proc.send_signal(signal.SIGKILL)
@@ -421,16 +430,17 @@ async def sigkill_backend(scale: int = 1) -> Result:
 
 # -- item 4: slow and many clients ---------------------------------------------------------------------
 
-async def slowloris(scale: int = 1) -> Result:
+async def slowloris(scale: int = 1, workers: int = 1) -> Result:
     slow, normal, per = 400, 50, 10 * scale
     r = Result("slowloris: slow heads and stalled bodies",
                f"{slow} slow connections + {normal} normal clients x {per} GETs",
                f"{slow // 2} heads at 1 byte/0.3 s, {slow // 2} bodies stalled")
+    r.workers = workers
     be = await FaultServer("a").start()
     try:
         cfg = config({"shop": app([be.addr])},
                      timeouts={"client_header": "2s", "client_body": "1s"})
-        async with inproc_router(cfg) as srv:
+        async with inproc_router(cfg, workers) as srv:
             async def slow_head() -> str:
                 reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
                 writer.write(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
@@ -479,16 +489,17 @@ async def slowloris(scale: int = 1) -> Result:
     return r
 
 
-async def many_idle_connections(scale: int = 1, nofile: int = 512) -> Result:
+async def many_idle_connections(scale: int = 1, workers: int = 1, nofile: int = 512) -> Result:
     idle = 2000 * scale
     r = Result("many idle connections, low RLIMIT_NOFILE",
                f"{idle} idle connections to a router with {nofile} file descriptors",
                "file-descriptor exhaustion")
+    r.workers = workers
     be = await FaultServer("a").start()
     conns: list[asyncio.StreamWriter] = []
     try:
         cfg = config({"shop": app([be.addr])})
-        async with router_process(cfg, nofile=nofile) as rp:
+        async with router_process(cfg, nofile=nofile, workers=workers) as rp:
             async def opener(k: int) -> None:
                 for _ in range(k):
                     try:
@@ -528,14 +539,15 @@ async def many_idle_connections(scale: int = 1, nofile: int = 512) -> Result:
 
 # -- item 5: restarts ------------------------------------------------------------------------------------
 
-async def sigterm_under_load(scale: int = 1, grace: float = 5.0) -> Result:
+async def sigterm_under_load(scale: int = 1, workers: int = 1, grace: float = 5.0) -> Result:
     clients, per = 10, 200 * scale
     r = Result("SIGTERM under load", f"{clients} clients (1 POST in 3), backend 100 ms each",
                f"SIGTERM after 1 s, grace {grace:g} s")
+    r.workers = workers
     be = await FaultServer("a", delay=0.1).start()
     try:
         cfg = config({"shop": app([be.addr])}, timeouts={"grace": f"{grace}s"})
-        async with router_process(cfg) as rp:
+        async with router_process(cfg, workers=workers) as rp:
             # Clients stop starting requests at SIGTERM, as a load balancer that watches
             # readiness would; every request started before it must complete.
             stop = asyncio.Event()
@@ -569,10 +581,11 @@ async def sigterm_under_load(scale: int = 1, grace: float = 5.0) -> Result:
     return r
 
 
-async def sighup_under_load(scale: int = 1) -> Result:
+async def sighup_under_load(scale: int = 1, workers: int = 1) -> Result:
     clients, per = 10, 150 * scale
     r = Result("SIGHUP and apply under load", f"{clients} clients x {per} (1 POST in 3)",
                "3 weight changes: the file written, SIGHUP (settings only), routerctl apply")
+    r.workers = workers
     a, b = await FaultServer("a", delay=0.005).start(), await FaultServer("b", delay=0.005).start()
     try:
         def cfg(wa: int, wb: int) -> dict:
@@ -580,7 +593,7 @@ async def sighup_under_load(scale: int = 1) -> Result:
                 "blue": {"weight": wa, "backends": [a.addr]},
                 "green": {"weight": wb, "backends": [b.addr]}}}})
 
-        async with router_process(cfg(100, 0)) as rp:
+        async with router_process(cfg(100, 0), workers=workers) as rp:
             load = asyncio.ensure_future(drive(rp.port, clients, per, mixed(), deadline=30))
             gen = 1
             for i, (wa, wb) in enumerate(((50, 50), (0, 100), (100, 0)), 1):

@@ -8,8 +8,9 @@ from tests.reliability import scenarios as S
 
 
 @pytest.mark.parametrize("scenario", S.PASSIVE_HEALTH, ids=lambda f: f.__name__)
-async def test_passive_health(scenario):
-    r = await scenario(1)
-    print(f"\n{r.scenario}: sent {r.sent}, failed {r.failed}, expected {r.expected}. {r.notes}")
+@pytest.mark.parametrize("workers", [1, 2], ids=lambda n: f"workers{n}")
+async def test_passive_health(scenario, workers):
+    r = await scenario(1, workers)
+    print(f"\n{r.scenario} (--workers {workers}): sent {r.sent}, failed {r.failed}, expected {r.expected}. {r.notes}")
     assert r.problems == []
     assert r.failed == r.expected

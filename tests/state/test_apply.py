@@ -196,7 +196,8 @@ async def test_app_and_service_commands(backend, router_process):
     rp, blue, green = await shop(backend, router_process)
     r = await ok(rp, "create", "blog", "--route", "blog.test", "--backend", blue.addr)
     assert r.out.splitlines()[0] == "blog: created (generation 2)"
-    assert row(r.out, "web") == ["web", "100", "100%", blue.addr, "1/1"]
+    # A new app's backend: nothing has shown yet that it works there.
+    assert row(r.out, "web") == ["web", "100", "100%", blue.addr, "0/1", "(1", "unchecked)"]
     r = await ctl(rp.admin_url, "create", "blog", "--route", "blog2.test", "--backend", blue.addr)
     assert r.rc == 1 and r.err.strip() == ("routerctl: 412 precondition_failed: app 'blog' exists "
                                            "already (If-None-Match: *) (field: If-None-Match)")

@@ -11,7 +11,7 @@ import aiohttp
 
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api
-from tests.integration.test_etcd import Etcd, _replicas, _until, etcd  # noqa: F401  (etcd: a fixture)
+from tests.integration.test_etcd import Etcd, _replicas, _shared, _until, etcd  # noqa: F401  (etcd: a fixture)
 from tests.state.changes import check_history, every_kind_of_change
 from tests.state.conftest import wait_log
 
@@ -80,7 +80,7 @@ async def test_sighup_on_one_replica_never_touches_the_cluster(backend, router_p
         assert status == 200
 
         async def b_has_it() -> bool:
-            return (await api_b.call("GET", "/apps/shop"))[1] == state
+            return _shared((await api_b.call("GET", "/apps/shop"))[1]) == _shared(state)
         await _until(b_has_it, 5.0, "the change live on B")
         before = await _revisions(etcd)
         state = (await api_a.call("GET", "/apps"))[1]
@@ -93,4 +93,4 @@ async def test_sighup_on_one_replica_never_touches_the_cluster(backend, router_p
         assert "shop: app deleted; other: app added" in log
         assert await _revisions(etcd) == before
         for api in (api_a, api_b):
-            assert (await api.call("GET", "/apps"))[1] == state
+            assert _shared((await api.call("GET", "/apps"))[1]) == _shared(state)

@@ -12,6 +12,7 @@ from router.accesslog import PIPE_BUF, AccessLog, _json_str
 from router.client import ClientConnection
 from router.config import config_from_dict
 from router.context import ProxyContext
+from router.health import Health, PassiveHealth
 from router.sticky import TokenCodec
 from router.table import TableBuilder
 from router.upstream import UpstreamConnection, UpstreamPool
@@ -46,7 +47,8 @@ def _run(fmt: str, n: int, url: bytes = b"/x?y=1") -> tuple[list[bytes], int]:
                                                   "services": {"web": {"backends": ["127.0.0.1:1"]}}}}})
         codec = TokenCodec(b"k" * 32, 1800, 28800)
         pool = UpstreamPool(loop, 3.0)
-        ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop)
+        passive = PassiveHealth(Health(lambda: None, cfg.passive_health, loop), cfg.passive_health.failures)
+        ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop, passive)
         out = _Out()
         ctx.log_access = AccessLog(loop, fmt, out)
         up = UpstreamConnection(pool, "127.0.0.1:1")
