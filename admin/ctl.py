@@ -1,4 +1,4 @@
-"""``routerctl``: the operator's client for the router's admin API (SPEC 3 and 5).
+"""``routerctl``: the operator's client for the router's admin API (README: routerctl, The admin API).
 
 It only speaks HTTP to the admin API -- every rule (weights 0..100, one open release per app,
 no confirm while ``in_progress`` ...) is the server's, and the server's error message is what the
@@ -47,7 +47,7 @@ from typing import Any, Callable, NoReturn, Sequence, TextIO
 from router import version
 from router.config import format_duration
 
-DEFAULT_URL = "http://127.0.0.1:9090"  # SPEC 3: the admin API's default listen address
+DEFAULT_URL = "http://127.0.0.1:9090"  # the admin API's default listen address
 DEFAULT_TIMEOUT = 10.0
 REMOVE_TIMEOUT = 60.0
 POLL_INTERVAL = 0.5  # --wait: how often the release is fetched

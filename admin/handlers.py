@@ -67,13 +67,13 @@ def _only_new(request: web.Request) -> bool:
 
 
 async def _change(request: web.Request, op: ops.Operation, app: str | None) -> ops.State:
-    return await _server(request).manager.change(  # type: ignore[union-attr]
+    return await _server(request).manager.change(
         op, request.headers.get("If-Match"), app, actor(request))
 
 
 async def list_apps(request: web.Request) -> web.Response:
     srv = _server(request)
-    st = srv.manager.state  # type: ignore[union-attr]
+    st = srv.manager.state
     health = _health(srv)
     apps = [render_app(st, a.name, srv.ctx.table, health) for a in st.apps]
     return web.json_response({"apps": apps}, headers={"ETag": f'"{st.generation}"'})
@@ -81,7 +81,7 @@ async def list_apps(request: web.Request) -> web.Response:
 
 async def get_app(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
-    st = _server(request).manager.state  # type: ignore[union-attr]
+    st = _server(request).manager.state
     st.app(name)
     return _app_response(request, st, name)
 
@@ -89,7 +89,7 @@ async def get_app(request: web.Request) -> web.Response:
 async def put_app(request: web.Request) -> web.Response:
     name = request.match_info["app"]
     body = app_body(name, object_body(await request.read()))
-    existed = _server(request).manager.state.has_app(name)  # type: ignore[union-attr]
+    existed = _server(request).manager.state.has_app(name)
     if not existed:
         if not NAME_RE.match(name):
             raise Invalid(f"app names match ^[a-z0-9][a-z0-9-]{{0,62}}$ (got {name!r})", "name")
@@ -124,7 +124,7 @@ async def put_weights(request: web.Request) -> web.Response:
         # Which services that would have weight can take requests: found before the change
         # (a probe may take up to a second), judged by the change itself.
         srv = _server(request)
-        app = srv.manager.state.app(name)  # type: ignore[union-attr]
+        app = srv.manager.state.app(name)
         weighted = [s.name for s in app.services if _positive(body.get(s.name, s.weight))]
         ready = await srv.ready_services(app, weighted)
     st = await _change(request, ops.set_weights(name, body, ready), name)
@@ -147,7 +147,7 @@ async def put_service(request: web.Request) -> web.Response:
     svc = request.match_info["svc"]
     body = service_body(parse_body(await request.read()))
     srv = _server(request)
-    cur = srv.manager.state  # type: ignore[union-attr]
+    cur = srv.manager.state
     existed = any(s.name == svc for s in cur.app(name).services)
     st = await _change(request, ops.put_service(name, svc, body, _only_new(request)), name)
     return _app_response(request, st, name, 200 if existed else 201)
@@ -173,20 +173,18 @@ async def start_release(request: web.Request) -> web.Response:
     body = object_body(await request.read())
     await _change(request, ops.start(name, body), name)
     await _server(request).releases_changed()
-    return _release_response(_server(request).manager.state, name, 201)  # type: ignore[union-attr]
+    return _release_response(_server(request).manager.state, name, 201)
 
 
 async def get_release(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
-    st = _server(request).manager.state  # type: ignore[union-attr]
+    st = _server(request).manager.state
     st.app(name)
     return _release_response(st, name)
 
 
 def _open_release(request: web.Request, name: str) -> Release | None:
-    manager = _server(request).manager
-    assert manager is not None
-    return manager.state.releases.get(name)
+    return _server(request).manager.state.releases.get(name)
 
 
 def _remove_flag(body: dict[str, Any]) -> bool:
@@ -250,7 +248,7 @@ async def history(request: web.Request) -> web.Response:
     if app is not None and not NAME_RE.match(app):
         raise Invalid(f"app names match ^[a-z0-9][a-z0-9-]{{0,62}}$ (got {app!r})", "app")
     limit = query_limit(request.query, "limit", default=100, maximum=HISTORY_LIMIT)
-    entries = await _server(request).manager.history(app, limit)  # type: ignore[union-attr]
+    entries = await _server(request).manager.history(app, limit)
     return web.json_response({"history": entries})
 
 
@@ -278,7 +276,6 @@ async def apply(request: web.Request) -> web.Response:
     dry_run = query_flag(request.query, "dry_run")
     srv = _server(request)
     manager = srv.manager
-    assert manager is not None
     pinned = await srv.pinned_services()
     if_match = request.headers.get("If-Match")
     refused = None
@@ -306,7 +303,6 @@ async def apply(request: web.Request) -> web.Response:
 async def app_stats(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     srv = _server(request)
-    assert srv.manager is not None and srv.plane is not None  # started before the admin listener
     srv.manager.state.app(name)  # 404 for an unknown app
     stats = await srv.summed_stats()
     return web.json_response(render_stats(stats, srv.plane.table, name, time.time()),

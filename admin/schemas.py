@@ -1,4 +1,4 @@
-"""JSON <-> objects for the admin API: strict body parsing and the SPEC 5 shapes."""
+"""JSON <-> objects for the admin API: strict body parsing and the shapes of the app and release objects."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"router {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the data plane and the admin API")
-    serve.add_argument("--config", metavar="FILE", help="YAML configuration (SPEC 3.1)")
+    serve.add_argument("--config", metavar="FILE", help="YAML configuration (README: Configuration)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="worker processes sharing the port (default 1)")
     serve.add_argument("--store", metavar="URL",

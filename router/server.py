@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from . import compiled
 from .config import AppConfig, Config, ConfigError, HealthCheckConfig, load_config, split_hostport
 from .config.settings import keep_bound, setting_changes
+from .context import ProxyContext
 from .counters import Stats
 from .dataplane import BACKLOG, DataPlane
 from .errors import Unavailable
@@ -42,6 +43,7 @@ from .state import State, StateManager, apply_apps, mark_ready
 from .sticky import load_or_create_secret
 from .store import Store, StoreConflict, StoreLost, StoreUnavailable, open_store
 from .supervisor import Supervisor
+from .upstream import UpstreamPool
 
 log = logging.getLogger("router")
 
@@ -73,8 +75,8 @@ class Server:
         self.store: Store | None = None
         self.state_dir = state_dir
         self.nworkers = workers
-        self.manager: StateManager | None = None
-        self.plane: DataPlane | None = None
+        self._manager: StateManager | None = None
+        self._plane: DataPlane | None = None
         self.health: Health | None = None
         self.workers: Supervisor | None = None
         self.docker: DockerProvider | None = None
@@ -96,14 +98,29 @@ class Server:
         self._stopping: asyncio.Event | None = None
         self._closing = False
 
-    # The proxy context, pool and table of the in-process data plane (tests and handlers).
     @property
-    def ctx(self):  # type: ignore[no-untyped-def]
-        return self.plane.ctx  # type: ignore[union-attr]
+    def manager(self) -> StateManager:
+        """The routing state's manager (from ``start`` on)."""
+        if self._manager is None:
+            raise RuntimeError("the router has not started")
+        return self._manager
 
     @property
-    def pool(self):  # type: ignore[no-untyped-def]
-        return self.plane.pool  # type: ignore[union-attr]
+    def plane(self) -> DataPlane:
+        """This process's data plane: serving with one worker, a listener-less one for health
+        and metrics with several (from ``start`` on)."""
+        if self._plane is None:
+            raise RuntimeError("the router has not started")
+        return self._plane
+
+    # The proxy context and pool of the in-process data plane (tests and handlers).
+    @property
+    def ctx(self) -> ProxyContext:
+        return self.plane.ctx
+
+    @property
+    def pool(self) -> UpstreamPool:
+        return self.plane.pool
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -130,19 +147,20 @@ class Server:
             secret = load_or_create_secret(secret_path)  # an explicit file always wins
         else:
             secret = await self.store.secret()  # etcd: one secret for every replica
-        self.manager = StateManager(state, self.store, self.apply_state, version)
+        self._manager = StateManager(state, self.store, self.apply_state, version)
         self.health = Health(self._health_changed, cfg.passive_health, loop)
-        self.plane = DataPlane(cfg, secret, state.apps, state.generation, self.health)
+        self._plane = DataPlane(cfg, secret, state.apps, state.generation, self.health)
         self.health.update(state.apps)
         self.plane.rebuild(self.health.states())
         health = self.health
         self.registry.register(DataPlaneCollector(
-            lambda: self.plane.table, self._current_stats,  # type: ignore[union-attr]
-            lambda: self.manager.state.releases,  # type: ignore[union-attr]
+            lambda: self.plane.table, self._current_stats,
+            lambda: self.manager.state.releases,
             lambda key: health.state(key)[0]))
         self.registry.register(WorkersCollector(self._workers_up, self._worker_restarts))
-        if self.store is not None:
-            self.registry.register(StoreCollector(lambda: self.store.up))  # type: ignore[union-attr]
+        store = self.store
+        if store is not None:
+            self.registry.register(StoreCollector(lambda: store.up))
         listen(self._listen, BACKLOG, "data plane")
         listen(admin_socks, BACKLOG, "admin API")
         if self.nworkers == 1:
@@ -216,7 +234,6 @@ class Server:
         """Make every change another replica stores live here (a shared store only); write back
         the newest state this replica holds if the store lost its data."""
         manager = self.manager
-        assert manager is not None and self.plane is not None
         # The secret goes back only if it came from the store (not from sticky.secret_file).
         secret = self.plane.secret if self.config.sticky.secret_file is None else None
         while not self._closing:
@@ -235,12 +252,11 @@ class Server:
 
     # -- worker processes (router.supervisor) ------------------------------------------------
     def _init_message(self) -> tuple[Any, ...]:
-        assert self.plane is not None
         return ("init", self.config, self.plane.secret, *self._sync_message()[1:])
 
     def _sync_message(self) -> tuple[Any, ...]:
         """What a worker needs just before it serves: the current everything."""
-        assert self.manager is not None and self.health is not None
+        assert self.health is not None
         state = self.manager.state
         return (self.config, state.apps, state.generation, self.health.states())
 
@@ -319,7 +335,6 @@ class Server:
         grace = self.config.timeouts.grace
         if self.workers is not None:
             await self.workers.stop(grace)
-        assert self.plane is not None
         await self.plane.drain(grace)
         for sock in self._listen:
             sock.close()
@@ -341,7 +356,7 @@ class Server:
     async def apply_state(self, state: State) -> None:
         """Make ``state`` live here and in every worker (the StateManager calls this after
         persisting; the admin call answers when this returns)."""
-        assert self.plane is not None and self.health is not None
+        assert self.health is not None
         self.health.update(state.apps)
         health = self.health.states()
         self.plane.apply(state.apps, state.generation, health)
@@ -359,7 +374,7 @@ class Server:
 
     def _health_changed(self) -> None:
         # Same generation: health is observed, not a change of the configured state.
-        assert self.plane is not None and self.health is not None
+        assert self.health is not None
         self.plane.rebuild(self.health.states())
         if self.workers is not None:
             self._push_health()
@@ -367,7 +382,7 @@ class Server:
     def _current_stats(self) -> Stats:
         if self.workers is not None and self._stats is not None:
             return self._stats
-        return self.plane.stats()  # type: ignore[union-attr]
+        return self.plane.stats()
 
     async def summed_stats(self) -> Stats:
         """Every counter of the data plane now, summed across the worker processes: what
@@ -428,7 +443,7 @@ class Server:
         if applied or not changes:
             log.info("reload of %s: %s", path, "; ".join(applied) or "no setting changed")
         self.config = keep_bound(self.config, new)
-        self.plane.reconfigure(self.config)  # type: ignore[union-attr]
+        self.plane.reconfigure(self.config)
         if self.health is not None:
             self.health.configure(self.config.passive_health)
         asyncio.get_running_loop().create_task(self._tell_workers("config", self.config))
@@ -440,7 +455,6 @@ class Server:
         if not cfg.apps:
             return  # the file leaves the apps to the admin API
         manager = self.manager
-        assert manager is not None
         planned = manager.preview(apply_apps(cfg.apps, force=True))
         if planned is manager.state or planned.change is None:
             return
@@ -480,9 +494,9 @@ class Server:
         """An in-progress release whose new backends have all passed a check is ready.
 
         A backend with a configured health check must have passed it; one without is checked
-        with a TCP connect (SPEC 5).
+        with a TCP connect (docs/behaviour.md, "Words").
         """
-        state = self.manager.state  # type: ignore[union-attr]
+        state = self.manager.state
         health = self.health
         assert health is not None
         watched = {(n, r.new, a) for n, r in state.releases.items() if r.status == Status.IN_PROGRESS
@@ -509,7 +523,7 @@ class Server:
                 # With several replicas each may find the release ready; the store's conditional
                 # save lets one write it, and the others reload, see it marked, and get a 409.
                 try:
-                    await self.manager.change(mark_ready(name, release.new))  # type: ignore[union-attr]
+                    await self.manager.change(mark_ready(name, release.new))
                     self._release_blocked = False
                 except Unavailable as e:
                     if not self._release_blocked:  # once per outage, not every tick

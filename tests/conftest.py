@@ -206,7 +206,7 @@ async def set_apps(server: Server, cfg: dict[str, Any]) -> None:
     """Replace the running router's apps as `routerctl apply --force` would."""
     from router.state import apply_apps
 
-    await server.manager.change(apply_apps(config_from_dict(cfg).apps, force=True))  # type: ignore[union-attr]
+    await server.manager.change(apply_apps(config_from_dict(cfg).apps, force=True))
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""The etcd store: one routing state shared by several router replicas (SPEC 6).
+"""The etcd store: one routing state shared by several router replicas (docs/etcd.md).
 
 Layout under the prefix (``/router`` unless the URL names another)::
 
@@ -43,7 +43,7 @@ import binascii
 import json
 import logging
 import os
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator
 from urllib.parse import urlsplit
 
 # gRPC's fork handlers are for children that go on using gRPC; ours (--workers) exec a fresh
@@ -343,7 +343,7 @@ class EtcdStore(Store):
                 self._seen_state(next((kv.create_revision for kv in got if kv.key == self._key), 0))
             await self._pause(PROBE_INTERVAL)
 
-    async def _watch(self, from_version: int) -> AsyncIterator[tuple[dict[str, Any], int]]:
+    async def _watch(self, from_version: int) -> AsyncGenerator[tuple[dict[str, Any], int], None]:
         seen = from_version      # the version of the newest document delivered (or started from)
         resume = from_version + 1  # the first revision not yet read
         compacted = False

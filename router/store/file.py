@@ -1,4 +1,4 @@
-"""The file store: the routing state as one YAML file, replaced atomically (SPEC 6).
+"""The file store: the routing state as one YAML file, replaced atomically (docs/state.md).
 
 A crash at any instant -- the process killed, the machine losing power -- must leave either the
 old file or the new one, never a torn mix.  ``save`` gets that from the usual sequence:

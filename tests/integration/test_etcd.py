@@ -1,4 +1,4 @@
-"""Several replicas sharing one routing state through a real etcd (SPEC 6, issue 6).
+"""Several replicas sharing one routing state through a real etcd (docs/etcd.md).
 
 The ``etcd`` fixture runs the Debian ``etcd`` binary on free loopback ports with a temporary data
 directory; the routers are real ``router serve`` processes started with ``--store etcd://...``.

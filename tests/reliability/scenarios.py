@@ -3,7 +3,7 @@ load, injects faults, and returns a ``Result`` with exact counts and the problem
 
 The tests run them small (``scale=1``); ``python3 -m benchmarks.reliability`` runs them bigger
 and prints the table. A scenario never judges speed, only counts; the one timing bound (504
-within 10% of the configured response timeout) is SPEC's own.
+within 10% of the configured response timeout) is the documented one.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ async def silence_504(scale: int = 1, workers: int = 1, timeout: float = 1.0) ->
             r.failed = t.failed() + sum(1 for st, _ in runs if st != [200])
             r.expected = k
             r.check([st for st, _ in runs] == [[504]] * k, f"silent requests got {runs}")
-            # SPEC 4.2: 504 within 10% of the configured timeout. The timer starts when the
+            # 504 within 10% of the configured timeout. The timer starts when the
             # request is written to the backend, so the client sees a hair more: loopback
             # connect and one event-loop turn, well under the 10% allowance.
             late = [round(e, 3) for _, e in runs if not 0.9 * timeout <= e <= 1.1 * timeout]
@@ -260,7 +260,7 @@ async def reset_retry(scale: int = 1, workers: int = 1) -> Result:
             t = await drive(srv.port, 4, n // 4, mixed())
             reset_posts = sum(1 for s in a.seen if s.fault == "reset" and s.method == "POST")
             r.sent, r.failed = t.sent, t.failed()
-            # A POST whose bytes reached the backend is not replayed (SPEC 4.2): its 502 is due.
+            # A POST whose bytes reached the backend is not replayed: its 502 is due.
             r.expected = reset_posts
             r.check(t.failed("GET") == 0, f"GETs failed: {t.failures}")
             r.check(all(s == "502" for _, s in t.failures), f"failures not 502: {t.failures}")

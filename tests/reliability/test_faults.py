@@ -1,4 +1,4 @@
-"""Failing backends (issue 4, item 2): each scenario asserts exact counts and counters."""
+"""Failing backends: each scenario asserts exact counts and counters."""
 
 from __future__ import annotations
 

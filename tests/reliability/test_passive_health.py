@@ -1,4 +1,4 @@
-"""Passive health (issue 4, item 3): ejection, return after the cooldown, SIGKILL under load."""
+"""Passive health: ejection, return after the cooldown, SIGKILL under load."""
 
 from __future__ import annotations
 

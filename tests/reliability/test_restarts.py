@@ -1,4 +1,4 @@
-"""Restarts (issue 4, item 5): SIGTERM and SIGHUP of the real process under load."""
+"""Restarts: SIGTERM and SIGHUP of the real process under load."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Slow and many clients (issue 4, item 4): slowloris, 2,000 idle connections on few descriptors."""
+"""Slow and many clients: slowloris, 2,000 idle connections on few descriptors."""
 
 from __future__ import annotations
 
