@@ -161,26 +161,17 @@ class Exchange(UpstreamRequest):
         pin = ctx.codec.verify(app.name_b, token, now)
         if pin is None:
             return None
-        choice = routing.pinned(app, pin, now, ctx.codec.refresh_after, time.monotonic)
-        if choice is not None and choice[3]:
-            # Refreshed (or moved to another backend of the same service): keep its issue time
-            # when it stays on its backend.
-            svc, be = choice[0], choice[1]
-            issued = pin.issued if be.token_id == pin.backend_id else now
-            self.set_cookie = routing.cookie_line(ctx.set_cookie_prefix, ctx.codec, app, svc, be,
-                                                  issued, now)
-            return svc, be, choice[2], False
-        return choice
+        return routing.pinned(app, pin, now, ctx.codec.refresh_after, time.monotonic)
 
     def _assign(self, choice: routing.Choice) -> None:
-        svc, be, how, pin = choice
-        if pin:
+        svc, be, how, cookie = choice
+        if cookie != routing.KEEP_COOKIE:
             app = self.app
             assert app is not None
             ctx = self.conn.ctx
             now = int(time.time())
             self.set_cookie = routing.cookie_line(ctx.set_cookie_prefix, ctx.codec, app, svc, be,
-                                                  now, now)
+                                                  cookie or now, now)
         if how == routing.PINNED:
             svc.stats.sticky += 1
         elif how == routing.FALLBACK:

@@ -31,7 +31,12 @@ WEIGHTED: Final = 0
 PINNED: Final = 1
 FALLBACK: Final = 2
 
-Choice = tuple[Service, Backend, int, bool]  # service, backend, how, whether to (re)issue a pin
+# What the client's cookie becomes (the last item of a Choice): left as it is, a new pin, or a
+# pin refreshed with its first issue time kept (any positive value: that time).
+KEEP_COOKIE: Final = -1
+NEW_PIN: Final = 0
+
+Choice = tuple[Service, Backend, int, int]  # service, backend, how, the cookie (above)
 
 
 def pinned(app: App, pin: Pin, now: int, refresh_after: int,
@@ -46,11 +51,11 @@ def pinned(app: App, pin: Pin, now: int, refresh_after: int,
         return None
     be = svc.by_token.get(pin.backend_id)
     if be is not None and be.healthy:
-        return svc, be, PINNED, now - pin.seen >= refresh_after
+        return svc, be, PINNED, pin.issued if now - pin.seen >= refresh_after else KEEP_COOKIE
     be = svc.pick()
     if be is None:
         return None
-    return svc, be, PINNED, True
+    return svc, be, PINNED, NEW_PIN
 
 
 def weighted(app: App) -> Choice | None:
@@ -66,15 +71,16 @@ def weighted(app: App) -> Choice | None:
     be = svc.pick()
     if be is None:
         return None
-    return svc, be, how, app.sticky
+    return svc, be, how, NEW_PIN if app.sticky else KEEP_COOKIE
 
 
 def retry(app: App, svc: Service, tried: list[Backend]) -> Choice | None:
     """After ``tried`` could not be reached: another backend of ``svc``, else another service by
     weight, else a fallback service; None when every candidate has been tried."""
+    cookie = NEW_PIN if app.sticky else KEEP_COOKIE
     be = svc.pick(tried)
     if be is not None:
-        return svc, be, WEIGHTED, app.sticky
+        return svc, be, WEIGHTED, cookie
     exhausted = [s for s in app.services if all(b in tried for b in s.healthy)]
     how = WEIGHTED
     nsvc = app.pick(exhausted)
@@ -86,7 +92,7 @@ def retry(app: App, svc: Service, tried: list[Backend]) -> Choice | None:
     be = nsvc.pick(tried)
     if be is None:
         return None
-    return nsvc, be, how, app.sticky
+    return nsvc, be, how, cookie
 
 
 def cookie_line(prefix: bytes, codec: TokenCodec, app: App, svc: Service, be: Backend,
