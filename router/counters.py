@@ -17,12 +17,13 @@ BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0
 class ServiceStats:
     """Counters of one service of one app; outlives routing snapshots."""
 
-    __slots__ = ("inflight", "sticky", "fallback", "retries", "buckets", "dsum")
+    __slots__ = ("inflight", "sticky", "fallback", "preview", "retries", "buckets", "dsum")
 
     def __init__(self) -> None:
         self.inflight = 0
         self.sticky = 0
         self.fallback = 0  # requests sent here because no weighted service could serve
+        self.preview = 0  # requests sent here by a preview marker (header or cookie)
         self.retries = 0
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.dsum = 0.0
@@ -36,6 +37,7 @@ class ServiceStats:
             self.inflight += other.inflight
         self.sticky += other.sticky
         self.fallback += other.fallback
+        self.preview += other.preview
         self.retries += other.retries
         self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
         self.dsum += other.dsum

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Callable, cast
+from typing import Callable, Mapping, cast
 
 from .client import ClientConnection
 from .config import AppConfig, Config
@@ -25,24 +25,28 @@ log = logging.getLogger("router")
 # The kernel's queue of connections not yet accepted (nginx and HAProxy default to 511 and
 # somaxconn; the kernel caps it at net.core.somaxconn).
 BACKLOG = 2048
+# The apps with an open release: its new service and when it started (router.state.State.previews).
+Previews = Mapping[str, tuple[str, str]]
 
 
 class DataPlane:
     def __init__(self, config: Config, secret: bytes, apps: tuple[AppConfig, ...], generation: int,
-                 reporter: Reporter) -> None:
-        """``reporter`` hears what this data plane's passive health observes (``router.health``)."""
+                 reporter: Reporter, previews: Previews | None = None) -> None:
+        """``reporter`` hears what this data plane's passive health observes (``router.health``);
+        ``previews``: the apps with an open release (preview routing, router.table.Preview)."""
         self.config = config
         self.secret = secret
         self.apps = apps
         self.generation = generation
+        self.previews: Previews = previews or {}
         self.health: HealthMap = {}
         codec = TokenCodec(secret, config.sticky.max_idle, config.sticky.max_life)
         self.builder = TableBuilder(codec)
         loop = asyncio.get_running_loop()
         self.pool = UpstreamPool(loop, config.timeouts.connect)
         self.passive = PassiveHealth(reporter, config.passive_health.failures)
-        self.ctx = ProxyContext(config, self.builder.build(apps, generation), self.pool, codec, loop,
-                                self.passive)
+        self.ctx = ProxyContext(config, self.builder.build(apps, generation, self.previews),
+                                self.pool, codec, loop, self.passive)
         self.passive.follow(self.builder.all_backends(), self.health)
         self._listener: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -70,19 +74,22 @@ class DataPlane:
             if ctx.deadlines.waiting:
                 self.passive.sweep(ctx.deadlines.waiting, ctx.deadlines.timeout, loop.time())
 
-    def apply(self, apps: tuple[AppConfig, ...], generation: int, health: HealthMap | None = None) -> None:
+    def apply(self, apps: tuple[AppConfig, ...], generation: int, health: HealthMap | None = None,
+              previews: Previews | None = None) -> None:
         """A new state: build the table and swap it in with one assignment."""
         self.apps = apps
         self.generation = generation
+        self.previews = previews or {}
         self.rebuild(health)
 
     def rebuild(self, health: HealthMap | None = None) -> None:
         """A new table; with ``health``, the backends' states first (``router.health``)."""
         if health is not None:
             self.health = health
-            self.builder.build(self.apps, self.generation)  # make sure every backend exists
+            # make sure every backend exists
+            self.builder.build(self.apps, self.generation, self.previews)
             apply_states(self.builder.all_backends(), health)
-        self.ctx.table = self.builder.build(self.apps, self.generation)
+        self.ctx.table = self.builder.build(self.apps, self.generation, self.previews)
         self.passive.follow(self.builder.all_backends(), self.health)
         routed = {be.key for be in self.builder.all_backends()}
         self.pool.close_idle(keep=routed)

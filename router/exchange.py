@@ -21,11 +21,11 @@ from typing import Final
 from . import phases as P
 from . import routing
 from .accesslog import Entry
-from .context import ClientBase, ProxyContext
+from .context import PREVIEW_PARAM, ClientBase, ProxyContext
 from .http import framing
 from .http.response_head import ResponseError, ResponseHead, read_response_head
 from .sticky import cookie_value
-from .table import App, Backend, Service
+from .table import App, Backend, Preview, Service
 from .upstream import BODY_BUFFERED, UPSTREAM_FULL, UpstreamConnection, UpstreamRequest
 
 # Body bytes held while no backend connection is ready, and kept for a retry (uvicorn's
@@ -38,6 +38,7 @@ UNSAFE_REUSE_IDLE: Final = 2.0
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 
 REASONS: Final = {
+    303: b"See Other",  # a preview link's redirect
     400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
     414: b"URI Too Long", 417: b"Expectation Failed", 431: b"Request Header Fields Too Large",
     499: b"Client Closed Request", 502: b"Bad Gateway", 503: b"Service Unavailable",
@@ -88,7 +89,7 @@ class Exchange(UpstreamRequest):
     __slots__ = ("conn", "headers", "phase", "body_done", "llhttp_upgrade", "buf", "buf_size",
                  "replayable", "app", "service", "backend", "set_cookie", "tried", "attempts",
                  "upstream", "waiting", "started", "ended", "status", "out", "resp", "sent",
-                 "stale", "refusal", "refusal_body", "close_after")
+                 "stale", "refusal", "refusal_body", "close_after", "previewed")
 
     def __init__(self, conn: ClientSide) -> None:
         super().__init__()
@@ -119,6 +120,7 @@ class Exchange(UpstreamRequest):
         self.refusal = 0  # answered with this status in its turn, not routed (a bad request)
         self.refusal_body = b""
         self.close_after = False  # the client connection closes after this exchange
+        self.previewed = False  # sent to a release's new version by a preview marker, unpinned
 
     def _move(self, to: int) -> None:
         self.phase = P.exchange_move(self.phase, to)
@@ -140,11 +142,29 @@ class Exchange(UpstreamRequest):
             self.answer(404, f"no route for host {host!r}\n".encode(), keep=True, counted=True)
             return
         self.app = app
+        pv = app.preview
+        marked = False
+        if pv is not None:
+            marked = self._marked(app, pv, ctx)
+            if self.phase != P.ROUTING:
+                return  # a preview link, answered with its cookie
         choice = None
         if app.sticky and self.cookie is not None:
             choice = self._pinned(app, ctx)
         if choice is None:
             choice = routing.weighted(app)
+        if marked and pv is not None:
+            if choice is not None and choice[0] is pv.service:
+                # Sent there by its pin or its weight: pinned as any request, counted as preview.
+                choice = (choice[0], choice[1], routing.PREVIEW, choice[3])
+            else:
+                self.previewed = True  # the client's pin stays as it is, retries included
+                choice = routing.preview(pv)
+                if choice is None:
+                    ctx.unrouted.count(app.name, 503)
+                    self.answer(503, b"preview: the new version has no healthy backend\n",
+                                keep=True, extra=b"Retry-After: 5\r\n", counted=True)
+                    return
         if choice is None:
             ctx.unrouted.count(app.name, 503)
             self.answer(503, app.unavailable, keep=True, extra=b"Retry-After: 5\r\n",
@@ -152,6 +172,50 @@ class Exchange(UpstreamRequest):
             return
         self._assign(choice)
         self._send()
+
+    def _marked(self, app: App, pv: Preview, ctx: ProxyContext) -> bool:
+        """Whether the request carries a preview marker of the app's open release: its header
+        field, or a valid preview cookie. A preview link (``?router-preview=<token>``) with a
+        valid token is answered here: a redirect to the same URL without it, setting the
+        cookie (docs/release-ramp.md, "Preview")."""
+        name = pv.header
+        if name:
+            n = len(name)
+            for field, value in self.headers:
+                if len(field) == n and field.lower() == name and value.strip() == pv.value:
+                    return True
+        cookie = self.cookie
+        if cookie is not None:
+            token = cookie_value(cookie, ctx.preview_cookie_eq)
+            if token is not None:
+                found = ctx.codec.verify_preview(app.name_b, token, int(time.time()))
+                if found is not None and found[0] == pv.token_id:
+                    return True
+        url = self.url
+        i = url.find(PREVIEW_PARAM)
+        if i > 0 and (url[i - 1] == 63 or url[i - 1] == 38):  # after "?" or "&"
+            start = i + len(PREVIEW_PARAM)
+            end = url.find(b"&", start)
+            if end < 0:
+                end = len(url)
+            token = url[start:end]
+            now = int(time.time())
+            found = ctx.codec.verify_preview(app.name_b, token, now)
+            if found is not None and found[0] == pv.token_id:
+                self._preview_link(url, i - 1, end, token, found[1] - now, ctx)
+        return False
+
+    def _preview_link(self, url: bytes, cut: int, end: int, token: bytes, max_age: int,
+                      ctx: ProxyContext) -> None:
+        """Answer a preview link: the cookie, and the same URL without the link's parameter
+        (``url[cut:end]`` is it with the "?" or "&" before it)."""
+        rest = url[end:]
+        if url[cut] == 63 and rest:  # "?router-preview=...&a=1" -> "?a=1"
+            rest = b"?" + rest[1:]
+        self.answer(303, b"preview: this browser now reaches the new version\n", keep=True,
+                    extra=b"Location: " + url[:cut] + rest + b"\r\nSet-Cookie: "
+                    + ctx.preview_cookie_eq + token
+                    + b"; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % max_age)
 
     def _pinned(self, app: App, ctx: ProxyContext) -> routing.Choice | None:
         token = cookie_value(self.cookie or b"", ctx.cookie_eq)
@@ -176,6 +240,8 @@ class Exchange(UpstreamRequest):
             svc.stats.sticky += 1
         elif how == routing.FALLBACK:
             svc.stats.fallback += 1
+        elif how == routing.PREVIEW:
+            svc.stats.preview += 1
         self.service = svc
         self.backend = be
         self.attempts += 1
@@ -263,6 +329,8 @@ class Exchange(UpstreamRequest):
             # Counted on the last backend tried.
             self.answer(502, b"no backend could be reached\n", keep=self.body_done)
             return
+        if self.previewed:
+            choice = (choice[0], choice[1], choice[2], routing.KEEP_COOKIE)
         svc.stats.retries += 1
         self._unassign()
         self.upstream = None

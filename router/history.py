@@ -13,6 +13,10 @@ Every accepted change gets one entry, the same everywhere it shows (``GET /api/v
      "apps": ["shop"],               # the apps it changed
      "changes": ["weights web 50->0, web-v2 50->100"]}
 
+The router's own decisions add why they were made (a ramp's judgement, with what it measured)::
+
+     "reason": "step 1 (5%) out of bounds: errors of web-v2 20.4% (11 of 54) ..."
+
 ``changes`` is computed by :func:`describe` from the state before and the state after, never
 written by the operation itself: every operation, including ones added later, gets a true
 description, and two operations that do the same thing are described the same way. When an
@@ -28,8 +32,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from .config import AppConfig, HealthCheckConfig, ServiceConfig, format_duration
-from .release import Release
+from .config import AppConfig, HealthCheckConfig, PreviewConfig, ServiceConfig, format_duration
+from .release import Ramp, RampStatus, Release
 
 # How many entries the stores keep, newest first; older ones are dropped as new ones come.
 # About 200 bytes each: a history of this length is about 200 KB.
@@ -70,11 +74,16 @@ class Change:
     operation: str
     apps: tuple[str, ...]
     changes: tuple[str, ...]
+    #: Why the router made this change itself (a ramp's judgement); None otherwise.
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"generation": self.generation, "time": self.time, "client": self.client,
-                "token": self.token, "operation": self.operation, "apps": list(self.apps),
-                "changes": list(self.changes)}
+        out = {"generation": self.generation, "time": self.time, "client": self.client,
+               "token": self.token, "operation": self.operation, "apps": list(self.apps),
+               "changes": list(self.changes)}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> "Change":
@@ -96,14 +105,18 @@ class Change:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{key}: must be a list of strings (got {value!r})")
             lists[key] = tuple(value)
+        reason = data.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError(f"reason: must be a string (got {reason!r})")
         return cls(gen, data["time"], data["client"], token, data["operation"],
-                   lists["apps"], lists["changes"])
+                   lists["apps"], lists["changes"], reason)
 
     def summary(self) -> str:
         """The log line's text: ``set_weights of shop by 127.0.0.1: weights web 50->0``."""
         who = self.client if self.token is None else f"{self.client} (token {self.token})"
-        return (f"{self.operation} of {', '.join(self.apps) or '-'} by {who}: "
+        text = (f"{self.operation} of {', '.join(self.apps) or '-'} by {who}: "
                 f"{'; '.join(self.changes) or 'no change'}")
+        return text if self.reason is None else f"{text}; because {self.reason}"
 
 
 # -- what changed -----------------------------------------------------------------------------
@@ -133,7 +146,9 @@ def _app_changes(old: AppConfig | None, new: AppConfig | None, old_release: Rele
     if old is None:
         assert new is not None
         lines = [f"app added (routes {_names(new.routes)}; session_sticky "
-                 f"{_on_off(new.session_sticky)}; drain_timeout {_duration(new.drain_timeout)})"]
+                 f"{_on_off(new.session_sticky)}; drain_timeout {_duration(new.drain_timeout)}"
+                 + (f"; preview {_preview(new.preview)}" if new.preview is not None else "")
+                 + ")"]
         lines += [f"service {s.name} added ({_service(s)})" for s in new.services]
     elif new is None:
         lines = ["app deleted"]
@@ -152,6 +167,8 @@ def _settings_changes(old: AppConfig, new: AppConfig) -> list[str]:
     if old.drain_timeout != new.drain_timeout:
         lines.append(f"drain_timeout {_duration(old.drain_timeout)} -> "
                      f"{_duration(new.drain_timeout)}")
+    if old.preview != new.preview:
+        lines.append(f"preview {_preview(old.preview)} -> {_preview(new.preview)}")
     return lines
 
 
@@ -200,7 +217,51 @@ def _release_changes(old: Release | None, new: Release | None, app: AppConfig | 
                          f"{_names(new.old)})")
         elif old.status != new.status:
             lines.append(f"release of {new.new} {old.status.value} -> {new.status.value}")
+        if old is not None and old.new == new.new and old.ramp != new.ramp:
+            lines += _ramp_changes(new.new, old.ramp, new.ramp)
+        elif (old is None or old.new != new.new) and new.ramp is not None:
+            lines += _ramp_changes(new.new, None, new.ramp)
     return lines
+
+
+def _ramp_changes(svc: str, old: Ramp | None, new: Ramp | None) -> list[str]:
+    if new is None:
+        assert old is not None
+        return [f"ramp of {svc} aborted at step {old.step} ({old.share}%)"]
+    if old is None or old.settings != new.settings:
+        st = new.settings
+        return [f"ramp of {svc} started: steps {', '.join(f'{s}%' for s in st.steps)} every "
+                f"{format_duration(st.interval)}; errors at most {_percent(st.max_error_rate)} "
+                f"over the old version's, p{_quantile(st.quantile)} at most "
+                f"{st.max_latency_ratio:g}x (above {format_duration(st.latency_floor)}); at "
+                f"least {st.min_requests} requests a version, waiting {st.max_waits} intervals "
+                "at most"]
+    lines = []
+    if old.step != new.step:
+        lines.append(f"ramp of {svc} step {old.step} ({old.share}%) -> step {new.step} "
+                     f"({new.share}%)" + (", done" if new.status is RampStatus.DONE else ""))
+    elif old.status != new.status:
+        lines.append(f"ramp of {svc} {old.status.value} -> {new.status.value}")
+    if new.waits > old.waits and old.step == new.step:
+        lines.append(f"ramp of {svc} waits at step {new.step} ({new.share}%): too little "
+                     f"traffic to judge ({new.waits} of at most {new.settings.max_waits} "
+                     "intervals)")
+    return lines
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _quantile(q: float) -> str:
+    """0.99 -> "99", 0.995 -> "99.5"."""
+    return f"{q * 100:g}"
+
+
+def _preview(p: PreviewConfig | None) -> str:
+    if p is None:
+        return "none"
+    return f"header {p.header}: {p.value if p.value is not None else '<new service>'}"
 
 
 def _service(s: ServiceConfig) -> str:

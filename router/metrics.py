@@ -17,6 +17,7 @@ from prometheus_client.core import (
 )
 
 from .counters import BUCKETS, BackendStats, ServiceStats, Stats
+from .release import RampStatus
 
 if TYPE_CHECKING:
     from .release import Release
@@ -65,6 +66,9 @@ class DataPlaneCollector:
         fallback = CounterMetricFamily(
             "router_fallback_requests", "Requests sent to a weight-0 service because no "
             "weighted service had a healthy backend", labels=["app", "service"])
+        preview = CounterMetricFamily(
+            "router_preview_requests", "Requests sent to the new version of an open release by "
+            "a preview marker (header or cookie)", labels=["app", "service"])
         duration = HistogramMetricFamily(
             "router_request_duration_seconds", "Time from request head to response end",
             labels=["app", "service"])
@@ -81,6 +85,7 @@ class DataPlaneCollector:
                 weight.add_metric(labels, svc.weight)
                 sticky.add_metric(labels, st.sticky)
                 fallback.add_metric(labels, st.fallback)
+                preview.add_metric(labels, st.preview)
                 duration.add_metric(labels, cumulative_buckets(st), st.dsum)
                 for be in svc.backends:
                     blabels = [app.name, svc.name, be.key]
@@ -101,14 +106,33 @@ class DataPlaneCollector:
         release_info = GaugeMetricFamily(
             "router_release_info", "1 for each open blue-green release",
             labels=["app", "old", "new", "status"])
+        share = GaugeMetricFamily(
+            "router_release_share", "Percent of the weight of an open release's app on its new "
+            "service (its share of unpinned traffic)", labels=["app", "new"])
+        step = GaugeMetricFamily(
+            "router_release_step", "The step a release's ramp has applied (0: none yet)",
+            labels=["app", "new"])
+        paused = GaugeMetricFamily(
+            "router_release_ramp_paused", "1 while a release's ramp is paused (by an operator, "
+            "or for too little traffic to judge), else 0", labels=["app", "new"])
         for app_name, r in sorted(self._releases().items()):
             release_info.add_metric([app_name, ",".join(r.old), r.new, r.status.value], 1)
+            live = table.apps.get(app_name)
+            if live is not None:
+                total = sum(s.weight for s in live.services)
+                new = live.by_name.get(r.new)
+                share.add_metric([app_name, r.new], 100.0 * new.weight / total
+                                 if new is not None and total else 0.0)
+            if r.ramp is not None:
+                step.add_metric([app_name, r.new], r.ramp.step)
+                paused.add_metric([app_name, r.new], 1 if r.ramp.status is RampStatus.PAUSED else 0)
         refused = CounterMetricFamily(
             "router_connections_refused", "Client connections refused at limits.max_connections "
             "with no idle connection to close")
         refused.add_metric([], stats.refused)
         yield from (requests, errors, retries, inflight, weight, healthy, unchecked, sticky,
-                    fallback, duration, generation, release_info, refused)
+                    fallback, preview, duration, generation, release_info, share, step, paused,
+                    refused)
 
 
 def cumulative_buckets(st: ServiceStats) -> list[tuple[str, int]]:

@@ -15,6 +15,8 @@ to set. docs/routing.md explains the rules:
    turn into an outage. Counted as a fallback.
 4. A retry (the backend could not be reached) takes another backend of the same service, then
    another service by weight (then a fallback service), at most ``MAX_ATTEMPTS`` tries in all.
+5. A request with a preview marker of an app's open release goes to the release's new service
+   whatever its weight, unpinned (docs/release-ramp.md, "Preview").
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 from typing import Callable, Final
 
 from .sticky import Pin, TokenCodec
-from .table import App, Backend, Service
+from .table import App, Backend, Preview, Service
 
 MAX_ATTEMPTS: Final = 3  # at most 2 retries
 
@@ -30,6 +32,7 @@ MAX_ATTEMPTS: Final = 3  # at most 2 retries
 WEIGHTED: Final = 0
 PINNED: Final = 1
 FALLBACK: Final = 2
+PREVIEW: Final = 3
 
 # What the client's cookie becomes (the last item of a Choice): left as it is, a new pin, or a
 # pin refreshed with its first issue time kept (any positive value: that time).
@@ -72,6 +75,17 @@ def weighted(app: App) -> Choice | None:
     if be is None:
         return None
     return svc, be, how, NEW_PIN if app.sticky else KEEP_COOKIE
+
+
+def preview(pv: Preview) -> Choice | None:
+    """The least-loaded healthy backend of the release's new service, not pinned: a preview
+    request must not move the client's sticky cookie (None: the new service has no healthy
+    backend)."""
+    svc = pv.service
+    be = svc.pick()
+    if be is None:
+        return None
+    return svc, be, PREVIEW, KEEP_COOKIE
 
 
 def retry(app: App, svc: Service, tried: list[Backend]) -> Choice | None:

@@ -37,6 +37,7 @@ from .health import HEALTHY, UNCHECKED, BackendKey, Health, probe
 from .listeners import bind, listen, port_of
 from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
 from .pins import SAMPLE_INTERVAL, PinWatch
+from .ramp import RampCollector, RampDriver, driver_for
 from .providers.docker import DockerProvider
 from .release import Status
 from .state import State, StateManager, apply_apps, mark_ready
@@ -91,6 +92,8 @@ class Server:
         self._release_task: asyncio.Task[None] | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._pins_task: asyncio.Task[None] | None = None
+        self.ramps: RampDriver | None = None
+        self._ramp_task: asyncio.Task[None] | None = None
         self.pins = PinWatch()
         self._release_blocked = False
         self._tcp_passed: set[tuple[str, str, str]] = set()
@@ -149,7 +152,8 @@ class Server:
             secret = await self.store.secret()  # etcd: one secret for every replica
         self._manager = StateManager(state, self.store, self.apply_state, version)
         self.health = Health(self._health_changed, cfg.passive_health, loop)
-        self._plane = DataPlane(cfg, secret, state.apps, state.generation, self.health)
+        self._plane = DataPlane(cfg, secret, state.apps, state.generation, self.health,
+                                state.previews())
         self.health.update(state.apps)
         self.plane.rebuild(self.health.states())
         health = self.health
@@ -189,6 +193,7 @@ class Server:
             self._every(SAMPLE_INTERVAL, self._sample_pins_once, "sampling the sticky counters"))
         if self.store is not None:
             self._follow_task = loop.create_task(self._follow_store(self.store))
+        self._start_ramps()
         self.ready = True
         log.info("listening on %s:%d (%d worker%s), admin on %s:%d, %d apps; data plane %s",
                  cfg.listen_host, self.port, self.nworkers, "s" if self.nworkers > 1 else "",
@@ -258,7 +263,8 @@ class Server:
         """What a worker needs just before it serves: the current everything."""
         assert self.health is not None
         state = self.manager.state
-        return (self.config, state.apps, state.generation, self.health.states())
+        return (self.config, state.apps, state.generation, self.health.states(),
+                state.previews())
 
     def _worker_notes(self, notes: list[Any]) -> None:
         """What a worker's passive health saw; a worker that took a backend out of its own
@@ -344,6 +350,7 @@ class Server:
             self._follow_task.cancel()
         if self._pins_task is not None:
             self._pins_task.cancel()
+        self._stop_ramps()
         if self.health is not None:
             self.health.stop()
         if self._admin_runner is not None:
@@ -359,13 +366,14 @@ class Server:
         assert self.health is not None
         self.health.update(state.apps)
         health = self.health.states()
-        self.plane.apply(state.apps, state.generation, health)
+        self.plane.apply(state.apps, state.generation, health, state.previews())
         if self.docker is not None:
             self.docker.state_changed()
         if self.workers is not None:
             self.workers.keep({(a.name, s.name) for a in state.apps for s in a.services},
                               set(health))
-            await self.workers.broadcast("state", state.apps, state.generation, health)
+            await self.workers.broadcast("state", state.apps, state.generation, health,
+                                         state.previews())
 
     async def _tell_workers(self, kind: str, *args: Any) -> None:
         """Every worker takes the call, or is replaced (``Supervisor.broadcast``)."""
@@ -484,6 +492,16 @@ class Server:
                 raise
             except Exception:
                 log.exception("%s failed", what)
+
+    # -- guarded ramps (router.ramp) --------------------------------------------------------
+    def _start_ramps(self) -> None:
+        self.ramps = driver_for(self.manager, self.store, self.summed_stats)
+        self.registry.register(RampCollector(self.ramps))
+        self._ramp_task = asyncio.get_running_loop().create_task(self.ramps.run())
+
+    def _stop_ramps(self) -> None:
+        if self._ramp_task is not None:
+            self._ramp_task.cancel()
 
     # -- releases ---------------------------------------------------------------------------
     async def releases_changed(self) -> None:

@@ -30,10 +30,28 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, ParamSpec
 
-from .config import AppConfig, ConfigError, HealthCheckConfig, ServiceConfig, parse_app, parse_service
+from .config import (
+    AppConfig,
+    ConfigError,
+    HealthCheckConfig,
+    PreviewConfig,
+    ServiceConfig,
+    parse_app,
+    parse_service,
+)
 from .errors import BadRequest, Conflict, Invalid, NotFound, PreconditionFailed, Unavailable
 from .history import HISTORY_LIMIT, ROUTER, Actor, Change, describe, utc_now
-from .release import Action, Release, ReleaseConflict, start as start_release
+from .release import (
+    Action,
+    InvalidRamp,
+    RampAction,
+    RampStatus,
+    Release,
+    ReleaseConflict,
+    ramp_settings,
+    share_weights,
+)
+from .release import start as start_release
 from .store import Store, StoreConflict, StoreLost, StoreUnavailable
 
 log = logging.getLogger("router.admin")
@@ -77,6 +95,11 @@ class State:
 
     def has_app(self, name: str) -> bool:
         return any(a.name == name for a in self.apps)
+
+    def previews(self) -> dict[str, tuple[str, str]]:
+        """What the data plane needs for preview routing: for each app with an open release,
+        its new service and when the release started (router.table.Preview)."""
+        return {name: (r.new, r.started_at) for name, r in self.releases.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """The store's format: the configuration file's ``apps`` plus releases, generations and
@@ -137,11 +160,18 @@ def service_to_dict(svc: ServiceConfig) -> dict[str, Any]:
             "health_check": health_check_to_dict(svc.health_check)}
 
 
+def preview_to_dict(preview: PreviewConfig | None) -> dict[str, Any] | None:
+    if preview is None:
+        return None
+    return {"header": preview.header, "value": preview.value}
+
+
 def app_to_dict(app: AppConfig) -> dict[str, Any]:
     return {
         "routes": [str(r) for r in app.routes],
         "session_sticky": app.session_sticky,
         "drain_timeout": app.drain_timeout,
+        "preview": preview_to_dict(app.preview),
         "services": {s.name: service_to_dict(s) for s in app.services},
     }
 
@@ -188,10 +218,12 @@ P = ParamSpec("P")
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """A step with the name the history and the log show for it."""
+    """A step with the name the history and the log show for it, and why it is made when the
+    router decides it itself (a ramp's judgement): the history entry's ``reason``."""
 
     name: str
     step: Step
+    reason: str | None = None
 
     def __call__(self, state: State) -> "Outcome | DiscoveryOutcome":
         return self.step(state)
@@ -230,6 +262,7 @@ def put_app(name: str, body: Any, only_new: bool = False) -> Step:
             if missing:
                 raise Conflict(f"app {name!r} has an open release that needs service {missing[0]!r}; "
                                "confirm or roll back the release first", "services")
+            _ramp_guard(state, app)
         return _replace_app(state, app), state.releases
     return op
 
@@ -274,6 +307,7 @@ def set_weights(name: str, weights: dict[str, Any], ready: set[str] | None = Non
             if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100:
                 raise Invalid(f"must be an integer 0..100 (got {w!r})", svc)
         services = tuple(replace(s, weight=weights.get(s.name, s.weight)) for s in app.services)
+        _ramp_guard(state, replace(app, services=services))
         if ready is not None and services != app.services:
             weighted = [s for s in services if s.weight > 0]
             if not weighted:
@@ -308,7 +342,9 @@ def put_service(name: str, svc_name: str, body: Any, only_new: bool = False) -> 
                 releases[name] = _recheck(release, app, replace(app, services=services))
         else:
             services = app.services + (svc,)
-        return _replace_app(state, replace(app, services=services)), releases
+        changed = replace(app, services=services)
+        _ramp_guard(state, changed)
+        return _replace_app(state, changed), releases
     return op
 
 
@@ -327,6 +363,25 @@ def delete_service(name: str, svc_name: str) -> Step:
                            "service")
         return _replace_app(state, replace(app, services=services)), state.releases
     return op
+
+
+def _ramped(state: State, app: AppConfig) -> list[str]:
+    """The services whose weight ``app`` changes while a ramp of its release sets them."""
+    release = state.releases.get(app.name)
+    if (release is None or release.ramp is None or release.ramp.status is not RampStatus.RUNNING
+            or not state.has_app(app.name)):
+        return []
+    before = {s.name: s.weight for s in state.app(app.name).services}
+    return [s.name for s in app.services
+            if s.name in (release.new, *release.old) and before.get(s.name) != s.weight]
+
+
+def _ramp_guard(state: State, app: AppConfig) -> None:
+    moved = _ramped(state, app)
+    if moved:
+        new = state.releases[app.name].new
+        raise Conflict(f"the ramp of {new} sets the weights of {', '.join(moved)}; pause or "
+                       "abort it first", "ramp")
 
 
 def _release_step(release: Release, action: Action) -> Release | None:
@@ -408,13 +463,113 @@ def rollback(name: str) -> Step:
     def op(state: State) -> Outcome:
         release = _open_release(state, name)
         _release_step(release, Action.ROLLBACK)
-        app = state.app(name)
-        old_weights = dict(release.old_weights)
-        services = tuple(replace(s, weight=old_weights.get(s.name, s.weight))
-                         for s in app.services if s.name != release.new)
-        releases = {k: v for k, v in state.releases.items() if k != name}
-        return _replace_app(state, replace(app, services=services)), releases
+        return _rolled_back(state, name, release)
     return op
+
+
+def _rolled_back(state: State, name: str, release: Release) -> Outcome:
+    app = state.app(name)
+    old_weights = dict(release.old_weights)
+    services = tuple(replace(s, weight=old_weights.get(s.name, s.weight))
+                     for s in app.services if s.name != release.new)
+    releases = {k: v for k, v in state.releases.items() if k != name}
+    return _replace_app(state, replace(app, services=services)), releases
+
+
+# -- the ramp (router.release, "The guarded ramp"; docs/release-ramp.md) ----------------------
+def _ramp_move(state: State, name: str, action: RampAction, *, new: str | None = None,
+               step: int | None = None, body: Any = None, reason: str | None = None) -> Outcome:
+    """The ramp of ``name``'s release after ``action``, with the weights it sets.
+
+    The router's own decisions name the release (``new``) and the step they judged: when either
+    moved on meanwhile (an operator, another replica), the decision is stale and refused (409)
+    rather than applied to a step it did not judge.
+    """
+    release = _open_release(state, name)
+    if new is not None and release.new != new:
+        raise Conflict(f"the release of {name!r} changed: it is now {release.new}", "release")
+    ramp = release.ramp
+    if step is not None and (ramp is None or ramp.step != step
+                             or ramp.status is not RampStatus.RUNNING):
+        where = "gone" if ramp is None else f"{ramp.status.value} at step {ramp.step}"
+        raise Conflict(f"the ramp of {release.new} moved on (judged step {step}; it is {where})",
+                       "ramp")
+    settings = None
+    if action is RampAction.START:
+        if not isinstance(body, dict):
+            raise Invalid("must be an object with steps, interval, max_error_rate, ...", None)
+        try:
+            settings = ramp_settings(body)
+        except InvalidRamp as e:
+            raise Invalid(str(e), e.field or None) from None
+        if not any(w for _, w in release.old_weights):
+            raise Conflict(f"the old services of {name!r} had no weight when the release "
+                           "started: a ramp has no traffic to compare with", "ramp")
+    try:
+        after = release.apply_ramp(action, settings=settings, reason=reason)
+    except ReleaseConflict as e:
+        raise Conflict(str(e), "ramp") from None
+    if after is None:  # FAIL: the release's rollback
+        return _rolled_back(state, name, release)
+    app = state.app(name)
+    weights: dict[str, int] = {}
+    after_ramp = after.ramp
+    if after_ramp is None:  # ABORT: the new version back to 0, the old weights restored
+        weights = {**dict(release.old_weights), release.new: 0}
+    elif after_ramp.step and (action in (RampAction.ADVANCE, RampAction.FINISH)
+                              or (action is RampAction.RESUME and after is not release)):
+        # A step taken, or a paused step resumed: its weights (again, if moved by hand).
+        weights = share_weights(release.old_weights, release.new, after_ramp.share)
+    if weights:
+        services = tuple(replace(s, weight=weights.get(s.name, s.weight)) for s in app.services)
+        apps = _replace_app(state, replace(app, services=services))
+    else:
+        apps = state.apps
+    return apps, {**state.releases, name: after}
+
+
+@operation("ramp_start")
+def ramp_start(name: str, body: Any) -> Step:
+    """A ramp of the open release: the first step as soon as the release is ready."""
+    def op(state: State) -> Outcome:
+        return _ramp_move(state, name, RampAction.START, body=body)
+    return op
+
+
+# The names the history shows for an operator's moves, and for the router's own decisions.
+_MOVES = {
+    RampAction.PAUSE: "ramp_pause",
+    RampAction.RESUME: "ramp_resume",
+    RampAction.ABORT: "ramp_abort",
+}
+_DECISIONS = {
+    RampAction.ADVANCE: "ramp_step",
+    RampAction.FINISH: "ramp_step",
+    RampAction.HOLD: "ramp_wait",
+    RampAction.PAUSE: "ramp_pause",
+    RampAction.FAIL: "ramp_rollback",
+}
+
+
+def ramp_move(name: str, action: RampAction) -> Operation:
+    """An operator's pause, resume or abort of the ramp of ``name``'s release."""
+    if action not in _MOVES:
+        raise ValueError(f"{action.value} is not an operator's move of a running ramp")
+
+    def op(state: State) -> Outcome:
+        return _ramp_move(state, name, action)
+    return Operation(_MOVES[action], op)
+
+
+def ramp_decision(name: str, new: str, step: int, action: RampAction, reason: str) -> Operation:
+    """The router's judgement of step ``step`` of the ramp of ``new`` (router.ramp), with its
+    reason for the history."""
+    if action not in _DECISIONS:
+        raise ValueError(f"{action.value} is an operator's move, not a judgement")
+
+    def op(state: State) -> Outcome:
+        return _ramp_move(state, name, action, new=new, step=step, reason=reason)
+    return Operation(_DECISIONS[action], op, reason)
 
 
 @operation("release_ready")
@@ -465,6 +620,10 @@ def apply_apps(apps: tuple[AppConfig, ...], force: bool = False,
             if not gone:
                 assert app is not None
                 releases[name] = _recheck(release, state.app(name), app)
+                moved = _ramped(state, app)
+                if moved:
+                    refused.append(f"moves the weights of {', '.join(moved)} of {name!r}, which "
+                                   f"the running ramp of {release.new} sets")
             elif app is None:
                 refused.append(f"deletes app {name!r}, closing its open release of {release.new!r}")
             else:
@@ -689,5 +848,6 @@ def _next_state(cur: State, op: Operation, if_match: str | None, etag_app: str |
     names = {a.name for a in apps}
     app_gens = {n: g for n, g in cur.app_generations.items() if n in names}
     app_gens.update((n, gen) for n in touched if n in names)
-    change = Change(gen, utc_now(), actor.client, actor.token, op.name, touched, changes)
+    change = Change(gen, utc_now(), actor.client, actor.token, op.name, touched, changes,
+                    op.reason)
     return State(gen, apps, dict(releases), app_gens, change, dict(discovered))

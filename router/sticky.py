@@ -13,6 +13,15 @@ one does, without a Set-Cookie on every response.
 
 Anything that does not verify (wrong length, bad base64, bad MAC, unknown version, expired,
 issued in the future) is treated as no cookie at all.
+
+A *preview* token (docs/release-ramp.md, "Preview") is signed with the same secret, in its own
+domain (the MAC covers ``preview\0`` first, so neither kind can pass for the other)::
+
+    base64url( version 2 (1) | preview id(6) | issued(4) | expires(4) | mac(12) )
+
+36 characters. The preview id is a truncated HMAC of the app, the new service and the moment its
+release started, so a token opens the preview of one release only: not the next release of a
+service of the same name, and nothing once the release is confirmed or rolled back.
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ ID_LEN = 6
 MAC_LEN = 12
 _BODY = struct.Struct(">B6s6sII")
 TOKEN_LEN = 44  # base64 of 21 + 12 bytes
+PREVIEW_VERSION = 2
+_PREVIEW_BODY = struct.Struct(">B6sII")
+PREVIEW_TOKEN_LEN = 36  # base64 of 15 + 12 bytes
+_PREVIEW_DOMAIN = b"preview\0"
 _CLOCK_SKEW = 60  # seconds a token may claim to come from the future (replicas' clocks)
 
 _b64decode = binascii.a2b_base64
@@ -60,7 +73,7 @@ class TokenCodec:
     """Issues and verifies tokens with one secret and one cookie policy."""
 
     __slots__ = ("_secret", "max_idle", "max_life", "refresh_after", "_verified", "_issued",
-                 "_issued_at")
+                 "_issued_at", "_previews")
 
     def __init__(self, secret: bytes, max_idle: float, max_life: float) -> None:
         if len(secret) < 16:
@@ -75,6 +88,8 @@ class TokenCodec:
         # second gets the same bytes; the HMAC is computed once per second per backend.
         self._issued: dict[tuple[bytes, bytes, bytes, int], bytes] = {}
         self._issued_at = 0
+        # Preview tokens whose signature has been checked: (app, token) -> (preview id, expiry).
+        self._previews: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
 
     def _id(self, *parts: str) -> bytes:
         msg = "\0".join(parts).encode()
@@ -135,6 +150,45 @@ class TokenCodec:
         if version != VERSION or seen < issued:
             return None
         return Pin(sid, bid, issued, seen)
+
+
+    def preview_id(self, app: str, service: str, release_started: str) -> bytes:
+        """What a preview token of the release of ``service`` started at ``release_started``
+        names (the release's ``started_at``)."""
+        return self._id("preview", app, service, release_started)
+
+    def issue_preview(self, app: bytes, preview_id: bytes, issued: int, expires: int) -> bytes:
+        """A preview token for ``app`` valid until ``expires`` (Unix seconds)."""
+        body = _PREVIEW_BODY.pack(PREVIEW_VERSION, preview_id, issued, expires)
+        mac = hmac.digest(self._secret, _PREVIEW_DOMAIN + app + b"\0" + body,
+                          hashlib.sha256)[:MAC_LEN]
+        return binascii.b2a_base64(body + mac, newline=False).translate(_TO_URLSAFE)
+
+    def verify_preview(self, app: bytes, token: bytes, now: int) -> tuple[bytes, int] | None:
+        """(preview id, expiry) of a valid, unexpired preview token for ``app``; None otherwise."""
+        key = (app, token)
+        known = self._previews.get(key)
+        if known is None:
+            if len(token) != PREVIEW_TOKEN_LEN or token.translate(None, _URLSAFE):
+                return None
+            try:
+                raw = _b64decode(token.translate(_FROM_URLSAFE))
+            except (binascii.Error, ValueError):
+                return None
+            body = raw[:-MAC_LEN]
+            mac = hmac.digest(self._secret, _PREVIEW_DOMAIN + app + b"\0" + body,
+                              hashlib.sha256)[:MAC_LEN]
+            if not hmac.compare_digest(mac, raw[-MAC_LEN:]):
+                return None
+            version, pid, issued, expires = _PREVIEW_BODY.unpack(body)
+            if version != PREVIEW_VERSION or expires < issued:
+                return None
+            if len(self._previews) >= _VERIFIED_MAX:
+                self._previews.clear()
+            known = self._previews[key] = (pid, expires)
+        if now >= known[1]:
+            return None
+        return known
 
 
 def cookie_value(cookie_header: bytes, name: bytes) -> bytes | None:

@@ -15,7 +15,7 @@ behind the metrics, when a service's weight dropped to 0 -- lives in ``Backend``
 from __future__ import annotations
 
 import time
-from typing import Container, Iterable
+from typing import Container, Iterable, Mapping
 
 from .balancer import LeastInFlight, RoundRobin, SmoothWeightedRoundRobin
 from .config import AppConfig, split_hostport
@@ -67,13 +67,30 @@ class Service:
         return f"Service({self.name!r}, weight={self.weight})"
 
 
+class Preview:
+    """The new version of an app's open release, as one snapshot sees it: where a request with
+    a preview marker goes whatever its weight, and the markers (docs/release-ramp.md)."""
+
+    __slots__ = ("service", "token_id", "header", "value")
+
+    def __init__(self, service: Service, token_id: bytes, header: bytes, value: bytes) -> None:
+        self.service = service
+        self.token_id = token_id  # what a preview token of this release names
+        self.header = header  # the marker field's name, lower case; b"": none
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Preview({self.service.name!r})"
+
+
 class App:
     """An app as one snapshot sees it."""
 
     __slots__ = ("name", "name_b", "sticky", "drain_timeout", "services", "by_token",
-                 "by_name", "unavailable", "_wrr", "_fallback")
+                 "by_name", "unavailable", "preview", "_wrr", "_fallback")
 
-    def __init__(self, cfg: AppConfig, services: tuple[Service, ...]) -> None:
+    def __init__(self, cfg: AppConfig, services: tuple[Service, ...],
+                 preview: Preview | None = None) -> None:
         self.name = cfg.name
         self.name_b = cfg.name.encode()
         self.sticky = cfg.session_sticky
@@ -92,6 +109,8 @@ class App:
         # Why a request finds no service (the text of its 503).
         self.unavailable = (b"no healthy backend for this app\n" if weighted
                             else b"all weights of this app are 0\n")
+        # None unless the app has an open release: the only cost of preview for other apps.
+        self.preview = preview
 
     def pick(self, exclude: Container[object] | None = None) -> Service | None:
         """The next service by smooth weighted round robin, or None if none can serve."""
@@ -196,7 +215,10 @@ class TableBuilder:
     def backend(self, app: str, service: str, key: str) -> Backend | None:
         return self._backends.get((app, service, key))
 
-    def build(self, apps: Iterable[AppConfig], generation: int) -> RoutingTable:
+    def build(self, apps: Iterable[AppConfig], generation: int,
+              previews: Mapping[str, tuple[str, str]] | None = None) -> RoutingTable:
+        """``previews``: for each app with an open release, its new service and the release's
+        ``started_at``."""
         now = time.monotonic()
         backends: dict[tuple[str, str, str], Backend] = {}
         stats: dict[tuple[str, str], ServiceStats] = {}
@@ -221,7 +243,7 @@ class TableBuilder:
                     zs = zero_since[skey] = self._zero_since.get(skey, now)
                 services.append(Service(scfg.name, scfg.weight, tuple(bes),
                                         self._codec.service_id(cfg.name, scfg.name), st, zs))
-            app = App(cfg, tuple(services))
+            app = App(cfg, tuple(services), self._preview(cfg, services, previews))
             built[cfg.name] = app
             for route in cfg.routes:
                 entry = hosts.setdefault(route.host.encode(), _Host())
@@ -235,6 +257,21 @@ class TableBuilder:
         self._stats = stats
         self._zero_since = zero_since
         return RoutingTable(generation, built, hosts)
+
+    def _preview(self, cfg: AppConfig, services: list[Service],
+                 previews: Mapping[str, tuple[str, str]] | None) -> Preview | None:
+        release = previews.get(cfg.name) if previews is not None else None
+        if release is None:
+            return None
+        new, started = release
+        for svc in services:
+            if svc.name == new:
+                marker = cfg.preview
+                header = marker.header.lower().encode() if marker is not None else b""
+                value = (marker.value if marker is not None and marker.value is not None
+                         else new).encode()
+                return Preview(svc, self._codec.preview_id(cfg.name, new, started), header, value)
+        return None
 
     def all_backends(self) -> Iterable[Backend]:
         return self._backends.values()

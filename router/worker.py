@@ -4,9 +4,11 @@ The master starts it with one end of a socketpair and the data plane's listening
 the master made and every worker shares. The worker builds its data plane from the master's
 first message, then answers the master's calls in order:
 
-``("sync", config, apps, generation, health)``  everything, just before it starts serving
+``("sync", config, apps, generation, health, previews)``
+                                        everything, just before it starts serving
 ``("serve",)``                          start accepting on the shared sockets
-``("state", apps, generation, health)`` swap in a new table; the admin call that caused it
+``("state", apps, generation, health, previews)``
+                                        swap in a new table; the admin call that caused it
                                         answers once every worker has replied (or was replaced)
 ``("health", health)``                  backends' states as the master decided them
 ``("config", config)``                  a reload's settings
@@ -76,10 +78,10 @@ class MasterReporter:
 async def run(fd: int, listen_fds: list[int]) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_connection(sock=sock)
-    kind, config, secret, apps, generation, health = await ipc.recv(reader)
+    kind, config, secret, apps, generation, health, previews = await ipc.recv(reader)
     assert kind == "init", kind
     reporter = MasterReporter(writer)
-    plane = DataPlane(config, secret, apps, generation, reporter)
+    plane = DataPlane(config, secret, apps, generation, reporter, previews)
     reporter.plane = plane
     plane.rebuild(health)
     loop = asyncio.get_running_loop()

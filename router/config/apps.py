@@ -13,6 +13,7 @@ from .model import (
     AppConfig,
     ConfigError,
     HealthCheckConfig,
+    PreviewConfig,
     Route,
     ServiceConfig,
 )
@@ -27,7 +28,7 @@ from .scalars import (
     split_backend,
 )
 
-_APP_KEYS = ("session_sticky", "drain_timeout", "routes", "services")
+_APP_KEYS = ("session_sticky", "drain_timeout", "preview", "routes", "services")
 _SERVICE_KEYS = ("weight", "backends", "health_check")
 _SERVICE_KEYS_WITH_LABELS = (*_SERVICE_KEYS, "labels")
 _HEALTH_KEYS = ("path", "interval", "timeout", "rise", "fall")
@@ -35,6 +36,37 @@ _HEALTH_KEYS = ("path", "interval", "timeout", "rise", "fall")
 # weight range, so a single-version app needs no weight at all.
 _DEFAULT_WEIGHT = 100
 _HC_PATH_RE = re.compile(r"/[\x21-\x7e]*\Z")
+# RFC 9110 5.1: a field name is a token.
+_FIELD_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}\Z")
+_FIELD_VALUE_RE = re.compile(r"[\x21-\x7e]{1,256}\Z")
+# Fields a preview marker cannot be: the framing, the routing and the router's own fields, and
+# the cookie (the preview cookie is a cookie of its own).
+_NOT_PREVIEW = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive",
+    "proxy-connection", "te", "trailer", "upgrade", "expect", "cookie", "x-forwarded-for",
+    "x-forwarded-proto", "x-forwarded-host", "x-request-id", "forwarded", "x-real-ip",
+})
+_PREVIEW_KEYS = ("header", "value")
+
+
+def parse_preview(data: object, path: str, source: str = DEFAULT_SOURCE) -> PreviewConfig | None:
+    """``{header: X-Preview, value: ...}`` (value optional: the new service's name); null: none."""
+    if data is None:
+        return None
+    m = check_mapping(data, path, _PREVIEW_KEYS, source)
+    header = m.get("header")
+    if not isinstance(header, str) or not _FIELD_NAME_RE.match(header):
+        raise ConfigError(join_path(path, "header"), "required: a header field name like "
+                          "X-Preview (letters, digits and !#$%&'*+.^_`|~-, at most 64)",
+                          header, source)
+    if header.lower() in _NOT_PREVIEW:
+        raise ConfigError(join_path(path, "header"), "is a field the router reads or sets "
+                          "itself; choose another, like X-Preview", header, source)
+    value = m.get("value")
+    if value is not None and (not isinstance(value, str) or not _FIELD_VALUE_RE.match(value)):
+        raise ConfigError(join_path(path, "value"), "must be 1..256 visible ASCII characters "
+                          "(or null: the new service's name)", value, source)
+    return PreviewConfig(header, value)
 
 
 def parse_health_check(
@@ -151,6 +183,7 @@ def parse_app_routes(
     drain_timeout: float | None = None
     if drain is not None:
         drain_timeout = positive_duration(drain, join_path(path, "drain_timeout"), source)
+    preview = parse_preview(m.get("preview"), join_path(path, "preview"), source)
 
     routes_path = join_path(path, "routes")
     raw_routes = m.get("routes")
@@ -223,6 +256,7 @@ def parse_app_routes(
         services=tuple(services),
         session_sticky=session_sticky,
         drain_timeout=drain_timeout,
+        preview=preview,
     )
     return app, origins
 

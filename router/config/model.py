@@ -83,6 +83,15 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PreviewConfig:
+    """The request header that sends a request to the new version of an open release, whatever
+    its weight (docs/release-ramp.md, "Preview")."""
+
+    header: str  # a field name, as written ("X-Preview")
+    value: str | None = None  # None: the new service's name ("X-Preview: web-v2")
+
+
+@dataclass(frozen=True, slots=True)
 class AppConfig:
     """An application: its routes and its services."""
 
@@ -91,6 +100,7 @@ class AppConfig:
     services: tuple[ServiceConfig, ...]  # in file order
     session_sticky: bool = True  # Aliyun's routing is sticky by default
     drain_timeout: float | None = None  # seconds; None: pinned clients drain forever
+    preview: PreviewConfig | None = None  # None: no preview by header (the cookie still works)
 
 
 @dataclass(frozen=True, slots=True)

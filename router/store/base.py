@@ -97,5 +97,12 @@ class Store(ABC):
         """The cookie-signing secret, created on first use; the same for every process sharing
         the store."""
 
+    async def lead(self, role: str, holder: str, ttl: float) -> bool:
+        """Whether ``holder`` holds ``role`` (e.g. driving the guarded ramps) among the
+        processes sharing this store: taken when nobody holds it, kept by calling again within
+        ``ttl`` seconds, given up by :meth:`close` or by not calling. A store only this process
+        writes: always. :class:`StoreUnavailable` if the store cannot be reached."""
+        return True
+
     async def close(self) -> None:
         """Release connections; a running :meth:`watch` ends."""

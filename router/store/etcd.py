@@ -7,6 +7,10 @@ Layout under the prefix (``/router`` unless the URL names another)::
     <prefix>/history/<generation, 12 digits>
                       the history entry of each change (router.history), the newest
                       HISTORY_LIMIT, written in the transaction that writes its state
+    <prefix>/lead/<role>
+                      who holds a role among the replicas (``lead``: the replica that drives
+                      the guarded ramps), attached to that replica's lease: it disappears
+                      when the replica stops or stops refreshing it
 
 The whole state is one key, so one compare covers it: a save is the transaction
 ``if mod_revision(state) == <the revision this state was built on> then put``. Two replicas
@@ -129,6 +133,7 @@ class EtcdStore(Store):
         self.lost: str | None = None  # why the store counts as having lost its data
         self._lost_at = 0.0
         self._watching: Any = None
+        self._leases: dict[str, Any] = {}  # role -> the aetcd lease this replica holds it by
 
     @classmethod
     def from_url(cls, url: str) -> "EtcdStore":
@@ -318,6 +323,39 @@ class EtcdStore(Store):
                              "shorter than 16 bytes")
         return value
 
+    async def lead(self, role: str, holder: str, ttl: float) -> bool:
+        key = self._prefix + b"lead/" + role.encode()
+        tx = self._client.transactions
+        try:
+            lease = self._leases.pop(role, None)
+            if lease is not None:
+                reply = await self._client.refresh_lease(lease.id)
+                if reply is not None and reply.TTL > 0:
+                    self._leases[role] = lease
+                    self._reached()
+                    return True  # the key lives as long as the lease
+                # Expired (this replica stalled, or etcd lost it): taken afresh below.
+            if await self._client.get(key) is not None:
+                self._reached()
+                return False  # another replica holds it
+            # Create-if-absent with a fresh lease: of replicas asking at once, one wins.
+            lease = await self._client.lease(max(1, round(ttl)))
+            ok, _ = await self._client.transaction(
+                compare=[tx.create(key) == 0],
+                success=[tx.put(key, holder.encode(), lease=lease)],
+                failure=[],
+            )
+            if not ok:
+                await self._client.revoke_lease(lease.id)
+                self._reached()
+                return False
+        except (ClientError, asyncio.TimeoutError) as e:
+            raise self._unreachable(e) from None
+        self._reached()
+        self._leases[role] = lease
+        log.info("%s: %s holds %s", self.name, holder, role)
+        return True
+
     async def watch(self, from_version: int) -> AsyncIterator[tuple[dict[str, Any], int]]:
         probe = asyncio.get_running_loop().create_task(self._probe())
         events = self._watch(from_version)
@@ -476,6 +514,13 @@ class EtcdStore(Store):
 
     async def close(self) -> None:
         self._closed.set()
+        for lease in list(self._leases.values()):
+            try:
+                # Another replica takes the role at once rather than after the lease's TTL.
+                await self._client.revoke_lease(lease.id)
+            except Exception as e:
+                log.debug("%s: revoking a lease: %r", self.name, e)
+        self._leases.clear()
         try:
             await self._client.close()
         except Exception as e:  # closing a broken channel: nothing left to release

@@ -175,8 +175,9 @@ def test_to_dict_is_spec_5_release_object() -> None:
     r = start([("web", 100), ("api", 30)], "web-v2", T0)
     d = r.to_dict()
     assert d == {"old": ["web", "api"], "new": "web-v2", "status": "in_progress",
-                 "started_at": "2026-11-26T14:33:18Z", "old_weights": {"web": 100, "api": 30}}
-    assert list(d) == ["old", "new", "status", "started_at", "old_weights"]
+                 "started_at": "2026-11-26T14:33:18Z", "old_weights": {"web": 100, "api": 30},
+                 "ramp": None}
+    assert list(d) == ["old", "new", "status", "started_at", "old_weights", "ramp"]
     assert type(d["status"]) is str  # not the enum: JSON and YAML see a plain string
     assert list(d["old_weights"]) == ["web", "api"]  # type: ignore[call-overload]
     after = r.apply(A.READY)
