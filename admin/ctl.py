@@ -17,6 +17,10 @@ operator sees. The standard library, and the router's YAML reader for ``apply`` 
     routerctl release status shop
     routerctl release confirm shop [--force] [--remove]
     routerctl release rollback shop [--remove]
+    routerctl release ramp shop --steps 5,25,50,100 --interval 60s --max-error-rate 1% \
+        --max-latency-ratio 2 [--wait]           # raised step by step, rolled back on errors
+    routerctl release pause|resume|abort shop    # the ramp
+    routerctl release preview shop [--ttl 1h]    # a link that shows a browser the new version
     routerctl delete shop
     routerctl export > router.yaml                # the apps, as a configuration file
     routerctl apply router.yaml [--dry-run] [--force]
@@ -51,6 +55,7 @@ DEFAULT_URL = "http://127.0.0.1:9090"  # the admin API's default listen address
 DEFAULT_TIMEOUT = 10.0
 REMOVE_TIMEOUT = 60.0
 POLL_INTERVAL = 0.5  # --wait: how often the release is fetched
+RAMP_LINE_EVERY = 5.0  # release ramp --wait, not on a terminal: a line at least this often
 API = "/api/v1/apps"
 
 EXIT_OK, EXIT_SERVER, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -256,7 +261,40 @@ def release_table(release: dict[str, Any]) -> str:
             ["NEW", str(release.get("new", "-"))],
             ["STARTED", str(release.get("started_at", "-"))],
             ["OLD WEIGHTS", pairs(release.get("old_weights") or {})]]
+    ramp = release.get("ramp")
+    if ramp:
+        rows += [["RAMP", f"{ramp['status']}, {step_text(ramp)}"],
+                 ["STEPS", ", ".join(f"{s}%" for s in ramp["steps"])
+                  + f" every {_seconds(ramp['interval'])}"],
+                 ["BOUNDS", f"errors at most +{ramp['max_error_rate'] * 100:g}%, "
+                            f"p{ramp['quantile'] * 100:g} at most {ramp['max_latency_ratio']:g}x"]]
+        if ramp.get("reason"):
+            rows.append(["LAST", ramp["reason"]])
     return table(rows)
+
+
+def step_text(ramp: dict[str, Any]) -> str:
+    """``step 2/4 (25%)``."""
+    return f"step {ramp['step']}/{len(ramp['steps'])} ({ramp['share']}%)"
+
+
+def measure_text(name: str, m: dict[str, Any], quantile: float) -> str:
+    latency = "-" if m.get("latency") is None else f"{m['latency'] * 1000:.3g} ms"
+    return (f"{name} {m['error_rate'] * 100:.1f}% errors of {m['requests']}, "
+            f"p{quantile * 100:g} {latency}")
+
+
+def ramp_line(progress: dict[str, Any]) -> str:
+    """One line of ``release ramp --wait``: the step, and both versions so far."""
+    ramp = progress["ramp"]
+    line = f"{ramp['status']}: {step_text(ramp)}"
+    window = progress.get("window")
+    if window:
+        q = ramp["quantile"]
+        line += (f", {window['seconds']:.0f}/{ramp['interval']:g}s: "
+                 f"{measure_text(progress['new'], window['new'], q)}; "
+                 f"{measure_text(','.join(progress['old']), window['old'], q)}")
+    return line
 
 
 def app_detail(app: dict[str, Any]) -> str:
@@ -425,6 +463,154 @@ def cmd_release_status(c: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+_PERCENT_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)%$")
+
+
+def parse_rate(value: str) -> float:
+    """``1%`` or ``0.01`` -> 0.01; a bare number of 1 or more is ambiguous and refused."""
+    m = _PERCENT_RE.match(value.strip())
+    try:
+        rate = float(m.group(1)) / 100 if m else float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1 or (m is None and rate >= 1):  # "1": one percent, or all?
+        raise UsageError(f"--max-error-rate: a percentage like 1% or a fraction like 0.01 "
+                         f"(got {value!r})")
+    return rate
+
+
+def parse_steps(value: str) -> list[int]:
+    """``5,25,50,100`` -> [5, 25, 50, 100] (the server checks the rest)."""
+    steps = []
+    for part in value.split(","):
+        text = part.strip().rstrip("%")
+        if not _INT_RE.match(text):
+            raise UsageError(f"--steps: a list of percentages like 5,25,50,100 (got {value!r})")
+        steps.append(int(text))
+    return steps
+
+
+def parse_quantile(value: str) -> float:
+    """``p99``, ``99`` or ``0.99`` -> 0.99."""
+    text = value.strip().lower().removeprefix("p")
+    try:
+        q = float(text)
+    except ValueError:
+        raise UsageError(f"--quantile: like p99 or 0.99 (got {value!r})") from None
+    return round(q / 100, 6) if q >= 1 else q
+
+
+def cmd_release_ramp(c: Client, args: argparse.Namespace, out: Output) -> int:
+    body: dict[str, Any] = {"steps": parse_steps(args.steps)}
+    for key, value in (("interval", args.interval), ("latency_floor", args.latency_floor),
+                       ("min_requests", args.min_requests), ("max_waits", args.max_waits),
+                       ("max_latency_ratio", args.max_latency_ratio)):
+        if value is not None:
+            body[key] = value
+    if args.max_error_rate is not None:
+        body["max_error_rate"] = parse_rate(args.max_error_rate)
+    if args.quantile is not None:
+        body["quantile"] = parse_quantile(args.quantile)
+    release = c.request("POST", app_path(args.app, "/release/ramp"), body)
+    if not args.wait:
+        out.show(release, lambda r: f"{args.app}: ramp started\n" + release_table(r))
+        return EXIT_OK
+    return wait_ramp(c, args.app, release["new"], args.wait_timeout, out)
+
+
+def wait_ramp(c: Client, app_name: str, new: str, timeout: float, out: Output,
+              err: TextIO | None = None) -> int:
+    """Follow the ramp of ``new`` until it is done (exit 0), or rolled back, aborted or paused
+    (exit 1, with the reason). On stderr, what the step measures so far: a status line on a
+    terminal; otherwise a line at each new step or status, and every RAMP_LINE_EVERY seconds
+    between. The final release on stdout."""
+    err = err if err is not None else sys.stderr
+    tty = err.isatty()
+    deadline = time.monotonic() + timeout
+    last = ""
+    shown: tuple[Any, ...] = ()
+    shown_at = 0.0
+    pending = ""  # the newest line not shown yet
+    while True:
+        try:
+            progress = c.get(app_path(app_name, "/release/ramp"))
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            progress = None
+        if progress is None or progress.get("new") != new:
+            if tty:
+                err.write("\n")
+            raise CtlError(f"{app_name}: {_ramp_end(c, app_name, new)}")
+        ramp = progress["ramp"]
+        line = ramp_line(progress)
+        where = (ramp["status"], ramp["step"])
+        if tty:
+            if line != last:
+                err.write(f"\r{line}\x1b[K")
+        elif where != shown or time.monotonic() - shown_at >= RAMP_LINE_EVERY:
+            if where != shown and pending:
+                err.write(pending + "\n")  # what the step before measured last
+            err.write(line + "\n")
+            shown, shown_at, pending = where, time.monotonic(), ""
+        else:
+            pending = line
+        err.flush()
+        last = line
+        if ramp["status"] != "running":
+            if tty:
+                err.write("\n")
+            release = c.get(app_path(app_name, "/release"))
+            if ramp["status"] == "done":
+                out.show(release, lambda r: f"{app_name}: ramp done\n" + release_table(r))
+                return EXIT_OK
+            raise CtlError(f"{app_name}: the ramp of {new} is paused: "
+                           f"{ramp.get('reason') or 'by an operator'}")
+        if time.monotonic() >= deadline:
+            if tty:
+                err.write("\n")
+            raise CtlError(f"{app_name}: the ramp of {new} is still running after {timeout:g}s "
+                           f"({line})")
+        time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+
+def _ramp_end(c: Client, app_name: str, new: str) -> str:
+    """How a ramp that is gone ended, from the history."""
+    query = urllib.parse.urlencode([("app", app_name), ("limit", "20")])
+    for entry in c.get("/api/v1/history?" + query).get("history") or []:
+        op = entry.get("operation")
+        if op == "ramp_rollback":
+            return f"the ramp rolled {new} back: {entry.get('reason')}"
+        if op in ("ramp_abort", "rollback_release", "confirm_release", "delete_app"):
+            return (f"the ramp of {new} ended: {op.replace('_', ' ')} by {entry.get('client')} "
+                    f"(generation {entry.get('generation')})")
+    return f"the ramp of {new} is gone"
+
+
+def cmd_ramp_move(c: Client, args: argparse.Namespace, out: Output) -> int:
+    move = args.release_command
+    release = c.request("POST", app_path(args.app, f"/release/ramp/{move}"))
+    done = {"pause": "paused", "resume": "resumed", "abort": "aborted"}[move]
+    out.show(release, lambda r: f"{args.app}: ramp {done}\n" + release_table(r))
+    return EXIT_OK
+
+
+def preview_text(p: dict[str, Any]) -> str:
+    lines = [f"{p['app']}: preview of {p['service']} until {p['expires_at']}",
+             "open in a browser (sets the cookie):"]
+    lines += [f"  {link}" for link in p["links"]]
+    lines.append(f"or send the cookie: {p['cookie']['name']}={p['cookie']['value']}")
+    if p.get("header"):
+        lines.append(f"or the header: {p['header']['name']}: {p['header']['value']}")
+    return "\n".join(lines)
+
+
+def cmd_release_preview(c: Client, args: argparse.Namespace, out: Output) -> int:
+    body = {"ttl": args.ttl} if args.ttl is not None else None
+    out.show(c.request("POST", app_path(args.app, "/release/preview"), body), preview_text)
+    return EXIT_OK
+
+
 def _closed(what: str) -> Callable[[dict[str, Any]], str]:
     return lambda a: (f"{a['name']}: release {what} (generation {a['generation']})\n"
                       + services_table(a))
@@ -536,6 +722,8 @@ def exported_app(app: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"routes": app["routes"], "session_sticky": app["session_sticky"]}
     if app.get("drain_timeout") is not None:
         out["drain_timeout"] = format_duration(app["drain_timeout"])
+    if app.get("preview") is not None:
+        out["preview"] = {k: v for k, v in app["preview"].items() if v is not None}
     services: dict[str, Any] = {}
     for name, s in (app.get("services") or {}).items():
         svc: dict[str, Any] = {"weight": s["weight"], "backends": s["backends"]}
@@ -666,6 +854,12 @@ def _weight(value: str) -> int:
 def _limit(value: str) -> int:
     if not _INT_RE.match(value) or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer (got {value!r})")
+    return int(value)
+
+
+def _count(value: str) -> int:
+    if not _INT_RE.match(value) or int(value) < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (got {value!r})")
     return int(value)
 
 
@@ -824,6 +1018,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
     p.add_argument("--remove", action="store_true", help=_REMOVE_HELP)
     p.set_defaults(func=cmd_release_rollback)
+
+    p = rsub.add_parser("ramp", parents=[common],
+                        help="raise the new version's share step by step, judging each step "
+                             "against the old version; roll back when out of bounds")
+    p.add_argument("app")
+    p.add_argument("--steps", required=True, metavar="P,P,...",
+                   help="the new version's share at each step, percent: 5,25,50,100")
+    p.add_argument("--interval", metavar="DURATION", help="each step is judged over this long "
+                   "(default 60s)")
+    p.add_argument("--max-error-rate", metavar="RATE", help="how far the new version's error "
+                   "rate may exceed the old one's: 1%% or 0.01 (the default)")
+    p.add_argument("--max-latency-ratio", type=_positive, metavar="X",
+                   help="how many times the old version's latency quantile the new one's may be "
+                        "(default 2)")
+    p.add_argument("--quantile", metavar="Q", help="the latency quantile compared: p99 (default)")
+    p.add_argument("--latency-floor", metavar="DURATION",
+                   help="latencies at or under this are within bounds (default 10ms)")
+    p.add_argument("--min-requests", type=_limit, metavar="N",
+                   help="requests each version needs in an interval to be judged (default 20)")
+    p.add_argument("--max-waits", type=_count, metavar="N",
+                   help="intervals with too little traffic before the ramp pauses (default 10)")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the ramp until it is done (exit 0), or rolled back, aborted or "
+                        "paused (exit 1)")
+    p.add_argument("--wait-timeout", type=_positive, default=3600.0, metavar="SECONDS",
+                   help="give up waiting after this long (exit 1; default %(default)s)")
+    p.set_defaults(func=cmd_release_ramp)
+
+    for move, text in (("pause", "stop judging the ramp; the weights stay"),
+                       ("resume", "judge the current step again over a fresh interval"),
+                       ("abort", "end the ramp: old weights back, the new version at weight 0")):
+        p = rsub.add_parser(move, parents=[common], help=text)
+        p.add_argument("app")
+        p.set_defaults(func=cmd_ramp_move)
+
+    p = rsub.add_parser("preview", parents=[common],
+                        help="a link (and cookie) that shows a browser the new version, "
+                             "whatever its weight")
+    p.add_argument("app")
+    p.add_argument("--ttl", metavar="DURATION", help="how long it works (default 1h, at most 7d)")
+    p.set_defaults(func=cmd_release_preview)
     return parser
 
 

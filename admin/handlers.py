@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from router import state as ops
-from router.config import NAME_RE, ConfigError, config_from_dict
+from router.config import NAME_RE, ConfigError, config_from_dict, format_duration, parse_duration
+from router.context import PREVIEW_COOKIE_SUFFIX, PREVIEW_PARAM
 from router.errors import BadGateway, BadRequest, Conflict, Invalid, NotFound
 from router.history import HISTORY_LIMIT, Actor, fingerprint
 from router.providers.engine import DockerError
-from router.release import Release
+from router.release import RampAction, Release
 
 from .schemas import (
     HealthOf,
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from router.server import Server
 
 SERVER: web.AppKey["Server"] = web.AppKey("server")
+log = logging.getLogger("router.admin")
 
 
 def _server(request: web.Request) -> "Server":
@@ -100,11 +103,11 @@ async def put_app(request: web.Request) -> web.Response:
 async def patch_app(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     body = object_body(await request.read())
-    allowed = {"session_sticky", "routes", "drain_timeout"}
+    allowed = {"session_sticky", "routes", "drain_timeout", "preview"}
     for key in body:
         if key not in allowed:
             raise Invalid(f"unknown or read-only field {key!r}; PATCH changes "
-                          "session_sticky, routes, drain_timeout", key)
+                          "session_sticky, routes, drain_timeout, preview", key)
     st = await _change(request, ops.patch_app(name, body), name)
     return _app_response(request, st, name)
 
@@ -242,6 +245,89 @@ async def rollback_release(request: web.Request) -> web.Response:
                                (release.new,) if release is not None else ())
 
 
+# -- the guarded ramp and preview (docs/release-ramp.md) ------------------------------------------
+async def start_ramp(request: web.Request) -> web.Response:
+    name = check_name(request.match_info["app"], "app")
+    body = object_body(await request.read())
+    st = await _change(request, ops.ramp_start(name, body), name)
+    return _release_response(st, name, 201)
+
+
+async def move_ramp(request: web.Request) -> web.Response:
+    """Pause, resume or abort the ramp (the last segment of the path)."""
+    name = check_name(request.match_info["app"], "app")
+    for key in object_body(await request.read(), required=False):
+        raise Invalid(f"unknown field {key!r} (this call takes no fields)", key)
+    op = ops.ramp_move(name, RampAction(request.match_info["move"]))
+    return _release_response(await _change(request, op, name), name)
+
+
+async def get_ramp(request: web.Request) -> web.Response:
+    name = check_name(request.match_info["app"], "app")
+    srv = _server(request)
+    assert srv.ramps is not None  # started with the router
+    st = srv.manager.state
+    st.app(name)
+    release = st.releases.get(name)
+    if release is None:
+        raise NotFound(f"app {name!r} has no open release", "release")
+    progress = await srv.ramps.progress(name)
+    if progress is None:
+        raise NotFound(f"the release of {release.new} has no ramp", "ramp")
+    gen = st.app_generations.get(name, st.generation)
+    return web.json_response(progress, headers={"ETag": f'"{gen}"', "Cache-Control": "no-store"})
+
+
+# A preview link lasts an hour unless asked otherwise, a week at most: it opens an unreleased
+# version to whoever holds it.
+PREVIEW_TTL = 3600.0
+PREVIEW_MAX_TTL = 7 * 86400.0
+
+
+async def preview(request: web.Request) -> web.Response:
+    """A preview token of the open release: the link that sets its cookie, the cookie itself,
+    and the app's preview header if it has one."""
+    name = check_name(request.match_info["app"], "app")
+    body = object_body(await request.read(), required=False)
+    for key in body:
+        if key != "ttl":
+            raise Invalid(f"unknown field {key!r}", key)
+    try:
+        ttl = parse_duration(body.get("ttl", PREVIEW_TTL), "ttl")
+    except ConfigError as e:
+        raise ops.invalid(e) from None
+    if not 1 <= ttl <= PREVIEW_MAX_TTL:
+        raise Invalid(f"must be a duration of 1s..{format_duration(PREVIEW_MAX_TTL)} "
+                      f"(got {body.get('ttl')!r})", "ttl")
+    srv = _server(request)
+    st = srv.manager.state
+    app = st.app(name)
+    release = st.releases.get(name)
+    if release is None:
+        raise NotFound(f"app {name!r} has no open release", "release")
+    codec = srv.plane.ctx.codec
+    now = int(time.time())
+    expires = now + int(ttl)
+    token = codec.issue_preview(name.encode(), codec.preview_id(name, release.new,
+                                                                release.started_at),
+                                now, expires).decode()
+    param = PREVIEW_PARAM.decode()
+    links = [f"http://{r.host}{r.path}?{param}{token}" for r in app.routes]
+    header = None
+    if app.preview is not None:
+        header = {"name": app.preview.header,
+                  "value": app.preview.value if app.preview.value is not None else release.new}
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+    log.info("preview of %s (%s) for %s, until %s", name, release.new, request.remote, until)
+    return web.json_response({
+        "app": name, "service": release.new, "expires_at": until,
+        "links": links,
+        "cookie": {"name": srv.config.sticky.cookie + PREVIEW_COOKIE_SUFFIX.decode(),
+                   "value": token},
+        "header": header,
+    }, headers={"Cache-Control": "no-store"})
+
+
 async def history(request: web.Request) -> web.Response:
     check_query(request.query, ("app", "limit"))
     app = request.query.get("app")
@@ -326,5 +412,9 @@ def routes() -> list[Any]:
         web.get(p + "/{app}/release", get_release),
         web.post(p + "/{app}/release/confirm", confirm_release),
         web.post(p + "/{app}/release/rollback", rollback_release),
+        web.post(p + "/{app}/release/ramp", start_ramp),
+        web.get(p + "/{app}/release/ramp", get_ramp),
+        web.post(p + "/{app}/release/ramp/{move:pause|resume|abort}", move_ramp),
+        web.post(p + "/{app}/release/preview", preview),
         web.get(p + "/{app}/stats", app_stats),
     ]

@@ -77,27 +77,137 @@ _SERVICE = {
     },
 }
 
+_RAMP_SETTINGS: dict[str, Any] = {
+    "steps": {"type": "array", "minItems": 1, "maxItems": 20,
+              "items": {"type": "integer", "minimum": 1, "maximum": 100},
+              "description": "the new version's share at each step, percent, increasing",
+              "example": [5, 25, 50, 100]},
+    "interval": {**DURATION, "description": "each step is judged over this long (default 60s; "
+                                             "0.1s..1d)"},
+    "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1,
+                       "description": "how far the new version's error rate may exceed the old "
+                                      "one's (0.01: one percentage point; the default)"},
+    "max_latency_ratio": {"type": "number", "minimum": 1, "maximum": 1000,
+                          "description": "how many times the old version's latency quantile "
+                                         "the new one's may be (default 2)"},
+    "quantile": {"type": "number", "minimum": 0.5, "maximum": 0.999,
+                 "description": "the latency quantile compared (default 0.99)"},
+    "latency_floor": {**DURATION, "description": "a new version's quantile at or under this is "
+                                                  "within bounds whatever the ratio (default 10ms)"},
+    "min_requests": {"type": "integer", "minimum": 1,
+                     "description": "requests each version needs in an interval to be judged "
+                                    "(default 20)"},
+    "max_waits": {"type": "integer", "minimum": 0, "maximum": 1000,
+                  "description": "intervals in a row with too little traffic before the ramp "
+                                 "pauses (default 10)"},
+}
+
+_RAMP_IN = {"type": "object", "additionalProperties": False, "required": ["steps"],
+            "properties": _RAMP_SETTINGS}
+
+_RAMP = {
+    "type": "object",
+    "required": [*_RAMP_SETTINGS, "status", "step", "share", "waits", "since", "reason"],
+    "properties": {
+        **_RAMP_SETTINGS,
+        "interval": {"type": "number", "description": "seconds"},
+        "latency_floor": {"type": "number", "description": "seconds"},
+        "status": {"type": "string", "enum": ["running", "paused", "done"]},
+        "step": {"type": "integer", "minimum": 0,
+                 "description": "the step applied, 1-based; 0 before the first"},
+        "share": {"type": "integer", "minimum": 0, "maximum": 100,
+                  "description": "the new version's share at this step, percent"},
+        "waits": {"type": "integer", "minimum": 0,
+                  "description": "intervals waited at this step for enough traffic"},
+        "since": {"type": "string", "format": "date-time"},
+        "reason": {"type": ["string", "null"], "description": "why the last move was made"},
+    },
+}
+
 _RELEASE = {
     "type": "object",
-    "required": ["old", "new", "status", "started_at", "old_weights"],
+    "required": ["old", "new", "status", "started_at", "old_weights", "ramp"],
     "properties": {
         "old": {"type": "array", "items": NAME},
         "new": NAME,
         "status": {"type": "string", "enum": ["in_progress", "awaiting_confirmation"]},
         "started_at": {"type": "string", "format": "date-time"},
         "old_weights": {"type": "object", "additionalProperties": WEIGHT},
+        "ramp": {"oneOf": [{"$ref": "#/components/schemas/Ramp"}, {"type": "null"}]},
+    },
+}
+
+_MEASURE = {
+    "type": "object", "required": ["requests", "errors", "error_rate", "latency"],
+    "properties": {"requests": {"type": "integer", "minimum": 0},
+                   "errors": {"type": "integer", "minimum": 0},
+                   "error_rate": {"type": "number", "minimum": 0, "maximum": 1},
+                   "latency": {"type": ["number", "null"],
+                               "description": "the ramp's quantile, seconds"}},
+}
+
+_JUDGED = {
+    "type": "object", "required": ["seconds", "new", "old"],
+    "properties": {"seconds": {"type": "number"}, "new": _MEASURE, "old": _MEASURE,
+                   "decision": {"type": "string",
+                                "enum": ["advance", "wait", "pause", "rollback"]},
+                   "reason": {"type": "string"}},
+}
+
+_RAMP_PROGRESS = {
+    "type": "object",
+    "required": ["app", "new", "old", "ramp", "driving", "window", "last"],
+    "properties": {
+        "app": NAME, "new": NAME, "old": {"type": "array", "items": NAME},
+        "ramp": {"$ref": "#/components/schemas/Ramp"},
+        "driving": {"type": "boolean",
+                    "description": "whether this replica drives the ramp (with etcd, the one "
+                                   "holding the store's lease)"},
+        "window": {"oneOf": [_JUDGED, {"type": "null"}],
+                   "description": "the step being judged, so far (on the driving replica)"},
+        "last": {"oneOf": [_JUDGED, {"type": "null"}],
+                 "description": "the last judgement this replica made"},
+    },
+}
+
+_PREVIEW_CONFIG = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "required": ["header"],
+    "properties": {
+        "header": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$",
+                   "example": "X-Preview"},
+        "value": {"type": ["string", "null"], "pattern": "^[\\x21-\\x7e]{1,256}$",
+                  "description": "null: the new service's name"},
+    },
+}
+
+_PREVIEW = {
+    "type": "object",
+    "required": ["app", "service", "expires_at", "links", "cookie", "header"],
+    "properties": {
+        "app": NAME, "service": NAME,
+        "expires_at": {"type": "string", "format": "date-time"},
+        "links": {"type": "array", "items": {"type": "string"},
+                  "description": "one per route: visiting it sets the preview cookie"},
+        "cookie": {"type": "object", "required": ["name", "value"],
+                   "properties": {"name": {"type": "string"}, "value": {"type": "string"}}},
+        "header": {"type": ["object", "null"],
+                   "properties": {"name": {"type": "string"}, "value": {"type": "string"}},
+                   "description": "the app's preview header, if it has one"},
     },
 }
 
 _APP = {
     "type": "object",
-    "required": ["name", "routes", "session_sticky", "drain_timeout", "services", "release",
-                 "generation"],
+    "required": ["name", "routes", "session_sticky", "drain_timeout", "preview", "services",
+                 "release", "generation"],
     "properties": {
         "name": NAME,
         "routes": {"type": "array", "items": {"type": "string"}},
         "session_sticky": {"type": "boolean"},
         "drain_timeout": {"type": ["number", "null"]},
+        "preview": {"$ref": "#/components/schemas/PreviewConfig"},
         "services": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Service"}},
         "release": {"oneOf": [{"$ref": "#/components/schemas/Release"}, {"type": "null"}]},
         "generation": {"type": "integer"},
@@ -108,8 +218,8 @@ _COUNT = {"type": "integer", "minimum": 0}
 
 _SERVICE_STATS = {
     "type": "object",
-    "required": ["requests", "errors", "codes", "upstream_errors", "sticky", "inflight", "weight",
-                 "duration"],
+    "required": ["requests", "errors", "codes", "upstream_errors", "sticky", "preview", "inflight",
+                 "weight", "duration"],
     "properties": {
         "requests": {**_COUNT, "description": "responses given for the service since start"},
         "errors": {**_COUNT, "description": "of those, the ones with a 5xx status"},
@@ -118,6 +228,7 @@ _SERVICE_STATS = {
         "upstream_errors": {**_COUNT, "description": "failed attempts to use a backend "
                                                      "(connect, reset, timeout, protocol)"},
         "sticky": {**_COUNT, "description": "requests routed by the stickiness cookie"},
+        "preview": {**_COUNT, "description": "requests routed by a preview marker"},
         "inflight": {**_COUNT, "description": "requests in flight now"},
         "weight": WEIGHT,
         "duration": {
@@ -150,6 +261,7 @@ _APP_IN = {
         "routes": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "session_sticky": {"type": "boolean"},
         "drain_timeout": {"oneOf": [DURATION, {"type": "null"}]},
+        "preview": {"$ref": "#/components/schemas/PreviewConfig"},
         "services": {"type": "object", "minProperties": 1,
                      "additionalProperties": {"$ref": "#/components/schemas/ServiceIn"}},
         "release": {"readOnly": True},
@@ -164,6 +276,7 @@ _APP_PATCH = {
         "routes": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "session_sticky": {"type": "boolean"},
         "drain_timeout": {"oneOf": [DURATION, {"type": "null"}]},
+        "preview": {"$ref": "#/components/schemas/PreviewConfig"},
     },
 }
 
@@ -182,6 +295,8 @@ _HISTORY_ENTRY = {
         "apps": {"type": "array", "items": NAME},
         "changes": {"type": "array", "items": {"type": "string"},
                     "example": ["weights web 50->0, web-v2 50->100"]},
+        "reason": {"type": "string", "description": "why the router made this change itself "
+                                                    "(a ramp's judgement, with what it measured)"},
     },
 }
 
@@ -259,7 +374,9 @@ def openapi() -> dict[str, Any]:
                         "ServiceIn": _SERVICE_IN, "Release": _RELEASE, "App": _APP,
                         "AppIn": _APP_IN, "AppPatch": _APP_PATCH,
                         "HistoryEntry": _HISTORY_ENTRY, "ApplyIn": _APPLY_IN, "Apply": _APPLY,
-                        "ServiceStats": _SERVICE_STATS, "Stats": _STATS},
+                        "ServiceStats": _SERVICE_STATS, "Stats": _STATS, "Ramp": _RAMP,
+                        "RampIn": _RAMP_IN, "RampProgress": _RAMP_PROGRESS,
+                        "PreviewConfig": _PREVIEW_CONFIG, "Preview": _PREVIEW},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -374,6 +491,42 @@ def openapi() -> dict[str, Any]:
                                               required=False),
                          "responses": {**_MUTATION, "200": _json("App", "rolled back"),
                                        "502": _err(_REMOVE_FAILED)}},
+            },
+            app_path + "/release/ramp": {
+                "parameters": [_APP_PARAM],
+                "post": {"summary": "start a guarded ramp of the open release: the new version's "
+                                    "share raised step by step, each step judged against the old "
+                                    "version, rolled back when out of bounds",
+                         "parameters": [_IF_MATCH], "requestBody": _body("RampIn"),
+                         "responses": {**_MUTATION, "201": _json("Release", "the ramp started")}},
+                "get": {"summary": "the ramp: its step, and what the step judged now measures",
+                        "responses": {**_COMMON, "200": _json("RampProgress", "the ramp"),
+                                      "404": _err("unknown app, no open release or no ramp")}},
+            },
+            **{app_path + f"/release/ramp/{move}": {
+                "parameters": [_APP_PARAM],
+                "post": {"summary": summary, "parameters": [_IF_MATCH],
+                         "requestBody": _body({"type": "object", "additionalProperties": False,
+                                               "maxProperties": 0}, required=False),
+                         "responses": {**_MUTATION, "200": _json("Release", "done")}},
+            } for move, summary in (
+                ("pause", "stop judging; the weights stay (may be moved by hand)"),
+                ("resume", "apply the current step again and judge it over a fresh interval"),
+                ("abort", "end the ramp: the old weights back, the new version kept at weight 0"))},
+            app_path + "/release/preview": {
+                "parameters": [_APP_PARAM],
+                "post": {"summary": "a signed preview token of the open release: a link that sets "
+                                    "its cookie, so a browser reaches the new version whatever "
+                                    "its weight",
+                         "requestBody": _body({"type": "object", "additionalProperties": False,
+                                               "properties": {"ttl": {
+                                                   **DURATION, "description": "how long it works "
+                                                   "(default 1h, at most 7d)"}}},
+                                              required=False),
+                         "responses": {**_COMMON, "200": _json("Preview", "the preview", etag=False),
+                                       "400": _err("body is not JSON"),
+                                       "404": _err("unknown app or no open release"),
+                                       "422": _err("invalid ttl")}},
             },
             app_path + "/stats": {
                 "parameters": [_APP_PARAM],

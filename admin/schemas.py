@@ -186,6 +186,7 @@ def render_stats(stats: Stats, table: "RoutingTable", name: str, now: float) -> 
             "codes": {str(code): n for code, n in sorted(codes.items())},
             "upstream_errors": upstream_errors,
             "sticky": st.sticky,
+            "preview": st.preview,
             "inflight": st.inflight,
             "weight": svc.weight,
             "duration": {"count": buckets[-1][1], "sum": st.dsum, "buckets": dict(buckets)},

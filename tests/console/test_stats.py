@@ -34,7 +34,7 @@ async def test_counts_are_exact(backend, router):
     web = body["services"]["web"]
     assert {k: v for k, v in web.items() if k != "duration"} == {
         "requests": 11, "errors": 3, "codes": {"200": 7, "404": 1, "502": 3},
-        "upstream_errors": 0, "sticky": 0, "inflight": 0, "weight": 100}
+        "upstream_errors": 0, "sticky": 0, "preview": 0, "inflight": 0, "weight": 100}
     assert web["duration"]["count"] == 11
     assert list(web["duration"]["buckets"]) == BUCKET_KEYS
     assert web["duration"]["buckets"]["+Inf"] == 11
@@ -42,7 +42,7 @@ async def test_counts_are_exact(backend, router):
     assert counts == sorted(counts)  # cumulative
     assert 0 < web["duration"]["sum"] < 11 * 10
     assert body["services"]["web-v2"] == {
-        "requests": 0, "errors": 0, "codes": {}, "upstream_errors": 0, "sticky": 0, "inflight": 0,
+        "requests": 0, "errors": 0, "codes": {}, "upstream_errors": 0, "sticky": 0, "preview": 0, "inflight": 0,
         "weight": 0, "duration": {"count": 0, "sum": 0.0, "buckets": dict.fromkeys(BUCKET_KEYS, 0)}}
 
 

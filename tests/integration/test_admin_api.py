@@ -86,6 +86,7 @@ async def test_app_crud_and_etag(api_router):
     status, body, h = await api.call("GET", "/apps/shop")
     assert status == 200 and h["etag"] == '"1"'
     assert body == {"name": "shop", "routes": ["app.test"], "session_sticky": True, "drain_timeout": None,
+                    "preview": None,
                     "services": {"blue": {"weight": 100, "backends": [blue.addr], "health_check": None,
                                           "healthy_backends": [blue.addr],
                                           "backend_health": {blue.addr: {"state": "unchecked",
@@ -303,6 +304,9 @@ async def test_openapi_document(api_router):
         "/api/v1/apps", "/api/v1/apps/{app}", "/api/v1/apps/{app}/weights",
         "/api/v1/apps/{app}/services/{svc}", "/api/v1/apps/{app}/release",
         "/api/v1/apps/{app}/release/confirm", "/api/v1/apps/{app}/release/rollback",
+        "/api/v1/apps/{app}/release/ramp", "/api/v1/apps/{app}/release/ramp/pause",
+        "/api/v1/apps/{app}/release/ramp/resume", "/api/v1/apps/{app}/release/ramp/abort",
+        "/api/v1/apps/{app}/release/preview",
         "/api/v1/apps/{app}/stats", "/api/v1/history", "/api/v1/apply"}
 
 
