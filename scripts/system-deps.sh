@@ -7,6 +7,7 @@ command -v nginx   >/dev/null 2>&1 || want+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || want+=(haproxy)
 command -v etcd    >/dev/null 2>&1 || want+=(etcd-server)
 command -v wrk     >/dev/null 2>&1 || want+=(wrk)
+command -v promtool >/dev/null 2>&1 || want+=(prometheus)  # the dashboards' and alert rules' tests
 command -v chromium >/dev/null 2>&1 || want+=(chromium)   # the console's browser tests (Playwright drives it)
 # The Docker provider's tests start their own dockerd; the image test builds a base image with
 # debootstrap; test containers run a static busybox.
