@@ -422,3 +422,31 @@ async def test_keyboard_only_at_phone_width(two_services, browser):
     await expect(page.locator("dialog")).to_be_hidden()
     await no_sideways_scroll(page)
     await screenshot(page, "application-phone")
+
+
+async def test_release_panel_shows_the_guarded_ramp(shop, browser):
+    rp, blue, green = shop
+    api = Api(rp.admin_url)
+    status, body = await api.call("POST", "/apps/shop/release",
+                                  {"service": "web-v2", "backends": [green.addr]})
+    assert status == 201, body
+    status, body = await api.call("POST", "/apps/shop/release/ramp",
+                                  {"steps": [10, 50, 100], "interval": "1h"})
+    assert status == 201, body
+    page = await browser.page()
+    await sign_in(page, rp.admin_url)
+    await page.goto(rp.admin_url + "/ui/#/apps/shop")
+    # The first step is taken once the release is ready; nothing is judged within the hour.
+    await expect(page.locator("#ramp")).to_contain_text(
+        "Guarded ramp running, step 1 of 3: 10% of the traffic to web-v2 (steps 10%, 50%, 100%, "
+        "each judged over 60 min).", timeout=20_000)
+    await expect(page.locator("#ramp-progress")).to_have_attribute("value", "1")
+    await expect(page.locator("#ramp-reason")).to_have_text("Last: the release is ready: first step")
+    step = (await api.app())["generation"]
+    await expect(page.locator(f'#history tr[data-generation="{step}"] .reason')).to_have_text(
+        "Why: the release is ready: first step")
+    status, _ = await api.call("POST", "/apps/shop/release/ramp/pause")
+    assert status == 200
+    await expect(page.locator("#ramp")).to_contain_text("Guarded ramp paused, step 1 of 3",
+                                                       timeout=10_000)
+    await screenshot(page, "release-ramp")

@@ -109,7 +109,7 @@ class AppPage {
         h("label", {for: "readiness"}, ready ? `${r.new} is ready: every backend passed its check.`
           : `Readiness of ${r.new}: ${healthy} of ${total} backends healthy; waiting for every one to pass its check.`),
         h("progress", {id: "readiness", max: total || 1, value: healthy})),
-      h("p", {class: "muted"}, ready
+      r.ramp ? rampView(r) : h("p", {class: "muted"}, ready
         ? "Move traffic with Set service weight below, verify, then confirm (the old version is deleted) or roll back (the new version is deleted)."
         : "Confirming waits for readiness; rolling back is possible at any time."),
       releaseButtons(app, (err, done) => this.report(err, done), (a) => this.show(a), "")];
@@ -260,4 +260,17 @@ class AppPage {
       this.report(`Weights not set: ${explain(e)}`);
     }
   }
+}
+
+// The guarded ramp of a release (docs/release-ramp.md): where it stands, and why it moved last.
+function rampView(r) {
+  const ramp = r.ramp;
+  const steps = ramp.steps.map((p) => `${p}%`).join(", ");
+  const every = ramp.interval >= 60 && ramp.interval % 60 === 0 ? `${ramp.interval / 60} min` : `${ramp.interval} s`;
+  const where = ramp.step ? `step ${ramp.step} of ${ramp.steps.length}: ${ramp.share}% of the traffic to ${r.new}` : "waiting for its first step";
+  return h("div", {class: "ramp", id: "ramp"},
+    h("label", {for: "ramp-progress"}, `Guarded ramp ${ramp.status}, ${where} (steps ${steps}, each judged over ${every}).`),
+    h("progress", {id: "ramp-progress", max: ramp.steps.length, value: ramp.step}),
+    ramp.reason ? h("p", {class: "muted", id: "ramp-reason"}, `Last: ${ramp.reason}`) : null,
+    h("p", {class: "muted"}, "routerctl release pause, resume or abort changes it; a step out of bounds rolls the release back."));
 }
