@@ -50,6 +50,15 @@ _EOF: Final = 3      # a body that ends with the connection
 _IDLE: Final = 4     # nothing: the response is complete, or the connection is a tunnel
 
 
+class _HeadCheck:
+    """The target of a parser that only checks heads: no callback, so llhttp makes none."""
+
+    __slots__ = ()
+
+
+_HEAD_CHECK: Final = _HeadCheck()
+
+
 class UpstreamRequest(RequestHead):
     """A request as the backend connection serving it sees it: its head, and the calls that
     take its response. The exchange (``router.exchange.Exchange``) is the one implementation."""
@@ -210,8 +219,12 @@ class UpstreamConnection:
                 else:
                     req.flush()
             elif body == framing.CHUNKED:
+                # llhttp reads the chunks: a parser with the body callbacks, given the head again
+                # (the checking one has none: a callback per response costs as much as the rest).
                 self._reading = _CHUNKED
                 self._extra = False
+                self._parser = parser = httptools.HttpResponseParser(self)
+                parser.feed_data(buf[:end + 4])
                 if rest:
                     self._chunked_body(req, rest)
                 else:
@@ -233,7 +246,7 @@ class UpstreamConnection:
         """Feed head bytes to this response's checking parser; False once it has failed."""
         parser = self._parser
         if parser is None:
-            parser = self._parser = httptools.HttpResponseParser(self)
+            parser = self._parser = httptools.HttpResponseParser(_HEAD_CHECK)
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -34,19 +34,14 @@ from .request_head import HOP, PROTECTED
 # regular expression over the head: the one scan of its fields on the way back (a callback per
 # field from llhttp costs as much again).
 _SPECIAL: Final = re.compile(
-    rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
-    rb"|content-length):([^\r]*)")
-_NEEDLE: Final = {n: b"\r\n" + n + b":" for n in (
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"content-length")}
+    rb"(\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+    rb"|content-length):)([^\r]*)")
 # Control characters other than HTAB (RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text )).
 _CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Status lines already checked (a backend sends a handful of distinct ones): the check runs
 # once per distinct line, not per response.
 _GOOD_STATUS: set[bytes] = set()
 _GOOD_STATUS_MAX: Final = 1024
-# Connection values that name no other field.
-_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b""})
 
 
 class ResponseError(Exception):
@@ -97,31 +92,31 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
     upgrade_to = b""
     lowered = raw.lower()
     pos = 0
-    for name, rest in _SPECIAL.findall(lowered):
+    for line, rest in _SPECIAL.findall(lowered):  # line: b"\r\n<name>:"
         value = rest.strip()
-        if name == b"content-length":
+        if line == b"\r\ncontent-length:":
             # llhttp has refused a malformed or repeated one, and one beside Transfer-Encoding.
             length = int(value)
             cl_line = (-1, len(rest))
             continue
-        start = lowered.find(_NEEDLE[name], pos)
-        pos = start + 3 + len(name) + len(rest)
+        start = lowered.find(line, pos)
+        pos = start + len(line) + len(rest)
         cuts.append((start, pos))
-        if name == b"transfer-encoding":
+        if line == b"\r\ntransfer-encoding:":
             if codings is None:
                 codings = []
             codings += [c.strip() for c in value.split(b",") if c.strip()]
-        elif name == b"connection":
-            if value not in _PLAIN_CONNECTION:
+        elif line == b"\r\nconnection:":
+            if value != b"keep-alive" and value != b"close" and value:
                 conn_tokens = conn_tokens or set()
                 conn_tokens.update(t.strip() for t in value.split(b",") if t.strip())
-        elif name == b"upgrade":
+        elif line == b"\r\nupgrade:":
             upgrade_to = raw[pos - len(rest):pos].strip()
     if own_cookie:
         _own_cookies(raw, lowered, own_cookie, cuts)
     if cl_line[0] < 0 and (status < 200 or status == 204 or status == 304):
         # No body, and no Content-Length on the way out (RFC 9110 8.6).
-        start = lowered.find(_NEEDLE[b"content-length"])
+        start = lowered.find(b"\r\ncontent-length:")
         cuts.append((start, start + 17 + cl_line[1]))
     close = (not client_keep_alive or not request_done or not accepting
              or (upgrade_requested and status != 101))

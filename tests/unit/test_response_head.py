@@ -138,3 +138,8 @@ def test_switching_protocols():
     assert not rh.reusable
     with pytest.raises(ResponseError):
         rewrite(raw, 101, upgrade=False)
+
+
+def test_a_value_that_names_a_hop_by_hop_field_is_not_cut():
+    raw = b"HTTP/1.1 200 OK\r\nX-Tip: connection: foo\r\nConnection: close\r\nContent-Length: 1"
+    assert rewrite(raw).head == b"HTTP/1.1 200 OK\r\nX-Tip: connection: foo\r\nContent-Length: 1\r\n\r\n"
