@@ -1101,7 +1101,14 @@ def target_checks(results: list[Result]) -> list[str]:
         plain, base, nginx = by.get(("router", body)), by.get(("router-base", body)), by.get(("nginx", body))
         cpu = ratio(plain, base, "cpu_us_per_req") if plain and base else None
         if cpu is not None:
+            # Rounds are interleaved: a round of each is minutes apart at most, so the ratio
+            # within a round is less moved by the machine's drift than the ratio of medians.
+            paired = [a.cpu_us_per_req / b.cpu_us_per_req for a, b in zip(plain.rounds, base.rounds)
+                      if a.cpu_us_per_req and b.cpu_us_per_req]
             line = f"- router vs router-base (--baseline), {body}: CPU per request ×{cpu:.2f}"
+            if paired:
+                line += (f" (round by round: median ×{statistics.median(paired):.2f}, "
+                         f"{min(paired):.2f}-{max(paired):.2f})")
             if nginx:
                 now, before = ratio(plain, nginx, "cpu_us_per_req"), ratio(base, nginx, "cpu_us_per_req")
                 if now is not None and before is not None:
