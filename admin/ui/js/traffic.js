@@ -111,7 +111,11 @@ export class Traffic {
       width, height: 200, legend: {show: true, live: false},
       cursor: {drag: {x: false, y: false}},
       // At least the last minute, growing to the whole window: the time axis stays readable.
-      scales: {x: {time: true, range: (u, min, max) => [max - Math.min(WINDOW_S, Math.max(60, max - min)), max]},
+      // Before the second sample there are no points: the minute up to now, not 1970.
+      scales: {x: {time: true, range: (u, min, max) => {
+        const hi = max ?? Date.now() / 1000;
+        return [hi - Math.min(WINDOW_S, Math.max(60, hi - (min ?? hi))), hi];
+      }},
         y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
       axes: [{}, {label, size: 60}],
     });
