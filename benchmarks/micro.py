@@ -69,9 +69,14 @@ _RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026
              b'ETag: "6925e0a0-64"\r\nAccept-Ranges: bytes\r\n\r\n' + b"b" * 100)
 
 
-def proxy_case(sticky: bool) -> Callable[[], object]:
-    """One keep-alive request and its response through ClientConnection, the balancer and a
-    pooled UpstreamConnection, with in-memory transports: the Python cost per request."""
+def _response(size: int) -> bytes:
+    return _RESPONSE.replace(b"Content-Length: 100", b"Content-Length: %d" % size)[:-100] + b"b" * size
+
+
+def proxy_case(sticky: bool, size: int = 100, reads: int = 1) -> Callable[[], object]:
+    """One keep-alive request and its response (a body of ``size`` bytes, arriving in ``reads``
+    reads) through ClientConnection, the balancer and a pooled UpstreamConnection, with
+    in-memory transports: the Python cost per request."""
     import uvloop
 
     from router.client import ClientConnection
@@ -98,10 +103,15 @@ def proxy_case(sticky: bool) -> Callable[[], object]:
     request = (b"GET /small HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: wrk\r\n"
                b"Accept: */*\r\n\r\n")
 
+    response = _response(size)
+    step = -(-len(response) // reads)
+    parts = [response[i:i + step] for i in range(0, len(response), step)]
+
     def one() -> None:
         client.data_received(request)
         up = client.active.upstream  # type: ignore[union-attr]
-        up.data_received(_RESPONSE)  # type: ignore[union-attr]
+        for part in parts:
+            up.data_received(part)  # type: ignore[union-attr]
 
     return one
 
@@ -116,6 +126,7 @@ def main() -> None:
     all_cases = cases()
     all_cases["proxy: one request, no sockets"] = proxy_case(False)
     all_cases["proxy: one request, sticky cookie issued"] = proxy_case(True)
+    all_cases["proxy: one request, 64 KiB body in 4 reads"] = proxy_case(False, 65536, 4)
     for name, fn in all_cases.items():
         runs = timeit.repeat(fn, number=args.number, repeat=args.repeat)
         print(f"| {name} | {statistics.median(runs) / args.number * 1e9:,.0f} |")

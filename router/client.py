@@ -219,11 +219,11 @@ class ClientConnection(ClientSide):
     def is_open(self) -> bool:
         return self.phase != P.CLOSED
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.phase != P.CLOSED:
             self.transport.write(data)
 
-    def writelines(self, data: list[bytes]) -> None:
+    def writelines(self, data: list[bytes | memoryview]) -> None:
         if self.phase != P.CLOSED:
             self.transport.writelines(data)
 

@@ -59,10 +59,10 @@ class ClientSide(ClientBase):
     def is_open(self) -> bool:
         raise NotImplementedError
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
-    def writelines(self, data: list[bytes]) -> None:
+    def writelines(self, data: list[bytes | memoryview]) -> None:
         raise NotImplementedError
 
     def pause(self, why: int) -> None:
@@ -113,7 +113,7 @@ class Exchange(UpstreamRequest):
         self.ended = 0.0  # loop time when it ended (the client's idle timer starts from it)
         self.status = 0
         # Client-bound bytes from one read of the backend, written in one call at its end.
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self.resp: ResponseHead | None = None
         self.sent = 0  # response body bytes for the client (the access log's size)
         self.stale = False  # already retried once after a pooled connection turned out closed
@@ -409,7 +409,7 @@ class Exchange(UpstreamRequest):
         self.out.append(rh.head)
         return rh
 
-    def response_body(self, data: bytes) -> None:
+    def response_body(self, data: bytes | memoryview) -> None:
         rh = self.resp
         assert rh is not None
         self.sent += len(data)

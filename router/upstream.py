@@ -71,7 +71,9 @@ class UpstreamRequest(RequestHead):
         router will not pass it on."""
         raise NotImplementedError
 
-    def response_body(self, data: bytes) -> None:
+    def response_body(self, data: bytes | memoryview) -> None:
+        """Body bytes, to forward as they are: ``bytes``, or a view into a read's ``bytes``
+        (immutable, so the view may be kept, as a transport's write buffer does)."""
         raise NotImplementedError
 
     def response_end(self, up: "UpstreamConnection", reusable: bool) -> None:
@@ -114,6 +116,16 @@ class Tunnel:
 
     def tunnel_backpressure(self, full: bool) -> None:
         raise NotImplementedError
+
+
+# Below this many bytes a body read together with its head is copied out of the read (cheaper
+# than a view); above it the view avoids copying most of the read once more.
+_VIEW_MIN: Final = 4096
+
+
+def _after(buf: bytes, start: int) -> bytes | memoryview:
+    """What ``buf`` holds from ``start`` on: a copy when short, a view when long."""
+    return buf[start:] if len(buf) - start < _VIEW_MIN else memoryview(buf)[start:]
 
 
 class UpstreamConnection:
@@ -194,10 +206,10 @@ class UpstreamConnection:
                 return
             if self.request is not req:
                 return  # the exchange ended meanwhile (the client went away)
-            rest = buf[end + 4:]
+            start = end + 4
             if status < 200 and status != 101:  # interim: the next head follows
                 self._parser = None
-                buf, fed = rest, 0
+                buf, fed = buf[start:], 0
                 if not buf:
                     self._buf = b""
                     req.flush()
@@ -206,7 +218,7 @@ class UpstreamConnection:
             self._buf = b""
             if status == 101:
                 self._reading = _IDLE
-                req.response_upgraded(self, rest)
+                req.response_upgraded(self, buf[start:])
                 return
             self._head = rh
             body = rh.body
@@ -214,8 +226,8 @@ class UpstreamConnection:
                 self._parser = None
                 self._reading = _LENGTH
                 self.body_left = rh.length
-                if rest:
-                    self._length_body(req, rest)
+                if len(buf) > start:
+                    self._length_body(req, _after(buf, start))
                 else:
                     req.flush()
             elif body == framing.CHUNKED:
@@ -224,22 +236,22 @@ class UpstreamConnection:
                 self._reading = _CHUNKED
                 self._extra = False
                 self._parser = parser = httptools.HttpResponseParser(self)
-                parser.feed_data(buf[:end + 4])
-                if rest:
-                    self._chunked_body(req, rest)
+                parser.feed_data(buf[:start])
+                if len(buf) > start:
+                    self._chunked_body(req, buf[start:])
                 else:
                     req.flush()
             elif body == framing.EOF:
                 self._parser = None
                 self._reading = _EOF
-                if rest:
-                    req.response_body(rest)
+                if len(buf) > start:
+                    req.response_body(_after(buf, start))
                 req.flush()
             else:
                 self._parser = None
                 self._reading = _IDLE
                 self.request = None
-                req.response_end(self, rh.reusable and not rest)
+                req.response_end(self, rh.reusable and len(buf) == start)
             return
 
     def _check(self, req: UpstreamRequest, data: bytes) -> bool:
@@ -256,7 +268,7 @@ class UpstreamConnection:
             return False
         return True
 
-    def _length_body(self, req: UpstreamRequest, data: bytes) -> None:
+    def _length_body(self, req: UpstreamRequest, data: bytes | memoryview) -> None:
         """Bytes of a Content-Length body, forwarded as read."""
         left = self.body_left
         n = len(data)

@@ -45,7 +45,7 @@ class MemoryTransport:
         self.protocol: Any = None
         self.on_write: Callable[[bytes], None] | None = None  # the peer reading what is written
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         assert not self.closed, "write after close"
         self.sent += len(data)
         if self.keep:
@@ -53,7 +53,7 @@ class MemoryTransport:
         if self.on_write is not None:
             self.on_write(bytes(data))
 
-    def writelines(self, data: list[bytes]) -> None:
+    def writelines(self, data: list[bytes | memoryview]) -> None:
         for d in data:
             self.write(d)
 
@@ -97,10 +97,10 @@ class CountingTransport:
     def __init__(self) -> None:
         self.sent = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.sent += len(data)
 
-    def writelines(self, data: list[bytes]) -> None:
+    def writelines(self, data: list[bytes | memoryview]) -> None:
         self.sent += sum(map(len, data))
 
     def get_extra_info(self, name: str) -> object:

@@ -31,9 +31,9 @@ EOF: Final = 3
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
-def chunk(data: bytes) -> bytes:
+def chunk(data: bytes | memoryview) -> bytes:
     """``data`` as one chunk of the chunked transfer coding (data must not be empty)."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
+    return b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
 
 
 class FramingError(Exception):

@@ -445,8 +445,26 @@ async def test_release_panel_shows_the_guarded_ramp(shop, browser):
     step = (await api.app())["generation"]
     await expect(page.locator(f'#history tr[data-generation="{step}"] .reason')).to_have_text(
         "Why: the release is ready: first step")
-    status, _ = await api.call("POST", "/apps/shop/release/ramp/pause")
-    assert status == 200
+    assert weights(await api.app()) == {"web": 90, "web-v2": 10}
+    await expect(page.locator("#ramp-resume")).to_have_count(0)
+    await page.click("#ramp-pause")
     await expect(page.locator("#ramp")).to_contain_text("Guarded ramp paused, step 1 of 3",
                                                        timeout=10_000)
+    await expect(page.locator("#app-status")).to_have_text("Ramp of shop paused.")
+    assert (await api.app())["release"]["ramp"]["status"] == "paused"
     await screenshot(page, "release-ramp")
+    await page.click("#ramp-resume")
+    await expect(page.locator("#ramp")).to_contain_text("Guarded ramp running, step 1 of 3",
+                                                       timeout=10_000)
+    assert (await api.app())["release"]["ramp"]["status"] == "running"
+    # Abort asks first; Cancel changes nothing.
+    await page.click("#ramp-abort")
+    await expect(page.locator("dialog")).to_contain_text("the old weights come back (web=100)")
+    await page.click("#dialog-cancel")
+    assert (await api.app())["release"]["ramp"]["status"] == "running"
+    await page.click("#ramp-abort")
+    await page.click("#dialog-ok")
+    await expect(page.locator("#ramp")).to_have_count(0, timeout=10_000)
+    app = await api.app()
+    assert app["release"]["new"] == "web-v2" and app["release"].get("ramp") is None
+    assert weights(app) == {"web": 100, "web-v2": 0}

@@ -197,6 +197,32 @@ def test_the_backends_own_sticky_cookie_is_dropped():
     assert out.count(b"Set-Cookie: CONTAINERID=") == 1  # the router's
 
 
+@pytest.mark.parametrize("size", [1, 4095, 4096, 70_000])
+def test_a_body_read_with_its_head_arrives_whole(size):
+    """Short or long (a long one is forwarded as a view of the read), then the connection is
+    reused for the next request."""
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+                                         + body], False)
+    c = w.client()
+    c.send(get(b"/big") + get(b"/again"))
+    assert c.received() == 2 * (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + body)
+    assert len(w.backend(SHOP).peers) == 1
+
+
+@pytest.mark.parametrize("size", [10, 70_000])
+def test_a_body_to_the_close_read_with_its_head_is_rechunked(size):
+    body = b"e" * size
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body], True)
+    c = w.client()
+    c.send(get(b"/"))
+    out = c.received()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n")
+    assert out.endswith(b"\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (size, body)) and not c.closed
+
+
 def test_bad_chunk_size_in_the_first_read_is_a_502_with_a_status_line():
     out, closed = reply_with(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n")
     assert statuses(out) == [502] and out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")

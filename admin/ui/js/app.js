@@ -7,7 +7,7 @@ import { api, explain } from "./api.js";
 import { updateDialog } from "./dialogs.js";
 import { backendHealth, etagOf, every, h, healthyCount, pct, replaceKeepFocus, shares, statusText } from "./dom.js";
 import { loadHistory } from "./history.js";
-import { releaseButtons } from "./release.js";
+import { rampButtons, releaseButtons } from "./release.js";
 import { Traffic } from "./traffic.js";
 
 export function renderApp(main, name) {
@@ -109,7 +109,8 @@ class AppPage {
         h("label", {for: "readiness"}, ready ? `${r.new} is ready: every backend passed its check.`
           : `Readiness of ${r.new}: ${healthy} of ${total} backends healthy; waiting for every one to pass its check.`),
         h("progress", {id: "readiness", max: total || 1, value: healthy})),
-      r.ramp ? rampView(r) : h("p", {class: "muted"}, ready
+      r.ramp ? rampView(r, rampButtons(app, (err, done) => this.report(err, done), () => this.appPoll.now()))
+        : h("p", {class: "muted"}, ready
         ? "Move traffic with Set service weight below, verify, then confirm (the old version is deleted) or roll back (the new version is deleted)."
         : "Confirming waits for readiness; rolling back is possible at any time."),
       releaseButtons(app, (err, done) => this.report(err, done), (a) => this.show(a), "")];
@@ -263,7 +264,7 @@ class AppPage {
 }
 
 // The guarded ramp of a release (docs/release-ramp.md): where it stands, and why it moved last.
-function rampView(r) {
+function rampView(r, buttons) {
   const ramp = r.ramp;
   const steps = ramp.steps.map((p) => `${p}%`).join(", ");
   const every = ramp.interval >= 60 && ramp.interval % 60 === 0 ? `${ramp.interval / 60} min` : `${ramp.interval} s`;
@@ -272,5 +273,6 @@ function rampView(r) {
     h("label", {for: "ramp-progress"}, `Guarded ramp ${ramp.status}, ${where} (steps ${steps}, each judged over ${every}).`),
     h("progress", {id: "ramp-progress", max: ramp.steps.length, value: ramp.step}),
     ramp.reason ? h("p", {class: "muted", id: "ramp-reason"}, `Last: ${ramp.reason}`) : null,
-    h("p", {class: "muted"}, "routerctl release pause, resume or abort changes it; a step out of bounds rolls the release back."));
+    h("p", {class: "muted"}, "Abort gives the old versions their weights back; a step out of bounds rolls the release back."),
+    buttons);
 }

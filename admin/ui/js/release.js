@@ -1,5 +1,6 @@
 // Confirm Release Completion and Roll back: each asks first, then calls the API; a refusal
-// comes back as the API's own message through `report`.
+// comes back as the API's own message through `report`. Also the guarded ramp's Pause, Resume
+// and Abort.
 
 import { api, explain } from "./api.js";
 import { confirmDialog } from "./dialogs.js";
@@ -56,4 +57,38 @@ export function releaseButtons(app, report, after, idPrefix) {
     h("button", {type: "button", class: "secondary", id: `${idPrefix}rollback-${app.name}`,
       onclick: async () => { const out = await rollbackRelease(app, report); if (out) after(out); }},
       "Roll back"));
+}
+
+// Pause, Resume and Abort of a guarded ramp (docs/release-ramp.md); `refresh()` reads the app
+// again once the API accepted. Pause and Resume carry no If-Match: they change no weight, and
+// the ramp's own steps move the generation while the operator reads the page. Abort gives the
+// old versions their weights back, so it asks first and names the generation it was made on.
+export function rampButtons(app, report, refresh) {
+  const ramp = app.release.ramp;
+  const move = async (what, done, etag) => {
+    try {
+      await api("POST", `/api/v1/apps/${app.name}/release/ramp/${what}`, {body: {}, etag});
+      report(null, done);
+      refresh();
+    } catch (e) {
+      report(`Ramp not changed: ${explain(e)}`);
+    }
+  };
+  const abort = async () => {
+    const old = Object.entries(app.release.old_weights).map(([n, w]) => `${n}=${w}`).join(", ");
+    const choice = await confirmDialog({
+      title: "Abort the ramp",
+      text: `Stop the guarded ramp of ${app.name}: the old weights come back (${old}) and ${app.release.new} stays at weight 0, its release still open.`,
+      ok: "Abort ramp",
+      danger: true,
+    });
+    if (choice.ok) await move("abort", `Ramp of ${app.name} aborted: old weights restored.`, etagOf(app));
+  };
+  return h("span", {class: "ramp-actions"},
+    ramp.status === "running" ? h("button", {type: "button", class: "secondary", id: "ramp-pause",
+      onclick: () => move("pause", `Ramp of ${app.name} paused.`)}, "Pause ramp") : null,
+    ramp.status === "paused" ? h("button", {type: "button", class: "secondary", id: "ramp-resume",
+      onclick: () => move("resume", `Ramp of ${app.name} resumed.`)}, "Resume ramp") : null,
+    " ",
+    h("button", {type: "button", class: "secondary", id: "ramp-abort", onclick: abort}, "Abort ramp"));
 }
