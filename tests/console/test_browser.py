@@ -443,7 +443,7 @@ async def test_release_panel_shows_the_guarded_ramp(shop, browser):
     await expect(page.locator("#ramp-progress")).to_have_attribute("value", "1")
     await expect(page.locator("#ramp-reason")).to_have_text("Last: the release is ready: first step")
     step = (await api.app())["generation"]
-    await expect(page.locator(f'#history tr[data-generation="{step}"] .reason')).to_have_text(
+    await expect(page.locator(f'#history tr[data-generation="{step}"] .why')).to_have_text(
         "Why: the release is ready: first step")
     assert weights(await api.app()) == {"web": 90, "web-v2": 10}
     await expect(page.locator("#ramp-resume")).to_have_count(0)

@@ -27,6 +27,6 @@ export async function loadHistory(box, app) {
       h("td", {"data-label": "Time"}, h("time", {datetime: e.time}, new Date(e.time).toLocaleString())),
       h("td", {"data-label": "Operation"}, h("code", {}, e.operation)),
       h("td", {"data-label": "Changes"}, h("ul", {class: "plain"}, (e.changes || []).map((c) => h("li", {}, c))),
-        e.reason ? h("p", {class: "muted reason"}, `Why: ${e.reason}`) : null),
+        e.reason ? h("p", {class: "muted why"}, `Why: ${e.reason}`) : null),
       h("td", {"data-label": "By"}, e.client, e.token ? h("small", {class: "muted"}, ` (token ${e.token})`) : null))))));
 }
