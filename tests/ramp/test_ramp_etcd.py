@@ -15,9 +15,14 @@ from tests.integration.test_etcd import _replicas, _until, etcd  # noqa: F401  (
 from tests.integration.test_release_under_load import Load
 from tests.ramp.conftest import follow_ramp, history, metric
 
+
 async def _ready(api: Api) -> bool:
     status, release, _ = await api.call("GET", "/apps/shop/release")
     return status == 200 and release["status"] == "awaiting_confirmation"
+
+
+async def _has_ramp(api: Api) -> bool:
+    return (await api.call("GET", "/apps/shop/release/ramp"))[0] == 200
 
 
 RAMP = {"steps": [10, 30, 50, 70, 100], "interval": "1s", "min_requests": 10,
@@ -38,6 +43,8 @@ async def test_one_replica_drives_and_another_takes_over_when_it_dies(
                                  {"service": "green", "backends": [green.addr]}))[0] == 201
         await _until(lambda: _ready(api_b), 5, "the release ready on the other replica")
         assert (await api_b.call("POST", "/apps/shop/release/ramp", RAMP))[0] == 201
+        # The other replica learns of the ramp through etcd's watch, a moment later.
+        await _until(lambda: _has_ramp(api_a), 5, "the ramp seen by the other replica")
 
         assert (await follow_ramp(api_a, timeout=60, until_step=2)).end == "step"
         drivers = [await metric(s, rp.admin_url, "router_ramp_driver ") for rp in (a, b)]
