@@ -240,7 +240,9 @@ async def test_release_through_a_while_clients_use_b(backend, router_process, et
         await _awaiting(api_a)
         await asyncio.sleep(0.5)  # every replica's release check has run meanwhile
         # Written once: one generation for the start, one for the readiness, on both replicas.
-        app_a, app_b = await _app(api_a), await _app(api_b)
+        app_a = await _app(api_a)
+        await _until(lambda: _same(api_b, app_a), 2.0, "A's state on B")
+        app_b = await _app(api_b)
         assert app_a == app_b and app_a["generation"] == 3
         assert app_a["release"]["status"] == "awaiting_confirmation"
         assert (await api_b.call("GET", "/apps/shop/release"))[1] == app_a["release"]
