@@ -148,18 +148,22 @@ def _backend_app(be: Backend) -> web.Application:
     return app
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """``app`` served on a free loopback port: its runner (to clean up) and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 @pytest.fixture
 async def backend() -> AsyncIterator[Callable[[str], Awaitable[Backend]]]:
     started: list[Backend] = []
 
     async def start(name: str) -> Backend:
         be = Backend(name)
-        runner = web.AppRunner(_backend_app(be), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        be.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        be.runner = runner
+        be.runner, be.port = await serve(_backend_app(be))
         started.append(be)
         return be
 
@@ -280,33 +284,41 @@ async def router_process(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any
         rp.proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", rp.config_path, *args],
                                    cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
         procs.append(rp)
-        deadline = time.monotonic() + 15
-        async with aiohttp.ClientSession() as s:
-            while True:
-                try:
-                    async with s.get(rp.admin_url + "/readyz") as r:
-                        if r.status == 200:
-                            return rp
-                except aiohttp.ClientError:
-                    pass
-                if rp.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("router did not start:\n" + rp.log())
-                await asyncio.sleep(0.05)
+        await answering(rp.admin_url + "/readyz", rp.proc, rp.log_path, 15)
+        return rp
 
     yield start
     for rp in procs:
         terminate(rp.proc, 15)
 
 
-def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+async def answering(url: str, proc: subprocess.Popen[bytes], log: str, timeout: float = 30.0) -> None:
+    """Wait until ``url`` answers 200; AssertionError with the end of ``log`` (a file) if
+    ``proc`` exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with open(log, errors="replace") as f:
+                    raise AssertionError(f"{url} did not answer:\n" + f.read()[-3000:])
+            await asyncio.sleep(0.05)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; its exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+    return proc.wait()
 
 
 async def get(session: aiohttp.ClientSession, server: Server | RouterProcess, path: str = "/",

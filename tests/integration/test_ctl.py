@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Backend, RouterProcess, app_config, free_port, get
+from tests.conftest import ROOT, Backend, RouterProcess, answering, app_config, free_port, get, terminate
 
 CTL_TIMEOUT = 30.0
 
@@ -367,27 +366,10 @@ async def token_router(tmp_path: Any, backend: Callable[[str], Awaitable[Backend
                                  str(d / "router.yaml")], cwd=ROOT, env=_env(),
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 15
-        async with aiohttp.ClientSession() as s:
-            while True:
-                try:
-                    async with s.get(url + "/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("router did not start:\n" + (d / "router.log").read_text())
-                await asyncio.sleep(0.05)
+        await answering(url + "/readyz", proc, str(d / "router.log"), 15)
         yield url, token
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, 15)
 
 
 async def test_token(token_router: tuple[str, str]) -> None:

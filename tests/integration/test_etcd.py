@@ -22,7 +22,7 @@ import pytest
 
 from router.store import StoreConflict, check_store
 from router.store.etcd import EtcdStore, parse_etcd_url
-from tests.conftest import RouterProcess, app_config, free_port, get
+from tests.conftest import RouterProcess, app_config, free_port, get, terminate
 from tests.integration.test_admin_api import Api, _awaiting
 from tests.integration.test_release_under_load import Load
 
@@ -69,13 +69,8 @@ class Etcd:
 
     def stop(self) -> None:
         """SIGTERM, by PID."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 10)
 
 
 @pytest.fixture

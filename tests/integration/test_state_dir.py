@@ -15,7 +15,6 @@ import asyncio
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import ROOT, app_config, free_port
+from tests.conftest import ROOT, app_config, free_port, terminate
 
 ROOTED = os.geteuid() == 0
 
@@ -101,15 +100,6 @@ async def _serving(cmd: list[str], admin: int, env: dict[str, str] | None = None
             await asyncio.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
 async def _change_weight(admin: int) -> None:
     async with aiohttp.ClientSession() as s:
         async with s.put(f"http://127.0.0.1:{admin}/api/v1/apps/shop/weights", json={"web": 7}) as r:
@@ -135,7 +125,7 @@ async def test_state_dir_flag_and_environment(backend, tmp_path):
             env = {"ROUTER_STATE_DIR": str(tmp_path / "ignored")}  # the flag wins
         proc = await _serving(_command(args), admin, env)
         await _change_weight(admin)
-        assert _stop(proc) == 0
+        assert terminate(proc, 15) == 0
         assert sorted(os.listdir(state)) == ["router-secret", "router-state.history.jsonl", "router-state.yaml"]
         assert "weight: 7" in (state / "router-state.yaml").read_text()
         assert oct(state.stat().st_mode & 0o777) == "0o700"
@@ -153,7 +143,7 @@ async def test_read_only_configuration_directory_uses_the_default(backend, tmp_p
     proc = await _serving(_command(["serve", "--config", path], read_only=[str(conf)],
                                    var_lib=str(var_lib)), admin)
     await _change_weight(admin)
-    assert _stop(proc) == 0
+    assert terminate(proc, 15) == 0
     # /var/lib/router inside the router's namespace is var-lib/router here.
     assert sorted(os.listdir(var_lib / "router")) == ["router-secret", "router-state.history.jsonl", "router-state.yaml"]
     assert "weight: 7" in (var_lib / "router" / "router-state.yaml").read_text()
@@ -208,7 +198,7 @@ async def test_stray_temporary_files_are_removed_at_start(backend, tmp_path):
     unrelated.write_text("not ours")
     proc = await _serving(_command(["serve", "--config", path]), admin)
     await _change_weight(admin)  # a save: its own temporary file comes and goes
-    assert _stop(proc) == 0
+    assert terminate(proc, 15) == 0
     err = proc.stderr.read().decode()  # type: ignore[union-attr]
     assert not any(p.exists() for p in strays) and not old_secret_tmp.exists()
     assert unrelated.exists()

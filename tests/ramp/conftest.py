@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.conftest import serve
 from tests.integration.test_admin_api import Api, admin_api  # noqa: F401  (a fixture)
 
 
@@ -51,12 +52,7 @@ async def flaky() -> AsyncIterator[Callable[..., Awaitable[Flaky]]]:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", answer)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        be.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        be.runner = runner
+        be.runner, be.port = await serve(app)
         started.append(be)
         return be
 
@@ -102,24 +98,6 @@ async def follow_ramp(api: Api, app: str = "shop", timeout: float = 60.0,
             return seen
         await asyncio.sleep(0.02)
     raise AssertionError(f"the ramp of {app} still runs after {timeout} s: {seen.steps}")
-
-
-async def answering(url: str, proc: Any, log: str, timeout: float = 30.0) -> None:
-    """Wait until ``url`` answers 200; AssertionError with the end of ``log`` if ``proc`` exits
-    or ``timeout`` passes first."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while True:
-            try:
-                async with s.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                with open(log, errors="replace") as f:
-                    raise AssertionError(f"{url} did not answer:\n" + f.read()[-3000:])
-            await asyncio.sleep(0.05)
 
 
 async def history(api: Api, app: str = "shop") -> list[dict[str, Any]]:

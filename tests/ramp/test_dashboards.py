@@ -21,10 +21,10 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import ROOT, app_config, free_port, terminate
+from tests.conftest import ROOT, answering, app_config, free_port, terminate
 from tests.integration.test_admin_api import Api, _awaiting
 from tests.integration.test_etcd import etcd  # noqa: F401  (a fixture)
-from tests.ramp.conftest import answering, follow_ramp
+from tests.ramp.conftest import follow_ramp
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 DEPLOY = os.path.join(ROOT, "deploy")

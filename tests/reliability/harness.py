@@ -31,6 +31,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds. (This harness
+    stands alone, without pytest, for ``benchmarks.reliability``: hence not tests.conftest's.)"""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def app(backends: list[str], routes: list[str] | None = None, sticky: bool = False,
         **service: Any) -> dict[str, Any]:
     """One app with one service ``web`` over ``backends``."""
@@ -115,13 +127,8 @@ async def router_process(cfg: dict[str, Any], nofile: int | None = None, workers
             await asyncio.sleep(0.05)
         yield rp
     finally:
-        if rp.proc.poll() is None:
-            rp.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, rp.proc.wait, 15)
-            except subprocess.TimeoutExpired:
-                rp.proc.kill()
-                rp.proc.wait()
+        # In a thread: the backends live in this event loop and answer while it stops.
+        await asyncio.get_running_loop().run_in_executor(None, terminate, rp.proc, 15)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -175,12 +182,7 @@ async def haproxy(shop: str, admin: str) -> AsyncIterator[int | None]:
                 await asyncio.sleep(0.05)
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -12,15 +12,12 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
-import aiohttp
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, answering, free_port, terminate
 
 SECTION = "## A blue-green release, step by step"
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -87,18 +84,7 @@ async def test_walkthrough_runs_as_written_against_the_demo(tmp_path):
     with open(log_path, "wb") as log:
         demo = subprocess.Popen(args, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 15
-        async with aiohttp.ClientSession() as s:
-            while True:
-                try:
-                    async with s.get(f"http://127.0.0.1:{ports['admin']}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if demo.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("the demo did not start:\n" + log_path.read_text())
-                await asyncio.sleep(0.05)
+        await answering(f"http://127.0.0.1:{ports['admin']}/readyz", demo, str(log_path), 15)
         env = {**os.environ, "ROUTER_URL": local(url),
                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
         env.pop("ROUTER_TOKEN", None)
@@ -111,10 +97,5 @@ async def test_walkthrough_runs_as_written_against_the_demo(tmp_path):
             got = [line.rstrip() for line in local(out.decode()).splitlines()]
             assert got == [local(line).rstrip() for line in expected], command
     finally:
-        demo.send_signal(signal.SIGTERM)
-        try:
-            demo.wait(15)
-        except subprocess.TimeoutExpired:
-            demo.kill()
-            demo.wait()
+        terminate(demo, 15)
     assert demo.returncode == 0, log_path.read_text()
