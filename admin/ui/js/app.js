@@ -7,7 +7,7 @@ import { api, explain } from "./api.js";
 import { updateDialog } from "./dialogs.js";
 import { backendHealth, etagOf, every, h, healthyCount, pct, replaceKeepFocus, shares, statusText } from "./dom.js";
 import { loadHistory } from "./history.js";
-import { rampButtons, releaseButtons } from "./release.js";
+import { oldWeights, rampButtons, releaseButtons } from "./release.js";
 import { Traffic } from "./traffic.js";
 
 export function renderApp(main, name) {
@@ -104,7 +104,7 @@ class AppPage {
     const healthy = ready ? total : svc ? healthyCount(svc) : 0;
     return [h("h2", {id: "release-title"}, h("span", {class: `status ${r.status}`, id: "release-status"}, statusText(r))),
       h("p", {}, `${r.old.join(", ")} → ${r.new}, started ${new Date(r.started_at).toLocaleString()}. Weights before the release: `,
-        Object.entries(r.old_weights).map(([n, w]) => `${n}=${w}`).join(", "), "."),
+        oldWeights(r), "."),
       h("div", {class: "readiness"},
         h("label", {for: "readiness"}, ready ? `${r.new} is ready: every backend passed its check.`
           : `Readiness of ${r.new}: ${healthy} of ${total} backends healthy; waiting for every one to pass its check.`),

@@ -6,6 +6,11 @@ import { api, explain } from "./api.js";
 import { confirmDialog } from "./dialogs.js";
 import { etagOf, h } from "./dom.js";
 
+// "blue=50, green=50": the weights the old services had when the release started.
+export function oldWeights(release) {
+  return Object.entries(release.old_weights).map(([n, w]) => `${n}=${w}`).join(", ");
+}
+
 export async function confirmRelease(app, report) {
   const r = app.release;
   const choice = await confirmDialog({
@@ -29,7 +34,7 @@ export async function confirmRelease(app, report) {
 
 export async function rollbackRelease(app, report) {
   const r = app.release;
-  const old = Object.entries(r.old_weights).map(([n, w]) => `${n}=${w}`).join(", ");
+  const old = oldWeights(r);
   const choice = await confirmDialog({
     title: "Roll back the release",
     text: `Roll back the release of ${app.name}: ${r.new} will be deleted and the old weights restored (${old}).`,
@@ -75,7 +80,7 @@ export function rampButtons(app, report, refresh) {
     }
   };
   const abort = async () => {
-    const old = Object.entries(app.release.old_weights).map(([n, w]) => `${n}=${w}`).join(", ");
+    const old = oldWeights(app.release);
     const choice = await confirmDialog({
       title: "Abort the ramp",
       text: `Stop the guarded ramp of ${app.name}: the old weights come back (${old}) and ${app.release.new} stays at weight 0, its release still open.`,
