@@ -417,6 +417,10 @@ class EtcdStore(Store):
             self._reached()
             self._watching = watch
             try:
+                if self.lost is not None:
+                    # Lost while the watch was being created, when _lose had no watch to end:
+                    # this one would wait for revisions of the lost history, for ever.
+                    continue
                 async for event in watch:
                     kv = event.kv
                     resume = kv.mod_revision + 1
