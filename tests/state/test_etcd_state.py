@@ -56,6 +56,10 @@ async def test_history_of_every_kind_of_change_in_etcd(backend, router_process, 
         # A change that changes nothing writes nothing to etcd, on either replica.
         before = await _revisions(etcd)
         status, app, _ = await api_a.call("GET", "/apps/cart")
+
+        async def b_has_it() -> bool:  # B learns of A's changes through etcd's watch
+            return _shared((await api_b.call("GET", "/apps/cart"))[1]) == _shared(app)
+        await _until(b_has_it, 2.0, "A's last change on B")
         for api in (api_a, api_b):
             assert (await api.call("PUT", "/apps/cart/weights", {"v3": 100}))[0] == 200
             status, same, _ = await api.call("PUT", "/apps/cart", app)
