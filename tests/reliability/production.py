@@ -324,10 +324,19 @@ async def counters_survive_worker_kill(scale: int = 1, workers: int = 2) -> Resu
                "SIGKILL of one worker between two scrapes", workers=workers)
     be = await FaultServer("a").start()
     try:
-        async with router_process(config({"shop": app([be.addr])}), workers=workers) as rp:
-            t1 = await drive(rp.port, clients, per, get())
+        # The first half goes through the victim alone (the others stopped meanwhile, with a
+        # worker timeout the watchdog does not reach): its counters are sure to be non-zero.
+        cfg = config({"shop": app([be.addr])}, timeouts={"worker": "60s"})
+        async with router_process(cfg, workers=workers) as rp:
+            victim, *others = worker_pids(rp.proc.pid)
+            for pid in others:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                t1 = await drive(rp.port, clients, per, get())
+            finally:
+                for pid in others:
+                    os.kill(pid, signal.SIGCONT)
             m1, _ = await scrape(rp.admin_port)
-            victim = worker_pids(rp.proc.pid)[0]
             os.kill(victim, signal.SIGKILL)
 
             took = await until(lambda: replaced(rp, victim, workers), 30, "the killed worker replaced")
