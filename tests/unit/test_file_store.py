@@ -308,7 +308,8 @@ def test_sigkill_never_leaves_a_torn_file(tmp_path: Path) -> None:
     Each child continues from the generation found on disk after the previous kill, and has
     reported its first save as done before it is killed, so the generation on disk must grow
     strictly from one kill to the next.  The loop runs until at least 20 kills *and* at least five
-    that provably landed inside a save (they left a temporary file behind), within 15 s.
+    that provably landed inside a save (they left a temporary file behind), within 60 s (about
+    5 s on an idle machine: the bound is for a loaded one, where every writer starts slowly).
     """
     path = tmp_path / "state.yaml"
     store = FileStore(str(path))
@@ -319,7 +320,7 @@ def test_sigkill_never_leaves_a_torn_file(tmp_path: Path) -> None:
     generation = 0
     kills = mid_save = 0
     started = time.monotonic()
-    while (kills < 20 or mid_save < 5) and time.monotonic() - started < 15:
+    while (kills < 20 or mid_save < 5) and time.monotonic() - started < 60:
         strays = set(temp_files(tmp_path))
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(generation)],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -359,5 +360,4 @@ def test_sigkill_never_leaves_a_torn_file(tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     assert kills >= 20, f"only {kills} kills in {elapsed:.1f} s"
     assert mid_save >= 5, f"only {mid_save} of {kills} kills landed inside a save"
-    assert elapsed < 20
     print(f"{kills} kills in {elapsed:.1f} s, {mid_save} inside a save, generation {generation}")
