@@ -11,12 +11,12 @@ import asyncio
 import os
 import shutil
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import pytest
+
+from tests.load import Load
 
 CHROMIUM = os.environ.get("ROUTER_CHROMIUM", "/usr/bin/chromium")
 # No network here: nothing in the browser may try to reach outside (updates, sync, QUIC probes).
@@ -95,82 +95,13 @@ async def sign_in(page: Any, admin_url: str, token: str = TOKEN) -> None:
     await page.get_by_role("button", name="Sign in").click()
 
 
-@dataclass
-class Load:
-    """Continuous background load through the data plane, bounded in count and time.
-
-    ``clients`` loops each send one GET after another (with ``pause`` between) until ``stop``,
-    ``max_requests`` in all, or ``max_seconds``. The first ``pinned`` clients keep the
-    stickiness cookie, as browsers do; the others never send one. Every answer other than a
-    200 from a backend, and every connection error, counts as failed.
-    """
-
-    url: str
-    host: str = "app.test"
-    clients: int = 4
-    pinned: int = 1
-    pause: float = 0.01
-    max_requests: int = 60_000
-    max_seconds: float = 300.0
-    ok: int = 0
-    failed: int = 0
-    failures: list[str] = field(default_factory=list)
-    by_backend: Counter[str] = field(default_factory=Counter)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def sent(self) -> int:
-        return self.ok + self.failed
-
-    async def _client(self, keep_cookie: bool) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        cookie: str | None = None
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
-            while not self._stop.is_set() and self.sent < self.max_requests and time.monotonic() < deadline:
-                headers = {"Host": self.host}
-                if cookie:
-                    headers["Cookie"] = cookie
-                try:
-                    async with s.get(self.url, headers=headers) as r:
-                        body = (await r.read()).decode(errors="replace").strip()
-                        if r.status == 200:
-                            self.ok += 1
-                            self.by_backend[body] += 1
-                        else:
-                            self.failed += 1
-                            self.failures.append(f"{r.status} {body[:80]}")
-                        if keep_cookie:
-                            for morsel in r.cookies.values():
-                                cookie = f"{morsel.key}={morsel.value}"
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                    self.failed += 1
-                    self.failures.append(repr(e))
-                await asyncio.sleep(self.pause)
-
-    def start(self) -> None:
-        self._tasks = [asyncio.get_running_loop().create_task(self._client(i < self.pinned))
-                       for i in range(self.clients)]
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-    async def wait_more(self, n: int, timeout: float = 15.0) -> None:
-        """Until ``n`` more requests have been answered (the load is really running)."""
-        target = self.sent + n
-        deadline = time.monotonic() + timeout
-        while self.sent < target:
-            assert time.monotonic() < deadline, f"load stalled at {self.sent} requests"
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def load() -> AsyncIterator[Callable[..., Load]]:
     started: list[Load] = []
 
     def make(url: str, **kw: Any) -> Load:
-        ld = Load(url, **kw)
+        # A browser-like client among them, and a pause: the console's chart, not a stress test.
+        ld = Load(url, **{"pinned": 1, "pause": 0.01, "max_seconds": 300.0, **kw})
         ld.start()
         started.append(ld)
         return ld

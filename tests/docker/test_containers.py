@@ -25,7 +25,7 @@ from tests.docker.conftest import (
     routed,
 )
 from tests.integration.test_ctl import ctl
-from tests.integration.test_release_under_load import Load
+from tests.load import Load
 
 
 async def test_compose_app_of_two_containers_is_routed_without_yaml_apps(docker: Engine,

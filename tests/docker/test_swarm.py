@@ -20,7 +20,7 @@ from tests.docker.conftest import (
     release_with_removal,
     routed,
 )
-from tests.integration.test_release_under_load import Load
+from tests.load import Load
 
 
 def _service(engine: Engine, stack: str, name: str, port: int) -> str:

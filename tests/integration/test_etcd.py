@@ -24,7 +24,7 @@ from router.store import StoreConflict, check_store
 from router.store.etcd import EtcdStore, parse_etcd_url
 from tests.conftest import RouterProcess, app_config, free_port, get, terminate
 from tests.integration.test_admin_api import Api, _awaiting
-from tests.integration.test_release_under_load import Load
+from tests.load import Load
 
 ETCD = shutil.which("etcd")
 

@@ -10,7 +10,7 @@ import logging
 import aiohttp
 
 from tests.conftest import app_config, router_config
-from tests.integration.test_release_under_load import Load
+from tests.load import Load
 
 
 async def _metric(srv, name: str, **labels: str) -> float:  # type: ignore[no-untyped-def]

@@ -6,7 +6,6 @@ import asyncio
 import os
 import random
 import signal
-import time
 
 import aiohttp
 import yaml
@@ -14,45 +13,7 @@ import yaml
 from router.state import State
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api, _awaiting
-
-
-class Load:
-    """Clients sending requests back to back until stopped (bounded in count and time)."""
-
-    def __init__(self, url: str, clients: int = 4, max_requests: int = 200_000, max_seconds: float = 60,
-                 host: str = "app.test", expect: tuple[str, ...] = ("blue\n", "green\n")) -> None:
-        self.url = url
-        self.host = host
-        self.expect = expect
-        self.clients = clients
-        self.max_requests = max_requests
-        self.deadline = time.monotonic() + max_seconds
-        self.sent = 0
-        self.failed: list[str] = []
-        self.by_body: dict[str, int] = {}
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def _client(self) -> None:
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
-            while not self._stop.is_set() and self.sent < self.max_requests and time.monotonic() < self.deadline:
-                self.sent += 1
-                try:
-                    async with s.get(self.url, headers={"Host": self.host}) as r:
-                        body = (await r.read()).decode()
-                        if r.status != 200 or body not in self.expect:
-                            self.failed.append(f"{r.status} {body!r}")
-                        else:
-                            self.by_body[body.strip()] = self.by_body.get(body.strip(), 0) + 1
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                    self.failed.append(repr(e))
-
-    def start(self) -> None:
-        self._tasks = [asyncio.ensure_future(self._client()) for _ in range(self.clients)]
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
+from tests.load import Load
 
 
 async def _step(api: Api, method: str, path: str, body=None) -> dict:

@@ -11,7 +11,7 @@ import aiohttp
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api, _awaiting
 from tests.integration.test_ctl import ctl
-from tests.integration.test_release_under_load import Load
+from tests.load import Load
 
 QUICK = ("--interval", "1s", "--max-error-rate", "1%", "--max-latency-ratio", "2",
          "--min-requests", "5", "--latency-floor", "250ms")

@@ -12,7 +12,7 @@ import aiohttp
 
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api, _awaiting
-from tests.integration.test_release_under_load import Load
+from tests.load import Load
 from tests.ramp.conftest import metric
 
 

@@ -12,7 +12,7 @@ from router.ramp import LEASE_TTL
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api
 from tests.integration.test_etcd import _replicas, _until, etcd  # noqa: F401  (etcd: a fixture)
-from tests.integration.test_release_under_load import Load
+from tests.load import Load
 from tests.ramp.conftest import follow_ramp, history, metric
 
 

@@ -17,7 +17,7 @@ import aiohttp
 
 from tests.conftest import ROOT, RouterProcess, answering, app_config, terminate
 from tests.integration.test_admin_api import Api, _awaiting
-from tests.integration.test_release_under_load import Load
+from tests.load import Load
 from tests.ramp.conftest import follow_ramp, history
 
 # Intervals of a second keep the tests short. The latency floor is far above what loopback

@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import RouterProcess, app_config, free_port
 from tests.integration.test_admin_api import Api, _awaiting
-from tests.integration.test_release_under_load import Load
+from tests.load import Load
 from tests.state.conftest import wait_log
 
 
