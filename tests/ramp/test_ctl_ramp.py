@@ -127,7 +127,7 @@ async def test_bad_command_lines_send_nothing(backend, router_process):
 
 
 def test_export_keeps_the_preview_setting():
-    from admin.ctl import exported_app
+    from admin.ctl.state import exported_app
     from router.config import PreviewConfig, config_from_dict
 
     app = {"name": "shop", "routes": ["shop.test"], "session_sticky": True,
