@@ -353,8 +353,17 @@ _IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
                   "schema": {"type": "string", "enum": ["*"]},
                   "description": "*: create only; 412 if it exists"}
 
-_COMMON = {"401": _err("missing or wrong bearer token")}
-_MUTATION = {**_COMMON, "400": _err("body is not JSON"), "404": _err("unknown app or service"),
+def _bad_request(description: str) -> dict[str, Any]:
+    """A 400: the API's JSON error, or plain text from the HTTP layer itself, which answers a
+    request that is not valid HTTP/1.1 (its method, a header, its framing) before any operation."""
+    out = _err(description)
+    out["content"]["text/plain"] = {"schema": {"type": "string"}}
+    return out
+
+
+_COMMON = {"400": _bad_request("not a valid HTTP request"), "401": _err("missing or wrong bearer token")}
+_MUTATION = {**_COMMON, "400": _bad_request("body is not JSON, or not a valid HTTP request"),
+             "404": _err("unknown app or service"),
              "409": _err("state conflict"), "412": _err("stale If-Match"),
              "413": _err("body too large"), "422": _err("invalid value"),
              "503": _err("the state cannot be persisted")}
@@ -524,7 +533,7 @@ def openapi() -> dict[str, Any]:
                                                    "(default 1h, at most 7d)"}}},
                                               required=False),
                          "responses": {**_COMMON, "200": _json("Preview", "the preview", etag=False),
-                                       "400": _err("body is not JSON"),
+                                       "400": _bad_request("body is not JSON, or not a valid HTTP request"),
                                        "404": _err("unknown app or no open release"),
                                        "422": _err("invalid ttl")}},
             },

@@ -24,6 +24,7 @@ import socket
 from typing import Any, Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
 from . import compiled
@@ -35,6 +36,7 @@ from .dataplane import BACKLOG, DataPlane
 from .errors import Unavailable
 from .health import HEALTHY, UNCHECKED, BackendKey, Health, probe
 from .listeners import bind, listen, port_of
+from .logs import Throttled
 from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
 from .pins import SAMPLE_INTERVAL, PinWatch
 from .ramp import RampCollector, RampDriver, driver_for
@@ -57,6 +59,25 @@ STORE_START_TIMEOUT = 10.0
 SECRET_FILE = "router-secret"
 # A one-off probe of a backend nothing has shown to work yet (a weight change to its service).
 READY_PROBE = HealthCheckConfig(timeout=1.0)
+
+
+class AdminServerLog(logging.LoggerAdapter[logging.Logger]):
+    """The admin listener's HTTP server logger (aiohttp's, which logs every request it cannot
+    parse as an ERROR with a traceback). Such a request is the client's error, answered 400
+    before any handler runs: one warning line for it, throttled like the data plane's."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("router.admin"), {})
+        self.throttled = Throttled(self.logger, 10.0, asyncio.get_running_loop())
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
+            lines = [ln.strip() for ln in exc_info.message.splitlines()]
+            why = " ".join(ln for ln in lines if ln.strip("^"))[:200]
+            self.throttled.warning("bad request", "admin API: a request that is not valid HTTP "
+                                   "(%s), answered %d", why, exc_info.code)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kw)
 
 
 class Server:
@@ -177,7 +198,7 @@ class Server:
             await self.workers.start()
         if self.admin is not None:
             self._admin_runner = web.AppRunner(self.admin(self), access_log=None,
-                                               handle_signals=False)
+                                               handle_signals=False, logger=AdminServerLog())
             await self._admin_runner.setup()
             for sock in admin_socks:
                 await web.SockSite(self._admin_runner, sock).start()

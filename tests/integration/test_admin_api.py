@@ -310,6 +310,34 @@ async def test_openapi_document(api_router):
         "/api/v1/apps/{app}/stats", "/api/v1/history", "/api/v1/apply"}
 
 
+async def test_request_that_is_not_http_is_a_documented_400(backend, router_process):
+    """The HTTP layer answers a request it cannot parse itself, before any operation, with a
+    plain-text 400: the document says so for every operation (a client generated from it
+    expects nothing else), and the log has one warning line for it, not a traceback."""
+    be = await backend("blue")
+    rp = await router_process({"apps": {"shop": app_config({"web": (100, [be.addr])})}})
+    for raw in (b"GET /api/v1/apps HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+                b"G\x01T /api/v1/apps HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"POST /api/v1/apply HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", rp.admin_port)
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        assert head.split(b" ")[1] == b"400", (raw, head)
+        assert b"Content-Type: text/plain" in head, (raw, head)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(rp.admin_url + "/api/v1/openapi.json") as r:
+            doc = await r.json()
+        for path, ops in doc["paths"].items():
+            for method in ops.keys() & {"get", "put", "patch", "post", "delete"}:
+                assert "text/plain" in ops[method]["responses"]["400"]["content"], (method, path)
+        async with s.get(rp.admin_url + "/api/v1/apps") as r:
+            assert r.status == 200  # the listener serves on
+    warnings = [ln for ln in rp.log().splitlines() if "not valid HTTP" in ln]
+    assert len(warnings) == 1 and "WARNING" in warnings[0], rp.log()  # the others: throttled
+    assert "Invalid header token" in warnings[0] and "Traceback" not in rp.log(), rp.log()
+
+
 async def test_concurrent_weight_changes_one_consistent_state(api_router):
     api, srv, blue, green, store = api_router
     await api.call("PUT", "/apps/shop/services/green", {"weight": 0, "backends": [green.addr]})
