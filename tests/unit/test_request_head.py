@@ -112,7 +112,7 @@ def test_framing_of_the_body():
     assert rh.framing == framing.CHUNKED and b"Transfer-Encoding: chunked\r\n" in rh.head
 
 
-@pytest.mark.parametrize("te", [b"gzip, chunked", b"chunked, chunked", b"identity", b"gzip"])
+@pytest.mark.parametrize("te", [b"gzip, chunked", b"chunked, chunked", b"identity", b"gzip", b"", b",", b"chunked,", b", chunked"])
 def test_transfer_codings_other_than_chunked_are_refused(te):
     with pytest.raises(Refused) as e:
         read(head(b"/", b"Transfer-Encoding: " + te + b"\r\n", b"POST"))
