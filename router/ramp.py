@@ -33,7 +33,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .counters import BUCKETS, ServiceStats, Stats
 from .errors import Conflict, NotFound, Unavailable
 from .release import RampAction, RampStatus, Release, Status
-from .state import StateManager, ramp_decision
+from .manager import StateManager
+from .state import ramp_decision
 from .store import Store
 
 log = logging.getLogger("router.ramp")

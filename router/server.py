@@ -42,7 +42,8 @@ from .pins import SAMPLE_INTERVAL, PinWatch
 from .ramp import RampCollector, RampDriver, driver_for
 from .providers.docker import DockerProvider
 from .release import Status
-from .state import State, StateManager, apply_apps, mark_ready
+from .manager import StateManager
+from .state import State, apply_apps, mark_ready
 from .sticky import load_or_create_secret
 from .store import Store, StoreConflict, StoreLost, StoreUnavailable, open_store
 from .supervisor import Supervisor

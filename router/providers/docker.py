@@ -28,7 +28,7 @@ from .engine import DockerClient, DockerError
 from .reconcile import Found, NothingToDo, reconcile
 
 if TYPE_CHECKING:
-    from ..state import StateManager
+    from ..manager import StateManager
 
 log = logging.getLogger("router.docker")
 

@@ -15,6 +15,7 @@ from router import state as ops
 from router.config import config_from_dict
 from router.errors import Conflict, PreconditionFailed
 from router.history import HISTORY_LIMIT, ROUTER, Actor, Change, describe, fingerprint
+from router.manager import StateManager, next_state
 from router.release import Action
 from router.store import FileStateStore
 from router.store.file import history_path
@@ -37,7 +38,7 @@ def _state(apps: dict[str, Any] = {"shop": SHOP}) -> ops.State:
 
 
 def _run(state: ops.State, op: ops.Operation, actor: Actor = ROUTER) -> ops.State:
-    return ops._next_state(state, op, None, None, actor)
+    return next_state(state, op, None, None, actor)
 
 
 def test_the_contract_example():
@@ -170,7 +171,7 @@ def test_an_operation_that_changes_nothing_is_no_new_state(op):
     assert _run(s, op) is s
     # ... and still answers a stale If-Match with 412: the caller's view is stale all the same.
     with pytest.raises(PreconditionFailed):
-        ops._next_state(s, op, '"7"', None, ROUTER)
+        next_state(s, op, '"7"', None, ROUTER)
 
 
 def test_marking_a_marked_release_ready_again_changes_nothing():
@@ -286,7 +287,7 @@ async def test_manager_writes_nothing_for_a_change_that_changes_nothing(tmp_path
     path = str(tmp_path / "router-state.yaml")
     store = FileStateStore(path)
     applied: list[int] = []
-    mgr = ops.StateManager(_state(), store, lambda s: applied.append(s.generation))
+    mgr = StateManager(_state(), store, lambda s: applied.append(s.generation))
     state, entry = await mgr.run(ops.set_weights("shop", {"web": 0}), actor=Actor("10.1.2.3"))
     assert state.generation == 2 and entry is not None and entry.client == "10.1.2.3"
     stat = os.stat(path)

@@ -9,9 +9,10 @@ from typing import Any
 from router import state as ops
 from router.config import config_from_dict
 from router.counters import Stats
+from router.history import ROUTER
+from router.manager import StateManager, next_state
 from router.ramp import Leadership, RampCollector, RampDriver
 from router.release import RampStatus
-from router.state import StateManager
 from router.store import Store, StoreUnavailable
 from tests.unit.test_ramp import Traffic
 
@@ -23,7 +24,7 @@ def released() -> ops.State:
     s = ops.State.initial(config_from_dict({"apps": {"shop": shop}}).apps)
     for op in (ops.start("shop", {"service": "web-v2", "backends": ["10.0.0.2:80"]}),
                ops.mark_ready("shop", "web-v2"), ops.ramp_start("shop", RAMP)):
-        s = ops._next_state(s, op, None, None, ops.ROUTER)
+        s = next_state(s, op, None, None, ROUTER)
     return s
 
 

@@ -11,6 +11,7 @@ from router import state as ops
 from router.config import ConfigError, PreviewConfig, config_from_dict
 from router.errors import Conflict, Invalid
 from router.history import ROUTER, Actor
+from router.manager import next_state
 from router.release import RampAction, RampStatus
 
 RA = RampAction
@@ -25,7 +26,7 @@ def _state(**app: Any) -> ops.State:
 
 
 def run(state: ops.State, op: ops.Operation, actor: Actor = ROUTER) -> ops.State:
-    return ops._next_state(state, op, None, None, actor)
+    return next_state(state, op, None, None, actor)
 
 
 def weights(state: ops.State) -> dict[str, int]:

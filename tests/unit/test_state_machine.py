@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from router import state as ops
 from router.config import config_from_dict
 from router.errors import RouterError
+from router.manager import StateManager
 from router.release import Status
 from router.store import FileStateStore
 
@@ -37,7 +38,7 @@ class StateOps(RuleBasedStateMachine):
         cfg = config_from_dict({"apps": {"shop": {"routes": ["shop.test"], "services": {
             "web": {"weight": 100, "backends": ["10.0.0.1:80"]}}}}})
         self.applied: list[int] = []
-        self.mgr = ops.StateManager(ops.State.initial(cfg.apps), self.store,
+        self.mgr = StateManager(ops.State.initial(cfg.apps), self.store,
                                     lambda s: self.applied.append(s.generation))
         self.loop = asyncio.new_event_loop()
         self.accepted = 0
