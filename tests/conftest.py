@@ -13,8 +13,6 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,8 +27,8 @@ from aiohttp import web
 from admin.app import create_app
 from router.config import config_from_dict
 from router.server import Server
+from tests.processes import ROOT, free_port, terminate  # noqa: F401  (used by the tests through here)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHUNK = 64 * 1024
 
 
@@ -213,12 +211,6 @@ async def set_apps(server: Server, cfg: dict[str, Any]) -> None:
     await server.manager.change(apply_apps(config_from_dict(cfg).apps, force=True))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class RouterProcess:
     proc: subprocess.Popen[bytes]
@@ -308,17 +300,6 @@ async def answering(url: str, proc: subprocess.Popen[bytes], log: str, timeout: 
                 with open(log, errors="replace") as f:
                     raise AssertionError(f"{url} did not answer:\n" + f.read()[-3000:])
             await asyncio.sleep(0.05)
-
-
-def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; its exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
 
 
 async def get(session: aiohttp.ClientSession, server: Server | RouterProcess, path: str = "/",

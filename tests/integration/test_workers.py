@@ -11,20 +11,7 @@ import aiohttp
 
 from tests.conftest import app_config, get
 from tests.integration.test_admin_api import Api
-
-
-def _worker_pids(rp) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == rp.proc.pid:  # ppid
-                out.append(int(pid))
-    return sorted(out)
+from tests.processes import stopped, worker_pids
 
 
 async def _fresh_connections(rp, n: int) -> list[bytes]:
@@ -42,20 +29,12 @@ PATIENT = {"timeouts": {"worker": "30s"}}
 
 
 async def _through_each_worker(rp, n: int) -> list[list[bytes]]:
-    """n fresh connections through each worker in turn, the others stopped meanwhile. The
-    workers accept from one inherited socket, and which of them accepts a connection is a
-    race: only a stopped worker is sure not to win it."""
-    pids = _worker_pids(rp)
+    """n fresh connections through each worker in turn, the others stopped meanwhile."""
+    pids = worker_pids(rp.proc.pid)
     per_worker = []
     for pid in pids:
-        others = [p for p in pids if p != pid]
-        for other in others:
-            os.kill(other, signal.SIGSTOP)
-        try:
+        with stopped(p for p in pids if p != pid):
             per_worker.append(await _fresh_connections(rp, n))
-        finally:
-            for other in others:
-                os.kill(other, signal.SIGCONT)
     return per_worker
 
 
@@ -63,7 +42,7 @@ async def test_two_workers_one_state(backend, router_process):
     blue, green = await backend("blue"), await backend("green")
     rp = await router_process({**PATIENT, "apps": {"shop": app_config(
         {"blue": (100, [blue.addr]), "green": (0, [green.addr])}, sticky=False)}}, ("--workers", "2"))
-    assert len(_worker_pids(rp)) == 2
+    assert len(worker_pids(rp.proc.pid)) == 2
     assert await _through_each_worker(rp, 20) == [[b"blue\n"] * 20] * 2
     async with aiohttp.ClientSession() as s:
         api = Api(s, rp.admin_port)
@@ -88,10 +67,10 @@ async def test_worker_killed_is_restarted_with_current_state(backend, router_pro
     async with aiohttp.ClientSession() as s:
         api = Api(s, rp.admin_port)
         assert (await api.call("PUT", "/apps/shop/weights", {"blue": 0, "green": 100}))[0] == 200
-        victim = _worker_pids(rp)[0]
+        victim = worker_pids(rp.proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
         for _ in range(100):
-            pids = _worker_pids(rp)
+            pids = worker_pids(rp.proc.pid)
             if len(pids) == 2 and victim not in pids:
                 break
             await asyncio.sleep(0.1)
@@ -105,7 +84,7 @@ async def test_workers_stop_gracefully(backend, router_process):
     rp = await router_process({"timeouts": {"grace": "5s"},
                                "apps": {"shop": app_config({"web": (1, [be.addr])}, sticky=False)}},
                               ("--workers", "2"))
-    pids = _worker_pids(rp)
+    pids = worker_pids(rp.proc.pid)
     async with aiohttp.ClientSession() as s:
         slow = asyncio.ensure_future(get(s, rp, "/slow?delay=1"))
         await asyncio.sleep(0.3)

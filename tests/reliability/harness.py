@@ -10,8 +10,6 @@ import contextlib
 import os
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,25 +20,7 @@ from typing import Any, AsyncIterator, Callable
 import httptools
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds. (This harness
-    stands alone, without pytest, for ``benchmarks.reliability``: hence not tests.conftest's.)"""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from tests.processes import ROOT, free_port, terminate  # noqa: F401  (the scenarios take them from here)
 
 
 def app(backends: list[str], routes: list[str] | None = None, sticky: bool = False,

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import yaml
 
+from tests.processes import stopped, worker_pids
+
 from .faultserver import FaultServer
 from .harness import (ROOT, RouterProc, app, config, free_port, http_status, metric_sum, metrics,
                       router_process)
@@ -36,22 +38,6 @@ STATS_TIMEOUT = 1.0
 # Each bound here has a second on top for a loaded machine's scheduling.
 ADMIN_BOUND = WORKER_TIMEOUT + 1.0
 STRANDED_BOUND = PING_INTERVAL + WORKER_TIMEOUT + 1.0
-
-
-def worker_pids(master: int) -> list[int]:
-    """The live child processes of ``master`` (its workers)."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master and fields[0] != "Z":
-            out.append(int(pid))
-    return sorted(out)
 
 
 def client_connections(pid: int, port: int) -> int:
@@ -224,7 +210,7 @@ async def hung_worker(scale: int = 1, workers: int = 2) -> Result:
                "fresh connections, an admin change, scrapes", "SIGSTOP of one worker, twice",
                workers=workers)
     blue, green = await FaultServer("blue").start(), await FaultServer("green").start()
-    stopped: list[int] = []
+    frozen: list[int] = []
     try:
         cfg = _two_services(blue.addr, green.addr, timeouts={"worker": f"{WORKER_TIMEOUT:g}s"})
         async with router_process(cfg, workers=workers) as rp:
@@ -237,7 +223,7 @@ async def hung_worker(scale: int = 1, workers: int = 2) -> Result:
             held = client_connections(victim, rp.port)
             t_stop = time.monotonic()
             os.kill(victim, signal.SIGSTOP)
-            stopped.append(victim)
+            frozen.append(victim)
 
             # 1. An admin change: answered once every running worker has it, within the bound.
             status, body, took = await admin_call(
@@ -269,7 +255,7 @@ async def hung_worker(scale: int = 1, workers: int = 2) -> Result:
             held2 = client_connections(victim2, rp.port)
             t_stop2 = time.monotonic()
             os.kill(victim2, signal.SIGSTOP)
-            stopped.append(victim2)
+            frozen.append(victim2)
 
             await until(lambda: replaced(rp, victim2, workers), 30,
                         "the second stopped worker replaced by the watchdog")
@@ -303,7 +289,7 @@ async def hung_worker(scale: int = 1, workers: int = 2) -> Result:
                    f"they held {held} and {held2} of the {clients} keep-alive clients, whose "
                    f"{len(resets)} requests in flight were reset at the kill; longest wait {max((o.ended - o.started for o in outcomes), default=0):.2f} s")
     finally:
-        for pid in stopped:
+        for pid in frozen:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -329,13 +315,8 @@ async def counters_survive_worker_kill(scale: int = 1, workers: int = 2) -> Resu
         cfg = config({"shop": app([be.addr])}, timeouts={"worker": "60s"})
         async with router_process(cfg, workers=workers) as rp:
             victim, *others = worker_pids(rp.proc.pid)
-            for pid in others:
-                os.kill(pid, signal.SIGSTOP)
-            try:
+            with stopped(others):
                 t1 = await drive(rp.port, clients, per, get())
-            finally:
-                for pid in others:
-                    os.kill(pid, signal.SIGCONT)
             m1, _ = await scrape(rp.admin_port)
             os.kill(victim, signal.SIGKILL)
 

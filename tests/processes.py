@@ -1,0 +1,62 @@
+"""Processes the tests start: free ports, stopping by PID, a router's workers. Without pytest,
+so that the reliability harness (run standalone by ``benchmarks.reliability``) shares them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from typing import Iterable, Iterator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
+def worker_pids(master: int) -> list[int]:
+    """The live child processes of ``master`` (a router's workers)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master and fields[0] != "Z":
+            out.append(int(pid))
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def stopped(pids: Iterable[int]) -> Iterator[None]:
+    """``pids`` stopped (SIGSTOP) for the block, continued after it. The router's workers share
+    one listening socket and which accepts a connection is a race: a stopped worker is the only
+    one sure not to win it. The router's watchdog replaces a worker that stays silent longer
+    than ``timeouts.worker``: set it above the block's length."""
+    pids = list(pids)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
