@@ -27,7 +27,7 @@ from aiohttp import web
 from admin.app import create_app
 from router.config import config_from_dict
 from router.server import Server
-from tests.processes import ROOT, free_port, terminate  # noqa: F401  (used by the tests through here)
+from tests.processes import ROOT, answering, free_port, terminate  # noqa: F401  (used by the tests through here)
 
 CHUNK = 64 * 1024
 
@@ -282,24 +282,6 @@ async def router_process(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any
     yield start
     for rp in procs:
         terminate(rp.proc, 15)
-
-
-async def answering(url: str, proc: subprocess.Popen[bytes], log: str, timeout: float = 30.0) -> None:
-    """Wait until ``url`` answers 200; AssertionError with the end of ``log`` (a file) if
-    ``proc`` exits or ``timeout`` passes first."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while True:
-            try:
-                async with s.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                with open(log, errors="replace") as f:
-                    raise AssertionError(f"{url} did not answer:\n" + f.read()[-3000:])
-            await asyncio.sleep(0.05)
 
 
 async def get(session: aiohttp.ClientSession, server: Server | RouterProcess, path: str = "/",

@@ -1,14 +1,19 @@
-"""Processes the tests start: free ports, stopping by PID, a router's workers. Without pytest,
-so that the reliability harness (run standalone by ``benchmarks.reliability``) shares them."""
+"""Processes the tests start: free ports, waiting for one to answer, stopping by PID, a
+router's workers. Without pytest, so that the reliability harness (run standalone by
+``benchmarks.reliability``) shares them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
+import time
 from typing import Iterable, Iterator
+
+import aiohttp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +33,24 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait()
+
+
+async def answering(url: str, proc: subprocess.Popen[bytes], log: str, timeout: float = 30.0) -> None:
+    """Wait until ``url`` answers 200; AssertionError with the end of ``log`` (a file) if
+    ``proc`` exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with open(log, errors="replace") as f:
+                    raise AssertionError(f"{url} did not answer:\n" + f.read()[-3000:])
+            await asyncio.sleep(0.05)
 
 
 def worker_pids(master: int) -> list[int]:

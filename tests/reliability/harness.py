@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Callable
 import httptools
 import yaml
 
-from tests.processes import ROOT, free_port, terminate  # noqa: F401  (the scenarios take them from here)
+from tests.processes import ROOT, answering, free_port, terminate  # noqa: F401  (the scenarios take them from here)
 
 
 def app(backends: list[str], routes: list[str] | None = None, sticky: bool = False,
@@ -98,13 +98,7 @@ async def router_process(cfg: dict[str, Any], nofile: int | None = None, workers
                                     "--workers", str(workers), *args],
                                    cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=limit)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if await http_status(rp.admin_port, "/readyz") == 200:
-                break
-            if rp.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("router did not start:\n" + rp.log())
-            await asyncio.sleep(0.05)
+        await answering(f"http://127.0.0.1:{rp.admin_port}/readyz", rp.proc, rp.log_path, 15)
         yield rp
     finally:
         # In a thread: the backends live in this event loop and answer while it stops.
