@@ -45,8 +45,19 @@ HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
                         b"transfer-encoding", b"upgrade"})
 _OWN: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                          b"x-request-id", b"content-length", b"host"})
-# Client-address fields only a trusted proxy may pass on (RFC 7239 Forwarded, nginx's X-Real-IP).
-_TRUSTED_ONLY: Final = frozenset({b"forwarded", b"x-real-ip"})
+# Fields only a trusted proxy may pass on, because backends and their frameworks believe them for
+# the client's identity or the request's route: the client's address (RFC 7239 Forwarded,
+# nginx's X-Real-IP, the CDNs' True-Client-IP, CF-Connecting-IP, Fastly-Client-IP, and the
+# X-Client-IP / X-Cluster-Client-IP that Rails, Express and Symfony consult), the URL a framework
+# routes by instead of the request line (IIS and Symfony's X-Original-URL and X-Rewrite-URL), and
+# what it builds its own URLs from (Spring's and Traefik's X-Forwarded-Prefix, X-Forwarded-Port,
+# X-Forwarded-Server, X-Forwarded-Scheme, X-Original-Host, X-Host). From anyone else they are
+# dropped, as X-Forwarded-For/-Proto/-Host are replaced; the list is docs/forwarding.md's.
+_TRUSTED_ONLY: Final = frozenset({
+    b"forwarded", b"x-real-ip", b"true-client-ip", b"cf-connecting-ip", b"fastly-client-ip",
+    b"x-client-ip", b"x-cluster-client-ip", b"x-original-url", b"x-rewrite-url",
+    b"x-forwarded-prefix", b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme",
+    b"x-original-host", b"x-host"})
 _SKIP: Final = HOP | _OWN | _TRUSTED_ONLY | {b"expect"}
 # What a Connection field may never remove.
 PROTECTED: Final = _OWN | {b"cookie", b"set-cookie"}
@@ -142,7 +153,10 @@ def normalise_path(path: bytes) -> tuple[bytes, bytes] | None:
 
     The forwarded path has unreserved percent-encodings decoded and runs of ``/`` merged
     (nginx's ``merge_slashes``: sloppy clients send ``//``, and backends read it as ``/``). The
-    routed path is the forwarded one with each segment's ``;parameters`` left out.
+    routed path is the forwarded one read as a Servlet container (Tomcat, Jetty) and Spring
+    read it, in their order: each segment's ``;parameters`` removed, then the empty segments
+    that leaves merged (``/;x/admin`` is ``/admin`` to Tomcat), then dot segments, which are
+    refused wherever they appear (``/..;x/``).
     """
     if b"\\" in path:
         return None
@@ -156,6 +170,8 @@ def normalise_path(path: bytes) -> tuple[bytes, bytes] | None:
     routed = path
     if b";" in path:
         routed = b"/".join(seg.split(b";", 1)[0] for seg in path.split(b"/"))
+        while b"//" in routed:
+            routed = routed.replace(b"//", b"/")
     if b"." in routed and any(seg in _DOT_SEGMENTS for seg in routed.split(b"/")):
         return None
     return path, routed

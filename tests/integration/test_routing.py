@@ -51,6 +51,10 @@ async def test_host_and_longest_prefix(backend, router):
         ("shop.test", "/api/v2"): "v2",
         ("shop.test", "/api/v2/x"): "v2",
         ("shop.test", "/api/v2x"): "api",
+        # Routed as Tomcat reads them: parameters out of each segment, then empty segments.
+        ("shop.test", "/;/api/x"): "api",
+        ("shop.test", "/;x/;y=1/api/v2/z"): "v2",
+        ("shop.test", "/api;jsessionid=1/v2"): "v2",
     }
     async with aiohttp.ClientSession() as s:
         for (host, path), want in cases.items():
