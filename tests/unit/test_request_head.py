@@ -159,6 +159,28 @@ def test_forwarded_head_exact():
     assert rh.cookie == b"a=1; b=2" and rh.request_id == b"abc"
 
 
+# Fields a backend framework believes for the client's identity or the request's route.
+IDENTITY_AND_ROUTE = [b"Forwarded: for=6.6.6.6", b"X-Real-IP: 6.6.6.6", b"True-Client-IP: 6.6.6.6",
+                      b"CF-Connecting-IP: 6.6.6.6", b"Fastly-Client-IP: 6.6.6.6",
+                      b"X-Client-IP: 6.6.6.6", b"X-Cluster-Client-IP: 6.6.6.6",
+                      b"X-Original-URL: /admin", b"X-Rewrite-URL: /admin",
+                      b"X-Forwarded-Prefix: /admin", b"X-Forwarded-Port: 443",
+                      b"X-Forwarded-Server: evil", b"X-Forwarded-Scheme: https",
+                      b"X-Original-Host: evil.test", b"X-Host: evil.test"]
+
+
+@pytest.mark.parametrize("field", IDENTITY_AND_ROUTE)
+def test_identity_and_route_fields_only_from_a_trusted_proxy(field):
+    name = field.split(b":")[0]
+    for spelling in (name, name.lower(), name.upper()):
+        line = spelling + field[len(name):]
+        untrusted = read(head(b"/", line + b"\r\nX-Keep: 1\r\n"))
+        assert b"6.6.6.6" not in untrusted.head and b"evil" not in untrusted.head
+        assert b"/admin" not in untrusted.head and b"443" not in untrusted.head
+        assert b"X-Keep: 1\r\n" in untrusted.head
+        assert line + b"\r\n" in read(head(b"/", line + b"\r\n"), trusted=True).head
+
+
 def test_trusted_proxy_keeps_the_chain():
     rh = read(head(b"/", b"X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n"
                          b"Forwarded: for=1.2.3.4\r\n"), trusted=True)
