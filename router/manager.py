@@ -13,21 +13,40 @@ state came from; when it is not, the manager reads the newer state, makes it liv
 operation again on it -- so the operation's checks (and ``If-Match``, which then answers 412)
 always judge the state it actually changes, and no replica's update is lost. The generation is
 part of the stored state, so every replica shows the same generation for the same state.
+
+**Safety before persistence.** A *safe* operation (a rollback, a ramp's abort or failed
+judgement: ``Operation.safe``) that the store cannot take -- a full disk, etcd down or emptied --
+takes effect in the data plane at once and is kept *unstored*: it has no generation yet (the
+state keeps the stored generation; ``If-Match`` is refused on this replica meanwhile), the API
+and ``router_store_pending_changes`` show it, and every second the manager tries to store it by
+running it again on the state the store holds then, as a conflict does. Other changes are
+refused (503) meanwhile. A restart before it is stored loses it (docs/etcd.md).
+
+**Data loss** (:meth:`StateManager.recover`): the store is written back from what the replicas
+hold; a replica whose state holds changes the store's state does not (it was cut off while a
+replica that was behind wrote back and took changes) keeps its state as a *conflict* in the
+store for an operator to resolve (:meth:`StateManager.resolve`) and follows the store's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
+import time
 from collections import deque
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Literal
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .config import ConfigError
-from .errors import BadRequest, Conflict, PreconditionFailed, Unavailable
+from .errors import BadRequest, Conflict, NotFound, PreconditionFailed, RouterError, Unavailable
 from .history import HISTORY_LIMIT, ROUTER, Actor, Change, describe, utc_now
-from .state import Operation, State
-from .store import Store, StoreConflict, StoreLost, StoreUnavailable
+from .state import Operation, State, keep_state, new_line
+from .store import Store, StoreConflict, StoreError, StoreLost, StoreUnavailable
 
 log = logging.getLogger("router.admin")
 
@@ -53,15 +72,44 @@ RETRY_FOR = 2.0
 _MAX_PAUSE = 0.064
 
 
+@dataclass(frozen=True, slots=True)
+class Unstored:
+    """A safe change in effect in the data plane that the store has not taken yet."""
+
+    op: Operation
+    actor: Actor
+    #: The state it was first applied to: it is stored only while the releases of the apps it
+    #: changed are still the ones it was applied to.
+    base: State
+    #: Its history entry as first applied (the generation in it is not one yet).
+    change: Change
+    #: When it took effect.
+    at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its history entry as the API shows it: no generation, ``"stored": false``."""
+        return {**self.change.to_dict(), "generation": None, "time": self.at, "stored": False}
+
+    def summary(self) -> str:
+        return f"{self.change.summary()} (in effect since {self.at})"
+
+
+# Seconds between two attempts to store the unstored changes.
+STORE_RETRY = 1.0
+
+
 class StateManager:
     """Owns the current state; serialises changes; persists, then applies, then answers.
 
-    ``version`` is the store's version of ``state`` (0: not stored yet).
+    ``state`` is the state in effect; ``stored`` the newest the store is known to hold, and
+    ``version`` its version there (0: not stored yet). They differ only while a safe change is
+    unstored.
     """
 
     def __init__(self, state: State, store: Store | None,
                  apply: Callable[[State], Any], version: int = 0) -> None:
         self.state = state
+        self.stored = state
         self.version = version
         self._store = store
         self._apply = apply
@@ -70,6 +118,15 @@ class StateManager:
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_LIMIT)
         if store is None and state.change is not None:
             self._history.append(state.change.to_dict())
+        self._pending: list[Unstored] = []
+        self._store_error = ""  # why the last attempt to store them failed
+        # Conflict records not written to the store yet: name -> record.
+        self._conflicts: dict[str, dict[str, Any]] = {}
+        self._retry: asyncio.Task[None] | None = None
+        #: Conflicts this replica found (router_store_conflicts_total).
+        self.conflicts_found = 0
+        #: This process, as conflict records name the replica that found them.
+        self.replica = f"{socket.gethostname()} pid {os.getpid()}"
 
     async def change(self, op: Operation, if_match: str | None = None,
                      etag_app: str | None = None, actor: Actor = ROUTER) -> State:
@@ -77,10 +134,15 @@ class StateManager:
         return (await self.run(op, if_match, etag_app, actor))[0]
 
     async def run(self, op: Operation, if_match: str | None = None, etag_app: str | None = None,
-                  actor: Actor = ROUTER) -> tuple[State, Change | None]:
+                  actor: Actor = ROUTER, resolves: str | None = None) -> tuple[State, Change | None]:
         """Run ``op`` as asked by ``actor``: the state after it, and the history entry it added
-        (None: it changed nothing, and the state and its generation are as they were)."""
+        (None: it changed nothing, and the state and its generation are as they were).
+        ``resolves``: the conflict record this change settles, removed with its save."""
         async with self._lock:
+            if self._pending or self._conflicts:
+                await self._store_pending()
+            if self._pending:
+                return await self._run_unstored(op, if_match, etag_app, actor)
             deadline = asyncio.get_running_loop().time() + RETRY_FOR
             lost = 0
             while True:
@@ -92,8 +154,9 @@ class StateManager:
                     self._history.appendleft(new.change.to_dict())
                     break
                 try:
+                    extra = {"resolves": resolves} if resolves is not None else {}
                     version = await self._store.save(new.to_dict(), self.version,
-                                                     new.change.to_dict())
+                                                     new.change.to_dict(), **extra)
                 except StoreConflict as e:
                     # Another replica's change: make it live here, then run op again on it.
                     await self._reload(e.current)
@@ -104,14 +167,170 @@ class StateManager:
                         await asyncio.sleep(random.uniform(0, min(_MAX_PAUSE, 0.001 * 2 ** lost)))
                     lost += 1
                     continue
+                except StoreError as e:
+                    if not op.safe or resolves is not None:
+                        raise self._unavailable(e) from None
+                    self._store_error = str(e)
+                    return await self._keep_unstored(op, actor, new)
                 except Exception as e:
                     raise self._unavailable(e) from None
                 self.version = version
                 break
-            self.state = new
+            self.state = self.stored = new
             await self._make_live(new)
             log.info("generation %d: %s", new.generation, new.change.summary())
             return new, new.change
+
+    async def _run_unstored(self, op: Operation, if_match: str | None, etag_app: str | None,
+                            actor: Actor) -> tuple[State, Change | None]:
+        """``op`` while changes are in effect that the store has not taken: a safe one joins
+        them; any other is refused (503), as the store cannot take it either."""
+        new = next_state(self.state, op, None, etag_app, actor)
+        if new is self.state:
+            return new, None
+        if if_match is not None and parse_etag(if_match) is not None:
+            # The state in effect has no generation: no ETag names it.
+            raise PreconditionFailed(
+                f"If-Match: this replica serves {self._unstored_text()} on top of generation "
+                f"{self.stored.generation}; no generation names that state until the store has "
+                "taken them", "If-Match")
+        if not op.safe:
+            raise Unavailable(f"{self._store_error or 'the routing-state store cannot be written'}; "
+                              f"changes are refused until it answers again (in effect but not "
+                              f"stored yet: {self._unstored_text()})")
+        return await self._keep_unstored(op, actor, new)
+
+    async def _keep_unstored(self, op: Operation, actor: Actor, new: State) -> tuple[State, Change]:
+        """Make ``new`` (``op`` run on the state in effect) live without storing it."""
+        assert new.change is not None
+        self._pending.append(Unstored(op, actor, self.state, new.change, utc_now()))
+        live = self._in_effect(new)
+        self.state = live
+        await self._make_live(live)
+        log.warning("%s: in effect, NOT STORED (%s); stored as soon as the store answers; lost if "
+                    "this process stops before", new.change.summary(), self._store_error)
+        self._schedule_retry()
+        return live, new.change
+
+    def _in_effect(self, state: State) -> State:
+        """``state`` (the stored state with the unstored changes run on it) as it is served:
+        under the stored generation and ETags, which are the last that name a state."""
+        if not self._pending:
+            return state
+        return replace(state, generation=self.stored.generation,
+                       app_generations=self.stored.app_generations)
+
+    def _unstored_text(self) -> str:
+        n = len(self._pending)
+        return (f"{n} change{'s' if n > 1 else ''} not stored yet ("
+                + "; ".join(p.summary() for p in self._pending) + ")")
+
+    def unstored(self, app: str | None = None) -> list[dict[str, Any]]:
+        """The changes in effect that the store has not taken (of ``app``), oldest first."""
+        return [p.to_dict() for p in self._pending if app is None or app in p.change.apps]
+
+    def unstored_rollback(self, app: str) -> dict[str, Any] | None:
+        """The release of ``app`` that an unstored change closed (a rollback: only safe changes
+        wait for the store), as the API shows it until it is stored: ``rolled_back``,
+        ``"stored": false``, its ramp too, with the change."""
+        release = self.stored.releases.get(app)
+        if release is None or app in self.state.releases:
+            return None
+        unstored = self.unstored(app)
+        if not unstored:
+            return None
+        shown = {**release.to_dict(), "status": "rolled_back", "stored": False,
+                 "unstored": unstored}
+        if release.ramp is not None:
+            shown["ramp"] = {**release.ramp.to_dict(), "status": "rolled_back",
+                             "reason": unstored[-1].get("reason") or release.ramp.reason}
+        return shown
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None or self._retry.done():
+            self._retry = asyncio.get_running_loop().create_task(self._retry_loop())
+
+    async def _retry_loop(self) -> None:
+        while self._pending or self._conflicts:
+            await asyncio.sleep(STORE_RETRY)
+            try:
+                async with self._lock:
+                    await self._store_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("storing the changes not stored yet failed")
+
+    async def _store_pending(self) -> None:
+        """Store what waits for the store, oldest first, each run again on the state the store
+        holds (a conflict brings it); then serve the stored state with what is left on it."""
+        assert self._store is not None
+        for name, record in list(self._conflicts.items()):
+            try:
+                await self._store.keep_conflict(name, record["record"], record["entry"])
+            except StoreError as e:
+                self._store_error = str(e)
+                break
+            del self._conflicts[name]
+        while self._pending:
+            p = self._pending[0]
+            try:
+                new = _rerun(p, self.stored)
+            except RouterError as e:
+                self._pending.pop(0)
+                _dropped(p, e)
+                continue
+            if new is None:
+                self._pending.pop(0)
+                log.info("%s: already in the stored state (%s)", p.summary(), self.stored.name)
+                continue
+            assert new.change is not None
+            try:
+                version = await self._store.save(new.to_dict(), self.version, new.change.to_dict())
+            except StoreConflict as e:
+                await self._reload(e.current, live=False)
+                continue
+            except (StoreError, Unavailable) as e:
+                self._store_error = str(e)
+                break
+            self.stored, self.version = new, version
+            self._pending.pop(0)
+            log.warning("generation %d: %s; stored", new.generation, new.change.summary())
+        await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Serve the stored state with the unstored changes run on it (a change that no longer
+        applies is dropped, and said so)."""
+        state, kept = self.stored, []
+        for p in self._pending:
+            try:
+                new = _rerun(p, state)
+            except RouterError as e:
+                _dropped(p, e)
+                continue
+            if new is None:
+                log.info("%s: already in the stored state (%s)", p.summary(), self.stored.name)
+                continue
+            kept.append(p)
+            state = new
+        self._pending = kept
+        live = self._in_effect(state)
+        if live != self.state:
+            self.state = live
+            await self._make_live(live)
+
+    def close(self) -> None:
+        """The process stops: what the store has not taken is lost; say so."""
+        if self._retry is not None:
+            self._retry.cancel()
+        if self._pending:
+            log.error("stopping with %s: they are LOST; the store holds %s without them (a ramp "
+                      "that judged its version failing judges it again and rolls it back again; "
+                      "an operator's rollback or abort must be made again)", self._unstored_text(),
+                      self.stored.name)
+        for name in self._conflicts:
+            log.error("stopping before conflict %s was written to %s: its state is LOST",
+                      name, self.store_name)
 
     def preview(self, op: Operation, if_match: str | None = None,
                 etag_app: str | None = None) -> State:
@@ -121,7 +340,8 @@ class StateManager:
 
     async def history(self, app: str | None = None,
                       limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
-        """The newest ``limit`` history entries, newest first; only those of ``app`` if given."""
+        """The newest ``limit`` history entries, newest first; only those of ``app`` if given.
+        Changes in effect but not stored come first, without a generation."""
         if self._store is None:
             entries = list(self._history)
         else:
@@ -129,6 +349,7 @@ class StateManager:
                 entries = await self._store.history()
             except Exception as e:
                 raise self._unavailable(e) from None
+        entries = [p.to_dict() for p in reversed(self._pending)] + entries
         if app is not None:
             entries = [e for e in entries if app in e.get("apps", ())]
         return entries[:limit]
@@ -146,23 +367,142 @@ class StateManager:
             await self._switch(state, version)
             return True
 
-    async def reseeded(self, data: dict[str, Any], version: int) -> None:
-        """The store lost its data and was written back: ``data`` at ``version`` is what it
-        holds now -- this replica's state, or a newer one another replica offered."""
+    # -- data loss ----------------------------------------------------------------------------
+    async def recover(self, secret: bytes | None) -> None:
+        """The store lost its data (``StoreLost``): offer the stored state this replica holds
+        (written back unless the store holds one that has every change of it), then follow
+        what the store holds once every replica had the time to offer. If that lacks changes of
+        ours, ours is kept in the store as a conflict (docs/etcd.md)."""
+        store = self._store
+        assert store is not None
+        mine = self.stored
+        cause = getattr(store, "lost", None) or "the store lost its data"
+
+        def write_over(held: dict[str, Any]) -> bool:
+            try:
+                theirs = State.from_dict(held, store.name)
+            except ConfigError as e:
+                log.error("%s: the state it holds is not valid (%s); writing ours over it",
+                          store.name, e)
+                return True
+            if theirs.holds(mine):
+                return False
+            return mine.holds(theirs) or theirs.bare_seed
+
+        offer = replace(mine, written_back=utc_now())
+        data, version = await store.reseed(offer.to_dict(), secret, write_over)
         async with self._lock:
             try:
-                state = State.from_dict(data, self.store_name)
+                theirs = State.from_dict(data, store.name)
             except ConfigError as e:
                 log.error("the re-seeded state at version %d is not valid: %s", version, e)
                 self.version = version
                 return
-            if state != self.state and state.generation >= self.state.generation:
-                await self._switch(state, version)
-            else:
-                self.version = version
+            mine = self.stored
+            if not theirs.holds(mine) and not mine.bare_seed:
+                self._found_conflict(mine, theirs, cause)
+            await self._switch(theirs, version)
+            if self._pending or self._conflicts:
+                await self._store_pending()
 
-    async def _reload(self, current: tuple[dict[str, Any] | None, int] | None = None) -> None:
-        """Make the store's state (``current`` if the conflict brought it) live here."""
+    def _found_conflict(self, mine: State, theirs: State, cause: str) -> None:
+        name = f"{mine.generation}-{mine.line}"
+        self.conflicts_found += 1
+        record = {"name": name, "state": mine.to_dict(), "found_at": utc_now(),
+                  "found_by": self.replica, "cause": cause,
+                  "store": {"generation": theirs.generation, "line": theirs.line}}
+        entry = None
+        if mine.change is not None and mine.change.generation == mine.generation:
+            entry = {**mine.change.to_dict(), "conflict": name}
+        self._conflicts[name] = {"record": record, "entry": entry}
+        what = mine.change.summary() if mine.change is not None else "-"
+        log.error("CONFLICT after %s lost its data (%s): this replica holds %s (last change: %s), "
+                  "whose changes %s does not have: it holds %s, made since by a replica that was "
+                  "behind. This replica now serves the store's state and keeps its own as conflict "
+                  "%s: `routerctl conflicts` shows it, `routerctl conflicts resolve %s --keep "
+                  "conflict` (or `--keep store`) chooses", self.store_name, cause, mine.name, what,
+                  self.store_name, theirs.name, name, name)
+        self._schedule_retry()
+
+    async def _conflict_records(self) -> dict[str, tuple[dict[str, Any], bool]]:
+        """name -> (record, whether the store has it)."""
+        records: dict[str, tuple[dict[str, Any], bool]] = {}
+        if self._store is not None and self._store.shared:
+            async with self._lock:
+                if self._conflicts:
+                    await self._store_pending()
+            try:
+                for record in await self._store.conflicts():
+                    records[record["name"]] = (record, True)
+            except StoreError as e:
+                raise self._unavailable(e) from None
+        for name, held in self._conflicts.items():
+            records.setdefault(name, (held["record"], False))
+        return records
+
+    async def conflicts(self) -> list[dict[str, Any]]:
+        """The conflict records, each with what keeping it would change."""
+        out = []
+        for name, (record, stored) in sorted((await self._conflict_records()).items()):
+            shown = {k: record.get(k) for k in ("name", "found_at", "found_by", "cause", "store")}
+            shown["stored"] = stored
+            try:
+                kept = State.from_dict(record.get("state"), f"conflict {name}")
+            except ConfigError as e:
+                out.append({**shown, "error": str(e)})
+                continue
+            touched, differs = describe(self.state.apps, self.state.releases, kept.apps,
+                                        kept.releases)
+            if len(touched) == 1:  # describe names the apps only when there are several
+                differs = tuple(f"{touched[0]}: {line}" for line in differs)
+            out.append({**shown, "generation": kept.generation, "line": kept.line,
+                        "change": kept.change.to_dict() if kept.change is not None else None,
+                        "keeping_it_changes": list(differs)})
+        return out
+
+    async def resolve(self, name: str, keep: Literal["conflict", "store"],
+                      if_match: str | None = None,
+                      actor: Actor = ROUTER) -> tuple[State, Change | None]:
+        """Settle conflict ``name``: ``keep="conflict"`` makes its state the current one (one
+        change, ``keep_conflict``, that removes the record in the same step); ``keep="store"``
+        removes the record and changes nothing."""
+        records = await self._conflict_records()
+        if name not in records:
+            raise NotFound(f"no conflict {name!r}", "conflict")
+        record, stored = records[name]
+        if keep == "conflict":
+            try:
+                kept = State.from_dict(record.get("state"), f"conflict {name}")
+            except ConfigError as e:
+                raise Conflict(f"conflict {name}: its state is not valid: {e}", "conflict") from None
+            op = replace(keep_state(kept), reason=(
+                f"kept {kept.name}, held by {record.get('found_by')} when "
+                f"{record.get('cause')}, in place of {self.state.name}"))
+            state, change = await self.run(op, if_match, None, actor,
+                                           resolves=name if stored else None)
+            if change is not None:
+                self._conflicts.pop(name, None)
+                log.warning("conflict %s resolved by %s: its state kept, as generation %d", name,
+                            actor.client, state.generation)
+                return state, change
+            # Its state is the current one already: only the record goes.
+        async with self._lock:
+            self._conflicts.pop(name, None)
+            if stored:
+                assert self._store is not None
+                try:
+                    await self._store.drop_conflict(name)
+                except StoreError as e:
+                    raise self._unavailable(e) from None
+        log.warning("conflict %s resolved by %s: the store's state kept (%s); the conflict's "
+                    "state is dropped", name, actor.client, self.state.name)
+        return self.state, None
+
+    # -- following the store ------------------------------------------------------------------
+    async def _reload(self, current: tuple[dict[str, Any] | None, int] | None = None,
+                      live: bool = True) -> None:
+        """Take the store's state (``current`` if the conflict brought it); make it live unless
+        ``live`` is False."""
         assert self._store is not None
         if current is not None:
             data, version = current
@@ -181,11 +521,18 @@ class StateManager:
             state = State.from_dict(data, self.store_name)
         except ConfigError as e:
             raise Unavailable(f"the state in {self.store_name} is not valid: {e}") from None
-        await self._switch(state, version)
+        if live:
+            await self._switch(state, version)
+        else:
+            self.stored, self.version = state, version
 
     async def _switch(self, state: State, version: int) -> None:
-        self.state, self.version = state, version
-        await self._make_live(state)
+        self.stored, self.version = state, version
+        if self._pending:
+            await self._refresh()  # the unstored changes stay in effect on top of it
+        else:
+            self.state = state
+            await self._make_live(state)
         what = state.change.summary() if state.change is not None else "-"
         log.info("generation %d from %s (version %d): %s", state.generation, self.store_name,
                  version, what)
@@ -210,6 +557,31 @@ class StateManager:
                            f"{self.state.generation})")
 
 
+def _release_of(state: State, app: str) -> tuple[str, str] | None:
+    release = state.releases.get(app)
+    return (release.new, release.started_at) if release is not None else None
+
+
+def _rerun(p: Unstored, state: State) -> State | None:
+    """``p`` run again on ``state``: the state it makes (with a reason saying since when it is
+    in effect), None if it changes nothing there; a RouterError if it no longer applies --
+    among others when a release it changed is not the one it was applied to."""
+    for app in p.change.apps:
+        if _release_of(p.base, app) != _release_of(state, app):
+            raise Conflict(f"the release of {app} changed meanwhile", "release")
+    new = next_state(state, p.op.rerun or p.op, None, None, p.actor)
+    if new is state:
+        return None
+    assert new.change is not None
+    since = f"in effect since {p.at}, while the store could not be written"
+    reason = f"{new.change.reason}; {since}" if new.change.reason else since
+    return replace(new, change=replace(new.change, reason=reason))
+
+
+def _dropped(p: Unstored, e: RouterError) -> None:
+    log.error("%s: not stored and no longer in effect: %s", p.summary(), e.message)
+
+
 def next_state(cur: State, op: Operation, if_match: str | None, etag_app: str | None,
                 actor: Actor) -> State:
     """The state ``op`` makes of ``cur`` (``cur`` itself if it changes nothing); a RouterError
@@ -229,11 +601,52 @@ def next_state(cur: State, op: Operation, if_match: str | None, etag_app: str | 
                     f"stale If-Match: {want} is not the current generation {have}", "If-Match")
     if apps == cur.apps and releases == cur.releases and discovered == cur.discovered:
         return cur
-    gen = cur.generation + 1
+    if cur.written_back is not None:
+        # The first change to a state written back after a data loss starts a new line, at a
+        # generation no state of another line can have (docs/etcd.md, "Lines").
+        gen = max(cur.generation + 1, line_start())
+        line, forks = new_line(), (*cur.forks, (cur.line, cur.generation))
+    else:
+        gen, line, forks = cur.generation + 1, cur.line, cur.forks
     touched, changes = describe(cur.apps, cur.releases, apps, releases)
     names = {a.name for a in apps}
     app_gens = {n: g for n, g in cur.app_generations.items() if n in names}
     app_gens.update((n, gen) for n in touched if n in names)
     change = Change(gen, utc_now(), actor.client, actor.token, op.name, touched, changes,
                     op.reason)
-    return State(gen, apps, dict(releases), app_gens, change, dict(discovered))
+    return State(gen, apps, dict(releases), app_gens, change, dict(discovered), line, forks)
+
+
+def line_start() -> int:
+    """Where a new line's generations start: the Unix time in milliseconds. A line starts with
+    the first change after a data loss, and changes wait 3 s after one (etcd's RESEED_HOLD): a
+    line would need more than a change a millisecond to reach the next one's start, so no two
+    states share a generation (docs/etcd.md, "Lines")."""
+    return int(time.time() * 1000)
+
+
+class StateCollector:
+    """The routing state's own series: unstored changes, conflicts found, a stale secret."""
+
+    def __init__(self, manager: StateManager, store: Store) -> None:
+        self._manager = manager
+        self._store = store
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        pending = GaugeMetricFamily(
+            "router_store_pending_changes", "Changes in effect in the data plane that the store "
+            "has not taken yet (a rollback or abort made while it could not be written)")
+        pending.add_metric([], len(self._manager.unstored()))
+        conflicts = CounterMetricFamily(
+            "router_store_conflicts", "States with changes the store no longer had, found by "
+            "this replica after the store lost its data and kept as conflicts to resolve")
+        conflicts.add_metric([], self._manager.conflicts_found)
+        stale = GaugeMetricFamily(
+            "router_sticky_secret_stale", "1 if this replica signs and checks cookies with another "
+            "secret than the one in the shared store (it started while the store was empty): "
+            "restart it")
+        stale.add_metric([], 1 if self._store.secret_stale else 0)
+        yield from (pending, conflicts, stale)

@@ -340,9 +340,12 @@ class Leadership:
             self._asked = now
             try:
                 held = await self._campaign()
-            except Exception as e:  # the store is unreachable: nobody can change the state
+            except Exception as e:
+                # The store is unreachable: nobody can take the lease meanwhile, and a replica
+                # that held it goes on judging, so that a failing version is still rolled back
+                # (in effect at once, stored later: router.manager, "safety before persistence").
                 log.debug("ramp driver lease: %s", e)
-                held = False
+                held = self.held
             if held != self.held:
                 log.info("this replica %s the ramps", "drives" if held else "no longer drives")
             self.held = held
@@ -438,7 +441,9 @@ class RampDriver:
         """The ramp of ``app`` as the API shows it: the stored ramp, whether this replica drives
         it, the window being judged so far and the last judgement."""
         release = self._manager.state.releases.get(app)
-        if release is None or release.ramp is None:
+        if release is None:
+            return self._unstored_rollback(app)
+        if release.ramp is None:
             return None
         window = None
         if self.leadership.held:
@@ -447,9 +452,25 @@ class RampDriver:
                 window = live.to_dict()
                 del window["decision"], window["reason"]
         last = self.last.get(app)
-        return {"app": app, "new": release.new, "old": list(release.old),
-                "ramp": release.ramp.to_dict(), "driving": self.leadership.held,
-                "window": window, "last": last.to_dict() if last is not None else None}
+        out = {"app": app, "new": release.new, "old": list(release.old),
+               "ramp": release.ramp.to_dict(), "driving": self.leadership.held,
+               "window": window, "last": last.to_dict() if last is not None else None}
+        unstored = self._manager.unstored(app)
+        if unstored:
+            out.update(stored=False, unstored=unstored)
+        return out
+
+    def _unstored_rollback(self, app: str) -> dict[str, object] | None:
+        """A ramp whose release a rollback closed that the store has not taken yet: shown as
+        ``rolled_back`` with ``"stored": false`` until it is stored."""
+        release = self._manager.unstored_rollback(app)
+        if release is None or release["ramp"] is None:
+            return None
+        last = self.last.get(app)
+        return {"app": app, "new": release["new"], "old": release["old"], "ramp": release["ramp"],
+                "driving": self.leadership.held, "window": None,
+                "last": last.to_dict() if last is not None else None,
+                "stored": False, "unstored": release["unstored"]}
 
 
 class RampCollector:

@@ -42,7 +42,7 @@ from .pins import SAMPLE_INTERVAL, PinWatch
 from .ramp import RampCollector, RampDriver, driver_for
 from .providers.docker import DockerProvider
 from .release import Status
-from .manager import StateManager
+from .manager import StateCollector, StateManager
 from .state import State, apply_apps, mark_ready
 from .sticky import load_or_create_secret
 from .store import Store, StoreConflict, StoreLost, StoreUnavailable, open_store
@@ -187,6 +187,7 @@ class Server:
         store = self.store
         if store is not None:
             self.registry.register(StoreCollector(lambda: store.up))
+            self.registry.register(StateCollector(self.manager, store))
         listen(self._listen, BACKLOG, "data plane")
         listen(admin_socks, BACKLOG, "admin API")
         if self.nworkers == 1:
@@ -271,8 +272,7 @@ class Server:
             except asyncio.CancelledError:
                 raise
             except StoreLost:
-                data, version = await store.reseed(manager.state.to_dict(), secret)
-                await manager.reseeded(data, version)
+                await manager.recover(secret)
             except Exception:
                 log.exception("following %s failed; starting again", store.name)
                 await asyncio.sleep(1)
@@ -373,6 +373,8 @@ class Server:
         if self._pins_task is not None:
             self._pins_task.cancel()
         self._stop_ramps()
+        if self._manager is not None:
+            self._manager.close()
         if self.health is not None:
             self.health.stop()
         if self._admin_runner is not None:

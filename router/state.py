@@ -12,6 +12,7 @@ Where the state comes from at start, and why a reload never changes it: ``docs/s
 from __future__ import annotations
 
 import functools
+import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, ParamSpec
 
@@ -49,6 +50,15 @@ class Discovered:
     services: tuple[str, ...]
 
 
+# The line of states stored before states had lines: they were all on one.
+LEGACY_LINE = "0"
+
+
+def new_line() -> str:
+    """A line's name: random, so that two replicas never start the same one."""
+    return secrets.token_hex(4)
+
+
 @dataclass(frozen=True)
 class State:
     generation: int
@@ -61,13 +71,41 @@ class State:
     change: Change | None = None
     # Apps that discovery made, by name; only discovery's own operations change it.
     discovered: Mapping[str, Discovered] = field(default_factory=dict)
+    # Where this state sits among every state a store ever held (docs/etcd.md, "Lines"): the
+    # line of consecutive generations it is on, and the lines it came from, each with the last
+    # generation taken from it. (line, generation) names one state.
+    line: str = LEGACY_LINE
+    forks: tuple[tuple[str, int], ...] = ()
+    # When this state was written back to a store that had lost its data (None: it was not):
+    # the next change starts a new line.
+    written_back: str | None = None
 
     @classmethod
     def initial(cls, apps: tuple[AppConfig, ...]) -> "State":
         """Generation 1: the configuration file's apps, which seed an empty store."""
         touched, changes = describe((), {}, apps, {})
         return cls(1, apps, {}, {a.name: 1 for a in apps},
-                   Change(1, utc_now(), ROUTER.client, None, "seed", touched, changes))
+                   Change(1, utc_now(), ROUTER.client, None, "seed", touched, changes),
+                   line=new_line())
+
+    @property
+    def name(self) -> str:
+        """``generation 12 (line 5f0c1a2b)``: one state, in messages."""
+        return f"generation {self.generation} (line {self.line})"
+
+    def holds(self, other: "State") -> bool:
+        """Whether ``other`` is this state or one it was made from: every change of ``other``
+        is in this one. Lines are linear (one store history each), so ``other`` is an ancestor
+        exactly when it sits on a line this state came through, at or before where it left."""
+        return any(other.line == line and other.generation <= last
+                   for line, last in (*self.forks, (self.line, self.generation)))
+
+    @property
+    def bare_seed(self) -> bool:
+        """A store seeded from a configuration file and never changed: it holds no change an
+        operator made."""
+        return (self.generation == 1 and not self.forks and self.change is not None
+                and self.change.operation == "seed")
 
     def app(self, name: str) -> AppConfig:
         for a in self.apps:
@@ -96,6 +134,11 @@ class State:
         if self.discovered:
             data["discovered"] = {name: {"project": d.project, "services": list(d.services)}
                                   for name, d in self.discovered.items()}
+        data["line"] = self.line
+        if self.forks:
+            data["forks"] = [[line, last] for line, last in self.forks]
+        if self.written_back is not None:
+            data["written_back"] = self.written_back
         return data
 
     @classmethod
@@ -127,7 +170,20 @@ class State:
                 raise ConfigError(f"discovered.{name}", "must be {project: str, services: [str]}",
                                   d, source)
             discovered[name] = Discovered(d["project"], tuple(d["services"]))
-        return cls(data["generation"], apps, releases, gens, change, discovered)
+        line = data.get("line", LEGACY_LINE)
+        if not isinstance(line, str) or not line:
+            raise ConfigError("line", "must be a non-empty string", line, source)
+        forks = data.get("forks") or []
+        if (not isinstance(forks, list)
+                or not all(isinstance(f, list) and len(f) == 2 and isinstance(f[0], str)
+                           and isinstance(f[1], int) and not isinstance(f[1], bool)
+                           for f in forks)):
+            raise ConfigError("forks", "must be a list of [line, generation]", forks, source)
+        written_back = data.get("written_back")
+        if written_back is not None and not isinstance(written_back, str):
+            raise ConfigError("written_back", "must be a timestamp or null", written_back, source)
+        return cls(data["generation"], apps, releases, gens, change, discovered, line,
+                   tuple((f[0], f[1]) for f in forks), written_back)
 
 
 def health_check_to_dict(hc: HealthCheckConfig | None) -> dict[str, Any] | None:
@@ -201,23 +257,31 @@ P = ParamSpec("P")
 @dataclass(frozen=True, slots=True)
 class Operation:
     """A step with the name the history and the log show for it, and why it is made when the
-    router decides it itself (a ramp's judgement): the history entry's ``reason``."""
+    router decides it itself (a ramp's judgement): the history entry's ``reason``.
+
+    ``safe``: it takes traffic away from a new version (a rollback, a ramp's abort). Safety
+    before persistence: when the store cannot be written, such a change takes effect in the
+    data plane at once and is stored once the store answers (``router.manager``), by running
+    ``rerun`` (the operation itself when None) on the state the store holds then.
+    """
 
     name: str
     step: Step
     reason: str | None = None
+    safe: bool = False
+    rerun: "Operation | None" = None
 
     def __call__(self, state: State) -> "Outcome | DiscoveryOutcome":
         return self.step(state)
 
 
-def operation(name: str) -> Callable[[Callable[P, Step]], Callable[P, Operation]]:
+def operation(name: str, safe: bool = False) -> Callable[[Callable[P, Step]], Callable[P, Operation]]:
     """Names what an operation factory makes: ``@operation("set_weights")`` above a function
     that returns a step is all a new operation needs to show in the history under its name."""
     def named(factory: Callable[P, Step]) -> Callable[P, Operation]:
         @functools.wraps(factory)
         def make(*args: P.args, **kwargs: P.kwargs) -> Operation:
-            return Operation(name, factory(*args, **kwargs))
+            return Operation(name, factory(*args, **kwargs), safe=safe)
         return make
     return named
 
@@ -439,7 +503,7 @@ def confirm(name: str, force: bool) -> Step:
     return op
 
 
-@operation("rollback_release")
+@operation("rollback_release", safe=True)
 def rollback(name: str) -> Step:
     """Delete the new service and give the old ones their weights back."""
     def op(state: State) -> Outcome:
@@ -540,7 +604,7 @@ def ramp_move(name: str, action: RampAction) -> Operation:
 
     def op(state: State) -> Outcome:
         return _ramp_move(state, name, action)
-    return Operation(_MOVES[action], op)
+    return Operation(_MOVES[action], op, safe=action is RampAction.ABORT)
 
 
 def ramp_decision(name: str, new: str, step: int, action: RampAction, reason: str) -> Operation:
@@ -551,7 +615,20 @@ def ramp_decision(name: str, new: str, step: int, action: RampAction, reason: st
 
     def op(state: State) -> Outcome:
         return _ramp_move(state, name, action, new=new, step=step, reason=reason)
-    return Operation(_DECISIONS[action], op, reason)
+    if action is not RampAction.FAIL:
+        return Operation(_DECISIONS[action], op, reason)
+
+    # A rollback already in effect while the store could not be written is stored as the
+    # release's rollback, whatever the ramp did meanwhile on another replica (moved on, paused):
+    # a version judged failing is not given its traffic back for the sake of the step guard.
+    def rolled_back(state: State) -> Outcome:
+        release = _open_release(state, name)
+        if release.new != new:
+            raise Conflict(f"the release of {name!r} changed: it is now {release.new}", "release")
+        _release_step(release, Action.ROLLBACK)
+        return _rolled_back(state, name, release)
+    rerun = Operation(_DECISIONS[action], rolled_back, reason, safe=True)
+    return Operation(_DECISIONS[action], op, reason, safe=True, rerun=rerun)
 
 
 @operation("release_ready")
@@ -624,4 +701,13 @@ def apply_apps(apps: tuple[AppConfig, ...], force: bool = False,
             raise Conflict("apply " + "; ".join(refused) + "; apply with force to do it anyway",
                            "force")
         return new_apps, releases
+    return op
+
+
+@operation("keep_conflict")
+def keep_state(kept: State) -> Step:
+    """``kept`` (a state a replica held that the store no longer has, docs/etcd.md) becomes the
+    state's apps, releases and discovered apps, in one change on top of the current state."""
+    def op(state: State) -> DiscoveryOutcome:
+        return kept.apps, kept.releases, kept.discovered
     return op

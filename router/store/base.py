@@ -13,7 +13,7 @@ version: versions are the store's business and need not be consecutive.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 __all__ = ["Store", "StoreConflict", "StoreError", "StoreLost", "StoreUnavailable"]
 
@@ -56,6 +56,9 @@ class Store(ABC):
     shared: bool = False
     #: Whether the store answered its last request (the ``router_store_up`` gauge).
     up: bool = True
+    #: The sticky secret this process took from the store was replaced there since (by a
+    #: write-back after a data loss): this process signs with another one than the others.
+    secret_stale: bool = False
 
     @abstractmethod
     async def load(self) -> tuple[Document | None, int]:
@@ -63,11 +66,12 @@ class Store(ABC):
 
     @abstractmethod
     async def save(self, data: Document, expected_version: int,
-                   entry: Document | None = None) -> int:
+                   entry: Document | None = None, resolves: str | None = None) -> int:
         """Replace the document if its version is still ``expected_version``; the new version.
 
         ``entry`` is the history entry of the change (``router.history``), added to the
         history in the same step; the history keeps the newest ``HISTORY_LIMIT`` entries.
+        ``resolves``: a conflict record (:meth:`keep_conflict`) removed in the same step.
         :class:`StoreConflict` if the version moved (nothing is written), :class:`StoreUnavailable`
         if the store cannot be reached (with etcd, the outcome of a save cut short is unknown:
         the change shows up through :meth:`watch` if it was applied).
@@ -86,11 +90,29 @@ class Store(ABC):
         return
         yield  # an async generator that yields nothing
 
-    async def reseed(self, data: Document, secret: bytes | None) -> tuple[Document, int]:
-        """After :class:`StoreLost`: offer ``data`` (the newest state this process holds) and
-        the sticky ``secret`` (None: this process does not take it from the store), and return the state the store holds once every process sharing
-        it had the time to offer theirs (the highest generation), with its version."""
+    async def reseed(self, data: Document, secret: bytes | None,
+                     write_over: Callable[[Document], bool]) -> tuple[Document, int]:
+        """After :class:`StoreLost`: offer ``data`` (the state this process holds) and the
+        sticky ``secret`` (None: this process does not take it from the store) -- written when
+        the store holds no state, or one ``write_over`` says ours should replace -- and return
+        the state the store holds once every process sharing it had the time to offer theirs,
+        with its version."""
         raise NotImplementedError(f"{type(self).__name__} cannot lose its data behind our back")
+
+    async def conflicts(self) -> list[Document]:
+        """The conflict records kept (:meth:`keep_conflict`); a store that cannot lose its data
+        behind our back has none."""
+        return []
+
+    async def keep_conflict(self, name: str, record: Document, entry: Document | None) -> None:
+        """Keep ``record`` (a state a process held that the store lost) under ``name`` unless
+        a record of that name is there, and ``entry`` in the history unless its generation has
+        one."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no conflicts")
+
+    async def drop_conflict(self, name: str) -> None:
+        """Remove the conflict record ``name`` (none: nothing to do)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no conflicts")
 
     @abstractmethod
     async def secret(self) -> bytes:

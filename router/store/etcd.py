@@ -11,6 +11,9 @@ Layout under the prefix (``/router`` unless the URL names another)::
                       who holds a role among the replicas (``lead``: the replica that drives
                       the guarded ramps), attached to that replica's lease: it disappears
                       when the replica stops or stops refreshing it
+    <prefix>/conflicts/<generation>-<line>
+                      a state a replica held after a data loss that the re-seeded store did not
+                      have (router.manager: ``recover``), until an operator resolves it
 
 The whole state is one key, so one compare covers it: a save is the transaction
 ``if mod_revision(state) == <the revision this state was built on> then put``. Two replicas
@@ -29,9 +32,10 @@ ID that changes, or a revision lower than one already seen, means the data is go
 state key vanishing, or being created anew, under a running replica. The store then says so
 (``router_store_up`` 0, a log line naming the cause), refuses changes (:class:`StoreLost`), and
 the replicas write back what they hold (:meth:`EtcdStore.reseed`): each offers its state and the
-sticky secret, the highest generation wins, and after ``RESEED_HOLD`` (every replica has noticed
-and offered by then) all of them serve that state and accept changes again, generations
-continuing from it. docs/etcd.md walks through it.
+sticky secret, a state that has every change of the one there replaces it, and after
+``RESEED_HOLD`` (every replica has noticed and offered by then) all of them serve what etcd
+holds and accept changes again; a replica whose state has changes that one lacks keeps it as a
+conflict record. docs/etcd.md walks through it.
 
 The client is ``aetcd`` (asyncio over gRPC); see the README for why. Its calls fail fast while
 etcd is down (the gRPC channel is in TRANSIENT_FAILURE), and the channel's reconnect backoff is
@@ -47,7 +51,7 @@ import binascii
 import json
 import logging
 import os
-from typing import Any, AsyncGenerator, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 # gRPC's fork handlers are for children that go on using gRPC; ours (--workers) exec a fresh
@@ -124,6 +128,8 @@ class EtcdStore(Store):
         self._key = self._prefix + b"state"
         self._secret_key = self._prefix + b"secret"
         self._history_prefix = self._prefix + b"history/"
+        self._conflict_prefix = self._prefix + b"conflicts/"
+        self._secret: bytes | None = None  # the sticky secret this process took from etcd
         self._client = aetcd.Client(shown, port, timeout=timeout, options=_CHANNEL_OPTIONS)
         self._closed = asyncio.Event()
         # What has been seen of this etcd: a data loss shows as one of them going back.
@@ -230,7 +236,7 @@ class EtcdStore(Store):
         return None, 0, revision
 
     async def save(self, data: dict[str, Any], expected_version: int,
-                   entry: dict[str, Any] | None = None) -> int:
+                   entry: dict[str, Any] | None = None, resolves: str | None = None) -> int:
         if self.lost is not None:
             raise self._refused()
         payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
@@ -242,6 +248,8 @@ class EtcdStore(Store):
             generation = int(entry["generation"])
             writes += [tx.put(self._history_key(generation), json.dumps(entry).encode()),
                        tx.delete(self._history_key(generation - HISTORY_LIMIT))]
+        if resolves is not None:
+            writes.append(tx.delete(self._conflict_prefix + resolves.encode()))
         try:
             # mod_revision of a key that does not exist is 0: expected_version 0 creates. On a
             # conflict the same transaction reads the newer state: one round trip, not two, before
@@ -315,13 +323,26 @@ class EtcdStore(Store):
         if ok:
             self._seen(responses[0].response_put.header, floor)
             log.info("%s: created the sticky secret", self.name)
+            self._secret = fresh
             return fresh
         self._seen(responses[0][0][1].header, floor)
         value = bytes(responses[0][0][0]).strip()
         if len(value) < 16:
             raise StoreError(f"{self.name}: {self._secret_key.decode()}: the sticky secret is "
                              "shorter than 16 bytes")
+        self._secret = value
         return value
+
+    def _secret_written(self, value: bytes) -> None:
+        """The watch saw the secret key written: another replica wrote its secret back after a
+        data loss. A process that created the one it uses while etcd was empty now differs."""
+        if self._secret is None or bytes(value).strip() == self._secret or self.secret_stale:
+            return
+        self.secret_stale = True
+        log.error("%s: the sticky secret was replaced (written back by another replica after "
+                  "etcd lost its data): this replica keeps the one it took when it started, so "
+                  "cookies it issues are not honoured by the other replicas and theirs not here "
+                  "(router_sticky_secret_stale 1); restart it to take the shared one", self.name)
 
     async def lead(self, role: str, holder: str, ttl: float) -> bool:
         key = self._prefix + b"lead/" + role.encode()
@@ -424,6 +445,11 @@ class EtcdStore(Store):
                 async for event in watch:
                     kv = event.kv
                     resume = kv.mod_revision + 1
+                    if (kv.key == self._secret_key and event.kind != EventKind.DELETE
+                            and kv.version > 1):
+                        # Written over (a created one is version 1: in an etcd that lost its
+                        # data, the secret a replica started meanwhile made).
+                        self._secret_written(kv.value)
                     if kv.key != self._key:
                         continue
                     if event.kind == EventKind.DELETE:
@@ -452,31 +478,34 @@ class EtcdStore(Store):
                 self._watching = None
                 await _cancel_quietly(watch)
 
-    async def reseed(self, data: dict[str, Any],
-                     secret: bytes | None) -> tuple[dict[str, Any], int]:
+    async def reseed(self, data: dict[str, Any], secret: bytes | None,
+                     write_over: Callable[[dict[str, Any]], bool]) -> tuple[dict[str, Any], int]:
         """Write back ``data`` (and ``secret``, the sticky secret this replica got from etcd;
-        None: it uses its own file) unless etcd holds a state of the same or a higher
-        generation; then, RESEED_HOLD after the loss was noticed, the state etcd holds (the
-        newest any replica offered) and its version. Retries while etcd is unreachable."""
+        None: it uses its own file) when etcd holds no state, one that is not valid, or one
+        ``write_over`` says ours replaces; then, RESEED_HOLD after the loss was noticed, the
+        state etcd holds and its version. Retries while etcd is unreachable."""
         generation = data.get("generation", 0)
         payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
         tx = self._client.transactions
         puts = [tx.put(self._key, payload)]
         if secret is not None:
             puts.append(tx.put(self._secret_key, secret))
+        if isinstance(data.get("change"), dict) and data["change"].get("generation") == generation:
+            # The entry of the change that made it: the history starts again from there.
+            puts.append(tx.put(self._history_key(generation), json.dumps(data["change"]).encode()))
         while True:
             got = await self._read_state()
             kv = next((kv for kv in got if kv.key == self._key), None)
-            held = None
             if kv is not None:
                 try:
-                    held = self._decode(kv.value, kv.mod_revision).get("generation")
+                    held = self._decode(kv.value, kv.mod_revision)
                 except StoreError as e:
                     log.error("%s: %s; writing ours over it", self.name, e)
-            if isinstance(held, int) and held >= generation:
-                log.info("%s: holds generation %d; ours (%d) is not newer", self.name, held,
-                         generation)
-                break
+                else:
+                    if not write_over(held):
+                        log.info("%s: holds generation %s, which ours (%s) does not replace",
+                                 self.name, held.get("generation"), generation)
+                        break
             try:
                 ok, _ = await self._client.transaction(
                     compare=[tx.mod(self._key) == (kv.mod_revision if kv is not None else 0)],
@@ -493,7 +522,7 @@ class EtcdStore(Store):
         got = await self._read_state()
         kv = next((kv for kv in got if kv.key == self._key), None)
         if kv is None:  # lost again meanwhile: offer again
-            return await self.reseed(data, secret)
+            return await self.reseed(data, secret, write_over)
         state = self._decode(kv.value, kv.mod_revision)
         # A new history: what is seen from now on is compared with this.
         self._cluster, self._revision = got.header.cluster_id, got.header.revision
@@ -504,6 +533,48 @@ class EtcdStore(Store):
                     "changes are accepted again", self.name, cause, state.get("generation"),
                     kv.mod_revision)
         return state, kv.mod_revision
+
+    async def conflicts(self) -> list[dict[str, Any]]:
+        got = await self._call(lambda: self._client.get_prefix(self._conflict_prefix))
+        records = []
+        for kv in got:
+            try:
+                record = json.loads(kv.value)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("name"), str):
+                records.append(record)
+            else:
+                log.error("%s: %s is not a conflict record; skipped", self.name, kv.key.decode())
+        return records
+
+    async def keep_conflict(self, name: str, record: dict[str, Any],
+                            entry: dict[str, Any] | None) -> None:
+        if self.lost is not None:
+            raise self._refused()
+        tx = self._client.transactions
+        key = self._conflict_prefix + name.encode()
+        # Create-if-absent, each: the replicas that held the same state write it once.
+        await self._call(lambda: self._client.transaction(
+            compare=[tx.create(key) == 0], success=[tx.put(key, json.dumps(record).encode())],
+            failure=[]))
+        if entry is not None:
+            history = self._history_key(int(entry["generation"]))
+            await self._call(lambda: self._client.transaction(
+                compare=[tx.create(history) == 0],
+                success=[tx.put(history, json.dumps(entry).encode())], failure=[]))
+
+    async def drop_conflict(self, name: str) -> None:
+        await self._call(lambda: self._client.delete(self._conflict_prefix + name.encode()))
+
+    async def _call(self, call: Callable[[], Any]) -> Any:
+        """One request to etcd: StoreUnavailable if it cannot be reached."""
+        try:
+            result = await call()
+        except (ClientError, asyncio.TimeoutError) as e:
+            raise self._unreachable(e) from None
+        self._reached()
+        return result
 
     async def _read_state(self) -> Any:
         """The state key's range read, retried until etcd answers (StoreUnavailable once the

@@ -285,7 +285,7 @@ class FileStateStore(Store):
         return deque(reversed(self.history_file.load()[-HISTORY_LIMIT:]), maxlen=HISTORY_LIMIT)
 
     async def save(self, data: dict[str, Any], expected_version: int,
-                   entry: dict[str, Any] | None = None) -> int:
+                   entry: dict[str, Any] | None = None, resolves: str | None = None) -> int:
         if expected_version != self._version:
             raise StoreConflict(f"{self.name}: version {self._version}, not {expected_version}")
         history = await self._loaded_history()
