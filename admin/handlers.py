@@ -163,12 +163,23 @@ async def delete_service(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _release_response(st: ops.State, name: str, status: int = 200) -> web.Response:
+def _release_response(st: ops.State, name: str, status: int = 200,
+                      srv: "Server | None" = None) -> web.Response:
+    """The open release; with ``srv``, one a rollback not stored yet closed too (shown as
+    ``rolled_back``, ``"stored": false``), and the changes not stored yet of an open one."""
     release = st.releases.get(name)
+    gen = st.app_generations.get(name, st.generation)
+    headers = {"ETag": f'"{gen}"'}
+    unstored = srv.manager.unstored(name) if srv is not None else []
+    closed = srv.manager.unstored_rollback(name) if srv is not None and release is None else None
+    if closed is not None:
+        return web.json_response(closed, status=status, headers=headers)
     if release is None:
         raise NotFound(f"app {name!r} has no open release", "release")
-    gen = st.app_generations.get(name, st.generation)
-    return web.json_response(release.to_dict(), status=status, headers={"ETag": f'"{gen}"'})
+    body = release.to_dict()
+    if unstored:
+        body.update(stored=False, unstored=unstored)
+    return web.json_response(body, status=status, headers=headers)
 
 
 async def start_release(request: web.Request) -> web.Response:
@@ -183,7 +194,7 @@ async def get_release(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     st = _server(request).manager.state
     st.app(name)
-    return _release_response(st, name)
+    return _release_response(st, name, srv=_server(request))
 
 
 def _open_release(request: web.Request, name: str) -> Release | None:
@@ -208,6 +219,13 @@ async def _release_step(request: web.Request, name: str, op: ops.Operation, remo
                            "no containers to remove", "remove")
         srv.docker.check_removable(name)
     st = await _change(request, op, name)
+    unstored = srv.manager.unstored(name)
+    if unstored:
+        # In effect, not stored yet (the store cannot be written): 202; containers are left
+        # alone (remove them once it is stored).
+        body = render_app(st, name, srv.ctx.table, _health(srv))
+        body.update(stored=False, unstored=unstored)
+        return web.json_response(body, status=202, headers={"ETag": f'"{body["generation"]}"'})
     if remove:
         assert srv.docker is not None
         gone = tuple(s for s in leaving if all(x.name != s for x in st.app(name).services))
@@ -259,7 +277,9 @@ async def move_ramp(request: web.Request) -> web.Response:
     for key in object_body(await request.read(), required=False):
         raise Invalid(f"unknown field {key!r} (this call takes no fields)", key)
     op = ops.ramp_move(name, RampAction(request.match_info["move"]))
-    return _release_response(await _change(request, op, name), name)
+    srv = _server(request)
+    st = await _change(request, op, name)
+    return _release_response(st, name, 202 if srv.manager.unstored(name) else 200, srv)
 
 
 async def get_ramp(request: web.Request) -> web.Response:
@@ -269,10 +289,11 @@ async def get_ramp(request: web.Request) -> web.Response:
     st = srv.manager.state
     st.app(name)
     release = st.releases.get(name)
-    if release is None:
-        raise NotFound(f"app {name!r} has no open release", "release")
     progress = await srv.ramps.progress(name)
+    if release is None and progress is None:
+        raise NotFound(f"app {name!r} has no open release", "release")
     if progress is None:
+        assert release is not None
         raise NotFound(f"the release of {release.new} has no ramp", "ramp")
     gen = st.app_generations.get(name, st.generation)
     return web.json_response(progress, headers={"ETag": f'"{gen}"', "Cache-Control": "no-store"})
@@ -386,6 +407,34 @@ async def apply(request: web.Request) -> web.Response:
     }, headers={"ETag": f'"{st.generation}"'})
 
 
+async def list_conflicts(request: web.Request) -> web.Response:
+    """States replicas held that the store lost (docs/etcd.md, "Conflicts")."""
+    srv = _server(request)
+    return web.json_response({"generation": srv.manager.state.generation,
+                              "conflicts": await srv.manager.conflicts()},
+                             headers={"Cache-Control": "no-store"})
+
+
+async def resolve_conflict(request: web.Request) -> web.Response:
+    """``{"keep": "conflict"}``: its state becomes the current one; ``{"keep": "store"}``: the
+    record goes, the state stays."""
+    name = request.match_info["name"]
+    body = object_body(await request.read())
+    for key in body:
+        if key != "keep":
+            raise Invalid(f"unknown field {key!r}; the body is {{\"keep\": \"conflict\" or "
+                          "\"store\"}", key)
+    keep = body.get("keep")
+    if keep != "conflict" and keep != "store":
+        raise Invalid(f"must be conflict or store (got {keep!r})", "keep")
+    srv = _server(request)
+    st, change = await srv.manager.resolve(name, keep, request.headers.get("If-Match"),
+                                           actor(request))
+    return web.json_response({"conflict": name, "kept": keep, "generation": st.generation,
+                              "changes": list(change.changes) if change is not None else []},
+                             headers={"ETag": f'"{st.generation}"'})
+
+
 async def app_stats(request: web.Request) -> web.Response:
     name = check_name(request.match_info["app"], "app")
     srv = _server(request)
@@ -400,6 +449,8 @@ def routes() -> list[Any]:
     return [
         web.get("/api/v1/history", history),
         web.post("/api/v1/apply", apply),
+        web.get("/api/v1/conflicts", list_conflicts),
+        web.post("/api/v1/conflicts/{name}", resolve_conflict),
         web.get(p, list_apps),
         web.get(p + "/{app}", get_app),
         web.put(p + "/{app}", put_app),

@@ -112,7 +112,8 @@ _RAMP = {
         **_RAMP_SETTINGS,
         "interval": {"type": "number", "description": "seconds"},
         "latency_floor": {"type": "number", "description": "seconds"},
-        "status": {"type": "string", "enum": ["running", "paused", "done"]},
+        "status": {"type": "string", "enum": ["running", "paused", "done", "rolled_back"],
+                   "description": "rolled_back: by a rollback not stored yet (stored: false)"},
         "step": {"type": "integer", "minimum": 0,
                  "description": "the step applied, 1-based; 0 before the first"},
         "share": {"type": "integer", "minimum": 0, "maximum": 100,
@@ -124,16 +125,28 @@ _RAMP = {
     },
 }
 
+# Present while changes are in effect that the store could not take yet (docs/etcd.md).
+_UNSTORED = {
+    "stored": {"type": "boolean", "const": False,
+               "description": "changes are in effect that the store has not taken yet"},
+    "unstored": {"type": "array", "items": {"$ref": "#/components/schemas/HistoryEntry"},
+                 "description": "those changes, oldest first (generation null)"},
+}
+
 _RELEASE = {
     "type": "object",
     "required": ["old", "new", "status", "started_at", "old_weights", "ramp"],
     "properties": {
         "old": {"type": "array", "items": NAME},
         "new": NAME,
-        "status": {"type": "string", "enum": ["in_progress", "awaiting_confirmation"]},
+        "status": {"type": "string", "enum": ["in_progress", "awaiting_confirmation",
+                                              "rolled_back"],
+                   "description": "rolled_back: by a rollback in effect that the store has not "
+                                  "taken yet (stored: false)"},
         "started_at": {"type": "string", "format": "date-time"},
         "old_weights": {"type": "object", "additionalProperties": WEIGHT},
         "ramp": {"oneOf": [{"$ref": "#/components/schemas/Ramp"}, {"type": "null"}]},
+        **_UNSTORED,
     },
 }
 
@@ -167,6 +180,7 @@ _RAMP_PROGRESS = {
                    "description": "the step being judged, so far (on the driving replica)"},
         "last": {"oneOf": [_JUDGED, {"type": "null"}],
                  "description": "the last judgement this replica made"},
+        **_UNSTORED,
     },
 }
 
@@ -211,6 +225,7 @@ _APP = {
         "services": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Service"}},
         "release": {"oneOf": [{"$ref": "#/components/schemas/Release"}, {"type": "null"}]},
         "generation": {"type": "integer"},
+        **_UNSTORED,
     },
 }
 
@@ -285,7 +300,8 @@ _HISTORY_ENTRY = {
     "type": "object",
     "required": ["generation", "time", "client", "token", "operation", "apps", "changes"],
     "properties": {
-        "generation": {"type": "integer"},
+        "generation": {"type": ["integer", "null"],
+                       "description": "null: a change in effect that the store has not taken yet"},
         "time": {"type": "string", "format": "date-time"},
         "client": {"type": "string", "description": 'the client\'s address; "router" for the '
                                                    "router's own changes"},
@@ -297,6 +313,30 @@ _HISTORY_ENTRY = {
                     "example": ["weights web 50->0, web-v2 50->100"]},
         "reason": {"type": "string", "description": "why the router made this change itself "
                                                     "(a ramp's judgement, with what it measured)"},
+        "stored": {"type": "boolean", "const": False,
+                   "description": "in effect, not stored yet (the store could not be written)"},
+        "conflict": {"type": "string", "description": "the change of a conflict's state: the "
+                                                      "store did not have it (GET /conflicts)"},
+    },
+}
+
+_CONFLICT = {
+    "type": "object",
+    "required": ["name", "found_at", "found_by", "cause", "store", "stored"],
+    "properties": {
+        "name": {"type": "string", "example": "3-5f0c1a2b"},
+        "generation": {"type": "integer"},
+        "line": {"type": "string"},
+        "change": {"oneOf": [{"$ref": "#/components/schemas/HistoryEntry"}, {"type": "null"}],
+                   "description": "the change that made the conflict's state"},
+        "found_at": {"type": "string", "format": "date-time"},
+        "found_by": {"type": "string", "description": "the replica that held it"},
+        "cause": {"type": "string", "description": "how the store lost its data"},
+        "store": {"type": "object", "description": "the state the store held instead"},
+        "stored": {"type": "boolean", "description": "false: not written to the store yet"},
+        "keeping_it_changes": {"type": "array", "items": {"type": "string"},
+                               "description": "what keeping it would change"},
+        "error": {"type": "string", "description": "its state is not valid"},
     },
 }
 
@@ -385,7 +425,8 @@ def openapi() -> dict[str, Any]:
                         "HistoryEntry": _HISTORY_ENTRY, "ApplyIn": _APPLY_IN, "Apply": _APPLY,
                         "ServiceStats": _SERVICE_STATS, "Stats": _STATS, "Ramp": _RAMP,
                         "RampIn": _RAMP_IN, "RampProgress": _RAMP_PROGRESS,
-                        "PreviewConfig": _PREVIEW_CONFIG, "Preview": _PREVIEW},
+                        "PreviewConfig": _PREVIEW_CONFIG, "Preview": _PREVIEW,
+                        "Conflict": _CONFLICT},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -404,6 +445,31 @@ def openapi() -> dict[str, Any]:
                                   "schema": {"type": "object", "required": ["history"], "properties": {
                                       "history": {"type": "array", "items": {
                                           "$ref": "#/components/schemas/HistoryEntry"}}}}}}}}}},
+            "/api/v1/conflicts": {"get": {
+                "summary": "states replicas held that the store no longer had after it lost its "
+                           "data (docs/etcd.md)",
+                "responses": {**_COMMON, "503": _err("the store cannot be reached"),
+                              "200": {"description": "the conflicts", "content": {"application/json": {
+                                  "schema": {"type": "object", "required": ["generation", "conflicts"],
+                                             "properties": {"generation": {"type": "integer"}, "conflicts": {
+                                                 "type": "array", "items": {
+                                                     "$ref": "#/components/schemas/Conflict"}}}}}}}}}},
+            "/api/v1/conflicts/{name}": {"post": {
+                "summary": "resolve a conflict: keep its state (one change) or the store's",
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}, _IF_MATCH],
+                "requestBody": _body({"type": "object", "additionalProperties": False,
+                                      "required": ["keep"], "properties": {
+                                          "keep": {"type": "string", "enum": ["conflict", "store"]}}}),
+                "responses": {**_MUTATION, "404": _err("no such conflict"),
+                              "200": {"description": "resolved", "content": {"application/json": {
+                                  "schema": {"type": "object",
+                                             "required": ["conflict", "kept", "generation", "changes"],
+                                             "properties": {
+                                                 "conflict": {"type": "string"},
+                                                 "kept": {"type": "string", "enum": ["conflict", "store"]},
+                                                 "generation": {"type": "integer"},
+                                                 "changes": {"type": "array", "items": {"type": "string"}}}}}}}}}},
             "/api/v1/apply": {"post": {
                 "summary": "make the apps of a configuration file the routing state, as one change",
                 "parameters": [
@@ -499,6 +565,8 @@ def openapi() -> dict[str, Any]:
                                                "properties": {"remove": _REMOVE}},
                                               required=False),
                          "responses": {**_MUTATION, "200": _json("App", "rolled back"),
+                                       "202": _json("App", "rolled back, in effect; not stored "
+                                                           "yet: the store cannot be written"),
                                        "502": _err(_REMOVE_FAILED)}},
             },
             app_path + "/release/ramp": {
@@ -517,7 +585,9 @@ def openapi() -> dict[str, Any]:
                 "post": {"summary": summary, "parameters": [_IF_MATCH],
                          "requestBody": _body({"type": "object", "additionalProperties": False,
                                                "maxProperties": 0}, required=False),
-                         "responses": {**_MUTATION, "200": _json("Release", "done")}},
+                         "responses": {**_MUTATION, "200": _json("Release", "done"),
+                                       "202": _json("Release", "done, in effect; not stored yet "
+                                                               "(abort)")}},
             } for move, summary in (
                 ("pause", "stop judging; the weights stay (may be moved by hand)"),
                 ("resume", "apply the current step again and judge it over a fresh interval"),

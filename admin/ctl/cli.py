@@ -12,6 +12,7 @@ from router import version
 from .client import DEFAULT_TIMEOUT, DEFAULT_URL, EXIT_USAGE, INT_RE, Client, CtlError
 from .commands import (cmd_apps, cmd_create, cmd_delete, cmd_drain_timeout, cmd_routes, cmd_service_delete,
                        cmd_service_set, cmd_show, cmd_sticky, cmd_weights)
+from .conflicts import cmd_conflicts
 from .release import (cmd_ramp_move, cmd_release_confirm, cmd_release_preview, cmd_release_ramp,
                       cmd_release_rollback, cmd_release_start, cmd_release_status)
 from .render import Output
@@ -184,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app", nargs="?", help="only the changes of this app")
     p.add_argument("--limit", type=_limit, default=20, help="how many (default %(default)s)")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("conflicts", parents=[common],
+                       help="states a replica held that etcd lost (docs/etcd.md); choose which to "
+                            "keep")
+    csub = p.add_subparsers(dest="conflicts_command", metavar="ACTION", parser_class=_Parser)
+    r = csub.add_parser("resolve", parents=[common], help="keep the conflict's state, or the "
+                                                          "store's")
+    r.add_argument("name", metavar="NAME", help="the conflict, as listed")
+    r.add_argument("--keep", required=True, choices=["conflict", "store"],
+                   help="conflict: its state becomes the current one (one change); store: the "
+                        "conflict is dropped")
+    p.set_defaults(func=cmd_conflicts)
 
     rel = sub.add_parser("release", parents=[common], help="blue-green releases")
     rsub = rel.add_subparsers(dest="release_command", metavar="ACTION", required=True,

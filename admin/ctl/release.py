@@ -208,6 +208,9 @@ def wait_ramp(c: Client, app_name: str, new: str, timeout: float, out: Output,
         if ramp["status"] != "running":
             if tty:
                 err.write("\n")
+            if ramp["status"] == "rolled_back":  # in effect, the store cannot be written yet
+                raise CtlError(f"{app_name}: the ramp rolled {new} back (not yet stored): "
+                               f"{ramp.get('reason')}")
             release = c.get(app_path(app_name, "/release"))
             if ramp["status"] == "done":
                 out.show(release, lambda r: f"{app_name}: ramp done\n" + release_table(r))

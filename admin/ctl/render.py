@@ -94,7 +94,10 @@ def backends_table(app: dict[str, Any]) -> str:
 
 
 def release_table(release: dict[str, Any]) -> str:
-    rows = [["STATUS", release.get("status", "-")],
+    status = release.get("status", "-")
+    if release.get("stored") is False:  # in effect; the store could not be written yet
+        status += " (not yet stored)"
+    rows = [["STATUS", status],
             ["OLD", ",".join(release.get("old") or []) or "-"],
             ["NEW", str(release.get("new", "-"))],
             ["STARTED", str(release.get("started_at", "-"))],
