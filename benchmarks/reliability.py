@@ -8,7 +8,9 @@
 The scenarios are the ones ``tests/reliability`` runs (same code, bigger with ``--scale``):
 real routers and backends on 127.0.0.1, bounded loads, exact counts; each with ``--workers 1``
 and ``--workers 2`` (``--workers 1,2`` picks), the production scenarios (hung worker, counters
-across a worker's death, a taken port) with the worker counts they need. HAProxy (Debian
+across a worker's death, a taken port) with the worker counts they need, and the store's (a
+ramp's rollback while the state disk is full or etcd is down, etcd emptied under a replica that
+was behind: they need root for a tmpfs, and etcd). HAProxy (Debian
 package ``haproxy``) gets the same hostile corpus when it is installed.
 """
 
@@ -26,6 +28,7 @@ if ROOT not in sys.path:
 
 from tests.reliability import scenarios as S  # noqa: E402
 from tests.reliability.production import PRODUCTION  # noqa: E402
+from tests.reliability.store import STORE  # noqa: E402
 from tests.reliability.corpus import CORPUS  # noqa: E402
 from tests.reliability.hostile import difference_table, run_corpus  # noqa: E402
 
@@ -51,6 +54,7 @@ async def run(scale: int, workers: list[int]) -> tuple[str, bool]:
     results = [corpus]
     runs = [(scenario, n) for scenario in S.ALL for n in workers]
     runs += [(scenario, n) for scenario, counts in PRODUCTION for n in counts]
+    runs += [(scenario, n) for scenario, counts in STORE for n in counts if n in workers]
     for scenario, n in runs:
         print(f"running {scenario.__name__} --workers {n} ...", file=sys.stderr, flush=True)
         try:

@@ -307,7 +307,8 @@ async def test_openapi_document(api_router):
         "/api/v1/apps/{app}/release/ramp", "/api/v1/apps/{app}/release/ramp/pause",
         "/api/v1/apps/{app}/release/ramp/resume", "/api/v1/apps/{app}/release/ramp/abort",
         "/api/v1/apps/{app}/release/preview",
-        "/api/v1/apps/{app}/stats", "/api/v1/history", "/api/v1/apply"}
+        "/api/v1/apps/{app}/stats", "/api/v1/history", "/api/v1/apply", "/api/v1/conflicts",
+        "/api/v1/conflicts/{name}"}
 
 
 async def test_request_that_is_not_http_is_a_documented_400(backend, router_process):

@@ -517,10 +517,12 @@ async def _emptied(etcd: Etcd, a: RouterProcess, b: RouterProcess, c: RouterProc
             stored = json.loads((await client.get(b"/t/state")).value)
             secret = (await client.get(b"/t/secret")).value
         assert stored["generation"] == newest["generation"]
-        # Generations continue, and changes go everywhere again.
+        # Changes go everywhere again; the first one starts a new line, at a generation taken
+        # from the clock that no state held anywhere can have.
+        t_change = time.time()
         assert (await apis[2].call("PUT", "/apps/shop/weights", {"blue": 90, "green": 10}))[0] == 200
         after = await _app(apis[2])
-        assert after["generation"] == newest["generation"] + 1
+        assert t_change * 1000 - 1 <= after["generation"] <= time.time() * 1000 + 1
         for api in apis[:2]:
             await _until(lambda: _same(api, after), 1.0, "the change on every replica")  # noqa: B023
 
@@ -536,3 +538,40 @@ async def _emptied(etcd: Etcd, a: RouterProcess, b: RouterProcess, c: RouterProc
           f"empty (each: {', '.join(f'{t:.2f}' for t in took.values())} s); changes refused, "
           f"then accepted again {detected + reseeded:.2f} s after")
 
+
+
+async def test_a_replica_started_while_etcd_is_empty_says_its_secret_is_not_the_shared_one(
+        backend, router_process, etcd):
+    """etcd restarted empty while the running replica is cut off; a replica started meanwhile
+    seeds it and makes a new cookie secret. The running one writes back the state and the
+    shared secret; the new one follows the state, keeps its own secret, and says so (log,
+    router_sticky_secret_stale 1) rather than leaving cookies to fail silently."""
+    blue = await backend("blue")
+    apps = {"shop": app_config({"blue": (100, [blue.addr])})}
+    partition = await Partition(etcd.port).start()
+    try:
+        a = await router_process(_cfg(apps), ("--store", f"etcd://127.0.0.1:{partition.port}/t"))
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+            api_a = Api(s, a.admin_port)
+            assert (await api_a.call("PUT", "/apps/shop/weights", {"blue": 90}))[0] == 200
+            partition.cut()
+            await _until(lambda: _metric_is(s, a, "router_store_up", 0), 6.0, "A cut off")
+            etcd.stop()
+            shutil.rmtree(etcd.data_dir)
+            await etcd.start()
+            d = await router_process(_cfg(apps), ("--store", etcd.url("/t")))
+            assert await _metric(s, d, "router_sticky_secret_stale") == 0
+            partition.heal()
+            await _until(lambda: _metric_is(s, d, "router_sticky_secret_stale", 1), 15.0,
+                         "D saying its secret is stale")
+            assert "the sticky secret was replaced" in d.log()
+            assert await _metric(s, a, "router_sticky_secret_stale") == 0
+            # D serves the state A wrote back, all the same.
+            current = await _app(api_a)
+            await _until(lambda: _same(Api(s, d.admin_port), current), 5.0, "D following A")
+            _, headers, _ = await get(s, a)
+            cookie = headers["Set-Cookie"].split(";", 1)[0]
+            _, headers, _ = await get(s, d, headers={"Cookie": cookie})
+            assert "Set-Cookie" in headers  # A's cookie is not valid on D: re-pinned
+    finally:
+        await partition.close()
