@@ -29,11 +29,13 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import yaml
 from aiohttp import web
 
 from tests.processes import worker_pids
 
-from .harness import ROOT, RouterProc, config, free_port, metric_sum, metrics, router_process
+from .harness import (ROOT, KeepAliveClient, RouterProc, config, free_port, metric_sum, metrics,
+                      router_process)
 from .scenarios import Request, Result, Tally, drive
 
 # The ramp of these scenarios: 10% first, each step judged over INTERVAL seconds.
@@ -265,6 +267,55 @@ async def _ramp_through_outage(outage: DiskFull | EtcdDown, scale: int, workers:
                f"while the store stayed down {down_for:g} s; stored {took:.1f} s after the "
                "store was back")
     return r
+
+
+async def operator_moves_while_disk_full() -> None:
+    """An operator's abort, then rollback, of a release while the state disk is full: each in
+    effect at once (202), shown as not stored; other changes refused (503); both stored, in
+    order, once there is room. Asserts (a test, not a scenario with a load)."""
+    disk = DiskFull()
+    blue, green = await Version("blue").start(), await Version("green").start()
+    try:
+        await disk.setup()
+        async with router_process(_shop(blue.addr), args=disk.args) as rp, \
+                aiohttp.ClientSession() as s:
+            api = Admin(s, rp.admin_port)
+            assert (await api.call("POST", "/apps/shop/release",
+                                   {"service": "green", "backends": [green.addr]}))[0] == 201
+            assert await until(lambda: _release_is(api, "awaiting_confirmation"), 10)
+            assert (await api.call("POST", "/apps/shop/release/ramp", RAMP))[0] == 201
+            assert await until(lambda: _at_step(api, 1), 10)
+            await disk.begin()
+            status, body = await api.call("POST", "/apps/shop/release/ramp/abort")
+            assert status == 202 and body["ramp"] is None and body["stored"] is False, body
+            status, body = await api.call("PUT", "/apps/shop/weights", {"blue": 50})
+            assert status == 503 and "not stored yet (ramp_abort of shop" in \
+                body["error"]["message"], body
+            status, body = await api.call("POST", "/apps/shop/release/rollback")
+            assert status == 202 and list(body["services"]) == ["blue"], body
+            assert [e["operation"] for e in body["unstored"]] == ["ramp_abort", "rollback_release"]
+            status, body = await api.call("GET", "/apps/shop/release")
+            assert status == 200 and body["status"] == "rolled_back" and not body["stored"], body
+            code, out = await routerctl(api.url, "release", "status", "shop")
+            assert code == 0 and "STATUS       rolled_back (not yet stored)" in out, out
+            client = KeepAliveClient(rp.port)
+            try:
+                answers = [await client.request() for _ in range(20)]
+            finally:
+                client.close()
+            assert answers == [(200, b"blue\n")] * 20  # green has no traffic left
+            assert await api.metric("router_store_pending_changes") == 2
+            await disk.end()
+            assert await until(lambda: _stored(api), 10)
+            status, body = await api.call("GET", "/history?app=shop&limit=2")
+            assert [e["operation"] for e in body["history"]] == ["rollback_release", "ramp_abort"]
+            with open(os.path.join(disk.dir, "router-state.yaml")) as f:
+                stored = yaml.safe_load(f)
+            assert list(stored["apps"]["shop"]["services"]) == ["blue"] and not stored["releases"]
+    finally:
+        await disk.close()
+        await blue.stop()
+        await green.stop()
 
 
 def _get(i: int) -> Request:

@@ -36,3 +36,12 @@ def _check(r: S.Result) -> None:
           f"expected {r.expected}. {r.notes}")
     assert r.problems == []
     assert r.failed == r.expected
+
+
+async def test_an_operators_rollback_and_abort_while_the_disk_is_full():
+    """Through the admin API of the real router: a rollback asked while the state disk is full
+    is in effect at once (202), shown as not stored, and stored once there is room; an abort
+    likewise; other changes get 503 meanwhile."""
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is a tmpfs this test mounts: needs root")
+    await S.operator_moves_while_disk_full()
