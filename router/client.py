@@ -178,9 +178,17 @@ class ClientConnection(ClientSide):
             self._set_deadline(self.ctx.client_header_timeout)
 
     def eof_received(self) -> bool | None:
-        # A client that half-closes after its request still gets the answer, then the close.
         self.eof = True
-        return True if self.active is not None else None
+        ex = self.active
+        if ex is None:
+            return None
+        if ex.phase < P.HEAD:
+            # Gone before its answer began: abandoned (nginx's 499). Counted, the backend
+            # connection closed, its in-flight count released; a client that only half-closed
+            # cannot be told from one that gave up, as in nginx.
+            ex.abort(499)
+            return None
+        return True  # the answer has begun: it is sent whole, then the close
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = P.CLOSED

@@ -592,7 +592,11 @@ class Exchange(UpstreamRequest):
             st.inflight -= 1
             codes = be.stats.codes
             codes[status] = codes.get(status, 0) + 1
-            st.observe(now - self.started)
+            if self.resp is not None:
+                # Timed only when the backend answered: a client's patience (499) or the
+                # router's own timeout (504) is not the service's latency, which the stall limit
+                # and the ramp judge by.
+                st.observe(now - self.started)
         log = ctx.log_access
         if log is not None:
             app = self.app

@@ -414,6 +414,12 @@ class Client:
             self.conn.data_received(data)
         self.wire.loop.run()
 
+    def eof(self) -> None:
+        """The client closes its sending side (FIN)."""
+        if not self.transport.closed and not self.conn.eof_received():
+            self.transport.close()
+        self.wire.loop.run()
+
     def received(self) -> bytes:
         return bytes(self.transport.data)
 

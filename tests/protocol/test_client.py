@@ -271,6 +271,34 @@ def test_response_timeout_is_a_504_and_the_connection_stays():
     assert c.take().endswith(b"seen /next")
 
 
+def test_a_client_gone_before_its_answer_is_a_499_and_frees_the_backend():
+    w = wire()
+    w.backend(SHOP).answer = None  # it never answers
+    c = w.client()
+    c.send(get(b"/hung"))
+    svc = w.ctx.table.apps["shop"].services[0]
+    assert svc.stats.inflight == 1 and len(w.ctx.deadlines.waiting) == 1
+    c.eof()  # the client gave up and closed its connection
+    assert c.closed and c.take() == b""
+    assert svc.stats.inflight == 0 and svc.backends[0].inflight == 0
+    assert svc.backends[0].stats.codes == {499: 1} and not w.ctx.deadlines.waiting
+    peer, = w.backend(SHOP).peers
+    assert peer.transport.closed  # the backend connection is not used again
+
+
+def test_a_client_that_closes_once_its_answer_began_gets_it_whole():
+    w = wire()
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(get(b"/download"))
+    w.reply(SHOP, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    c.eof()
+    assert not c.closed
+    w.reply(SHOP, b"defghij")
+    assert c.received().endswith(b"\r\n\r\nabcdefghij") and c.closed
+    assert w.ctx.table.apps["shop"].services[0].backends[0].stats.codes == {200: 1}
+
+
 def test_idle_timeout_closes_quietly():
     w = wire(timeouts={"client_idle": "10s"})
     c = w.client()
