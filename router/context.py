@@ -136,5 +136,6 @@ class ProxyContext:
     def backend_ok(self, be: Backend) -> None:
         """A response began on ``be``: its run of failures, if any, ends, and an unchecked backend
         is known to work (one truth test when no backend is failing or unchecked)."""
+        be.answered += 1
         if self.watching:
             self.passive.success(be)

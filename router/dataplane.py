@@ -16,6 +16,7 @@ from .config import AppConfig, Config
 from .context import ProxyContext
 from .counters import Stats
 from .health import STALL_SWEEP, UNHEALTHY, BackendKey, HealthMap, PassiveHealth, Reporter, apply_states
+from .routing import elsewhere
 from .sticky import TokenCodec
 from .table import RoutingTable, TableBuilder
 from .upstream import UpstreamPool
@@ -96,13 +97,14 @@ class DataPlane:
 
     def eject(self, key: BackendKey) -> bool:
         """Take a backend out of this data plane's rotation now, ahead of the decision that the
-        master sends to every worker; never the last of its service that takes requests."""
+        master sends to every worker; not when nothing else in its app could take its requests
+        (``router.routing.elsewhere``, the rule the master applies too)."""
         be = self.builder.backend(*key)
         if be is None or not be.healthy:
             return False
         app = self.table.apps.get(key[0])
         svc = app.by_name.get(key[1]) if app is not None else None
-        if svc is None or not any(b.healthy for b in svc.backends if b is not be):
+        if app is None or svc is None or not elsewhere(app, svc, be):
             return False
         be.healthy = False
         self.health = {**self.health, key: UNHEALTHY}

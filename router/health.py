@@ -22,9 +22,13 @@ or 3xx, or a TCP connect), counts failures in a row across every data plane, eje
 for ``passive_health.cooldown`` after ``passive_health.failures`` of them (nginx's
 ``max_fails``/``fail_timeout``, Envoy's consecutive errors), and readmits it after. An active
 check cannot end an ejection early -- a backend can pass its check and still fail requests,
-which is what passive health is for -- but a backend that comes back after the cooldown must
-also pass its active check if it has one. The last backend of a service that takes requests is
-never ejected: the retries of its requests move them to another service instead.
+which is what passive health is for -- and a backend that comes back after the cooldown must
+first answer: pass its HTTP check if it has one, else answer one ``OPTIONS *`` request (a
+frozen process still accepts connections). A backend is ejected whenever the app has somewhere
+else to send its requests -- another backend of its service, or another service, which the
+weights or the fallback then choose (``router.routing.elsewhere``): a service whose every
+backend is out is down, as a dead one is. Only when nothing else in the app could serve does
+its last backend stay.
 
 Routing reads only ``Backend.healthy`` (``state != unhealthy``) from the routing table. When a
 backend goes out of rotation or back in, :class:`Health` calls ``on_change``; its owner then
@@ -51,16 +55,24 @@ HEALTHY, UNHEALTHY, UNCHECKED = "healthy", "unhealthy", "unchecked"
 BackendKey = tuple[str, str, str]  # (app, service, address)
 HealthMap = Mapping[BackendKey, str]  # backend -> state: what a data plane is told
 
-# Stalled backends: a backend whose requests wait for their response head long past the
-# service's usual latency, while nothing at all comes back from it, is ejected without waiting
-# for the response timeout (60 s by default: a frozen process would get a share of new requests
-# all that time). "Long past" is STALL_FACTOR times the service's 99th-percentile latency and
-# at least STALL_MIN; a service whose p99 is beyond the histogram's last bucket (10 s: long
-# polling, say) is never judged stalled, and neither is any stall the response timeout ends
-# first. Swept every STALL_SWEEP seconds, off the request path. See docs/health.md.
+# Stalled backends: a backend that has had requests waiting for a response head all along while
+# no response at all has begun from it for longer than the stall limit is ejected without
+# waiting for the response timeout (60 s by default: a frozen process would get a share of new
+# requests all that time). Stalled is "nothing comes back", not "slow": the limit is
+# STALL_FACTOR times the service's 99th-percentile latency and at least STALL_MIN, and
+# STALL_UNKNOWN while the service has answered nothing yet (a version that takes 5 s from its
+# first request is slow, not stalled). A service whose p99 is beyond the histogram's last
+# bucket (long polling, say) is never judged stalled, and neither is any stall the response
+# timeout ends first. Swept every STALL_SWEEP seconds, off the request path. See docs/health.md.
 STALL_SWEEP = 0.5
 STALL_MIN = 2.0
 STALL_FACTOR = 10.0
+STALL_UNKNOWN = 10.0
+# A backend ejected by passive health with no HTTP check must answer one request before it is
+# back: OPTIONS * (RFC 9110, 9.3.7: about the server, no resource), any status, within this.
+# Without it a frozen backend, which still accepts connections, would take a share of requests
+# for a stall limit after every cooldown.
+READMIT_TIMEOUT = 5.0
 
 
 class Reporter(Protocol):
@@ -119,50 +131,48 @@ class PassiveHealth:
         old.clear()
         old.update(watching)
 
-    def sweep(self, waiting: Mapping[Any, float], response_timeout: float, now: float) -> None:
+    def sweep(self, waiting: Iterable[Any], response_timeout: float, now: float) -> None:
         """Report the backends whose requests are stuck (see STALL_FACTOR).
 
-        ``waiting``: the exchanges waiting for a response head and their deadlines (the
-        proxy's response timeouts); each has ``backend`` and ``service``.
+        ``waiting``: the exchanges waiting for a response head now (the keys of the proxy's
+        response deadlines); each has ``backend`` and ``service``. A backend's clock starts at
+        the first sweep that finds requests waiting on it, and starts again whenever a response
+        from it begins (``Backend.answered``) or a sweep finds nothing waiting on it: requests
+        given up by their clients are replaced by others, and a hung backend is still caught.
         """
         if self.failures <= 0:
             return
-        oldest: dict[Backend, tuple[float, int, object]] = {}
-        for ex, deadline in waiting.items():
+        pending: dict[Backend, tuple[int, object]] = {}
+        for ex in waiting:
             be: Backend | None = getattr(ex, "backend", None)
             if be is None:
                 continue
-            sent = deadline - response_timeout
-            seen = oldest.get(be)
-            if seen is None:
-                oldest[be] = (sent, 1, getattr(ex, "service", None))
-            else:
-                oldest[be] = (min(seen[0], sent), seen[1] + 1, seen[2])
+            seen = pending.get(be)
+            pending[be] = (1, getattr(ex, "service", None)) if seen is None else (seen[0] + 1, seen[1])
         progress: dict[Backend, tuple[int, float]] = {}
-        for be, (sent, count, svc) in oldest.items():
-            # Responses counted so far: a backend that still finishes requests is slow, not stuck.
-            done = sum(be.stats.codes.values())
+        for be, (count, svc) in pending.items():
             before = self._progress.get(be)
-            since = now if before is None or before[0] != done else before[1]
-            progress[be] = (done, since)
+            since = now if before is None or before[0] != be.answered else before[1]
+            progress[be] = (be.answered, since)
             limit = stall_limit(getattr(svc, "stats", None))
             if limit is None or limit >= response_timeout or not be.healthy:
                 continue
-            if now - sent > limit and now - since > limit:
-                self.reporter.stalled(be.ident, f"ejected: {count} request{'s' if count > 1 else ''}"
-                                      f" waiting over {limit:g} s with no response")
+            if now - since > limit:
+                self.reporter.stalled(be.ident, f"ejected: no response for over {limit:g} s, "
+                                      f"{count} request{'s' if count > 1 else ''} waiting")
         self._progress = progress
 
 
 def stall_limit(stats: object) -> float | None:
-    """How long a request may wait for its head before its backend counts as stalled: see
-    STALL_FACTOR. None: never (the service's usual latency is beyond the histogram)."""
+    """How long a backend may give no response while requests wait on it before it counts as
+    stalled: see STALL_FACTOR. None: never (the service's usual latency is beyond the
+    histogram)."""
     buckets: list[int] | None = getattr(stats, "buckets", None)
     if not buckets:
-        return STALL_MIN
+        return STALL_UNKNOWN
     total = sum(buckets)
     if total == 0:
-        return STALL_MIN
+        return STALL_UNKNOWN
     acc = 0
     for bound, n in zip(BUCKETS, buckets):
         acc += n
@@ -173,37 +183,52 @@ def stall_limit(stats: object) -> float | None:
 
 async def probe(host: str, port: int, check: HealthCheckConfig) -> bool:
     """One check: True if the backend answered as it should within the timeout."""
+    if check.path is None:
+        return await _status_line(host, port, None, check.timeout) is not None
+    parts = (await _status_line(host, port, f"GET {check.path}", check.timeout) or b"").split(None, 2)
+    return (len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400)
+
+
+async def answers(host: str, port: int, timeout: float) -> bool:
+    """Whether the backend answers an HTTP request at all, whatever the status, within
+    ``timeout``: ``OPTIONS *``, which asks nothing of any resource."""
+    return bool(await _status_line(host, port, "OPTIONS *", timeout))
+
+
+async def _status_line(host: str, port: int, request: str | None, timeout: float) -> bytes | None:
+    """The status line of the answer to ``request`` (``METHOD target``; None: connect only, b""
+    then), or None if there is none within ``timeout``."""
     try:
-        async with asyncio.timeout(check.timeout):
+        async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
             try:
-                if check.path is None:
-                    return True
+                if request is None:
+                    return b""
                 hosthdr = f"[{host}]" if ":" in host else host
-                writer.write(f"GET {check.path} HTTP/1.1\r\nHost: {hosthdr}:{port}\r\n"
+                writer.write(f"{request} HTTP/1.1\r\nHost: {hosthdr}:{port}\r\n"
                              "User-Agent: router-health\r\nConnection: close\r\n\r\n".encode())
                 line = await reader.readline()
-                parts = line.split(None, 2)
-                return (len(parts) >= 2 and parts[0].startswith(b"HTTP/1.")
-                        and parts[1].isdigit() and 200 <= int(parts[1]) < 400)
+                return line if line.startswith(b"HTTP/1.") else None
             finally:
                 writer.close()
     except (OSError, TimeoutError, ValueError):
-        return False
+        return None
 
 
 class _Known:
     """What is known about one backend, and its active check."""
 
-    __slots__ = ("state", "reason", "run", "group", "check", "ejected")
+    __slots__ = ("state", "reason", "run", "group", "app", "check", "ejected")
 
     def __init__(self, group: tuple[BackendKey, ...]) -> None:
         self.state = UNCHECKED
         self.reason: str | None = None
         self.run = 0  # request failures in a row, across every data plane
         self.group = group  # the backends of its service
+        self.app: tuple[tuple[int, tuple[BackendKey, ...]], ...] = ()  # (weight, group) a service
         self.check: _Check | None = None
-        self.ejected: asyncio.TimerHandle | None = None
+        # While ejected: the cooldown's timer, then the readmission's probe.
+        self.ejected: asyncio.TimerHandle | asyncio.Task[None] | None = None
 
 
 class _Check:
@@ -243,11 +268,13 @@ class Health:
         known: dict[BackendKey, _Known] = {}
         changed = False
         for app in apps:
-            for svc in app.services:
-                group = tuple((app.name, svc.name, a) for a in svc.backends)
+            services = tuple((svc.weight, tuple((app.name, svc.name, a) for a in svc.backends))
+                             for svc in app.services)
+            for svc, (_, group) in zip(app.services, services):
                 for key in group:
                     k = self._known.pop(key, None) or _Known(group)
                     k.group = group
+                    k.app = services
                     known[key] = k
                     check = k.check
                     if check is not None and check.config != svc.health_check:
@@ -332,14 +359,28 @@ class Health:
     def _eject(self, key: BackendKey, k: _Known, reason: str) -> bool:
         if k.state == UNHEALTHY:
             return True
-        if not any(self._known[o].state != UNHEALTHY for o in k.group if o != key and o in self._known):
-            return False  # the last backend of its service that takes requests stays
+        if not self._elsewhere(key, k):
+            return False  # nothing else in the app could take its requests: it stays
         k.state, k.reason, k.run = UNHEALTHY, reason, 0
         k.ejected = self._loop.call_later(self.cooldown, self._readmit, key)
         log.warning("backend %s of %s/%s %s; out for %gs", key[2], key[0], key[1], reason,
                     self.cooldown)
         self._on_change()
         return True
+
+    def _elsewhere(self, key: BackendKey, k: _Known) -> bool:
+        """Whether the app has another backend in rotation for requests with ``key`` out: one of
+        its service, or -- when any service of the app has weight -- one of another service
+        (the weights, a pin's fresh pick or the fallback go there). The master's form of
+        ``router.routing.elsewhere``, from the decided states."""
+        def takes(other: BackendKey) -> bool:
+            o = self._known.get(other)
+            return other != key and o is not None and o.state != UNHEALTHY
+
+        if any(takes(o) for o in k.group):
+            return True
+        return (any(w > 0 for w, _ in k.app)
+                and any(takes(o) for _, group in k.app if group != k.group for o in group))
 
     def _readmit(self, key: BackendKey) -> None:
         k = self._known.get(key)
@@ -349,7 +390,28 @@ class Health:
         if k.check is not None and not k.check.up:
             k.reason = f"{k.check.fail_run} failed checks"
             return
-        # Back in rotation, on probation: unchecked until a check or a request shows it works.
+        if k.check is None or k.check.config.path is None:
+            # Nothing has shown that it answers requests again (a TCP check passes on a frozen
+            # process): one request first.
+            k.ejected = self._loop.create_task(self._probe_back(key, k))
+            return
+        self._back(key, k)
+
+    async def _probe_back(self, key: BackendKey, k: _Known) -> None:
+        host, port = split_hostport(key[2])
+        ok = await answers(host, port, READMIT_TIMEOUT)
+        if self._known.get(key) is not k:
+            return  # no longer routed
+        if ok:
+            k.ejected = None
+            self._back(key, k)
+            return
+        k.ejected = self._loop.call_later(self.cooldown, self._readmit, key)
+        log.warning("backend %s of %s/%s did not answer after its passive-health cooldown; out "
+                    "for %gs more", key[2], key[0], key[1], self.cooldown)
+
+    def _back(self, key: BackendKey, k: _Known) -> None:
+        """Back in rotation, on probation: unchecked until a check or a request shows it works."""
         k.state = HEALTHY if k.check is not None else UNCHECKED
         k.reason = None
         log.warning("backend %s of %s/%s back after its passive-health cooldown",

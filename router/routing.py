@@ -17,6 +17,9 @@ to set. docs/routing.md explains the rules:
    another service by weight (then a fallback service), at most ``MAX_ATTEMPTS`` tries in all.
 5. A request with a preview marker of an app's open release goes to the release's new service
    whatever its weight, unpinned (docs/release-ramp.md, "Preview").
+
+Passive health asks :func:`elsewhere` before it takes a backend out of rotation: a service whose
+every backend is out is down, and rules 1 to 3 send its requests elsewhere, as for a dead one.
 """
 
 from __future__ import annotations
@@ -107,6 +110,17 @@ def retry(app: App, svc: Service, tried: list[Backend]) -> Choice | None:
     if be is None:
         return None
     return nsvc, be, how, cookie
+
+
+def elsewhere(app: App, svc: Service, be: Backend) -> bool:
+    """Whether requests would still find a backend with ``be`` (of ``svc``) out of rotation:
+    another of ``svc``, or -- when any service of the app has weight -- one of another service,
+    which the weights, a pin's fresh pick (rule 1) or the fallback (rule 3) reach. When none
+    would, ejecting ``be`` would turn its slow or failing answers into none at all."""
+    if any(b.healthy for b in svc.backends if b is not be):
+        return True
+    return (any(s.weight > 0 for s in app.services)
+            and any(b.healthy for s in app.services if s is not svc for b in s.backends))
 
 
 def cookie_line(prefix: bytes, codec: TokenCodec, app: App, svc: Service, be: Backend,

@@ -26,7 +26,8 @@ from .sticky import TokenCodec
 class Backend:
     """One backend address of one service; shared by every snapshot that contains it."""
 
-    __slots__ = ("key", "ident", "host", "port", "inflight", "healthy", "stats", "token_id")
+    __slots__ = ("key", "ident", "host", "port", "inflight", "healthy", "stats", "token_id",
+                 "answered")
 
     def __init__(self, key: str, token_id: bytes, ident: tuple[str, str, str] = ("", "", "")) -> None:
         self.key = key
@@ -36,6 +37,7 @@ class Backend:
         self.healthy = True
         self.stats = BackendStats()
         self.token_id = token_id
+        self.answered = 0  # final response heads received: the stall sweep's sign of life
 
     def __repr__(self) -> str:
         return f"Backend({self.key!r}, inflight={self.inflight}, healthy={self.healthy})"

@@ -7,18 +7,20 @@ from types import SimpleNamespace
 
 from router.config import PassiveHealthConfig, config_from_dict
 from router.counters import BUCKETS, ServiceStats
-from router.health import (HEALTHY, STALL_FACTOR, STALL_MIN, UNCHECKED, UNHEALTHY, Health,
-                           PassiveHealth, stall_limit)
+from router import health as health_mod
+from router.health import (HEALTHY, STALL_FACTOR, STALL_MIN, STALL_UNKNOWN, UNCHECKED, UNHEALTHY,
+                           Health, PassiveHealth, stall_limit)
 from router.sticky import TokenCodec
 from router.table import TableBuilder
+from tests.processes import free_port
 
 A, B, C = ("shop", "web", "10.0.0.1:80"), ("shop", "web", "10.0.0.2:80"), ("shop", "v2", "10.0.0.3:80")
 
 
-def _apps() -> tuple:
+def _apps(a: tuple = A, b: tuple = B, c: tuple = C) -> tuple:
     return config_from_dict({"apps": {"shop": {"routes": ["shop.test"], "services": {
-        "web": {"weight": 1, "backends": [A[2], B[2]]},
-        "v2": {"weight": 0, "backends": [C[2]]}}}}}).apps
+        "web": {"weight": 1, "backends": [a[2], b[2]]},
+        "v2": {"weight": 0, "backends": [c[2]]}}}}}).apps
 
 
 class Recorder:
@@ -86,7 +88,8 @@ def test_passive_off_still_learns_what_works():
 
 def test_stall_limit_from_the_services_latency():
     st = ServiceStats()
-    assert stall_limit(st) == STALL_MIN  # nothing known yet: the floor
+    # Nothing answered yet: a version slow from its first request is not stalled before this.
+    assert stall_limit(st) == STALL_UNKNOWN
     for _ in range(99):
         st.observe(0.004)
     st.observe(0.3)
@@ -102,61 +105,144 @@ def test_stall_limit_from_the_services_latency():
     assert BUCKETS[-1] < 30.0
 
 
+def _known_fast() -> ServiceStats:
+    st = ServiceStats()
+    for _ in range(100):
+        st.observe(0.004)  # p99 5 ms: the stall limit is its floor, 2 s
+    return st
+
+
 def test_sweep_reports_a_backend_stuck_with_nothing_coming_back():
     passive, rec, be = _plane()
-    stuck = Waiting(be[A], ServiceStats())
+    stuck = Waiting(be[A], _known_fast())
     timeout = 60.0
-    waiting = {stuck: 100.0 + timeout}  # sent at t=100
-    passive.sweep(waiting, timeout, 100.5)
-    passive.sweep(waiting, timeout, 101.9)
+    passive.sweep([stuck], timeout, 100.5)  # the clock starts at the first sweep that sees it
+    passive.sweep([stuck], timeout, 102.4)
     assert rec.notes == []
-    passive.sweep(waiting, timeout, 102.6)  # waited > 2 s and nothing completed for > 2 s
-    assert rec.notes == [("stalled", A, "ejected: 1 request waiting over 2 s with no response")]
+    passive.sweep([stuck], timeout, 102.6)  # waited over 2 s with no response at all
+    assert rec.notes == [("stalled", A, "ejected: no response for over 2 s, 1 request waiting")]
+
+
+def test_sweep_catches_a_hung_backend_whose_clients_give_up():
+    # Clients that give up after a second: no request waits long, but new ones keep waiting
+    # and nothing comes back.
+    passive, rec, be = _plane()
+    st = _known_fast()
+    for i in range(6):
+        passive.sweep([Waiting(be[A], st), Waiting(be[A], st)], 60.0, 100.0 + i * 0.5)
+    assert [n[:2] for n in rec.notes] == [("stalled", A)]
 
 
 def test_sweep_spares_a_backend_that_still_answers():
     passive, rec, be = _plane()
-    slow = Waiting(be[A], ServiceStats())
-    waiting = {slow: 100.0 + 60}
-    passive.sweep(waiting, 60, 100.5)
-    be[A].stats.codes[200] = 1  # another request to A completed meanwhile
-    passive.sweep(waiting, 60, 102.6)
-    passive.sweep(waiting, 60, 104.0)
+    st = _known_fast()
+    slow = Waiting(be[A], st)
+    passive.sweep([slow], 60, 100.5)
+    be[A].answered += 1  # a response from A began meanwhile
+    passive.sweep([slow], 60, 102.6)
+    passive.sweep([slow], 60, 104.0)
     assert rec.notes == []
-    passive.sweep(waiting, 60, 104.7)  # then nothing for over 2 s
+    passive.sweep([slow], 60, 104.7)  # then nothing for over 2 s
     assert [n[0] for n in rec.notes] == ["stalled"]
     # A response timeout that ends it first: left to the timeout.
     rec.notes.clear()
-    passive.sweep(waiting, 1.5, 110.0)
+    passive.sweep([slow], 1.5, 110.0)
+    assert rec.notes == []
+
+
+def test_sweep_clock_starts_again_when_nothing_waits():
+    passive, rec, be = _plane()
+    st = _known_fast()
+    passive.sweep([Waiting(be[A], st)], 60, 100.0)
+    passive.sweep([], 60, 101.5)  # idle: not stuck
+    passive.sweep([Waiting(be[A], st)], 60, 102.5)
+    passive.sweep([Waiting(be[A], st)], 60, 104.0)
+    assert rec.notes == []
+
+
+def test_sweep_spares_a_version_slow_from_its_first_request():
+    # Every request takes 5 s, one client after the other: nothing comes back for 5 s at a time.
+    passive, rec, be = _plane()
+    st = ServiceStats()
+    for i in range(40):
+        t = 100.0 + i * 0.5
+        if i and i % 10 == 0:
+            be[A].answered += 1
+            st.observe(5.0)
+        passive.sweep([Waiting(be[A], st)], 60, t)
     assert rec.notes == []
 
 
 async def test_health_decides_ejects_and_readmits():
+    # Backends on loopback: a readmission asks the backend first (OPTIONS *).
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    a, b, c = (("shop", "web", f"127.0.0.1:{port}"), ("shop", "web", f"127.0.0.1:{free_port()}"),
+               ("shop", "v2", f"127.0.0.1:{free_port()}"))
     changes: list[dict] = []
     health = Health(lambda: changes.append(health.states()),
                     PassiveHealthConfig(failures=3, cooldown=0.05), asyncio.get_running_loop())
-    health.update(_apps())
-    assert health.states() == {A: UNCHECKED, B: UNCHECKED, C: UNCHECKED}
-    health.success(A)
-    assert health.state(A) == (HEALTHY, None)
-    # Failures from two data planes count together.
-    assert health.failure(B, 1) is False
-    assert health.failure(B, 1) is False
-    assert health.failure(B, 2) is True
-    assert health.state(B) == (UNHEALTHY, "ejected: 3 requests failed in a row")
-    assert changes == [{A: HEALTHY, B: UNHEALTHY, C: UNCHECKED}]
-    # The last backend of its service that takes requests stays.
-    for _ in range(5):
-        assert health.failure(A, 5) is False
-    assert health.failure(C, 3) is False and health.state(C) == (UNCHECKED, None)
-    assert health.stalled(C, "stuck") is False
-    await asyncio.sleep(0.1)
-    # Back after the cooldown, on probation: unchecked until something shows it works.
-    assert health.state(B) == (UNCHECKED, None)
-    assert changes[-1] == {A: HEALTHY, B: UNCHECKED, C: UNCHECKED}
-    health.worked(C)
-    assert health.state(C) == (HEALTHY, None)
-    health.stop()
+    health.update(_apps(a, b, c))
+    try:
+        assert health.states() == {a: UNCHECKED, b: UNCHECKED, c: UNCHECKED}
+        health.success(a)
+        assert health.state(a) == (HEALTHY, None)
+        # Failures from two data planes count together.
+        assert health.failure(a, 1) is False
+        assert health.failure(a, 1) is False
+        assert health.failure(a, 2) is True
+        assert health.state(a) == (UNHEALTHY, "ejected: 3 requests failed in a row")
+        assert changes == [{a: UNHEALTHY, b: UNCHECKED, c: UNCHECKED}]
+        # The last backend of web goes too: v2 (weight 0) takes its requests, as the fallback.
+        assert health.failure(b, 3) is True
+        # Then nothing else in the app could take c's requests: it stays.
+        for _ in range(5):
+            assert health.failure(c, 5) is False
+        assert health.stalled(c, "stuck") is False and health.state(c) == (UNCHECKED, None)
+        # After the cooldown, a answers its OPTIONS *: back, on probation (unchecked); b
+        # refuses: out for another cooldown.
+        for _ in range(200):
+            if health.state(a)[0] == UNCHECKED:
+                break
+            await asyncio.sleep(0.01)
+        assert health.state(a) == (UNCHECKED, None)
+        assert health.state(b)[0] == UNHEALTHY
+        await asyncio.sleep(0.2)
+        assert health.state(b)[0] == UNHEALTHY
+        health.worked(c)
+        assert health.state(c) == (HEALTHY, None)
+    finally:
+        health.stop()
+        server.close()
+
+
+async def test_a_hung_backend_stays_out_after_its_cooldown():
+    # Accepts, reads, never answers: its OPTIONS * times out, so no request is sent it.
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    a = ("shop", "web", f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    b, c = ("shop", "web", "127.0.0.1:1"), ("shop", "v2", "127.0.0.1:2")
+    health = Health(lambda: None, PassiveHealthConfig(failures=3, cooldown=0.02),
+                    asyncio.get_running_loop())
+    health.update(_apps(a, b, c))
+    old = health_mod.READMIT_TIMEOUT
+    health_mod.READMIT_TIMEOUT = 0.2
+    try:
+        assert health.stalled(a, "stuck") is True
+        await asyncio.sleep(0.5)  # two cooldowns and probes
+        assert health.state(a) == (UNHEALTHY, "stuck")
+    finally:
+        health_mod.READMIT_TIMEOUT = old
+        health.stop()
+        server.close()
 
 
 async def test_a_success_ends_the_run():

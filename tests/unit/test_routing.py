@@ -98,3 +98,26 @@ def test_retry_order_same_service_then_by_weight_then_fallback():
     assert names(routing.retry(a, red, tried))[:3] == ("blue", "10.0.0.9:80", routing.FALLBACK)
     tried += list(a.by_name["blue"].backends)
     assert routing.retry(a, red, tried) is None
+
+
+def test_a_backend_may_leave_when_its_requests_have_somewhere_else_to_go():
+    def leaves(a: App, service: str, backend: str) -> bool:
+        svc = a.by_name[service]
+        return routing.elsewhere(a, svc, next(b for b in svc.backends if b.key == backend))
+
+    # Another backend of its service.
+    a = app({"green": (100, ["10.0.0.1:80", "10.0.0.2:80"])})
+    assert leaves(a, "green", "10.0.0.1:80")
+    # Its service's last: the old version at weight 0 takes over (the fallback)...
+    a = app({"blue": (0, ["10.0.0.9:80"]), "green": (100, ["10.0.0.1:80", "10.0.0.2:80"])},
+            unhealthy=("10.0.0.2:80",))
+    assert leaves(a, "green", "10.0.0.1:80")
+    # ... or, for the last of a weight-0 service its pinned clients use, the weighted one.
+    assert leaves(a, "blue", "10.0.0.9:80")
+    # Nowhere else: the old version out too, or an app stopped with every weight at 0.
+    a = app({"blue": (0, ["10.0.0.9:80"]), "green": (100, ["10.0.0.1:80"])},
+            unhealthy=("10.0.0.9:80",))
+    assert not leaves(a, "green", "10.0.0.1:80")
+    a = app({"blue": (0, ["10.0.0.9:80"]), "green": (0, ["10.0.0.1:80"])})
+    assert not leaves(a, "green", "10.0.0.1:80")
+    assert not leaves(app({"green": (100, ["10.0.0.1:80"])}), "green", "10.0.0.1:80")
