@@ -79,13 +79,17 @@ class Stats:
     """Every counter of a process by name: what a scrape reads, and what a worker process
     sends to the master (plain picklable objects), summed there across workers."""
 
-    __slots__ = ("services", "backends", "unrouted", "refused")
+    __slots__ = ("services", "backends", "unrouted", "refused", "waiting")
 
     def __init__(self) -> None:
         self.services: dict[tuple[str, str], ServiceStats] = {}
         self.backends: dict[tuple[str, str, str], BackendStats] = {}
         self.unrouted: dict[tuple[str, int], int] = {}
         self.refused = 0  # client connections refused at the connection cap
+        # Requests waiting for a response head right now, by service: a histogram of how long
+        # they have waited (BUCKETS). A gauge, made when the counters are read: what the ramp
+        # judges hung requests from (router.ramp).
+        self.waiting: dict[tuple[str, str], list[int]] = {}
 
     def add(self, other: "Stats", inflight: bool = True) -> None:
         """Add ``other``'s counts; ``inflight=False``: the counters only (the totals of a worker
@@ -97,8 +101,14 @@ class Stats:
         for ukey, n in other.unrouted.items():
             self.unrouted[ukey] = self.unrouted.get(ukey, 0) + n
         self.refused += other.refused
+        if inflight:
+            for skey, ages in other.waiting.items():
+                mine = self.waiting.get(skey)
+                self.waiting[skey] = (list(ages) if mine is None
+                                      else [a + b for a, b in zip(mine, ages)])
 
     def keep(self, services: set[tuple[str, str]], backends: set[tuple[str, str, str]]) -> None:
         """Forget the counters of services and backends no longer routed."""
         self.services = {k: v for k, v in self.services.items() if k in services}
         self.backends = {k: v for k, v in self.backends.items() if k in backends}
+        self.waiting = {k: v for k, v in self.waiting.items() if k in services}

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Callable, Mapping, cast
+from bisect import bisect_left
+from typing import Callable, Iterable, Mapping, cast
 
 from .client import ClientConnection
 from .config import AppConfig, Config
 from .context import ProxyContext
-from .counters import Stats
+from .counters import BUCKETS, Stats
 from .health import STALL_SWEEP, UNHEALTHY, BackendKey, HealthMap, PassiveHealth, Reporter, apply_states
 from .routing import elsewhere
 from .sticky import TokenCodec
@@ -120,8 +121,10 @@ class DataPlane:
         self.passive.failures = config.passive_health.failures
 
     def stats(self) -> Stats:
-        st = self.table.stats(self.ctx.unrouted)
-        st.refused = self.ctx.refused
+        ctx = self.ctx
+        st = self.table.stats(ctx.unrouted)
+        st.refused = ctx.refused
+        st.waiting = _waiting_ages(ctx.deadlines.waiting, ctx.loop.time())
         return st
 
     async def drain(self, grace: float) -> None:
@@ -147,3 +150,19 @@ class DataPlane:
         self.pool.close()
         if ctx.log_access is not None:
             ctx.log_access.flush()
+
+
+def _waiting_ages(waiting: Iterable[object], now: float) -> dict[tuple[str, str], list[int]]:
+    """``Stats.waiting`` from the exchanges waiting for a response head (each with ``app``,
+    ``service`` and ``started``, the loop time it was routed; ``now`` on the same clock)."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for ex in waiting:
+        app, svc = getattr(ex, "app", None), getattr(ex, "service", None)
+        if app is None or svc is None:
+            continue
+        key = (app.name, svc.name)
+        ages = out.get(key)
+        if ages is None:
+            ages = out[key] = [0] * (len(BUCKETS) + 1)
+        ages[bisect_left(BUCKETS, now - getattr(ex, "started", now))] += 1
+    return out

@@ -30,9 +30,10 @@ from typing import Awaitable, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .config import AppConfig
 from .counters import BUCKETS, ServiceStats, Stats
 from .errors import Conflict, NotFound, Unavailable
-from .release import RampAction, RampStatus, Release, Status
+from .release import RampAction, RampSettings, RampStatus, Release, Status
 from .manager import StateManager
 from .state import ramp_decision
 from .store import Store
@@ -42,8 +43,10 @@ log = logging.getLogger("router.ramp")
 # Seconds between two reads of the counters while a ramp runs: how late a window may start or
 # end. The counters are summed across workers at each read (one message per worker).
 TICK = 0.1
-# A 5xx answer is an error of the version that gave it.
+# A 5xx answer is an error of the version that gave it; so is a request its client gave up
+# waiting for (499, nginx's "client closed request"): a hung version's requests end that way.
 _SERVER_ERROR = 500
+_ABANDONED = 499
 # The role in a shared store (router.store: lead) of the replica that drives the ramps, and how
 # long it keeps it without renewing: another replica takes over this long after it died.
 DRIVER_ROLE = "ramp-driver"
@@ -59,21 +62,29 @@ class Counts:
 
     #: Answers given for it, and failed attempts to reach one of its backends.
     requests: int
-    #: 5xx answers, and failed attempts: a connect refused is the version's failure even when a
-    #: retry on another backend hid it from the client.
+    #: 5xx answers, requests abandoned by their clients (499), and failed attempts: a connect
+    #: refused is the version's failure even when a retry on another backend hid it from the
+    #: client.
     errors: int
     #: Its latency histogram (router.counters.BUCKETS; the last one is +Inf).
     buckets: tuple[int, ...]
+    #: Requests sent to it by a client's sticky pin rather than by the weights.
+    pinned: int = 0
+    #: Its requests waiting for a response head now, by how long they have waited (the same
+    #: buckets): not a counter, what the workers saw at this read.
+    waiting: tuple[int, ...] = ()
 
     def since(self, start: "Counts") -> "Counts | None":
-        """What happened between ``start`` and this; None if a counter went backwards (a
-        worker process replaced: the window cannot be trusted)."""
-        if self.requests < start.requests or self.errors < start.errors:
+        """What happened between ``start`` and this (the requests waiting: this read's); None if
+        a counter went backwards (a worker process replaced: the window cannot be trusted)."""
+        if (self.requests < start.requests or self.errors < start.errors
+                or self.pinned < start.pinned):
             return None
         buckets = tuple(a - b for a, b in zip(self.buckets, start.buckets))
         if any(n < 0 for n in buckets):
             return None
-        return Counts(self.requests - start.requests, self.errors - start.errors, buckets)
+        return Counts(self.requests - start.requests, self.errors - start.errors, buckets,
+                      self.pinned - start.pinned, self.waiting)
 
 
 _NO_SERVICE = ServiceStats()
@@ -81,23 +92,34 @@ _NO_SERVICE = ServiceStats()
 
 def counts(stats: Stats, app: str, services: Iterable[str]) -> Counts:
     """The counters of ``services`` of ``app`` in ``stats``, added up."""
-    requests = errors = 0
+    requests = errors = pinned = 0
     buckets = [0] * (len(BUCKETS) + 1)
+    waiting = [0] * (len(BUCKETS) + 1)
     names = set(services)
     for (a, s, _), be in stats.backends.items():
         if a == app and s in names:
             for code, n in be.codes.items():
                 requests += n
-                if code >= _SERVER_ERROR:
+                if code >= _SERVER_ERROR or code == _ABANDONED:
                     errors += n
             failed = sum(be.errors.values())
             requests += failed
             errors += failed
     for name in names:
         st = stats.services.get((app, name), _NO_SERVICE)
+        pinned += st.sticky
         for i, n in enumerate(st.buckets):
             buckets[i] += n
-    return Counts(requests, errors, tuple(buckets))
+        for i, n in enumerate(stats.waiting.get((app, name), ())):
+            waiting[i] += n
+    return Counts(requests, errors, tuple(buckets), pinned, tuple(waiting))
+
+
+def waiting_over(waiting: tuple[int, ...], bound: float) -> int:
+    """How many of the requests in the ``waiting`` histogram have surely waited longer than
+    ``bound``: those of the buckets above the one ``bound`` falls in."""
+    lower = (0.0, *BUCKETS)
+    return sum(n for i, n in enumerate(waiting) if lower[i] >= bound)
 
 
 def quantile(q: float, buckets: tuple[int, ...]) -> float | None:
@@ -124,25 +146,50 @@ class Measure:
 
     requests: int
     errors: int
-    #: The ramp's latency quantile, seconds; None without requests.
+    #: The ramp's latency quantile of its answered requests, seconds; None without any.
     latency: float | None
+    #: Of ``requests`` and ``errors``: requests still waiting for an answer past the step's
+    #: latency bound, failed already as far as the step is concerned.
+    stuck: int = 0
+    #: Of ``requests``: sent by a client's sticky pin, not by the weights.
+    pinned: int = 0
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
+    @property
+    def answered(self) -> int:
+        """Requests that got an answer, or at least did not fail."""
+        return self.requests - self.errors
+
     def to_dict(self) -> dict[str, object]:
         return {"requests": self.requests, "errors": self.errors,
-                "error_rate": self.error_rate, "latency": self.latency}
+                "error_rate": self.error_rate, "latency": self.latency, "stuck": self.stuck,
+                "pinned": self.pinned}
 
-    def text(self, name: str, q: float) -> str:
-        """``web-v2 0.0% errors (0 of 412), p99 4.9 ms``."""
+    def text(self, name: str, q: float, bound: float | None = None) -> str:
+        """``web-v2 0.0% errors (0 of 412), p99 4.9 ms``; with the requests still waiting past
+        ``bound``, when there are: ``(12 of 12, 12 waiting over 20 ms)``."""
+        stuck = f", {self.stuck} waiting over {_ms(bound)}" if self.stuck else ""
         return (f"{name} {self.error_rate * 100:.1f}% errors ({self.errors} of "
-                f"{self.requests}), p{q * 100:g} {_ms(self.latency)}")
+                f"{self.requests}{stuck}), p{q * 100:g} {_ms(self.latency)}")
 
 
-def measure(delta: Counts, q: float) -> Measure:
-    return Measure(delta.requests, delta.errors, quantile(q, delta.buckets))
+def measure(delta: Counts, q: float, bound: float | None = None) -> Measure:
+    """``delta`` as judged: the requests waiting longer than ``bound`` count as failed (none
+    without a bound)."""
+    stuck = waiting_over(delta.waiting, bound) if bound is not None else 0
+    return Measure(delta.requests + stuck, delta.errors + stuck, quantile(q, delta.buckets),
+                   stuck, delta.pinned)
+
+
+def latency_bound(settings: RampSettings, old: float | None) -> float | None:
+    """The step's latency bound: ``max_latency_ratio`` times the old version's quantile, and at
+    least ``latency_floor`` (None while the old version's is not known)."""
+    if old is None:
+        return None
+    return max(settings.latency_floor, settings.max_latency_ratio * old)
 
 
 def _ms(seconds: float | None) -> str:
@@ -176,43 +223,120 @@ _DECISION_NAMES = {
 }
 
 
-def judge(release: Release, new: Measure, old: Measure, seconds: float) -> Judgement:
-    """The decision about the running step of ``release``'s ramp, from what the new and the old
-    version did over the same ``seconds``.
+def judge(release: Release, new: Measure, old: Measure | None, seconds: float, *,
+          old_name: str | None = None, bound: float | None = None) -> Judgement:
+    """The decision about the running step of ``release``'s ramp at the end of its interval,
+    from what the new and the old version did over the same ``seconds``.
 
-    In this order: too little traffic (fewer than ``min_requests`` for either version) holds
-    for another interval, and pauses the ramp once it has waited ``max_waits`` intervals; an
-    error rate of the new version more than ``max_error_rate`` above the old one's fails it;
-    so does a latency quantile over ``latency_floor`` and more than ``max_latency_ratio`` times
-    the old one's; otherwise the next step.
+    In this order: a step where the new version answered nothing while requests wait on it past
+    the latency bound fails; so does an error rate of the new version more than
+    ``max_error_rate`` above the old one's, counting the requests it lacks to ``min_requests``
+    as successes (out of bounds with fewer requests is out of bounds with more); too little
+    traffic (fewer than ``min_requests`` for either version) holds for another interval, and
+    pauses the ramp once it has waited ``max_waits`` intervals; a latency quantile over
+    ``latency_floor`` and more than ``max_latency_ratio`` times the old one's fails; otherwise
+    the next step (``FINISH`` once the last step is judged).
+
+    ``old`` is None at a step the old version gets no traffic (100 %) with nothing measured of
+    it at the steps before (this process started at that step): the new version is then judged
+    against no errors, and its latency not at all. ``old_name`` names what ``old`` is
+    (``blue at step 3``: the step before, for a 100 % step); ``bound``: the latency bound the
+    waiting requests were counted against, for the reason.
     """
     ramp = release.ramp
     assert ramp is not None
     st = ramp.settings
-    old_name = ",".join(release.old)
     where = f"step {ramp.step} ({ramp.share}%) over {seconds:.1f} s"
-    both = f"{new.text(release.new, st.quantile)}; {old.text(old_name, st.quantile)}"
 
     def decide(action: RampAction, why: str) -> Judgement:
-        return Judgement(action, f"{where}: {why}: {both}", new, old, seconds)
+        return _judgement(release, action, f"{where}: {why}", new, old, seconds, old_name, bound)
 
-    if new.requests < st.min_requests or old.requests < st.min_requests:
+    if new.stuck and not new.answered:
+        return decide(RampAction.FAIL, f"none of its requests answered, {new.stuck} waiting "
+                                        f"longer than {_ms(bound)}")
+    if _errors_out(new, old, st, max(st.min_requests, new.requests)):
+        return decide(RampAction.FAIL, _errors_text(release, old, old_name))
+    if new.requests < st.min_requests or (old is not None and old.requests < st.min_requests):
+        pins = _pins_text(release, new, old)
         if ramp.waits >= st.max_waits:
             return decide(RampAction.PAUSE, f"too little traffic to judge after "
                                              f"{ramp.waits + 1} intervals (at least "
-                                             f"{st.min_requests} requests each); paused")
+                                             f"{st.min_requests} requests each){pins}; paused")
         return decide(RampAction.HOLD, f"too little traffic to judge (at least "
-                                        f"{st.min_requests} requests each); one more interval")
-    if new.error_rate - old.error_rate > st.max_error_rate:
-        points = st.max_error_rate * 100
-        return decide(RampAction.FAIL, f"error rate out of bounds (more than {points:g} "
-                                        f"percentage point{'' if points == 1 else 's'} over "
-                                        f"{old_name}'s)")
-    if (new.latency is not None and old.latency is not None and new.latency > st.latency_floor
+                                        f"{st.min_requests} requests each){pins}; one more "
+                                        "interval")
+    if (old is not None and new.latency is not None and old.latency is not None
+            and new.latency > st.latency_floor
             and new.latency > st.max_latency_ratio * old.latency):
+        name = old_name or ",".join(release.old)
         return decide(RampAction.FAIL, f"latency out of bounds (more than "
-                                        f"{st.max_latency_ratio:g}x {old_name}'s)")
+                                        f"{st.max_latency_ratio:g}x {name}'s)")
     return decide(ramp.next_move(), "within bounds")
+
+
+def broken(release: Release, new: Measure, old: Measure | None, seconds: float, span: float, *,
+           old_name: str | None = None, bound: float | None = None) -> Judgement | None:
+    """Before the end of the interval (``seconds`` of ``span`` gone): ``FAIL`` as soon as the
+    new version has had ``min_requests`` and its error rate is out of bounds whatever the rest
+    of the interval brings -- even if every request still to come succeeded, counting as many
+    as the pace so far gives over the whole interval. None otherwise: judged at the end."""
+    ramp = release.ramp
+    assert ramp is not None
+    st = ramp.settings
+    if not new.errors or seconds <= 0 or new.requests < st.min_requests:
+        return None
+    expected = max(new.requests, round(new.requests * span / seconds))
+    if not _errors_out(new, old, st, expected):
+        return None
+    why = _errors_text(release, old, old_name)
+    return _judgement(release, RampAction.FAIL,
+                      f"step {ramp.step} ({ramp.share}%) after {seconds:.1f} s of {span:g} s: "
+                      f"{why}, already for the whole interval", new, old, seconds, old_name, bound)
+
+
+def _errors_out(new: Measure, old: Measure | None, st: RampSettings, expected: int) -> bool:
+    """Whether ``new.errors`` out of ``expected`` requests is over the old version's error rate
+    (0 without figures) by more than ``max_error_rate``; never while the old version has too
+    little traffic to compare with."""
+    if old is not None and old.requests < st.min_requests:
+        return False
+    base = old.error_rate if old is not None else 0.0
+    return new.errors / expected - base > st.max_error_rate
+
+
+def _errors_text(release: Release, old: Measure | None, old_name: str | None) -> str:
+    assert release.ramp is not None
+    points = release.ramp.settings.max_error_rate * 100
+    over = f"over {old_name or ','.join(release.old)}'s" if old is not None else "over none"
+    return (f"error rate out of bounds (more than {points:g} percentage "
+            f"point{'' if points == 1 else 's'} {over})")
+
+
+def _pins_text(release: Release, new: Measure, old: Measure | None) -> str:
+    """Why the new version gets too little traffic when the old one's comes from clients pinned
+    to it (session stickiness): the weights move only the others."""
+    if old is None or not old.requests or old.pinned * 2 <= old.requests:
+        return ""
+    name = ",".join(release.old)
+    text = (f"; {old.pinned} of {old.requests} requests to {name} came from clients pinned to "
+            f"it, whom the weights do not move")
+    if old.pinned * 10 >= old.requests * 9:
+        text += (f": {release.new} gets its share of the others only, and the ramp cannot "
+                 "progress while those pins last (sticky.max_idle)")
+    return text
+
+
+def _judgement(release: Release, action: RampAction, reason: str, new: Measure,
+               old: Measure | None, seconds: float, old_name: str | None,
+               bound: float | None) -> Judgement:
+    ramp = release.ramp
+    assert ramp is not None
+    q = ramp.settings.quantile
+    name = old_name or ",".join(release.old)
+    old_text = (old.text(name, q, bound) if old is not None
+                else f"no figures of {name} (no traffic at {ramp.share}%)")
+    return Judgement(action, f"{reason}: {new.text(release.new, q, bound)}; {old_text}", new,
+                     old if old is not None else Measure(0, 0, None), seconds)
 
 
 # -- windows (pure: counters and clock passed in) ---------------------------------------------
@@ -256,16 +380,23 @@ class Planner:
 
     def __init__(self) -> None:
         self._windows: dict[str, Window] = {}
+        # The old version as last judged at a step it had traffic, per app (with the release
+        # and the step): what a 100 % step, where it has none, is compared with.
+        self._baseline: dict[str, tuple[tuple[str, str], Measure, int]] = {}
 
     def plan(self, releases: Mapping[str, Release], stats: Stats, now: float) -> list[Decision]:
         """What to do now, for every ramp that runs. A ramp at step 0 of a ready release gets
         its first step; a step seen for the first time gets a window starting now; a window
         that is due gets judged (a hold extends it by an interval: the counters keep adding up
-        from its start)."""
+        from its start); a window not yet due fails as soon as it is out of bounds for sure
+        (:func:`broken`)."""
         for name in [n for n, w in self._windows.items()
                      if n not in releases or not _judged(releases[n])
                      or _key(releases[n]) != w.key]:
             del self._windows[name]
+        for name in [n for n, b in self._baseline.items()
+                     if n not in releases or (releases[n].new, releases[n].started_at) != b[0]]:
+            del self._baseline[name]
         decisions = []
         for name, release in releases.items():
             ramp = release.ramp
@@ -281,21 +412,53 @@ class Planner:
             if window is None:
                 self._windows[name] = Window(_key(release), now, now + interval, new, old)
                 continue
-            if now < window.due:
-                continue
-            new_delta, old_delta = new.since(window.new), old.since(window.old)
-            if new_delta is None or old_delta is None:
+            measured = self._measure(name, release, window, new, old)
+            if measured is None:
                 log.warning("ramp of %s: the counters went back (a worker process was "
                             "replaced); step %d is judged over a fresh interval", release.new,
                             ramp.step)
                 self._windows[name] = Window(_key(release), now, now + interval, new, old)
                 continue
-            q = ramp.settings.quantile
-            j = judge(release, measure(new_delta, q), measure(old_delta, q), now - window.started)
+            new_m, old_m, old_name, bound = measured
+            seconds = now - window.started
+            if now < window.due:
+                early = broken(release, new_m, old_m, seconds, window.due - window.started,
+                               old_name=old_name, bound=bound)
+                if early is not None:
+                    decisions.append(Decision(name, release.new, ramp.step, early.action,
+                                              early.reason, early))
+                continue
+            j = judge(release, new_m, old_m, seconds, old_name=old_name, bound=bound)
             if j.action is RampAction.HOLD:
                 window.due = now + interval
+            elif j.action is RampAction.ADVANCE and old_m is not None and old_name is None:
+                self._baseline[name] = ((release.new, release.started_at), old_m, ramp.step)
             decisions.append(Decision(name, release.new, ramp.step, j.action, j.reason, j))
         return decisions
+
+    def _measure(self, app: str, release: Release, window: Window, new: Counts, old: Counts
+                 ) -> tuple[Measure, Measure | None, str | None, float | None] | None:
+        """Both versions over ``window`` as judged -- the new one, the old one (or what stands
+        for it at a 100 % step), its name when that is not the old services now, and the
+        latency bound -- or None when the counters went back."""
+        new_delta, old_delta = new.since(window.new), old.since(window.old)
+        if new_delta is None or old_delta is None:
+            return None
+        ramp = release.ramp
+        assert ramp is not None
+        st = ramp.settings
+        old_m: Measure | None = measure(old_delta, st.quantile)
+        old_name = None
+        if ramp.share == 100 and old_m is not None and old_m.requests < st.min_requests:
+            base = self._baseline.get(app)
+            if base is not None:
+                old_m, old_name = base[1], f"{','.join(release.old)} at step {base[2]}"
+            else:
+                old_m = None
+        bound = latency_bound(st, old_m.latency if old_m is not None else None)
+        if old_m is not None and old_name is None:
+            old_m = measure(old_delta, st.quantile, bound)
+        return measure(new_delta, st.quantile, bound), old_m, old_name, bound
 
     def live(self, app: str, release: Release, stats: Stats, now: float) -> Judgement | None:
         """The step of ``app`` being judged, so far (``action`` is what would be decided were
@@ -303,12 +466,13 @@ class Planner:
         window = self._windows.get(app)
         if window is None or release.ramp is None or window.key != _key(release):
             return None
-        new_delta = counts(stats, app, (release.new,)).since(window.new)
-        old_delta = counts(stats, app, release.old).since(window.old)
-        if new_delta is None or old_delta is None:
+        measured = self._measure(app, release, window, counts(stats, app, (release.new,)),
+                                 counts(stats, app, release.old))
+        if measured is None:
             return None
-        q = release.ramp.settings.quantile
-        return judge(release, measure(new_delta, q), measure(old_delta, q), now - window.started)
+        new_m, old_m, old_name, bound = measured
+        return judge(release, new_m, old_m, now - window.started, old_name=old_name,
+                     bound=bound)
 
     def forget(self, app: str | None = None) -> None:
         """Drop the windows (of ``app``): they are judged afresh if this process drives again."""
@@ -384,6 +548,10 @@ class RampDriver:
     @property
     def releases(self) -> Mapping[str, Release]:
         return self._manager.state.releases
+
+    @property
+    def apps(self) -> tuple[AppConfig, ...]:
+        return self._manager.state.apps
 
     def _running(self) -> bool:
         return any(r.ramp is not None and r.ramp.status is RampStatus.RUNNING
@@ -487,10 +655,11 @@ class RampCollector:
         decisions = CounterMetricFamily(
             "router_ramp_decisions", "Decisions of the guarded ramps driven by this replica: "
             "advance, wait, pause, rollback", labels=["app", "decision"])
-        # Every decision of every app with a ramp from 0, so that the first rollback is an
-        # increase Prometheus sees (a counter series born at 1 shows none).
+        # Every decision of every app from 0, so that the first rollback is an increase
+        # Prometheus sees (a counter series born at 1 shows none): a ramp may roll back within
+        # a tick of its start, before any scrape saw it.
         apps = {app for app, _ in driver.decided}
-        apps.update(name for name, r in driver.releases.items() if r.ramp is not None)
+        apps.update(app.name for app in driver.apps)
         for app in sorted(apps):
             for decision in DECISIONS:
                 decisions.add_metric([app, decision], driver.decided.get((app, decision), 0))

@@ -82,19 +82,22 @@ is :data:`RAMP_TRANSITIONS`, written like the release's::
 ``RUNNING``
     Step ``step`` (1-based; 0 before the first) is applied and being judged.  At the end of an
     interval the judgement (``router.ramp.judge``) gives one of: ``ADVANCE`` to the next step,
-    ``FINISH`` when the next step is the last, ``HOLD`` when either version had too little
-    traffic to judge (another interval, counted in ``waits``), ``PAUSE`` once ``max_waits``
-    intervals were too thin, ``FAIL`` when the new version is out of bounds.  The first step
-    needs no judgement: it is applied as soon as the release is ``AWAITING_CONFIRMATION``.
+    ``FINISH`` when the last step is judged within bounds, ``HOLD`` when either version had too
+    little traffic to judge (another interval, counted in ``waits``), ``PAUSE`` once
+    ``max_waits`` intervals were too thin, ``FAIL`` when the new version is out of bounds (also before the
+    end of the interval, once it is out of bounds for sure).  The first step needs no
+    judgement: it is applied as soon as the release is ``AWAITING_CONFIRMATION``; the last is
+    judged like the others (a version may hang only when it takes all the traffic).
 ``PAUSED``
     The weights stay as they are and nothing is judged; operators may move them by hand.
     ``RESUME`` applies the current step's weights again and judges it over a fresh interval.
 ``DONE``
-    The last step is applied.  The release waits for its confirm as before.
+    The last step is applied and was judged within bounds.  The release waits for its confirm
+    as before.
 
-``ADVANCE`` and ``FINISH`` put weight on the new version, so they need the release to be
-``AWAITING_CONFIRMATION`` (every new backend passed its check): the same rule that guards a
-confirm.  ``ABORT`` ends the ramp and gives the old services their ``old_weights`` back, the new
+``ADVANCE`` puts weight on the new version and ``FINISH`` declares it fit for all of it, so
+they need the release to be ``AWAITING_CONFIRMATION`` (every new backend passed its check): the
+same rule that guards a confirm.  ``ABORT`` ends the ramp and gives the old services their ``old_weights`` back, the new
 service at weight 0 (it stays, for preview and another try); ``FAIL`` is the release's
 ``ROLLBACK``, with the reason in the history.  A ``CONFIRM`` or ``ROLLBACK`` of the release ends
 its ramp with it.  The ramp is part of the release object, so it is stored with it and a router
@@ -281,7 +284,7 @@ class RampStatus(str, enum.Enum):
     RUNNING = "running"
     #: Nothing is judged; the weights stay (an operator, or too long without enough traffic).
     PAUSED = "paused"
-    #: The last step is applied; the release waits for its confirm.
+    #: The last step is applied and judged; the release waits for its confirm.
     DONE = "done"
 
 
@@ -290,9 +293,9 @@ class RampAction(str, enum.Enum):
 
     #: An operator asks for a ramp.
     START = "start"
-    #: Within bounds (or the release just became ready): the next step, not the last.
+    #: Within bounds (or the release just became ready): the next step.
     ADVANCE = "advance"
-    #: Within bounds, and the next step is the last.
+    #: The last step, within bounds: done.
     FINISH = "finish"
     #: Too little traffic to judge: one more interval at this step.
     HOLD = "hold"
@@ -491,9 +494,8 @@ class Ramp:
         return self.step == len(self.settings.steps)
 
     def next_move(self) -> RampAction:
-        """``ADVANCE``, or ``FINISH`` when the next step is the last."""
-        last = self.step + 1 == len(self.settings.steps)
-        return RampAction.FINISH if last else RampAction.ADVANCE
+        """``ADVANCE``, or ``FINISH`` at the last step."""
+        return RampAction.FINISH if self.last_step else RampAction.ADVANCE
 
     def to_dict(self) -> dict[str, object]:
         out = self.settings.to_dict()
@@ -712,7 +714,8 @@ class Release:
             if action is not ramp.next_move():
                 raise ValueError(f"{action.value} at step {ramp.step} of {len(ramp.settings.steps)}:"
                                  f" the move is {ramp.next_move().value}")
-            return replace(self, ramp=replace(ramp, status=to, step=ramp.step + 1, waits=0,
+            step = ramp.step + 1 if action is RampAction.ADVANCE else ramp.step
+            return replace(self, ramp=replace(ramp, status=to, step=step, waits=0,
                                               since=when, reason=reason))
         if action is RampAction.HOLD:
             return replace(self, ramp=replace(ramp, waits=ramp.waits + 1, reason=reason))

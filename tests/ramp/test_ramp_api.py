@@ -78,7 +78,8 @@ async def test_ramp_progress_shows_the_step_and_its_window(admin_api, backend):
     assert progress["ramp"]["status"] == "running" and progress["ramp"]["share"] == 5
     window = progress["window"]
     assert set(window) == {"seconds", "new", "old"} and window["seconds"] >= 0
-    assert window["new"] == {"requests": 0, "errors": 0, "error_rate": 0.0, "latency": None}
+    assert window["new"] == {"requests": 0, "errors": 0, "error_rate": 0.0, "latency": None,
+                             "stuck": 0, "pinned": 0}
     status, body, _ = await api.call("POST", "/apps/shop/release/ramp/abort")
     assert status == 200 and body["ramp"] is None
     status, body, _ = await api.call("GET", "/apps/shop/release/ramp")

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from router.counters import BUCKETS, BackendStats, ServiceStats, Stats
-from router.ramp import Counts, Leadership, Measure, Planner, counts, judge, quantile
+from router.ramp import (Counts, Leadership, Measure, Planner, broken, counts, judge, measure,
+                         quantile, waiting_over)
 from router.release import (
     RAMP_TRANSITIONS,
     InvalidRamp,
@@ -71,9 +72,9 @@ def test_table_is_the_expected_lifecycle() -> None:
 @pytest.mark.parametrize("status,action", [k for k, v in EXPECTED.items()])
 def test_every_move_of_the_table(status: RampStatus | None, action: RampAction) -> None:
     r = release(None if status is None else ramp(status, step=4 if status is RS.DONE else 1))
-    # From step 3 of 4 the next move is FINISH; from step 1 it is ADVANCE.
+    # At the last step (4 of 4) the next move is FINISH; from step 1 it is ADVANCE.
     if action is RA.FINISH and r.ramp is not None and status is RS.RUNNING:
-        r = replace(r, ramp=replace(r.ramp, step=3))
+        r = replace(r, ramp=replace(r.ramp, step=4))
     expected = EXPECTED[(status, action)]
     if expected == "refused":
         with pytest.raises(ReleaseConflict):
@@ -102,17 +103,19 @@ def test_steps_count_up_and_the_last_one_finishes() -> None:
     r = release().apply_ramp(RA.START, T0, settings=SETTINGS)
     assert r is not None and r.ramp is not None
     shares = []
-    for step in range(4):
+    for step in range(5):
         assert r.ramp is not None
         move = r.ramp.next_move()
-        assert move is (RA.FINISH if step == 3 else RA.ADVANCE)
+        assert move is (RA.FINISH if step == 4 else RA.ADVANCE)
         with pytest.raises(ValueError):  # the other one is a mistake of the caller
             r.apply_ramp(RA.ADVANCE if move is RA.FINISH else RA.FINISH, T0)
         r = r.apply_ramp(move, T0, reason=f"step {step}")
         assert r is not None and r.ramp is not None
         shares.append((r.ramp.step, r.ramp.share, r.ramp.status, r.ramp.reason))
+    # The last step is judged like the others: done only then.
     assert shares == [(1, 5, RS.RUNNING, "step 0"), (2, 25, RS.RUNNING, "step 1"),
-                      (3, 50, RS.RUNNING, "step 2"), (4, 100, RS.DONE, "step 3")]
+                      (3, 50, RS.RUNNING, "step 2"), (4, 100, RS.RUNNING, "step 3"),
+                      (4, 100, RS.DONE, "step 4")]
 
 
 def test_hold_counts_waits_and_a_step_or_resume_clears_them() -> None:
@@ -241,7 +244,8 @@ def test_quantile_is_prometheus_histogram_quantile(q: float, buckets: tuple[int,
 
 def test_counts_add_up_a_version_from_the_counters() -> None:
     stats = Stats()
-    for svc, backend, codes, errors in [("web", "a", {200: 90, 503: 5, 404: 3}, {"connect": 2}),
+    for svc, backend, codes, errors in [("web", "a", {200: 90, 503: 5, 404: 3, 499: 2},
+                                         {"connect": 2}),
                                         ("web", "b", {200: 10}, {}),
                                         ("web-v2", "c", {500: 4, 200: 16}, {"reset": 1}),
                                         ("api", "d", {500: 50}, {})]:
@@ -249,23 +253,43 @@ def test_counts_add_up_a_version_from_the_counters() -> None:
         be.codes, be.errors = codes, errors
     st = stats.services[("shop", "web")] = ServiceStats()
     st.buckets[0], st.buckets[3] = 100, 8
-    other = Stats()
+    st.sticky = 30
+    stats.waiting[("shop", "web")] = list(hist(b0_005=2, b2_5=1))
+    other = Stats()  # another worker
     other.backends[("cart", "web", "a")] = BackendStats()
     other.backends[("cart", "web", "a")].codes = {500: 9}
+    other.waiting[("shop", "web")] = list(hist(b99=3))
     stats.add(other)
-    # 404 is the client's: counted as a request, not an error; a failed attempt is both.
-    assert counts(stats, "shop", ["web"]) == Counts(110, 7, tuple(st.buckets))
+    gone = Stats()  # a worker that is gone: its counts stay, it has nothing waiting
+    gone.waiting[("shop", "web")] = list(hist(b99=50))
+    stats.add(gone, inflight=False)
+    # 404 is the client's: counted as a request, not an error; a request its client gave up
+    # waiting for (499) is an error, as is a failed attempt.
+    assert counts(stats, "shop", ["web"]) == Counts(112, 9, tuple(st.buckets), 30,
+                                                    hist(b0_005=2, b2_5=1, b99=3))
     assert counts(stats, "shop", ["web-v2"]).requests == 21
     assert counts(stats, "shop", ["web-v2"]).errors == 5
-    assert counts(stats, "shop", ["web", "api"]).errors == 57
+    assert counts(stats, "shop", ["web", "api"]).errors == 59
 
 
 def test_counts_since_a_start_and_backwards_counters() -> None:
-    a = Counts(100, 3, hist(b0_005=100))
-    b = Counts(150, 4, hist(b0_005=140, b0_01=10))
-    assert b.since(a) == Counts(50, 1, hist(b0_005=40, b0_01=10))
+    a = Counts(100, 3, hist(b0_005=100), 10, hist(b0_005=5))
+    b = Counts(150, 4, hist(b0_005=140, b0_01=10), 12, hist(b1_0=2))
+    # What waits is what waits now, not a difference.
+    assert b.since(a) == Counts(50, 1, hist(b0_005=40, b0_01=10), 2, hist(b1_0=2))
     assert a.since(b) is None  # a worker replaced: counters went back
     assert Counts(150, 4, hist(b0_01=150)).since(a) is None
+
+
+def test_requests_waiting_past_the_bound_count_as_failed() -> None:
+    waiting = hist(b0_005=3, b0_025=2, b0_05=1, b10_0=4, b99=1)
+    assert waiting_over(waiting, 0.02) == 6  # above the 10..25 ms bucket 0.02 falls in
+    assert waiting_over(waiting, 0.025) == 6
+    assert waiting_over(waiting, 0.026) == 5
+    assert waiting_over(waiting, 100.0) == 0
+    got = measure(Counts(20, 1, hist(b0_005=20), 0, waiting), 0.99, 0.02)
+    assert (got.requests, got.errors, got.stuck, got.answered) == (26, 7, 6, 19)
+    assert measure(Counts(20, 1, hist(b0_005=20), 0, waiting), 0.99).stuck == 0  # no bound yet
 
 
 # -- the judgement ----------------------------------------------------------------------------
@@ -300,8 +324,79 @@ def test_judgement(new: Measure, old: Measure, waits: int, action: RampAction, w
     assert f"web {old.error_rate * 100:.1f}% errors ({old.errors} of {old.requests})" in j.reason
 
 
-def test_judgement_at_the_step_before_the_last_finishes() -> None:
-    assert judge(release(ramp(step=3)), m(500), m(500), 1.0).action is RA.FINISH
+def hung(requests: int, stuck: int, errors: int = 0) -> Measure:
+    """A version with ``stuck`` of its ``requests`` still waiting past the bound."""
+    return Measure(requests, errors + stuck, None if requests == stuck else 0.004, stuck)
+
+
+@pytest.mark.parametrize("new,old,waits,action,why", [
+    # Nothing answered, requests waiting past the bound: a failure whatever the traffic.
+    (hung(1, 1), m(1900), 0, RA.FAIL, "none of its requests answered, 1 waiting longer than 20 ms"),
+    (hung(3, 3), m(5), 0, RA.FAIL, "none of its requests answered"),
+    # Too few requests, but out of bounds already: 1 error is 5% of the 20 it should have had.
+    (hung(6, 1), m(1900), 0, RA.FAIL, "error rate out of bounds"),
+    (m(6, 1), m(1900), 0, RA.FAIL, "error rate out of bounds"),
+    (m(6, 1), m(19), 0, RA.HOLD, "too little traffic to judge"),  # nothing to compare with
+    # A request still waiting among many answered: one failure in the rate.
+    (hung(200, 1), m(1900), 0, RA.ADVANCE, "within bounds"),
+    (hung(100, 2), m(1900), 0, RA.FAIL, "error rate out of bounds"),
+])
+def test_judgement_of_hung_requests(new: Measure, old: Measure, waits: int, action: RampAction,
+                                    why: str) -> None:
+    j = judge(release(ramp(step=1, waits=waits)), new, old, 1.0, bound=0.02)
+    assert j.action is action
+    assert j.reason.startswith(f"step 1 (5%) over 1.0 s: {why}")
+    if new.stuck:
+        assert f"({new.errors} of {new.requests}, {new.stuck} waiting over 20 ms)" in j.reason
+
+
+def test_failing_before_the_end_of_the_interval_only_when_out_of_bounds_for_sure() -> None:
+    r = release(ramp(step=1))
+    # 0.2 s of 3 s: 1 error in 20 requests is 1 in 300 at that pace: within 1 point, judged at
+    # the end; after 0.5 s, 2 in 20 is out of bounds even if the 100 to come all succeed.
+    assert broken(r, m(20, 1), m(200), 0.2, 3.0) is None
+    j = broken(r, m(20, 2), m(200), 0.5, 3.0)
+    assert j is not None and j.action is RA.FAIL
+    assert j.reason.startswith("step 1 (5%) after 0.5 s of 3 s: error rate out of bounds "
+                               "(more than 1 percentage point over web's), already for the "
+                               "whole interval: web-v2 10.0% errors (2 of 20)")
+    # A hung version: its requests wait past the bound, nothing else comes back.
+    assert broken(r, hung(20, 20), m(40), 0.5, 3.0) is not None
+    # Not before either version has had min_requests: judged at the end.
+    assert broken(r, hung(19, 19), m(40), 2.9, 3.0) is None
+    assert broken(r, hung(20, 20), m(19), 2.9, 3.0) is None
+    assert broken(r, m(300), m(40), 0.2, 3.0) is None
+
+
+def test_the_last_step_without_the_old_version_is_judged_against_no_errors() -> None:
+    r = release(ramp(step=4))
+    j = judge(r, m(100), None, 1.0)
+    assert j.action is RA.FINISH
+    assert j.reason.endswith("web-v2 0.0% errors (0 of 100), p99 4 ms; no figures of web (no "
+                             "traffic at 100%)")
+    assert judge(r, m(100, 2), None, 1.0).action is RA.FAIL
+    j = judge(r, m(100, 2), m(300, 6), 1.0, old_name="web at step 3")
+    assert j.action is RA.FINISH and "web at step 3 2.0% errors (6 of 300)" in j.reason
+
+
+def test_too_little_traffic_because_the_old_version_keeps_its_pinned_clients() -> None:
+    pinned = Measure(400, 0, 0.004, 0, 396)
+    j = judge(release(ramp(step=1)), m(2), pinned, 1.0)
+    assert j.action is RA.HOLD
+    assert ("too little traffic to judge (at least 20 requests each); 396 of 400 requests to "
+            "web came from clients pinned to it, whom the weights do not move: web-v2 gets its "
+            "share of the others only, and the ramp cannot progress while those pins last "
+            "(sticky.max_idle); one more interval") in j.reason
+    some = Measure(400, 0, 0.004, 0, 250)
+    j = judge(release(ramp(step=1, waits=2)), m(2), some, 1.0)
+    assert j.action is RA.PAUSE and "250 of 400 requests to web came from clients pinned" in j.reason
+    assert "cannot progress" not in j.reason
+    assert "pinned" not in judge(release(ramp(step=1)), m(2), m(400), 1.0).reason
+
+
+def test_judgement_of_the_last_step_finishes() -> None:
+    assert judge(release(ramp(step=3)), m(500), m(500), 1.0).action is RA.ADVANCE
+    assert judge(release(ramp(step=4)), m(500), m(500), 1.0).action is RA.FINISH
 
 
 def test_judgement_names_several_old_services() -> None:
@@ -324,6 +419,11 @@ class Traffic:
         st = self.stats.services.setdefault(("shop", service), ServiceStats())
         for _ in range(requests):
             st.observe(seconds)
+        return self.stats
+
+    def wait(self, service: str, **at: int) -> Stats:
+        """Requests of ``service`` waiting for an answer now (``hist``'s arguments)."""
+        self.stats.waiting[("shop", service)] = list(hist(**at))
         return self.stats
 
     def reset(self) -> Stats:
@@ -398,6 +498,45 @@ def test_planner_ignores_releases_without_a_running_ramp() -> None:
     t.add("web", 100)
     for r in (release(), release(ramp(RS.PAUSED)), release(ramp(RS.DONE, step=4))):
         assert plan(p, r, t.stats, 0.0) == [] and plan(p, r, t.stats, 100.0) == []
+
+
+def test_planner_fails_a_hung_version_as_soon_as_it_is_out_of_bounds() -> None:
+    p, t = Planner(), Traffic()
+    r = release(ramp(step=1))
+    plan(p, r, t.stats, 0.0)  # the window: 1 s
+    t.add("web", 40)
+    t.add("web-v2", 10)
+    t.wait("web-v2", b0_005=1)  # just sent
+    assert plan(p, r, t.stats, 0.1) == []
+    t.add("web", 40)
+    t.wait("web-v2", b0_005=1, b0_25=10)  # ten waiting 250 ms; the bound: 10 ms, the floor
+    decisions = p.plan({"shop": r}, t.stats, 0.2)
+    assert [(d.action, d.step) for d in decisions] == [(RA.FAIL, 1)]
+    assert decisions[0].reason.startswith("step 1 (5%) after 0.2 s of 1 s: error rate out of "
+                                          "bounds")
+    assert "web-v2 50.0% errors (10 of 20, 10 waiting over 10 ms)" in decisions[0].reason
+
+
+def test_planner_judges_the_last_step_against_the_old_version_at_the_step_before() -> None:
+    p, t = Planner(), Traffic()
+    r3 = release(ramp(step=3))
+    plan(p, r3, t.stats, 0.0)
+    t.add("web", 500, errors=5)
+    t.add("web-v2", 500)
+    assert plan(p, r3, t.stats, 1.0) == [(RA.ADVANCE, 3)]
+    r4 = release(ramp(step=4))  # 100 %: the old version gets no traffic
+    plan(p, r4, t.stats, 1.1)
+    t.add("web-v2", 1000, errors=15)  # 1.5 %: within a point of web's 1 % at step 3
+    decisions = p.plan({"shop": r4}, t.stats, 2.1)
+    assert [d.action for d in decisions] == [RA.FINISH]
+    assert "web at step 3 1.0% errors (5 of 500)" in decisions[0].reason
+    # Without that step's figures (another process judged it): against no errors.
+    p2 = Planner()
+    plan(p2, r4, t.stats, 3.0)
+    t.add("web-v2", 1000, errors=15)
+    decisions = p2.plan({"shop": r4}, t.stats, 4.0)
+    assert [d.action for d in decisions] == [RA.FAIL]
+    assert "no figures of web (no traffic at 100%)" in decisions[0].reason
 
 
 async def test_leadership_asks_the_store_at_most_once_a_period() -> None:

@@ -72,12 +72,18 @@ async def test_drives_a_ramp_to_its_end_and_counts_its_decisions() -> None:
     t.add("web-v2", 50)
     clock.now += 1.0
     await d.tick()
+    assert ramp_of(manager).step == 3 and weights(manager) == {"web": 0, "web-v2": 100}
+    # The last step is judged too: web has no traffic at 100%, so against what it did at 2.
+    t.add("web-v2", 100)
+    clock.now += 1.0
+    await d.tick()
     assert ramp_of(manager).status is RampStatus.DONE and weights(manager) == {"web": 0,
                                                                                "web-v2": 100}
-    assert d.decided == {("shop", "advance"): 3, ("shop", "wait"): 1}
-    entries = await manager.history("shop", limit=4)
-    assert [e["operation"] for e in entries] == ["ramp_step", "ramp_step", "ramp_wait",
-                                                 "ramp_step"]
+    assert "web at step 2 0.0% errors (0 of 50)" in d.last["shop"].reason
+    assert d.decided == {("shop", "advance"): 4, ("shop", "wait"): 1}
+    entries = await manager.history("shop", limit=5)
+    assert [e["operation"] for e in entries] == ["ramp_step", "ramp_step", "ramp_step",
+                                                 "ramp_wait", "ramp_step"]
     assert all(e["client"] == "router" and e["reason"] for e in entries)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for m in RampCollector(d).collect() for s in m.samples}

@@ -65,14 +65,18 @@ def test_a_whole_ramp_and_its_history() -> None:
     assert entry(s) == ("ramp_wait", ["ramp of web-v2 waits at step 1 (10%): too little traffic "
                                       "to judge (1 of at most 10 intervals)"], "thin")
     s = decide(s, RA.ADVANCE, 1, "fine")
-    s = decide(s, RA.FINISH, 2, "fine again")
+    s = decide(s, RA.ADVANCE, 2, "fine again")
     assert weights(s) == {"web": 0, "web-v2": 100}
     assert entry(s) == ("ramp_step", ["weights web 50->0, web-v2 50->100",
-                                      "ramp of web-v2 step 2 (50%) -> step 3 (100%), done"],
+                                      "ramp of web-v2 step 2 (50%) -> step 3 (100%)"],
                         "fine again")
+    # The last step judged within bounds: done, the weights as they are.
+    s = decide(s, RA.FINISH, 3, "fine at 100%")
+    assert weights(s) == {"web": 0, "web-v2": 100}
+    assert entry(s) == ("ramp_step", ["ramp of web-v2 running -> done"], "fine at 100%")
     ramp = s.releases["shop"].ramp
     assert ramp is not None and (ramp.status, ramp.step, ramp.reason) == (RampStatus.DONE, 3,
-                                                                          "fine again")
+                                                                          "fine at 100%")
     # Confirm as after any release: the ramp goes with it.
     s = run(s, ops.confirm("shop", False), OPERATOR)
     assert "shop" not in s.releases and weights(s) == {"web-v2": 100}
