@@ -4,13 +4,16 @@
     python3 -m benchmarks.reliability              # scale 2 (about a minute)
     python3 -m benchmarks.reliability --scale 1    # the sizes the test suite runs
     python3 -m benchmarks.reliability --no-write   # print only
+    python3 -m benchmarks.reliability --only hung_only_backend,hung_ramp --scale 1
 
 The scenarios are the ones ``tests/reliability`` runs (same code, bigger with ``--scale``):
 real routers and backends on 127.0.0.1, bounded loads, exact counts; each with ``--workers 1``
 and ``--workers 2`` (``--workers 1,2`` picks), the production scenarios (hung worker, counters
-across a worker's death, a taken port) with the worker counts they need, and the store's (a
+across a worker's death, a taken port) with the worker counts they need, the store's (a
 ramp's rollback while the state disk is full or etcd is down, etcd emptied under a replica that
-was behind: they need root for a tmpfs, and etcd). HAProxy (Debian
+was behind: they need root for a tmpfs, and etcd), and the versions that hang
+(tests/reliability/hangs.py: a hung new version, guarded ramps of one, a black-holed backend, a
+slow version, a ramp of pinned clients). HAProxy (Debian
 package ``haproxy``) gets the same hostile corpus when it is installed.
 """
 
@@ -27,6 +30,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tests.reliability import scenarios as S  # noqa: E402
+from tests.reliability.hangs import HANGS  # noqa: E402
 from tests.reliability.production import PRODUCTION  # noqa: E402
 from tests.reliability.store import STORE  # noqa: E402
 from tests.reliability.corpus import CORPUS  # noqa: E402
@@ -43,7 +47,7 @@ def _table(results: list[S.Result]) -> str:
     return "\n".join(out)
 
 
-async def run(scale: int, workers: list[int]) -> tuple[str, bool]:
+async def run(scale: int, workers: list[int], only: set[str] | None = None) -> tuple[str, bool]:
     t0 = time.monotonic()
     rows, ran_haproxy = await run_corpus(compare_haproxy=True)
     bad = [r for r in rows if r.problems]
@@ -55,6 +59,9 @@ async def run(scale: int, workers: list[int]) -> tuple[str, bool]:
     runs = [(scenario, n) for scenario in S.ALL for n in workers]
     runs += [(scenario, n) for scenario, counts in PRODUCTION for n in counts]
     runs += [(scenario, n) for scenario, counts in STORE for n in counts if n in workers]
+    runs += [(scenario, n) for scenario in HANGS for n in workers]
+    if only is not None:
+        runs = [(scenario, n) for scenario, n in runs if scenario.__name__ in only]
     for scenario, n in runs:
         print(f"running {scenario.__name__} --workers {n} ...", file=sys.stderr, flush=True)
         try:
@@ -70,8 +77,10 @@ async def run(scale: int, workers: list[int]) -> tuple[str, bool]:
         f"{took:.0f} s on this machine (loopback only). \"failed\" counts requests that did not "
         "get a 200 (or, in the corpus, cases whose verdict differed from the expected one); "
         "\"expected failures\" are those the contract allows: a POST that a dying backend had "
-        "already read is never replayed, and the injected faults that must surface "
-        "(502, 504, an aborted download).",
+        "already read is never replayed, the injected faults that must surface "
+        "(502, 504, an aborted download), and the requests a version that starts hanging holds "
+        "until the router takes it out or rolls it back (each scenario bounds them: at most 5% "
+        "failed from 10 s after the hang on, a rollback within 2 steps).",
         "",
         _table(results),
         "",
@@ -102,6 +111,8 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=2, help="load multiplier (tests use 1)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--workers", default="1,2", help="router worker counts for every scenario")
+    ap.add_argument("--only", help="these scenarios only (comma-separated function names, like "
+                                   "hung_only_backend,hung_ramp): printed, not written")
     args = ap.parse_args()
     if args.scale < 1:
         ap.error("--scale must be >= 1")
@@ -109,9 +120,14 @@ def main() -> None:
         workers = [int(n) for n in args.workers.split(",")]
     except ValueError:
         ap.error("--workers: a comma-separated list of counts, like 1,2")
-    report, ok = asyncio.run(run(args.scale, workers))
+    only = set(args.only.split(",")) if args.only else None
+    known = {f.__name__ for f in S.ALL + HANGS} | {f.__name__ for f, _ in PRODUCTION + STORE}
+    if only is not None and not only <= known:
+        ap.error(f"--only: no scenario {', '.join(sorted(only - known))}; one of "
+                 f"{', '.join(sorted(known))}")
+    report, ok = asyncio.run(run(args.scale, workers, only))
     print(report)
-    if not args.no_write:
+    if not args.no_write and only is None:
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RELIABILITY.md")
         with open(path, "w") as f:
             f.write(report)
