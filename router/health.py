@@ -148,7 +148,8 @@ class PassiveHealth:
             if be is None:
                 continue
             seen = pending.get(be)
-            pending[be] = (1, getattr(ex, "service", None)) if seen is None else (seen[0] + 1, seen[1])
+            pending[be] = ((1, getattr(ex, "service", None)) if seen is None
+                           else (seen[0] + 1, seen[1]))
         progress: dict[Backend, tuple[int, float]] = {}
         for be, (count, svc) in pending.items():
             before = self._progress.get(be)
@@ -185,8 +186,9 @@ async def probe(host: str, port: int, check: HealthCheckConfig) -> bool:
     """One check: True if the backend answered as it should within the timeout."""
     if check.path is None:
         return await _status_line(host, port, None, check.timeout) is not None
-    parts = (await _status_line(host, port, f"GET {check.path}", check.timeout) or b"").split(None, 2)
-    return (len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400)
+    line = await _status_line(host, port, f"GET {check.path}", check.timeout)
+    parts = (line or b"").split(None, 2)
+    return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
 
 
 async def answers(host: str, port: int, timeout: float) -> bool:
@@ -196,8 +198,8 @@ async def answers(host: str, port: int, timeout: float) -> bool:
 
 
 async def _status_line(host: str, port: int, request: str | None, timeout: float) -> bytes | None:
-    """The status line of the answer to ``request`` (``METHOD target``; None: connect only, b""
-    then), or None if there is none within ``timeout``."""
+    """The status line answering ``request`` (``METHOD target``), or b"" once connected when
+    ``request`` is None; None when nothing came within ``timeout``."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)

@@ -160,7 +160,7 @@ class Measure:
 
     @property
     def answered(self) -> int:
-        """Requests that got an answer, or at least did not fail."""
+        """Requests answered without an error."""
         return self.requests - self.errors
 
     def to_dict(self) -> dict[str, object]:

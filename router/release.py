@@ -84,10 +84,10 @@ is :data:`RAMP_TRANSITIONS`, written like the release's::
     interval the judgement (``router.ramp.judge``) gives one of: ``ADVANCE`` to the next step,
     ``FINISH`` when the last step is judged within bounds, ``HOLD`` when either version had too
     little traffic to judge (another interval, counted in ``waits``), ``PAUSE`` once
-    ``max_waits`` intervals were too thin, ``FAIL`` when the new version is out of bounds (also before the
-    end of the interval, once it is out of bounds for sure).  The first step needs no
-    judgement: it is applied as soon as the release is ``AWAITING_CONFIRMATION``; the last is
-    judged like the others (a version may hang only when it takes all the traffic).
+    ``max_waits`` intervals were too thin, ``FAIL`` when the new version is out of bounds
+    (also before the end of the interval, once it is out of bounds for sure).  The first step
+    needs no judgement: it is applied as soon as the release is ``AWAITING_CONFIRMATION``; the
+    last is judged like the others (a version may hang only when it takes all the traffic).
 ``PAUSED``
     The weights stay as they are and nothing is judged; operators may move them by hand.
     ``RESUME`` applies the current step's weights again and judges it over a fresh interval.
@@ -95,9 +95,9 @@ is :data:`RAMP_TRANSITIONS`, written like the release's::
     The last step is applied and was judged within bounds.  The release waits for its confirm
     as before.
 
-``ADVANCE`` puts weight on the new version and ``FINISH`` declares it fit for all of it, so
-they need the release to be ``AWAITING_CONFIRMATION`` (every new backend passed its check): the
-same rule that guards a confirm.  ``ABORT`` ends the ramp and gives the old services their ``old_weights`` back, the new
+``ADVANCE`` and ``FINISH`` take the new version further, so they need the release to be
+``AWAITING_CONFIRMATION`` (every new backend passed its check): the same rule that guards a
+confirm.  ``ABORT`` ends the ramp and gives the old services their ``old_weights`` back, the new
 service at weight 0 (it stays, for preview and another try); ``FAIL`` is the release's
 ``ROLLBACK``, with the reason in the history.  A ``CONFIRM`` or ``ROLLBACK`` of the release ends
 its ramp with it.  The ramp is part of the release object, so it is stored with it and a router

@@ -22,9 +22,8 @@ from collections import Counter
 from typing import Any, Callable
 
 from .faultserver import FaultServer
-from .harness import (ROOT, KeepAliveClient, config, inproc_router, metric_sum, metrics,
-                      wait_for)
-from .production import Outcome, admin_call, healthy
+from .harness import ROOT, config, inproc_router, metric_sum, metrics, wait_for
+from .production import Outcome, admin_call, healthy, keepalive_load
 from .scenarios import Result
 
 # A client gives up on a request after this long (then closes its connection).
@@ -35,32 +34,12 @@ SETTLE = 10.0
 
 
 async def load(port: int, clients: int, seconds: float, timeout: float = CLIENT_TIMEOUT,
-               pause: float = 0.02, stop: asyncio.Event | None = None) -> list[Outcome]:
+               stop: asyncio.Event | None = None) -> list[Outcome]:
     """``clients`` keep-alive connections sending GETs for ``seconds``, or until ``stop``; each
     request's start, end and outcome (a status, or the error's name: ``TimeoutError`` when the
     client gave up)."""
-    out: list[Outcome] = []
-    end = time.monotonic() + seconds
-
-    async def one() -> None:
-        client = KeepAliveClient(port)
-        try:
-            while time.monotonic() < end and (stop is None or not stop.is_set()):
-                t0 = time.monotonic()
-                try:
-                    async with asyncio.timeout(timeout):
-                        status, _ = await client.request("GET", "/")
-                    result = str(status)
-                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
-                    result = type(e).__name__
-                    client.close()
-                out.append(Outcome(t0, time.monotonic(), result))
-                await asyncio.sleep(pause)
-        finally:
-            client.close()
-
-    await asyncio.gather(*(one() for _ in range(clients)))
-    return out
+    return await keepalive_load(port, clients, stop or asyncio.Event(), pause=0.02,
+                                limit=seconds, timeout=timeout)
 
 
 def _failed(outcomes: list[Outcome]) -> list[Outcome]:
@@ -321,7 +300,7 @@ async def hung_at_the_last_step(scale: int = 1, workers: int = 1) -> Result:
                             scale, workers)
 
 
-# -- a ramp whose traffic is all pinned -------------------------------------------------------------
+# -- a ramp whose traffic is all pinned ------------------------------------------------------
 
 async def pinned_ramp(scale: int = 1, workers: int = 1) -> Result:
     clients = 4

@@ -106,9 +106,10 @@ class Outcome:
 
 
 async def keepalive_load(port: int, clients: int, stop: asyncio.Event, pause: float = 0.01,
-                         limit: float = 60.0) -> list[Outcome]:
+                         limit: float = 60.0, timeout: float | None = None) -> list[Outcome]:
     """``clients`` keep-alive connections sending GETs until ``stop`` (or ``limit`` seconds);
-    every request's start, end and outcome. A client reconnects after a failure."""
+    every request's start, end and outcome. A client reconnects after a failure, and gives up
+    on a request after ``timeout`` (``TimeoutError``), as browsers do."""
     out: list[Outcome] = []
     end = time.monotonic() + limit
 
@@ -120,7 +121,7 @@ async def keepalive_load(port: int, clients: int, stop: asyncio.Event, pause: fl
             while not stop.is_set() and time.monotonic() < end:
                 t0 = time.monotonic()
                 try:
-                    async with asyncio.timeout(end - t0):
+                    async with asyncio.timeout(min(end - t0, timeout or end - t0)):
                         status, _ = await client.request("GET", "/")
                     result = str(status)
                 except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:

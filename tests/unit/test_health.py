@@ -14,7 +14,8 @@ from router.sticky import TokenCodec
 from router.table import TableBuilder
 from tests.processes import free_port
 
-A, B, C = ("shop", "web", "10.0.0.1:80"), ("shop", "web", "10.0.0.2:80"), ("shop", "v2", "10.0.0.3:80")
+A, B = ("shop", "web", "10.0.0.1:80"), ("shop", "web", "10.0.0.2:80")
+C = ("shop", "v2", "10.0.0.3:80")
 
 
 def _apps(a: tuple = A, b: tuple = B, c: tuple = C) -> tuple:
