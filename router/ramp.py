@@ -315,12 +315,14 @@ def _errors_text(release: Release, old: Measure | None, old_name: str | None) ->
 def _pins_text(release: Release, new: Measure, old: Measure | None) -> str:
     """Why the new version gets too little traffic when the old one's comes from clients pinned
     to it (session stickiness): the weights move only the others."""
-    if old is None or not old.requests or old.pinned * 2 <= old.requests:
+    # Counted when routed, requests when answered: a few pinned ones may still be in flight.
+    pinned = min(old.pinned, old.requests) if old is not None else 0
+    if old is None or pinned * 2 <= old.requests:
         return ""
     name = ",".join(release.old)
-    text = (f"; {old.pinned} of {old.requests} requests to {name} came from clients pinned to "
-            f"it, whom the weights do not move")
-    if old.pinned * 10 >= old.requests * 9:
+    text = (f"; {pinned} of {old.requests} requests to {name} came from clients pinned to it, "
+            "whom the weights do not move")
+    if pinned * 10 >= old.requests * 9:
         text += (f": {release.new} gets its share of the others only, and the ramp cannot "
                  "progress while those pins last (sticky.max_idle)")
     return text

@@ -37,9 +37,14 @@ async def load(port: int, clients: int, seconds: float, timeout: float = CLIENT_
                stop: asyncio.Event | None = None) -> list[Outcome]:
     """``clients`` keep-alive connections sending GETs for ``seconds``, or until ``stop``; each
     request's start, end and outcome (a status, or the error's name: ``TimeoutError`` when the
-    client gave up)."""
-    return await keepalive_load(port, clients, stop or asyncio.Event(), pause=0.02,
-                                limit=seconds, timeout=timeout)
+    client gave up). A request started before the end has its whole ``timeout``."""
+    stop = stop or asyncio.Event()
+    timer = asyncio.get_running_loop().call_later(seconds, stop.set)
+    try:
+        return await keepalive_load(port, clients, stop, pause=0.02,
+                                    limit=seconds + timeout + 1, timeout=timeout)
+    finally:
+        timer.cancel()
 
 
 def _failed(outcomes: list[Outcome]) -> list[Outcome]:

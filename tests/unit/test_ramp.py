@@ -557,3 +557,9 @@ async def test_leadership_asks_the_store_at_most_once_a_period() -> None:
     assert asked == [0.0, 1.0, 2.0]
     assert got == [True, True, True, True, True, False, False]
     assert await Leadership(None).check()
+
+
+def test_pinned_requests_still_in_flight_are_not_more_than_the_requests() -> None:
+    # Pins are counted when a request is routed, requests when they end.
+    j = judge(release(ramp(step=1)), m(0), Measure(400, 0, 0.004, 0, 404), 1.0)
+    assert "400 of 400 requests to web came from clients pinned" in j.reason

@@ -114,6 +114,9 @@ def test_a_backend_may_leave_when_its_requests_have_somewhere_else_to_go():
     assert leaves(a, "green", "10.0.0.1:80")
     # ... or, for the last of a weight-0 service its pinned clients use, the weighted one.
     assert leaves(a, "blue", "10.0.0.9:80")
+    # A 50/50 split: the other version takes everything.
+    a = app({"blue": (50, ["10.0.0.9:80"]), "green": (50, ["10.0.0.1:80"])})
+    assert leaves(a, "green", "10.0.0.1:80") and leaves(a, "blue", "10.0.0.9:80")
     # Nowhere else: the old version out too, or an app stopped with every weight at 0.
     a = app({"blue": (0, ["10.0.0.9:80"]), "green": (100, ["10.0.0.1:80"])},
             unhealthy=("10.0.0.9:80",))
