@@ -644,11 +644,14 @@ class Target:
 
 
 def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backends,
-                 pin: Pinning, args: argparse.Namespace, label: str | None = None) -> Target:
+                 pin: Pinning, args: argparse.Namespace, label: str | None = None,
+                 wrap: Sequence[str] = (), checkout: Path | None = None) -> Target:
     """Start one system under test and check it answers correctly.
 
     ``label`` names the target in the results instead of ``name`` (so that one kind, e.g.
     ``router``, can run in several variants side by side, as benchmarks/workers.py does).
+    ``wrap`` goes before the proxy's command, after the pinning (benchmarks/instructions.py
+    runs it under valgrind); ``checkout`` runs a router variant from another checkout.
     """
     if name == "direct":
         return Target(label or name, backends.blue, load_procs=[backends.proc],
@@ -660,14 +663,14 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
     if name == "nginx":
         conf = render("proxy.nginx.conf", prefix / "nginx.conf", prefix=prefix, port=port,
                       blue_port=backends.blue, green_port=backends.green)
-        proc = h.start(label or name, [*pin.prefix(SUT_CPU), tools["nginx"], "-p", str(prefix),
+        proc = h.start(label or name, [*pin.prefix(SUT_CPU), *wrap, tools["nginx"], "-p", str(prefix),
                                        "-e", str(prefix / "error.log"), "-c", str(conf)])
         ready_timeout = 10.0
     elif name == "haproxy":
         conf = render("haproxy.cfg", prefix / "haproxy.cfg", port=port,
                       blue_port=backends.blue, green_port=backends.green)
         proc = h.start(label or name,
-                       [*pin.prefix(SUT_CPU), tools["haproxy"], "-db", "-f", str(conf)])
+                       [*pin.prefix(SUT_CPU), *wrap, tools["haproxy"], "-db", "-f", str(conf)])
         ready_timeout = 10.0
     elif name in ROUTER_TARGETS:
         admin = admin_port = free_port()
@@ -682,11 +685,11 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
         # --no-pin-router: the router may run on every CPU, beside wrk and the backends.
         router_pin = (pin.prefix_all() if getattr(args, "no_pin_router", False)
                       else pin.prefix(SUT_CPU))
-        cmd = [*router_pin, sys.executable, "-m", "router.cli", "serve",
+        cmd = [*router_pin, *wrap, sys.executable, "-m", "router.cli", "serve",
                "--config", str(conf)]
         if args.router_workers:
             cmd += ["--workers", str(args.router_workers)]
-        base = getattr(args, "baseline", None) if name == "router-base" else None
+        base = checkout or (getattr(args, "baseline", None) if name == "router-base" else None)
         if name == "router-base" and base is None:
             raise TargetSkipped("router-base needs --baseline DIR")
         proc = h.start(label or name, cmd, cwd=base or REPO, count_stdout=name == "router-log",
