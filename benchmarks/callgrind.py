@@ -49,6 +49,7 @@ class Profile:
 
     own: dict[str, int]
     calls: dict[str, dict[str, int]]  # caller -> callee -> inclusive instructions
+    count: dict[str, dict[str, int]]  # caller -> callee -> calls
 
     @property
     def total(self) -> int:
@@ -63,6 +64,7 @@ def read(path: Path) -> Profile:
     names: dict[str, str] = {}
     own: dict[str, int] = defaultdict(int)
     calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    count: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     fn = callee = ""
     in_call = False
 
@@ -91,7 +93,23 @@ def read(path: Path) -> Profile:
                 callee = name(line[4:].rstrip("\n"))
             elif line.startswith("calls="):
                 in_call = True
-    return Profile(dict(own), {k: dict(v) for k, v in calls.items()})
+                count[fn][callee] += int(line[6:].split()[0])
+    return Profile(dict(own), {k: dict(v) for k, v in calls.items()},
+                   {k: dict(v) for k, v in count.items()})
+
+
+def calls_into(profile: Profile, function: str) -> tuple[int, int]:
+    """How many calls of ``function`` there were, and their instructions with all they call;
+    its calls of itself, however indirect (as far as the callers kept tell), left out."""
+    calls = cost = 0
+    for caller, callees in profile.calls.items():
+        if function in chain(caller):
+            continue
+        for callee, inclusive in callees.items():
+            if chain(callee)[:1] == [function]:
+                cost += inclusive
+                calls += profile.count[caller][callee]
+    return calls, cost
 
 
 def chain(node: str) -> list[str]:

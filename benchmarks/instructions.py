@@ -20,13 +20,15 @@ sending its next request when its previous response is read whole. Per target an
 
 Callgrind counts the instructions the process executes in user space (every thread of it:
 the proxy's code, its libraries, the interpreter); the kernel's work for its system calls is
-not counted. One thing is subtracted: what the process executes by itself, with no traffic
-(timers: the router's release check every 0.25 s and the like), measured at the end over a
-window with no traffic as instructions per second, times the wall time of the counted
-window. That work is per second, not per request, and valgrind stretches the seconds about
-fifty-fold (and a busy machine more), so left in it would make up about 2% of the router's
-figure, varying with the machine's load, where at full load outside valgrind it is about
-0.03%. The raw figure is reported beside it.
+not counted. One thing is subtracted: the router's timer and ``call_soon`` callbacks (uvloop's
+``TimerHandle._run`` and ``Handle._run``, with all they call, as the dump's call graph gives
+it). No request runs one; the router's own periodic tasks do (the release check every 0.25
+s, the samples of the sticky counters: their timers and task steps), per second of wall
+time, which valgrind stretches about fifty-fold and a busy machine more. Left in, they made
+1-6% of the router's figure, varying with the machine's load, where at full load outside
+valgrind they are about 0.03%. They are subtracted only while they stay periodic: at 0.5
+calls per request or more (a change that made them per-request work) nothing is subtracted
+and the report says so. The raw figure is reported beside it.
 
 ``router-sticky`` and ``router-pinned`` are the same router process (``session_sticky:
 true``): the first sends no cookie, so every response issues one; the second sends the
@@ -63,7 +65,13 @@ TARGETS = ("router", "router-sticky", "router-pinned", "haproxy", "nginx")
 # router-pinned share one, which benchmarks.run's router-pinned start-up gives a cookie.
 PROCESS_OF = {"router": "router", "router-sticky": "router-pinned",
               "router-pinned": "router-pinned", "haproxy": "haproxy", "nginx": "nginx"}
-IDLE_S = 2.0  # the window with no traffic at the end, per process (all at once)
+# Valgrind runs a process several times slower (and the router's imports with instrumentation
+# off, on a busy machine, took over 15 s): the bounds of the waits for a target to answer grow.
+SLOWER = 6.0
+# Subtracted: work per second of wall time, not per request (see the module's docstring),
+# while there are fewer calls of them than PERIODIC_MAX per request.
+PERIODIC = ("__pyx_f_6uvloop_4loop_11TimerHandle__run", "__pyx_f_6uvloop_4loop_6Handle__run")
+PERIODIC_MAX = 0.5
 # Callers kept apart per function (--separate-callers) in every dump, for the budget by stage
 # (benchmarks/callgrind.py); it changes no count and costs little.
 CALLERS = 12
@@ -232,31 +240,38 @@ class Count:
     body: str
     requests: int
     instructions: int
+    periodic: int  # of which the process's periodic tasks
     seconds: float
     profile: Path
 
     @property
     def per_request(self) -> float:
+        """Instructions per request, the periodic tasks left out."""
+        return (self.instructions - self.periodic) / self.requests
+
+    @property
+    def raw_per_request(self) -> float:
         return self.instructions / self.requests
 
 
 def count(proc: Counted, label: str, body: str, headers: dict[str, str],
-          args: argparse.Namespace) -> Count:
+          args: argparse.Namespace, notes: list[str]) -> Count:
     limit = 60.0 + 0.05 * (args.warmup + args.requests)
     with Client(proc.target.port, f"/{body}", BODIES[body], headers, args.connections) as client:
         client.run(args.warmup, limit)
         proc.zero()
         seconds = client.run(args.requests, limit)
         instructions, path = proc.dump()
-    return Count(label, proc.name, body, args.requests, instructions, seconds, path)
-
-
-def idle_rates(procs: list[Counted]) -> dict[str, float]:
-    """Instructions per second each process executes with no traffic (its timers)."""
-    for p in procs:
-        p.zero()
-    time.sleep(IDLE_S)
-    return {p.name: p.dump()[0] / IDLE_S for p in procs}
+    profile = callgrind.read(path)
+    periodic = 0
+    for function in PERIODIC:
+        calls, cost = callgrind.calls_into(profile, function)
+        if calls >= PERIODIC_MAX * args.requests:
+            notes.append(f"{label} {body}: {calls} calls of {function} for {args.requests} "
+                         "requests: per-request work, not subtracted")
+        else:
+            periodic += cost
+    return Count(label, proc.name, body, args.requests, instructions, periodic, seconds, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,23 +282,20 @@ def fmt_k(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def table(counts: list[Count], idle: dict[str, float], rounds: int) -> str:
+def table(counts: list[Count], rounds: int) -> str:
     """One row per target and body: the median over rounds of the instructions per request
-    less the process's idle work over the window, each round, the raw median, the ratios."""
+    (periodic tasks left out), each round, the raw median, the ratios."""
     by: dict[tuple[str, str], list[Count]] = {}
     for c in counts:
         by.setdefault((c.target, c.body), []).append(c)
 
-    def net(c: Count) -> float:
-        return (c.instructions - idle.get(c.process, 0.0) * c.seconds) / c.requests
-
     def median(values: list[float]) -> float:
         return sorted(values)[len(values) // 2]
 
-    nets = {key: median([net(c) for c in cs]) for key, cs in by.items()}
+    nets = {key: median([c.per_request for c in cs]) for key, cs in by.items()}
     rounds_head = "".join(f" round {i + 1} |" for i in range(rounds)) if rounds > 1 else ""
-    lines = [f"| target | body | instructions / request |{rounds_head} raw (idle not "
-             "subtracted) | vs HAProxy | vs nginx | vs baseline | idle instructions/s |",
+    lines = [f"| target | body | instructions / request |{rounds_head} vs HAProxy | vs nginx | "
+             "vs baseline | raw (periodic tasks in) | seconds under valgrind |",
              "|---|---|--:|" + "--:|" * (rounds if rounds > 1 else 0) + "--:|--:|--:|--:|--:|"]
     order = {t: i for i, t in enumerate(TARGETS)}
     for (target, body), cs in sorted(by.items(), key=lambda kv: (
@@ -294,11 +306,10 @@ def table(counts: list[Count], idle: dict[str, float], rounds: int) -> str:
                   "base": None if target.endswith("-base")
                   else nets.get((f"{target}-base", body))}
         ratios = " | ".join(f"{mid / x:.2f}×" if x else "–" for x in others.values())
-        rounds_cells = "".join(f" {fmt_k(net(c))} |" for c in cs) if rounds > 1 else ""
-        rate = idle.get(cs[0].process)
-        lines.append(f"| {target} | {body} | {fmt_k(mid)} |{rounds_cells} "
-                     f"{fmt_k(median([c.per_request for c in cs]))} | {ratios} | "
-                     f"{fmt_k(rate) if rate is not None else '–'} |")
+        rounds_cells = "".join(f" {fmt_k(c.per_request)} |" for c in cs) if rounds > 1 else ""
+        lines.append(f"| {target} | {body} | {fmt_k(mid)} |{rounds_cells} {ratios} | "
+                     f"{fmt_k(median([c.raw_per_request for c in cs]))} | "
+                     f"{median([c.seconds for c in cs]):.1f} |")
     return "\n".join(lines)
 
 
@@ -338,11 +349,13 @@ def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str
         f"its response is whole); the dump's total is divided by {args.requests:,}. "
         f"{args.rounds} round(s) per target and body, median shown. User-space instructions of "
         "the proxy process (every thread; callgrind does not count the kernel's work for its "
-        "system calls). *Idle* is what the process executes by itself with no traffic "
-        f"(timers), per second, measured over {IDLE_S:.0f} s at the end; the figure is the raw "
-        "count less idle × the counted window's wall time under valgrind (work done per "
-        "second, not per request, which valgrind's slowness would inflate fifty-fold). Both "
-        "figures and the ratios are of medians over rounds.",
+        "system calls). Not counted: the router's timer and `call_soon` callbacks (uvloop's "
+        "`TimerHandle._run`, `Handle._run` and all they call, from the dump's call graph; "
+        "*raw* has them): no request runs one, the router's periodic tasks do (the release "
+        "check every 0.25 s), per second of wall time, which valgrind stretches about "
+        f"fifty-fold (subtracted only while under {PERIODIC_MAX} calls per request). Figures "
+        "and ratios are of medians over rounds; the stage tables (`--budget`, "
+        "benchmarks/callgrind.py) are raw.",
         "",
         text,
         "",
@@ -448,7 +461,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     budgets = ""
     notes: list[str] = []
     skips: dict[str, str] = {}
-    idle: dict[str, float] = {}
     harness = Harness(keep_tmp=args.keep_tmp)
     out_dir = harness.tmp / "callgrind"
     out_dir.mkdir()
@@ -462,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 targs = argparse.Namespace(router_workers=0, baseline=None)
                 try:
                     target = start_target(harness, kind, tools, backends, pin, targs,
-                                          label=name, wrap=wrap, checkout=checkout)
+                                          label=name, wrap=wrap, checkout=checkout,
+                                          slower=SLOWER)
                 except TargetSkipped as exc:
                     print(f"   SKIPPED: {exc}", flush=True)
                     skips[name] = str(exc)
@@ -477,12 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if label.startswith("router-sticky"):
                             headers.pop("Cookie", None)
                         for i in range(args.rounds):
-                            c = count(proc, label, body, headers, args)
+                            c = count(proc, label, body, headers, args, notes)
                             counts.append(c)
                             print(f"   {c.target} {body} round {i + 1}: "
                                   f"{c.per_request:,.0f} instructions/request "
                                   f"({c.seconds:.1f} s under callgrind)", flush=True)
-            idle = idle_rates(procs)
             if args.profiles is not None:
                 args.profiles.mkdir(parents=True, exist_ok=True)
                 for c in counts:
@@ -497,10 +509,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             harness.close()
 
-    text = table(counts, idle, args.rounds)
+    text = table(counts, args.rounds)
     if budgets:
         text += "\n\n" + budgets
     print("\n" + text)
+    for note in notes:
+        print(f"note: {note}")
     if args.profiles is not None:
         print(f"\ncallgrind files in {args.profiles} (callgrind_annotate --inclusive=yes FILE)")
     if not args.no_write:

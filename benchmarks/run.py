@@ -645,13 +645,15 @@ class Target:
 
 def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backends,
                  pin: Pinning, args: argparse.Namespace, label: str | None = None,
-                 wrap: Sequence[str] = (), checkout: Path | None = None) -> Target:
+                 wrap: Sequence[str] = (), checkout: Path | None = None,
+                 slower: float = 1.0) -> Target:
     """Start one system under test and check it answers correctly.
 
     ``label`` names the target in the results instead of ``name`` (so that one kind, e.g.
     ``router``, can run in several variants side by side, as benchmarks/workers.py does).
     ``wrap`` goes before the proxy's command, after the pinning (benchmarks/instructions.py
-    runs it under valgrind); ``checkout`` runs a router variant from another checkout.
+    runs it under valgrind); ``checkout`` runs a router variant from another checkout;
+    ``slower`` multiplies the bounds of the waits for it to answer (valgrind's slowness).
     """
     if name == "direct":
         return Target(label or name, backends.blue, load_procs=[backends.proc],
@@ -699,7 +701,7 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
             reply = http_get(admin, "/readyz", host=f"127.0.0.1:{admin}")
             return None if reply.status == 200 else f"/readyz answered {reply.status}"
 
-        problem = wait_until(READY_TIMEOUT_S, readyz, proc)
+        problem = wait_until(READY_TIMEOUT_S * slower, readyz, proc)
         if problem:
             h.stop(proc)
             raise TargetSkipped(f"`{shlex.join(cmd)}`: {problem}\n{proc.log_tail()}")
@@ -709,7 +711,7 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
 
     target = Target(label or name, port, procs=[proc], load_procs=[backends.proc],
                     admin_port=admin_port)
-    problem = wait_until(ready_timeout, lambda: _check_body(port, "small"), proc)
+    problem = wait_until(ready_timeout * slower, lambda: _check_body(port, "small"), proc)
     if problem is None:
         try:
             problem = _sanity(target, name)
