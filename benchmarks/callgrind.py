@@ -15,7 +15,8 @@ function's own instructions go to the stage of the nearest function in its chain
 the head"; the bytes join it makes is "build the forwarded head" because that rule names the
 join *under* ``read_request_head``. A chain longer than the callers callgrind kept is followed
 further through the call graph, shared in proportion to what each caller's calls cost. What no
-stage names is ``other``; ``--detail STAGE N`` lists a stage's biggest functions.
+stage names is ``other``; ``--detail STAGE N`` splits a stage by the function that claimed
+its instructions (for ``other``: the function itself).
 """
 
 from __future__ import annotations
@@ -130,28 +131,30 @@ class Budget:
                 self.callers[callee].append((caller, cost))
         self._memo: dict[str, dict[str, float]] = {}
 
-    def label(self, node: str) -> str | None:
-        """The stage of the nearest function of the node's chain that a stage names."""
+    def label(self, node: str) -> tuple[str, str] | None:
+        """The stage of the nearest function of the node's chain that a stage names, and
+        that function."""
         ch = chain(node)
         for i in range(len(ch)):
             for key, rule in self.rules:
                 if i + len(rule) <= len(ch) and all(p.fullmatch(ch[i + j])
                                                     for j, p in enumerate(rule)):
-                    return key
+                    return key, ch[i]
         return None
 
     def shares(self, node: str, visiting: frozenset[str] = frozenset()) -> dict[str, float]:
-        """How the node's own instructions divide between stages (fractions summing to 1)."""
+        """How the node's own instructions divide between stages and the functions that
+        claimed them ("stage/function": fractions summing to 1)."""
         if node in self._memo:
             return self._memo[node]
-        key = self.label(node)
-        if key is not None:
-            out = {key: 1.0}
+        found = self.label(node)
+        if found is not None:
+            out = {f"{found[0]}/{found[1]}": 1.0}
         else:
             callers = [(c, w) for c, w in self.callers.get(node, []) if c not in visiting]
             weight = sum(w for _, w in callers)
             if not weight:
-                out = {OTHER: 1.0}
+                out = {f"{OTHER}/{chain(node)[0] if chain(node) else node}": 1.0}
             else:
                 acc: dict[str, float] = defaultdict(float)
                 for caller, w in callers:
@@ -162,7 +165,9 @@ class Budget:
             self._memo[node] = out
         return out
 
-    def by_stage(self) -> dict[str, float]:
+    def by_function(self) -> dict[str, float]:
+        """Instructions by "stage/function": the function a stage names that claimed them
+        (with all it calls that no nearer rule claims)."""
         out: dict[str, float] = defaultdict(float)
         for node, cost in self.profile.own.items():
             if cost:
@@ -170,13 +175,10 @@ class Budget:
                     out[key] += cost * share
         return dict(out)
 
-    def functions(self, key: str) -> dict[str, float]:
-        """A stage's instructions by function (the first of each chain)."""
+    def by_stage(self) -> dict[str, float]:
         out: dict[str, float] = defaultdict(float)
-        for node, cost in self.profile.own.items():
-            share = self.shares(node).get(key, 0.0)
-            if cost and share:
-                out[chain(node)[0] if chain(node) else node] += cost * share
+        for key, cost in self.by_function().items():
+            out[key.split("/", 1)[0]] += cost
         return dict(out)
 
 
@@ -398,8 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         budgets[path.stem] = (b.by_stage(), args.requests)
         if args.detail:
             key, n = args.detail[0], int(args.detail[1])
-            print(f"{path.stem}: the functions of stage {key}, instructions per request")
-            top = sorted(b.functions(key).items(), key=lambda kv: -kv[1])[:n]
+            print(f"{path.stem}: stage {key} by the function that claimed the instructions "
+                  "(with what it calls), per request")
+            mine = {k.split("/", 1)[1]: v for k, v in b.by_function().items()
+                    if k.split("/", 1)[0] == key}
+            top = sorted(mine.items(), key=lambda kv: -kv[1])[:n]
             for fn, cost in top:
                 print(f"  {cost / args.requests:>9,.0f}  {fn}")
     print(budget_table(budgets, stages))

@@ -474,8 +474,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def render(template: str, dest: Path, **values: object) -> Path:
+def render(template: str, dest: Path, edits: dict[str, str] | None = None,
+           **values: object) -> Path:
+    """``template`` with its placeholders filled, and each of ``edits`` (text: its
+    replacement, which must be there) made."""
     text = (CONF / template).read_text()
+    for old, new in (edits or {}).items():
+        if old not in text:
+            raise BenchError(f"{template}: no {old!r} to replace")
+        text = text.replace(old, new)
     for key, value in values.items():
         text = text.replace(f"@@{key.upper()}@@", str(value))
     leftover = re.search(r"@@[A-Z_]+@@", text)
@@ -538,7 +545,9 @@ def small_body(name: str) -> str:
     return (name + " ").ljust(BODIES["small"] - 1, ".") + "\n"
 
 
-def start_backends(h: Harness, nginx: str, pin: Pinning) -> Backends:
+def start_backends(h: Harness, nginx: str, pin: Pinning, workers: int = 1) -> Backends:
+    """The nginx of the two backends; ``workers`` processes (benchmarks/workers.py gives the
+    load side more CPUs on a bigger machine)."""
     prefix = h.tmp / "backends"
     for name in ("blue", "green"):
         www = prefix / "www" / name
@@ -547,7 +556,7 @@ def start_backends(h: Harness, nginx: str, pin: Pinning) -> Backends:
         (www / "64k").write_bytes((line * (BODIES["64k"] // len(line) + 1))[: BODIES["64k"]])
     blue, green = free_port(), free_port()
     # nginx reads \n in a quoted string as a newline; the bodies hold no quote, $ or backslash.
-    conf = render("backends.nginx.conf", prefix / "nginx.conf",
+    conf = render("backends.nginx.conf", prefix / "nginx.conf", edits=nginx_workers(workers),
                   prefix=prefix, blue_port=blue, green_port=green,
                   blue_small=small_body("blue").replace("\n", "\\n"),
                   green_small=small_body("green").replace("\n", "\\n"),
@@ -559,6 +568,15 @@ def start_backends(h: Harness, nginx: str, pin: Pinning) -> Backends:
         if problem:
             raise BenchError(f"backend nginx on port {port}: {problem}\n{proc.log_tail()}")
     return Backends(blue, green, proc)
+
+
+def nginx_workers(n: int) -> dict[str, str]:
+    """The edits of an nginx configuration here for ``n`` worker processes (more than one
+    needs the master process)."""
+    if n == 1:
+        return {}
+    return {"worker_processes 1;": f"worker_processes {n};",
+            "master_process off;": "master_process on;"}
 
 
 # What the router does to a request head, which the other proxies are configured to do too:
@@ -646,14 +664,16 @@ class Target:
 def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backends,
                  pin: Pinning, args: argparse.Namespace, label: str | None = None,
                  wrap: Sequence[str] = (), checkout: Path | None = None,
-                 slower: float = 1.0) -> Target:
+                 slower: float = 1.0, edits: dict[str, str] | None = None) -> Target:
     """Start one system under test and check it answers correctly.
 
     ``label`` names the target in the results instead of ``name`` (so that one kind, e.g.
     ``router``, can run in several variants side by side, as benchmarks/workers.py does).
     ``wrap`` goes before the proxy's command, after the pinning (benchmarks/instructions.py
     runs it under valgrind); ``checkout`` runs a router variant from another checkout;
-    ``slower`` multiplies the bounds of the waits for it to answer (valgrind's slowness).
+    ``slower`` multiplies the bounds of the waits for it to answer (valgrind's slowness);
+    ``edits`` replaces text in nginx's or HAProxy's configuration (benchmarks/workers.py: their
+    worker processes and threads).
     """
     if name == "direct":
         return Target(label or name, backends.blue, load_procs=[backends.proc],
@@ -664,13 +684,13 @@ def start_target(h: Harness, name: str, tools: dict[str, str], backends: Backend
     admin_port: int | None = None
     if name == "nginx":
         conf = render("proxy.nginx.conf", prefix / "nginx.conf", prefix=prefix, port=port,
-                      blue_port=backends.blue, green_port=backends.green)
+                      blue_port=backends.blue, green_port=backends.green, edits=edits)
         proc = h.start(label or name, [*pin.prefix(SUT_CPU), *wrap, tools["nginx"], "-p", str(prefix),
                                        "-e", str(prefix / "error.log"), "-c", str(conf)])
         ready_timeout = 10.0
     elif name == "haproxy":
         conf = render("haproxy.cfg", prefix / "haproxy.cfg", port=port,
-                      blue_port=backends.blue, green_port=backends.green)
+                      blue_port=backends.blue, green_port=backends.green, edits=edits)
         proc = h.start(label or name,
                        [*pin.prefix(SUT_CPU), *wrap, tools["haproxy"], "-db", "-f", str(conf)])
         ready_timeout = 10.0
@@ -825,6 +845,7 @@ class Round:
     others: Others | None = None
     wall_s: float = 0.0
     load: LoadSide | None = None
+    load_cpus: int = 1  # the CPUs the load side had
 
     @property
     def failed(self) -> int:
@@ -843,8 +864,11 @@ class Round:
 
     @property
     def load_share(self) -> float | None:
-        """The load side's CPU time over the round's wall time (it has one CPU, pinned)."""
-        return self.load.seconds / self.wall_s if self.load and self.wall_s > 0 else None
+        """The load side's CPU time over the round's wall time and its CPUs (one, pinned,
+        unless benchmarks/workers.py gives it more)."""
+        if not self.load or self.wall_s <= 0:
+            return None
+        return self.load.seconds / self.wall_s / self.load_cpus
 
     @property
     def load_us_per_req(self) -> float | None:
@@ -873,11 +897,11 @@ def parse_wrk(text: str) -> tuple[float, float, float, int, int, int]:
 
 
 def run_wrk(wrk: str, pin: Pinning, target: Target, body: str, seconds: int,
-            latency: bool = True) -> WrkRun:
+            latency: bool = True, threads: int = 1, connections: int = CONNECTIONS) -> WrkRun:
     """Run one wrk load: its output, the CPU seconds the target's process tree and the load
     side spent meanwhile, how busy each CPU was, and what other processes of the machine
-    used (the noise in that round)."""
-    cmd = [*pin.prefix(LOAD_CPU), wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s"]
+    used (the noise in that round). ``threads``: wrk's, one per CPU of the load side."""
+    cmd = [*pin.prefix(LOAD_CPU), wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s"]
     if latency:
         cmd.append("--latency")
     for name, value in {"Host": HOST, **target.headers}.items():
@@ -1241,6 +1265,10 @@ def measure(wrk: str, pin: Pinning, targets: list[Target], args: argparse.Namesp
     warm-up, so idle time between a target's rounds does not count.
     """
     results = {(t.name, body): Result(t.name, body) for t in targets for body in args.body_list}
+    # wrk's threads (one per CPU of the load side) and connections: benchmarks/workers.py
+    # gives the load side more CPUs on a bigger machine.
+    load = {"threads": getattr(args, "wrk_threads", 1),
+            "connections": getattr(args, "connections", CONNECTIONS)}
     for body in args.body_list:
         for i in range(args.rounds):
             print(f"-- {body}, round {i + 1} of {args.rounds}", flush=True)
@@ -1253,10 +1281,11 @@ def measure(wrk: str, pin: Pinning, targets: list[Target], args: argparse.Namesp
                     continue
                 quiet_before_round(args.quiet_wait)
                 try:
-                    run_wrk(wrk, pin, target, body, WARMUP_S, latency=False)
-                    run = run_wrk(wrk, pin, target, body, args.duration)
+                    run_wrk(wrk, pin, target, body, WARMUP_S, latency=False, **load)
+                    run = run_wrk(wrk, pin, target, body, args.duration, **load)
                     rnd = Round(*parse_wrk(run.output), cpu_s=run.cpu_s, cpus=run.cpus,
-                                others=run.others, wall_s=run.wall_s, load=run.load)
+                                others=run.others, wall_s=run.wall_s, load=run.load,
+                                load_cpus=load["threads"])
                 except BenchError as exc:
                     print(f"   {target.name:>13}: ERROR {exc}", flush=True)
                     notes.append(f"**{target.name} {body} error**: " + str(exc).splitlines()[0])

@@ -1,72 +1,114 @@
-"""Scaling of ``router serve --workers N`` on this machine on this machine.
+"""Scaling over cores: ``router serve --workers N`` against HAProxy ``nbthread N`` and nginx
+``worker_processes N``, on the same CPUs.
 
-    python3 -m benchmarks.workers                  # 2 rounds of 10 s, small bodies
-    python3 -m benchmarks.workers --quick          # 1 round of 3 s
-    python3 -m benchmarks.workers --workers 2 --bodies small,64k
+    python3 -m benchmarks.workers                        # N = 1, 2, 4 ... up to the proxies' CPUs
+    python3 -m benchmarks.workers --quick                # 1 round of 3 s
+    python3 -m benchmarks.workers --workers 1,2,4,8 --proxy-cpus 8
 
-One run of run.py's harness with these targets side by side, rounds interleaved:
+The CPUs are split in two: the proxies on the first ``--proxy-cpus`` (default half of them),
+wrk (one thread per CPU), the backends (one nginx worker per CPU) and this harness on the
+rest. Every target runs pinned to the proxies' CPUs, so each N is measured on the same cores:
 
 | target | what |
 |---|---|
-| `nginx` | the reference proxy, pinned to CPU 0 (as in run.py) |
-| `router w1` | `router serve`, one process, pinned to CPU 0 (= run.py's `router`) |
-| `router wN` | `router serve --workers N`, pinned to CPU 0: the N workers share one CPU |
-| `router w1 unpinned` | one process, free to run on every CPU (`--no-pin-router`) |
-| `router wN unpinned` | N workers free to run on every CPU, beside wrk and the backends |
-| `direct` | wrk straight at a backend: what wrk and the backends can do on CPU 1 alone |
+| `router wN` | `router serve --workers N` (N = 1: one process, the admin API and the data plane) |
+| `haproxy tN` | HAProxy with `nbthread N` (benchmarks/conf/haproxy.cfg otherwise) |
+| `nginx wN` | nginx with `worker_processes N` and its master process (N = 1: as in run.py) |
+| `direct` | wrk straight at a backend: what the load side can do on its CPUs alone |
 
-It is the same as running ``python3 -m benchmarks.run --targets router,nginx --bodies small``
-with ``--router-workers N`` and/or ``--no-pin-router``, but in one run, so the rows compare.
-The table, the per-round CPU use and the disturbed-round notes are run.py's; the result goes to
-its own section of RESULTS.md.
+Each is configured as in ``benchmarks.run`` (the same request-head work, checked before the
+load) and loaded the same way (rounds interleaved, a warm-up before each, the load side's CPU
+measured, disturbed rounds noted). The report gives requests/s and CPU per request for each,
+the scaling of each proxy against its own N = 1, and the router against the other two at each
+N. On this 2-core machine there is one CPU for the proxies: N > 1 only adds processes or
+threads that share it. The figures that show scaling come from a machine with more cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import os
 import sys
+from dataclasses import dataclass
 from typing import Sequence
 
 from .common import RESULTS_MD, revision, write_section
-from .run import (BODIES, CONNECTIONS, NOISY_SHARE, WARMUP_S, BenchError, Harness, Result, Target,
-                  TargetSkipped, decide_pinning, tools_or_none, exit_on_signals, fmt, measure,
-                  report_header, results_table, rounds_table, start_backends, start_target,
-                  tool_lines)
+from .run import (BODIES, CONNECTIONS, NOISY_SHARE, SUT_CPU, WARMUP_S, BenchError, Harness,
+                  Pinning, Result, Target, TargetSkipped, decide_pinning, exit_on_signals, fmt,
+                  measure, nginx_workers, report_header, results_table, rounds_table,
+                  start_backends, start_target, tool_lines, tools_or_none)
 
 SECTION = "workers"
-
-READING = (
-    "Reading: pinned, the workers share CPU 0 and add no CPU, only a second event loop (two "
-    "accept queues: a lower p50, a higher p99, and a few µs more per request for switching "
-    "between processes). Unpinned, one router process still uses one CPU at most, and a second "
-    "worker gets only what wrk and the backends leave of the other CPU; once both CPUs are "
-    "busy, a worker's gain is the load generator's loss. The budget lines above say how close "
-    "each variant came to what its CPUs allow. On this 2-core machine that budget, not the "
-    "router, is the limit: the workers can only scale on cores that wrk and the backends do "
-    "not use (more cores, or the load generated on another machine)."
-)
+PROXIES = ("router", "haproxy", "nginx")
 
 
-def variants(n: int) -> list[tuple[str, str, int, bool]]:
-    """(label, kind, workers, pinned) of every target, in the order they are loaded."""
-    return [
-        ("nginx", "nginx", 0, True),
-        ("router w1", "router", 0, True),
-        (f"router w{n}", "router", n, True),
-        ("router w1 unpinned", "router", 0, False),
-        (f"router w{n} unpinned", "router", n, False),
-        ("direct", "direct", 0, True),
-    ]
+@dataclass(frozen=True)
+class Split(Pinning):
+    """run.py's pinning with CPU sets: its SUT_CPU means the proxies' CPUs, its LOAD_CPU the
+    load side's (wrk, the backends, this harness)."""
+
+    proxy_cpus: tuple[int, ...] = (0,)
+    load_cpus: tuple[int, ...] = (1,)
+
+    def prefix(self, cpu: int) -> list[str]:
+        if not self.taskset:
+            return []
+        cpus = self.proxy_cpus if cpu == SUT_CPU else self.load_cpus
+        return [self.taskset, "-c", ",".join(map(str, cpus))]
+
+
+def split(proxy_cpus: int) -> Split:
+    base = decide_pinning()
+    ncpu = os.cpu_count() or 1
+    if base.taskset is None:
+        return Split(None, base.note, (), ())
+    proxies = tuple(range(proxy_cpus))
+    load = tuple(range(proxy_cpus, ncpu))
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, set(load))
+    return Split(base.taskset, f"proxies on CPU {_cpus(proxies)}; backends, wrk and the "
+                 f"harness on CPU {_cpus(load)}", proxies, load)
+
+
+def _cpus(cpus: tuple[int, ...]) -> str:
+    return f"{cpus[0]}" if len(cpus) == 1 else f"{cpus[0]}-{cpus[-1]}"
+
+
+def variants(ns: list[int]) -> list[tuple[str, str, int]]:
+    """(label, kind, N) of every target, in the order they are loaded."""
+    out = [(_label(kind, n), kind, n) for n in ns for kind in PROXIES]
+    return out + [("direct", "direct", 0)]
+
+
+def _label(kind: str, n: int) -> str:
+    return f"{kind} {'t' if kind == 'haproxy' else 'w'}{n}"
+
+
+def edits(kind: str, n: int) -> dict[str, str] | None:
+    if kind == "haproxy" and n > 1:
+        return {"nbthread 1": f"nbthread {n}"}
+    if kind == "nginx":
+        return nginx_workers(n)
+    return None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ncpu = os.cpu_count() or 1
     parser = argparse.ArgumentParser(
         prog="python3 -m benchmarks.workers",
-        description="router serve --workers N against 1 worker, pinned and not, beside nginx.")
-    parser.add_argument("--workers", type=int, default=2, help="N (default 2)")
+        description="The router's --workers N against HAProxy nbthread N and nginx "
+                    "worker_processes N, on the same CPUs.")
+    parser.add_argument("--workers", default=None,
+                        help="comma-separated N (default 1, 2, 4 ... up to the proxies' CPUs, "
+                             "at least 1,2)")
+    parser.add_argument("--proxy-cpus", type=int, default=max(1, ncpu // 2),
+                        help=f"CPUs for the proxies, the first ones (default {max(1, ncpu // 2)}: "
+                             "half); the load side gets the rest")
     parser.add_argument("--bodies", default="small", help="comma-separated (default small)")
+    parser.add_argument("--connections", type=int, default=None,
+                        help=f"wrk's connections (default {CONNECTIONS} per CPU of the proxies)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per round (default 10)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per target (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s")
@@ -79,8 +121,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.body_list = [b.strip() for b in args.bodies.split(",") if b.strip()]
     if not args.body_list or any(b not in BODIES for b in args.body_list):
         parser.error(f"--bodies: choose from {','.join(BODIES)}")
-    if not 2 <= args.workers <= 16:
-        parser.error("--workers must be 2..16")
+    if ncpu > 1 and not 1 <= args.proxy_cpus < ncpu:
+        parser.error(f"--proxy-cpus must be 1..{ncpu - 1} (the load side needs a CPU)")
+    if args.workers is None:
+        ns, n = [1, 2], 4
+        while n <= args.proxy_cpus:
+            ns.append(n)
+            n *= 2
+    else:
+        try:
+            ns = sorted({int(x) for x in args.workers.split(",") if x.strip()})
+        except ValueError:
+            parser.error(f"--workers: comma-separated numbers, not {args.workers!r}")
+    if not ns or not all(1 <= n <= 64 for n in ns):
+        parser.error("--workers: each N must be 1..64")
+    args.ns = ns
+    if args.connections is None:
+        args.connections = CONNECTIONS * args.proxy_cpus
+    if not 1 <= args.connections <= 10000:
+        parser.error("--connections must be 1..10000")
     if args.quick:
         args.duration, args.rounds = 3, 1
     if not 1 <= args.duration <= 600 or not 1 <= args.rounds <= 20:
@@ -101,73 +160,33 @@ def clean(results: list[Result], duration: int) -> list[Result]:
     return out
 
 
-def clean_table(results: list[Result], duration: int) -> str:
-    lines = ["| target | body | undisturbed rounds | requests/s | p99 ms | CPU µs/req | machine "
-             "CPU busy (last such round) |", "|---|---|--:|--:|--:|--:|---|"]
-    for r in clean(results, duration):
-        last = r.rounds[-1] if r.rounds else None
-        lines.append(f"| {r.target} | {r.body} | {len(r.rounds)} | {fmt(r.median('rps'), 0)} | "
-                     f"{fmt(r.median('p99_ms'), 2)} | {fmt(r.median('cpu_us_per_req'))} | "
-                     f"{last.cpus.describe() if last and last.cpus else '–'} |")
+def scaling_table(results: list[Result], ns: list[int]) -> str:
+    """Per body and N: each proxy's requests/s and CPU µs per request, its requests/s against
+    its own N = 1, and the router's against HAProxy's and nginx's."""
+    med = {(r.target, r.body): r for r in results if r.rounds}
+    lines = ["| body | N | router req/s | HAProxy req/s | nginx req/s | router CPU µs/req | "
+             "HAProxy CPU µs/req | nginx CPU µs/req | router, HAProxy, nginx vs own N=1 | "
+             "router/HAProxy req/s | router/nginx req/s |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|"]
+
+    def get(kind: str, n: int, body: str, attr: str) -> float | None:
+        r = med.get((_label(kind, n), body))
+        return r.median(attr) if r else None
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}×" if a and b else "–"
+
+    for body in sorted({r.body for r in results}):
+        for n in ns:
+            rps = {k: get(k, n, body, "rps") for k in PROXIES}
+            cpu = {k: get(k, n, body, "cpu_us_per_req") for k in PROXIES}
+            own = ", ".join(ratio(rps[k], get(k, 1, body, "rps")) for k in PROXIES)
+            lines.append(
+                f"| {body} | {n} | {fmt(rps['router'], 0)} | {fmt(rps['haproxy'], 0)} | "
+                f"{fmt(rps['nginx'], 0)} | {fmt(cpu['router'])} | {fmt(cpu['haproxy'])} | "
+                f"{fmt(cpu['nginx'])} | {own} | {ratio(rps['router'], rps['haproxy'])} | "
+                f"{ratio(rps['router'], rps['nginx'])} |")
     return "\n".join(lines)
-
-
-def scaling_lines(results: list[Result], n: int) -> list[str]:
-    rps = {(r.target, r.body): r.median("rps") for r in results if r.rounds}
-    cpu = {(r.target, r.body): r.median("cpu_us_per_req") for r in results if r.rounds}
-    out = []
-    for body in sorted({r.body for r in results}):
-        def ratio(a: str, b: str) -> str:
-            x, y = rps.get((a, body)), rps.get((b, body))
-            return f"{x / y:.2f}×" if x and y else "–"
-        out.append(
-            f"- {body}: w{n}/w1 pinned to CPU 0 {ratio(f'router w{n}', 'router w1')}; "
-            f"unpinned {ratio(f'router w{n} unpinned', 'router w1 unpinned')}; "
-            f"w{n} unpinned / w1 pinned {ratio(f'router w{n} unpinned', 'router w1')}; "
-            f"w{n} unpinned / nginx pinned {ratio(f'router w{n} unpinned', 'nginx')}; "
-            f"CPU µs/req w1 {cpu.get(('router w1', body)) or 0:.1f}, "
-            f"w{n} {cpu.get((f'router w{n}', body)) or 0:.1f}, "
-            f"w{n} unpinned {cpu.get((f'router w{n} unpinned', body)) or 0:.1f}")
-    return out
-
-
-def ceiling_lines(results: list[Result], n: int) -> list[str]:
-    """What the CPUs allow: a budget from the measured costs per request.
-
-    ``direct`` keeps CPU 1 busy with wrk and the backends alone, so 1e6 / its requests/s is
-    their CPU µs per request (L). A router costing C µs per request can do at most 1e6 / C
-    pinned to one CPU (and the load side at most 1e6 / L on the other); unpinned, the router,
-    wrk and the backends share ncpu CPUs: at most ncpu * 1e6 / (C + L), and a router of W
-    single-threaded processes at most W * 1e6 / C.
-    """
-    ncpu = os.cpu_count() or 1
-    out = []
-    for body in sorted({r.body for r in results}):
-        by = {r.target: r for r in results if r.body == body and r.rounds}
-        direct = by.get("direct")
-        load_rps = direct.median("rps") if direct else None
-        if not load_rps:
-            continue
-        load_us = 1e6 / load_rps
-        out.append(f"- {body}: wrk + backends cost about {load_us:.1f} CPU µs per request "
-                   f"(`direct` keeps CPU 1 busy at {load_rps:,.0f} requests/s)")
-        for label, _kind, workers, pinned in variants(n):
-            r = by.get(label)
-            if r is None or not label.startswith("router"):
-                continue
-            rps, cpu = r.median("rps"), r.median("cpu_us_per_req")
-            if not rps or not cpu:
-                continue
-            if pinned:
-                cap = min(1e6 / cpu, 1e6 / load_us)
-                how = "1 CPU for the router, 1 for wrk and the backends"
-            else:
-                cap = min(ncpu * 1e6 / (cpu + load_us), max(workers, 1) * 1e6 / cpu)
-                how = (f"{ncpu} CPUs shared by the router, wrk and the backends; "
-                       f"{max(workers, 1)} router process(es) of one thread")
-            out.append(f"  - {label}: {rps:,.0f} requests/s at {cpu:.1f} µs/req; the CPU "
-                       f"budget ({how}) allows about {cap:,.0f}: {rps / cap * 100:.0f}% of it")
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,23 +195,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     tools = tools_or_none()
     if tools is None:
         return 2
-    pin = decide_pinning()
+    pin = split(args.proxy_cpus)
+    args.wrk_threads = max(1, len(pin.load_cpus))
     rev = revision()
-    print(f"pinning: {pin.note} (except the targets marked unpinned)\nrouter revision: {rev}",
-          flush=True)
+    print(f"pinning: {pin.note}\nN: {', '.join(map(str, args.ns))}; wrk -t{args.wrk_threads} "
+          f"-c{args.connections}\nrouter revision: {rev}", flush=True)
     results: list[Result] = []
     notes: list[str] = []
     skips: dict[str, str] = {}
     harness = Harness(keep_tmp=args.keep_tmp)
     with exit_on_signals():
         try:
-            backends = start_backends(harness, tools["nginx"], pin)
+            backends = start_backends(harness, tools["nginx"], pin, workers=args.wrk_threads)
             targets: list[Target] = []
-            for label, kind, workers, pinned in variants(args.workers):
+            for label, kind, n in variants(args.ns):
                 print(f"== {label}: starting", flush=True)
-                targs = argparse.Namespace(router_workers=workers, no_pin_router=not pinned)
+                targs = argparse.Namespace(router_workers=n if n > 1 else 0)
                 try:
-                    target = start_target(harness, kind, tools, backends, pin, targs, label=label)
+                    target = start_target(harness, kind, tools, backends, pin, targs,
+                                          label=label, edits=edits(kind, n))
                 except TargetSkipped as exc:
                     print(f"   SKIPPED: {exc}", flush=True)
                     skips[label] = str(exc)
@@ -210,50 +231,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             harness.close()
 
     table = results_table(results, skips)
-    scaling = scaling_lines(results, args.workers)
-    quiet_table = clean_table(results, args.duration)
-    quiet_scaling = scaling_lines(clean(results, args.duration), args.workers)
-    quiet_scaling += ceiling_lines(clean(results, args.duration), args.workers)
-    print("\n" + table + "\n\n" + "\n".join(scaling) + "\n\nUndisturbed rounds only:\n\n"
-          + quiet_table + "\n\n" + "\n".join(quiet_scaling))
+    scaling = scaling_table(results, args.ns)
+    quiet = scaling_table(clean(results, args.duration), args.ns)
+    print("\n" + table + "\n\n" + scaling + "\n\nUndisturbed rounds only:\n\n" + quiet)
     if not args.no_write:
         write_section(SECTION, report(args, started, tools, pin.note, rev, table, scaling,
-                                      quiet_table, quiet_scaling, results, notes, skips))
+                                      quiet, results, notes, skips))
         print(f"\nwritten to benchmarks/{RESULTS_MD.name} (section `{SECTION}`)")
     return 0
 
 
 def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str], pin_note: str,
-           rev: str, table: str, scaling: list[str], quiet_table: str, quiet_scaling: list[str],
-           results: list[Result], notes: list[str], skips: dict[str, str]) -> str:
-    n = args.workers
+           rev: str, table: str, scaling: str, quiet: str, results: list[Result],
+           notes: list[str], skips: dict[str, str]) -> str:
+    ns = ", ".join(map(str, args.ns))
     parts = [
-        *report_header(f"## Workers scaling: `--workers {n}` against 1",
-                       started, "workers", tool_lines(tools, ("nginx", "wrk")), rev),
-        f"- pinning: {pin_note}; the `unpinned` router targets may run on every CPU",
+        *report_header(f"## Scaling over cores: N = {ns}", started, "workers",
+                       tool_lines(tools, ("nginx", "haproxy", "wrk")), rev),
+        f"- pinning: {pin_note}",
         "",
-        f"Load as in the main table: `wrk -t1 -c{CONNECTIONS} -d{args.duration}s --latency`, "
-        f"{args.rounds} round(s) per target, interleaved, each after a {WARMUP_S} s warm-up; "
-        f"medians. `router w{n}` is `router serve --workers {n}` (a master with the admin API "
-        f"and {n} worker processes on one SO_REUSEPORT port); CPU µs/req counts the whole "
-        "process tree. Equivalent single runs: `python3 -m benchmarks.run --targets "
-        f"router,nginx --bodies small [--router-workers {n}] [--no-pin-router]`.",
+        f"For each N, `router serve --workers N`, HAProxy `nbthread N` and nginx "
+        f"`worker_processes N`, all pinned to the same CPUs, configured as in "
+        f"`benchmarks.run`. Load: `wrk -t{args.wrk_threads} -c{args.connections} "
+        f"-d{args.duration}s --latency`, {args.rounds} round(s) per target, interleaved, each "
+        f"after a {WARMUP_S} s warm-up; medians. CPU µs/req counts each proxy's whole process "
+        "tree; the load side's busy share is over its CPUs.",
         "",
         table,
         "",
-        "Scaling (ratios of median requests/s, same run):",
+        "Scaling (medians; `vs own N=1`: requests/s against the same proxy with N = 1):",
         "",
-        *scaling,
+        scaling,
         "",
-        "The same over the undisturbed rounds only (other processes under "
-        f"{NOISY_SHARE * 100:.0f}% of one CPU; on a shared machine these are the figures to "
-        "trust):",
+        f"The same over the undisturbed rounds only (other processes under "
+        f"{NOISY_SHARE * 100:.0f}% of one CPU):",
         "",
-        quiet_table,
-        "",
-        *quiet_scaling,
-        "",
-        READING,
+        quiet,
         "",
     ]
     if notes:
