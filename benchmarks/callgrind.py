@@ -220,9 +220,7 @@ ROUTER = (
              "client.ClientConnection.on_headers_complete",
              "client.ClientConnection.on_message_complete",
              "client.ClientConnection._request_read", "exchange.Exchange",
-             "exchange.Exchange.__init__", "exchange.Exchange.body_end"),
-          r"__pyx_pw_9httptools_6parser_6parser_10HttpParser_13feed_data|llhttp_\w+|"
-          r"__pyx_f_9httptools_6parser_6parser_cb_on_\w+"),
+             "exchange.Exchange.__init__", "exchange.Exchange.body_end")),
     stage("check", "check the request head: version, sizes, Host, target, framing, "
           "Connection tokens; each field looked at once",
           _r("request_head.read_request_head", "request_head.host_ok",
