@@ -58,6 +58,14 @@ def write_section(name: str, body: str, path: Path = RESULTS_MD) -> None:
     path.write_text(new)
 
 
+def notes_and_skips(notes: list[str], skips: dict[str, str]) -> list[str]:
+    """The end of a report: its notes as a list, then each skipped target with why."""
+    parts = ["Notes:", "", *(f"- {n}" for n in notes), ""] if notes else []
+    for name, why in skips.items():
+        parts += [f"**{name} skipped**:", "", "```", why, "```", ""]
+    return parts
+
+
 def revision() -> str:
     """The commit measured, and whether router/ or admin/ had uncommitted changes then.
 

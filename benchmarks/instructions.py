@@ -1,7 +1,7 @@
 """Instructions per request: the router, HAProxy and nginx under callgrind, at equal work.
 
     python3 -m benchmarks.instructions                      # about a minute
-    python3 -m benchmarks.instructions --baseline /work/base
+    python3 -m benchmarks.instructions --baseline ../base      # another checkout, built in place
     python3 -m benchmarks.instructions --profiles DIR       # keep the callgrind files
 
 Wall-clock figures on a shared machine move by tens of per cent from run to run; the number
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import callgrind
-from .common import RESULTS_MD, revision, write_section
+from .common import RESULTS_MD, notes_and_skips, revision, write_section
 from .run import (BODIES, HOST, BenchError, Harness, Target, TargetSkipped, decide_pinning,
                   exit_on_signals, report_header, start_backends, start_target, tool_lines,
                   tools_or_none, which)
@@ -360,10 +360,7 @@ def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str
         text,
         "",
     ]
-    if notes:
-        parts += ["Notes:", "", *(f"- {n}" for n in notes), ""]
-    for name, why in skips.items():
-        parts += [f"**{name} skipped**:", "", "```", why, "```", ""]
+    parts += notes_and_skips(notes, skips)
     return "\n".join(parts)
 
 

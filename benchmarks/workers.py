@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
-from .common import RESULTS_MD, revision, write_section
+from .common import RESULTS_MD, notes_and_skips, revision, write_section
 from .run import (BODIES, CONNECTIONS, NOISY_SHARE, SUT_CPU, WARMUP_S, BenchError, Harness,
                   Pinning, Result, Target, TargetSkipped, decide_pinning, exit_on_signals, fmt,
                   measure, nginx_workers, report_header, results_table, rounds_table,
@@ -269,10 +269,7 @@ def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str
         quiet,
         "",
     ]
-    if notes:
-        parts += ["Notes:", "", *(f"- {x}" for x in notes), ""]
-    for name, why in skips.items():
-        parts += [f"**{name} skipped**:", "", "```", why, "```", ""]
+    parts += notes_and_skips(notes, skips)
     parts += ["Every round (machine CPU busy: each CPU's non-idle share over the round):", "",
               rounds_table(results), ""]
     return "\n".join(parts)
