@@ -160,13 +160,16 @@ class Labels:
     sticky: tuple[bool, str] | None = None
 
 
-def parse_labels(data: object, domain: str | None, path: str, source: str) -> Labels:
+def parse_labels(data: object, domain: str | None, path: str, source: str,
+                 extra: tuple[str, ...] = ()) -> Labels:
+    """``extra``: further ``aliyun.routing.*`` labels the caller reads itself (the Docker
+    provider's per-container ones): skipped here, and named among the known ones."""
     labels = _labels_mapping(data, path, source)
     routes: list[tuple[Route, str]] = []
     ports: list[int] = []
     sticky: tuple[bool, str] | None = None
     for key, value in labels.items():
-        if not key.startswith(_LABEL_PREFIX):
+        if not key.startswith(_LABEL_PREFIX) or key in extra:
             continue  # an ordinary container label (aliyun.scale, com.docker..., ...)
         key_path = f"{path}.{key}"
         if key == _LABEL_STICKY:
@@ -181,7 +184,7 @@ def parse_labels(data: object, domain: str | None, path: str, source: str) -> La
         if m is None:
             raise ConfigError(
                 key_path,
-                f"unknown label; known: {_LABEL_PREFIX}port_<port>, {_LABEL_STICKY}",
+                f"unknown label; known: {', '.join((f'{_LABEL_PREFIX}port_<port>', _LABEL_STICKY, *extra))}",
                 value,
                 source,
             )

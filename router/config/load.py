@@ -69,7 +69,8 @@ _PASSIVE_KEYS = ("failures", "cooldown")
 _ACCESS_LOG_KEYS = ("enabled", "format")
 _PROVIDER_KEYS = ("docker",)
 _DOCKER_KEYS = ("endpoint", "swarm", "network", "published_ports", "host", "health_check",
-                "refresh")
+                "refresh", "empty_apps")
+_EMPTY_APPS = ("keep", "delete")
 _LIMIT_KEYS = ("max_request_line", "max_header", "max_headers", "max_connections")
 _ACCESS_LOG_FORMATS = ("json", "combined")
 # RFC 6265 cookie-name = token (RFC 2616 tchar).
@@ -238,6 +239,9 @@ def _parse_docker(value: object, source: str) -> DockerProviderConfig:
     host = default.host
     if "host" in m:
         host, _, _ = split_backend(m["host"], f"{path}.host", source)
+    empty_apps = m.get("empty_apps", default.empty_apps)
+    if empty_apps not in _EMPTY_APPS:
+        raise ConfigError(f"{path}.empty_apps", "must be keep or delete", empty_apps, source)
     return DockerProviderConfig(
         endpoint=parse_docker_endpoint(m.get("endpoint", default.endpoint), f"{path}.endpoint",
                                        source),
@@ -249,6 +253,7 @@ def _parse_docker(value: object, source: str) -> DockerProviderConfig:
         health_check=parse_health_check(m.get("health_check"), f"{path}.health_check", source),
         refresh=positive_duration(m["refresh"], f"{path}.refresh", source)
         if "refresh" in m else default.refresh,
+        empty_apps=str(empty_apps),
     )
 
 

@@ -190,6 +190,9 @@ class DockerProviderConfig:
     # A full listing this often besides the event stream: Swarm tasks have no events of their
     # own; Traefik's swarmModeRefreshSeconds default is 15s.
     refresh: float = 15.0
+    # An app none of whose containers exists any more: "keep" it (503, weights kept for when
+    # they come back) or "delete" it (404, its routes free); Traefik's allowEmptyServices.
+    empty_apps: str = "keep"
 
 
 @dataclass(frozen=True, slots=True)

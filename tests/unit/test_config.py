@@ -940,7 +940,8 @@ def test_docker_provider_defaults_and_every_key(tmp_path: Path) -> None:
          "must be a URL path starting with '/', without spaces"),
         ({"labels": {}}, "providers.docker.labels",
          "unknown key; allowed keys: endpoint, swarm, network, published_ports, host, "
-         "health_check, refresh"),
+         "health_check, refresh, empty_apps"),
+        ({"empty_apps": "remove"}, "providers.docker.empty_apps", "must be keep or delete"),
     ],
 )
 def test_docker_provider_errors_name_key_and_value(docker: dict[str, object], path: str,
