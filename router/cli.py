@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if store is None:
             store = os.path.join(state, STATE_FILE)
+        from .providers.container import warn_if_lost
+
+        for where in dict.fromkeys((state, os.path.dirname(store))):
+            warn_if_lost(where)
     return serve(config, store, args.workers, state)
 
 
