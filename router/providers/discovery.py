@@ -2,10 +2,11 @@
 
 A *version* is one compose service (or one Swarm service) whose containers carry
 ``aliyun.routing.port_<P>`` labels: its project (``com.docker.compose.project`` or
-``com.docker.stack.namespace``), its name, the routes its labels declare and its instances
-(containers or tasks), each with the address the router reaches it at and Docker's health
-status. Which versions make up an app, and what the routing state does with them, is
-``reconcile``'s part.
+``com.docker.stack.namespace``; "" for a container started without compose, which is a version
+of its own named after the container), its name, the routes its labels declare and its
+instances (running containers or tasks), each with the container's id, the address the router
+reaches it at and Docker's health status. Which versions make up an app, and what the routing
+state does with them, is ``reconcile``'s part.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime
 from typing import Any, Iterable
 
 from ..config import NAME_RE, ConfigError, DockerProviderConfig, Route, parse_labels
+from ..config.apps import parse_health_check
 from ..config.scalars import format_hostport
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -23,6 +25,15 @@ SERVICE_LABEL = "com.docker.compose.service"
 STACK_LABEL = "com.docker.stack.namespace"
 SWARM_SERVICE_LABEL = "com.docker.swarm.service.id"
 ROUTING_PORT_PREFIX = "aliyun.routing.port_"
+# Per-container labels that only mean something for a container (not in a file's apps).
+NETWORK_LABEL = "aliyun.routing.network"  # Traefik's traefik.docker.network
+HEALTH_LABEL = "aliyun.routing.health_check"  # an HTTP path, as the seed's health checks
+PROTOCOL_LABEL = "aliyun.routing.protocol"  # only "http": the router speaks HTTP/1.1 to backends
+CONTAINER_LABELS = (NETWORK_LABEL, HEALTH_LABEL, PROTOCOL_LABEL)
+# Task states on the way to running: Swarm reports no event when a task gets there, so the
+# provider lists again until it does (docker.py).
+_TASK_ON_THE_WAY = frozenset({"new", "allocated", "pending", "assigned", "accepted", "preparing",
+                              "ready", "starting"})
 
 _HEALTH_RE = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 
@@ -36,6 +47,9 @@ class Instance:
     # Docker's health status: "healthy", "starting", "unhealthy"; None when the image or the
     # service defines no health check (the router then probes it itself).
     health: str | None
+    # A Swarm task that runs but that Swarm is shutting down (its replacement is running): a
+    # backend only while no other instance of its version is ready (docker.py).
+    leaving: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +61,33 @@ class Version:
     routes: tuple[Route, ...]
     sticky: bool | None  # aliyun.routing.session_sticky, None when absent
     created: float  # seconds since the epoch: the oldest container, or the Swarm service
+    # Running containers (or tasks); none while the version's containers exist but are stopped.
     instances: tuple[Instance, ...]
     swarm_service: str | None = None  # the Swarm service's id (Swarm mode)
+    health_path: str | None = None  # aliyun.routing.health_check: an HTTP check of this path
+    stopped: tuple[str, ...] = ()  # ids of its containers that exist but do not run
 
 
 @dataclass
 class Listing:
-    """Versions found, and why other labelled containers were left out (one line each)."""
+    """Versions found, and why other labelled containers were left out (one line each).
+    ``converging``: Swarm wants a task of a routed service running that does not run yet (or
+    has no address yet)."""
 
     versions: list[Version]
     skipped: list[str]
+    converging: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Routing:
+    """What a container's (or a Swarm service's) routing labels say."""
+
+    port: int
+    routes: tuple[Route, ...]
+    sticky: bool | None
+    network: str | None  # aliyun.routing.network
+    health_path: str | None  # aliyun.routing.health_check
 
 
 def router_name(text: str) -> str | None:
@@ -66,35 +97,52 @@ def router_name(text: str) -> str | None:
     return name if NAME_RE.match(name) else None
 
 
-def _routing(labels: dict[str, str], what: str, domain: str | None,
-             ) -> tuple[int, tuple[Route, ...], bool | None]:
-    """The port, routes and stickiness the labels declare; ConfigError naming ``what``."""
-    parsed = parse_labels(labels, domain, "labels", f"docker {what}")
+def _routing(labels: dict[str, str], what: str, domain: str | None) -> _Routing:
+    """What the labels declare; ConfigError naming ``what`` and the label."""
+    source = f"docker {what}"
+    parsed = parse_labels(labels, domain, "labels", source, CONTAINER_LABELS)
     ports = sorted(set(parsed.ports))
     if len(ports) > 1:
         raise ConfigError("labels", "routes on several ports: one port per service (split it "
-                          "into one service per port)", ", ".join(map(str, ports)),
-                          f"docker {what}")
-    return ports[0], tuple(dict.fromkeys(r for r, _ in parsed.routes)), (
-        parsed.sticky[0] if parsed.sticky is not None else None)
-
-
-_Identity = tuple[str, str, int, tuple[Route, ...], bool | None]
+                          "into one service per port)", ", ".join(map(str, ports)), source)
+    protocol = labels.get(PROTOCOL_LABEL)
+    if protocol is not None and protocol.strip().lower() != "http":
+        raise ConfigError(f"labels.{PROTOCOL_LABEL}", "must be http: the router speaks HTTP/1.1 "
+                          "to its backends (no TLS, HTTP/2 or TCP to backends)", protocol, source)
+    network = labels.get(NETWORK_LABEL)
+    if network is not None and not network.strip():
+        raise ConfigError(f"labels.{NETWORK_LABEL}", "must name a network", network, source)
+    health_path = None
+    if HEALTH_LABEL in labels:
+        check = parse_health_check({"path": labels[HEALTH_LABEL]}, f"labels.{HEALTH_LABEL}",
+                                   source)
+        assert check is not None
+        health_path = check.path
+    return _Routing(ports[0], tuple(dict.fromkeys(r for r, _ in parsed.routes)),
+                    parsed.sticky[0] if parsed.sticky is not None else None,
+                    network.strip() if network is not None else None, health_path)
 
 
 def _identify(what: str, grouping: str, project: str, service: str, labels: dict[str, str],
-              domain: str | None, skipped: list[str]) -> _Identity | None:
-    """(app, service, port, routes, sticky) of a labelled container or Swarm service; None,
-    with the reason in ``skipped``, if it cannot be routed."""
-    app, svc = router_name(project), router_name(service)
+              domain: str | None, skipped: list[str] | None,
+              ) -> tuple[str, str, _Routing] | None:
+    """(project, service, routing) of a labelled container or Swarm service, the names as the
+    router's ("" for no project); None, with the reason in ``skipped``, if it cannot be
+    routed."""
+    app = router_name(project) if project else ""
+    svc = router_name(service)
     if app is None or svc is None:
-        skipped.append(f"{what}: {grouping} {project!r} or service {service!r} cannot be an "
-                       "app or service name (^[a-z0-9][a-z0-9-]{0,62}$)")
+        if skipped is not None:
+            names = f"{grouping} {project!r} or name {service!r}" if project else (
+                f"name {service!r}")
+            skipped.append(f"{what}: {names} cannot be an app or service name "
+                           "(^[a-z0-9][a-z0-9-]{0,62}$)")
         return None
     try:
-        return (app, svc, *_routing(labels, what, domain))
+        return app, svc, _routing(labels, what, domain)
     except ConfigError as e:
-        skipped.append(str(e))
+        if skipped is not None:
+            skipped.append(str(e))
         return None
 
 
@@ -122,8 +170,29 @@ def _published(ports: Iterable[dict[str, Any]], private: int, host: str,
     return None
 
 
+def _pick_network(networks: list[str], wanted: str | None, label: bool, shared: frozenset[str],
+                  ) -> tuple[str | None, str]:
+    """The network (of ``networks``, those with an address) to reach a backend on: the one
+    ``wanted`` (its label, else providers.docker.network); else its only one; else the only
+    one it shares with the router's own container. (name, why there is none)."""
+    if wanted is not None:
+        if wanted in networks:
+            return wanted, ""
+        where = f"its {NETWORK_LABEL} label" if label else "providers.docker.network"
+        return None, f"not on network {wanted!r} ({where})"
+    if len(networks) == 1:
+        return networks[0], ""
+    common = [n for n in networks if n in shared]
+    if len(common) == 1:
+        return common[0], ""
+    named = f" ({', '.join(sorted(networks))})" if networks else ""
+    router = (f", {len(common)} of them shared with the router's container" if shared else "")
+    return None, (f"on {len(networks)} networks with an address{named}{router}; name the one "
+                  f"to use in its {NETWORK_LABEL} label or providers.docker.network")
+
+
 def _container_address(c: dict[str, Any], port: int, cfg: DockerProviderConfig,
-                       ) -> tuple[str | None, str]:
+                       network: str | None, shared: frozenset[str]) -> tuple[str | None, str]:
     """(address, why there is none)."""
     if cfg.published_ports:
         addr = _published(c.get("Ports") or [], port, cfg.host, "PrivatePort", "PublicPort", "IP")
@@ -131,24 +200,25 @@ def _container_address(c: dict[str, Any], port: int, cfg: DockerProviderConfig,
     networks: dict[str, Any] = (c.get("NetworkSettings") or {}).get("Networks") or {}
     if (c.get("HostConfig") or {}).get("NetworkMode") == "host" or "host" in networks:
         return format_hostport(cfg.host, port, ":" in cfg.host), ""
-    if cfg.network is not None:
-        net = networks.get(cfg.network)
-        if not net or not net.get("IPAddress"):
-            return None, f"not on network {cfg.network!r} (providers.docker.network)"
-        return format_hostport(net["IPAddress"], port, False), ""
-    with_ip = [n for n in networks.values() if n.get("IPAddress")]
-    if len(with_ip) != 1:
-        return None, (f"on {len(with_ip)} networks with an address; name the one to use in "
-                      "providers.docker.network")
-    return format_hostport(with_ip[0]["IPAddress"], port, False), ""
+    with_ip = [name for name, n in networks.items() if n.get("IPAddress")]
+    chosen, why = _pick_network(with_ip, network or cfg.network, network is not None, shared)
+    if chosen is None:
+        return None, why
+    return format_hostport(networks[chosen]["IPAddress"], port, False), ""
+
+
+def _running(c: dict[str, Any]) -> bool:
+    # Listed with all=1: exited, created, restarting and paused containers too, which keep
+    # their version present but take no traffic.
+    return c.get("State", "running") == "running"
 
 
 def from_containers(containers: list[dict[str, Any]], cfg: DockerProviderConfig,
-                    domain: str | None) -> Listing:
-    """Versions from ``GET /containers/json`` (running containers). Containers of Swarm tasks
-    are left to ``from_swarm``."""
-    groups: dict[tuple[str, str], list[tuple[dict[str, Any], int, tuple[Route, ...],
-                                            bool | None]]] = {}
+                    domain: str | None, shared: frozenset[str] = frozenset()) -> Listing:
+    """Versions from ``GET /containers/json?all=1``: every labelled container makes its
+    version present, the running ones are its instances. ``shared``: the networks of the
+    router's own container. Containers of Swarm tasks are left to ``from_swarm``."""
+    groups: dict[tuple[str, str], list[tuple[dict[str, Any], _Routing]]] = {}
     skipped: list[str] = []
     for c in containers:
         labels = c.get("Labels") or {}
@@ -156,29 +226,33 @@ def from_containers(containers: list[dict[str, Any]], cfg: DockerProviderConfig,
             continue
         cname = ((c.get("Names") or ["/" + c.get("Id", "")[:12]])[0]).lstrip("/")
         what = f"container {cname}"
-        project, service = labels.get(PROJECT_LABEL), labels.get(SERVICE_LABEL)
-        if not project or not service:
-            skipped.append(f"{what}: has routing labels but no {PROJECT_LABEL} and "
-                           f"{SERVICE_LABEL} labels (compose sets them), so no app")
-            continue
-        identity = _identify(what, "project", project, service, labels, domain, skipped)
-        if identity is None:
-            continue
-        app, svc, port, routes, sticky = identity
-        groups.setdefault((app, svc), []).append((c, port, routes, sticky))
+        # Without compose's labels a container is a version of its own, named after it.
+        project = labels.get(PROJECT_LABEL) or ""
+        service = labels.get(SERVICE_LABEL) or cname
+        identity = _identify(what, "project", project, service, labels, domain,
+                             skipped if _running(c) else None)
+        if identity is not None:
+            groups.setdefault(identity[:2], []).append((c, identity[2]))
     versions = []
     for (app, svc), members in sorted(groups.items()):
         instances = []
-        for c, port, _, _ in members:
-            addr, why = _container_address(c, port, cfg)
+        for c, routing in members:
+            if not _running(c):
+                continue
+            addr, why = _container_address(c, routing.port, cfg, routing.network, shared)
             if addr is None:
                 name = ((c.get("Names") or [""])[0]).lstrip("/")
                 skipped.append(f"container {name}: {why}")
             instances.append(Instance(c["Id"], addr, _health(c.get("Status", ""))))
-        routes = tuple(dict.fromkeys(r for m in members for r in m[2]))
-        sticky = next((m[3] for m in members if m[3] is not None), None)
-        created = min(float(c.get("Created", 0)) for c, *_ in members)
-        versions.append(Version(app, svc, routes, sticky, created, tuple(instances)))
+        # The labels of a running container win over those of stopped ones.
+        ordered = sorted(members, key=lambda m: not _running(m[0]))
+        routes = tuple(dict.fromkeys(r for m in ordered for r in m[1].routes))
+        sticky = next((m[1].sticky for m in ordered if m[1].sticky is not None), None)
+        health_path = next((m[1].health_path for m in ordered if m[1].health_path), None)
+        created = min(float(c.get("Created", 0)) for c, _ in members)
+        stopped = tuple(c["Id"] for c, _ in members if not _running(c))
+        versions.append(Version(app, svc, routes, sticky, created, tuple(instances),
+                                health_path=health_path, stopped=stopped))
     return Listing(versions, skipped)
 
 
@@ -192,7 +266,8 @@ def _timestamp(text: str) -> float:
 
 
 def _task_address(task: dict[str, Any], service: dict[str, Any], port: int,
-                  nodes: dict[str, str], cfg: DockerProviderConfig) -> tuple[str | None, str]:
+                  nodes: dict[str, str], cfg: DockerProviderConfig, network: str | None,
+                  shared: frozenset[str]) -> tuple[str | None, str]:
     node = nodes.get(task.get("NodeID", ""), "")
     if cfg.published_ports:
         ports = (service.get("Endpoint") or {}).get("Ports") or []
@@ -209,16 +284,11 @@ def _task_address(task: dict[str, Any], service: dict[str, Any], port: int,
         if not node:
             return None, "on the host network of a node whose address is unknown"
         return format_hostport(node, port, ":" in node), ""
-    if cfg.network is not None:
-        chosen = by_name.get(cfg.network)
-        if chosen is None:
-            return None, f"not on network {cfg.network!r} (providers.docker.network)"
-    elif len(attachments) == 1:
-        chosen = attachments[0]
-    else:
-        return None, (f"on {len(attachments)} networks; name the one to use in "
-                      "providers.docker.network")
-    addresses = chosen.get("Addresses") or []
+    chosen, why = _pick_network([str(n) for n in by_name], network or cfg.network,
+                                network is not None, shared)
+    if chosen is None:
+        return None, why
+    addresses = [a for a in by_name[chosen].get("Addresses") or [] if a]
     if not addresses:
         return None, "no address on its network yet"
     ip = str(addresses[0]).split("/")[0]
@@ -227,17 +297,24 @@ def _task_address(task: dict[str, Any], service: dict[str, Any], port: int,
 
 def from_swarm(services: list[dict[str, Any]], tasks: list[dict[str, Any]],
                nodes: list[dict[str, Any]], cfg: DockerProviderConfig,
-               domain: str | None) -> Listing:
+               domain: str | None, shared: frozenset[str] = frozenset()) -> Listing:
     """Versions from ``GET /services``, ``/tasks`` and ``/nodes`` of a Swarm manager: the whole
-    Swarm, whichever node answers."""
+    Swarm, whichever node answers. ``shared``: the networks of the router's own container."""
     node_addr = {n["ID"]: str((n.get("Status") or {}).get("Addr") or "") for n in nodes}
     by_service: dict[str, list[dict[str, Any]]] = {}
+    on_the_way: set[str] = set()
     for t in tasks:
-        # A task the orchestrator is shutting down goes first: it is about to be stopped.
-        if t.get("DesiredState") == "running" and (t.get("Status") or {}).get("State") in (
-                "starting", "running"):
+        state = (t.get("Status") or {}).get("State")
+        if t.get("DesiredState") != "running":
+            if state == "running":  # being shut down: its container's stop comes next
+                by_service.setdefault(t.get("ServiceID", ""), []).append(t)
+            continue
+        if state in ("starting", "running"):
             by_service.setdefault(t.get("ServiceID", ""), []).append(t)
+        if state in _TASK_ON_THE_WAY:
+            on_the_way.add(t.get("ServiceID", ""))
     versions, skipped = [], []
+    converging = False
     for s in services:
         spec = s.get("Spec") or {}
         template = spec.get("TaskTemplate") or {}
@@ -246,31 +323,33 @@ def from_swarm(services: list[dict[str, Any]], tasks: list[dict[str, Any]],
         if not _routed(labels):
             continue
         what = f"service {spec.get('Name')}"
-        stack = labels.get(STACK_LABEL)
-        if not stack:
-            skipped.append(f"{what}: has routing labels but no {STACK_LABEL} label "
-                           "(docker stack deploy sets it), so no app")
-            continue
+        stack = labels.get(STACK_LABEL) or ""
         full = str(spec.get("Name", ""))
-        name = full[len(stack) + 1:] if full.startswith(stack + "_") else full
+        # Without a stack (docker service create) the service is a version of its own.
+        name = full[len(stack) + 1:] if stack and full.startswith(stack + "_") else full
         identity = _identify(what, "stack", stack, name, labels, domain, skipped)
         if identity is None:
             continue
-        app, svc, port, routes, sticky = identity
+        app, svc, routing = identity
         test = (container_spec.get("Healthcheck") or {}).get("Test") or []
         checked = bool(test) and test[0] != "NONE"
+        converging = converging or s["ID"] in on_the_way
         instances = []
         for t in by_service.get(s["ID"], []):
-            addr, why = _task_address(t, s, port, node_addr, cfg)
-            if addr is None:
-                skipped.append(f"{what}: task {t.get('ID', '')[:12]}: {why}")
+            addr, why = _task_address(t, s, routing.port, node_addr, cfg, routing.network, shared)
             state = (t.get("Status") or {}).get("State")
+            leaving = t.get("DesiredState") != "running"
+            if addr is None and state == "running" and not leaving:
+                # (One starting, or on its way out, may have no published port yet or any more.)
+                skipped.append(f"{what}: task {t.get('ID', '')[:12]}: {why}")
+                converging = converging or why == "no address on its network yet"
             health = ("healthy" if state == "running" else "starting") if checked else (
                 None if state == "running" else "starting")
             container = ((t.get("Status") or {}).get("ContainerStatus") or {}).get(
                 "ContainerID") or ""
-            instances.append(Instance(container, addr, health))
-        versions.append(Version(app, svc, routes, sticky, _timestamp(s.get("CreatedAt", "")),
-                                tuple(instances), s["ID"]))
+            instances.append(Instance(container, addr, health, leaving))
+        versions.append(Version(app, svc, routing.routes, routing.sticky,
+                                _timestamp(s.get("CreatedAt", "")), tuple(instances), s["ID"],
+                                routing.health_path))
     versions.sort(key=lambda v: (v.project, v.name))
-    return Listing(versions, skipped)
+    return Listing(versions, skipped, converging)

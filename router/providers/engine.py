@@ -51,13 +51,17 @@ class DockerClient:
     async def request(self, method: str, path: str, params: dict[str, str] | None = None,
                       timeout: float | None = None) -> Any:
         """The decoded JSON answer (None for an empty one); ``DockerError`` otherwise."""
-        limit = aiohttp.ClientTimeout(total=timeout if timeout is not None else self._timeout)
+        total = timeout if timeout is not None else self._timeout
         try:
             async with self._http().request(method, self._url(path), params=params,
-                                            timeout=limit) as resp:
+                                            timeout=aiohttp.ClientTimeout(total=total)) as resp:
                 body = await resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise DockerError(f"{self.endpoint}: {e or type(e).__name__}") from None
+        except TimeoutError:
+            raise DockerError(f"{method} {path}: no answer from {self.endpoint} within "
+                              f"{total:g} s") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise DockerError(f"{method} {path}: {self.endpoint}: {str(e) or type(e).__name__}"
+                              ) from None
         if resp.status >= 400:
             raise DockerError(f"{method} {path}: {resp.status} {_message(body)}", resp.status)
         if not body:
@@ -93,7 +97,8 @@ class DockerClient:
                     if line.strip():
                         yield json.loads(line)
         except (aiohttp.ClientError, OSError, ValueError) as e:
-            raise DockerError(f"{self.endpoint}: event stream: {e or type(e).__name__}") from None
+            raise DockerError(f"{self.endpoint}: event stream: {str(e) or type(e).__name__}"
+                              ) from None
         raise DockerError(f"{self.endpoint}: the event stream ended")
 
     async def close(self) -> None:

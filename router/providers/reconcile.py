@@ -18,6 +18,7 @@ from ..state import (
     Discovered,
     DiscoveryOutcome,
     State,
+    delete_app,
     health_check_to_dict,
     patch_app,
     put_app,
@@ -92,11 +93,29 @@ def _service_body(weight: int, backends: tuple[str, ...],
             "health_check": health_check_to_dict(health_check)}
 
 
+def version_check(version: Version, health_check: HealthCheckConfig | None,
+                  ) -> HealthCheckConfig | None:
+    """The health check of a version's service: the provider's, with the path of the
+    version's ``aliyun.routing.health_check`` label if it has one."""
+    if version.health_path is None:
+        return health_check
+    return replace(health_check or HealthCheckConfig(), path=version.health_path)
+
+
+def _what(version: Version) -> str:
+    if not version.project:
+        return f"container {version.name}"
+    return f"project {version.project}, service {version.name}"
+
+
 def reconcile(state: State, found: list[Found], health_check: HealthCheckConfig | None,
-              notes: list[str], done: list[str] | None = None) -> DiscoveryOutcome | None:
+              notes: list[str], done: list[str] | None = None,
+              delete_empty: bool = False) -> DiscoveryOutcome | None:
     """The state's apps, releases and ``discovered`` after bringing them in line with
     ``found``; None when nothing changes. Why an app or version was left out goes to
-    ``notes``, what was changed to ``done``."""
+    ``notes``, what was changed to ``done``. ``delete_empty``: an app none of whose versions
+    is found any more (every container removed) is deleted, rather than kept with no
+    backends (providers.docker.empty_apps)."""
     work = _Work(state)
     if done is not None:
         work.done = done
@@ -124,7 +143,7 @@ def reconcile(state: State, found: list[Found], health_check: HealthCheckConfig 
             notes.append(f"app {owner}: {e.message}")
     for name in list(work.discovered):
         if name not in claimed:
-            _vanished(work, name)
+            _vanished(work, name, delete_empty)
     if (work.apps == state.apps and work.releases == state.releases
             and work.discovered == state.discovered):
         return None
@@ -139,23 +158,27 @@ def _create(work: _Work, comp: list[Found], health_check: HealthCheckConfig | No
         return None  # nothing to route to yet
     first = ready[0].version
     taken = {a.name for a in work.apps} | set(work.discovered)
-    name = next((n for n in (first.project, f"{first.project}-{first.name}") if n not in taken),
-                None)
+    # A container without a project is an app named after it.
+    names = (first.project, f"{first.project}-{first.name}") if first.project else (first.name,)
+    name = next((n for n in names if n not in taken), None)
     if name is None or len(name) > 63:
-        notes.append(f"project {first.project}, service {first.name}: no free app name "
-                     f"({first.project} and {first.project}-{first.name} are taken)")
+        notes.append(f"{_what(first)}: no free app name ({' and '.join(names)} "
+                     f"{'are' if len(names) > 1 else 'is'} taken)")
         return None
     body: dict[str, Any] = {
         "routes": [str(r) for r in first.routes],
-        "services": {first.name: _service_body(100, ready[0].backends, health_check)},
+        "services": {first.name: _service_body(100, ready[0].backends,
+                                               version_check(first, health_check))},
     }
     if first.sticky is not None:
         body["session_sticky"] = first.sticky
     try:
-        work.run(put_app(name, body), f"app {name}: made from version {first.name} of project "
-                 f"{first.project}, backends {', '.join(ready[0].backends)}")
+        origin = (f"version {first.name} of project {first.project}" if first.project
+                  else f"container {first.name}")
+        work.run(put_app(name, body), f"app {name}: made from {origin}, backends "
+                 f"{', '.join(ready[0].backends)}")
     except RouterError as e:
-        notes.append(f"project {first.project}, service {first.name}: not routed: {e.message}")
+        notes.append(f"{_what(first)}: not routed: {e.message}")
         return None
     work.discovered[name] = Discovered(first.project, (first.name,))
     return name
@@ -169,18 +192,22 @@ def _sync(work: _Work, name: str, comp: list[Found], health_check: HealthCheckCo
     in_app = {s.name: s for s in app.services}
     by_name = {f.version.name: f for f in comp}
     services = list(known.services)
-    # Versions in the app: their backends are what runs now. A same-named service that an
-    # operator added by hand is taken over.
+    # Versions in the app: their backends are what runs now, their health check the label's
+    # path if they have one. A same-named service that an operator added by hand is taken over.
     for f in comp:
         svc = in_app.get(f.version.name)
         if svc is None:
             continue
         if f.version.name not in services:
             services.append(f.version.name)
-        if svc.backends != f.backends:
-            work.run(put_service(name, svc.name, _service_body(svc.weight, f.backends,
-                                                               svc.health_check)),
-                     f"app {name}: {svc.name}: backends {', '.join(f.backends) or 'none'}")
+        check = (version_check(f.version, svc.health_check) if f.version.health_path
+                 else svc.health_check)
+        if svc.backends != f.backends or check != svc.health_check:
+            what = f"backends {', '.join(f.backends) or 'none'}"
+            if check != svc.health_check:
+                what += f", health check {check.path if check else None} (label)"
+            work.run(put_service(name, svc.name, _service_body(svc.weight, f.backends, check)),
+                     f"app {name}: {svc.name}: {what}")
     for svc_name in list(services):
         if svc_name in by_name:
             continue
@@ -190,7 +217,7 @@ def _sync(work: _Work, name: str, comp: list[Found], health_check: HealthCheckCo
         elif svc.backends:
             # Every container gone: no backends, the weight kept for when they come back.
             work.run(put_service(name, svc_name, _service_body(svc.weight, (), svc.health_check)),
-                     f"app {name}: {svc_name}: no container runs; weight {svc.weight} kept")
+                     f"app {name}: {svc_name}: its containers are gone; weight {svc.weight} kept")
     # A version never seen before is a new version: a release at weight 0, one at a time.
     for f in comp:
         if f.version.name in services or f.version.name in in_app:
@@ -202,14 +229,16 @@ def _sync(work: _Work, name: str, comp: list[Found], health_check: HealthCheckCo
         if not f.backends:
             continue  # no ready container yet
         work.run(start(name, {"service": f.version.name, "backends": list(f.backends),
-                              "health_check": health_check_to_dict(health_check)}),
+                              "health_check": health_check_to_dict(
+                                  version_check(f.version, health_check))}),
                  f"app {name}: new version {f.version.name}: release opened at weight 0")
         services.append(f.version.name)
         break
     work.discovered[name] = replace(known, services=tuple(services))
     app = work.app(name)
     assert app is not None
-    _labels(work, name, [by_name[s.name].version for s in app.services if s.name in by_name])
+    _labels(work, name, [f.version for s in app.services if (f := by_name.get(s.name)) is not None
+                         and (f.backends or f.version.instances)])
 
 
 def _labels(work: _Work, name: str, versions: list[Version]) -> None:
@@ -224,10 +253,14 @@ def _labels(work: _Work, name: str, versions: list[Version]) -> None:
                  f"app {name}: routes {', '.join(map(str, routes))}, sticky {sticky} (labels)")
 
 
-def _vanished(work: _Work, name: str) -> None:
-    """No container of the app runs: no backends (weights kept), or forgotten if the app was
-    deleted."""
+def _vanished(work: _Work, name: str, delete_empty: bool) -> None:
+    """No container of the app exists (in Swarm mode: no service): no backends (weights
+    kept), or the app deleted with ``delete_empty``; forgotten if the app was deleted."""
     app = work.app(name)
+    if app is not None and delete_empty:
+        work.run(delete_app(name), f"app {name}: deleted: none of its containers exists "
+                 "(providers.docker.empty_apps: delete)")
+        app = None
     if app is None:
         del work.discovered[name]
         return
@@ -236,6 +269,6 @@ def _vanished(work: _Work, name: str) -> None:
     for svc in app.services:
         if svc.name in keep and svc.backends:
             work.run(put_service(name, svc.name, _service_body(svc.weight, (), svc.health_check)),
-                     f"app {name}: {svc.name}: no container runs; weight {svc.weight} kept")
+                     f"app {name}: {svc.name}: its containers are gone; weight {svc.weight} kept")
     if keep != known.services:
         work.discovered[name] = replace(known, services=keep)

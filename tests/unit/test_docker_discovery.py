@@ -3,6 +3,7 @@ gives them) -> versions -> the routing state, with exact results."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -67,8 +68,9 @@ def test_container_addresses_by_mode():
                                             "back": {"IPAddress": "10.0.2.2"}})
     listing = from_containers([two], CFG, "x.test")
     assert listing.versions[0].instances[0].address is None
-    assert listing.skipped == ["container t: on 2 networks with an address; name the one to "
-                               "use in providers.docker.network"]
+    assert listing.skipped == ["container t: on 2 networks with an address (back, front); name "
+                               "the one to use in its aliyun.routing.network label or "
+                               "providers.docker.network"]
     chosen = from_containers([two], DockerProviderConfig(network="back"), "x.test")
     assert chosen.versions[0].instances[0].address == "10.0.2.2:80"
     unpublished = container("u", LABELS, ports=published[2:])
@@ -79,18 +81,85 @@ def test_container_addresses_by_mode():
 
 def test_containers_left_out_say_why():
     listing = from_containers([
-        container("plain", {"aliyun.routing.port_80": "x"}),
         container("two", {**LABELS, "aliyun.routing.port_8080": "other"}),
         container("bad", {**LABELS, "aliyun.routing.port_80": "http://a.test:8080"}),
+        container("tls", {**LABELS, "aliyun.routing.protocol": "https"}),
+        container("hc", {**LABELS, "aliyun.routing.health_check": "healthz"}),
+        container("typo", {**LABELS, "aliyun.routing.healthcheck": "/healthz"}),
+        container("Bad_Name", {"aliyun.routing.port_80": "x", "com.docker.compose.service": "_"}),
+        # Stopped: no instance, and no note about it either.
+        {**container("off", {**LABELS, "aliyun.routing.protocol": "tcp"}), "State": "exited"},
     ], CFG, "x.test")
     nodomain = from_containers([container("nodomain", LABELS)], CFG, None)
     assert listing.versions == []
-    assert listing.skipped[0].startswith("container plain: has routing labels but no "
-                                         "com.docker.compose.project")
-    assert "docker container two: labels: routes on several ports" in listing.skipped[1]
-    assert listing.skipped[2].startswith("docker container bad: labels.aliyun.routing.port_80: "
-                                         "a port cannot be given here")
+    assert listing.skipped == [
+        "docker container two: labels: routes on several ports: one port per service (split it "
+        "into one service per port) (got '80, 8080')",
+        "docker container bad: labels.aliyun.routing.port_80: a port cannot be given here (the "
+        "port is the label's); a context path starts with '/' (got 'http://a.test:8080')",
+        "docker container tls: labels.aliyun.routing.protocol: must be http: the router speaks "
+        "HTTP/1.1 to its backends (no TLS, HTTP/2 or TCP to backends) (got 'https')",
+        "docker container hc: labels.aliyun.routing.health_check.path: must be a URL path "
+        "starting with '/', without spaces (got 'healthz')",
+        "docker container typo: labels.aliyun.routing.healthcheck: unknown label; known: "
+        "aliyun.routing.port_<port>, aliyun.routing.session_sticky, aliyun.routing.network, "
+        "aliyun.routing.health_check, aliyun.routing.protocol (got '/healthz')",
+        "container Bad_Name: name '_' cannot be an app or service name "
+        "(^[a-z0-9][a-z0-9-]{0,62}$)"]
     assert "needs the top-level 'domain'" in nodomain.skipped[0]
+
+
+def test_a_container_without_compose_labels_is_a_version_named_after_it():
+    listing = from_containers([
+        container("Shop_Front", {"aliyun.routing.port_80": "x", "aliyun.routing.protocol": "HTTP",
+                                 "aliyun.routing.health_check": "/healthz"}, "172.17.0.5"),
+    ], CFG, "x.test")
+    assert listing.skipped == []
+    assert listing.versions == [Version("", "shop-front", (Route("x.x.test"),), None, 1000.0,
+                                        (Instance("Shop_Front", "172.17.0.5:80", None),),
+                                        health_path="/healthz")]
+    # ... and an app named after it, whose service has the label's health check.
+    st = step(EMPTY, [Found(listing.versions[0], ("172.17.0.5:80",))])
+    assert weights(st, "shop-front") == {"shop-front": (100, ("172.17.0.5:80",))}
+    assert st.discovered == {"shop-front": Discovered("", ("shop-front",))}
+    assert st.app("shop-front").services[0].health_check == HealthCheckConfig(path="/healthz")
+
+
+def test_stopped_containers_keep_their_version_present_without_instances():
+    listing = from_containers([
+        {**container("a1", LABELS, created=900), "State": "exited"},
+        container("a2", LABELS, "172.17.0.3", created=1000),
+        {**container("b1", {**LABELS, "com.docker.compose.service": "web-v2"}), "State": "exited"},
+    ], CFG, "x.test")
+    web, v2 = listing.versions
+    assert (web.name, web.created, web.instances, web.stopped) == (
+        "web", 900.0, (Instance("a2", "172.17.0.3:80", None),), ("a1",))
+    assert (v2.name, v2.instances, v2.stopped) == ("web-v2", (), ("b1",))
+
+
+def test_the_network_is_the_label_s_else_the_one_shared_with_the_router():
+    nets = {"front": {"IPAddress": "10.0.1.2"}, "back": {"IPAddress": "10.0.2.2"}}
+    labelled = container("l", {**LABELS, "aliyun.routing.network": "back"}, networks=nets)
+    plain = container("p", LABELS, networks=nets)
+
+    def address(c: dict[str, Any], cfg: DockerProviderConfig = CFG,
+                shared: frozenset[str] = frozenset()) -> str | None:
+        listing = from_containers([c], cfg, "x.test", shared)
+        return listing.versions[0].instances[0].address
+    assert address(labelled) == "10.0.2.2:80"
+    # The label wins over the provider's setting.
+    assert address(labelled, DockerProviderConfig(network="front")) == "10.0.2.2:80"
+    assert address(plain, shared=frozenset({"front", "router-only"})) == "10.0.1.2:80"
+    # Shared with the router on both: which one is not for the router to guess.
+    both = from_containers([plain], CFG, "x.test", frozenset({"front", "back"}))
+    assert both.versions[0].instances[0].address is None
+    assert both.skipped == ["container p: on 2 networks with an address (back, front), 2 of them "
+                            "shared with the router's container; name the one to use in its "
+                            "aliyun.routing.network label or providers.docker.network"]
+    missing = from_containers([container("m", {**LABELS, "aliyun.routing.network": "x"},
+                                         networks=nets)], CFG, "x.test")
+    assert missing.skipped == ["container m: not on network 'x' (its aliyun.routing.network "
+                               "label)"]
 
 
 def _service(sid: str, name: str, labels: dict[str, str], created: str,
@@ -122,14 +191,15 @@ def test_swarm_services_and_tasks_become_versions():
              _task("t6", "s2", addr="10.0.1.10/24")]
     nodes = [{"ID": "n1", "Status": {"Addr": "192.0.2.1"}}]
     listing = from_swarm(services, tasks, nodes, CFG, "example.test")
-    assert listing.skipped == ["service lonely: has routing labels but no "
-                               "com.docker.stack.namespace label (docker stack deploy sets it), "
-                               "so no app"]
-    web, v2 = listing.versions
+    assert listing.skipped == []
+    lonely, web, v2 = listing.versions
+    assert (lonely.project, lonely.name, lonely.instances) == ("", "lonely", ())
+    assert listing.converging  # t5 is starting
     assert (web.project, web.name, web.swarm_service) == ("shop", "web", "s1")
     assert web.created == pytest.approx(1795962415.93913)
     assert web.instances == (Instance("c-t1", "10.0.1.5:80", None),
-                             Instance("c-t2", "10.0.1.6:80", None))
+                             Instance("c-t2", "10.0.1.6:80", None),
+                             Instance("c-t3", "10.0.1.7:80", None, leaving=True))
     assert v2.instances == (Instance("c-t5", "10.0.1.9:80", "starting"),
                             Instance("c-t6", "10.0.1.10:80", "healthy"))
     host = from_swarm(services[:1], [_task("t1", "s1", network="host", addr="")], nodes, CFG, "x.t")
@@ -139,6 +209,28 @@ def test_swarm_services_and_tasks_become_versions():
                                 "PublishMode": "ingress"}])]
     mesh = from_swarm(ingress, tasks[:2], nodes, DockerProviderConfig(published_ports=True), "x.t")
     assert {i.address for i in mesh.versions[0].instances} == {"127.0.0.1:8081"}
+
+
+def test_swarm_tasks_on_their_way_to_running_make_the_listing_converging():
+    stack = {"com.docker.stack.namespace": "shop", "aliyun.routing.port_80": "shop"}
+    services = [_service("s1", "shop_web", stack, "2026-11-29T14:26:55Z")]
+    nodes = [{"ID": "n1", "Status": {"Addr": "192.0.2.1"}}]
+
+    def listing(*tasks: dict[str, Any]) -> Any:
+        return from_swarm(services, list(tasks), nodes, CFG, "x.t")
+    assert not listing(_task("t1", "s1")).converging
+    for state in ("pending", "assigned", "preparing", "starting"):
+        assert listing(_task("t1", "s1"), _task("t2", "s1", state=state)).converging, state
+    # Done, or on the way out: nothing to wait for.
+    assert not listing(_task("t1", "s1"), _task("t2", "s1", state="failed"),
+                       _task("t3", "s1", state="pending", desired="shutdown")).converging
+    # Running, without its address on the network yet.
+    unaddressed = listing(_task("t1", "s1", addr=""))
+    assert unaddressed.versions[0].instances[0].address is None
+    assert unaddressed.converging
+    # A service without routing labels is not waited for.
+    other = [_service("s9", "other", {}, "2026-11-29T14:26:55Z")]
+    assert not from_swarm(other, [_task("t9", "s9", state="pending")], nodes, CFG, "x.t").converging
 
 
 # -- reconcile ---------------------------------------------------------------------------------
@@ -300,3 +392,45 @@ def test_routerctl_apply_keeps_the_apps_from_docker():
         "a": {"backends": ["127.0.0.1:9"]}}}}}).apps
     after = apply(st, apply_apps(file_apps))
     assert [a.name for a in after.apps] == ["shop", "static"]
+
+
+def test_empty_apps_delete_deletes_an_app_whose_containers_are_all_gone():
+    st = step(EMPTY, [found("web", 1, "10.0.0.2:80"), found("api", 2, "10.0.0.3:80",
+                                                             routes=("api.test",))])
+    # Stopped (present, no backend): kept either way.
+    stopped = [found("web", 1), found("api", 2, "10.0.0.3:80", routes=("api.test",))]
+    kept = step(st, stopped)
+    assert step(st, stopped) == kept and weights(kept) == {"web": (100, ())}
+    done: list[str] = []
+    outcome = reconcile(kept, [found("api", 2, "10.0.0.3:80", routes=("api.test",))], None, [],
+                        done, delete_empty=True)
+    assert outcome is not None
+    apps, releases, discovered = outcome
+    assert [a.name for a in apps] == ["shop-api"]
+    assert set(discovered) == {"shop-api"}
+    assert done == ["app shop: deleted: none of its containers exists "
+                    "(providers.docker.empty_apps: delete)"]
+    # By default the app stays, with its weights and no backends.
+    assert weights(step(kept, [found("api", 2, "10.0.0.3:80", routes=("api.test",))])) == {
+        "web": (100, ())}
+
+
+def test_the_health_check_label_sets_the_service_s_check_and_follows_changes():
+    base = HealthCheckConfig(interval=5.0)
+    labelled = Found(Version("shop", "web", (Route("shop.test"),), None, 1, (),
+                             health_path="/healthz"), ("10.0.0.2:80",))
+    outcome = reconcile(EMPTY, [labelled], base, [])
+    assert outcome is not None
+    assert outcome[0][0].services[0].health_check == HealthCheckConfig(path="/healthz",
+                                                                       interval=5.0)
+    st = State(2, outcome[0], dict(outcome[1]), {}, discovered=dict(outcome[2]))
+    moved = Found(replace(labelled.version, health_path="/ready"), labelled.backends)
+    done: list[str] = []
+    outcome = reconcile(st, [moved], base, [], done)
+    assert outcome is not None
+    assert outcome[0][0].services[0].health_check == HealthCheckConfig(path="/ready",
+                                                                       interval=5.0)
+    assert done == ["app shop: web: backends 10.0.0.2:80, health check /ready (label)"]
+    # Without the label, the service's check is the operator's to set: left alone.
+    assert reconcile(st, [Found(replace(labelled.version, health_path=None),
+                                labelled.backends)], base, []) is None
