@@ -68,6 +68,7 @@ class Engine:
     cli: str
     log_path: str
     containers: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
 
     @property
     def socket(self) -> str:
@@ -78,10 +79,12 @@ class Engine:
         return "unix://" + self.socket
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120,
-               input: bytes | None = None, merge: bool = False) -> str:
-        """The CLI's output (``merge``: with its standard error, as ``docker logs`` needs)."""
+               input: bytes | None = None, merge: bool = False,
+               env: dict[str, str] | None = None) -> str:
+        """The CLI's output (``merge``: with its standard error, as ``docker logs`` needs);
+        ``env``: more environment (a stack file's variables)."""
         env = {**os.environ, "DOCKER_HOST": self.endpoint, "DOCKER_BUILDKIT": "0",
-               "DOCKER_CONFIG": os.path.join(self.root, "cli")}
+               "DOCKER_CONFIG": os.path.join(self.root, "cli"), **(env or {})}
         done = subprocess.run([self.cli, *args], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT if merge else subprocess.PIPE,
                               timeout=timeout, input=input)
@@ -90,25 +93,46 @@ class Engine:
                                  f"{(done.stderr or done.stdout).decode()[-2000:]}")
         return done.stdout.decode().strip()
 
-    def run(self, name: str, project: str, service: str, labels: dict[str, str] | None = None,
-            port: int | None = None, published: bool = False, args: tuple[str, ...] = (),
-            body: str | None = None) -> "Container":
-        """A backend container of compose project ``project``, service ``service``, answering
-        ``GET /`` with ``body`` (default: its name). ``published``: on the default bridge,
-        port 80 published on 127.0.0.1; else on the host network at ``port``."""
+    def run(self, name: str, project: str | None, service: str | None,
+            labels: dict[str, str] | None = None, port: int | None = None,
+            published: bool = False, args: tuple[str, ...] = (), body: str | None = None,
+            network: str | None = None, stop_timeout: int | None = 2,
+            serve: str = SERVE, also: tuple[str, ...] = ()) -> "Container":
+        """A backend container of compose project ``project``, service ``service`` (None: no
+        compose labels), answering ``GET /`` with ``body`` (default: its name).
+        ``published``: on the default bridge, port 80 published on 127.0.0.1; ``network``: on
+        that network, at its address there, port 80 (``args`` may add ``--ip``); else on the
+        host network at ``port``. ``also``: more networks it is on from its start.
+        ``stop_timeout`` None: Docker's default (10 s)."""
         port = port or free_port()
-        listen = "80" if published else f"127.0.0.1:{port}"
-        net = ["-p", "127.0.0.1::80"] if published else ["--network", "host"]
-        all_labels = {"com.docker.compose.project": project,
-                      "com.docker.compose.service": service, **(labels or {})}
+        listen = f"127.0.0.1:{port}" if not published and network is None else "80"
+        net = (["-p", "127.0.0.1::80"] if published else ["--network", network] if network
+               else ["--network", "host"])
+        compose = {"com.docker.compose.project": project,
+                   "com.docker.compose.service": service} if project and service else {}
+        all_labels = {**compose, **(labels or {})}
         label_args = [a for k, v in all_labels.items() for a in ("--label", f"{k}={v}")]
-        cid = self.docker("run", "-d", "--name", name, "--stop-timeout", "2", *net, *label_args,
+        stop = ["--stop-timeout", str(stop_timeout)] if stop_timeout is not None else []
+        cid = self.docker("create", "--name", name, *stop, *net, *label_args,
                           "-e", f"NAME={body or name}", "-e", f"LISTEN={listen}", *args,
-                          IMAGE, "sh", "-c", SERVE)
+                          IMAGE, "sh", "-c", serve)
         self.containers.append(cid)
+        for more in also:
+            self.docker("network", "connect", more, cid)
+        self.docker("start", cid)
         if published:
             port = int(self.docker("port", cid, "80/tcp").splitlines()[0].rsplit(":", 1)[1])
+        elif network is not None:
+            ip = self.docker("inspect", "-f",
+                             f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}', cid)
+            return Container(cid, name, 80, ip)
         return Container(cid, name, port)
+
+    def network(self, name: str, subnet: str) -> str:
+        """A bridge network, removed after the test."""
+        self.docker("network", "create", "--subnet", subnet, name)
+        self.networks.append(name)
+        return name
 
     def running(self) -> set[str]:
         return set(self.docker("ps", "--format", "{{.Names}}").split())
@@ -120,17 +144,21 @@ class Engine:
         services = self.docker("service", "ls", "-q", check=False).split()
         if services:
             self.docker("service", "rm", *services, check=False)
+        if self.networks:
+            self.docker("network", "rm", *self.networks, check=False)
+            self.networks.clear()
 
 
 @dataclass
 class Container:
     id: str
     name: str
-    port: int  # the host port it answers on
+    port: int  # the port it answers on, at ``ip``
+    ip: str = "127.0.0.1"
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.ip}:{self.port}"
 
 
 def _start_engine() -> Engine:
@@ -206,11 +234,48 @@ def docker(engine: Engine) -> Iterator[Engine]:
     engine.cleanup()
 
 
-@pytest.fixture(scope="session")
-def swarm(engine: Engine) -> Engine:
-    """The session's dockerd as a one-node Swarm manager on loopback."""
-    engine.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-    return engine
+@pytest.fixture
+def swarm(docker: Engine) -> Engine:
+    """The session's dockerd as a one-node Swarm manager on loopback (a test may leave it)."""
+    if docker.docker("info", "-f", "{{.Swarm.LocalNodeState}}") != "active":
+        docker.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    return docker
+
+
+class SocketProxy:
+    """TCP on 127.0.0.1 to the Engine's Unix socket, that can be cut and restored."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.path = socket_path
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.pipes: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.pipes):
+            w.transport.abort()
+        await self.server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_unix_connection(self.path)
+        self.pipes.update((writer, up_w))
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except OSError:
+                pass
+            finally:
+                w.transport.abort()
+                self.pipes.discard(w)
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
 
 
 # -- the router under test ---------------------------------------------------------------------

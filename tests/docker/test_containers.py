@@ -92,7 +92,7 @@ async def test_new_version_opens_a_release_and_the_full_release_fails_nothing(do
                 max_seconds=90)
     async with aiohttp.ClientSession() as s:
         admin = Admin(s, rp.admin_port)
-        await next_version(docker, admin, load)
+        _, v2 = await next_version(docker, admin, load)
         release = (await admin.app("shop"))["release"]
         assert release["old"] == ["web"] and release["new"] == "web-v2"
         assert release["old_weights"] == {"web": 100}
@@ -108,8 +108,12 @@ async def test_new_version_opens_a_release_and_the_full_release_fails_nothing(do
         await asyncio.sleep(0.5)
         await load.stop()
         m = await admin.metrics()
-        # Once its containers are gone, the retired version is forgotten.
-        await admin.until("web forgotten", lambda: _discovered(rp, ["web-v2"]))
+        # Once its containers are gone, the retired version is forgotten: a container of that
+        # name later is a new version, released at weight 0.
+        again = docker.run("shop-web-2", "shop", "web", LABEL, published=True)
+        await admin.until("web released again", routed(
+            admin, "shop", {"web-v2": (100, [v2.addr]), "web": (0, [again.addr])}))
+        assert await _discovered(rp, ["web-v2", "web"])
     print(f"release under load: {load.sent} requests, {len(load.failed)} failed, "
           f"{load.by_body}")
     assert load.failed == []

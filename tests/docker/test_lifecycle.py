@@ -9,11 +9,11 @@ import signal
 
 import aiohttp
 
-from tests.conftest import free_port
 from tests.docker.conftest import (
     LABEL,
     Admin,
     Engine,
+    SocketProxy,
     awaiting,
     get,
     metric_sum,
@@ -86,42 +86,6 @@ async def test_weights_survive_containers_going_and_coming_back_and_a_router_res
 async def _up(admin: Admin, docker: Engine) -> dict[str, float] | None:
     m = await admin.metrics()
     return m if m.get('router_docker_up{endpoint="%s"}' % docker.endpoint) == 1 else None
-
-
-class SocketProxy:
-    """TCP on 127.0.0.1 to the Engine's Unix socket, that can be cut and restored."""
-
-    def __init__(self, socket_path: str) -> None:
-        self.path = socket_path
-        self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.pipes: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in list(self.pipes):
-            w.transport.abort()
-        await self.server.wait_closed()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_unix_connection(self.path)
-        self.pipes.update((writer, up_w))
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            try:
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            except OSError:
-                pass
-            finally:
-                w.transport.abort()
-                self.pipes.discard(w)
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
 
 
 async def test_engine_lost_keeps_serving_and_catches_up_when_back(docker: Engine, router_process):
