@@ -244,11 +244,11 @@ def from_containers(containers: list[dict[str, Any]], cfg: DockerProviderConfig,
                 name = ((c.get("Names") or [""])[0]).lstrip("/")
                 skipped.append(f"container {name}: {why}")
             instances.append(Instance(c["Id"], addr, _health(c.get("Status", ""))))
-        # The labels of a running container win over those of stopped ones.
-        ordered = sorted(members, key=lambda m: not _running(m[0]))
-        routes = tuple(dict.fromkeys(r for m in ordered for r in m[1].routes))
-        sticky = next((m[1].sticky for m in ordered if m[1].sticky is not None), None)
-        health_path = next((m[1].health_path for m in ordered if m[1].health_path), None)
+        # The labels of the running containers, if any run: stopped ones may have old labels.
+        labelled = [m[1] for m in members if _running(m[0])] or [m[1] for m in members]
+        routes = tuple(dict.fromkeys(r for m in labelled for r in m.routes))
+        sticky = next((m.sticky for m in labelled if m.sticky is not None), None)
+        health_path = next((m.health_path for m in labelled if m.health_path), None)
         created = min(float(c.get("Created", 0)) for c, _ in members)
         stopped = tuple(c["Id"] for c, _ in members if not _running(c))
         versions.append(Version(app, svc, routes, sticky, created, tuple(instances),

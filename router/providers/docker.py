@@ -452,30 +452,36 @@ class DockerProvider:
                                f"service {v.name}")
                 continue
             for cid in (*(i.container for i in v.instances), *v.stopped):
-                stops.append(loop.create_task(self._stop_and_remove(cid)))
-                removed.append(f"container {cid[:12]}")
-        errors = []
+                what = f"container {cid[:12]}"
+                stops.append(loop.create_task(self._stop_and_remove(cid), name=what))
+                removed.append(what)
+        errors: list[str] = []
+        pending: set[asyncio.Task[None]] = set()
         if stops:
             done, pending = await asyncio.wait(stops, timeout=REMOVE_ANSWER)
             for task in pending:
                 self._removals.add(task)
                 task.add_done_callback(self._removed_later)
             errors = [str(e) for t in done if (e := t.exception()) is not None]
-            if pending:
-                log.warning("app %s: %d container%s still stopping after %g s: removal goes on "
-                            "in the background", app, len(pending), "s" if len(pending) > 1 else "",
-                            REMOVE_ANSWER)
         self._relist = True
         self._wake.set()
         if errors:
             raise DockerError("; ".join(errors))
-        log.info("app %s: removed %s", app, ", ".join(removed) or "nothing (none running)")
+        if pending:
+            log.warning("app %s: removing %s; %d still stopping after %g s, finishing in the "
+                        "background", app, ", ".join(removed), len(pending), REMOVE_ANSWER)
+        else:
+            log.info("app %s: removed %s", app, ", ".join(removed) or "nothing (none running)")
         return removed
 
     def _removed_later(self, task: asyncio.Task[None]) -> None:
         self._removals.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
             log.error("removal in the background failed: %s", task.exception())
+        else:
+            log.info("%s stopped and removed (in the background)", task.get_name())
         self._relist = True
         self._wake.set()
 
