@@ -37,7 +37,7 @@ def _take_address(docker: Engine, name: str, ip: str, net: str, project: str | N
         try:
             docker.run(name, project, service, labels, network=net, args=("--ip", ip))
             return time.monotonic()
-        except AssertionError as e:  # the address is still taken: the dead one's network is
+        except AssertionError as e:  # still taken: the dead one's network is being torn down
             assert "Address already in use" in str(e) and time.monotonic() < deadline, e
             docker.docker("rm", "-f", name, check=False)
             time.sleep(0.05)
