@@ -1,8 +1,8 @@
 """`router serve` and `router demo`: arguments -> Config -> Server; exit codes.
 
-Exit 0 after a graceful stop, 2 for a bad command line or configuration or a state
-directory it cannot write, 1 when the environment refuses (a port taken, the etcd store
-unreachable at start).
+Exit 0 after a graceful stop or a takeover by a successor, 2 for a bad command line or
+configuration or a state directory it cannot write, 1 when the environment refuses (a port
+taken, the etcd store unreachable at start, a takeover refused or failed).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import tempfile
 
 from . import version
 from .config import Config, ConfigError, DockerProviderConfig, load_config, parse_docker_endpoint
+from .handoff import SOCKET_NAME
 from .process import serve
 
 # The demo's backends and their default addresses: the README's walkthrough uses them.
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--docker", nargs="?", const="", metavar="ENDPOINT",
                        help="discover apps from Docker labels (providers.docker): the Engine at "
                             "ENDPOINT, unix:///var/run/docker.sock by default, or tcp://HOST:PORT")
+    serve.add_argument("--takeover", nargs="?", const="", metavar="PATH",
+                       help="take over from the router running on this state: its listening "
+                            "sockets, its state store and, between requests, its client "
+                            "connections, through its handoff socket (PATH; default: "
+                            "handoff.socket, or handoff.sock in the state directory); "
+                            "docs/upgrade.md")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     demo = sub.add_parser("demo", help="run demo backends (blue, green, and green-v2 for a "
@@ -68,38 +75,99 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args.listen, args.admin,
                         {name: getattr(args, name.replace("-", "_")) for name in DEMO_BACKENDS})
     _logging(args.log_level)
+    code, why = _serve(args, argv)
+    if why is not None:
+        print(f"router: {why}", file=sys.stderr)
+        if args.takeover is not None:
+            # The router it was to replace logs why too (docs/upgrade.md, "Failures").
+            _report(args, why)
+    return code
+
+
+def _serve(args: argparse.Namespace, argv: list[str] | None) -> tuple[int, str | None]:
+    """(exit code, what stopped it before it ran)."""
     if not 1 <= args.workers <= 64:
-        print(f"router: --workers: must be 1..64 (got {args.workers})", file=sys.stderr)
-        return 2
+        return 2, f"--workers: must be 1..64 (got {args.workers})"
     from .store import check_store
 
     try:
         store = check_store(args.store) if args.store is not None else None
     except ValueError as e:
-        print(f"router: --store: {e}", file=sys.stderr)
-        return 2
+        return 2, f"--store: {e}"
     try:
         config = load_config(args.config) if args.config else Config()
         if args.docker is not None:
             config = with_docker(config, args.docker)
     except ConfigError as e:
-        print(f"router: {e}", file=sys.stderr)
-        return 2
+        return 2, str(e)
+    explicit = args.state_dir or os.environ.get("ROUTER_STATE_DIR") or None
     state = None
-    if store is None or not store.startswith("etcd://"):  # etcd holds the state and the secret
-        try:
-            state = state_dir(args.state_dir or os.environ.get("ROUTER_STATE_DIR") or None,
-                              args.config)
-        except StateDirError as e:
-            print(f"router: {e}", file=sys.stderr)
-            return 2
-        if store is None:
-            store = os.path.join(state, STATE_FILE)
+    try:
+        if store is None or not store.startswith("etcd://"):
+            state = state_dir(explicit, args.config)
+            if store is None:
+                store = os.path.join(state, STATE_FILE)
+        elif explicit:  # etcd holds the state and the secret; the directory, a handoff socket
+            state = state_dir(explicit, args.config)
+    except StateDirError as e:
+        return 2, str(e)
+    if store is not None and not store.startswith("etcd://"):
         from .providers.container import warn_if_lost
 
         for where in dict.fromkeys((state, os.path.dirname(store))):
-            warn_if_lost(where)
-    return serve(config, store, args.workers, state)
+            if where is not None:
+                warn_if_lost(where)
+    takeover = None
+    if args.takeover is not None:
+        takeover = args.takeover or handoff_path(config, state)
+        if not takeover:
+            return 2, ("--takeover: no handoff socket to find the running router at: give its "
+                       "path, set handoff.socket, or a state directory")
+    # The command that runs this router again (SIGUSR2): only a real command line.
+    again = None if argv is not None else [sys.executable, *without_takeover(sys.orig_argv[1:])]
+    return serve(config, store, args.workers, state, takeover, again), None
+
+
+def handoff_path(config: Config, state: str | None) -> str | None:
+    """Where a router listens for its successor (``router.handoff``)."""
+    if config.handoff.socket is not None:
+        return config.handoff.socket
+    return os.path.join(state, SOCKET_NAME) if state is not None else None
+
+
+def without_takeover(args: list[str]) -> list[str]:
+    """A command line without its ``--takeover [PATH]``."""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg == "--takeover":
+            skip = i + 1 < len(args) and not args[i + 1].startswith("-")
+        elif not arg.startswith("--takeover="):
+            out.append(arg)
+    return out
+
+
+def _report(args: argparse.Namespace, why: str) -> None:
+    """Tell the router a failed ``--takeover`` was to replace why (best effort: the path may
+    be what could not be worked out)."""
+    import asyncio
+
+    from .handoff import report_failure
+
+    path = args.takeover
+    if not path:
+        try:
+            config = load_config(args.config) if args.config else Config()
+        except ConfigError:
+            config = Config()
+        base = (args.state_dir or os.environ.get("ROUTER_STATE_DIR")
+                or (os.path.dirname(os.path.abspath(args.config)) if args.config else os.getcwd()))
+        path = handoff_path(config, base)
+    if path and os.path.exists(path):
+        asyncio.run(report_failure(path, f"the successor (pid {os.getpid()}) could not start: "
+                                         f"{why}"))
 
 
 def with_docker(config: Config, endpoint: str) -> Config:

@@ -19,9 +19,13 @@ docs/request-path.md draws the phases and walks through each case.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import heapq
 import ipaddress
 import logging
+import os
+import sys
+import termios
 from collections import deque
 from typing import Final, cast
 
@@ -97,13 +101,13 @@ class ClientConnection(ClientSide):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
-        if not ctx.accepting or (len(ctx.connections) >= ctx.max_connections
-                                 and not self._make_room()):
-            if ctx.accepting:
-                ctx.refused += 1
-                ctx.throttled.warning("cap", "connection refused: limits.max_connections (%d) "
-                                      "reached and no idle connection to close",
-                                      ctx.max_connections)
+        # A stopping router still serves a connection accepted during timeouts.drain_delay: its
+        # answer says Connection: close (ctx.accepting).
+        if len(ctx.connections) >= ctx.max_connections and not self._make_room():
+            ctx.refused += 1
+            ctx.throttled.warning("cap", "connection refused: limits.max_connections (%d) "
+                                  "reached and no idle connection to close",
+                                  ctx.max_connections)
             self.transport.abort()
             self.phase = P.CLOSED
             return
@@ -265,6 +269,30 @@ class ClientConnection(ClientSide):
             self._closing()
             self.transport.abort()
 
+    def unread(self) -> int:
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or self.phase == P.CLOSED:
+            return 0
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"),
+                              sys.byteorder)
+
+    def detach(self) -> int:
+        # Between requests nothing of a connection lives here but its socket: what the client
+        # sends next waits in the kernel and goes with the descriptor (router.handoff).
+        if self.idle_since() < 0 or self.eof or self.transport.get_write_buffer_size():
+            return -1
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return -1
+        fd = os.dup(sock.fileno())
+        self._closing()
+        self.ctx.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.transport.abort()  # closes this descriptor only: the duplicate keeps it open
+        return fd
+
     def drop(self, ex: Exchange) -> None:
         if self.active is ex:
             self.active = None
@@ -364,6 +392,10 @@ class ClientConnection(ClientSide):
             else:
                 self._reject(408, b"request body not received in time\n")
         elif phase == P.IDLE and self.active is None and self.parsing is None:
+            handoff = self.ctx.handoff
+            if handoff is not None:
+                handoff(self)  # a successor takes it (router.dataplane: idle timeout 0 meanwhile)
+                return
             self._closing()
             self.transport.close()
 

@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import os
-from typing import Final
+from typing import Callable, Final
 
 from .accesslog import AccessLog
 from .config import Config
@@ -72,6 +72,18 @@ class ClientBase(Tunnel):
     def abort(self) -> None:
         raise NotImplementedError
 
+    def unread(self) -> int:
+        """Bytes the client sent that the kernel holds and this side has not read yet
+        (FIONREAD): a stopping router never closes a connection that has some."""
+        raise NotImplementedError
+
+    def detach(self) -> int:
+        """Let go of the connection for a successor router: if it is idle with nothing read or
+        left to write on this side, a duplicate of its socket's descriptor (the caller's to pass
+        on and close), and this side closed without a word to the client (the duplicate keeps the
+        connection open); -1 otherwise."""
+        raise NotImplementedError
+
 
 class ProxyContext:
     """Everything one data plane's connections share."""
@@ -90,7 +102,10 @@ class ProxyContext:
         self.connections: set[ClientBase] = set()
         self.refused = 0  # connections refused at the cap (router_connections_refused_total)
         self.no_idle_until = 0.0  # no idle connection to close at the cap until then
-        self.accepting = True
+        self.accepting = True  # False: every answer says Connection: close (a stop)
+        # While the router hands its connections to a successor: called with each connection
+        # whose idle timer fires (the data plane sets the idle timeout to 0 meanwhile).
+        self.handoff: Callable[[ClientBase], None] | None = None
         self.ids = RequestIds(os.urandom(6).hex().encode() + b"-")
         self.throttled = Throttled(warn, 10.0, loop)
         self.log_access: AccessLog | None = None

@@ -1,7 +1,8 @@
 """What one process needs to proxy: the table builder, the upstream pool, the proxy context,
-its passive health and the listening socket. The single-process server owns one; with
-``--workers N`` every worker owns one and the master keeps a listener-less one for health and
-metrics.
+its passive health and its listeners; how it stops (with no successor) and how it hands its
+connections to a successor or takes them from a predecessor (docs/upgrade.md). The
+single-process server owns one; with ``--workers N`` every worker owns one and the master keeps
+a listener-less one for health and metrics.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Callable, Iterable, Mapping, cast
 
 from .client import ClientConnection
 from .config import AppConfig, Config
-from .context import ProxyContext
+from .context import ClientBase, ProxyContext
 from .counters import BUCKETS, Stats
 from .health import STALL_SWEEP, UNHEALTHY, BackendKey, HealthMap, PassiveHealth, Reporter, apply_states
+from .ipc import close_fds
 from .routing import elsewhere
 from .sticky import TokenCodec
 from .table import RoutingTable, TableBuilder
@@ -27,6 +29,15 @@ log = logging.getLogger("router")
 # The kernel's queue of connections not yet accepted (nginx and HAProxy default to 511 and
 # somaxconn; the kernel caps it at net.core.somaxconn).
 BACKLOG = 2048
+# A stopping router closes a connection idle this long (and not one idle for less): a client
+# that sends requests less than a second apart gets its last answer with Connection: close
+# instead, and one that has waited a second is unlikely to send in the very instant of the close.
+IDLE_BEFORE_CLOSE = 1.0
+# How often a stop looks at its connections again.
+DRAIN_POLL = 0.05
+# How often a handover looks again for connections whose answer was still being written when
+# they turned idle.
+HANDOVER_POLL = 0.01
 # The apps with an open release: its new service and when it started (router.state.State.previews).
 Previews = Mapping[str, tuple[str, str]]
 
@@ -50,22 +61,54 @@ class DataPlane:
         self.ctx = ProxyContext(config, self.builder.build(apps, generation, self.previews),
                                 self.pool, codec, loop, self.passive)
         self.passive.follow(self.builder.all_backends(), self.health)
-        self._listener: asyncio.base_events.Server | None = None
+        self._listeners: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def table(self) -> RoutingTable:
         return self.ctx.table
 
-    async def serve(self, sock: socket.socket) -> None:
-        """Accept on ``sock``: bound and listening, made by the caller (with ``--workers N`` the
-        master made it and every worker inherited it; see docs/workers.md)."""
-        ctx = self.ctx
-        # ClientConnection is a protocol by duck typing (no asyncio.Protocol base: see its doc).
-        factory = cast("Callable[[], asyncio.Protocol]", lambda: ClientConnection(ctx))
+    async def serve(self, socks: list[socket.socket]) -> None:
+        """Accept on ``socks``: bound and listening, made by the caller (with ``--workers N`` the
+        master made them and every worker inherited them; see docs/workers.md). The data plane
+        serves duplicates: the caller keeps its sockets to hand them to a successor, or to serve
+        them again after ``stop_accepting``."""
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(factory, sock=sock, backlog=BACKLOG)
-        self._sweeper = loop.create_task(self._sweep())
+        for sock in socks:
+            self._listeners.append(await loop.create_server(self._factory, sock=sock.dup(),
+                                                            backlog=BACKLOG))
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+
+    def stop_accepting(self) -> None:
+        """No new connection from here on (the listening sockets stay open: the caller's)."""
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+
+    async def adopt(self, fds: list[int]) -> int:
+        """Serve connections another process accepted (a predecessor's, handed over between
+        requests: docs/upgrade.md); the descriptors are this data plane's from here on. Bytes
+        the client sent meanwhile wait in the kernel and are read at once. How many it took."""
+        loop = asyncio.get_running_loop()
+        taken = 0
+        for fd in fds:
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:
+                close_fds([fd])
+                continue
+            try:
+                await loop.connect_accepted_socket(self._factory, sock=sock)
+                taken += 1
+            except OSError as e:
+                log.warning("a connection handed over could not be served: %s", e)
+                sock.close()
+        return taken
+
+    def _factory(self) -> asyncio.Protocol:
+        # ClientConnection is a protocol by duck typing (no asyncio.Protocol base: see its doc).
+        return cast("asyncio.Protocol", ClientConnection(self.ctx))
 
     async def _sweep(self) -> None:
         """Stalled backends (``router.health.STALL_FACTOR``), off the request path."""
@@ -127,30 +170,100 @@ class DataPlane:
         st.waiting = _waiting_ages(ctx.deadlines.waiting, ctx.loop.time())
         return st
 
-    async def drain(self, grace: float) -> None:
-        """Graceful stop: no new connections; in-flight requests get ``grace`` seconds."""
+    async def drain(self, delay: float, grace: float) -> None:
+        """A stop with no successor (docs/upgrade.md, "A stop"). From now on every answer says
+        ``Connection: close``; new connections are still accepted for ``delay``
+        (``timeouts.drain_delay``), then the listener closes. A connection is closed only once it
+        has been idle for ``IDLE_BEFORE_CLOSE`` with no request bytes waiting in the kernel: one
+        in use gets its last answer with ``Connection: close`` instead, so its client never sends
+        on a connection being closed, except in the instant between the look and the close.
+        Requests in flight get ``grace``; what is left then is cut."""
         ctx = self.ctx
         ctx.accepting = False
-        if self._listener is not None:
-            self._listener.close()
+        ctx.handoff = None
+        loop = asyncio.get_running_loop()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.stop_accepting()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while loop.time() < deadline:
-            busy = False
+        while ctx.connections and loop.time() < deadline:
+            now = loop.time()
             for conn in list(ctx.connections):
-                if conn.shutdown():
-                    busy = True
-            if not busy:
-                break
-            await asyncio.sleep(0.05)
+                since = conn.idle_since()
+                if since >= 0 and now - since >= IDLE_BEFORE_CLOSE and not conn.unread():
+                    conn.shutdown()
+            await asyncio.sleep(min(DRAIN_POLL, max(0.0, deadline - loop.time())))
         for conn in list(ctx.connections):
-            conn.abort()
+            if conn.idle_since() >= 0 and not conn.unread():
+                conn.shutdown()  # a FIN, not a reset: nothing of it is lost
+            else:
+                conn.abort()
         self.pool.close()
         if ctx.log_access is not None:
             ctx.log_access.flush()
 
+    async def hand_over(self, send: Callable[[list[int]], None], grace: float) -> tuple[int, int]:
+        """Give every connection to a successor as soon as it is idle (docs/upgrade.md): stop
+        accepting, then each connection between two requests, with nothing read or left to
+        write here, goes to ``send`` as a descriptor (a batch per loop turn). A request already
+        read is answered here first. A connection never idle within half of ``grace`` (a client
+        that pipelines without a pause, a tunnel) gets ``Connection: close`` on its next answer;
+        at ``grace`` what is left is cut. Returns (handed over, closed)."""
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        self.stop_accepting()
+        batch: list[int] = []
+        handed = 0
+
+        def flush() -> None:
+            nonlocal handed
+            fds = batch[:]
+            batch.clear()
+            handed += len(fds)
+            send(fds)
+
+        def take(conn: ClientBase) -> None:
+            fd = conn.detach()
+            if fd >= 0:
+                batch.append(fd)
+                if len(batch) == 1:
+                    loop.call_soon(flush)
+
+        # Every connection that turns idle fires its idle timer on the next loop turn, before
+        # the loop reads anything more from it; the client's next request then waits in the
+        # kernel and goes with the socket.
+        idle_timeout = ctx.client_idle_timeout
+        ctx.client_idle_timeout = 0.0
+        ctx.handoff = take
+        seen = len(ctx.connections)
+        start = loop.time()
+        try:
+            for conn in list(ctx.connections):
+                take(conn)
+            while ctx.connections and loop.time() < start + grace:
+                await asyncio.sleep(HANDOVER_POLL)
+                if ctx.accepting and loop.time() >= start + grace / 2:
+                    ctx.accepting = False
+                for conn in list(ctx.connections):
+                    if conn.idle_since() >= 0:
+                        take(conn)  # one whose answer was still being written at its idle timer
+        finally:
+            ctx.handoff = None
+            ctx.client_idle_timeout = idle_timeout
+            if batch:
+                flush()
+        for conn in list(ctx.connections):
+            conn.abort()
+        return handed, seen - handed
+
+    def resume(self) -> None:
+        """After a handover that failed (the successor went away): serve as before (the caller
+        then serves the listening sockets again)."""
+        ctx = self.ctx
+        ctx.handoff = None
+        ctx.accepting = True
 
 def _waiting_ages(waiting: Iterable[object], now: float) -> dict[tuple[str, str], list[int]]:
     """``Stats.waiting`` from the exchanges waiting for a response head (each with ``app``,

@@ -1,12 +1,15 @@
 """One router process from start to exit: the descriptor limit, the event loop, the server
-with its admin API, and the exit code (0 after a graceful stop, 1 when the environment refuses:
-a port taken, the etcd store unreachable at start; 2 for a bad stored state).
+with its admin API, and the exit code (0 after a graceful stop or a takeover by a successor, 1
+when the environment refuses: a port taken, the etcd store unreachable at start, a takeover
+refused or failed; 2 for a bad stored state) -- or the new code in its place after an upgrade
+(SIGUSR2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 import uvloop
@@ -14,6 +17,7 @@ import uvloop
 from admin.app import create_app
 
 from .config import Config, ConfigError
+from .handoff import TakeoverError
 from .server import Server
 from .store import StoreError, StoreUnavailable
 
@@ -32,11 +36,19 @@ def raise_nofile_limit() -> None:
         logging.getLogger("router").warning("cannot raise RLIMIT_NOFILE: %s", e)
 
 
-def serve(config: Config, store: str | None, workers: int = 1, state_dir: str | None = None) -> int:
+def serve(config: Config, store: str | None, workers: int = 1, state_dir: str | None = None,
+          takeover: str | None = None, argv: list[str] | None = None) -> int:
+    """Run the router until it stops; its exit code. ``takeover`` and ``argv``: see
+    ``router.server.Server``. A router that handed over to its own upgrade (SIGUSR2) does not
+    return: it runs the new code in this process (``os.execv``)."""
     raise_nofile_limit()
+    server: Server | None = None
 
     async def main() -> None:
-        server = Server(config, store, workers, admin=create_app, state_dir=state_dir)
+        nonlocal server
+        server = Server(config, store, workers, admin=create_app, state_dir=state_dir,
+                        takeover=takeover, argv=argv)
+        server.handle_signals()
         await server.start()
         await server.serve_forever()
 
@@ -49,7 +61,20 @@ def serve(config: Config, store: str | None, workers: int = 1, state_dir: str | 
     except (ConfigError, StoreError) as e:  # a corrupt state file
         print(f"router: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # e.g. the port is taken
+    except (OSError, TakeoverError) as e:  # e.g. the port is taken, a takeover refused
         print(f"router: {e}", file=sys.stderr)
         return 1
+    if server is not None and server.exec_argv is not None:
+        _run_in_place(server.exec_argv)
     return 0
+
+
+def _run_in_place(argv: list[str]) -> None:
+    """The new code in this process, keeping its pid (docs/upgrade.md, "In place")."""
+    log = logging.getLogger("router")
+    log.info("running %s in this process (pid %d)", " ".join(argv), os.getpid())
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)

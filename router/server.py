@@ -12,6 +12,10 @@ The routing state lives in a store (``router.store``): a file by default, or etc
 several replicas. With a shared store this process also follows the store's watch and makes
 every other replica's change live here (``StateManager.adopt``); when the store is unreachable
 the data plane keeps serving the last state and only admin changes are refused.
+
+A successor (``router serve --takeover``, or this router's own upgrade on SIGUSR2) takes over
+through the handoff socket (``router.handoff``): this module is both sides of it -- the old
+router's (``release_state``, ``hand_over``, ...) and the new one's (``_start_successor``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any, Awaitable, Callable, Iterable
 
 from aiohttp import web
@@ -34,12 +39,14 @@ from .context import ProxyContext
 from .counters import Stats
 from .dataplane import BACKLOG, DataPlane
 from .errors import Unavailable
+from .handoff import (LOCK_WAIT, SOCKET_NAME, HandoffServer, StateLock, Takeover, TakeoverError,
+                      bind_handoff)
 from .health import HEALTHY, UNCHECKED, BackendKey, Health, probe
-from .listeners import bind, listen, port_of
+from .listeners import addresses, bind, listen, port_of, shown_address
 from .logs import Throttled
 from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
 from .pins import SAMPLE_INTERVAL, PinWatch
-from .ramp import RampCollector, RampDriver, driver_for
+from .ramp import TICK as RAMP_TICK, RampCollector, RampDriver, driver_for
 from .providers.docker import DockerProvider
 from .release import Status
 from .manager import StateCollector, StateManager
@@ -60,6 +67,9 @@ STORE_START_TIMEOUT = 10.0
 SECRET_FILE = "router-secret"
 # A one-off probe of a backend nothing has shown to work yet (a weight change to its service).
 READY_PROBE = HealthCheckConfig(timeout=1.0)
+# Stopping the admin listener (a stop, or a takeover): the requests in flight get this long. A
+# state change waits at most timeouts.worker (2 s) for the workers, and a store write.
+ADMIN_DRAIN = 10.0
 
 
 class AdminServerLog(logging.LoggerAdapter[logging.Logger]):
@@ -86,18 +96,28 @@ class Server:
 
     def __init__(self, config: Config, store: str | None = None, workers: int = 1,
                  admin: "Callable[[Server], web.Application] | None" = None,
-                 state_dir: str | None = None) -> None:
+                 state_dir: str | None = None, takeover: str | None = None,
+                 argv: list[str] | None = None) -> None:
         """``store``: a file path or an ``etcd://`` URL (see ``router.store.open_store``);
         None keeps the state in memory only. ``admin`` makes the admin listener's application
         for this server (``admin.app.create_app``); None: no admin listener. ``state_dir``
-        holds the sticky secret (unless ``sticky.secret_file`` names one); None: a secret for
-        this process only."""
+        holds the sticky secret (unless ``sticky.secret_file`` names one) and the handoff
+        socket (unless ``handoff.socket`` names one); None: a secret for this process only.
+        ``takeover``: the handoff socket of a running router this one replaces (``router serve
+        --takeover``). ``argv``: the command that runs this router, which SIGUSR2 runs again
+        in its place (None: SIGUSR2 is refused)."""
         self.config = config
         self.admin = admin
         self.store_spec = store
         self.store: Store | None = None
         self.state_dir = state_dir
         self.nworkers = workers
+        self.takeover = takeover
+        self.argv = argv
+        self.handoff_path = config.handoff.socket or (
+            os.path.join(state_dir, SOCKET_NAME) if state_dir is not None else None)
+        self._lock = (StateLock(store) if store is not None and not store.startswith("etcd://")
+                      else None)
         self._manager: StateManager | None = None
         self._plane: DataPlane | None = None
         self.health: Health | None = None
@@ -109,19 +129,32 @@ class Server:
         self.admin_port = 0
         self._stats: Stats | None = None  # the workers' counters, summed at the last scrape
         self._listen: list[socket.socket] = []
+        self._admin_socks: list[socket.socket] = []
+        self._handoff_sock: socket.socket | None = None
+        self._handoff: HandoffServer | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._health_dirty = False
-        self._release_task: asyncio.Task[None] | None = None
+        self._control: list[asyncio.Task[None]] = []  # what changes the state besides the API
+        self._control_stop = asyncio.Event()
         self._follow_task: asyncio.Task[None] | None = None
-        self._pins_task: asyncio.Task[None] | None = None
         self.ramps: RampDriver | None = None
-        self._ramp_task: asyncio.Task[None] | None = None
+        self._ramp_collector: RampCollector | None = None
+        self._state_collector: StateCollector | None = None
+        self._docker_collector: Any = None
         self.pins = PinWatch()
         self._release_blocked = False
         self._tcp_passed: set[tuple[str, str, str]] = set()
         self._admin_runner: web.AppRunner | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
         self._closing = False
+        self._post: Callable[[list[int]], None] | None = None  # a handover's: to the successor
+        self._early: list[int] | None = None  # given up by workers before the handover's start
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._upgrade: asyncio.subprocess.Process | None = None  # SIGUSR2's successor
+        self._handed = False  # a successor serves everything now
+        #: Set when this router handed over to its own upgrade (SIGUSR2): the command that runs
+        #: the new code in this process once the event loop has ended (``router.process``).
+        self.exec_argv: list[str] | None = None
 
     @property
     def manager(self) -> StateManager:
@@ -147,20 +180,175 @@ class Server:
     def pool(self) -> UpstreamPool:
         return self.plane.pool
 
+    @property
+    def store_name(self) -> str:
+        """Where the routing state lives, as a successor must name it to take over."""
+        return self.store_spec or "memory"
+
+    @property
+    def stopping(self) -> bool:
+        return self._closing or self._stopping.is_set()
+
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Bind, read the state, serve; or, with ``takeover``, take all of it over from the
+        router running there (docs/upgrade.md)."""
+        if self.takeover is not None:
+            await self._start_successor(self.takeover)
+        else:
+            await self._start_fresh()
+        self.ready = True
+        cfg = self.config
+        log.info("listening on %s:%d (%d worker%s), admin on %s:%d, %d apps; data plane %s",
+                 cfg.listen_host, self.port, self.nworkers, "s" if self.nworkers > 1 else "",
+                 cfg.admin.host, self.admin_port, len(self.manager.state.apps),
+                 "compiled (mypyc)" if compiled() else "plain Python (not compiled: slower)")
+
+    async def _start_fresh(self) -> None:
         cfg = self.config
         # Every address first, before the store is touched or anything listens: a router whose
-        # port is taken exits naming it (router.listeners).
+        # port is taken exits naming it (router.listeners); then the state file's lock and the
+        # handoff socket (another router on this state: exit naming it).
         self._listen = bind(cfg.listen_host, cfg.listen_port, "data plane")
         try:
-            admin_socks = bind(cfg.admin.host, cfg.admin.port, "admin API") if self.admin else []
-        except OSError:
-            for s in self._listen:
-                s.close()
+            if self.admin is not None:
+                self._admin_socks = bind(cfg.admin.host, cfg.admin.port, "admin API")
+            if self._lock is not None:
+                self._lock.acquire()
+            if self.handoff_path is not None:
+                self._handoff_sock = bind_handoff(self.handoff_path)
+        except BaseException:
+            self._close_sockets()
             raise
+        state, version, stored, secret = await self._open_state()
+        self._build(state, version, secret)
+        listen(self._listen, BACKLOG, "data plane")
+        listen(self._admin_socks, BACKLOG, "admin API")
+        await self._serve_data()
+        await self._start_admin()
+        await self._start_control()
+        self._start_handoff()
+        if stored:
+            self._report_file_apps(cfg)
+
+    async def _start_successor(self, path: str) -> None:
+        """``--takeover``: the listening sockets, the store and the connections of the router
+        at ``path`` (the steps of ``router.handoff``). Whatever goes wrong before this router
+        serves is undone here and told to the old router, which serves on."""
+        takeover = Takeover(path)
+        await takeover.connect(self.store_name)
+        try:
+            self._listen = takeover.role("data")
+            admin_socks = takeover.role("admin")
+            if self.admin is not None:
+                self._admin_socks = admin_socks
+            else:
+                for s in admin_socks:
+                    s.close()
+            handoff = takeover.role("handoff")
+            if handoff and self.handoff_path == path:
+                self._handoff_sock = handoff[0]
+            else:
+                for s in handoff:
+                    s.close()
+            self._check_addresses(takeover.pid)
+            # A first reading of the state while the old router still serves and writes it: the
+            # workers start from it (the slow part), and serve only once the store is ours.
+            state, version, _, secret = await self._open_state()
+            self._build(state, version, secret)
+            if self.nworkers > 1:
+                await self._serve_data(hold=True)
+            self._check_stopping()
+            served = await takeover.release()
+            if self._lock is not None:
+                await self._lock.wait(LOCK_WAIT)
+            assert self.store is not None or self.store_spec is None
+            if self.store is not None:
+                state, version, _ = await self._load_state(self.store, state)
+            if state.generation < served:
+                raise TakeoverError(f"{self.store_name} holds generation {state.generation}, "
+                                    f"older than the {served} the old router served")
+            self._manager = StateManager(state, self.store, self.apply_state, version)
+            self._watch_state()
+            assert self.health is not None
+            self.health.update(state.apps)
+            self.plane.apply(state.apps, state.generation, self.health.states(), state.previews())
+            if self.workers is not None:
+                await self.workers.serve()
+            else:
+                await self._serve_data()
+            self._check_stopping()
+            if self.handoff_path is not None and self._handoff_sock is None:
+                self._handoff_sock = bind_handoff(self.handoff_path)
+            await takeover.serving()
+        except BaseException as e:
+            reason = str(e) if isinstance(e, TakeoverError) else repr(e)
+            log.error("takeover of the router at %s failed: %s", path, reason)
+            await takeover.abort(reason)
+            await self._undo_start()
+            raise
+        await self._start_admin()
+        await self._start_control()
+        self._spawn(self._take_connections(takeover))
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise TakeoverError("this router was told to stop during the takeover")
+
+    def _check_addresses(self, pid: int) -> None:
+        """A takeover keeps the addresses: the configuration must name the ones received."""
+        cfg = self.config
+        for what, socks, host, port in (
+                ("listen", self._listen, cfg.listen_host, cfg.listen_port),
+                ("admin.listen", self._admin_socks, cfg.admin.host, cfg.admin.port)):
+            if what == "admin.listen" and self.admin is None:
+                continue
+            have = sorted(s.getsockname()[:2] for s in socks)
+            want = sorted(a[:2] for a in addresses(host, port))
+            if port == 0:
+                have, want = [h for h, _ in have], [h for h, _ in want]  # any port: the old one
+            if have != want:
+                raise TakeoverError(
+                    f"{what} {shown_address(host, port)} is not where the old router (pid {pid}) "
+                    f"listens ({', '.join(map(str, have)) or 'nowhere'}): a takeover keeps the "
+                    "addresses; change them with a stop and a start")
         self.port = port_of(self._listen)
+
+    async def _take_connections(self, takeover: Takeover) -> None:
+        """The old router's connections as they turn idle; then this router is the one a
+        successor takes over from."""
+        await takeover.connections(self._adopt)
+        self._start_handoff()
+        await _reap(takeover.pid, self.config.timeouts.grace + 10)
+
+    async def _adopt(self, fds: list[int]) -> None:
+        if self.workers is not None:
+            await self.workers.give(fds)
+        else:
+            await self.plane.adopt(fds)
+
+    async def _undo_start(self) -> None:
+        """A takeover that failed: let go of everything taken; the old router takes it back."""
+        if self.workers is not None:
+            await self.workers.stop(0, 0)
+        if self._plane is not None:
+            self.plane.stop_accepting()
+        if self.store is not None:
+            await self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        for s in (*self._listen, *self._admin_socks):
+            s.close()
+        if self._handoff_sock is not None:
+            self._handoff_sock.close()
+
+    async def _open_state(self) -> tuple[State, int, bool, bytes]:
+        """The store opened and read: (state, its version, whether it was stored already, the
+        sticky secret)."""
+        cfg = self.config
         secret_path = cfg.sticky.secret_file
         if secret_path is None and self.state_dir is not None:
             secret_path = os.path.join(self.state_dir, SECRET_FILE)
@@ -172,6 +360,12 @@ class Server:
             secret = load_or_create_secret(secret_path)  # an explicit file always wins
         else:
             secret = await self.store.secret()  # etcd: one secret for every replica
+        return state, version, stored, secret
+
+    def _build(self, state: State, version: int, secret: bytes) -> None:
+        """The state's manager, health, the data plane and the metrics."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
         self._manager = StateManager(state, self.store, self.apply_state, version)
         self.health = Health(self._health_changed, cfg.passive_health, loop)
         self._plane = DataPlane(cfg, secret, state.apps, state.generation, self.health,
@@ -184,46 +378,101 @@ class Server:
             lambda: self.manager.state.releases,
             lambda key: health.state(key)[0]))
         self.registry.register(WorkersCollector(self._workers_up, self._worker_restarts))
-        store = self.store
-        if store is not None:
-            self.registry.register(StoreCollector(lambda: store.up))
-            self.registry.register(StateCollector(self.manager, store))
-        listen(self._listen, BACKLOG, "data plane")
-        listen(admin_socks, BACKLOG, "admin API")
+        if self.store_spec is not None:
+            self.registry.register(StoreCollector(lambda: self.store is not None and self.store.up))
+        self._watch_state()
+
+    def _watch_state(self) -> None:
+        """The state's own series (router.manager.StateCollector) follow the manager and the
+        store this router has now (a successor's second reading, a takeover called off)."""
+        if self._state_collector is not None:
+            self.registry.unregister(self._state_collector)
+            self._state_collector = None
+        if self.store is not None:
+            self._state_collector = StateCollector(self.manager, self.store)
+            self.registry.register(self._state_collector)
+
+    async def _serve_data(self, hold: bool = False) -> None:
+        """The data plane serves the listening sockets: here, or in the worker processes
+        (``hold``: started, but serving only once ``Supervisor.serve`` says so)."""
+        self.port = port_of(self._listen)
         if self.nworkers == 1:
-            for sock in self._listen:
-                await self.plane.serve(sock)
-        else:
-            self.workers = Supervisor(self.nworkers, self._listen, self._init_message,
-                                      self._sync_message, self._worker_notes,
-                                      lambda: self.config.timeouts.worker)
-            await self.workers.start()
-        if self.admin is not None:
-            self._admin_runner = web.AppRunner(self.admin(self), access_log=None,
-                                               handle_signals=False, logger=AdminServerLog())
-            await self._admin_runner.setup()
-            for sock in admin_socks:
-                await web.SockSite(self._admin_runner, sock).start()
-            self.admin_port = port_of(admin_socks)
+            await self.plane.serve(self._listen)
+            return
+        self.workers = Supervisor(self.nworkers, self._listen, self._init_message,
+                                  self._sync_message, self._worker_notes,
+                                  lambda: self.config.timeouts.worker, self._pass_on)
+        await self.workers.start(hold)
+
+    async def _start_admin(self) -> None:
+        if self.admin is None:
+            return
+        self._admin_runner = web.AppRunner(self.admin(self), access_log=None,
+                                           handle_signals=False, logger=AdminServerLog(),
+                                           shutdown_timeout=ADMIN_DRAIN)
+        await self._admin_runner.setup()
+        for sock in self._admin_socks:
+            # A duplicate: the server closes what it serves, and the socket may go on to a
+            # successor or be served again.
+            await web.SockSite(self._admin_runner, sock.dup()).start()
+        self.admin_port = port_of(self._admin_socks)
+
+    async def _stop_admin(self) -> None:
+        """No new admin connection; the requests in flight are answered (within ADMIN_DRAIN)."""
+        runner, self._admin_runner = self._admin_runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _start_control(self) -> None:
+        """What changes the routing state besides the admin API: the Docker provider, the
+        release checks, the ramps; and what follows a shared store."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self._control_stop = asyncio.Event()
         if cfg.providers.docker is not None:
             self.docker = DockerProvider(cfg.providers.docker, cfg.domain, self.manager)
-            self.registry.register(self.docker.collector())
+            if self._docker_collector is not None:
+                self.registry.unregister(self._docker_collector)
+            self._docker_collector = self.docker.collector()
+            self.registry.register(self._docker_collector)
             await self.docker.start()
-        self._stopping = asyncio.Event()
-        self._release_task = loop.create_task(
-            self._every(0.25, self._check_releases, "release check"))
-        self._pins_task = loop.create_task(
-            self._every(SAMPLE_INTERVAL, self._sample_pins_once, "sampling the sticky counters"))
+        self.ramps = driver_for(self.manager, self.store, self.summed_stats)
+        if self._ramp_collector is not None:
+            self.registry.unregister(self._ramp_collector)
+        self._ramp_collector = RampCollector(self.ramps)
+        self.registry.register(self._ramp_collector)
+        self._control = [
+            loop.create_task(self._every(0.25, self._check_releases, "release check")),
+            loop.create_task(self._every(SAMPLE_INTERVAL, self._sample_pins_once,
+                                         "sampling the sticky counters")),
+            loop.create_task(self._every(RAMP_TICK, self.ramps.tick, "driving the ramps"))]
         if self.store is not None:
             self._follow_task = loop.create_task(self._follow_store(self.store))
-        self._start_ramps()
-        self.ready = True
-        log.info("listening on %s:%d (%d worker%s), admin on %s:%d, %d apps; data plane %s",
-                 cfg.listen_host, self.port, self.nworkers, "s" if self.nworkers > 1 else "",
-                 cfg.admin.host, self.admin_port, len(state.apps),
-                 "compiled (mypyc)" if compiled() else "plain Python (not compiled: slower)")
-        if stored:
-            self._report_file_apps(cfg)
+
+    async def _stop_control(self) -> None:
+        """Stop everything _start_control started; a step under way (a change being stored)
+        ends first."""
+        if self.docker is not None:
+            await self.docker.stop()
+        self._control_stop.set()
+        await asyncio.gather(*self._control, return_exceptions=True)
+        self._control = []
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            await asyncio.gather(self._follow_task, return_exceptions=True)
+            self._follow_task = None
+
+    def _start_handoff(self) -> None:
+        if self._handoff_sock is not None and self._handoff is None:
+            self._handoff = HandoffServer(self._handoff_sock, self)
+            self._handoff.start()
+            log.info("a successor takes over at %s (router serve --takeover; SIGUSR2 upgrades "
+                     "in place)", self.handoff_path)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _load_state(self, store: Store, initial: State) -> tuple[State, int, bool]:
         """The stored state, its version, and whether it was there before; ``initial`` (the
@@ -328,7 +577,7 @@ class Server:
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz."""
         if not self.ready:
-            return False, "stopping" if self._closing or self._stopping is not None else "starting"
+            return False, "stopping" if self.stopping else "starting"
         if self.workers is not None:
             up = self.workers.up
             if up == 0:
@@ -337,51 +586,191 @@ class Server:
                 return True, f"ready; {up} of {self.nworkers} workers serving, the others being replaced"
         return True, "ready"
 
-    async def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT; SIGHUP reloads the configuration file."""
+    def handle_signals(self) -> None:
+        """SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration file, SIGUSR2
+        upgrades in place (from the start on: a successor told to stop during its takeover
+        calls it off)."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        assert self._stopping is not None
+        loop.add_signal_handler(signal.SIGUSR2, self.upgrade)
+
+    async def serve_forever(self) -> None:
+        """Run until a stop is asked (``request_stop``) or a successor took over."""
         await self._stopping.wait()
         await self.stop()
 
     def request_stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
+        if self._handoff is not None and self._handoff.handing_over:
+            log.info("stop asked while handing over to a successor: this router exits once "
+                     "its connections are handed over")
+            return
+        self._stopping.set()
 
     async def stop(self) -> None:
-        """Graceful stop: not ready, no new connections, in-flight requests finish."""
+        """Graceful stop (docs/upgrade.md, "A stop"): not ready; every answer says Connection:
+        close; new connections accepted for ``timeouts.drain_delay``; then no new connection,
+        idle connections closed once idle a moment, requests in flight finished within
+        ``timeouts.grace``. After a takeover, only what is left of this router."""
         self.ready = False
-        if self.config.timeouts.drain_delay > 0:
-            # Not ready, still serving: load balancers see /readyz fail and stop sending.
-            await asyncio.sleep(self.config.timeouts.drain_delay)
         self._closing = True
+        if self._upgrade is not None and self._upgrade.returncode is None and not self._handed:
+            self._upgrade.send_signal(signal.SIGTERM)  # the stop is for the upgrade too
+        if self._handoff is not None:
+            self._handoff.abort()
+            await self._handoff.finished()
+            self._handoff.close()
+        t = self.config.timeouts
+        delay, grace = (0.0, 0.0) if self._handed else (t.drain_delay, t.grace)
         if self.docker is not None:
             await self.docker.stop()
-        grace = self.config.timeouts.grace
+            self.docker = None
         if self.workers is not None:
-            await self.workers.stop(grace)
-        await self.plane.drain(grace)
-        for sock in self._listen:
-            sock.close()
-        if self._release_task is not None:
-            self._release_task.cancel()
-        if self._follow_task is not None:
-            self._follow_task.cancel()
-        if self._pins_task is not None:
-            self._pins_task.cancel()
-        self._stop_ramps()
+            for sock in self._listen:
+                sock.close()  # the workers' copies are the last: they close after the delay
+            await self.workers.stop(delay, grace)
+        await self.plane.drain(delay, grace)
+        for task in list(self._tasks):
+            task.cancel()
+        await self._stop_control()
         if self._manager is not None:
             self._manager.close()
         if self.health is not None:
             self.health.stop()
-        if self._admin_runner is not None:
-            await self._admin_runner.cleanup()
+        await self._stop_admin()
         if self.store is not None:
             await self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+        self._close_sockets()
         log.info("stopped")
+
+    # -- a successor takes over (router.handoff.OldRouter) ------------------------------------
+    def handoff_sockets(self) -> tuple[list[dict[str, Any]], list[socket.socket]]:
+        info: list[dict[str, Any]] = []
+        socks: list[socket.socket] = []
+        handoff = [self._handoff_sock] if self._handoff_sock is not None else []
+        for role, group in (("data", self._listen), ("admin", self._admin_socks),
+                            ("handoff", handoff)):
+            for sock in group:
+                info.append({"role": role, "address": str(sock.getsockname())})
+                socks.append(sock)
+        return info, socks
+
+    async def release_state(self) -> int:
+        await self._stop_admin()
+        await self._stop_control()
+        if self.store is not None:
+            await self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+        generation = self.manager.state.generation
+        log.info("the routing state (generation %d) handed to the successor", generation)
+        return generation
+
+    async def reclaim_state(self) -> None:
+        try:
+            if self._lock is not None:
+                await self._lock.wait(LOCK_WAIT)
+            before = self.manager.state
+            state, version, _, _ = await self._open_state()
+            self._manager = StateManager(state, self.store, self.apply_state, version)
+            self._watch_state()
+            if state != before:
+                await self.apply_state(state)
+            log.info("the routing state is this router's again (generation %d)",
+                     state.generation)
+        except Exception as e:
+            log.error("could not take the routing state back: %s; admin changes are refused "
+                      "until a restart", e)
+        await self._start_control()
+        await self._start_admin()
+
+    async def stop_accepting(self) -> None:
+        if self.workers is not None:
+            # The workers start giving up connections at once: kept here until hand_over.
+            self._early = []
+            await self.workers.begin_handover(self.config.timeouts.grace)
+        else:
+            self.plane.stop_accepting()
+
+    async def resume_accepting(self) -> None:
+        self._post = None
+        if self._early is not None:
+            self.take_back(self._early)
+            self._early = None
+        if self.workers is not None:
+            await self.workers.resume()
+        else:
+            self.plane.resume()
+            await self.plane.serve(self._listen)
+
+    async def hand_over(self, post: Callable[[list[int]], None]) -> tuple[int, int]:
+        if self.workers is not None:
+            self._post = post
+            if self._early:
+                post(self._early)
+            self._early = None
+            return await self.workers.end_handover()
+        return await self.plane.hand_over(post, self.config.timeouts.grace)
+
+    def take_back(self, fds: list[int]) -> None:
+        self._spawn(self._adopt(fds))
+
+    def _pass_on(self, fds: list[int]) -> None:
+        """Connections a worker gave up: to the successor, or back to the workers."""
+        if self._post is not None:
+            self._post(fds)
+        elif self._early is not None:
+            self._early.extend(fds)
+        else:
+            self.take_back(fds)
+
+    async def handed_over(self, successor: int) -> None:
+        self._handed = True
+        if self._upgrade is not None and self._upgrade.pid == successor and self.argv:
+            # SIGUSR2: the new code has proven it starts; now it runs as this process, and
+            # takes everything back from the temporary successor.
+            self.exec_argv = self._successor_argv()
+        self._stopping.set()
+
+    # -- SIGUSR2: an upgrade in place -------------------------------------------------------
+    def upgrade(self) -> None:
+        """SIGUSR2: run the router installed on disk in this process, keeping its pid (a
+        container's PID 1), with nothing lost (docs/upgrade.md, "In place"): a new process
+        takes over from this one; this one then runs the new code and takes everything back."""
+        why = ("not started from the command line" if self.argv is None
+               else "no handoff socket (no state directory; set handoff.socket)"
+               if self._handoff is None
+               else "an upgrade is already running" if self._upgrade is not None
+               else f"a takeover by pid {self._handoff.busy} is running"
+               if self._handoff.busy is not None
+               else "the router is stopping" if self.stopping else None)
+        if why is not None:
+            log.warning("SIGUSR2 ignored: %s", why)
+            return
+        self._spawn(self._upgrade_in_place())
+
+    def _successor_argv(self) -> list[str]:
+        assert self.argv is not None and self.handoff_path is not None
+        return [*self.argv, f"--takeover={self.handoff_path}"]
+
+    async def _upgrade_in_place(self) -> None:
+        argv = self._successor_argv()
+        log.info("SIGUSR2: upgrading in place: a new router from the code on disk takes over, "
+                 "then this process (pid %d) runs it and takes over in turn", os.getpid())
+        try:
+            self._upgrade = await asyncio.create_subprocess_exec(*argv)
+        except OSError as e:
+            log.error("upgrade failed: cannot start %s: %s; this router serves on", argv[0], e)
+            return
+        code = await self._upgrade.wait()
+        if not self._handed:
+            log.error("upgrade failed: the new router (pid %d) exited with status %d before it "
+                      "took over (its log says why); this router serves on",
+                      self._upgrade.pid, code)
+            self._upgrade = None
 
     # -- new states -----------------------------------------------------------------------
     async def apply_state(self, state: State) -> None:
@@ -506,26 +895,22 @@ class Server:
     async def _sample_pins_once(self) -> None:
         self.pins.observe(await self.summed_stats(), asyncio.get_running_loop().time())
 
-    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]], what: str) -> None:
-        """Run ``step`` every ``seconds`` until cancelled; a failure is logged, not fatal."""
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[Any]], what: str) -> None:
+        """Run ``step`` every ``seconds`` until the control tasks stop (a step under way ends
+        first); a failure is logged, not fatal."""
+        stop = self._control_stop
         while True:
-            await asyncio.sleep(seconds)
+            try:
+                await asyncio.wait_for(stop.wait(), seconds)
+                return
+            except TimeoutError:
+                pass
             try:
                 await step()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("%s failed", what)
-
-    # -- guarded ramps (router.ramp) --------------------------------------------------------
-    def _start_ramps(self) -> None:
-        self.ramps = driver_for(self.manager, self.store, self.summed_stats)
-        self.registry.register(RampCollector(self.ramps))
-        self._ramp_task = asyncio.get_running_loop().create_task(self.ramps.run())
-
-    def _stop_ramps(self) -> None:
-        if self._ramp_task is not None:
-            self._ramp_task.cancel()
 
     # -- releases ---------------------------------------------------------------------------
     async def releases_changed(self) -> None:
@@ -573,3 +958,17 @@ class Server:
                     self._release_blocked = True
                 except Exception as e:
                     log.info("release of %s not marked ready: %s", name, e)
+
+
+async def _reap(pid: int, within: float) -> None:
+    """Wait for the exit of ``pid`` if it is this process's child: the router that SIGUSR2
+    started, taken over in turn by the new code in this process, would stay a zombie."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return  # not ours (or reaped already)
+        if done:
+            return
+        await asyncio.sleep(0.2)

@@ -23,6 +23,7 @@ from .model import (
     Config,
     ConfigError,
     DockerProviderConfig,
+    HandoffConfig,
     Limits,
     NetworkType,
     PassiveHealthConfig,
@@ -59,6 +60,7 @@ _TOP_KEYS = (
     "limits",
     "passive_health",
     "providers",
+    "handoff",
     "apps",
 )
 _ADMIN_KEYS = ("listen", "token_file")
@@ -72,6 +74,9 @@ _DOCKER_KEYS = ("endpoint", "swarm", "network", "published_ports", "host", "heal
                 "refresh", "empty_apps")
 _EMPTY_APPS = ("keep", "delete")
 _LIMIT_KEYS = ("max_request_line", "max_header", "max_headers", "max_connections")
+_HANDOFF_KEYS = ("socket",)
+# A Unix socket's path is at most 107 bytes on Linux (sun_path).
+_MAX_SOCKET_PATH = 107
 _ACCESS_LOG_FORMATS = ("json", "combined")
 # RFC 6265 cookie-name = token (RFC 2616 tchar).
 _COOKIE_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}\Z")
@@ -188,6 +193,17 @@ def _parse_passive_health(data: dict[str, object], source: str) -> PassiveHealth
         cooldown=positive_duration(m["cooldown"], "passive_health.cooldown", source)
         if "cooldown" in m else default.cooldown,
     )
+
+
+def _parse_handoff(data: dict[str, object], source: str, base_dir: str | None) -> HandoffConfig:
+    m = section(data, "handoff", "", _HANDOFF_KEYS, source)
+    if m.get("socket") is None:
+        return HandoffConfig()
+    path = resolve_file(check_str(m["socket"], "handoff.socket", source), base_dir)
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise ConfigError("handoff.socket", f"must be a path of at most {_MAX_SOCKET_PATH} bytes "
+                          "(a Unix socket's limit)", path, source)
+    return HandoffConfig(socket=path)
 
 
 def _parse_access_log(data: dict[str, object], source: str) -> AccessLogConfig:
@@ -357,6 +373,7 @@ def _config_from_dict(data: object, source: str, base_dir: str | None) -> Config
         access_log=_parse_access_log(top, source),
         passive_health=_parse_passive_health(top, source),
         providers=_parse_providers(top, source),
+        handoff=_parse_handoff(top, source, base_dir),
         apps=tuple(apps),
         source=None if source == DEFAULT_SOURCE else source,
     )

@@ -177,6 +177,13 @@ class AccessLogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HandoffConfig:
+    """Where the router listens for its successor (docs/upgrade.md)."""
+
+    socket: str | None = None  # None: handoff.sock in the state directory
+
+
+@dataclass(frozen=True, slots=True)
 class DockerProviderConfig:
     """Where the Docker provider finds the Engine API and how it turns containers into backends
     (docs/docker.md)."""
@@ -217,5 +224,6 @@ class Config:
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     passive_health: PassiveHealthConfig = field(default_factory=PassiveHealthConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
+    handoff: HandoffConfig = field(default_factory=HandoffConfig)
     apps: tuple[AppConfig, ...] = ()
     source: str | None = None  # the file path it was loaded from

@@ -16,7 +16,7 @@ from .scalars import format_duration
 
 # Bound at start: a listening socket, the key that signs every cookie issued so far, the
 # session with the Docker Engine.
-NEEDS_RESTART = ("listen", "admin.listen", "sticky.secret_file", "providers")
+NEEDS_RESTART = ("listen", "admin.listen", "sticky.secret_file", "providers", "handoff.socket")
 # Shown as changed, never with their values.
 _SECRETS = ("admin.token",)
 # In the order of the configuration file's documentation (README "Configuration").
@@ -52,7 +52,7 @@ def keep_bound(running: Config, new: Config) -> Config:
         new, listen_host=running.listen_host, listen_port=running.listen_port,
         admin=replace(new.admin, host=running.admin.host, port=running.admin.port),
         sticky=replace(new.sticky, secret_file=running.sticky.secret_file),
-        providers=running.providers)
+        providers=running.providers, handoff=running.handoff)
 
 
 def _settings(cfg: Config) -> dict[str, str]:
@@ -63,6 +63,7 @@ def _settings(cfg: Config) -> dict[str, str]:
         "admin.token": _show(cfg.admin.token),
         "domain": _show(cfg.domain),
         "providers": _show(cfg.providers.docker),
+        "handoff.socket": _show(cfg.handoff.socket),
     }
     for section in _SECTIONS:
         if section == "trusted_proxies":

@@ -1,0 +1,423 @@
+"""Takeovers, upgrades in place and stops of the real router process under keep-alive load.
+
+The clients never retry: a request that gets no answer is a failed request, and a connection
+the server closes (``Connection: close``, or a close between requests) is counted. The backend
+answers every request with its own ``X-Test-Id`` and counts each id, so a request answered twice
+or answered with another's response shows. ``benchmarks.upgrade`` runs the same load against
+nginx and HAProxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import yaml
+
+from tests.processes import ROOT, answering, free_port, worker_pids
+
+# One request in SLOW_EVERY waits SLOW seconds at the backend: some requests are always in
+# flight when a router hands over.
+SLOW_EVERY = 5
+SLOW = 0.05
+BODY = b"x" * 1024  # one request in four is a POST with this body
+
+
+class EchoBackend(asyncio.Protocol):
+    """A backend that answers each request with the request's ``X-Test-Id`` (``/slow`` after
+    SLOW seconds) and counts the ids it saw."""
+
+    seen: Counter[bytes]
+
+    def __init__(self, seen: Counter[bytes]) -> None:
+        self.seen = seen
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.rid = b""
+        self.url = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.task = asyncio.get_running_loop().create_task(self._answer())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            assert self.transport is not None
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self.rid = b""
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"x-test-id":
+            self.rid = value
+
+    def on_message_complete(self) -> None:
+        self.seen[self.rid] += 1
+        self.queue.put_nowait((self.rid, self.url.startswith(b"/slow")))
+
+    async def _answer(self) -> None:
+        while True:
+            rid, slow = await self.queue.get()
+            if slow:
+                await asyncio.sleep(SLOW)
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(rid), rid))
+
+
+async def echo_backend(seen: Counter[bytes]) -> asyncio.base_events.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: EchoBackend(seen), "127.0.0.1", 0)
+
+
+@dataclass
+class Load:
+    """Keep-alive clients that never retry: counts of what they saw."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: list[str] = field(default_factory=list)  # requests with no answer: why
+    wrong: list[str] = field(default_factory=list)  # an answer that is not this request's
+    closed: int = 0  # connections the server closed (Connection: close, or under a client)
+    connections: int = 0  # connections opened
+    failed_at: list[float] = field(default_factory=list)
+
+
+async def run_clients(port: int, clients: int, stop: asyncio.Event, load: Load,
+                      think: float = 0.02, limit: float = 600.0, tag: str = "c") -> None:
+    """``clients`` keep-alive connections, each sending a request, reading its answer, then
+    waiting up to ``think`` seconds, until ``stop`` (or ``limit`` seconds). A request with no
+    answer is failed and the client opens a new connection for the next one (not a retry: the
+    next request is a new one)."""
+    deadline = time.monotonic() + limit
+    seq = iter(range(1 << 62))
+
+    async def one(c: int) -> None:
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        rng = random.Random(c)
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                rid = f"{tag}{c}-{next(seq)}".encode()
+                load.sent += 1
+                try:
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                        load.connections += 1
+                    assert reader is not None
+                    slow = rng.randrange(SLOW_EVERY) == 0
+                    post = rng.randrange(4) == 0
+                    path = b"/slow" if slow else b"/"
+                    body = BODY if post else b""
+                    writer.write(b"%s %s HTTP/1.1\r\nHost: app.test\r\nX-Test-Id: %s\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s"
+                                 % (b"POST" if post else b"GET", path, rid, len(body), body))
+                    async with asyncio.timeout(10):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        length, close = 0, False
+                        for line in head.split(b"\r\n")[1:]:
+                            name, _, value = line.partition(b":")
+                            name = name.strip().lower()
+                            if name == b"content-length":
+                                length = int(value)
+                            elif name == b"connection" and b"close" in value.lower():
+                                close = True
+                        data = await reader.readexactly(length)
+                except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
+                    load.failed.append(f"{rid.decode()}: {type(e).__name__}")
+                    load.failed_at.append(time.monotonic())
+                    if writer is not None:
+                        load.closed += 1
+                        writer.close()
+                    reader = writer = None
+                    await asyncio.sleep(0.01)
+                    continue
+                status = int(head.split(b" ", 2)[1])
+                if status == 200 and data == rid:
+                    load.ok += 1
+                else:
+                    load.wrong.append(f"{rid.decode()}: {status} {data[:40]!r}")
+                if close:
+                    load.closed += 1
+                    writer.close()
+                    reader = writer = None
+                await asyncio.sleep(rng.uniform(0, think))
+        finally:
+            if writer is not None:
+                writer.close()
+
+    await asyncio.gather(*(one(c) for c in range(clients)))
+
+
+@dataclass
+class Router:
+    """The live router process of a run: the first one, then each successor."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+class Routers:
+    """A router on a state directory of its own, its successors, and the commands that replace
+    it: ``takeover`` (a new process) and ``upgrade`` (SIGUSR2: the same process)."""
+
+    def __init__(self, backend: str, workers: int, grace: float = 5.0) -> None:
+        self.dir = tempfile.mkdtemp(prefix="router-takeover-")
+        self.workers = workers
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config = os.path.join(self.dir, "router.yaml")
+        with open(self.config, "w") as f:
+            yaml.safe_dump({
+                "listen": f"127.0.0.1:{self.port}",
+                "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
+                "timeouts": {"grace": f"{grace}s"},
+                "apps": {"shop": {"routes": ["app.test"], "session_sticky": True, "services": {
+                    "blue": {"weight": 50, "backends": [backend]},
+                    "green": {"weight": 50, "backends": [backend]}}}}}, f)
+        self.live: Router | None = None
+        self.count = 0
+
+    def _spawn(self, *extra: str) -> Router:
+        self.count += 1
+        log_path = os.path.join(self.dir, f"router{self.count}.log")
+        with open(log_path, "wb") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "router.cli", "serve", "--config", self.config,
+                 "--workers", str(self.workers), *extra],
+                cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        return Router(proc, log_path)
+
+    async def start(self) -> Router:
+        self.live = self._spawn()
+        await answering(f"http://127.0.0.1:{self.admin_port}/readyz", self.live.proc,
+                        self.live.log_path, 30)
+        return self.live
+
+    async def takeover(self, *extra: str, timeout: float = 60.0) -> float:
+        """A successor takes over; returns once the old router has exited 0 (the seconds it
+        took). AssertionError with both logs otherwise."""
+        old = self.live
+        assert old is not None
+        t0 = time.monotonic()
+        new = self._spawn("--takeover", *extra)
+        code = await asyncio.get_running_loop().run_in_executor(None, _wait, old.proc, timeout)
+        if code != 0 or new.proc.poll() is not None:
+            raise AssertionError(f"takeover: old exited {code}, new {new.proc.poll()}:\n"
+                                 f"{old.log()[-3000:]}\n--- new:\n{new.log()[-3000:]}")
+        await _until(lambda: f"took over from pid {old.pid}" in new.log(), timeout,
+                     f"the successor's takeover\n{new.log()[-3000:]}")
+        self.live = new
+        return time.monotonic() - t0
+
+    async def upgrade(self, timeout: float = 60.0) -> float:
+        """SIGUSR2 to the live router; returns once it runs the new code and took everything
+        back (the same pid, no other router left); the seconds it took."""
+        live = self.live
+        assert live is not None
+        t0 = time.monotonic()
+        before = live.log().count("took over from pid")
+        os.kill(live.pid, signal.SIGUSR2)
+        await _until(lambda: live.log().count("took over from pid") >= before + 2, timeout,
+                     f"the upgrade in place\n{live.log()[-3000:]}")
+        await _until(lambda: not _other_routers(live.pid), timeout,
+                     f"the temporary successor's exit\n{live.log()[-3000:]}")
+        if live.proc.poll() is not None:
+            raise AssertionError(f"the router exited ({live.proc.poll()}):\n{live.log()[-3000:]}")
+        return time.monotonic() - t0
+
+    def handed(self) -> tuple[int, int]:
+        """Connections handed over and closed, summed over every takeover so far (the old
+        routers' lines, which every log of the run holds between them)."""
+        handed = closed = 0
+        for name in os.listdir(self.dir):
+            if name.endswith(".log"):
+                with open(os.path.join(self.dir, name), errors="replace") as f:
+                    for line in f:
+                        if "done: " in line and "connection" in line and "takeover by pid" in line:
+                            words = line.split("done: ", 1)[1].split()
+                            handed += int(words[0])
+                            closed += int(words[words.index("over,") + 1])
+        return handed, closed
+
+    async def stop(self) -> int:
+        live = self.live
+        if live is None:
+            return 0
+        self.live = None
+        if live.proc.poll() is None:
+            live.proc.send_signal(signal.SIGTERM)
+        return await asyncio.get_running_loop().run_in_executor(None, _wait, live.proc, 30)
+
+    def cleanup(self) -> None:
+        import shutil
+
+        if self.live is not None and self.live.proc.poll() is None:
+            self.live.proc.kill()
+            self.live.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def _other_routers(pid: int) -> list[int]:
+    """Children of ``pid`` that are routers (a temporary successor), not its workers."""
+    out = []
+    for child in worker_pids(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"router.cli" in f.read():
+                    out.append(child)
+        except OSError:
+            pass
+    return out
+
+
+async def _until(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout:g} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+def routing_state(apps: Any) -> Any:
+    """``GET /api/v1/apps`` without what is observed rather than configured (backend health)."""
+    if isinstance(apps, dict):
+        return {k: routing_state(v) for k, v in apps.items() if k != "backend_health"}
+    if isinstance(apps, list):
+        return [routing_state(v) for v in apps]
+    return apps
+
+
+async def admin_get(port: int, path: str) -> Any:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        raw = await reader.read()
+    finally:
+        writer.close()
+    return json.loads(raw.split(b"\r\n\r\n", 1)[1])
+
+
+async def sticky_probe(port: int, cookie: str | None = None) -> tuple[str, str | None]:
+    """One request to the sticky app: (the service that answered (its backend echoes the id, so
+    the service is read from the cookie), the Set-Cookie value if one was issued)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        extra = f"Cookie: {cookie}\r\n" if cookie else ""
+        writer.write(f"GET / HTTP/1.1\r\nHost: app.test\r\nX-Test-Id: probe\r\n{extra}"
+                     "Connection: close\r\n\r\n".encode())
+        raw = await reader.read()
+    finally:
+        writer.close()
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    status = head.split(" ", 2)[1]
+    set_cookie = None
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.lower() == "set-cookie":
+            set_cookie = value.strip().split(";", 1)[0]
+    return status, set_cookie
+
+
+async def takeovers_under_load(takeovers: int = 3, upgrades: int = 3, workers: int = 1,
+                               clients: int = 8) -> "Result":
+    """``takeovers`` routers started with ``--takeover`` and ``upgrades`` SIGUSR2, alternating,
+    under keep-alive load that never retries: nothing may fail, no connection may be closed, no
+    request may be answered twice, and the state and the sticky secret stay as they were."""
+    from .scenarios import Result
+
+    r = Result("takeover and SIGUSR2 under load",
+               f"{clients} keep-alive clients that never retry (1 POST in 4, 1 request in "
+               f"{SLOW_EVERY} held {SLOW * 1000:.0f} ms by the backend)",
+               f"{takeovers} takeovers and {upgrades} upgrades in place, alternating")
+    r.workers = workers
+    seen: Counter[bytes] = Counter()
+    backend = await echo_backend(seen)
+    routers = Routers(f"127.0.0.1:{backend.sockets[0].getsockname()[1]}", workers)
+    try:
+        await routers.start()
+        status, cookie = await sticky_probe(routers.port)
+        r.check(status == "200" and cookie is not None, f"no sticky cookie: {status} {cookie}")
+        apps_before = routing_state(await admin_get(routers.admin_port, "/api/v1/apps"))
+        with open(os.path.join(routers.dir, "router-secret"), "rb") as f:
+            secret_before = f.read()
+        stop = asyncio.Event()
+        load = Load()
+        clients_task = asyncio.ensure_future(run_clients(routers.port, clients, stop, load))
+        await asyncio.sleep(0.5)
+        times: dict[str, list[float]] = {"takeover": [], "SIGUSR2": []}
+        for i in range(max(takeovers, upgrades)):
+            if i < takeovers:
+                times["takeover"].append(await routers.takeover())
+                await asyncio.sleep(0.2)
+            if i < upgrades:
+                times["SIGUSR2"].append(await routers.upgrade())
+                await asyncio.sleep(0.2)
+        stop.set()
+        await clients_task
+        r.sent, r.failed = load.sent, len(load.failed)
+        r.check(not load.failed, f"requests with no answer: {load.failed[:5]}")
+        r.check(not load.wrong, f"answers that were not the request's: {load.wrong[:5]}")
+        r.check(load.closed == 0, f"{load.closed} client connections closed by the router")
+        twice = [i for i, n in seen.items() if n > 1 and i != b"probe"]
+        r.check(not twice, f"requests that reached the backend twice: {twice[:5]}")
+        reached = sum(n for i, n in seen.items() if i != b"probe")
+        r.check(reached == load.ok, f"the backend saw {reached} requests, clients got {load.ok}")
+        apps_after = routing_state(await admin_get(routers.admin_port, "/api/v1/apps"))
+        r.check(apps_after == apps_before, f"the state changed: {apps_before} -> {apps_after}")
+        with open(os.path.join(routers.dir, "router-secret"), "rb") as f:
+            r.check(f.read() == secret_before, "the sticky secret file changed")
+        status, again = await sticky_probe(routers.port, cookie)
+        r.check(status == "200" and again is None,
+                f"the cookie issued before the upgrades was not taken: {status}, new {again}")
+        handed, closed = routers.handed()
+        r.check(handed > 0, "no connection was handed over")
+        code = await routers.stop()
+        r.check(code == 0, f"the last router exited {code}")
+        r.notes = (f"{load.sent} requests, {load.connections} client connections, {load.closed} "
+                   f"closed; {handed} connections handed over, {closed} closed by an old router; "
+                   + "; ".join(f"{k}: {len(v)} in {min(v, default=0):.1f}-{max(v, default=0):.1f} s"
+                               for k, v in times.items()))
+    finally:
+        routers.cleanup()
+        backend.close()
+    return r
