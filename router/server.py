@@ -644,6 +644,11 @@ class Server:
         if self._lock is not None:
             self._lock.release()
         self._close_sockets()
+        if self._handoff_sock is not None and not self._handed and self.handoff_path is not None:
+            try:
+                os.unlink(self.handoff_path)  # after a takeover the file is the successor's
+            except OSError:
+                pass
         log.info("stopped")
 
     # -- a successor takes over (router.handoff.OldRouter) ------------------------------------

@@ -126,7 +126,7 @@ async def test_state_dir_flag_and_environment(backend, tmp_path):
         proc = await _serving(_command(args), admin, env)
         await _change_weight(admin)
         assert terminate(proc, 15) == 0
-        assert sorted(os.listdir(state)) == ["router-secret", "router-state.history.jsonl", "router-state.yaml"]
+        assert sorted(os.listdir(state)) == ["router-secret", "router-state.history.jsonl", "router-state.yaml", "router-state.yaml.lock"]
         assert "weight: 7" in (state / "router-state.yaml").read_text()
         assert oct(state.stat().st_mode & 0o777) == "0o700"
         assert os.listdir(conf) == ["router.yaml"]  # nothing written beside the configuration
@@ -145,7 +145,7 @@ async def test_read_only_configuration_directory_uses_the_default(backend, tmp_p
     await _change_weight(admin)
     assert terminate(proc, 15) == 0
     # /var/lib/router inside the router's namespace is var-lib/router here.
-    assert sorted(os.listdir(var_lib / "router")) == ["router-secret", "router-state.history.jsonl", "router-state.yaml"]
+    assert sorted(os.listdir(var_lib / "router")) == ["router-secret", "router-state.history.jsonl", "router-state.yaml", "router-state.yaml.lock"]
     assert "weight: 7" in (var_lib / "router" / "router-state.yaml").read_text()
     assert os.listdir(conf) == ["router.yaml"]
 
@@ -206,4 +206,4 @@ async def test_stray_temporary_files_are_removed_at_start(backend, tmp_path):
     assert "router-state.history.jsonl: removed 1 temporary file left by interrupted saves" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".other.yaml.1.1.tmp", "router-secret", "router-state.history.jsonl", "router-state.yaml",
-        "router.yaml"]
+        "router-state.yaml.lock", "router.yaml"]

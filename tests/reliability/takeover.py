@@ -107,20 +107,30 @@ class Load:
 
 
 async def run_clients(port: int, clients: int, stop: asyncio.Event, load: Load,
-                      think: float = 0.02, limit: float = 600.0, tag: str = "c") -> None:
+                      think: tuple[float, float] = (0.0, 0.02), limit: float = 600.0,
+                      tag: str = "c", until_closed: bool = False) -> None:
     """``clients`` keep-alive connections, each sending a request, reading its answer, then
-    waiting up to ``think`` seconds, until ``stop`` (or ``limit`` seconds). A request with no
-    answer is failed and the client opens a new connection for the next one (not a retry: the
-    next request is a new one)."""
+    waiting between ``think[0]`` and ``think[1]`` seconds, until ``stop`` (or ``limit``
+    seconds). A request with no answer is failed and the client opens a new connection for the
+    next one (not a retry: the next request is a new one). As HTTP clients do, a client does
+    not reuse a connection the server closed while it was idle (``until_closed``: it stops
+    there, as it would for a router with no successor)."""
     deadline = time.monotonic() + limit
     seq = iter(range(1 << 62))
 
     async def one(c: int) -> None:
         reader: asyncio.StreamReader | None = None
         writer: asyncio.StreamWriter | None = None
-        rng = random.Random(c)
+        rng = random.Random(f"{tag}{c}")
         try:
             while not stop.is_set() and time.monotonic() < deadline:
+                if reader is not None and reader.at_eof():
+                    load.closed += 1  # closed while idle: seen before sending, not a failure
+                    assert writer is not None
+                    writer.close()
+                    reader = writer = None
+                    if until_closed:
+                        return
                 rid = f"{tag}{c}-{next(seq)}".encode()
                 load.sent += 1
                 try:
@@ -153,6 +163,8 @@ async def run_clients(port: int, clients: int, stop: asyncio.Event, load: Load,
                         load.closed += 1
                         writer.close()
                     reader = writer = None
+                    if until_closed:
+                        return
                     await asyncio.sleep(0.01)
                     continue
                 status = int(head.split(b" ", 2)[1])
@@ -164,7 +176,11 @@ async def run_clients(port: int, clients: int, stop: asyncio.Event, load: Load,
                     load.closed += 1
                     writer.close()
                     reader = writer = None
-                await asyncio.sleep(rng.uniform(0, think))
+                    if until_closed:
+                        return
+                pause = rng.uniform(*think)
+                if pause > 0:  # none: the next request at once, as wrk sends it
+                    await asyncio.sleep(pause)
         finally:
             if writer is not None:
                 writer.close()
@@ -192,9 +208,14 @@ class Routers:
     """A router on a state directory of its own, its successors, and the commands that replace
     it: ``takeover`` (a new process) and ``upgrade`` (SIGUSR2: the same process)."""
 
-    def __init__(self, backend: str, workers: int, grace: float = 5.0) -> None:
+    def __init__(self, backend: str, workers: int, grace: float = 5.0,
+                 checkout: str = ROOT) -> None:
+        """``checkout``: the source tree (with its ``.venv``) whose router runs."""
         self.dir = tempfile.mkdtemp(prefix="router-takeover-")
         self.workers = workers
+        self.checkout = checkout
+        venv = os.path.join(checkout, ".venv", "bin", "python")
+        self.python = venv if checkout != ROOT and os.path.exists(venv) else sys.executable
         self.port = free_port()
         self.admin_port = free_port()
         self.config = os.path.join(self.dir, "router.yaml")
@@ -214,9 +235,9 @@ class Routers:
         log_path = os.path.join(self.dir, f"router{self.count}.log")
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "router.cli", "serve", "--config", self.config,
+                [self.python, "-m", "router.cli", "serve", "--config", self.config,
                  "--workers", str(self.workers), *extra],
-                cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=self.checkout, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         return Router(proc, log_path)
 
     async def start(self) -> Router:
@@ -420,4 +441,55 @@ async def takeovers_under_load(takeovers: int = 3, upgrades: int = 3, workers: i
     finally:
         routers.cleanup()
         backend.close()
+    return r
+
+
+async def stops_under_load(stops: int = 3, workers: int = 1, checkout: str = ROOT,
+                           fast: int = 16, idle: int = 4) -> "Result":
+    """``stops`` SIGTERMs with no successor, each under keep-alive load that never retries:
+    ``fast`` clients that send each request as soon as the last is answered (as wrk does) and
+    ``idle`` ones that wait 0.2-1.5 s between requests, all sending on until the router closes
+    their connection. A request sent on an open connection that gets no answer is failed: the
+    race of a close with a client's next request (docs/upgrade.md, "A stop")."""
+    from .scenarios import Result
+
+    r = Result("SIGTERM with no successor under load",
+               f"{fast} keep-alive clients sending back to back, {idle} every 0.2-1.5 s, none "
+               "retries; each sends until the router closes its connection",
+               f"{stops} stops (SIGTERM after 1 s of load)")
+    r.workers = workers
+    seen: Counter[bytes] = Counter()
+    backend = await echo_backend(seen)
+    total = Load()
+    exits = []
+    try:
+        for _ in range(stops):
+            routers = Routers(f"127.0.0.1:{backend.sockets[0].getsockname()[1]}", workers,
+                              checkout=checkout)
+            try:
+                await routers.start()
+                stop = asyncio.Event()
+                load = Load()
+                clients = asyncio.gather(
+                    run_clients(routers.port, fast, stop, load, (0.0, 0.0), 60, "f", True),
+                    run_clients(routers.port, idle, stop, load, (0.2, 1.5), 60, "i", True))
+                await asyncio.sleep(1.0)
+                exits.append(await routers.stop())
+                async with asyncio.timeout(30):
+                    await clients
+            finally:
+                routers.cleanup()
+            total.sent += load.sent
+            total.ok += load.ok
+            total.failed += load.failed
+            total.wrong += load.wrong
+            total.closed += load.closed
+    finally:
+        backend.close()
+    r.sent, r.failed = total.sent, len(total.failed)
+    r.check(not total.wrong, f"answers that were not the request's: {total.wrong[:5]}")
+    r.check(all(code == 0 for code in exits), f"exit codes {exits}")
+    r.notes = (f"{total.sent} requests over {stops} stops, {len(total.failed)} with no answer "
+               f"({total.failed[:3]}); every client's connection closed by the router: "
+               f"{total.closed} of {stops * (fast + idle)}")
     return r

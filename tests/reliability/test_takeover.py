@@ -19,3 +19,11 @@ async def test_takeovers_and_upgrades_under_load(workers):
     print(f"\n{r.scenario} (--workers {workers}): sent {r.sent}, failed {r.failed}. {r.notes}")
     assert r.problems == []
     assert r.failed == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=lambda n: f"workers{n}")
+async def test_sigterm_loses_no_request_on_open_connections(workers):
+    r = await T.stops_under_load(COUNT, workers)
+    print(f"\n{r.scenario} (--workers {workers}): sent {r.sent}, failed {r.failed}. {r.notes}")
+    assert r.problems == []
+    assert r.failed == 0
