@@ -209,8 +209,9 @@ class Routers:
     it: ``takeover`` (a new process) and ``upgrade`` (SIGUSR2: the same process)."""
 
     def __init__(self, backend: str, workers: int, grace: float = 5.0,
-                 checkout: str = ROOT) -> None:
-        """``checkout``: the source tree (with its ``.venv``) whose router runs."""
+                 checkout: str = ROOT, timeouts: dict[str, str] | None = None) -> None:
+        """``checkout``: the source tree (with its ``.venv``) whose router runs; ``timeouts``:
+        more of the configuration's timeouts."""
         self.dir = tempfile.mkdtemp(prefix="router-takeover-")
         self.workers = workers
         self.checkout = checkout
@@ -223,7 +224,7 @@ class Routers:
             yaml.safe_dump({
                 "listen": f"127.0.0.1:{self.port}",
                 "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
-                "timeouts": {"grace": f"{grace}s"},
+                "timeouts": {"grace": f"{grace}s", **(timeouts or {})},
                 "apps": {"shop": {"routes": ["app.test"], "session_sticky": True, "services": {
                     "blue": {"weight": 50, "backends": [backend]},
                     "green": {"weight": 50, "backends": [backend]}}}}}, f)
