@@ -241,24 +241,32 @@ class HandoffServer:
         channel = Channel(conn)
         try:
             pid, uid, _ = peer_credentials(conn)
-            if uid != os.geteuid():
-                log.warning("handoff socket: refused a process of uid %d (pid %d): a successor "
-                            "must run as this router's user (uid %d)", uid, pid, os.geteuid())
-                await _send_quietly(channel, {"op": "refused", "reason": "another user"})
+            try:
+                async with asyncio.timeout(HELLO_TIMEOUT):
+                    hello, fds = await channel.recv()
+                close_fds(fds)
+            except (ChannelClosed, TimeoutError):
                 return
-            why = (f"a takeover by pid {self.busy} is running" if self.busy is not None
-                   else "this router is stopping" if self.router.stopping or self.succeeded
-                   else None)
+            if hello.get("op") == "abort":
+                log.error("a successor (pid %d) could not start: %s", pid,
+                          hello.get("reason", "?"))
+                return
+            why = (f"a process of uid {uid} (pid {pid}): a successor must run as this "
+                   f"router's user (uid {os.geteuid()})" if uid != os.geteuid()
+                   else f"a second successor (pid {pid}): a takeover by pid {self.busy} is "
+                        "running" if self.busy is not None
+                   else f"a successor (pid {pid}): this router is stopping"
+                   if self.router.stopping or self.succeeded else None)
             if why is not None:
-                log.warning("handoff socket: refused a second successor (pid %d): %s", pid, why)
-                await _send_quietly(channel, {"op": "refused", "reason": why})
+                log.warning("handoff socket: refused %s", why)
+                await _refuse(channel, why.split(": ", 1)[1])
                 return
             self.busy = pid
             self._abort.clear()
             self._session = asyncio.current_task()
             self._current = _Handover(channel, pid, self.router, self._abort)
             try:
-                self.succeeded = await self._current.run()
+                self.succeeded = await self._current.run(hello)
             finally:
                 self.busy = None
                 self._session = None
@@ -277,7 +285,7 @@ class _Handover:
         self.pid = pid
         self.router = router
         self.abort = abort
-        self.step = "hello"
+        self.step = "start"
         self.released = False
         self.stopped = False
 
@@ -293,6 +301,9 @@ class _Handover:
             stop.cancel()
             if not recv.done():
                 recv.cancel()
+        if stop in done or self.abort.is_set():
+            await _send_quietly(self.channel, {"op": "abort", "reason": "the old router is stopping"})
+            raise TakeoverError("called off: this router is stopping")
         if recv in done:
             msg, fds = recv.result()
             close_fds(fds)
@@ -302,20 +313,16 @@ class _Handover:
                 raise TakeoverError(f"protocol error: {msg.get('op')!r} where {'/'.join(ops)} "
                                     "was expected")
             return msg
-        if stop in done:
-            await _send_quietly(self.channel, {"op": "abort", "reason": "the old router is stopping"})
-            raise TakeoverError("called off: this router is stopping")
-        if self.step == "hello":
-            raise TakeoverError(f"no hello within {timeout:g} s")
         os.kill(self.pid, signal.SIGKILL)  # it holds the sockets, maybe the store: not for long
         raise TakeoverError(f"no answer within {timeout:g} s at step {self.step}: killed it")
 
-    async def run(self) -> bool:
+    async def run(self, hello: dict[str, Any]) -> bool:
         """True once the successor serves everything; False if the takeover failed (this router
         then serves on, as before)."""
         router = self.router
         try:
-            hello = await self._recv(HELLO_TIMEOUT, "hello")
+            if hello.get("op") != "hello":
+                raise TakeoverError(f"protocol error: {hello.get('op')!r} where hello was expected")
             theirs = hello.get("protocol")
             if theirs != PROTOCOL:
                 raise _Refusal(f"it speaks handoff protocol {theirs}, this router {PROTOCOL} "
@@ -346,7 +353,7 @@ class _Handover:
             return True
         except _Refusal as e:
             log.error("takeover by pid %d refused: %s", self.pid, e)
-            await _send_quietly(self.channel, {"op": "refused", "reason": str(e)})
+            await _refuse(self.channel, str(e))
         except (TakeoverError, ChannelClosed) as e:
             why = "it went away" if isinstance(e, ChannelClosed) else str(e)
             log.error("takeover by pid %d failed at step %s: %s; this router serves on",
@@ -387,6 +394,19 @@ class _Handover:
 
 class _Refusal(TakeoverError):
     """Refused before anything was handed over."""
+
+
+async def _refuse(channel: Channel, reason: str) -> None:
+    """Say no, then wait (briefly) for the other end to hang up: a Unix socket closed with a
+    message still unread would reset the connection before the refusal is read."""
+    await _send_quietly(channel, {"op": "refused", "reason": reason})
+    try:
+        async with asyncio.timeout(1.0):
+            while True:
+                _, fds = await channel.recv()
+                close_fds(fds)
+    except (ChannelClosed, TimeoutError):
+        pass
 
 
 async def _send_quietly(channel: Channel, msg: dict[str, Any]) -> None:
