@@ -479,12 +479,16 @@ class Takeover:
             log.warning("the old router (pid %d) went away during the takeover; carrying on "
                         "alone", self.pid)
 
-    async def connections(self, adopt: Callable[[list[int]], Awaitable[Any]]) -> None:
-        """Serve every connection the old router hands over (``adopt``), until ``done``."""
+    async def connections(self, adopt: Callable[[list[int]], Awaitable[Any]],
+                          within: float) -> None:
+        """Serve every connection the old router hands over (``adopt``), until ``done`` (the
+        old router's ``timeouts.grace`` is over by ``within`` seconds)."""
         handed = 0
+        deadline = time.monotonic() + within
         while True:
             try:
-                got = await self._recv(None, "connections", "done")
+                got = await self._recv(max(0.0, deadline - time.monotonic()), "connections",
+                                       "done")
             except TakeoverError as e:
                 log.error("taking over from pid %d: %s", self.pid, e)
                 break

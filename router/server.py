@@ -39,8 +39,8 @@ from .context import ProxyContext
 from .counters import Stats
 from .dataplane import BACKLOG, DataPlane
 from .errors import Unavailable
-from .handoff import (LOCK_WAIT, SOCKET_NAME, HandoffServer, StateLock, Takeover, TakeoverError,
-                      bind_handoff)
+from .handoff import (LOCK_WAIT, SOCKET_NAME, STEP_TIMEOUT, HandoffServer, StateLock, Takeover,
+                      TakeoverError, bind_handoff)
 from .health import HEALTHY, UNCHECKED, BackendKey, Health, probe
 from .listeners import addresses, bind, listen, port_of, shown_address
 from .logs import Throttled
@@ -317,7 +317,7 @@ class Server:
     async def _take_connections(self, takeover: Takeover) -> None:
         """The old router's connections as they turn idle; then this router is the one a
         successor takes over from."""
-        await takeover.connections(self._adopt)
+        await takeover.connections(self._adopt, self.config.timeouts.grace + STEP_TIMEOUT)
         self._start_handoff()
         await _reap(takeover.pid, self.config.timeouts.grace + 10)
 
