@@ -21,8 +21,10 @@ import yaml
 
 from router.handoff import PROTOCOL, Takeover
 from router.ipc import Channel
+from tests.integration.test_etcd import etcd  # noqa: F401  (a fixture)
 from tests.processes import ROOT
 from tests.reliability import takeover as T
+from tests.reliability.harness import metric_sum, metrics
 from tests.reliability.production import admin_call
 
 
@@ -223,3 +225,54 @@ async def test_another_user_is_refused(old):
     assert done.stdout.strip() == "refused 0", done.stderr
     await _until_logged(old, "refused a process of uid 65534")
     await _serves(old)
+
+
+async def test_etcd_store_and_the_ramp_lease_go_to_the_successor(etcd):  # noqa: F811
+    seen: Counter[bytes] = Counter()
+    backend = await T.echo_backend(seen)
+    addr = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
+    routers = T.Routers(addr, 1, args=("--store", etcd.url("/takeover")))
+    routers.args += ("--state-dir", routers.dir)  # the handoff socket's directory
+    loop = asyncio.get_running_loop()
+    try:
+        await routers.start()
+        status, body, _ = await admin_call(routers.admin_port, "POST", "/api/v1/apps/shop/release",
+                                           b'{"service": "teal", "backends": ["%s"]}' % addr.encode())
+        assert status == 201, body
+        deadline = loop.time() + 10
+        while True:  # the new version's backend accepts a connection: the release is ready
+            status, body, _ = await admin_call(routers.admin_port, "POST",
+                                               "/api/v1/apps/shop/release/ramp",
+                                               b'{"steps": [10, 50, 100], "interval": "60s"}')
+            if status == 201:
+                break
+            assert loop.time() < deadline, body
+            await asyncio.sleep(0.2)
+
+        async def driving() -> float:
+            return metric_sum(await metrics(routers.admin_port), "router_ramp_driver")
+
+        while await driving() != 1:  # the router holds the lease of the ramp's driver
+            assert loop.time() < deadline, "the router never drove"
+            await asyncio.sleep(0.1)
+        before = T.routing_state(await T.admin_get(routers.admin_port, "/api/v1/apps"))
+        stop, load = asyncio.Event(), T.Load()
+        clients = asyncio.ensure_future(T.run_clients(routers.port, 4, stop, load))
+        await routers.takeover()
+        # The old router revoked its lease as it let go of the store: the successor drives at
+        # its first try (one a second), not after the lease's time to live (LEASE_TTL).
+        t0 = loop.time()
+        while await driving() != 1:
+            assert loop.time() - t0 < 3, "the successor does not drive"
+            await asyncio.sleep(0.1)
+        stop.set()
+        await clients
+        assert load.failed == [] and load.closed == 0, load.failed
+        assert T.routing_state(await T.admin_get(routers.admin_port, "/api/v1/apps")) == before
+        status, body, _ = await admin_call(routers.admin_port, "POST",
+                                           "/api/v1/apps/shop/release/ramp/abort")
+        assert status == 200, body  # it writes to etcd
+        assert await routers.stop() == 0
+    finally:
+        routers.cleanup()
+        backend.close()

@@ -209,9 +209,11 @@ class Routers:
     it: ``takeover`` (a new process) and ``upgrade`` (SIGUSR2: the same process)."""
 
     def __init__(self, backend: str, workers: int, grace: float = 5.0,
-                 checkout: str = ROOT, timeouts: dict[str, str] | None = None) -> None:
+                 checkout: str = ROOT, timeouts: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         """``checkout``: the source tree (with its ``.venv``) whose router runs; ``timeouts``:
-        more of the configuration's timeouts."""
+        more of the configuration's timeouts; ``args``: more of every router's arguments."""
+        self.args = args
         self.dir = tempfile.mkdtemp(prefix="router-takeover-")
         self.workers = workers
         self.checkout = checkout
@@ -237,7 +239,7 @@ class Routers:
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(
                 [self.python, "-m", "router.cli", "serve", "--config", self.config,
-                 "--workers", str(self.workers), *extra],
+                 "--workers", str(self.workers), *self.args, *extra],
                 cwd=self.checkout, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         return Router(proc, log_path)
 
