@@ -448,17 +448,20 @@ async def takeovers_under_load(takeovers: int = 3, upgrades: int = 3, workers: i
 
 
 async def stops_under_load(stops: int = 3, workers: int = 1, checkout: str = ROOT,
-                           fast: int = 16, idle: int = 4) -> "Result":
+                           fast: int = 16, idle: int = 4,
+                           idle_think: tuple[float, float] = (0.2, 1.5)) -> "Result":
     """``stops`` SIGTERMs with no successor, each under keep-alive load that never retries:
     ``fast`` clients that send each request as soon as the last is answered (as wrk does) and
-    ``idle`` ones that wait 0.2-1.5 s between requests, all sending on until the router closes
+    ``idle`` ones that wait ``idle_think`` seconds between requests, all sending on until the
+    router closes
     their connection. A request sent on an open connection that gets no answer is failed: the
     race of a close with a client's next request (docs/upgrade.md, "A stop")."""
     from .scenarios import Result
 
     r = Result("SIGTERM with no successor under load",
-               f"{fast} keep-alive clients sending back to back, {idle} every 0.2-1.5 s, none "
-               "retries; each sends until the router closes its connection",
+               f"{fast} keep-alive clients sending back to back, {idle} every "
+               f"{idle_think[0]:g}-{idle_think[1]:g} s, none retries; each sends until the "
+               "router closes its connection",
                f"{stops} stops (SIGTERM after 1 s of load)")
     r.workers = workers
     seen: Counter[bytes] = Counter()
@@ -475,8 +478,8 @@ async def stops_under_load(stops: int = 3, workers: int = 1, checkout: str = ROO
                 load = Load()
                 clients = asyncio.gather(
                     run_clients(routers.port, fast, stop, load, (0.0, 0.0), 60, "f", True),
-                    run_clients(routers.port, idle, stop, load, (0.2, 1.5), 60, "i", True))
-                await asyncio.sleep(1.0)
+                    run_clients(routers.port, idle, stop, load, idle_think, 60, "i", True))
+                await asyncio.sleep(max(1.0, idle_think[1]))
                 exits.append(await routers.stop())
                 async with asyncio.timeout(30):
                     await clients
