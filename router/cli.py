@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="take over from the router running on this state: its listening "
                             "sockets, its state store and, between requests, its client "
                             "connections, through its handoff socket (PATH; default: "
-                            "handoff.socket, or handoff.sock in the state directory); "
-                            "docs/upgrade.md")
+                            "handoff.socket, or handoff.sock in the state directory); with no "
+                            "router there, start as without it (docs/upgrade.md)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     demo = sub.add_parser("demo", help="run demo backends (blue, green, and green-v2 for a "

@@ -68,6 +68,10 @@ class TakeoverError(Exception):
     """A takeover that cannot go on; the message says why (and is logged by both sides)."""
 
 
+class NoPredecessor(TakeoverError):
+    """Nobody listens at the handoff socket: there is no router to take over from."""
+
+
 class StateLock:
     """The file store's lock: one router at a time serves a state file (``<file>.lock``, an
     ``flock`` held from start to exit). A router hands it to its successor with the store; a
@@ -436,8 +440,8 @@ class Takeover:
             await asyncio.get_running_loop().sock_connect(sock, self.path)
         except OSError as e:
             sock.close()
-            raise TakeoverError(f"no router to take over at {self.path}: "
-                                f"{e.strerror or e}") from None
+            kind = NoPredecessor if e.errno in (errno.ENOENT, errno.ECONNREFUSED) else TakeoverError
+            raise kind(f"no router to take over at {self.path}: {e.strerror or e}") from None
         pid, uid, _ = peer_credentials(sock)
         self.channel = Channel(sock)
         if uid != os.geteuid():

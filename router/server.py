@@ -39,8 +39,8 @@ from .context import ProxyContext
 from .counters import Stats
 from .dataplane import BACKLOG, DataPlane
 from .errors import Unavailable
-from .handoff import (LOCK_WAIT, SOCKET_NAME, STEP_TIMEOUT, HandoffServer, StateLock, Takeover,
-                      TakeoverError, bind_handoff)
+from .handoff import (LOCK_WAIT, SOCKET_NAME, STEP_TIMEOUT, HandoffServer, NoPredecessor,
+                      StateLock, Takeover, TakeoverError, bind_handoff)
 from .health import HEALTHY, UNCHECKED, BackendKey, Health, probe
 from .listeners import addresses, bind, listen, port_of, shown_address
 from .logs import Throttled
@@ -236,7 +236,14 @@ class Server:
         at ``path`` (the steps of ``router.handoff``). Whatever goes wrong before this router
         serves is undone here and told to the old router, which serves on."""
         takeover = Takeover(path)
-        await takeover.connect(self.store_name)
+        try:
+            await takeover.connect(self.store_name)
+        except NoPredecessor as e:
+            # Nothing to take over: a start like any other (which still fails, naming them, if
+            # a router holds the addresses or the state without listening there).
+            log.info("%s; starting afresh", e)
+            await self._start_fresh()
+            return
         try:
             self._listen = takeover.role("data")
             admin_socks = takeover.role("admin")

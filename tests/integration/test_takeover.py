@@ -276,3 +276,20 @@ async def test_etcd_store_and_the_ramp_lease_go_to_the_successor(etcd):  # noqa:
     finally:
         routers.cleanup()
         backend.close()
+
+
+async def test_takeover_with_no_router_there_is_a_plain_start():
+    backend = await T.echo_backend(Counter())
+    routers = T.Routers(f"127.0.0.1:{backend.sockets[0].getsockname()[1]}", 1)
+    try:
+        routers.live = routers._spawn("--takeover")  # the same command, first or next
+        await T.answering(f"http://127.0.0.1:{routers.admin_port}/readyz", routers.live.proc,
+                          routers.live.log_path, 30)
+        assert "no router to take over at" in routers.live.log()
+        await _serves(routers)
+        await routers.takeover()  # and the next one with it takes over from this one
+        await _serves(routers)
+        assert await routers.stop() == 0
+    finally:
+        routers.cleanup()
+        backend.close()
