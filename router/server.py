@@ -637,6 +637,7 @@ class Server:
             for sock in self._listen:
                 sock.close()  # the workers' copies are the last: they close after the delay
             await self.workers.stop(delay, grace)
+            delay = grace = 0.0  # this process's data plane serves no connection
         await self.plane.drain(delay, grace)
         for task in list(self._tasks):
             task.cancel()

@@ -60,7 +60,7 @@ async def _serves(routers: T.Routers) -> None:
 async def _until_logged(routers: T.Routers, text: str, timeout: float = 10.0) -> None:
     assert routers.live is not None
     live = routers.live
-    await T._until(lambda: text in live.log(), timeout, f"{text!r} in the log:\n{live.log()[-2000:]}")
+    await T.until(lambda: text in live.log(), timeout, f"{text!r} in the log:\n{live.log()[-2000:]}")
 
 
 def _successor(routers: T.Routers, *args: str) -> subprocess.CompletedProcess[str]:

@@ -260,7 +260,7 @@ class Routers:
         if code != 0 or new.proc.poll() is not None:
             raise AssertionError(f"takeover: old exited {code}, new {new.proc.poll()}:\n"
                                  f"{old.log()[-3000:]}\n--- new:\n{new.log()[-3000:]}")
-        await _until(lambda: f"took over from pid {old.pid}" in new.log(), timeout,
+        await until(lambda: f"took over from pid {old.pid}" in new.log(), timeout,
                      f"the successor's takeover\n{new.log()[-3000:]}")
         self.live = new
         return time.monotonic() - t0
@@ -273,9 +273,9 @@ class Routers:
         t0 = time.monotonic()
         before = live.log().count("took over from pid")
         os.kill(live.pid, signal.SIGUSR2)
-        await _until(lambda: live.log().count("took over from pid") >= before + 2, timeout,
+        await until(lambda: live.log().count("took over from pid") >= before + 2, timeout,
                      f"the upgrade in place\n{live.log()[-3000:]}")
-        await _until(lambda: not _other_routers(live.pid), timeout,
+        await until(lambda: not _other_routers(live.pid), timeout,
                      f"the temporary successor's exit\n{live.log()[-3000:]}")
         if live.proc.poll() is not None:
             raise AssertionError(f"the router exited ({live.proc.poll()}):\n{live.log()[-3000:]}")
@@ -334,7 +334,8 @@ def _other_routers(pid: int) -> list[int]:
     return out
 
 
-async def _until(pred: Any, timeout: float, what: str) -> None:
+async def until(pred: Any, timeout: float, what: str) -> None:
+    """Wait until ``pred()`` holds: AssertionError naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
