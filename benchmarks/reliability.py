@@ -11,9 +11,10 @@ real routers and backends on 127.0.0.1, bounded loads, exact counts; each with `
 and ``--workers 2`` (``--workers 1,2`` picks), the production scenarios (hung worker, counters
 across a worker's death, a taken port) with the worker counts they need, the store's (a
 ramp's rollback while the state disk is full or etcd is down, etcd emptied under a replica that
-was behind: they need root for a tmpfs, and etcd), and the versions that hang
+was behind: they need root for a tmpfs, and etcd), the versions that hang
 (tests/reliability/hangs.py: a hung new version, guarded ramps of one, a black-holed backend, a
-slow version, a ramp of pinned clients). HAProxy (Debian
+slow version, a ramp of pinned clients), and the process's life (takeovers and upgrades in
+place, stops, SIGHUP to every process). HAProxy (Debian
 package ``haproxy``) gets the same hostile corpus when it is installed.
 """
 
@@ -31,6 +32,7 @@ if ROOT not in sys.path:
 
 from tests.reliability import scenarios as S  # noqa: E402
 from tests.reliability.hangs import HANGS  # noqa: E402
+from tests.reliability.lifecycle import LIFECYCLE  # noqa: E402
 from tests.reliability.production import PRODUCTION  # noqa: E402
 from tests.reliability.store import STORE  # noqa: E402
 from tests.reliability.corpus import CORPUS  # noqa: E402
@@ -60,6 +62,7 @@ async def run(scale: int, workers: list[int], only: set[str] | None = None) -> t
     runs += [(scenario, n) for scenario, counts in PRODUCTION for n in counts]
     runs += [(scenario, n) for scenario, counts in STORE for n in counts if n in workers]
     runs += [(scenario, n) for scenario in HANGS for n in workers]
+    runs += [(scenario, n) for scenario, counts in LIFECYCLE for n in counts if n in workers]
     if only is not None:
         runs = [(scenario, n) for scenario, n in runs if scenario.__name__ in only]
     for scenario, n in runs:

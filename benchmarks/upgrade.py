@@ -4,7 +4,7 @@ binary upgrade and HAProxy's reload, and a stop with no successor before and aft
     python3 -m benchmarks.upgrade                      # 20 upgrades of each kind, 10 stops each
     python3 -m benchmarks.upgrade --upgrades 3 --stops 2 --targets router1,nginx   # a check
 
-The load is the reliability test's (``tests/reliability/takeover.py``): keep-alive clients that
+The load is the reliability test's (``tests/reliability/lifecycle.py``): keep-alive clients that
 never retry, half of them sending each request as soon as the last is answered (as wrk does),
 half waiting up to 20 ms; one request in four a POST with a 1 KiB body, one in five held 50 ms
 by the backend, which answers each request with its own id (so an answer given twice, or to
@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.processes import free_port
-from tests.reliability.takeover import (Load, Routers, echo_backend, run_clients, stops_under_load,
+from tests.reliability.lifecycle import (Load, Routers, echo_backend, run_clients, stops_under_load,
                                        until)
 
 from .common import RESULTS_MD, revision, write_section

@@ -256,7 +256,7 @@ class DataPlane:
                 flush()
         for conn in list(ctx.connections):
             conn.abort()
-        return handed, seen - handed
+        return handed, max(0, seen - handed)
 
     def resume(self) -> None:
         """After a handover that failed (the successor went away): serve as before (the caller

@@ -306,6 +306,8 @@ class _Handover:
             if not recv.done():
                 recv.cancel()
         if stop in done or self.abort.is_set():
+            if recv in done and recv.exception() is None:
+                close_fds(recv.result()[1])
             await _send_quietly(self.channel, {"op": "abort", "reason": "the old router is stopping"})
             raise TakeoverError("called off: this router is stopping")
         if recv in done:
@@ -317,7 +319,13 @@ class _Handover:
                 raise TakeoverError(f"protocol error: {msg.get('op')!r} where {'/'.join(ops)} "
                                     "was expected")
             return msg
-        os.kill(self.pid, signal.SIGKILL)  # it holds the sockets, maybe the store: not for long
+        # It holds the sockets, maybe the store: not for long. (Pid 0: in a PID namespace this
+        # one cannot see; it then has to go by itself.)
+        if self.pid > 0:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         raise TakeoverError(f"no answer within {timeout:g} s at step {self.step}: killed it")
 
     async def run(self, hello: dict[str, Any]) -> bool:
@@ -427,7 +435,7 @@ class Takeover:
     def __init__(self, path: str) -> None:
         self.path = path
         self.channel: Channel | None = None
-        self.pid = 0  # the old router's
+        self.pid = 0  # the old router's, as it says (in its own PID namespace)
         self.version = "?"
         self.sockets: list[tuple[dict[str, Any], socket.socket]] = []
         self.gone = False  # the old router went away before the end: carry on alone
@@ -442,6 +450,8 @@ class Takeover:
             sock.close()
             kind = NoPredecessor if e.errno in (errno.ENOENT, errno.ECONNREFUSED) else TakeoverError
             raise kind(f"no router to take over at {self.path}: {e.strerror or e}") from None
+        # The peer's credentials are those of the process that made the listening socket: the
+        # first router of a line of takeovers, same user. The old router's pid is what it says.
         pid, uid, _ = peer_credentials(sock)
         self.channel = Channel(sock)
         if uid != os.geteuid():
@@ -452,7 +462,7 @@ class Takeover:
         got = await self._recv(HELLO_TIMEOUT, "listeners")
         assert got is not None  # no sockets yet: a closed channel raised
         msg, fds = got
-        self.pid = int(msg.get("pid", pid))
+        self.pid = int(msg.get("pid", 0))
         self.version = str(msg.get("version", "?"))
         info = msg.get("sockets", [])
         if len(info) != len(fds):

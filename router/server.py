@@ -326,7 +326,9 @@ class Server:
         successor takes over from."""
         await takeover.connections(self._adopt, self.config.timeouts.grace + STEP_TIMEOUT)
         self._start_handoff()
-        await _reap(takeover.pid, self.config.timeouts.grace + 10)
+        workers = {w.pid for w in self.workers.workers} if self.workers is not None else set()
+        if takeover.pid not in workers:  # a pid the old router gave, maybe from another namespace
+            await _reap(takeover.pid, self.config.timeouts.grace + 10)
 
     async def _adopt(self, fds: list[int]) -> None:
         if self.workers is not None:
@@ -976,6 +978,8 @@ class Server:
 async def _reap(pid: int, within: float) -> None:
     """Wait for the exit of ``pid`` if it is this process's child: the router that SIGUSR2
     started, taken over in turn by the new code in this process, would stay a zombie."""
+    if pid <= 0:
+        return
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:

@@ -23,7 +23,7 @@ from router.handoff import PROTOCOL, Takeover
 from router.ipc import Channel
 from tests.integration.test_etcd import etcd  # noqa: F401  (a fixture)
 from tests.processes import ROOT
-from tests.reliability import takeover as T
+from tests.reliability import lifecycle as T
 from tests.reliability.harness import metric_sum, metrics
 from tests.reliability.production import admin_call
 

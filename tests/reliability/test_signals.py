@@ -12,7 +12,7 @@ import time
 from collections import Counter
 
 from tests.processes import worker_pids
-from tests.reliability import takeover as T
+from tests.reliability import lifecycle as T
 from tests.reliability.harness import metric_sum, metrics
 from tests.reliability.production import admin_call
 
@@ -26,31 +26,10 @@ async def _router(workers: int, **timeouts: str) -> tuple[T.Routers, asyncio.bas
 
 
 async def test_sighup_to_every_process_fails_nothing():
-    routers, backend = await _router(2)
-    try:
-        assert routers.live is not None
-        master = routers.live.pid
-        workers = worker_pids(master)
-        assert len(workers) == 2
-        stop, load = asyncio.Event(), T.Load()
-        clients = asyncio.ensure_future(T.run_clients(routers.port, 8, stop, load))
-        await asyncio.sleep(0.5)
-        for _ in range(5):  # pkill -HUP -f router: every process, one by one
-            for pid in (master, *workers):
-                os.kill(pid, signal.SIGHUP)
-            await asyncio.sleep(0.2)
-        os.killpg(master, signal.SIGHUP)  # a closed terminal: the whole group
-        await asyncio.sleep(0.5)
-        stop.set()
-        await clients
-        assert load.failed == [] and load.closed == 0 and load.wrong == []
-        assert load.ok == load.sent > 100
-        assert worker_pids(master) == workers  # not one worker restarted
-        assert routers.live.log().count("reload of") == 6  # one reload per SIGHUP to the master
-        assert await routers.stop() == 0
-    finally:
-        routers.cleanup()
-        backend.close()
+    r = await T.sighup_to_every_process()
+    print(f"\n{r.scenario}: sent {r.sent}, failed {r.failed}. {r.notes}")
+    assert r.problems == []
+    assert r.failed == 0 and r.sent > 100
 
 
 async def test_sigterm_to_the_group_is_one_graceful_stop():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability import takeover as T
+from tests.reliability import lifecycle as T
 
 # Three of each per worker count keeps the test under a minute on a loaded 2-core machine.
 COUNT = 3

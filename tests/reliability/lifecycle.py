@@ -1,4 +1,5 @@
-"""Takeovers, upgrades in place and stops of the real router process under keep-alive load.
+"""The router process's life under keep-alive load: takeovers, upgrades in place, stops, and
+signals to its whole process group.
 
 The clients never retry: a request that gets no answer is a failed request, and a connection
 the server closes (``Connection: close``, or a close between requests) is counted. The backend
@@ -26,6 +27,8 @@ import httptools
 import yaml
 
 from tests.processes import ROOT, answering, free_port, worker_pids
+
+from .scenarios import Result
 
 # One request in SLOW_EVERY waits SLOW seconds at the backend: some requests are always in
 # flight when a router hands over.
@@ -276,7 +279,7 @@ class Routers:
         await until(lambda: live.log().count("took over from pid") >= before + 2, timeout,
                      f"the upgrade in place\n{live.log()[-3000:]}")
         await until(lambda: not _other_routers(live.pid), timeout,
-                     f"the temporary successor's exit\n{live.log()[-3000:]}")
+                     f"the temporary successor's exit and reaping\n{live.log()[-3000:]}")
         if live.proc.poll() is not None:
             raise AssertionError(f"the router exited ({live.proc.poll()}):\n{live.log()[-3000:]}")
         return time.monotonic() - t0
@@ -322,15 +325,21 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
 
 
 def _other_routers(pid: int) -> list[int]:
-    """Children of ``pid`` that are routers (a temporary successor), not its workers."""
+    """Children of ``pid`` other than its workers: a temporary successor, running or a zombie
+    (not reaped)."""
     out = []
-    for child in worker_pids(pid):
+    for child in os.listdir("/proc"):
+        if not child.isdigit():
+            continue
         try:
+            with open(f"/proc/{child}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{child}/cmdline", "rb") as f:
-                if b"router.cli" in f.read():
-                    out.append(child)
+                cmdline = f.read()
         except OSError:
-            pass
+            continue
+        if ppid == pid and b"router.worker" not in cmdline:
+            out.append(int(child))
     return out
 
 
@@ -384,12 +393,10 @@ async def sticky_probe(port: int, cookie: str | None = None) -> tuple[str, str |
 
 
 async def takeovers_under_load(takeovers: int = 3, upgrades: int = 3, workers: int = 1,
-                               clients: int = 8) -> "Result":
+                               clients: int = 8) -> Result:
     """``takeovers`` routers started with ``--takeover`` and ``upgrades`` SIGUSR2, alternating,
     under keep-alive load that never retries: nothing may fail, no connection may be closed, no
     request may be answered twice, and the state and the sticky secret stay as they were."""
-    from .scenarios import Result
-
     r = Result("takeover and SIGUSR2 under load",
                f"{clients} keep-alive clients that never retry (1 POST in 4, 1 request in "
                f"{SLOW_EVERY} held {SLOW * 1000:.0f} ms by the backend)",
@@ -450,15 +457,13 @@ async def takeovers_under_load(takeovers: int = 3, upgrades: int = 3, workers: i
 
 async def stops_under_load(stops: int = 3, workers: int = 1, checkout: str = ROOT,
                            fast: int = 16, idle: int = 4,
-                           idle_think: tuple[float, float] = (0.2, 1.5)) -> "Result":
+                           idle_think: tuple[float, float] = (0.2, 1.5)) -> Result:
     """``stops`` SIGTERMs with no successor, each under keep-alive load that never retries:
     ``fast`` clients that send each request as soon as the last is answered (as wrk does) and
     ``idle`` ones that wait ``idle_think`` seconds between requests, all sending on until the
     router closes
     their connection. A request sent on an open connection that gets no answer is failed: the
     race of a close with a client's next request (docs/upgrade.md, "A stop")."""
-    from .scenarios import Result
-
     r = Result("SIGTERM with no successor under load",
                f"{fast} keep-alive clients sending back to back, {idle} every "
                f"{idle_think[0]:g}-{idle_think[1]:g} s, none retries; each sends until the "
@@ -500,3 +505,55 @@ async def stops_under_load(stops: int = 3, workers: int = 1, checkout: str = ROO
                f"({total.failed[:3]}); every client's connection closed by the router: "
                f"{total.closed} of {stops * (fast + idle)}")
     return r
+
+
+async def sighup_to_every_process(scale: int = 1, workers: int = 2) -> Result:
+    """``pkill -HUP -f router`` (every process, one by one) and a SIGHUP to the process group (a
+    closed terminal), under keep-alive load: the workers leave them to the master, which
+    reloads once per signal; nothing fails, no worker is restarted."""
+    rounds = 5 * scale
+    r = Result("SIGHUP to every process", "8 keep-alive clients that never retry",
+               f"{rounds} rounds of SIGHUP to the master and each worker, then one to the group")
+    r.workers = workers
+    backend = await echo_backend(Counter())
+    routers = Routers(f"127.0.0.1:{backend.sockets[0].getsockname()[1]}", workers)
+    try:
+        live = await routers.start()
+        master = live.pid
+        children = worker_pids(master)
+        stop, load = asyncio.Event(), Load()
+        clients = asyncio.ensure_future(run_clients(routers.port, 8, stop, load))
+        await asyncio.sleep(0.5)
+        for _ in range(rounds):
+            for pid in (master, *children):
+                os.kill(pid, signal.SIGHUP)
+            await asyncio.sleep(0.2)
+        os.killpg(master, signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await clients
+        r.sent, r.failed = load.sent, len(load.failed)
+        r.check(not load.wrong, f"answers that were not the request's: {load.wrong[:5]}")
+        r.check(load.closed == 0, f"{load.closed} client connections closed")
+        r.check(worker_pids(master) == children, "a worker was restarted")
+        reloads = live.log().count("reload of")
+        r.check(reloads == rounds + 1, f"{reloads} reloads for {rounds + 1} SIGHUPs to the master")
+        code = await routers.stop()
+        r.check(code == 0, f"exit {code}")
+        r.notes = f"{reloads} reloads; the same {len(children)} workers throughout"
+    finally:
+        routers.cleanup()
+        backend.close()
+    return r
+
+
+async def takeovers(scale: int = 1, workers: int = 1) -> Result:
+    return await takeovers_under_load(3 * scale, 3 * scale, workers)
+
+
+async def stops(scale: int = 1, workers: int = 1) -> Result:
+    return await stops_under_load(3 * scale, workers)
+
+
+# For benchmarks.reliability: (scenario, the worker counts it runs with).
+LIFECYCLE = [(takeovers, (1, 2)), (stops, (1, 2)), (sighup_to_every_process, (2,))]
