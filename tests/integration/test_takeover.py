@@ -29,11 +29,13 @@ from tests.reliability.production import admin_call
 
 
 @pytest.fixture
-async def old():
-    """A running router (one process) with its backend, on a state directory of its own."""
+async def old(request):
+    """A running router (one process, or ``--workers`` the test's parameter) with its backend,
+    on a state directory of its own."""
     seen: Counter[bytes] = Counter()
     backend = await T.echo_backend(seen)
-    routers = T.Routers(f"127.0.0.1:{backend.sockets[0].getsockname()[1]}", 1)
+    routers = T.Routers(f"127.0.0.1:{backend.sockets[0].getsockname()[1]}",
+                        getattr(request, "param", 1))
     await routers.start()
     yield routers
     routers.cleanup()
@@ -136,6 +138,7 @@ async def test_a_second_takeover_while_one_runs_is_refused(old):
     await _serves(old)
 
 
+@pytest.mark.parametrize("old", [1, 2], indirect=True, ids=lambda n: f"workers{n}")
 @pytest.mark.parametrize("step", ["listeners", "released", "handing-over"])
 async def test_successor_vanishing_at_each_step_leaves_the_old_router_serving(old, step):
     stop, load = asyncio.Event(), T.Load()
