@@ -265,6 +265,7 @@ class DataPlane:
         ctx.handoff = None
         ctx.accepting = True
 
+
 def _waiting_ages(waiting: Iterable[object], now: float) -> dict[tuple[str, str], list[int]]:
     """``Stats.waiting`` from the exchanges waiting for a response head (each with ``app``,
     ``service`` and ``started``, the loop time it was routed; ``now`` on the same clock)."""

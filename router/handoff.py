@@ -350,8 +350,8 @@ class _Handover:
             self.step = "start"
             await self._recv(STEP_TIMEOUT, "release")
             self.step = "store"
+            generation = await router.release_state()  # undone by itself if it fails
             self.released = True
-            generation = await router.release_state()
             await self.channel.send({"op": "released", "generation": generation})
             await self._recv(STEP_TIMEOUT, "serving")
             self.step = "connections"
@@ -370,6 +370,9 @@ class _Handover:
             why = "it went away" if isinstance(e, ChannelClosed) else str(e)
             log.error("takeover by pid %d failed at step %s: %s; this router serves on",
                       self.pid, self.step, why)
+            # Said before the close: a successor that only saw the close would take this router
+            # for gone and carry on alone.
+            await _send_quietly(self.channel, {"op": "abort", "reason": f"old router: {why}"})
         except Exception as e:
             log.exception("takeover by pid %d failed at step %s; this router serves on",
                           self.pid, self.step)

@@ -674,8 +674,16 @@ class Server:
         return info, socks
 
     async def release_state(self) -> int:
+        self._refuse_unstored()
         await self._stop_admin()
         await self._stop_control()
+        try:
+            self._refuse_unstored()  # one may have come while the admin requests ended
+        except TakeoverError:
+            await self._start_control()
+            await self._start_admin()
+            raise
+        self.manager.close()
         if self.store is not None:
             await self.store.close()
         if self._lock is not None:
@@ -683,6 +691,15 @@ class Server:
         generation = self.manager.state.generation
         log.info("the routing state (generation %d) handed to the successor", generation)
         return generation
+
+    def _refuse_unstored(self) -> None:
+        """A change in effect that the store has not taken (a rollback while it could not be
+        written) lives only in this process: a successor reading the store would undo it."""
+        unstored = self.manager.unstored()
+        if unstored:
+            raise TakeoverError(f"this router holds {len(unstored)} change(s) the store has not "
+                                "taken yet (router_store_pending_changes); a takeover would undo "
+                                "them: try again once they are stored")
 
     async def reclaim_state(self) -> None:
         try:

@@ -296,3 +296,47 @@ async def test_takeover_with_no_router_there_is_a_plain_start():
     finally:
         routers.cleanup()
         backend.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a tmpfs to fill")
+async def test_no_takeover_while_a_change_is_not_stored():
+    from tests.reliability.store import DiskFull
+
+    disk = DiskFull()
+    await disk.setup()
+    backend = await T.echo_backend(Counter())
+    addr = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
+    routers = T.Routers(addr, 1, args=disk.args)
+    loop = asyncio.get_running_loop()
+    try:
+        await routers.start()
+        status, body, _ = await admin_call(routers.admin_port, "POST", "/api/v1/apps/shop/release",
+                                           b'{"service": "teal", "backends": ["%s"]}' % addr.encode())
+        assert status == 201, body
+        await disk.begin()  # the state disk is full: a rollback is in effect, not stored
+        deadline = loop.time() + 10
+        while True:
+            status, body, _ = await admin_call(routers.admin_port, "POST",
+                                               "/api/v1/apps/shop/release/rollback")
+            if status == 202:
+                break
+            assert loop.time() < deadline and status == 409, body  # not ready yet: try again
+            await asyncio.sleep(0.2)
+        done = await _run(routers, "--config", routers.config, *disk.args, "--takeover")
+        assert done.returncode == 1
+        assert "the store has not taken yet" in done.stderr, done.stderr
+        assert routers.live is not None and "failed at step store" in routers.live.log()
+        state = T.routing_state(await T.admin_get(routers.admin_port, "/api/v1/apps/shop/release"))
+        assert state.get("unstored"), state  # the rollback still in effect, still waiting
+        await disk.end()
+        while metric_sum(await metrics(routers.admin_port), "router_store_pending_changes"):
+            assert loop.time() < deadline + 20, "the rollback was never stored"
+            await asyncio.sleep(0.2)
+        await routers.takeover()  # now it may go
+        status, body, _ = await admin_call(routers.admin_port, "GET", "/api/v1/apps/shop/release")
+        assert status == 404 or b"rolled_back" in body, body
+        assert await routers.stop() == 0
+    finally:
+        routers.cleanup()
+        await disk.close()
+        backend.close()

@@ -234,6 +234,7 @@ class Routers:
                     "blue": {"weight": 50, "backends": [backend]},
                     "green": {"weight": 50, "backends": [backend]}}}}}, f)
         self.live: Router | None = None
+        self.spawned: list[Router] = []  # every router of the run, stopped by cleanup if alive
         self.count = 0
 
     def _spawn(self, *extra: str) -> Router:
@@ -244,7 +245,9 @@ class Routers:
                 [self.python, "-m", "router.cli", "serve", "--config", self.config,
                  "--workers", str(self.workers), *self.args, *extra],
                 cwd=self.checkout, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        return Router(proc, log_path)
+        router = Router(proc, log_path)
+        self.spawned.append(router)
+        return router
 
     async def start(self) -> Router:
         self.live = self._spawn()
@@ -310,9 +313,10 @@ class Routers:
     def cleanup(self) -> None:
         import shutil
 
-        if self.live is not None and self.live.proc.poll() is None:
-            self.live.proc.kill()
-            self.live.proc.wait()
+        for router in self.spawned:
+            if router.proc.poll() is None:
+                router.proc.kill()
+                router.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
