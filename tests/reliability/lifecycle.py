@@ -314,9 +314,13 @@ class Routers:
         import shutil
 
         for router in self.spawned:
-            if router.proc.poll() is None:
-                router.proc.kill()
-                router.proc.wait()
+            try:
+                # Its own process group (start_new_session): its workers and a temporary
+                # successor of an upgrade with it.
+                os.killpg(router.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            router.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
