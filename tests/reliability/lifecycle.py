@@ -314,13 +314,11 @@ class Routers:
         import shutil
 
         for router in self.spawned:
-            try:
+            if router.proc.poll() is None:  # not reaped: its pid, and group, are still its own
                 # Its own process group (start_new_session): its workers and a temporary
                 # successor of an upgrade with it.
                 os.killpg(router.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            router.proc.wait()
+                router.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
