@@ -50,6 +50,10 @@ class WorkerGone(Exception):
     """The worker's pipe closed before it answered: it exited (or is exiting)."""
 
 
+class _NotNeeded(Exception):
+    """A worker started while the router began to stop or hand over: it is not to serve."""
+
+
 class WorkerProcess:
     """The master's handle on one worker process."""
 
@@ -230,6 +234,11 @@ class Supervisor:
             self.slots[index] = w
             try:
                 await self._start(w, ready)
+            except _NotNeeded:
+                if w.proc is not None and w.proc.returncode is None:
+                    w.proc.kill()
+                await self._reap(w)
+                return
             except Exception as e:
                 await self._kill(w, f"did not start: {e!r}")
                 await self._reap(w)
@@ -259,7 +268,7 @@ class Supervisor:
         await self._go.wait()
         async with self._lock:
             if self._closing:
-                raise RuntimeError("the router is stopping or handing over")
+                raise _NotNeeded()
             await w.call(START_TIMEOUT, "sync", *self._sync())
             await w.call(self._timeout(), "serve")
             w.up = True
