@@ -238,6 +238,9 @@ class Supervisor:
                 if w.proc is not None and w.proc.returncode is None:
                     w.proc.kill()
                 await self._reap(w)
+                for first in (ready, serving):
+                    if not first.done():
+                        first.set_exception(RuntimeError(f"worker {index}: the router stopped"))
                 return
             except Exception as e:
                 await self._kill(w, f"did not start: {e!r}")
