@@ -65,6 +65,13 @@ async def _until_logged(routers: T.Routers, text: str, timeout: float = 10.0) ->
     await T.until(lambda: text in live.log(), timeout, f"{text!r} in the log:\n{live.log()[-2000:]}")
 
 
+async def _release(routers: T.Routers, addr: str) -> None:
+    """A release of the app's new version "teal" at ``addr``."""
+    status, body, _ = await admin_call(routers.admin_port, "POST", "/api/v1/apps/shop/release",
+                                       b'{"service": "teal", "backends": ["%s"]}' % addr.encode())
+    assert status == 201, body
+
+
 def _successor(routers: T.Routers, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "router.cli", "serve", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -239,9 +246,7 @@ async def test_etcd_store_and_the_ramp_lease_go_to_the_successor(etcd):  # noqa:
     loop = asyncio.get_running_loop()
     try:
         await routers.start()
-        status, body, _ = await admin_call(routers.admin_port, "POST", "/api/v1/apps/shop/release",
-                                           b'{"service": "teal", "backends": ["%s"]}' % addr.encode())
-        assert status == 201, body
+        await _release(routers, addr)
         deadline = loop.time() + 10
         while True:  # the new version's backend accepts a connection: the release is ready
             status, body, _ = await admin_call(routers.admin_port, "POST",
@@ -310,9 +315,7 @@ async def test_no_takeover_while_a_change_is_not_stored():
     loop = asyncio.get_running_loop()
     try:
         await routers.start()
-        status, body, _ = await admin_call(routers.admin_port, "POST", "/api/v1/apps/shop/release",
-                                           b'{"service": "teal", "backends": ["%s"]}' % addr.encode())
-        assert status == 201, body
+        await _release(routers, addr)
         await disk.begin()  # the state disk is full: a rollback is in effect, not stored
         deadline = loop.time() + 10
         while True:
