@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--upgrades", type=int, default=20, help="upgrades per row (default 20)")
     ap.add_argument("--stops", type=int, default=10, help="SIGTERMs per router (0: none)")
     ap.add_argument("--stop-workers", default="1,2", help="the routers' --workers for the stops")
-    ap.add_argument("--base", default="/work/base",
+    ap.add_argument("--base", default=None,
                     help="a checkout of the code before, with its .venv, for the stops")
     ap.add_argument("--clients", type=int, default=CLIENTS, help="keep-alive clients")
     ap.add_argument("--no-write", action="store_true", help="print only")
