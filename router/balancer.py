@@ -30,21 +30,16 @@ T = TypeVar("T", bound=_Weighted)
 class SmoothWeightedRoundRobin(Generic[T]):
     """Smooth weighted round robin over items with a positive ``weight``."""
 
-    __slots__ = ("_items", "_weights", "_scores", "_total", "_single")
+    __slots__ = ("_items", "_weights", "_scores", "_single")
 
     def __init__(self, items: Sequence[T]) -> None:
         self._items = tuple(i for i in items if i.weight > 0)
         self._weights = [i.weight for i in self._items]
         self._scores = [0] * len(self._items)
-        self._total = sum(self._weights)
         self._single = self._items[0] if len(self._items) == 1 else None
 
     def __len__(self) -> int:
         return len(self._items)
-
-    @property
-    def items(self) -> tuple[T, ...]:
-        return self._items
 
     def pick(self, exclude: Container[object] | None = None) -> T | None:
         """The next item, or ``None`` when there is none.

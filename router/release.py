@@ -131,7 +131,6 @@ __all__ = [
     "Release",
     "ReleaseConflict",
     "Status",
-    "next_status",
     "ramp_settings",
     "share_weights",
     "start",
@@ -203,31 +202,21 @@ _VERBS = {
 }
 
 
-def _conflict(status: Status, action: Action, new: str | None) -> ReleaseConflict:
+def _conflict(status: Status, action: Action, new: str) -> ReleaseConflict:
     message = f"cannot {_VERBS[action]} a release that is {status.value}"
     if status is Status.IN_PROGRESS and action is Action.CONFIRM:
-        who = new if new is not None else "the new service"
-        message += (f": wait until every backend of {who} has passed its health check"
+        message += (f": wait until every backend of {new} has passed its health check"
                     " (or roll back)")
     elif status is Status.CLOSED:
         message += ": it was already confirmed or rolled back"
     return ReleaseConflict(message, status, action)
 
 
-def _next(status: Status | str, action: Action | str, new: str | None) -> Status:
-    # Plain strings are accepted (``"confirm"``); an unknown one is a programming error
-    # (ValueError), not a conflict.
-    status = Status(status)
-    action = Action(action)
+def _next(status: Status, action: Action, new: str) -> Status:
     try:
         return TRANSITIONS[status][action]
     except KeyError:
         raise _conflict(status, action, new) from None
-
-
-def next_status(status: Status, action: Action) -> Status:
-    """The status after ``action``; :class:`ReleaseConflict` if the table does not allow it."""
-    return _next(status, action, None)
 
 
 # RFC 3339 date-time (section 5.6).  Checked by pattern rather than ``datetime.fromisoformat``,
@@ -489,13 +478,9 @@ class Ramp:
         """The new version's share of the traffic at this step, in percent."""
         return self.settings.steps[self.step - 1] if self.step else 0
 
-    @property
-    def last_step(self) -> bool:
-        return self.step == len(self.settings.steps)
-
     def next_move(self) -> RampAction:
         """``ADVANCE``, or ``FINISH`` at the last step."""
-        return RampAction.FINISH if self.last_step else RampAction.ADVANCE
+        return RampAction.FINISH if self.step == len(self.settings.steps) else RampAction.ADVANCE
 
     def to_dict(self) -> dict[str, object]:
         out = self.settings.to_dict()
@@ -743,22 +728,15 @@ def start(
     app_services: Sequence[tuple[str, int]],
     new: str,
     now: datetime | None = None,
-    *,
-    open_release: Release | None = None,
 ) -> Release:
     """A new release of ``new`` next to ``app_services``, ``IN_PROGRESS``.
 
     ``app_services`` are the app's ``(name, weight)`` pairs *before* the new service is added;
-    they become ``old`` and ``old_weights``.  :class:`ReleaseConflict` if the app already has an
-    open release (``open_release``) or a service named ``new``; ``ValueError`` for malformed
-    arguments (a naive ``now``, a duplicate service, a weight outside 0..100), which the admin
-    layer has validated long before.
+    they become ``old`` and ``old_weights``.  :class:`ReleaseConflict` if the app has a service
+    named ``new`` (one open release per app is the routing state's rule); ``ValueError`` for
+    malformed arguments (a naive ``now``, a duplicate service, a weight outside 0..100), which
+    the admin layer has validated long before.
     """
-    if open_release is not None:
-        raise ReleaseConflict(
-            f"a release is already open ({open_release.new}, {open_release.status.value}):"
-            " confirm or roll it back first"
-        )
     names: list[str] = []
     for name, weight in app_services:
         if name in names:

@@ -122,10 +122,6 @@ class App:
         """A weight-0 service with a healthy backend, when no weighted one has any."""
         return self._fallback.pick(exclude)
 
-    @property
-    def candidates(self) -> tuple[Service, ...]:
-        return self._wrr.items
-
     def __repr__(self) -> str:
         return f"App({self.name!r})"
 

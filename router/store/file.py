@@ -60,12 +60,10 @@ _MODE = 0o600
 class FileStore:
     """The routing state in one YAML file at ``path``."""
 
-    __slots__ = ("path", "_dir")
+    __slots__ = ("path",)
 
     def __init__(self, path: str) -> None:
         self.path = path
-        # "router-state.yaml" has dirname "": the temp file and the fsync go to the cwd.
-        self._dir = os.path.dirname(path) or "."
 
     def __repr__(self) -> str:
         return f"FileStore({self.path!r})"
@@ -115,6 +113,7 @@ def replace_atomically(path: str, payload: bytes, what: str) -> None:
     """Replace the file ``path`` (``what``, for messages) with ``payload``, atomically and
     durably (see the module doc): on any failure the old file is left as it was, no temporary
     file remains, and :class:`StoreError` is raised."""
+    # "router-state.yaml" has dirname "": the temp file and the fsync go to the cwd.
     directory = os.path.dirname(path) or "."
     base = os.path.basename(path)
     pid = os.getpid()
