@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -22,6 +23,9 @@ from router.errors import RouterError
 from router.manager import StateManager
 from router.release import Status
 from router.store import FileStateStore
+
+# Up to 1800 operations, each change stored with fsync: seconds, not milliseconds.
+pytestmark = pytest.mark.slow
 
 APPS = ("shop", "blog")
 SERVICES = ("web", "web-v2", "web-v3")
