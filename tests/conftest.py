@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -27,7 +26,7 @@ from aiohttp import web
 from admin.app import create_app
 from router.config import config_from_dict
 from router.server import Server
-from tests.processes import ROOT, answering, free_port, terminate  # noqa: F401  (used by the tests through here)
+from tests.processes import ROOT, answering, free_port, terminate, until  # noqa: F401  (used by the tests through here)
 
 CHUNK = 64 * 1024
 
@@ -247,17 +246,13 @@ class RouterProcess:
         await self.wait_generation(generation)
 
     async def wait_generation(self, generation: int, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
+            async def reached() -> bool:
                 async with s.get(self.admin_url + "/metrics") as r:
                     text = await r.text()
-                for line in text.splitlines():
-                    if line.startswith("router_config_generation "):
-                        if float(line.split()[1]) >= generation:
-                            return
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"router did not reach generation {generation}")
+                return any(line.startswith("router_config_generation ")
+                           and float(line.split()[1]) >= generation for line in text.splitlines())
+            await until(reached, timeout, f"the router at generation {generation}")
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:

@@ -1,6 +1,6 @@
 """Processes the tests start: free ports, waiting for one to answer, stopping by PID, a
-router's workers. Without pytest, so that the reliability harness (run standalone by
-``benchmarks.reliability``) shares them."""
+router's workers; and the one bounded wait for a condition, :func:`until`. Without pytest, so
+that the reliability harness (run standalone by ``benchmarks.reliability``) shares them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import os
 import signal
 import socket
 import subprocess
+import inspect
 import time
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import aiohttp
 
@@ -33,6 +34,23 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait()
+
+
+async def until(check: Callable[[], Any], timeout: float, what: str,
+                interval: float = 0.02) -> Any:
+    """Call ``check`` (a plain or an async function) until it returns something true, and return
+    that; AssertionError naming ``what`` (and the last value) after ``timeout`` seconds. The way
+    a test waits for something to happen, rather than sleeping for as long as it usually takes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what} (last: {got!r})")
+        await asyncio.sleep(interval)
 
 
 async def answering(url: str, proc: subprocess.Popen[bytes], log: str, timeout: float = 30.0) -> None:

@@ -19,6 +19,7 @@ from admin.app import create_app
 from router.config import config_from_dict
 from router.server import Server
 from tests.conftest import app_config, get, router_config
+from tests.processes import until
 
 
 class Api:
@@ -45,12 +46,9 @@ class Api:
 
 
 async def _awaiting(api: Api, app: str = "shop") -> None:
-    for _ in range(100):
-        rel = (await api.call("GET", f"/apps/{app}/release"))[1]
-        if rel["status"] == "awaiting_confirmation":
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"release still {rel}")
+    async def ready() -> bool:
+        return (await api.call("GET", f"/apps/{app}/release"))[1]["status"] == "awaiting_confirmation"
+    await until(ready, 10, f"the release of {app} awaiting confirmation")
 
 
 @pytest.fixture
@@ -255,7 +253,8 @@ async def test_release_in_progress_cannot_confirm_and_rolls_back(api_router):
         "service": "green", "backends": [green.addr],
         "health_check": {"path": "/status/500", "interval": "50ms"}})
     assert status == 201
-    await asyncio.sleep(0.5)
+    await until(lambda: [s["path"] for s in green.seen].count("/status/500") >= 3, 5,
+                "three failed checks")
     assert (await api.call("GET", "/apps/shop/release"))[1]["status"] == "in_progress"
     status, body, _ = await api.call("POST", "/apps/shop/release/confirm", {"force": True})
     assert status == 409 and body["error"]["code"] == "conflict"

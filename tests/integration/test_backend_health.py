@@ -4,7 +4,6 @@ that would send every request to services with no backend ready is refused (409)
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -12,6 +11,7 @@ import aiohttp
 from tests.conftest import app_config, free_port, get, router_config
 from tests.integration.test_admin_api import Api
 from tests.integration.test_ctl import ctl, row
+from tests.processes import until
 
 
 async def _metrics(port: int) -> str:
@@ -79,11 +79,11 @@ async def test_unhealthy_says_why(backend, router):
                               dead: {"state": "unhealthy",
                                      "reason": "ejected: 3 requests failed in a row"}}
         assert (await _health(api, "web"))["healthy_backends"] == [a.addr]
-        for _ in range(100):
-            api_health = (await _health(api, "api"))["backend_health"]
-            if api_health[dead_checked]["state"] == "unhealthy":
-                break
-            await asyncio.sleep(0.05)
+
+        async def checked_out() -> Any:
+            health = (await _health(api, "api"))["backend_health"]
+            return health if health[dead_checked]["state"] == "unhealthy" else None
+        api_health = await until(checked_out, 5, f"{dead_checked} out by its check")
         assert api_health == {b.addr: {"state": "healthy", "reason": None},
                               dead_checked: {"state": "unhealthy", "reason": "2 failed checks"}}
         text = await _metrics(srv.admin_port)

@@ -4,7 +4,6 @@ fallback"); and repeated backend warnings are summarised, not logged per request
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -30,13 +29,10 @@ async def test_the_new_version_killed_under_load_falls_back_to_the_old_with_no_f
         passive_health={"failures": 3, "cooldown": "30s"}))
     load = Load(f"http://127.0.0.1:{srv.port}/", clients=4, max_requests=3000, max_seconds=30)
     load.start()
-    while load.sent < 300:
-        await asyncio.sleep(0.01)
+    await load.wait_more(300)
     assert blue.requests == 0  # weight 0: nothing while green serves
     await green.runner.cleanup()  # the new version's only backend dies
-    before = load.sent
-    while load.sent < before + 600:
-        await asyncio.sleep(0.01)
+    await load.wait_more(600)
     await load.stop()
     assert load.failed == [], load.failed[:5]
     assert load.by_body.get("blue", 0) >= 500  # every request after the death went to blue

@@ -7,14 +7,7 @@ import asyncio
 import aiohttp
 
 from tests.conftest import app_config, get, router_config
-
-
-async def _wait(pred, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
+from tests.processes import until
 
 
 async def test_http_check_takes_backend_out_and_back(backend, router):
@@ -26,7 +19,7 @@ async def test_http_check_takes_backend_out_and_back(backend, router):
     web = lambda: srv.ctx.table.apps["shop"].by_name["web"]  # noqa: E731
     # b stops answering its check path with 2xx: take b's server down.
     await b.runner.cleanup()
-    await _wait(lambda: [be.healthy for be in web().backends] == [True, False])
+    await until(lambda: [be.healthy for be in web().backends] == [True, False], 5, "b out")
     assert [be.key for be in web().healthy] == [a.addr]
     async with aiohttp.ClientSession() as s:
         assert [(await get(s, srv))[2] for _ in range(6)] == [b"a\n"] * 6
@@ -37,7 +30,7 @@ async def test_http_check_takes_backend_out_and_back(backend, router):
     from aiohttp import web as aioweb
     await b.runner.setup()
     await aioweb.TCPSite(b.runner, "127.0.0.1", b.port).start()
-    await _wait(lambda: all(be.healthy for be in web().backends))
+    await until(lambda: all(be.healthy for be in web().backends), 5, "b back")
     assert srv.health.passed("shop", "web", b.addr) is True
 
 
@@ -48,7 +41,8 @@ async def test_tcp_check_and_all_unhealthy_is_503(backend, router):
     cfg = router_config({"shop": app_config({"web": (1, [dead])}, sticky=False)})
     cfg["apps"]["shop"]["services"]["web"]["health_check"] = {"interval": "50ms", "fall": 1}
     srv = await router(cfg)
-    await _wait(lambda: not srv.ctx.table.apps["shop"].by_name["web"].backends[0].healthy)
+    await until(lambda: not srv.ctx.table.apps["shop"].by_name["web"].backends[0].healthy, 5,
+                "the dead backend out")
     async with aiohttp.ClientSession() as s:
         status, headers, _ = await get(s, srv)
     assert status == 503 and headers["Retry-After"] == "5"

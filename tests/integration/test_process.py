@@ -9,15 +9,23 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import aiohttp
 
-from tests.conftest import ROOT, app_config, download, free_port, get, in_chunks, pattern
+from tests.conftest import (ROOT, RouterProcess, app_config, download, free_port, get, in_chunks,
+                            pattern)
+from tests.processes import until
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "router.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+async def _readyz(s: aiohttp.ClientSession, rp: RouterProcess, status: int) -> bool:
+    async with s.get(rp.admin_url + "/readyz") as r:
+        return r.status == status
 
 
 def test_bad_config_exits_2_naming_key(tmp_path):
@@ -52,11 +60,10 @@ async def test_sigterm_graceful_stop_finishes_inflight(backend, router_process):
                                "apps": {"shop": app_config({"web": (1, [be.addr])}, sticky=False)}})
     async with aiohttp.ClientSession() as s:
         slow = asyncio.ensure_future(get(s, rp, "/slow?delay=1"))
-        await asyncio.sleep(0.3)
+        await until(lambda: be.requests == 1, 5, "the slow request at the backend")
         rp.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.2)
-        async with s.get(rp.admin_url + "/readyz") as r:
-            assert r.status == 503
+        await until(lambda: _readyz(s, rp, 503), 5, "/readyz 503 after SIGTERM")
+        assert not slow.done()
         status, _, body = await slow
     assert (status, body) == (200, b"blue\n")
     assert await asyncio.get_running_loop().run_in_executor(None, rp.proc.wait, 10) == 0
@@ -178,16 +185,17 @@ async def test_sigterm_drain_delay_keeps_accepting_then_closes(backend, router_p
     rp = await router_process({"timeouts": {"grace": "2s", "drain_delay": "1s"},
                                "apps": {"shop": app_config({"web": (1, [be.addr])}, sticky=False)}})
     rp.proc.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+    t_term = time.monotonic()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        async with s.get(rp.admin_url + "/readyz") as r:
-            assert r.status == 503  # not ready at once ...
+        await until(lambda: _readyz(s, rp, 503), 5, "/readyz 503 after SIGTERM")  # not ready ...
         assert (await get(s, rp))[:3:2] == (200, b"blue\n")  # ... but a new connection is served
-        await asyncio.sleep(1.2)
-        try:
-            await get(s, rp)
-        except aiohttp.ClientConnectionError:
-            pass  # after the delay the listener is closed
-        else:
-            raise AssertionError("still accepting after drain_delay")
+
+        async def refused() -> bool:
+            try:
+                await get(s, rp)
+            except aiohttp.ClientConnectionError:
+                return True
+            return False
+        await until(refused, 5, "the listener closed")  # ... until drain_delay has passed
+        assert time.monotonic() - t_term >= 1.0
     assert await asyncio.get_running_loop().run_in_executor(None, rp.proc.wait, 10) == 0

@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 
 from tests.conftest import app_config, get, router_config
+from tests.processes import until
 
 
 async def test_split_is_exact_smooth_wrr(backend, router):
@@ -147,7 +148,7 @@ async def test_least_in_flight_inside_a_service(backend, router):
     srv = await router(router_config({"shop": app_config({"web": (1, [a.addr, b.addr])}, sticky=False)}))
     async with aiohttp.ClientSession() as s:
         slow = asyncio.ensure_future(get(s, srv, "/slow?delay=1"))
-        await asyncio.sleep(0.2)
+        await until(lambda: a.requests == 1, 5, "the slow request at a")
         # One request is in flight on the first backend: the next ones all go to the other.
         fast = [(await get(s, srv))[2] for _ in range(5)]
         first = (await slow)[2]

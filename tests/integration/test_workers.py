@@ -11,7 +11,7 @@ import aiohttp
 
 from tests.conftest import app_config, get
 from tests.integration.test_admin_api import Api
-from tests.processes import stopped, worker_pids
+from tests.processes import stopped, until, worker_pids
 
 
 async def _fresh_connections(rp, n: int) -> list[bytes]:
@@ -69,13 +69,14 @@ async def test_worker_killed_is_restarted_with_current_state(backend, router_pro
         assert (await api.call("PUT", "/apps/shop/weights", {"blue": 0, "green": 100}))[0] == 200
         victim = worker_pids(rp.proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
-        for _ in range(100):
+
+        async def replaced() -> bool:
             pids = worker_pids(rp.proc.pid)
-            if len(pids) == 2 and victim not in pids:
-                break
-            await asyncio.sleep(0.1)
-        assert len(pids) == 2 and victim not in pids
-        await asyncio.sleep(0.5)
+            if len(pids) != 2 or victim in pids:
+                return False
+            async with s.get(rp.admin_url + "/metrics") as r:
+                return "\nrouter_workers_up 2.0\n" in await r.text()  # the new one serving
+        await until(replaced, 10, "the killed worker replaced")
         assert set(await _fresh_connections(rp, 30)) == {b"green\n"}
 
 
@@ -87,7 +88,7 @@ async def test_workers_stop_gracefully(backend, router_process):
     pids = worker_pids(rp.proc.pid)
     async with aiohttp.ClientSession() as s:
         slow = asyncio.ensure_future(get(s, rp, "/slow?delay=1"))
-        await asyncio.sleep(0.3)
+        await until(lambda: be.requests == 1, 5, "the slow request at the backend")
         rp.proc.send_signal(signal.SIGTERM)
         status, _, body = await slow
     assert (status, body) == (200, b"blue\n")

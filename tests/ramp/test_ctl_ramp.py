@@ -3,7 +3,6 @@ codes, what they print, and what the admin API says afterwards."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -12,6 +11,7 @@ from tests.conftest import app_config
 from tests.integration.test_admin_api import Api, _awaiting
 from tests.integration.test_ctl import ctl
 from tests.load import Load
+from tests.processes import until
 
 QUICK = ("--interval", "1s", "--max-error-rate", "1%", "--max-latency-ratio", "2",
          "--min-requests", "5", "--latency-floor", "250ms")
@@ -78,10 +78,10 @@ async def test_pause_resume_abort_status_and_preview(backend, router_process):
                       "--interval", "1h")
         assert r.rc == 0 and r.out.startswith("shop: ramp started\n"), r.err
         assert "STEPS        5%, 100% every 1h" in r.out
-        for _ in range(100):
-            if (await api.call("GET", "/apps/shop/release"))[1]["ramp"]["step"] == 1:
-                break
-            await asyncio.sleep(0.05)
+
+        async def at_step_1() -> bool:
+            return (await api.call("GET", "/apps/shop/release"))[1]["ramp"]["step"] == 1
+        await until(at_step_1, 5, "the ramp at step 1")
         r = await ctl(rp.admin_url, "weights", "shop", "green=50")
         assert r.rc == 1 and "the ramp of green sets the weights of green" in r.err
         r = await ctl(rp.admin_url, "release", "pause", "shop")

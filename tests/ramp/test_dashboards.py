@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import ROOT, answering, app_config, free_port, terminate
+from tests.conftest import ROOT, answering, app_config, free_port, terminate, until
 from tests.integration.test_admin_api import Api, _awaiting
 from tests.integration.test_etcd import etcd  # noqa: F401  (a fixture)
 from tests.ramp.conftest import follow_ramp
@@ -142,7 +142,7 @@ async def _traffic(url: str, hosts: list[tuple[str, dict[str, str]]], stop: asyn
                 except aiohttp.ClientError:
                     pass
                 sent += 1
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # the clients' pace
     return sent
 
 
@@ -180,7 +180,7 @@ async def test_every_panel_and_rule_returns_series_from_a_live_router(
         await prom.until(s, 'up{job="router"} == 1', 30)
         # A client pinned to cart's "two" before its weight goes to 0: it keeps coming.
         pinned = asyncio.ensure_future(_traffic(rp.url, [("cart.test", {})], stop, cookies=True))
-        await asyncio.sleep(0.3)
+        await until(lambda: two.requests > 0, 10, "the client pinned to two")
         await _ok(api, "PUT", "/apps/cart/weights", {"one": 100, "two": 0})
         load = asyncio.ensure_future(_traffic(rp.url, [
             ("shop.test", {}), ("cart.test", {}), ("api.test", {}), ("shop.test", {}),
@@ -208,19 +208,26 @@ async def test_every_panel_and_rule_returns_series_from_a_live_router(
                       {"steps": [50, 100], "interval": "1s", "min_requests": 5,
                        "latency_floor": "250ms"})
             assert (await follow_ramp(api, "api", timeout=30)).end == "done"
-            await asyncio.sleep(6)  # rates over a few scrapes
 
-            missing = []
-            for panel in _panels():
-                for target in panel["targets"]:
-                    expr = target["expr"]
-                    for name, value in VARIABLES.items():
-                        expr = expr.replace(name, value)
-                    found = [app for app in APPS
-                             if await prom.query(s, expr.replace("$app", app))]
-                    if not found:
-                        missing.append((panel["title"], expr))
-            assert missing == [], missing
+            # Every panel query has series for some app once there were a few scrapes (rates).
+            missing: list[tuple[str, str]] = []
+
+            async def every_panel() -> bool:
+                missing.clear()
+                for panel in _panels():
+                    for target in panel["targets"]:
+                        expr = target["expr"]
+                        for name, value in VARIABLES.items():
+                            expr = expr.replace(name, value)
+                        found = [app for app in APPS
+                                 if await prom.query(s, expr.replace("$app", app))]
+                        if not found:
+                            missing.append((panel["title"], expr))
+                return not missing
+            try:
+                await until(every_panel, 30, "a series for every panel query", interval=1.0)
+            except AssertionError:
+                raise AssertionError(f"no series: {missing}") from None
 
             rules = _rules()
             assert {r["alert"] for r in rules} == {

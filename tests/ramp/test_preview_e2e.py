@@ -73,7 +73,7 @@ async def test_preview_by_header_and_cookie_reaches_a_weight_0_version(backend, 
                 assert await r.text() == "green\n" and "Set-Cookie" not in r.headers
             for _ in range(9):
                 assert await _get(browser, rp.url + "/") == (200, "green\n")
-        await asyncio.sleep(0.3)
+        await load.wait_more(200)  # customers meanwhile
         await load.stop()
         previews = await metric(s, rp.admin_url,
                                 'router_preview_requests_total{app="shop",service="green"}')

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from tests.conftest import app_config, router_config
 from tests.integration.test_admin_api import Api, _awaiting
+from tests.processes import until
 
 
 async def _router(admin_api: Any, backend: Any, **app: Any) -> tuple[Api, Any]:
@@ -67,11 +67,11 @@ async def test_ramp_progress_shows_the_step_and_its_window(admin_api, backend):
     status, _, _ = await api.call("POST", "/apps/shop/release/ramp",
                                   {"steps": [5, 100], "interval": "1h"})
     assert status == 201
-    for _ in range(100):
-        status, progress, headers = await api.call("GET", "/apps/shop/release/ramp")
-        if progress["ramp"]["step"] == 1 and progress["window"] is not None:
-            break
-        await asyncio.sleep(0.05)
+
+    async def at_step_1() -> Any:
+        got = await api.call("GET", "/apps/shop/release/ramp")
+        return got if got[1]["ramp"]["step"] == 1 and got[1]["window"] is not None else None
+    status, progress, headers = await until(at_step_1, 5, "the ramp at step 1, with a window")
     assert status == 200 and headers["cache-control"] == "no-store"
     assert (progress["app"], progress["new"], progress["old"]) == ("shop", "green", ["blue"])
     assert progress["driving"] is True and progress["last"] is None

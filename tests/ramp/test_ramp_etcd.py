@@ -11,8 +11,9 @@ import aiohttp
 from router.ramp import LEASE_TTL
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api
-from tests.integration.test_etcd import _replicas, _until, etcd  # noqa: F401  (etcd: a fixture)
+from tests.integration.test_etcd import _replicas, etcd  # noqa: F401  (etcd: a fixture)
 from tests.load import Load
+from tests.processes import until
 from tests.ramp.conftest import follow_ramp, history, metric
 
 
@@ -41,10 +42,10 @@ async def test_one_replica_drives_and_another_takes_over_when_it_dies(
             load.start()
         assert (await api_a.call("POST", "/apps/shop/release",
                                  {"service": "green", "backends": [green.addr]}))[0] == 201
-        await _until(lambda: _ready(api_b), 5, "the release ready on the other replica")
+        await until(lambda: _ready(api_b), 5, "the release ready on the other replica")
         assert (await api_b.call("POST", "/apps/shop/release/ramp", RAMP))[0] == 201
         # The other replica learns of the ramp through etcd's watch, a moment later.
-        await _until(lambda: _has_ramp(api_a), 5, "the ramp seen by the other replica")
+        await until(lambda: _has_ramp(api_a), 5, "the ramp seen by the other replica")
 
         assert (await follow_ramp(api_a, timeout=60, until_step=2)).end == "step"
         drivers = [await metric(s, rp.admin_url, "router_ramp_driver ") for rp in (a, b)]

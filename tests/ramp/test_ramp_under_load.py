@@ -7,7 +7,6 @@ The numbers of each run are printed (``pytest -s`` shows them)."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -59,7 +58,7 @@ async def test_healthy_version_ramped_to_100_percent_with_zero_failed_requests(
         await _release(api, green)
         seen = await follow_ramp(api, timeout=60)
         took = time.monotonic() - started
-        await asyncio.sleep(0.5)  # and traffic at 100 %
+        await load.wait_more(100)  # and traffic at 100 %
         green_at_end = load.by_body.get("green", 0)
         await load.stop()
         status, app, _ = await api.call("GET", "/apps/shop")
@@ -100,7 +99,7 @@ async def test_version_failing_one_request_in_five_is_rolled_back_at_the_first_s
         seen = await follow_ramp(api, timeout=60, on_step=mark)
         sent_at[-1] = load.sent
         green_after = green.requests
-        await asyncio.sleep(0.5)  # the old version alone again
+        await load.wait_more(100)  # the old version alone again
         await load.stop()
         status, app, _ = await api.call("GET", "/apps/shop")
         entries = await history(api)

@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from .faultserver import FaultServer
-from .harness import ROOT, config, inproc_router, metric_sum, metrics, wait_for
+from .harness import ROOT, config, inproc_router, metric_sum, metrics, until
 from .production import Outcome, admin_call, healthy, keepalive_load
 from .scenarios import Result
 
@@ -226,11 +226,11 @@ async def _release(admin_port: int, green: str, ramp: dict[str, Any]) -> None:
     status, body = await _api(admin_port, "POST", "/apps/shop/release",
                               {"service": "green", "backends": [green]})
     assert status == 201, body
-    for _ in range(200):
-        status, body = await _api(admin_port, "GET", "/apps/shop/release")
-        if body.get("status") == "awaiting_confirmation":
-            break
-        await asyncio.sleep(0.05)
+
+    async def ready() -> bool:
+        _, body = await _api(admin_port, "GET", "/apps/shop/release")
+        return body.get("status") == "awaiting_confirmation"
+    await until(ready, 10, "the release ready")
     status, body = await _api(admin_port, "POST", "/apps/shop/release/ramp", ramp)
     assert status == 201, body
 
@@ -255,7 +255,7 @@ async def _hung_ramp(name: str, steps: list[int], hang_at: int, scale: int, work
             stop = asyncio.Event()
             traffic = asyncio.ensure_future(load(srv.port, clients, 30.0 + 10 * scale,
                                                  stop=stop))
-            await asyncio.sleep(0.5)
+            await until(lambda: blue.handled >= 50, 10, "traffic before the release")
             await _release(srv.admin_port, green.addr,
                            {"steps": steps, "interval": f"{interval:g}s"})
             t_hang = None
@@ -337,21 +337,19 @@ async def pinned_ramp(scale: int = 1, workers: int = 1) -> Result:
                                 length = int(v)
                         await reader.readexactly(length)
                         outcomes.append(Outcome(t0, time.monotonic(), head.split(b" ")[1].decode()))
-                        await asyncio.sleep(0.01)
+                        await asyncio.sleep(0.01)  # the client's pace
                 finally:
                     writer.close()
 
             tasks = [asyncio.ensure_future(pinned_client()) for _ in range(clients)]
-            await wait_for(lambda: len(outcomes) >= 40, 10, "the clients pinned")
+            await until(lambda: len(outcomes) >= 40, 10, "the clients pinned")
             await _release(srv.admin_port, green.addr, {"steps": [10, 100], "interval": "0.5s",
                                                         "max_waits": 2})
-            ramp: dict[str, Any] = {}
-            for _ in range(200):
+
+            async def ended() -> dict[str, Any] | None:
                 _, body = await _api(srv.admin_port, "GET", "/apps/shop/release/ramp")
-                ramp = body["ramp"]
-                if ramp["status"] != "running":
-                    break
-                await asyncio.sleep(0.05)
+                return body["ramp"] if body["ramp"]["status"] != "running" else None
+            ramp = await until(ended, 10, "the ramp no longer running")
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             ctl = await asyncio.create_subprocess_exec(

@@ -15,12 +15,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import httptools
 import yaml
 
-from tests.processes import ROOT, answering, free_port, terminate  # noqa: F401  (the scenarios take them from here)
+from tests.processes import ROOT, answering, free_port, terminate, until  # noqa: F401  (the scenarios take them from here)
 
 
 def app(backends: list[str], routes: list[str] | None = None, sticky: bool = False,
@@ -288,12 +288,3 @@ class KeepAliveClient:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
-
-
-async def wait_for(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout} s")
-        await asyncio.sleep(0.02)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from tests.processes import stopped, worker_pids
+from tests.processes import stopped, until, worker_pids
 
 from .faultserver import FaultServer
 from .harness import (ROOT, RouterProc, app, config, free_port, http_status, metric_sum, metrics,
@@ -152,16 +152,6 @@ async def replaced(rp: RouterProc, victim: int, workers: int) -> bool:
     return metric_sum((await scrape(rp.admin_port))[0], "router_workers_up") == workers
 
 
-async def until(pred, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
-    """Poll the async ``pred`` until true; the seconds it took."""
-    t0 = time.monotonic()
-    while not await pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - t0
-
-
 def _two_services(blue: str, green: str, **top: object) -> dict:
     return config({"shop": {"routes": ["app.test"], "session_sticky": False, "services": {
         "blue": {"weight": 100, "backends": [blue]},
@@ -217,7 +207,9 @@ async def hung_worker(scale: int = 1, workers: int = 2) -> Result:
         async with router_process(cfg, workers=workers) as rp:
             stop = asyncio.Event()
             load = asyncio.ensure_future(keepalive_load(rp.port, clients, stop))
-            await asyncio.sleep(0.5)
+            await until(lambda: sum(client_connections(pid, rp.port)
+                                    for pid in worker_pids(rp.proc.pid)) == clients,
+                        10, "every client connected")
             pids = worker_pids(rp.proc.pid)
             r.check(len(pids) == workers, f"{len(pids)} workers, want {workers}")
             victim = busiest_worker(rp.proc.pid, rp.port)
@@ -261,7 +253,8 @@ async def hung_worker(scale: int = 1, workers: int = 2) -> Result:
             await until(lambda: replaced(rp, victim2, workers), 30,
                         "the second stopped worker replaced by the watchdog")
             t_second = time.monotonic() - t_stop2
-            await asyncio.sleep(0.3)
+            served = green.handled
+            await until(lambda: green.handled >= served + 20, 10, "traffic after the replacement")
             stop.set()
             outcomes = await load
             m, _ = await scrape(rp.admin_port)
@@ -320,8 +313,9 @@ async def counters_survive_worker_kill(scale: int = 1, workers: int = 2) -> Resu
                 t1 = await drive(rp.port, clients, per, get())
             m1, _ = await scrape(rp.admin_port)
             os.kill(victim, signal.SIGKILL)
-
-            took = await until(lambda: replaced(rp, victim, workers), 30, "the killed worker replaced")
+            t_kill = time.monotonic()
+            await until(lambda: replaced(rp, victim, workers), 30, "the killed worker replaced")
+            took = time.monotonic() - t_kill
             t2 = await drive(rp.port, clients, per, get())
             m2, _ = await scrape(rp.admin_port)
         counters = [k for k in m1 if k.split("{")[0].endswith(_COUNTER_SUFFIXES)]

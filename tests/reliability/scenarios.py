@@ -22,7 +22,7 @@ from typing import Awaitable, Callable
 
 from .faultserver import FaultServer
 from .harness import (ROOT, KeepAliveClient, app, config, free_port, http_status, inproc_router,
-                      metric_sum, metrics, router_process, wait_for)
+                      metric_sum, metrics, router_process, until)
 
 
 @dataclass
@@ -80,13 +80,14 @@ def mixed(post_every: int = 3) -> Callable[[int], Request]:
 
 async def drive(port: int, clients: int, per_client: int, make: Callable[[int], Request],
                 deadline: float = 40.0, pause: float = 0.0, host: str = "app.test",
-                stop: asyncio.Event | None = None) -> Tally:
+                stop: asyncio.Event | None = None, tally: Tally | None = None) -> Tally:
     """``clients`` keep-alive connections, each sending ``per_client`` requests in turn.
 
     Bounded in count and in time (``deadline`` seconds); a failed request (status other than
-    200, reset, short body) is tallied and the client reconnects for the next one.
+    200, reset, short body) is tallied and the client reconnects for the next one. ``tally``:
+    counted there as they end (a caller can watch the load run).
     """
-    tally = Tally()
+    tally = tally if tally is not None else Tally()
     end = time.monotonic() + deadline
 
     async def one(c: int) -> None:
@@ -114,7 +115,7 @@ async def drive(port: int, clients: int, per_client: int, make: Callable[[int], 
                     tally.failures.append((method, str(status)))
                     tally.failed_at.append((t0, method, headers.get("X-Test-Id", "")))
                 if pause:
-                    await asyncio.sleep(pause)
+                    await asyncio.sleep(pause)  # the load's pace
         finally:
             client.close()
 
@@ -364,7 +365,7 @@ async def passive_eject_return(scale: int = 1, workers: int = 1) -> Result:
             r.check(await _healthy(srv.admin_port, addr_a) == 0, "a not shown unhealthy while ejected")
             await a.start(port_a)
             t0 = time.monotonic()
-            await wait_for(lambda: srv.ctx.table.apps["shop"].services[0].backends[0].healthy,
+            await until(lambda: srv.ctx.table.apps["shop"].services[0].backends[0].healthy,
                            timeout=5, what="a back after its cooldown")
             back_after = time.monotonic() - t0
             t2 = await drive(srv.port, 1, n, get())
@@ -401,7 +402,7 @@ async def sigkill_backend(scale: int = 1, workers: int = 1) -> Result:
                      passive_health={"failures": 3, "cooldown": "30s"})
         async with inproc_router(cfg, workers) as srv:
             load = asyncio.ensure_future(drive(srv.port, clients, per, mixed()))
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # time is the subject: the kill comes 0.5 s into the load
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             t = await load
@@ -441,8 +442,11 @@ async def slowloris(scale: int = 1, workers: int = 1) -> Result:
         cfg = config({"shop": app([be.addr])},
                      timeouts={"client_header": "2s", "client_body": "1s"})
         async with inproc_router(cfg, workers) as srv:
+            opened: list[None] = []  # one per slow connection open
+
             async def slow_head() -> str:
                 reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+                opened.append(None)
                 writer.write(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
                 try:
                     async with asyncio.timeout(10):
@@ -460,6 +464,7 @@ async def slowloris(scale: int = 1, workers: int = 1) -> Result:
 
             async def stalled_body() -> str:
                 reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+                opened.append(None)
                 writer.write(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\n"
                              + b"x" * 10)
                 try:
@@ -473,7 +478,7 @@ async def slowloris(scale: int = 1, workers: int = 1) -> Result:
 
             slow_tasks = asyncio.gather(*[slow_head() for _ in range(slow // 2)],
                                         *[stalled_body() for _ in range(slow // 2)])
-            await asyncio.sleep(0.2)
+            await until(lambda: len(opened) == slow // 2 * 2, 10, "the slow connections open")
             t = await drive(srv.port, normal, per, get())
             answers = await slow_tasks
             heads, bodies = answers[: slow // 2], answers[slow // 2:]
@@ -482,7 +487,7 @@ async def slowloris(scale: int = 1, workers: int = 1) -> Result:
             r.check(bodies == ["HTTP/1.1 408"] * len(bodies), f"stalled bodies: {Counter(bodies)}")
             posts = sum(1 for s in be.seen if s.method == "POST")
             r.check(posts == 0, f"the backend handled {posts} incomplete POSTs")
-            await wait_for(lambda: len(srv.ctx.connections) == 0, 5, "slow connections closed")
+            await until(lambda: len(srv.ctx.connections) == 0, 5, "slow connections closed")
             r.notes = f"{len(heads)} heads and {len(bodies)} bodies got 408; 0 reached a backend whole"
     finally:
         await be.stop()
@@ -509,7 +514,7 @@ async def many_idle_connections(scale: int = 1, workers: int = 1, nofile: int = 
                         pass
 
             await asyncio.gather(*(opener(idle // 100) for _ in range(100)))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # time is the subject: the router holds the flood a while
             alive = rp.proc.poll() is None
             health = await http_status(rp.admin_port, "/healthz")
             m = await metrics(rp.admin_port) if health == 200 else {}
@@ -522,7 +527,8 @@ async def many_idle_connections(scale: int = 1, workers: int = 1, nofile: int = 
             for w in conns:
                 w.close()
             conns.clear()
-            await asyncio.sleep(0.5)
+            # Serving again once it has seen the closes and has file descriptors again.
+            await until(lambda: _status_is(rp.port, 200), 10, "an answer after the flood")
             statuses = [await http_status(rp.port, "/", "app.test") for _ in range(5)]
             r.check(statuses == [200] * 5, f"after the flood: {statuses}")
             r.check(rp.proc.poll() is None, "the router process died")
@@ -553,7 +559,7 @@ async def sigterm_under_load(scale: int = 1, workers: int = 1, grace: float = 5.
             stop = asyncio.Event()
             load = asyncio.ensure_future(drive(rp.port, clients, per, mixed(), deadline=30,
                                                stop=stop))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # time is the subject: SIGTERM comes 1 s into the load
             t_term = time.monotonic()
             stop.set()
             rp.proc.send_signal(signal.SIGTERM)
@@ -594,13 +600,17 @@ async def sighup_under_load(scale: int = 1, workers: int = 1) -> Result:
                 "green": {"weight": wb, "backends": [b.addr]}}}})
 
         async with router_process(cfg(100, 0), workers=workers) as rp:
-            load = asyncio.ensure_future(drive(rp.port, clients, per, mixed(), deadline=30))
+            tally = Tally()
+            load = asyncio.ensure_future(drive(rp.port, clients, per, mixed(), deadline=30,
+                                               tally=tally))
             gen = 1
             for i, (wa, wb) in enumerate(((50, 50), (0, 100), (100, 0)), 1):
-                await asyncio.sleep(0.4)
+                answered = tally.ok + len(tally.failures)
+                await until(lambda: tally.ok + len(tally.failures) >= answered + 50, 10,  # noqa: B023
+                            "traffic before the change")
                 rp.write(cfg(wa, wb))
                 rp.proc.send_signal(signal.SIGHUP)
-                await wait_for(lambda: rp.log().count("reload of") >= i, 10, "the reload")  # noqa: B023
+                await until(lambda: rp.log().count("reload of") >= i, 10, "the reload")  # noqa: B023
                 now = metric_sum(await metrics(rp.admin_port), "router_config_generation")
                 r.check(now == gen, f"SIGHUP changed the routing state: generation {now}")
                 ctl = await asyncio.create_subprocess_exec(
@@ -624,12 +634,13 @@ async def sighup_under_load(scale: int = 1, workers: int = 1) -> Result:
 
 
 async def _wait_generation(admin_port: int, gen: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metric_sum(await metrics(admin_port), "router_config_generation") >= gen:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"generation {gen} not reached")
+    async def reached() -> bool:
+        return metric_sum(await metrics(admin_port), "router_config_generation") >= gen
+    await until(reached, timeout, f"generation {gen}")
+
+
+async def _status_is(port: int, status: int) -> bool:
+    return await http_status(port, "/", "app.test") == status
 
 
 PASSIVE_HEALTH = [passive_eject_return, sigkill_backend]

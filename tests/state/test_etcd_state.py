@@ -11,7 +11,8 @@ import aiohttp
 
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api
-from tests.integration.test_etcd import Etcd, _replicas, _shared, _until, etcd  # noqa: F401  (etcd: a fixture)
+from tests.integration.test_etcd import Etcd, _replicas, _shared, etcd  # noqa: F401  (etcd: a fixture)
+from tests.processes import until
 from tests.state.changes import check_history, every_kind_of_change
 from tests.state.conftest import wait_log
 
@@ -59,7 +60,7 @@ async def test_history_of_every_kind_of_change_in_etcd(backend, router_process, 
 
         async def b_has_it() -> bool:  # B learns of A's changes through etcd's watch
             return _shared((await api_b.call("GET", "/apps/cart"))[1]) == _shared(app)
-        await _until(b_has_it, 2.0, "A's last change on B")
+        await until(b_has_it, 2.0, "A's last change on B")
         for api in (api_a, api_b):
             assert (await api.call("PUT", "/apps/cart/weights", {"v3": 100}))[0] == 200
             status, same, _ = await api.call("PUT", "/apps/cart", app)
@@ -85,7 +86,7 @@ async def test_sighup_on_one_replica_never_touches_the_cluster(backend, router_p
 
         async def b_has_it() -> bool:
             return _shared((await api_b.call("GET", "/apps/shop"))[1]) == _shared(state)
-        await _until(b_has_it, 5.0, "the change live on B")
+        await until(b_has_it, 5.0, "the change live on B")
         before = await _revisions(etcd)
         state = (await api_a.call("GET", "/apps"))[1]
         # B's file now says something else entirely; a log rotation tool sends B a SIGHUP.

@@ -3,7 +3,6 @@ process: under load, after changes through the admin API, during an open release
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
 import aiohttp
@@ -82,7 +81,7 @@ async def test_sighup_under_load_keeps_api_changes_and_the_open_release(backend,
         _write(rp, base)
         rp.proc.send_signal(signal.SIGHUP)
         log = await wait_log(rp, f"reload of {rp.config_path}: no setting changed")
-        await asyncio.sleep(0.3)  # traffic flows after the last reload too
+        await load.wait_more(50)  # traffic after the last reload too
         await load.stop()
 
         # Nothing lost, nothing closed, nothing failed.

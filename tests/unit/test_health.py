@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import pytest
+
 from router.config import PassiveHealthConfig, config_from_dict
 from router.counters import BUCKETS, ServiceStats
 from router import health as health_mod
@@ -12,10 +14,16 @@ from router.health import (HEALTHY, STALL_FACTOR, STALL_MIN, STALL_UNKNOWN, UNCH
                            Health, PassiveHealth, stall_limit)
 from router.sticky import TokenCodec
 from router.table import TableBuilder
-from tests.processes import free_port
+from tests.processes import free_port, until
 
 A, B = ("shop", "web", "10.0.0.1:80"), ("shop", "web", "10.0.0.2:80")
 C = ("shop", "v2", "10.0.0.3:80")
+
+
+def _probes_failed(caplog: pytest.LogCaptureFixture, key: tuple) -> int:
+    """How often ``key`` did not answer its probe after a passive-health cooldown."""
+    return sum(1 for r in caplog.records if r.getMessage().startswith(
+        f"backend {key[2]} of {key[0]}/{key[1]} did not answer after its passive-health cooldown"))
 
 
 def _apps(a: tuple = A, b: tuple = B, c: tuple = C) -> tuple:
@@ -174,7 +182,7 @@ def test_sweep_spares_a_version_slow_from_its_first_request():
     assert rec.notes == []
 
 
-async def test_health_decides_ejects_and_readmits():
+async def test_health_decides_ejects_and_readmits(caplog: pytest.LogCaptureFixture):
     # Backends on loopback: a readmission asks the backend first (OPTIONS *).
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -208,13 +216,10 @@ async def test_health_decides_ejects_and_readmits():
         assert health.stalled(c, "stuck") is False and health.state(c) == (UNCHECKED, None)
         # After the cooldown, a answers its OPTIONS *: back, on probation (unchecked); b
         # refuses: out for another cooldown.
-        for _ in range(200):
-            if health.state(a)[0] == UNCHECKED:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: health.state(a)[0] == UNCHECKED, 5, "a back")
         assert health.state(a) == (UNCHECKED, None)
-        assert health.state(b)[0] == UNHEALTHY
-        await asyncio.sleep(0.2)
+        # b refused twice: out across two cooldowns.
+        await until(lambda: _probes_failed(caplog, b) >= 2, 5, "b probed twice")
         assert health.state(b)[0] == UNHEALTHY
         health.worked(c)
         assert health.state(c) == (HEALTHY, None)
@@ -223,7 +228,7 @@ async def test_health_decides_ejects_and_readmits():
         server.close()
 
 
-async def test_a_hung_backend_stays_out_after_its_cooldown():
+async def test_a_hung_backend_stays_out_after_its_cooldown(caplog: pytest.LogCaptureFixture):
     # Accepts, reads, never answers: its OPTIONS * times out, so no request is sent it.
     async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
@@ -238,7 +243,7 @@ async def test_a_hung_backend_stays_out_after_its_cooldown():
     health_mod.READMIT_TIMEOUT = 0.2
     try:
         assert health.stalled(a, "stuck") is True
-        await asyncio.sleep(0.5)  # two cooldowns and probes
+        await until(lambda: _probes_failed(caplog, a) >= 2, 5, "two probes timed out")
         assert health.state(a) == (UNHEALTHY, "stuck")
     finally:
         health_mod.READMIT_TIMEOUT = old
