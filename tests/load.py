@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tests.processes import until
+
 
 @dataclass
 class Load:
@@ -61,7 +63,7 @@ class Load:
                 except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                     self.failed.append(repr(e))
                 if self.pause:
-                    await asyncio.sleep(self.pause)
+                    await asyncio.sleep(self.pause)  # the load's pace
 
     def start(self) -> None:
         self._tasks = [asyncio.get_running_loop().create_task(self._client(i < self.pinned))
@@ -74,7 +76,4 @@ class Load:
     async def wait_more(self, n: int, timeout: float = 15.0) -> None:
         """Until ``n`` more requests have been answered (the load is really running)."""
         target = self.answered + n
-        deadline = time.monotonic() + timeout
-        while self.answered < target:
-            assert time.monotonic() < deadline, f"load stalled at {self.answered} answers"
-            await asyncio.sleep(0.05)
+        await until(lambda: self.answered >= target, timeout, f"{n} more answers from the load")

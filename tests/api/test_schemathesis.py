@@ -40,6 +40,9 @@ def base_url(tmp_path_factory):
             break
         except OSError:
             time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError("no answer on /readyz:\n" + (d / "log").read_text()[-3000:])
     yield url
     proc.send_signal(signal.SIGTERM)
     proc.wait(15)

@@ -240,7 +240,7 @@ async def test_body_split_over_reads_and_bytes_past_content_length(router):
     async def answer(writer):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a pause: the body comes in two reads
         writer.write(b"56789" + extra["send"])
         await writer.drain()
 

@@ -224,7 +224,7 @@ class _Conn(asyncio.Protocol):
             return False
         elif kind == "midbody":
             self._write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the part of the body sent reaches the router first
             self.abort(rst=True)
             return False
         if srv.delay:

@@ -200,7 +200,7 @@ async def slow_not_stalled(scale: int = 1, workers: int = 1, delay: float = 5.0)
             out: set[str] = set()  # backends seen out of rotation, watched all along
             while not traffic.done():
                 out |= {g.addr for g in greens if await healthy(srv.admin_port, g.addr) == 0}
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # a look every 0.2 s while the traffic runs
             outcomes = await traffic
         r.sent, r.failed = len(outcomes), len(_failed(outcomes))
         r.check(not out, f"green's backends {sorted(out)} taken out of rotation as stalled")

@@ -128,7 +128,7 @@ async def keepalive_load(port: int, clients: int, stop: asyncio.Event, pause: fl
                     result = type(e).__name__
                     client.close()
                 out.append(Outcome(t0, time.monotonic(), result))
-                await asyncio.sleep(pause)
+                await asyncio.sleep(pause)  # the load's pace
         finally:
             client.close()
 

@@ -350,7 +350,7 @@ class Rotation:
             if self._stop.is_set() or time.monotonic() > end:
                 return
             if not self.ports:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # no router in rotation: this client idles meanwhile
                 continue
             port = self.ports[(c + i) % len(self.ports)]
             self._inflight[port] += 1
@@ -372,7 +372,7 @@ class Rotation:
             else:
                 self.tally.failures.append(("GET", str(port)))
                 self.tally.failed_at.append((t0, "GET", str(port)))
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause)  # the load's pace
 
     async def take_out(self, port: int) -> None:
         self.ports.remove(port)
