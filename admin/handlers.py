@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from router import state as ops
-from router.config import NAME_RE, ConfigError, config_from_dict, format_duration, parse_duration
+from router.config import ConfigError, config_from_dict, format_duration, parse_duration
 from router.context import PREVIEW_COOKIE_SUFFIX, PREVIEW_PARAM
 from router.errors import BadGateway, BadRequest, Conflict, Invalid, NotFound
 from router.history import HISTORY_LIMIT, Actor, fingerprint
@@ -28,6 +28,7 @@ from .schemas import (
     render_app,
     render_stats,
     service_body,
+    valid_app_name,
 )
 
 if TYPE_CHECKING:
@@ -94,8 +95,7 @@ async def put_app(request: web.Request) -> web.Response:
     body = app_body(name, object_body(await request.read()))
     existed = _server(request).manager.state.has_app(name)
     if not existed:
-        if not NAME_RE.match(name):
-            raise Invalid(f"app names match ^[a-z0-9][a-z0-9-]{{0,62}}$ (got {name!r})", "name")
+        valid_app_name(name, "name")
     st = await _change(request, ops.put_app(name, body, _only_new(request)), name)
     return _app_response(request, st, name, 200 if existed else 201)
 
@@ -352,8 +352,8 @@ async def preview(request: web.Request) -> web.Response:
 async def history(request: web.Request) -> web.Response:
     check_query(request.query, ("app", "limit"))
     app = request.query.get("app")
-    if app is not None and not NAME_RE.match(app):
-        raise Invalid(f"app names match ^[a-z0-9][a-z0-9-]{{0,62}}$ (got {app!r})", "app")
+    if app is not None:
+        valid_app_name(app, "app")
     limit = query_limit(request.query, "limit", default=100, maximum=HISTORY_LIMIT)
     entries = await _server(request).manager.history(app, limit)
     return web.json_response({"history": entries})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from router.config import NAME_PATTERN
 from router.history import HISTORY_LIMIT
 
-NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
+NAME = {"type": "string", "pattern": NAME_PATTERN}
 WEIGHT = {"type": "integer", "minimum": 0, "maximum": 100}
 BACKEND = {"type": "string", "description": "host:port", "example": "10.0.0.5:80"}
 DURATION = {"oneOf": [{"type": "number", "exclusiveMinimum": 0},

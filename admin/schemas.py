@@ -6,7 +6,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from router.config import NAME_RE
+from router.config import NAME_PATTERN, NAME_RE
 from router.counters import ServiceStats, Stats
 from router.errors import BadRequest, Invalid, NotFound, PayloadTooLarge
 from router.metrics import cumulative_buckets
@@ -104,8 +104,16 @@ def query_limit(query: Mapping[str, str], name: str, default: int, maximum: int)
 
 
 def check_name(name: str, kind: str) -> str:
+    """``name`` from a path: 404 if it cannot be the name of an app or a service."""
     if not NAME_RE.match(name):
-        raise NotFound(f"no {kind} {name!r} (names match ^[a-z0-9][a-z0-9-]{{0,62}}$)", kind)
+        raise NotFound(f"no {kind} {name!r} (names match {NAME_PATTERN})", kind)
+    return name
+
+
+def valid_app_name(name: str, field: str) -> str:
+    """``name`` given as an app's (``field`` of the request): 400 if no app can have it."""
+    if not NAME_RE.match(name):
+        raise Invalid(f"app names match {NAME_PATTERN} (got {name!r})", field)
     return name
 
 

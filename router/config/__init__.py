@@ -22,6 +22,7 @@ from .apps import parse_app, parse_health_check, parse_service
 from .labels import Labels, parse_labels, parse_route, parse_routing_label
 from .load import config_from_dict, load_config, parse_docker_endpoint, parse_yaml, read_yaml
 from .model import (
+    NAME_PATTERN,
     NAME_RE,
     AccessLogConfig,
     AdminConfig,
@@ -42,6 +43,7 @@ from .model import (
 from .scalars import format_duration, parse_backend, parse_duration, parse_listen, split_hostport
 
 __all__ = [
+    "NAME_PATTERN",
     "NAME_RE",
     "AccessLogConfig",
     "AdminConfig",

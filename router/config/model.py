@@ -11,8 +11,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-# newline, so ``NAME_RE.match("shop\n")`` would succeed with it.
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+# App and service names, as messages, the OpenAPI document and the web console
+# (admin/ui/js/dialogs.js) spell the pattern. NAME_RE ends in ``\Z`` rather than ``$``: ``$``
+# also matches before a trailing newline, so ``NAME_RE.match("shop\n")`` would succeed with it.
+NAME_PATTERN = "^[a-z0-9][a-z0-9-]{0,62}$"
+NAME_RE = re.compile(NAME_PATTERN.removesuffix("$") + r"\Z")
 NetworkType = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_SOURCE = "<config>"
 # A value's repr is cut in messages beyond this many characters (a whole app mapping can be long).

@@ -12,7 +12,7 @@ import re
 from decimal import Decimal
 from fractions import Fraction
 
-from .model import DEFAULT_SOURCE, NAME_RE, ConfigError
+from .model import DEFAULT_SOURCE, NAME_PATTERN, NAME_RE, ConfigError
 
 DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _HOST_LABEL_RE = re.compile(r"[a-z0-9_-]{1,63}\Z")
@@ -73,7 +73,7 @@ def section(data: dict[str, object], key: str, path: str, allowed: tuple[str, ..
 def check_name(name: object, path: str, kind: str, source: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigError(
-            path, f"{kind} names must match ^[a-z0-9][a-z0-9-]{{0,62}}$", name, source
+            path, f"{kind} names must match {NAME_PATTERN}", name, source
         )
     return name
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from ..config import NAME_RE, ConfigError, DockerProviderConfig, Route, parse_labels
+from ..config import NAME_PATTERN, NAME_RE, ConfigError, DockerProviderConfig, Route, parse_labels
 from ..config.apps import parse_health_check
 from ..config.scalars import format_hostport
 
@@ -136,7 +136,7 @@ def _identify(what: str, grouping: str, project: str, service: str, labels: dict
             names = f"{grouping} {project!r} or name {service!r}" if project else (
                 f"name {service!r}")
             skipped.append(f"{what}: {names} cannot be an app or service name "
-                           "(^[a-z0-9][a-z0-9-]{0,62}$)")
+                           f"({NAME_PATTERN})")
         return None
     try:
         return app, svc, _routing(labels, what, domain)

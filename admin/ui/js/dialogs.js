@@ -4,7 +4,7 @@
 import { api, explain } from "./api.js";
 import { h } from "./dom.js";
 
-const NAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+const NAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;  // NAME_PATTERN of router/config/model.py
 
 function open(...content) {
   const dlg = document.getElementById("dialog");
