@@ -1,39 +1,35 @@
 """Build step: the data plane's per-request modules compiled to C with mypyc, when it can.
 
 ``pip install .`` (and ``pip install -e .``, which builds them in place) compiles the modules
-below with mypyc, the mypy project's compiler for type-annotated Python: the same source, about
-a third less CPU per proxied request (README "Performance"). Without a C compiler the build
-warns and installs them as plain Python, which behaves the same, slower; ``ROUTER_PURE_PYTHON=1``
-asks for that. Everything else about the package is in pyproject.toml.
+that router/__init__.py lists with mypyc, the mypy project's compiler for type-annotated
+Python: the same source, about a third less CPU per proxied request (README "Performance").
+Without a C compiler the build warns and installs them as plain Python, which behaves the
+same, slower; ``ROUTER_PURE_PYTHON=1`` asks for that. Everything else about the package is in
+pyproject.toml.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# Run per request; type-checked by mypy before they are compiled (a type error fails the build).
-COMPILED = [
-    "router/http/framing.py",
-    "router/http/request_head.py",
-    "router/http/response_head.py",
-    "router/phases.py",
-    "router/balancer.py",
-    "router/counters.py",
-    "router/sticky.py",
-    "router/table.py",
-    "router/routing.py",
-    "router/upstream.py",
-    "router/deadlines.py",
-    "router/accesslog.py",
-    "router/logs.py",
-    "router/context.py",
-    "router/exchange.py",
-    "router/client.py",
-]
+
+def compiled_modules() -> list[str]:
+    """The modules run per request, as router/__init__.py lists them (COMPILED_MODULES, which
+    the package reads at import to refuse stale builds); read from the file, not imported: the
+    package is not installed yet when this runs. mypy type-checks them before they are compiled
+    (a type error fails the build)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "router", "__init__.py")
+    with open(path, encoding="utf-8") as f:
+        for node in ast.parse(f.read(), path).body:
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == "COMPILED_MODULES" for t in node.targets):
+                return [f"router/{name}.py" for name in ast.literal_eval(node.value)]
+    raise SystemExit(f"{path}: no COMPILED_MODULES")
 
 
 class OptionalBuildExt(build_ext):
@@ -60,7 +56,7 @@ def ext_modules() -> list:
         return []
     from mypyc.build import mypycify
 
-    return mypycify(COMPILED, opt_level="3", group_name="router_native")
+    return mypycify(compiled_modules(), opt_level="3", group_name="router_native")
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -6,7 +6,8 @@ import importlib.metadata
 import os
 
 # The per-request modules setup.py compiles with mypyc when it can (router/<name>.*.so beside
-# router/<name>.py; the interpreter imports the compiled one first).
+# router/<name>.py; the interpreter imports the compiled one first). setup.py reads this list
+# from this file: a literal tuple of strings, on its own.
 COMPILED_MODULES = ("http/framing", "http/request_head", "http/response_head", "phases",
                     "balancer", "counters", "sticky", "table", "routing", "upstream", "deadlines",
                     "accesslog", "logs", "context", "exchange", "client")
