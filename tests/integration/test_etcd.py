@@ -304,6 +304,7 @@ async def test_etcd_down_and_back_under_load(backend, router_process, etcd):
     assert sum(load.sent for load in loads) > sent_while_down > 0
 
 
+@pytest.mark.slow
 async def test_etcd_hanging_is_noticed_and_survived(backend, router_process, etcd):
     """etcd stopped with SIGSTOP: no socket closes, calls just hang. The probe notices."""
     be = await backend("blue")
@@ -440,6 +441,7 @@ class Partition:
             self._server.close()
 
 
+@pytest.mark.slow
 async def test_etcd_emptied_under_three_replicas(backend, router_process, etcd):
     """etcd restarted with an empty data directory under three replicas, one of them behind:
     every replica notices, says so, refuses changes meanwhile, and the newest state they hold

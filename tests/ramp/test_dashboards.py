@@ -152,6 +152,7 @@ async def _ok(api: Api, method: str, path: str, body: Any = None) -> Any:
     return out
 
 
+@pytest.mark.slow
 @need_prometheus
 async def test_every_panel_and_rule_returns_series_from_a_live_router(
         backend, flaky, router_process, prometheus, etcd):  # noqa: F811

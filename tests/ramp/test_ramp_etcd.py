@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 
 import aiohttp
+import pytest
 
 from router.ramp import LEASE_TTL
 from tests.conftest import app_config
@@ -15,6 +16,8 @@ from tests.integration.test_etcd import _replicas, etcd  # noqa: F401  (etcd: a 
 from tests.load import Load
 from tests.processes import until
 from tests.ramp.conftest import follow_ramp, history, metric
+
+pytestmark = pytest.mark.slow  # a ramp of 1 s steps, and a lease that must expire
 
 
 async def _ready(api: Api) -> bool:

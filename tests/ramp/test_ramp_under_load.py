@@ -13,11 +13,14 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import ROOT, RouterProcess, answering, app_config, terminate
 from tests.integration.test_admin_api import Api, _awaiting
 from tests.load import Load
 from tests.ramp.conftest import follow_ramp, history
+
+pytestmark = pytest.mark.slow  # ramps of 1 s steps under load
 
 # Intervals of a second keep the tests short. The latency floor is far above what loopback
 # backends take, so that a scheduling hiccup of this shared machine is not judged as the new

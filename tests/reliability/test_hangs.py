@@ -7,6 +7,8 @@ import pytest
 
 from tests.reliability import hangs as H
 
+pytestmark = pytest.mark.slow  # each scenario waits out timeouts, cooldowns and ramp steps
+
 
 @pytest.mark.parametrize("scenario", H.HANGS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("workers", [1, 2], ids=lambda n: f"workers{n}")

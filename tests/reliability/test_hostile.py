@@ -9,6 +9,8 @@ import pytest
 from tests.reliability.corpus import CORPUS
 from tests.reliability.hostile import WHY, difference_table, differences, run_corpus
 
+pytestmark = pytest.mark.slow  # the whole corpus through the router and through HAProxy
+
 
 def test_corpus_is_big_and_well_formed():
     names = [c.name for c in CORPUS]

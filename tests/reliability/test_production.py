@@ -7,6 +7,8 @@ import pytest
 
 from tests.reliability import production as P
 
+pytestmark = pytest.mark.slow  # workers stopped until the watchdog replaces them, under load
+
 RUNS = [(scenario, n) for scenario, counts in P.PRODUCTION for n in counts]
 
 

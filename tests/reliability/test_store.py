@@ -10,6 +10,8 @@ import pytest
 from tests.integration.test_etcd import ETCD
 from tests.reliability import store as S
 
+pytestmark = pytest.mark.slow  # ramps, outages and etcd restarts, seconds each
+
 
 @pytest.mark.parametrize("workers", [1, 2], ids=lambda n: f"workers{n}")
 async def test_ramp_rollback_while_disk_full(workers):
