@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import socket
 import subprocess
-import inspect
 import time
 from typing import Any, Callable, Iterable, Iterator
 

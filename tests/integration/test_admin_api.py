@@ -47,7 +47,8 @@ class Api:
 
 async def _awaiting(api: Api, app: str = "shop") -> None:
     async def ready() -> bool:
-        return (await api.call("GET", f"/apps/{app}/release"))[1]["status"] == "awaiting_confirmation"
+        release = (await api.call("GET", f"/apps/{app}/release"))[1]
+        return release["status"] == "awaiting_confirmation"
     await until(ready, 10, f"the release of {app} awaiting confirmation")
 
 

@@ -38,13 +38,13 @@ async def test_release_confirm_under_load_zero_failures(backend, router_process)
             await _step(api, load, "POST", "/apps/shop/release",
                         {"service": "green", "backends": [green.addr]})
             await _awaiting(api)
-            await _step(api, load, "PUT", "/apps/shop/weights", {"green": 100})              # 100/100
+            await _step(api, load, "PUT", "/apps/shop/weights", {"green": 100})  # 100/100
             async with sticky.get(rp.url + "/", headers={"Host": "app.test"}) as r:
                 assert await r.text() == "blue\n"  # pinned
-            await _step(api, load, "PUT", "/apps/shop/weights", {"blue": 0})                 # 0/100
+            await _step(api, load, "PUT", "/apps/shop/weights", {"blue": 0})  # 0/100
             async with sticky.get(rp.url + "/", headers={"Host": "app.test"}) as r:
                 assert await r.text() == "blue\n"  # drained, not dropped
-            await _step(api, load, "PUT", "/apps/shop/weights", {"blue": 50, "green": 50})   # both at once
+            await _step(api, load, "PUT", "/apps/shop/weights", {"blue": 50, "green": 50})  # both
             await _step(api, load, "PUT", "/apps/shop/weights", {"blue": 0, "green": 100})
             await _step(api, load, "POST", "/apps/shop/release/confirm")
             await load.stop()

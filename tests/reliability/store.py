@@ -228,7 +228,7 @@ async def _ramp_through_outage(outage: DiskFull | EtcdDown, scale: int, workers:
             green_after = green.since(t_rolled + GRACE)
             await outage.end()
             t_up = time.monotonic()
-            stored = await until(lambda: _stored(api), 15, "the rollback stored once the store is back")
+            stored = await until(lambda: _stored(api), 15, "the rollback stored, the store back")
             took = time.monotonic() - t_up
             stop.set()
             t = await load
