@@ -50,9 +50,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.processes import free_port
-from tests.reliability.lifecycle import (Load, Routers, echo_backend, run_clients, stops_under_load,
-                                       until)
+from tests.processes import free_port, until
+from tests.reliability.lifecycle import Load, Routers, echo_backend, run_clients, stops_under_load
 
 from .common import RESULTS_MD, revision, write_section
 

@@ -22,7 +22,7 @@ import yaml
 from router.handoff import PROTOCOL, Takeover
 from router.ipc import Channel
 from tests.integration.test_etcd import etcd  # noqa: F401  (a fixture)
-from tests.processes import ROOT
+from tests.processes import ROOT, until
 from tests.reliability import lifecycle as T
 from tests.reliability.harness import metric_sum, metrics
 from tests.reliability.production import admin_call
@@ -62,7 +62,7 @@ async def _serves(routers: T.Routers) -> None:
 async def _until_logged(routers: T.Routers, text: str, timeout: float = 10.0) -> None:
     assert routers.live is not None
     live = routers.live
-    await T.until(lambda: text in live.log(), timeout, f"{text!r} in the log:\n{live.log()[-2000:]}")
+    await until(lambda: text in live.log(), timeout, f"{text!r} in the log:\n{live.log()[-2000:]}")
 
 
 async def _release(routers: T.Routers, addr: str) -> None:
@@ -172,7 +172,7 @@ async def test_successor_vanishing_at_each_step_leaves_the_old_router_serving(ol
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 200"), head
     writer.close()
-    await asyncio.sleep(0.3)
+    await T.answered(load, 20)
     stop.set()
     await clients
     await _serves(old)
@@ -243,36 +243,28 @@ async def test_etcd_store_and_the_ramp_lease_go_to_the_successor(etcd):  # noqa:
     addr = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
     routers = T.Routers(addr, 1, args=("--store", etcd.url("/takeover")))
     routers.args += ("--state-dir", routers.dir)  # the handoff socket's directory
-    loop = asyncio.get_running_loop()
     try:
         await routers.start()
         await _release(routers, addr)
-        deadline = loop.time() + 10
-        while True:  # the new version's backend accepts a connection: the release is ready
-            status, body, _ = await admin_call(routers.admin_port, "POST",
-                                               "/api/v1/apps/shop/release/ramp",
-                                               b'{"steps": [10, 50, 100], "interval": "60s"}')
-            if status == 201:
-                break
-            assert loop.time() < deadline, body
-            await asyncio.sleep(0.2)
 
-        async def driving() -> float:
-            return metric_sum(await metrics(routers.admin_port), "router_ramp_driver")
+        async def ramp_started() -> bool:  # once the release is ready
+            status, _, _ = await admin_call(routers.admin_port, "POST",
+                                            "/api/v1/apps/shop/release/ramp",
+                                            b'{"steps": [10, 50, 100], "interval": "60s"}')
+            return status == 201
+        await until(ramp_started, 10, "the ramp started")
 
-        while await driving() != 1:  # the router holds the lease of the ramp's driver
-            assert loop.time() < deadline, "the router never drove"
-            await asyncio.sleep(0.1)
+        async def driving() -> bool:
+            return metric_sum(await metrics(routers.admin_port), "router_ramp_driver") == 1
+
+        await until(driving, 10, "the router holding the lease of the ramp's driver")
         before = T.routing_state(await T.admin_get(routers.admin_port, "/api/v1/apps"))
         stop, load = asyncio.Event(), T.Load()
         clients = asyncio.ensure_future(T.run_clients(routers.port, 4, stop, load))
         await routers.takeover()
         # The old router revoked its lease as it let go of the store: the successor drives at
         # its first try (one a second), not after the lease's time to live (LEASE_TTL).
-        t0 = loop.time()
-        while await driving() != 1:
-            assert loop.time() - t0 < 3, "the successor does not drive"
-            await asyncio.sleep(0.1)
+        await until(driving, 3, "the successor driving")
         stop.set()
         await clients
         assert load.failed == [] and load.closed == 0, load.failed
@@ -312,19 +304,17 @@ async def test_no_takeover_while_a_change_is_not_stored():
     backend = await T.echo_backend(Counter())
     addr = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
     routers = T.Routers(addr, 1, args=disk.args)
-    loop = asyncio.get_running_loop()
     try:
         await routers.start()
         await _release(routers, addr)
         await disk.begin()  # the state disk is full: a rollback is in effect, not stored
-        deadline = loop.time() + 10
-        while True:
+
+        async def rolled_back() -> bool:
             status, body, _ = await admin_call(routers.admin_port, "POST",
                                                "/api/v1/apps/shop/release/rollback")
-            if status == 202:
-                break
-            assert loop.time() < deadline and status == 409, body  # not ready yet: try again
-            await asyncio.sleep(0.2)
+            assert status in (202, 409), body  # 409: not ready yet, try again
+            return status == 202
+        await until(rolled_back, 10, "the rollback in effect")
         done = await _run(routers, "--config", routers.config, *disk.args, "--takeover")
         assert done.returncode == 1
         assert "the store has not taken yet" in done.stderr, done.stderr
@@ -332,9 +322,11 @@ async def test_no_takeover_while_a_change_is_not_stored():
         state = T.routing_state(await T.admin_get(routers.admin_port, "/api/v1/apps/shop/release"))
         assert state.get("unstored"), state  # the rollback still in effect, still waiting
         await disk.end()
-        while metric_sum(await metrics(routers.admin_port), "router_store_pending_changes"):
-            assert loop.time() < deadline + 20, "the rollback was never stored"
-            await asyncio.sleep(0.2)
+
+        async def stored() -> bool:
+            m = await metrics(routers.admin_port)
+            return metric_sum(m, "router_store_pending_changes") == 0
+        await until(stored, 20, "the rollback stored")
         await routers.takeover()  # now it may go
         status, body, _ = await admin_call(routers.admin_port, "GET", "/api/v1/apps/shop/release")
         assert status == 404 or b"rolled_back" in body, body

@@ -26,7 +26,7 @@ from typing import Any
 import httptools
 import yaml
 
-from tests.processes import ROOT, answering, free_port, worker_pids
+from tests.processes import ROOT, answering, free_port, until, worker_pids
 
 from .scenarios import Result
 
@@ -349,13 +349,10 @@ def _other_routers(pid: int) -> list[int]:
     return out
 
 
-async def until(pred: Any, timeout: float, what: str) -> None:
-    """Wait until ``pred()`` holds: AssertionError naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout:g} s: {what}")
-        await asyncio.sleep(0.05)
+async def answered(load: Load, n: int) -> None:
+    """Until the clients have had ``n`` more answers."""
+    target = load.ok + len(load.failed) + n
+    await until(lambda: load.ok + len(load.failed) >= target, 15, f"{n} more answers")
 
 
 def routing_state(apps: Any) -> Any:
@@ -421,15 +418,15 @@ async def takeovers_under_load(takeovers: int = 3, upgrades: int = 3, workers: i
         stop = asyncio.Event()
         load = Load()
         clients_task = asyncio.ensure_future(run_clients(routers.port, clients, stop, load))
-        await asyncio.sleep(0.5)
+        await answered(load, 50)
         times: dict[str, list[float]] = {"takeover": [], "SIGUSR2": []}
         for i in range(max(takeovers, upgrades)):
             if i < takeovers:
                 times["takeover"].append(await routers.takeover())
-                await asyncio.sleep(0.2)
+                await answered(load, 50)
             if i < upgrades:
                 times["SIGUSR2"].append(await routers.upgrade())
-                await asyncio.sleep(0.2)
+                await answered(load, 50)
         stop.set()
         await clients_task
         r.sent, r.failed = load.sent, len(load.failed)
@@ -491,6 +488,7 @@ async def stops_under_load(stops: int = 3, workers: int = 1, checkout: str = ROO
                 clients = asyncio.gather(
                     run_clients(routers.port, fast, stop, load, (0.0, 0.0), 60, "f", True),
                     run_clients(routers.port, idle, stop, load, idle_think, 60, "i", True))
+                # Time is the subject: the idle clients' connections idle a while first.
                 await asyncio.sleep(max(1.0, idle_think[1]))
                 exits.append(await routers.stop())
                 async with asyncio.timeout(30):
@@ -529,13 +527,15 @@ async def sighup_to_every_process(scale: int = 1, workers: int = 2) -> Result:
         children = worker_pids(master)
         stop, load = asyncio.Event(), Load()
         clients = asyncio.ensure_future(run_clients(routers.port, 8, stop, load))
-        await asyncio.sleep(0.5)
-        for _ in range(rounds):
+        await answered(load, 50)
+        for i in range(rounds):
             for pid in (master, *children):
                 os.kill(pid, signal.SIGHUP)
-            await asyncio.sleep(0.2)
+            # One round at a time: signals sent together may arrive as one.
+            await until(lambda: live.log().count("reload of") > i, 10, "the reload")  # noqa: B023
         os.killpg(master, signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await until(lambda: live.log().count("reload of") > rounds, 10, "the group's reload")
+        await answered(load, 50)
         stop.set()
         await clients
         r.sent, r.failed = load.sent, len(load.failed)

@@ -11,7 +11,7 @@ import signal
 import time
 from collections import Counter
 
-from tests.processes import worker_pids
+from tests.processes import until, worker_pids
 from tests.reliability import lifecycle as T
 from tests.reliability.harness import metric_sum, metrics
 from tests.reliability.production import admin_call
@@ -42,7 +42,7 @@ async def test_sigterm_to_the_group_is_one_graceful_stop():
         clients = asyncio.ensure_future(asyncio.gather(
             T.run_clients(routers.port, 8, stop, load, (0.0, 0.0), until_closed=True),
             T.run_clients(routers.port, 4, stop, load, (0.2, 1.0), tag="i", until_closed=True)))
-        await asyncio.sleep(0.5)
+        await until(lambda: load.connections >= 12 and load.ok >= 50, 10, "every client served")
         os.killpg(master, signal.SIGTERM)  # systemd's KillMode=control-group
         code = await asyncio.get_running_loop().run_in_executor(None, routers.live.proc.wait, 30)
         async with asyncio.timeout(30):
@@ -77,12 +77,10 @@ async def test_worker_killed_during_a_change_is_exited_not_hung():
         took = time.monotonic() - t0
         assert status == 200, body
         assert took < 5, f"the change waited {took:.1f} s after the worker died"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            m = await metrics(routers.admin_port)
-            if metric_sum(m, "router_workers_up") == 2:
-                break
-            await asyncio.sleep(0.1)
+
+        async def replaced() -> bool:
+            return metric_sum(await metrics(routers.admin_port), "router_workers_up") == 2
+        await until(replaced, 30, "the killed worker replaced")
         replacement = [p for p in worker_pids(master) if p != victim]
         await asyncio.sleep(2.5)  # the replacement lives on: nothing kills it for the victim
         m = await metrics(routers.admin_port)

@@ -9,6 +9,8 @@ import pytest
 
 from tests.reliability import lifecycle as T
 
+pytestmark = pytest.mark.slow  # takeovers, upgrades and stops of real routers under load
+
 # Three of each per worker count keeps the test under a minute on a loaded 2-core machine.
 COUNT = 3
 
