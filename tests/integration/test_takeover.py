@@ -148,22 +148,32 @@ async def test_a_second_takeover_while_one_runs_is_refused(old):
 @pytest.mark.parametrize("old", [1, 2], indirect=True, ids=lambda n: f"workers{n}")
 @pytest.mark.parametrize("step", ["listeners", "released", "handing-over"])
 async def test_successor_vanishing_at_each_step_leaves_the_old_router_serving(old, step):
-    stop, load = asyncio.Event(), T.Load()
-    clients = asyncio.ensure_future(T.run_clients(old.port, 4, stop, load, (0.0, 0.02)))
     # A request whose body is still coming: its connection is never idle, so the old router is
-    # still handing over when the successor vanishes.
+    # still handing over when the successor vanishes. It is in flight (routed to the backend)
+    # before the load starts, so that the gauge counts it alone.
     reader, writer = await asyncio.open_connection("127.0.0.1", old.port)
     writer.write(b"POST / HTTP/1.1\r\nHost: app.test\r\nX-Test-Id: held\r\n"
                  b"Content-Length: 4\r\n\r\nab")
-    await asyncio.sleep(0.3)
+
+    async def held_in_flight() -> bool:
+        return metric_sum(await metrics(old.admin_port), "router_inflight_requests") == 1
+
+    await until(held_in_flight, 10, "the held request in flight")
+    stop, load = asyncio.Event(), T.Load()
+    clients = asyncio.ensure_future(T.run_clients(old.port, 4, stop, load, (0.0, 0.02)))
+    await T.answered(load, 20)  # the clients' connections are open, and idle between requests
     successor = Takeover(_handoff(old))
     await successor.connect(_store(old))
     if step != "listeners":
         assert await successor.release() >= 1
+    assert successor.channel is not None
     if step == "handing-over":
         await successor.serving()  # the old router stops accepting and hands over
-    await asyncio.sleep(0.2)
-    assert successor.channel is not None
+        # ... the idle connections first: the successor vanishes holding one.
+        msg, fds = await asyncio.wait_for(successor.channel.recv(), 10)
+        assert msg["op"] == "connections" and fds, msg
+        for fd in fds:
+            os.close(fd)
     successor.channel.close()  # gone without a word, as in a crash
     for _, s in successor.sockets:
         s.close()
