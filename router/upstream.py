@@ -477,11 +477,6 @@ class UpstreamPool:
                 for conn in self._idle.pop(key):
                     conn.close()
 
-    def idle_count(self, key: str | None = None) -> int:
-        if key is not None:
-            return len(self._idle.get(key, ()))
-        return sum(len(v) for v in self._idle.values())
-
     def _sweep(self) -> None:
         self._sweeper = None
         cutoff = self.loop.time() - IDLE_TIMEOUT
