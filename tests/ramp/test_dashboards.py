@@ -91,11 +91,7 @@ class Prometheus:
         return body["data"]["result"]
 
     async def until(self, s: aiohttp.ClientSession, expr: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not await self.query(s, expr):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no series for {expr!r} within {timeout} s")
-            await asyncio.sleep(0.25)
+        await until(lambda: self.query(s, expr), timeout, f"a series for {expr!r}", 0.25)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import signal
 import time
 from collections import Counter
 
+import yaml
+
 from tests.processes import until, worker_pids
 from tests.reliability import lifecycle as T
 from tests.reliability.harness import metric_sum, metrics
@@ -23,6 +25,11 @@ async def _router(workers: int, **timeouts: str) -> tuple[T.Routers, asyncio.bas
                         timeouts=timeouts)
     await routers.start()
     return routers, backend
+
+
+def _stored_generation(routers: T.Routers) -> int:
+    with open(os.path.join(routers.dir, "router-state.yaml")) as f:
+        return int(yaml.safe_load(f)["generation"])
 
 
 async def test_sighup_to_every_process_fails_nothing():
@@ -67,9 +74,11 @@ async def test_worker_killed_during_a_change_is_exited_not_hung():
         master = routers.live.pid
         victim = worker_pids(master)[0]
         os.kill(victim, signal.SIGSTOP)
+        generation = _stored_generation(routers)
         change = asyncio.ensure_future(admin_call(
             routers.admin_port, "PUT", "/api/v1/apps/shop/weights", b'{"blue": 0, "green": 100}'))
-        await asyncio.sleep(0.5)  # the change waits for the stopped worker's answer
+        # Stored, then sent to the workers: it waits for the stopped one's answer.
+        await until(lambda: _stored_generation(routers) > generation, 10, "the change stored")
         assert not change.done()
         t0 = time.monotonic()
         os.kill(victim, signal.SIGKILL)  # dies with the change in flight
