@@ -7,12 +7,10 @@ never downloads one. Without either, the browser tests skip with the reason.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 
@@ -109,16 +107,3 @@ async def load() -> AsyncIterator[Callable[..., Load]]:
     yield make
     for ld in started:
         await ld.stop()
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 15.0,
-                interval: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something true; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")

@@ -18,8 +18,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import app_config
+from tests.processes import until
 
-from .conftest import TOKEN, screenshot, sign_in, until
+from .conftest import TOKEN, screenshot, sign_in
 
 pytest.importorskip("playwright", reason="the playwright package is not installed (pip install -e '.[test]')")
 from playwright.async_api import expect  # noqa: E402
@@ -149,7 +150,7 @@ async def test_release_confirmed_by_clicks_under_load(shop, browser, load, capsy
     await set_weight(page, "web-v2", 100)
     await expect(page.locator("#app-status")).to_contain_text("web-v2 0 → 100")
     assert weights(await api.app()) == {"web": 100, "web-v2": 100}
-    seen = await until(_rate_above(page, "web-v2", 1.0), "the chart to show web-v2's traffic")
+    seen = await until(_rate_above(page, "web-v2", 1.0), 15, "the chart to show web-v2's traffic", 0.1)
     assert seen["chart"] > 0
 
     # Step 2: web 100 -> 0. New clients all go to web-v2; clients pinned by cookie keep web
@@ -157,7 +158,7 @@ async def test_release_confirmed_by_clicks_under_load(shop, browser, load, capsy
     await set_weight(page, "web", 0)
     await expect(page.locator("#app-status")).to_contain_text("web 100 → 0")
     assert weights(await api.app()) == {"web": 0, "web-v2": 100}
-    drained = await until(_only_pinned(page, "web"), "web's traffic to be only pinned clients")
+    drained = await until(_only_pinned(page, "web"), 15, "web's traffic to be only pinned clients", 0.1)
     assert drained["chart_pinned"] > 0 and drained["chart"] == 0
     await expect(page.locator("#drain-note")).to_contain_text("web still gets")
     await expect(page.locator('article[data-service="web"] .share')).to_contain_text("0%")
@@ -232,7 +233,7 @@ async def test_release_rolled_back_by_clicks_under_load(shop, browser, load, cap
     await set_weight(page, "web-v2", 100)
     await expect(page.locator("#app-status")).to_contain_text("web-v2 0 → 100")
     assert weights(await api.app()) == {"web": 100, "web-v2": 100}
-    await until(_rate_above(page, "web-v2", 1.0), "the chart to show web-v2's traffic")
+    await until(_rate_above(page, "web-v2", 1.0), 15, "the chart to show web-v2's traffic", 0.1)
 
     # The stickiness switch, off and on again.
     switch = page.get_by_label("Session stickiness")

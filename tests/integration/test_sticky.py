@@ -9,6 +9,7 @@ import time
 import aiohttp
 
 from tests.conftest import app_config, get, router_config, set_apps
+from tests.processes import until
 
 
 def _cookie(headers: dict[str, str]) -> str | None:
@@ -184,10 +185,7 @@ async def test_real_process_apply_drain_and_repin(backend, router_process):
     with open(rp.config_path, "w") as f:
         f.write("apps: {shop: {routes: [app.test], services: {green: {weight: 101, backends: []}}}}\n")
     rp.proc.send_signal(signal.SIGHUP)
-    for _ in range(100):
-        if "reload refused" in rp.log():
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: "reload refused" in rp.log(), 5, "the reload refused")
     assert (await _get(rp, new_cookie))[1:] == ("green", None)
     assert "reload refused" in rp.log() and "apps.shop.services.green.weight" in rp.log()
     async with aiohttp.ClientSession() as s:
