@@ -10,11 +10,12 @@ from aiohttp import web
 
 from router import state as ops
 from router.config import ConfigError, config_from_dict, format_duration, parse_duration
-from router.context import PREVIEW_COOKIE_SUFFIX, PREVIEW_PARAM
+from router.context import PREVIEW_PARAM
 from router.errors import BadGateway, BadRequest, Conflict, Invalid, NotFound
 from router.history import HISTORY_LIMIT, Actor, fingerprint
 from router.providers.engine import DockerError
 from router.release import RampAction, Release
+from router.table import PREVIEW_COOKIE_SUFFIX, cookie_name
 
 from .schemas import (
     HealthOf,
@@ -329,7 +330,8 @@ async def preview(request: web.Request) -> web.Response:
     codec = srv.plane.ctx.codec
     now = int(time.time())
     expires = now + int(ttl)
-    token = codec.issue_preview(name.encode(), codec.preview_id(name, release.new,
+    new = next(s for s in app.services if s.name == release.new)
+    token = codec.issue_preview(name.encode(), codec.preview_id(name, new.name, new.incarnation,
                                                                 release.started_at),
                                 now, expires).decode()
     param = PREVIEW_PARAM.decode()
@@ -343,8 +345,8 @@ async def preview(request: web.Request) -> web.Response:
     return web.json_response({
         "app": name, "service": release.new, "expires_at": until,
         "links": links,
-        "cookie": {"name": srv.config.sticky.cookie + PREVIEW_COOKIE_SUFFIX.decode(),
-                   "value": token},
+        "cookie": {"name": cookie_name(app, srv.config.sticky.cookie)
+                   + PREVIEW_COOKIE_SUFFIX.decode(), "value": token},
         "header": header,
     }, headers={"Cache-Control": "no-store"})
 

@@ -30,8 +30,6 @@ warn = logging.getLogger("router.error")
 
 # File descriptors kept free of client connections: the admin API, health checks, the store.
 FD_RESERVE: Final = 128
-# The preview cookie is the sticky cookie's name with this after it: CONTAINERID_PREVIEW.
-PREVIEW_COOKIE_SUFFIX: Final = b"_PREVIEW"
 # The query parameter of a preview link: ?router-preview=<token> (docs/release-ramp.md).
 PREVIEW_PARAM: Final = b"router-preview="
 
@@ -114,10 +112,6 @@ class ProxyContext:
     def configure(self, config: Config) -> None:
         """Settings that a reload may change (listen addresses are not among them)."""
         self.config = config
-        cookie = config.sticky.cookie.encode()
-        self.cookie_eq = cookie + b"="
-        self.set_cookie_prefix = b"Set-Cookie: " + cookie + b"="
-        self.preview_cookie_eq = cookie + PREVIEW_COOKIE_SUFFIX + b"="
         t = config.timeouts
         self.deadlines.timeout = t.response
         self.client_header_timeout = t.client_header

@@ -54,7 +54,7 @@ class DataPlane:
         self.previews: Previews = previews or {}
         self.health: HealthMap = {}
         codec = TokenCodec(secret, config.sticky.max_idle, config.sticky.max_life)
-        self.builder = TableBuilder(codec)
+        self.builder = TableBuilder(codec, config.sticky.cookie)
         loop = asyncio.get_running_loop()
         self.pool = UpstreamPool(loop, config.timeouts.connect)
         self.passive = PassiveHealth(reporter, config.passive_health.failures)
@@ -162,6 +162,9 @@ class DataPlane:
         self.pool.connect_timeout = config.timeouts.connect
         self.ctx.codec = TokenCodec(self.secret, config.sticky.max_idle, config.sticky.max_life)
         self.passive.failures = config.passive_health.failures
+        if self.builder.cookie != config.sticky.cookie:
+            self.builder.cookie = config.sticky.cookie  # the apps' cookies are the table's
+            self.rebuild()
 
     def stats(self) -> Stats:
         ctx = self.ctx

@@ -24,8 +24,7 @@ from .accesslog import Entry
 from .context import PREVIEW_PARAM, ClientBase, ProxyContext
 from .http import framing
 from .http.response_head import ResponseError, ResponseHead, read_response_head
-from .sticky import cookie_value
-from .table import App, Backend, Preview, Service
+from .table import App, Backend, HostApp, Preview, Service
 from .upstream import BODY_BUFFERED, UPSTREAM_FULL, UpstreamConnection, UpstreamRequest
 
 # Body bytes held while no backend connection is ready, and kept for a retry (uvicorn's
@@ -89,7 +88,7 @@ class Exchange(UpstreamRequest):
     __slots__ = ("conn", "headers", "phase", "body_done", "llhttp_upgrade", "buf", "buf_size",
                  "replayable", "app", "service", "backend", "set_cookie", "tried", "attempts",
                  "upstream", "waiting", "started", "ended", "status", "out", "resp", "sent",
-                 "stale", "refusal", "refusal_body", "close_after", "previewed")
+                 "stale", "refusal", "refusal_body", "close_after", "previewed", "scope")
 
     def __init__(self, conn: ClientSide) -> None:
         super().__init__()
@@ -102,6 +101,7 @@ class Exchange(UpstreamRequest):
         self.buf_size = 0
         self.replayable = True
         self.app: App | None = None
+        self.scope: HostApp | None = None  # the app as the request's host reaches it: its cookies
         self.service: Service | None = None
         self.backend: Backend | None = None
         self.set_cookie = b""  # the router's Set-Cookie field for the response
@@ -135,22 +135,24 @@ class Exchange(UpstreamRequest):
             ctx.unrouted.count("", self.refusal)
             self.answer(self.refusal, self.refusal_body, keep=False, counted=True)
             return
-        app = ctx.table.lookup(self.host, self.path)
-        if app is None:
+        scope = ctx.table.lookup(self.host, self.path)
+        if scope is None:
             ctx.unrouted.count("", 404)
             host = self.host.decode("latin-1")[:200]
             self.answer(404, f"no route for host {host!r}\n".encode(), keep=True, counted=True)
             return
+        app = scope.app
         self.app = app
+        self.scope = scope
         pv = app.preview
         marked = False
         if pv is not None:
-            marked = self._marked(app, pv, ctx)
+            marked = self._marked(scope, pv, ctx)
             if self.phase != P.ROUTING:
                 return  # a preview link, answered with its cookie
         choice = None
         if app.sticky and self.cookie is not None:
-            choice = self._pinned(app, ctx)
+            choice = self._pinned(scope, ctx)
         if choice is None:
             choice = routing.weighted(app)
         if marked and pv is not None:
@@ -173,7 +175,7 @@ class Exchange(UpstreamRequest):
         self._assign(choice)
         self._send()
 
-    def _marked(self, app: App, pv: Preview, ctx: ProxyContext) -> bool:
+    def _marked(self, scope: HostApp, pv: Preview, ctx: ProxyContext) -> bool:
         """Whether the request carries a preview marker of the app's open release: its header
         field, or a valid preview cookie. A preview link (``?router-preview=<token>``) with a
         valid token is answered here: a redirect to the same URL without it, setting the
@@ -185,12 +187,10 @@ class Exchange(UpstreamRequest):
                 if len(field) == n and field.lower() == name and value.strip() == pv.value:
                     return True
         cookie = self.cookie
-        if cookie is not None:
-            token = cookie_value(cookie, ctx.preview_cookie_eq)
-            if token is not None:
-                found = ctx.codec.verify_preview(app.name_b, token, int(time.time()))
-                if found is not None and found[0] == pv.token_id:
-                    return True
+        app = scope.app
+        if cookie is not None and ctx.codec.previewing(app.name_b, cookie, scope.preview_eq,
+                                                       pv.token_id, int(time.time())):
+            return True
         url = self.url
         i = url.find(PREVIEW_PARAM)
         if i > 0 and (url[i - 1] == 63 or url[i - 1] == 38):  # after "?" or "&"
@@ -202,11 +202,11 @@ class Exchange(UpstreamRequest):
             now = int(time.time())
             found = ctx.codec.verify_preview(app.name_b, token, now)
             if found is not None and found[0] == pv.token_id:
-                self._preview_link(url, i - 1, end, token, found[1] - now, ctx)
+                self._preview_link(url, i - 1, end, token, found[1] - now, scope)
         return False
 
     def _preview_link(self, url: bytes, cut: int, end: int, token: bytes, max_age: int,
-                      ctx: ProxyContext) -> None:
+                      scope: HostApp) -> None:
         """Answer a preview link: the cookie, and the same URL without the link's parameter
         (``url[cut:end]`` is it with the "?" or "&" before it)."""
         rest = url[end:]
@@ -214,15 +214,13 @@ class Exchange(UpstreamRequest):
             rest = b"?" + rest[1:]
         self.answer(303, b"preview: this browser now reaches the new version\n", keep=True,
                     extra=b"Location: " + url[:cut] + rest + b"\r\nSet-Cookie: "
-                    + ctx.preview_cookie_eq + token
-                    + b"; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % max_age)
+                    + scope.preview_eq + token + scope.preview_attrs
+                    + b"; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % max_age)
 
-    def _pinned(self, app: App, ctx: ProxyContext) -> routing.Choice | None:
-        token = cookie_value(self.cookie or b"", ctx.cookie_eq)
-        if token is None:
-            return None
+    def _pinned(self, scope: HostApp, ctx: ProxyContext) -> routing.Choice | None:
+        app = scope.app
         now = int(time.time())
-        pin = ctx.codec.verify(app.name_b, token, now)
+        pin = ctx.codec.pin(app.name_b, self.cookie or b"", scope.cookie_eq, now)
         if pin is None:
             return None
         return routing.pinned(app, pin, now, ctx.codec.refresh_after, time.monotonic)
@@ -230,12 +228,11 @@ class Exchange(UpstreamRequest):
     def _assign(self, choice: routing.Choice) -> None:
         svc, be, how, cookie = choice
         if cookie != routing.KEEP_COOKIE:
-            app = self.app
-            assert app is not None
+            scope = self.scope
+            assert scope is not None
             ctx = self.conn.ctx
             now = int(time.time())
-            self.set_cookie = routing.cookie_line(ctx.set_cookie_prefix, ctx.codec, app, svc, be,
-                                                  cookie or now, now)
+            self.set_cookie = routing.cookie_line(ctx.codec, scope, svc, be, cookie or now, now)
         if how == routing.PINNED:
             svc.stats.sticky += 1
         elif how == routing.FALLBACK:
@@ -385,13 +382,13 @@ class Exchange(UpstreamRequest):
     # -- the response, from the backend connection (UpstreamRequest) --------------------------
     def response_head(self, up: UpstreamConnection, raw: bytes, status: int,
                       keep_alive: bool) -> ResponseHead:
-        app = self.app
+        scope = self.scope
         ctx = self.conn.ctx
         final = status >= 200 or status == 101
         rh = read_response_head(
             raw, status, keep_alive, self.method == b"HEAD", self.http11, self.keep_alive,
             self.upgrade, self.body_done, ctx.accepting, self.set_cookie if final else b"",
-            ctx.cookie_eq if app is not None and app.sticky else b"")
+            scope.cookie_eq if scope is not None and scope.app.sticky else b"")
         if not final:
             if rh.head:
                 self.out.append(rh.head)

@@ -45,7 +45,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .config import ConfigError
 from .errors import BadRequest, Conflict, NotFound, PreconditionFailed, RouterError, Unavailable
 from .history import HISTORY_LIMIT, ROUTER, Actor, Change, describe, utc_now
-from .state import Operation, State, keep_state, new_line
+from .state import Operation, State, incarnate, keep_state, new_line
 from .store import Store, StoreConflict, StoreError, StoreLost, StoreUnavailable
 
 log = logging.getLogger("router.admin")
@@ -589,7 +589,9 @@ def next_state(cur: State, op: Operation, if_match: str | None, etag_app: str | 
     # The operation first: a request that would be refused anyway (bad body, unknown service,
     # conflict) gets that answer rather than a 412.
     outcome = op(cur)
-    apps, releases = outcome[0], outcome[1]
+    # Services keep their incarnation (router.state.incarnate); a new one's is the generation,
+    # known below (a new service is a change anyway).
+    apps, releases = incarnate(cur.apps, outcome[0], 0), outcome[1]
     discovered = outcome[2] if len(outcome) == 3 else cur.discovered
     if if_match is not None:
         want = parse_etag(if_match)
@@ -608,6 +610,7 @@ def next_state(cur: State, op: Operation, if_match: str | None, etag_app: str | 
         line, forks = new_line(), (*cur.forks, (cur.line, cur.generation))
     else:
         gen, line, forks = cur.generation + 1, cur.line, cur.forks
+    apps = incarnate(cur.apps, apps, gen)
     touched, changes = describe(cur.apps, cur.releases, apps, releases)
     names = {a.name for a in apps}
     app_gens = {n: g for n, g in cur.app_generations.items() if n in names}

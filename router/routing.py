@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Callable, Final
 
 from .sticky import Pin, TokenCodec
-from .table import App, Backend, Preview, Service
+from .table import App, Backend, HostApp, Preview, Service
 
 MAX_ATTEMPTS: Final = 3  # at most 2 retries
 
@@ -123,9 +123,9 @@ def elsewhere(app: App, svc: Service, be: Backend) -> bool:
             and any(b.healthy for s in app.services if s is not svc for b in s.backends))
 
 
-def cookie_line(prefix: bytes, codec: TokenCodec, app: App, svc: Service, be: Backend,
-                issued: int, now: int) -> bytes:
-    """The ``Set-Cookie`` field pinning the client to ``be`` (``prefix`` is
-    ``b"Set-Cookie: <name>="``)."""
-    token = codec.issue(app.name_b, svc.token_id, be.token_id, issued, now)
-    return prefix + token + b"; Path=/; HttpOnly; SameSite=Lax"
+def cookie_line(codec: TokenCodec, scope: HostApp, svc: Service, be: Backend, issued: int,
+                now: int) -> bytes:
+    """The ``Set-Cookie`` field pinning the client to ``be``, in the app's cookie on the
+    request's host."""
+    token = codec.issue(scope.app.name_b, svc.token_id, be.token_id, issued, now)
+    return scope.set_cookie + token + scope.cookie_attrs

@@ -139,6 +139,10 @@ class State:
             data["forks"] = [[line, last] for line, last in self.forks]
         if self.written_back is not None:
             data["written_back"] = self.written_back
+        incarnations = {a.name: {s.name: s.incarnation for s in a.services if s.incarnation}
+                        for a in self.apps}
+        if any(incarnations.values()):
+            data["incarnations"] = {n: i for n, i in incarnations.items() if i}
         return data
 
     @classmethod
@@ -149,6 +153,7 @@ class State:
         if not isinstance(apps_data, dict):
             raise ConfigError("apps", "must be a mapping", apps_data, source)
         apps = tuple(parse_app(n, a, None, f"apps.{n}", source) for n, a in apps_data.items())
+        apps = _stored_incarnations(apps, data.get("incarnations"), source)
         releases = {}
         for name, r in (data.get("releases") or {}).items():
             try:
@@ -184,6 +189,45 @@ class State:
             raise ConfigError("written_back", "must be a timestamp or null", written_back, source)
         return cls(data["generation"], apps, releases, gens, change, discovered, line,
                    tuple((f[0], f[1]) for f in forks), written_back)
+
+
+def _stored_incarnations(apps: tuple[AppConfig, ...], data: Any,
+                        source: str) -> tuple[AppConfig, ...]:
+    """``apps`` with the incarnations a stored state names (``{app: {service: generation}}``)."""
+    if data is None:
+        return apps
+    if not isinstance(data, dict):
+        raise ConfigError("incarnations", "must be a mapping of apps to {service: generation}",
+                          data, source)
+    out = []
+    for app in apps:
+        known = data.get(app.name, {})
+        if not isinstance(known, dict) or not all(
+                isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in known.values()):
+            raise ConfigError(f"incarnations.{app.name}", "must be {service: generation}", known,
+                              source)
+        out.append(replace(app, services=tuple(replace(s, incarnation=known.get(s.name, 0))
+                                               for s in app.services)))
+    return tuple(out)
+
+
+def incarnate(old: tuple[AppConfig, ...], new: tuple[AppConfig, ...],
+              generation: int) -> tuple[AppConfig, ...]:
+    """``new`` with each service's incarnation: the one it had in ``old`` if its app had a
+    service of that name there (new weights or backends do not make a new service), else
+    ``generation``, the change that adds it. So a service deleted and added again later under
+    the same name (blue, green, blue) is a new incarnation, and the cookies pinned to the old
+    one re-pin rather than reach the new one at weight 0. Kept in the stored state, so the same
+    on every replica and after a restart."""
+    before = {(a.name, s.name): s.incarnation for a in old for s in a.services}
+    out = []
+    for app in new:
+        services = tuple(
+            s if s.incarnation == (n := before.get((app.name, s.name), generation))
+            else replace(s, incarnation=n)
+            for s in app.services)
+        out.append(app if services == app.services else replace(app, services=services))
+    return tuple(out)
 
 
 def health_check_to_dict(hc: HealthCheckConfig | None) -> dict[str, Any] | None:

@@ -4,12 +4,12 @@ A token pins a client to one backend of one service of one app. It is::
 
     base64url( version(1) | service id(6) | backend id(6) | issued(4) | last seen(4) | mac(12) )
 
-44 characters, no padding. The ids are truncated HMACs of the names, so the token reveals no
-address and no service name; the MAC covers the app name too, so a token minted for one app
-is worthless for another. ``issued`` enforces ``max_life`` and ``last seen`` ``max_idle``
-(HAProxy's ``cookie ... maxidle maxlife``); the router re-issues the cookie when ``last seen``
-is older than a quarter of ``max_idle``, so an active client never expires while an idle
-one does, without a Set-Cookie on every response.
+44 characters, no padding. The ids are truncated HMACs of the names (the service's with its
+incarnation), so the token reveals no address and no service name; the MAC covers the app name
+too, so a token minted for one app is worthless for another. ``issued`` enforces ``max_life``
+and ``last seen`` ``max_idle`` (HAProxy's ``cookie ... maxidle maxlife``); the router re-issues
+the cookie when ``last seen`` is older than a quarter of ``max_idle``, so an active client never
+expires while an idle one does, without a Set-Cookie on every response.
 
 Anything that does not verify (wrong length, bad base64, bad MAC, unknown version, expired,
 issued in the future) is treated as no cookie at all.
@@ -19,9 +19,10 @@ domain (the MAC covers ``preview\0`` first, so neither kind can pass for the oth
 
     base64url( version 2 (1) | preview id(6) | issued(4) | expires(4) | mac(12) )
 
-36 characters. The preview id is a truncated HMAC of the app, the new service and the moment its
-release started, so a token opens the preview of one release only: not the next release of a
-service of the same name, and nothing once the release is confirmed or rolled back.
+36 characters. The preview id is a truncated HMAC of the app, the new service, its incarnation
+(the generation that started the release) and the moment the release started, so a token opens
+the preview of one release only: not the next release of a service of the same name, even one
+started within the same second, and nothing once the release is confirmed or rolled back.
 """
 
 from __future__ import annotations
@@ -95,8 +96,13 @@ class TokenCodec:
         msg = "\0".join(parts).encode()
         return hmac.digest(self._secret, b"id\0" + msg, hashlib.sha256)[:ID_LEN]
 
-    def service_id(self, app: str, service: str) -> bytes:
-        return self._id(app, service)
+    def service_id(self, app: str, service: str, incarnation: int = 0) -> bytes:
+        """What a token names a service by: its app, its name and its incarnation (the
+        generation that added it; 0 gives the id of tokens issued before incarnations were
+        kept), so a token of a deleted service does not reach a later one of the same name."""
+        if incarnation == 0:
+            return self._id(app, service)
+        return self._id(app, service, str(incarnation))
 
     def backend_id(self, app: str, service: str, backend: str) -> bytes:
         return self._id(app, service, backend)
@@ -134,6 +140,18 @@ class TokenCodec:
             return None
         return pin
 
+    def pin(self, app: bytes, cookie_header: bytes, name: bytes, now: int) -> Pin | None:
+        """The pin of the first cookie ``name`` (``b"CONTAINERID="``) in a ``Cookie`` header
+        that is valid for ``app``, or None: under one app's path the browser may also send
+        the cookie of another app on the host whose path contains it."""
+        j = find_cookie(cookie_header, name, 0)
+        while j >= 0:
+            pin = self.verify(app, cookie_at(cookie_header, j), now)
+            if pin is not None:
+                return pin
+            j = find_cookie(cookie_header, name, j)
+        return None
+
     def _check(self, app: bytes, token: bytes) -> Pin | None:
         """The token's content if it is well-formed and signed for ``app``; no clock."""
         if len(token) != TOKEN_LEN or token.translate(None, _URLSAFE):
@@ -152,10 +170,13 @@ class TokenCodec:
         return Pin(sid, bid, issued, seen)
 
 
-    def preview_id(self, app: str, service: str, release_started: str) -> bytes:
-        """What a preview token of the release of ``service`` started at ``release_started``
-        names (the release's ``started_at``)."""
-        return self._id("preview", app, service, release_started)
+    def preview_id(self, app: str, service: str, incarnation: int, release_started: str) -> bytes:
+        """What a preview token of the release of ``service`` names: the service's incarnation
+        (the generation that started the release, one per release) and the release's
+        ``started_at``."""
+        if incarnation == 0:
+            return self._id("preview", app, service, release_started)
+        return self._id("preview", app, service, release_started, str(incarnation))
 
     def issue_preview(self, app: bytes, preview_id: bytes, issued: int, expires: int) -> bytes:
         """A preview token for ``app`` valid until ``expires`` (Unix seconds)."""
@@ -190,24 +211,60 @@ class TokenCodec:
             return None
         return known
 
+    def previewing(self, app: bytes, cookie_header: bytes, name: bytes, preview_id: bytes,
+                   now: int) -> bool:
+        """Whether a ``Cookie`` header has a cookie ``name`` (``b"CONTAINERID_PREVIEW="``) with
+        a valid preview token of ``app`` naming ``preview_id``."""
+        j = find_cookie(cookie_header, name, 0)
+        while j >= 0:
+            found = self.verify_preview(app, cookie_at(cookie_header, j), now)
+            if found is not None and found[0] == preview_id:
+                return True
+            j = find_cookie(cookie_header, name, j)
+        return False
+
 
 def cookie_value(cookie_header: bytes, name: bytes) -> bytes | None:
-    """The value of cookie ``name`` in one ``Cookie`` header, or None.
+    """The value of the first cookie ``name`` in one ``Cookie`` header, or None.
 
-    ``name`` is ``b"CONTAINERID="``-style (name plus equals sign), matched at a cookie
-    boundary so ``XCONTAINERID=`` does not count.
+    ``name`` is ``b"CONTAINERID="``-style (name plus equals sign), matched where a cookie
+    begins (the start, or after a ``;`` and spaces) so neither ``XCONTAINERID=`` nor a value
+    that contains the name (``a=1, CONTAINERID=x``) counts.
     """
-    start = 0
+    j = find_cookie(cookie_header, name, 0)
+    return None if j < 0 else cookie_at(cookie_header, j)
+
+
+def find_cookie(cookie_header: bytes, name: bytes, start: int) -> int:
+    """Where the value of the next cookie ``name`` after ``start`` begins, or -1. A browser
+    sends every cookie of that name whose path matches the request's (RFC 6265 5.4), the most
+    specific path first; each app's is told apart by its signature."""
     while True:
         i = cookie_header.find(name, start)
         if i < 0:
-            return None
-        if i == 0 or cookie_header[i - 1] in b" ;\t":
-            j = i + len(name)
-            end = cookie_header.find(b";", j)
-            value = cookie_header[j:] if end < 0 else cookie_header[j:end]
-            return value.strip().strip(b'"')
+            return -1
+        if _cookie_starts(cookie_header, i):
+            return i + len(name)
         start = i + 1
+
+
+def cookie_at(cookie_header: bytes, j: int) -> bytes:
+    """The cookie value that begins at ``j`` (found by ``find_cookie``)."""
+    end = cookie_header.find(b";", j)
+    value = cookie_header[j:] if end < 0 else cookie_header[j:end]
+    return value.strip().strip(b'"')
+
+
+def _cookie_starts(header: bytes, i: int) -> bool:
+    """Whether a cookie begins at ``i``: only spaces between it and a ``;`` or the start."""
+    while i > 0:
+        i -= 1
+        c = header[i]
+        if c == 59:  # ";"
+            return True
+        if c != 32 and c != 9:
+            return False
+    return True
 
 
 def load_or_create_secret(path: str | None) -> bytes:

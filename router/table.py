@@ -15,12 +15,16 @@ behind the metrics, when a service's weight dropped to 0 -- lives in ``Backend``
 from __future__ import annotations
 
 import time
-from typing import Container, Iterable, Mapping
+from typing import Container, Final, Iterable, Mapping
 
 from .balancer import LeastInFlight, RoundRobin, SmoothWeightedRoundRobin
-from .config import AppConfig, split_hostport
+from .config import AppConfig, StickyConfig, split_hostport
 from .counters import BackendStats, ServiceStats, Stats, UnroutedStats
 from .sticky import TokenCodec
+
+DEFAULT_COOKIE: Final = StickyConfig().cookie
+# The preview cookie is the sticky cookie's name with this after it: CONTAINERID_PREVIEW.
+PREVIEW_COOKIE_SUFFIX: Final = b"_PREVIEW"
 
 
 class Backend:
@@ -126,6 +130,53 @@ class App:
         return f"App({self.name!r})"
 
 
+class HostApp:
+    """An app as the routes of one host reach it: the app, and its cookies on that host, their
+    bytes made once per snapshot (``cookie_name``, ``cookie_path``)."""
+
+    __slots__ = ("app", "cookie_eq", "set_cookie", "cookie_attrs", "preview_eq", "preview_attrs")
+
+    def __init__(self, app: App, name: str, path: str) -> None:
+        self.app = app
+        self.cookie_eq = name.encode() + b"="
+        self.set_cookie = b"Set-Cookie: " + self.cookie_eq
+        self.cookie_attrs = b"; Path=" + path.encode() + b"; HttpOnly; SameSite=Lax"
+        self.preview_eq = name.encode() + PREVIEW_COOKIE_SUFFIX + b"="
+        self.preview_attrs = b"; Path=" + path.encode()
+
+    def __repr__(self) -> str:
+        return f"HostApp({self.app.name!r}, {self.cookie_attrs!r})"
+
+
+def cookie_name(cfg: AppConfig, cookie: str) -> str:
+    """The name of an app's sticky cookie (``cookie``: ``sticky.cookie``; the preview cookie is
+    it with ``_PREVIEW``): ``cookie``, unless the app has routes on two paths of one host, which
+    share no path that its cookie could have alone: then ``<cookie>_<app>``
+    (docs/routing.md, "The cookie")."""
+    seen: dict[str, str] = {}
+    for r in cfg.routes:
+        if seen.setdefault(r.host, r.path) != r.path:
+            return f"{cookie}_{cfg.name}"
+    return cookie
+
+
+def cookie_path(paths: Iterable[str]) -> str:
+    """An app's cookie ``Path`` on one host, from the paths of its routes there: the longest
+    path they all share (its one path, nearly always), so the cookie is sent with every request
+    to the app and with none to another app of the host whose path is not inside it."""
+    shared: list[str] | None = None
+    for path in paths:
+        segments = path.split("/")
+        if shared is None:
+            shared = segments
+            continue
+        n = 0
+        while n < min(len(shared), len(segments)) and shared[n] == segments[n]:
+            n += 1
+        shared = shared[:n]
+    return "/".join(shared or ()) or "/"
+
+
 class _Host:
     """The routes of one host: the app for "/", and path prefixes by value.
 
@@ -138,19 +189,19 @@ class _Host:
     __slots__ = ("root", "prefixes", "longest")
 
     def __init__(self) -> None:
-        self.root: App | None = None
-        self.prefixes: dict[bytes, App] = {}
+        self.root: HostApp | None = None
+        self.prefixes: dict[bytes, HostApp] = {}
         self.longest = 0
 
-    def match(self, path: bytes) -> App | None:
+    def match(self, path: bytes) -> HostApp | None:
         prefixes = self.prefixes
         if len(path) > self.longest:
             end = path.rfind(b"/", 0, self.longest + 1)
             path = path[:end] if end > 0 else b""
         while path:
-            app = prefixes.get(path)
-            if app is not None:
-                return app
+            hit = prefixes.get(path)
+            if hit is not None:
+                return hit
             end = path.rfind(b"/")
             path = path[:end] if end > 0 else b""
         return self.root
@@ -177,8 +228,9 @@ class RoutingTable:
         st.unrouted = unrouted.codes
         return st
 
-    def lookup(self, host: bytes, path: bytes) -> App | None:
-        """The app for a ``Host`` header value and a request path (no query)."""
+    def lookup(self, host: bytes, path: bytes) -> HostApp | None:
+        """The app for a ``Host`` header value and a request path (no query), with its cookies
+        on that host."""
         entry = self._hosts.get(host)
         if entry is None:
             entry = self._hosts.get(normalize_host(host))
@@ -204,8 +256,9 @@ def normalize_host(host: bytes) -> bytes:
 class TableBuilder:
     """Builds successive tables, carrying per-backend and per-service state across them."""
 
-    def __init__(self, codec: TokenCodec) -> None:
+    def __init__(self, codec: TokenCodec, cookie: str = DEFAULT_COOKIE) -> None:
         self._codec = codec
+        self.cookie = cookie  # sticky.cookie
         self._backends: dict[tuple[str, str, str], Backend] = {}
         self._stats: dict[tuple[str, str], ServiceStats] = {}
         self._zero_since: dict[tuple[str, str], float] = {}
@@ -240,16 +293,22 @@ class TableBuilder:
                 if scfg.weight == 0:
                     zs = zero_since[skey] = self._zero_since.get(skey, now)
                 services.append(Service(scfg.name, scfg.weight, tuple(bes),
-                                        self._codec.service_id(cfg.name, scfg.name), st, zs))
+                                        self._codec.service_id(cfg.name, scfg.name,
+                                                               scfg.incarnation), st, zs))
             app = App(cfg, tuple(services), self._preview(cfg, services, previews))
             built[cfg.name] = app
+            name = cookie_name(cfg, self.cookie)
+            paths: dict[str, list[str]] = {}
+            for route in cfg.routes:
+                paths.setdefault(route.host, []).append(route.path)
+            on_host = {h: HostApp(app, name, cookie_path(ps)) for h, ps in paths.items()}
             for route in cfg.routes:
                 entry = hosts.setdefault(route.host.encode(), _Host())
                 if route.path == "/":
-                    entry.root = app
+                    entry.root = on_host[route.host]
                 else:
                     p = route.path.encode()
-                    entry.prefixes[p] = app
+                    entry.prefixes[p] = on_host[route.host]
                     entry.longest = max(entry.longest, len(p))
         self._backends = backends
         self._stats = stats
@@ -262,13 +321,14 @@ class TableBuilder:
         if release is None:
             return None
         new, started = release
-        for svc in services:
+        for svc, scfg in zip(services, cfg.services):
             if svc.name == new:
                 marker = cfg.preview
                 header = marker.header.lower().encode() if marker is not None else b""
                 value = (marker.value if marker is not None and marker.value is not None
                          else new).encode()
-                return Preview(svc, self._codec.preview_id(cfg.name, new, started), header, value)
+                return Preview(svc, self._codec.preview_id(cfg.name, new, scfg.incarnation,
+                                                           started), header, value)
         return None
 
     def all_backends(self) -> Iterable[Backend]:

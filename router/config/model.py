@@ -83,6 +83,11 @@ class ServiceConfig:
     weight: int  # 0..100, relative to the other services of the app
     backends: tuple[str, ...]  # normalised "host:port" ("[::1]:8080" for IPv6), no duplicates
     health_check: HealthCheckConfig | None = None
+    # Not a setting: the generation of the change that added the service to the routing state
+    # (0: it came with the first seed, or from a state stored before incarnations were kept).
+    # A service deleted and added again under its name is a new incarnation, which the sticky
+    # cookies and preview tokens of the old one do not reach (router.state.incarnate).
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

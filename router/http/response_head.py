@@ -171,13 +171,22 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
 
 def _own_cookies(raw: bytes, lowered: bytes, own_cookie: bytes,
                  cuts: list[tuple[int, int]]) -> None:
-    """Add to ``cuts`` the backend's ``Set-Cookie`` fields of the router's own cookie."""
+    """Add to ``cuts`` the backend's ``Set-Cookie`` fields of the router's own cookie, its
+    name read as a browser reads it (RFC 6265 5.2: up to the first ``=`` of the part before
+    the first ``;``, spaces and tabs trimmed: ``CONTAINERID =x`` sets ``CONTAINERID``)."""
     i = lowered.find(b"\r\nset-cookie:")
     while i >= 0:
         end = raw.find(b"\r\n", i + 2)
         if end < 0:
             end = len(raw)
-        if raw[i + 13:end].lstrip().startswith(own_cookie):
+        pair = raw[i + 13:end].split(b";", 1)[0]
+        name, eq, value = pair.partition(b"=")
+        name = name.strip(b" \t")
+        if not name and eq:
+            # A nameless cookie, which a browser that keeps one sends as its value alone.
+            name, eq, value = value.partition(b"=")
+            name = name.strip(b" \t")
+        if eq and name + b"=" == own_cookie:
             cuts.append((i, end))
         i = lowered.find(b"\r\nset-cookie:", end)
 

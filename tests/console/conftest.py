@@ -44,10 +44,12 @@ class Browser:
     contexts: list[Any] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
 
-    async def page(self, width: int = 1280, height: int = 800) -> Any:
+    async def page(self, width: int = 1280, height: int = 800, args: tuple[str, ...] = ()) -> Any:
+        """A page in a fresh profile; ``args``: more Chromium switches (names resolved to
+        loopback: ``--host-resolver-rules=MAP shop.test 127.0.0.1``)."""
         profile = os.path.join(self.root, f"profile-{len(self.contexts)}")
         ctx = await self.pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + list(args),
             viewport={"width": width, "height": height})
         self.contexts.append(ctx)
         page = ctx.pages[0] if ctx.pages else await ctx.new_page()

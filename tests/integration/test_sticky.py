@@ -9,6 +9,7 @@ import time
 import aiohttp
 
 from tests.conftest import app_config, get, router_config, set_apps
+from tests.integration.test_admin_api import Api
 from tests.processes import until
 
 
@@ -191,3 +192,53 @@ async def test_real_process_apply_drain_and_repin(backend, router_process):
     async with aiohttp.ClientSession() as s:
         async with s.get(rp.admin_url + "/metrics") as r:
             assert "router_config_generation 3.0" in await r.text()
+
+
+# -- a service's incarnation ----------------------------------------------------------------------
+async def test_a_cookie_of_a_deleted_service_does_not_pin_to_a_later_one_of_its_name(backend, router):
+    """blue -> green -> blue: a client pinned to the first blue is not sent to the second blue
+    while it is at weight 0 (no client is to see it yet); it is re-pinned by weight."""
+    blue, green, blue2 = await backend("blue"), await backend("green"), await backend("blue-2")
+    srv = await router(router_config({"shop": app_config({"blue": (100, [blue.addr])})}))
+    _, name, cookie = await _get(srv)
+    assert name == "blue" and cookie
+    async with aiohttp.ClientSession() as s:
+        api = Api(s, srv.admin_port)
+        for method, path, body in (
+                ("PUT", "/apps/shop/services/green", {"weight": 100, "backends": [green.addr]}),
+                ("PUT", "/apps/shop/weights", {"blue": 0}),
+                ("DELETE", "/apps/shop/services/blue", None),
+                ("PUT", "/apps/shop/services/blue", {"weight": 0, "backends": [blue2.addr]})):
+            status, out, _ = await api.call(method, path, body)
+            assert status in (200, 201, 204), out
+    seen = [await _get(srv, cookie) for _ in range(10)]
+    assert [name for _, name, _ in seen] == ["green"] * 10
+    assert all(new is not None and new != cookie for _, _, new in seen)  # re-pinned
+    assert blue2.requests == 0
+    # The pin the client got now holds.
+    assert (await _get(srv, seen[-1][2]))[1:] == ("green", None)
+
+
+async def test_incarnations_survive_a_restart(backend, router, tmp_path):
+    """A service added through the API keeps its incarnation in the stored state: its pinned
+    clients stay pinned across a restart of the router."""
+    blue, green = await backend("blue"), await backend("green")
+    cfg = router_config({"shop": app_config({"blue": (100, [blue.addr])})},
+                        sticky={"secret_file": str(tmp_path / "secret")})
+    store = str(tmp_path / "router-state.yaml")
+    srv = await router(cfg, store)
+    async with aiohttp.ClientSession() as s:
+        status, out, _ = await Api(s, srv.admin_port).call(
+            "PUT", "/apps/shop/services/green", {"weight": 100, "backends": [green.addr]})
+        assert status == 201, out
+        status, out, _ = await Api(s, srv.admin_port).call("PUT", "/apps/shop/weights", {"blue": 0})
+        assert status == 200, out
+    _, name, cookie = await _get(srv)
+    assert name == "green" and cookie
+    incarnation = srv.manager.state.app("shop").services[1].incarnation
+    assert incarnation == 2  # the generation that added green
+    await srv.stop()
+    again = await router(cfg, store)
+    assert again.manager.state.app("shop").services[1].incarnation == incarnation
+    for _ in range(3):
+        assert (await _get(again, cookie))[1:] == ("green", None)

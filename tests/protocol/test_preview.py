@@ -43,7 +43,7 @@ def release(w: Wire, new: str | None = "v2", started: str = STARTED) -> None:
 def token(w: Wire, app: str = "shop", new: str = "v2", started: str = STARTED,
           ttl: int = 600) -> bytes:
     now = int(time.time())
-    return w.codec.issue_preview(app.encode(), w.codec.preview_id(app, new, started), now,
+    return w.codec.issue_preview(app.encode(), w.codec.preview_id(app, new, 0, started), now,
                                  now + ttl)
 
 
@@ -197,13 +197,13 @@ def test_tables_carry_a_preview_only_for_apps_with_an_open_release() -> None:
     pv = t.apps["shop"].preview
     assert pv is not None and pv.service is t.apps["shop"].by_name["v2"]
     assert (pv.header, pv.value) == (b"x-preview", b"v2")
-    assert pv.token_id == codec.preview_id("shop", "v2", STARTED)
+    assert pv.token_id == codec.preview_id("shop", "v2", 0, STARTED)
     assert t.apps["cart"].preview is None  # a release whose service is not there: nothing
 
 
 def test_preview_tokens() -> None:
     codec = TokenCodec(b"k" * 32, 1800, 28800)
-    pid = codec.preview_id("shop", "v2", STARTED)
+    pid = codec.preview_id("shop", "v2", 0, STARTED)
     t = codec.issue_preview(b"shop", pid, 1000, 2000)
     assert len(t) == PREVIEW_TOKEN_LEN and re.fullmatch(rb"[A-Za-z0-9_-]+", t)
     assert codec.verify_preview(b"shop", t, 1999) == (pid, 2000)
@@ -213,7 +213,7 @@ def test_preview_tokens() -> None:
     assert codec.verify(b"shop", t, 1500) is None  # never a sticky pin
     for bad in (t[:-1], t + b"A", t.replace(t[5:6], b"+" if t[5:6] != b"+" else b"-"), b""):
         assert codec.verify_preview(b"shop", bad, 1500) is None
-    assert pid != codec.preview_id("shop", "v2", "2026-11-26T14:33:19Z")
+    assert pid != codec.preview_id("shop", "v2", 0, "2026-11-26T14:33:19Z")
     assert pid != codec.service_id("shop", "v2")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import app_config
+from tests.conftest import app_config, get, router_config
 from tests.integration.test_admin_api import Api, _awaiting
 from tests.load import Load
 from tests.ramp.conftest import metric
@@ -126,3 +126,38 @@ async def test_markers_do_nothing_after_rollback_or_confirm(backend, router_proc
     # The one request by preview of the second release (the first release's green and its
     # counters went with its rollback); none since the confirm: by weight now.
     assert before == after == 1
+
+
+async def test_a_preview_token_opens_only_its_own_release(admin_api, backend):
+    """Two releases of a service of the same name started within one second: the token of the
+    first does not open the second."""
+    blue, green, green2 = await backend("blue"), await backend("green"), await backend("green-2")
+    api, srv = await admin_api(router_config({"shop": app_config({"blue": (100, [blue.addr])})}))
+
+    async def release(new: Any) -> dict[str, Any]:
+        status, body, _ = await api.call("POST", "/apps/shop/release",
+                                         {"service": "green", "backends": [new.addr]})
+        assert status == 201, body
+        return body
+
+    async def rollback() -> None:
+        status, body, _ = await api.call("POST", "/apps/shop/release/rollback")
+        assert status == 200, body
+
+    for _ in range(20):  # until both start in the same second (the first try, nearly always)
+        first = await release(green)
+        old = (await _preview(api))["cookie"]
+        await rollback()
+        second = await release(green2)
+        if second["started_at"] == first["started_at"]:
+            break
+        await rollback()
+    else:
+        raise AssertionError("no two releases started within one second in 20 tries")
+    new = (await _preview(api))["cookie"]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+        for cookie, want in ((old, "blue\n"), (new, "green-2\n")):
+            for _ in range(5):
+                _, _, body = await get(s, srv, headers={"Cookie": f"{cookie['name']}={cookie['value']}"})
+                assert body.decode() == want, cookie
+    assert green2.requests == 5

@@ -148,7 +148,7 @@ async def test_reload_applies_each_setting_it_reports(tmp_path, backend):
         assert srv.plane.pool.connect_timeout == 0.25
         assert (ctx.client_idle_timeout, ctx.max_header, ctx.passive.failures) == (5.0, 4096, 0)
         assert srv.health.failures == 0  # the decision too, not only the data plane's count
-        assert ctx.cookie_eq == b"SID="
+        assert srv.plane.table.lookup(b"app.test", b"/").cookie_eq == b"SID="  # type: ignore[union-attr]
         assert srv.manager.state is state  # the file has no apps now: nothing else changes
         assert [a.name for a in srv.plane.table.apps.values()] == ["shop"]
     finally:

@@ -121,6 +121,28 @@ def test_the_routers_cookie_replaces_the_backends_own():
     assert b"CONTAINERID=evil" in rewrite(raw).head
 
 
+@pytest.mark.parametrize("value", [
+    b"CONTAINERID =evil", b"CONTAINERID\t=evil", b"CONTAINERID = evil", b" \tCONTAINERID=evil",
+    b"CONTAINERID=evil; Path=/admin; Domain=shop.test", b"=CONTAINERID=evil",
+    b"= CONTAINERID =evil"])
+def test_the_backends_own_cookie_is_removed_however_it_is_spelled(value):
+    """A browser trims the name (RFC 6265 5.2; Chromium stores each of these as CONTAINERID),
+    and sends a nameless cookie as its value alone (``=CONTAINERID=x`` as ``CONTAINERID=x``)."""
+    raw = b"HTTP/1.1 200 OK\r\nSet-Cookie: " + value + b"\r\nContent-Length: 0"
+    rh = rewrite(raw, cookie=COOKIE, own=b"CONTAINERID=")
+    assert rh.head == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + COOKIE + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("value", [
+    b"CONTAINERIDX=1", b"XCONTAINERID=1", b"containerid=1", b"CONTAINERID", b"CONTAINERID;=1",
+    b"sid=CONTAINERID=1", b"sid=1; CONTAINERID=2", b'"CONTAINERID"=1', b"CONTAINERID\xc2\xa0=1"])
+def test_other_cookies_pass(value):
+    """Other names, as a browser reads them: a cookie without "=" is a nameless one whose value
+    has no "=" either, attributes are not cookies, quotes and other spaces are part of a name."""
+    raw = b"HTTP/1.1 200 OK\r\nSet-Cookie: " + value + b"\r\nContent-Length: 0"
+    assert b"Set-Cookie: " + value + b"\r\n" in rewrite(raw, cookie=COOKIE, own=b"CONTAINERID=").head
+
+
 def test_interim_responses():
     rh = rewrite(b"HTTP/1.1 100 Continue", 100)
     assert rh.head == b"HTTP/1.1 100 Continue\r\n\r\n" and rh.body == framing.NONE

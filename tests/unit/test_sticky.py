@@ -59,6 +59,28 @@ def test_ids_are_six_bytes_stable_and_distinct(codec: TokenCodec) -> None:
     assert TokenCodec(b"x" * 32, MAX_IDLE, MAX_LIFE).service_id("shop", "blue") != sid
 
 
+def test_each_incarnation_of_a_service_has_its_own_id(codec: TokenCodec) -> None:
+    """Incarnation 0 (the seed, or a state stored before incarnations) keeps the id tokens had
+    before, so an upgrade re-pins nobody."""
+    sid = codec.service_id("shop", "blue")
+    assert codec.service_id("shop", "blue", 0) == sid
+    later = {codec.service_id("shop", "blue", n) for n in (1, 2, 12, 21)}
+    assert len(later) == 4 and sid not in later
+
+
+def test_pin_takes_the_first_cookie_of_the_name_valid_for_the_app(codec: TokenCodec) -> None:
+    """Under an app's path a browser also sends the cookie of the same name that the app at
+    "/" set (RFC 6265 5.4): each is tried, the one this app signed wins, whatever the order."""
+    mine = token(codec)
+    theirs = codec.issue(b"home", *ids(codec), T0, T0)
+    for header in (b"CONTAINERID=" + mine + b"; CONTAINERID=" + theirs,
+                   b"CONTAINERID=" + theirs + b"; a=1; CONTAINERID=" + mine,
+                   b"CONTAINERID=junk; CONTAINERID=" + theirs + b";CONTAINERID=" + mine):
+        assert codec.pin(APP, header, b"CONTAINERID=", T0) == Pin(*ids(codec), T0, T0)
+    assert codec.pin(APP, b"CONTAINERID=" + theirs, b"CONTAINERID=", T0) is None
+    assert codec.pin(APP, b"", b"CONTAINERID=", T0) is None
+
+
 def test_token_is_44_url_safe_chars(codec: TokenCodec) -> None:
     for n in range(50):
         sid, bid = ids(codec, f"svc{n}", f"10.0.0.{n}:8080")
@@ -240,6 +262,9 @@ def test_secret_must_be_16_bytes() -> None:
     (b"XCONTAINERID=evil", None),
     (b"XCONTAINERID=evil; CONTAINERID=good", b"good"),
     (b"a=CONTAINERID=evil; CONTAINERID=good", b"good"),
+    (b"a=1, CONTAINERID=evil", None),  # a value with a comma, not a cookie
+    (b"a=1 CONTAINERID=evil; CONTAINERID=good", b"good"),
+    (b"a=1;; CONTAINERID=good", b"good"),
     (b"a=1; b=2", None),
     (b"CONTAINERID", None),
     (b"containerid=abc", None),

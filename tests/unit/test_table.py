@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
 from router.config import AppConfig, Route, ServiceConfig, parse_app
 from router.sticky import TokenCodec
-from router.table import App, Backend, RoutingTable, TableBuilder, normalize_host
+from router.table import App, Backend, HostApp, RoutingTable, TableBuilder, cookie_name, normalize_host
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
@@ -40,8 +41,8 @@ def one_app(name: str, *routes: Route) -> AppConfig:
     return AppConfig(name=name, routes=routes, services=(svc("web", 100, f"{name}.internal:80"),))
 
 
-def names(app: App | None) -> str | None:
-    return None if app is None else app.name
+def names(hit: HostApp | None) -> str | None:
+    return None if hit is None else hit.app.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,16 +72,16 @@ def test_lookup_host_variants(builder: TableBuilder) -> None:
     app = table.apps["shop"]
     for host in (b"shop.example.com", b"SHOP.Example.COM", b"shop.example.com:8080",
                  b"shop.example.com.", b"shop.example.com.:80"):
-        assert table.lookup(host, b"/") is app, host
-        assert table.lookup(host, b"/any/path") is app, host
+        assert names(table.lookup(host, b"/")) == app.name, host
+        assert names(table.lookup(host, b"/any/path")) == app.name, host
 
 
 def test_lookup_ipv6_literal(builder: TableBuilder) -> None:
     # Config routes are DNS names; the table itself keys on whatever host it is given.
     table = builder.build([one_app("local", Route("[::1]"))], 1)
     local = table.apps["local"]
-    assert table.lookup(b"[::1]:8080", b"/") is local
-    assert table.lookup(b"[::1]", b"/x") is local
+    assert names(table.lookup(b"[::1]:8080", b"/")) == local.name
+    assert names(table.lookup(b"[::1]", b"/x")) == local.name
     assert table.lookup(b"[::2]:8080", b"/") is None
 
 
@@ -171,8 +172,8 @@ def test_build_from_parse_app(builder: TableBuilder) -> None:
     table = builder.build([cfg], 3)
     app = table.apps["shop"]
     assert table.generation == 3
-    assert table.lookup(b"shop.example.com", b"/") is app
-    assert table.lookup(b"www.example.com", b"/shop/cart") is app
+    assert names(table.lookup(b"shop.example.com", b"/")) == app.name
+    assert names(table.lookup(b"www.example.com", b"/shop/cart")) == app.name
     assert table.lookup(b"www.example.com", b"/") is None
     assert (app.name, app.name_b, app.sticky, app.drain_timeout) == ("shop", b"shop", False, 300.0)
     assert [s.name for s in app.services] == ["blue", "green"]
@@ -416,3 +417,61 @@ def test_backend_repr_and_defaults() -> None:
     assert (be.host, be.port, be.inflight, be.healthy, be.token_id) == ("::1", 8080, 0, True,
                                                                        b"123456")
     assert repr(be) == "Backend('[::1]:8080', inflight=0, healthy=True)"
+
+
+# --------------------------------------------------------------------------------------------
+# The cookie of each app
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("routes", "scopes"), [
+    (["shop.test"], ("CONTAINERID", {"shop.test": "/"})),
+    (["shop.test", "www.shop.test"], ("CONTAINERID", {"shop.test": "/", "www.shop.test": "/"})),
+    (["shop.test/admin"], ("CONTAINERID", {"shop.test": "/admin"})),
+    (["shop.test", "example.test/shop"], ("CONTAINERID", {"shop.test": "/",
+                                                          "example.test": "/shop"})),
+    (["shop.test/api/v1"], ("CONTAINERID", {"shop.test": "/api/v1"})),
+    # Routes on two paths of one host: a name of its own, and the path they all share.
+    (["shop.test/a", "shop.test/b"], ("CONTAINERID_web", {"shop.test": "/"})),
+    (["shop.test/a/x", "shop.test/a/y", "b.test/z"], ("CONTAINERID_web", {"shop.test": "/a",
+                                                                         "b.test": "/z"})),
+    (["shop.test/a/x", "shop.test/a/xy"], ("CONTAINERID_web", {"shop.test": "/a"})),
+    (["shop.test/a/t", "shop.test/a/t-x", "shop.test/a/t/y"], ("CONTAINERID_web",
+                                                             {"shop.test": "/a"})),
+    (["shop.test", "shop.test/api"], ("CONTAINERID_web", {"shop.test": "/"})),
+])
+def test_cookie_scope(builder: TableBuilder, routes: list[str],
+                      scopes: tuple[str, dict[str, str]]) -> None:
+    cfg = parse_app("web", {"routes": routes, "services": {"v1": {"backends": []}}}, None, "")
+    name, paths = scopes
+    assert cookie_name(cfg, "CONTAINERID") == name
+    table = builder.build([cfg], 1)
+    for route in cfg.routes:
+        scope = table.lookup(route.host.encode(), route.path.encode())
+        assert scope is not None and scope.app is table.apps["web"]
+        assert scope.cookie_eq == name.encode() + b"="
+        assert scope.cookie_attrs == b"; Path=%s; HttpOnly; SameSite=Lax" % paths[route.host].encode()
+
+
+def test_two_apps_of_one_host_have_a_cookie_each(builder: TableBuilder) -> None:
+    table = builder.build([one_app("home", Route("shop.test")),
+                           one_app("admin", Route("shop.test", "/admin"))], 1)
+    home, admin = table.lookup(b"shop.test", b"/"), table.lookup(b"shop.test", b"/admin/x")
+    assert home is not None and admin is not None
+    assert (home.set_cookie, home.cookie_attrs) == (
+        b"Set-Cookie: CONTAINERID=", b"; Path=/; HttpOnly; SameSite=Lax")
+    assert (admin.set_cookie, admin.cookie_attrs) == (
+        b"Set-Cookie: CONTAINERID=", b"; Path=/admin; HttpOnly; SameSite=Lax")
+    assert (admin.preview_eq, admin.preview_attrs) == (b"CONTAINERID_PREVIEW=", b"; Path=/admin")
+    sid = TableBuilder(builder._codec, "SID").build([one_app("admin", Route("shop.test", "/admin"))], 1)
+    assert sid.lookup(b"shop.test", b"/admin").cookie_eq == b"SID="  # type: ignore[union-attr]
+
+
+def test_a_service_is_named_in_tokens_with_its_incarnation(builder: TableBuilder,
+                                                           codec: TokenCodec) -> None:
+    app = shop(green=50)
+    again = AppConfig(app.name, app.routes, (app.services[0], replace(app.services[1], incarnation=7)))
+    one, two = builder.build([app], 1).apps["shop"], builder.build([again], 2).apps["shop"]
+    assert one.by_name["green"].token_id == codec.service_id("shop", "green")
+    assert two.by_name["green"].token_id == codec.service_id("shop", "green", 7)
+    assert one.by_name["blue"].token_id == two.by_name["blue"].token_id
