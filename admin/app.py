@@ -1,12 +1,14 @@
 """The admin listener: health, readiness, metrics, the REST API and the web console.
 
-Auth and the mapping of errors to ``{"error": {...}}`` bodies happen here, in one place;
-handlers (``admin.handlers``) stay thin and call the state's operations.
+Every request goes through the same middlewares, in order: the admin token (``admin.auth``:
+a wrong one is refused, slowly), the rules that keep web pages out (``admin.guard``: ``Host``,
+``Origin``, JSON bodies), the console's session (``admin.console``), and for ``/api/`` the token
+required and the mapping of errors to ``{"error": {...}}`` bodies (``admin.errors``). Handlers
+(``admin.handlers``) stay thin and call the state's operations.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -15,7 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router.errors import RouterError, Unauthorized
 
-from . import console, handlers
+from . import auth, console, guard, handlers
+from .auth import has_token
+from .errors import error_response
 from .handlers import SERVER
 from .openapi import openapi
 
@@ -46,6 +50,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     server = request.app[SERVER]
+    admin = server.config.admin
+    if admin.token is not None and not admin.metrics_public and not has_token(request):
+        # The series name every backend's address: not for whoever reaches the port.
+        return error_response(Unauthorized("/metrics needs the admin token (admin.metrics_public "
+                                           "is false)", "Authorization"))
     await server.summed_stats()  # the collector reads the sum made here
     body = generate_latest(server.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -66,21 +75,14 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     token = request.app[SERVER].config.admin.token
     try:
-        if token is not None:
-            auth = request.headers.get("Authorization", "")
-            if not (auth.startswith("Bearer ")
-                    and hmac.compare_digest(auth[7:].strip().encode(), token.encode())):
-                raise Unauthorized("missing or wrong bearer token", "Authorization")
+        if token is not None and not has_token(request):
+            # A wrong token was refused already (admin.auth): here it is missing.
+            raise Unauthorized("missing bearer token", "Authorization")
         return await handler(request)
     except RouterError as e:
         if e.status >= 500:
             log.error("%s %s: %s", request.method, request.path, e.message)
-        resp = web.json_response(e.to_dict(), status=e.status)
-        if e.status == 401:
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="router"'
-        elif e.status == 503:
-            resp.headers["Retry-After"] = "1"  # the store is retried continually
-        return resp
+        return error_response(e)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -96,8 +98,10 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 def create_app(server: "Server") -> web.Application:
     # The console's session stands in for the bearer token before the API checks it.
-    app = web.Application(middlewares=[console.session_middleware, api_middleware],
+    app = web.Application(middlewares=[auth.token_middleware, guard.guard_middleware,
+                                       console.session_middleware, api_middleware],
                           client_max_size=2 * 1024 * 1024)
+    auth.install(app)
     app[SERVER] = server
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -7,9 +7,13 @@ script-readable storage (see docs/console.md):
 
 - ``POST /ui/session`` with the token answers with an ``HttpOnly; SameSite=Strict`` cookie
   that names a signed session (not the token) and a CSRF token for the page;
-- ``session_middleware`` turns a valid session cookie on an ``/api/`` call into the bearer
-  token the API checks, and refuses every change that does not carry the session's CSRF
+- ``session_middleware`` lets an ``/api/`` call with a valid session cookie through as if it
+  carried the bearer token, and refuses every change that does not carry the session's CSRF
   token in ``X-CSRF-Token``.
+
+The rules every request to the admin listener passes first (``Host``, ``Origin``, JSON bodies:
+``admin.guard``) keep a page of another site from signing in or acting here; a wrong token at
+sign-in is answered as slowly as a wrong bearer token (``admin.auth``).
 
 Sessions are stateless: an HMAC, keyed by the admin token, over the session's issue time and a
 random id. They survive a restart of the router and end when they expire or when the token
@@ -28,10 +32,11 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from router.errors import BadRequest, Forbidden, RouterError, Unauthorized
 
+from .auth import THROTTLE, grant, matches, too_many
+from .errors import error_response
 from .handlers import SERVER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,17 +100,10 @@ def csrf_token(token: str, sid: str) -> str:
 
 
 def _error(e: RouterError) -> web.Response:
-    resp = web.json_response(e.to_dict(), status=e.status, headers={"Cache-Control": "no-store"})
+    resp = error_response(e)
     if e.status == 401:
         resp.del_cookie(COOKIE, path="/")
     return resp
-
-
-def _same_origin(request: web.Request) -> bool:
-    """A browser names the page's origin on a POST; another site's page must not sign in or
-    act here even if the cookie rules were bypassed."""
-    origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
 
 
 @web.middleware
@@ -122,13 +120,11 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
                                    "sign in again", "Authorization"))
     if request.method not in _SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
-        if not (hmac.compare_digest(sent.encode(), csrf_token(token, sid).encode())
-                and _same_origin(request)):
+        if not hmac.compare_digest(sent.encode(), csrf_token(token, sid).encode()):
             return _error(Forbidden("a change from the console needs the page's CSRF token "
                                     f"({CSRF_HEADER}); reload the console", CSRF_HEADER))
-    headers = CIMultiDict(request.headers)
-    headers["Authorization"] = f"Bearer {token}"
-    return await handler(request.clone(headers=headers))
+    grant(request)
+    return await handler(request)
 
 
 def _session_body(request: web.Request, sid: str | None) -> dict[str, object]:
@@ -148,8 +144,6 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def sign_in(request: web.Request) -> web.Response:
     token = request.app[SERVER].config.admin.token
-    if not _same_origin(request):
-        return _error(Forbidden("sign-in from another site refused", "Origin"))
     try:
         body = json.loads(await request.read())
     except ValueError:
@@ -159,8 +153,11 @@ async def sign_in(request: web.Request) -> web.Response:
         return _error(BadRequest('the body must be {"token": "..."}', "token"))
     if token is None:
         return web.json_response(_session_body(request, None))
-    if not hmac.compare_digest(sent.strip().encode(), token.encode()):
-        return _error(Unauthorized("wrong admin token", "token"))
+    refused = too_many(request)
+    if refused is not None:
+        return _error(refused)
+    if not matches(token, sent):
+        return _error(await request.app[THROTTLE].refuse(request, "wrong admin token", "token"))
     cookie = new_session(token, time.time())
     sid = session_id(token, cookie, time.time())
     resp = web.json_response(_session_body(request, sid), headers={"Cache-Control": "no-store"})

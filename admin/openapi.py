@@ -402,9 +402,19 @@ def _bad_request(description: str) -> dict[str, Any]:
     return out
 
 
-_COMMON = {"400": _bad_request("not a valid HTTP request"), "401": _err("missing or wrong bearer token")}
+# Every call: what the listener answers before any operation (docs/admin-api.md, "Web pages").
+_COMMON = {"400": _bad_request("not a valid HTTP request"),
+           "401": _err("missing or wrong bearer token (a wrong one is answered after a delay)"),
+           "403": _err("sent by a page of another origin than the listener's and those of "
+                       "admin.allowed_origins (the Origin field)"),
+           "421": _err("the Host names neither an address of the listener, localhost, nor a "
+                       "name of admin.allowed_hosts (DNS rebinding), and the call has no token"),
+           "429": _err("too many wrong tokens from this client are waiting for their answer")}
+_NOT_JSON = {"415": _err("a body that is not sent as Content-Type: application/json (or, "
+                         "without a body, a form's or text/plain type)")}
 _MUTATION = {**_COMMON, "400": _bad_request("body is not JSON, or not a valid HTTP request"),
              "404": _err("unknown app or service"),
+             **_NOT_JSON,
              "409": _err("state conflict"), "412": _err("stale If-Match"),
              "413": _err("body too large"), "422": _err("invalid value"),
              "503": _err("the state cannot be persisted")}
@@ -603,7 +613,8 @@ def openapi() -> dict[str, Any]:
                                                    **DURATION, "description": "how long it works "
                                                    "(default 1h, at most 7d)"}}},
                                               required=False),
-                         "responses": {**_COMMON, "200": _json("Preview", "the preview", etag=False),
+                         "responses": {**_COMMON, **_NOT_JSON,
+                                       "200": _json("Preview", "the preview", etag=False),
                                        "400": _bad_request("body is not JSON, or not a valid HTTP request"),
                                        "404": _err("unknown app or no open release"),
                                        "422": _err("invalid ttl")}},

@@ -48,8 +48,20 @@ class PayloadTooLarge(RouterError):
     status, code = 413, "payload_too_large"
 
 
+class UnsupportedMediaType(RouterError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Misdirected(RouterError):
+    status, code = 421, "misdirected"
+
+
 class Invalid(RouterError):
     status, code = 422, "invalid"
+
+
+class TooManyRequests(RouterError):
+    status, code = 429, "too_many_requests"
 
 
 class BadGateway(RouterError):

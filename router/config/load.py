@@ -47,6 +47,7 @@ from .scalars import (
     resolve_file,
     section,
     split_backend,
+    web_origin,
 )
 
 _TOP_KEYS = (
@@ -63,7 +64,7 @@ _TOP_KEYS = (
     "handoff",
     "apps",
 )
-_ADMIN_KEYS = ("listen", "token_file")
+_ADMIN_KEYS = ("listen", "token_file", "allowed_hosts", "allowed_origins", "metrics_public")
 _STICKY_KEYS = ("cookie", "max_idle", "max_life", "secret_file")
 _TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_body", "grace",
                  "drain_delay", "worker")
@@ -102,7 +103,52 @@ def _parse_admin(data: dict[str, object], source: str, base_dir: str | None) -> 
             m.get("token_file"),
             source,
         )
-    return AdminConfig(host=host, port=port, token_file=token_file, token=token)
+    hosts = tuple(_allowed_host(h, f"admin.allowed_hosts[{i}]", source)
+                  for i, h in enumerate(_strings(m.get("allowed_hosts"), "admin.allowed_hosts",
+                                                 source)))
+    if "*" in hosts and token is None:
+        raise ConfigError("admin.allowed_hosts", "'*' needs an admin token (admin.token_file): "
+                          "without one, any web page could reach the admin API by DNS rebinding",
+                          m.get("allowed_hosts"), source)
+    origins = []
+    for i, text in enumerate(_strings(m.get("allowed_origins"), "admin.allowed_origins", source)):
+        origin = web_origin(text)
+        if origin is None:
+            raise ConfigError(f"admin.allowed_origins[{i}]", "must be an origin as a browser "
+                              "sends it: http:// or https://, a host, an optional port, no path",
+                              text, source)
+        origins.append(origin)
+    metrics_public = is_loopback(host)
+    if m.get("metrics_public") is not None:
+        metrics_public = check_bool(m["metrics_public"], "admin.metrics_public", source)
+        if not metrics_public and token is None:
+            raise ConfigError("admin.metrics_public", "false needs an admin token "
+                              "(admin.token_file or ROUTER_ADMIN_TOKEN) for /metrics to ask for",
+                              False, source)
+    return AdminConfig(host=host, port=port, token_file=token_file, token=token,
+                       allowed_hosts=hosts, allowed_origins=tuple(origins),
+                       metrics_public=metrics_public)
+
+
+def _strings(value: object, path: str, source: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(path, "must be a list of strings", value, source)
+    return value
+
+
+def _allowed_host(text: str, path: str, source: str) -> str:
+    """An ``admin.allowed_hosts`` entry: ``*``, a name, or ``.name`` (it and every name under
+    it); lower case, without a trailing dot."""
+    host = text.lower().rstrip(".")
+    if host == "*":
+        return host
+    if not is_dns_name(host[1:] if host.startswith(".") else host):
+        raise ConfigError(path, "must be a host name without scheme or port (every port is "
+                          "allowed), '.example.com' for it and every name under it, or '*'",
+                          text, source)
+    return host
 
 
 # router.sticky.load_or_create_secret refuses shorter secrets: an HMAC key needs some entropy.

@@ -176,6 +176,16 @@ class AdminConfig:
     port: int = 9090
     token_file: str | None = None
     token: str | None = None  # read from token_file (stripped) or env ROUTER_ADMIN_TOKEN at load
+    # Host names a request may name besides an address and localhost (the defence against DNS
+    # rebinding), as Django's ALLOWED_HOSTS: "admin.example.com", ".example.com" (it and every
+    # name under it), "*" (any; with a token only). Lower case, no trailing dot.
+    allowed_hosts: tuple[str, ...] = ()
+    # Origins (scheme://host[:port], as browsers send them) whose pages may call the admin
+    # listener besides its own: a console behind a reverse proxy on another name or scheme.
+    allowed_origins: tuple[str, ...] = ()
+    # /metrics without the token; resolved at load: by default, when the listener is on
+    # loopback (it names backend addresses).
+    metrics_public: bool = True
 
 
 @dataclass(frozen=True, slots=True)

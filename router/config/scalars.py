@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import re
+import urllib.parse
 from decimal import Decimal
 from fractions import Fraction
 
@@ -321,3 +322,25 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def web_origin(text: str) -> str | None:
+    """``text`` as a browser names an origin, ``scheme://host[:port]`` (http or https, the host
+    in lower case, no default port), or None if it is not one (``null`` included)."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if (parts.scheme not in _DEFAULT_PORTS or not host or parts.path not in ("", "/")
+            or parts.query or parts.fragment or "@" in parts.netloc):
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS[parts.scheme]:
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"

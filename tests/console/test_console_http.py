@@ -152,7 +152,8 @@ async def test_forged_expired_and_foreign_sessions_refused(guarded):
                           headers={"Origin": "http://evil.test"}) as r:
             assert r.status == 403 and "Set-Cookie" not in r.headers
         for body in (b"", b"[]", b'{"token": 1}'):
-            async with s.post(_url(srv, "/ui/session"), data=body) as r:
+            async with s.post(_url(srv, "/ui/session"), data=body,
+                              headers={"Content-Type": "application/json"}) as r:
                 assert r.status == 400
 
 

@@ -294,7 +294,9 @@ class Admin:
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        async with self.s.request(method, self.base + "/api/v1" + path, data=data) as r:
+        typed = {"Content-Type": "application/json"} if data is not None else {}
+        async with self.s.request(method, self.base + "/api/v1" + path, data=data,
+                                  headers=typed) as r:
             text = await r.text()
             return r.status, json.loads(text) if text else None
 

@@ -39,8 +39,9 @@ class Api:
     async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                    headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        typed = {"Content-Type": "application/json"} if data is not None else {}
         async with self.s.request(method, self.base + path, data=data,
-                                  headers={**self.headers, **(headers or {})}) as r:
+                                  headers={**self.headers, **typed, **(headers or {})}) as r:
             text = await r.text()
             return r.status, (json.loads(text) if text else None), {k.lower(): v for k, v in r.headers.items()}
 

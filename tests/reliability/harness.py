@@ -220,7 +220,7 @@ async def http_status(port: int, path: str, host: str = "127.0.0.1", timeout: fl
 async def metrics(admin_port: int) -> dict[str, float]:
     """The admin /metrics as {'name{labels}': value}."""
     reader, writer = await asyncio.open_connection("127.0.0.1", admin_port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     raw = await reader.read()
     writer.close()
     return parse_metrics(raw.split(b"\r\n\r\n", 1)[1].decode())

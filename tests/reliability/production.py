@@ -80,7 +80,7 @@ async def admin_call(port: int, method: str, path: str, body: bytes = b"",
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            writer.write(b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                          b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (method.encode(), path.encode(), len(body), body))
             raw = await reader.read()

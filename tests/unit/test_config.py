@@ -235,7 +235,8 @@ def test_services_keep_file_order_and_weight_defaults_to_100() -> None:
 def test_admin_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "  from-env \n")
     cfg = config_from_dict({"admin": {"listen": "0.0.0.0:9090"}})
-    assert cfg.admin == AdminConfig(host="0.0.0.0", port=9090, token_file=None, token="from-env")
+    assert cfg.admin == AdminConfig(host="0.0.0.0", port=9090, token_file=None, token="from-env",
+                                    metrics_public=False)  # off loopback: /metrics needs it
 
 
 def test_admin_token_file_wins_over_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,7 +254,8 @@ def test_relative_files_resolve_next_to_the_config(tmp_path: Path) -> None:
         admin: {listen: "10.1.2.3:9090", token_file: secrets/token}
         sticky: {secret_file: secrets/sticky}
         """)
-    assert cfg.admin == AdminConfig("10.1.2.3", 9090, str(tmp_path / "secrets" / "token"), "t0k")
+    assert cfg.admin == AdminConfig("10.1.2.3", 9090, str(tmp_path / "secrets" / "token"), "t0k",
+                                    metrics_public=False)
     assert cfg.sticky.secret_file == str(tmp_path / "secrets" / "sticky")
 
 
