@@ -107,21 +107,26 @@ async def test_a_page_of_another_site_cannot_change_anything_by_form(lab, browse
     state = State(srv.admin_port)
     generation = (await state.get())["generation"]
     admin = f"http://localhost:{srv.admin_port}"
-    # text/plain sends name=value as it is: a JSON body made of the field's name and value.
-    # The page asks for no referrer: Chromium then sends "Origin: null".
+    # text/plain sends name=value as it is: a JSON body made of the field's name and value,
+    # here one that makes the attacker's backend the only one of lab.test (the "=" falls in
+    # "source"). The page asks for no referrer: Chromium then sends "Origin: null".
+    apps = json.dumps({"lab": app_config({"evil": (100, [evil.addr])}, routes=["lab.test"])})
     pages["/"] = f"""<!doctype html><meta name="referrer" content="no-referrer">
         <form method="post" enctype="text/plain" action="{admin}/api/v1/apply?force=1">
-        <input type="hidden" name='{{"apps": {{}}, "x": "' value='"}}'></form>
+        <input type="hidden" name='{{"apps": {apps}, "source": "' value='"}}'></form>
         <script>document.forms[0].submit()</script>"""
+    # The same with the page's own origin sent, and a body-less change by an empty form.
+    pages["/origin"] = pages["/"].replace('<meta name="referrer" content="no-referrer">', "")
     pages["/plain"] = f"""<!doctype html><form method="post" action="{admin}/api/v1/apps/lab/release/rollback">
         </form><script>document.forms[0].submit()</script>"""
     page = await browser.page(args=(MAP,))
-    for path in ("/", "/plain"):
+    for path in ("/", "/origin", "/plain"):
         async with page.expect_response(lambda r: r.url.startswith(admin)) as answered:
             await page.goto(f"http://attacker.test:{port}{path}")
         answer = await answered.value
         assert answer.status in (403, 415), (path, answer.status)
     await untouched(srv, state, generation)
+    assert evil.requests == 0
 
 
 async def test_dns_rebinding_reads_and_changes_nothing(lab, browser):

@@ -307,6 +307,24 @@ async def test_release_wait_times_out(shop: tuple[RouterProcess, Backend, Backen
     await ctl_ok(rp, "release", "rollback", "shop")
 
 
+async def test_through_localhost_as_through_ssh_tunnel(
+        shop: tuple[RouterProcess, Backend, Backend]) -> None:
+    """``ssh -L 9090:localhost:9090`` and ``routerctl --url http://localhost:9090``: every
+    command, with a JSON body or none, passes the listener's web-page rules (Host, JSON)."""
+    rp, blue, green = shop
+    url = rp.admin_url.replace("127.0.0.1", "localhost")
+    for args in (("release", "start", "shop", "web-v2", "--backend", green.addr, "--wait",
+                  "--wait-timeout", "20"),
+                 ("weights", "shop", "web=50", "web-v2=50"),
+                 ("release", "rollback", "shop"),
+                 ("sticky", "shop", "off")):
+        r = await ctl(url, *args)
+        assert r.rc == 0, f"routerctl {' '.join(args)}: rc {r.rc}\n{r.out}\n{r.err}"
+    app = await app_state(rp)
+    assert {n: s["weight"] for n, s in app["services"].items()} == {"web": 100}
+    assert app["release"] is None and app["session_sticky"] is False
+
+
 async def test_bad_release_start(shop: tuple[RouterProcess, Backend, Backend]) -> None:
     rp, _, _ = shop
     r = await ctl(rp.admin_url, "release", "start", "shop", "web-v2")
