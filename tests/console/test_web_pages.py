@@ -22,9 +22,9 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import app_config, router_config, serve
-from tests.processes import free_port, terminate
+from tests.processes import free_port, terminate, until
 
-from .conftest import TOKEN, sign_in, until
+from .conftest import TOKEN, sign_in
 
 pytest.importorskip("playwright", reason="the playwright package is not installed (pip install -e '.[test]')")
 from playwright.async_api import expect  # noqa: E402
@@ -242,7 +242,7 @@ async def test_the_console_behind_a_reverse_proxy(backend, router, browser, ngin
                     return r.status == 200
         except aiohttp.ClientError:
             return False
-    await until(up, "nginx to answer")
+    await until(up, 10, "nginx to answer")
     state = State(configured.admin_port, TOKEN)
     for port, weight in ((keeps, 0), (own, 10)):
         page = await browser.page(args=(MAP,))
