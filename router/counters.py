@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-# Prometheus client's default buckets: the usual latency range of an HTTP service.
-BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# The latency histogram's upper bounds, seconds: the one set the metrics, the console's stats,
+# the guarded ramp's quantiles and the stall detection all read. The Prometheus client's default
+# buckets (5 ms .. 10 s, all kept, so that queries on them still work) and six more from
+# 0.25 ms to 7.5 ms: a proxy's own latency is a fraction of a millisecond, and a version that
+# goes from 1 ms to 3 ms must show. 20 bounds: bisect takes 5 comparisons instead of 4.
+BUCKETS: tuple[float, ...] = (
+    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25,
+    0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
 class ServiceStats:

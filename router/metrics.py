@@ -20,7 +20,7 @@ from .counters import BUCKETS, BackendStats, ServiceStats, Stats
 from .release import RampStatus
 
 if TYPE_CHECKING:
-    from .release import Release
+    from .state import State
     from .table import RoutingTable
 
 
@@ -28,12 +28,14 @@ class DataPlaneCollector:
     """Renders the counters at scrape time, shaped by the current table."""
 
     def __init__(self, table: Callable[[], "RoutingTable"], stats: Callable[[], Stats],
-                 releases: Callable[[], Mapping[str, "Release"]],
+                 state: Callable[[], "State"],
                  health: Callable[[tuple[str, str, str]], str]) -> None:
-        """``health``: a backend's state (``router.health``): healthy, unhealthy, unchecked."""
+        """``state``: the routing state (its releases, the generation of each app's last
+        change); ``health``: a backend's state (``router.health``): healthy, unhealthy,
+        unchecked."""
         self._table = table
         self._stats = stats
-        self._releases = releases
+        self._state = state
         self._health = health
 
     def describe(self) -> list[Metric]:
@@ -103,6 +105,14 @@ class DataPlaneCollector:
         generation = GaugeMetricFamily(
             "router_config_generation", "Generation of the routing state in use")
         generation.add_metric([], table.generation)
+        state = self._state()
+        # What a dashboard marks changes with: it moves exactly when the app changes.
+        app_generation = GaugeMetricFamily(
+            "router_app_generation", "Generation of an app's last change (its ETag)",
+            labels=["app"])
+        for app in state.apps:
+            app_generation.add_metric([app.name], state.app_generations.get(app.name,
+                                                                             state.generation))
         release_info = GaugeMetricFamily(
             "router_release_info", "1 for each open blue-green release",
             labels=["app", "old", "new", "status"])
@@ -115,7 +125,7 @@ class DataPlaneCollector:
         paused = GaugeMetricFamily(
             "router_release_ramp_paused", "1 while a release's ramp is paused (by an operator, "
             "or for too little traffic to judge), else 0", labels=["app", "new"])
-        for app_name, r in sorted(self._releases().items()):
+        for app_name, r in sorted(state.releases.items()):
             release_info.add_metric([app_name, ",".join(r.old), r.new, r.status.value], 1)
             live = table.apps.get(app_name)
             if live is not None:
@@ -131,8 +141,8 @@ class DataPlaneCollector:
             "with no idle connection to close")
         refused.add_metric([], stats.refused)
         yield from (requests, errors, retries, inflight, weight, healthy, unchecked, sticky,
-                    fallback, preview, duration, generation, release_info, share, step, paused,
-                    refused)
+                    fallback, preview, duration, generation, app_generation, release_info, share,
+                    step, paused, refused)
 
 
 def cumulative_buckets(st: ServiceStats) -> list[tuple[str, int]]:

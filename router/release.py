@@ -352,8 +352,9 @@ DEFAULT_INTERVAL = 60.0       # Flagger's and Argo Rollouts' usual analysis inte
 DEFAULT_MAX_ERROR_RATE = 0.01  # the new version may fail 1 point more often than the old
 DEFAULT_MAX_LATENCY_RATIO = 2.0
 DEFAULT_QUANTILE = 0.99
-# The latency histogram's first buckets are 5 and 10 ms wide (router.counters.BUCKETS): below
-# 10 ms a ratio of two quantiles says more about the buckets than about the versions.
+# Below 10 ms a ratio of two p99s says more about the machine (a scheduling delay, a
+# garbage collection) than about the versions. The histogram resolves 0.25 ms
+# (router.counters.BUCKETS): a ramp of a millisecond service may set a lower floor.
 DEFAULT_LATENCY_FLOOR = 0.01
 DEFAULT_MIN_REQUESTS = 20      # per version and interval: fewer, and one error is 5 %
 DEFAULT_MAX_WAITS = 10         # intervals at one step without enough traffic, then paused

@@ -384,8 +384,7 @@ class Server:
         health = self.health
         self.registry.register(DataPlaneCollector(
             lambda: self.plane.table, self._current_stats,
-            lambda: self.manager.state.releases,
-            lambda key: health.state(key)[0]))
+            lambda: self.manager.state, lambda key: health.state(key)[0]))
         self.registry.register(WorkersCollector(self._workers_up, self._worker_restarts))
         if self.store_spec is not None:
             self.registry.register(StoreCollector(lambda: self.store is not None and self.store.up))

@@ -8,8 +8,9 @@ import aiohttp
 from tests.conftest import app_config, free_port, get, router_config
 from tests.integration.test_workers import PATIENT, _through_each_worker
 
-BUCKET_KEYS = ["0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1.0",
-               "2.5", "5.0", "7.5", "10.0", "+Inf"]
+BUCKET_KEYS = ["0.00025", "0.0005", "0.001", "0.002", "0.003", "0.005", "0.0075", "0.01", "0.025",
+               "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1.0", "2.5", "5.0", "7.5", "10.0",
+               "+Inf"]
 
 
 async def _stats(admin_port: int, app: str, **kw: object) -> tuple[int, dict]:

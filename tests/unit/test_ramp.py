@@ -228,9 +228,11 @@ def hist(**at: int) -> tuple[int, ...]:
 
 
 @pytest.mark.parametrize("q,buckets,expected", [
-    (0.99, hist(b0_005=100), 0.00495),          # inside the first bucket, from 0
+    (0.99, hist(b0_00025=100), 0.0002475),      # inside the first bucket, from 0
+    (0.5, hist(b0_001=50, b0_002=50), 0.001),     # a millisecond service: 1 ms, not 2.5
+    (0.99, hist(b0_002=90, b0_003=10), 0.0029),   # 1..2 ms, a tenth 2..3 ms
     (0.5, hist(b0_005=50, b0_01=50), 0.005),      # the bound between two buckets
-    (0.99, hist(b0_005=90, b0_01=10), 0.0095),    # 9 of 10 into the 5..10 ms bucket
+    (0.99, hist(b0_005=90, b0_01=10), 0.00975),   # 9 of 10 into the 7.5..10 ms bucket
     (0.99, hist(b0_1=99, b0_25=1), 0.1),          # exactly at the 99th
     (0.99, hist(b0_1=98, b0_25=2), 0.175),
     (0.99, hist(b0_005=1, b99=99), BUCKETS[-1]),   # in +Inf: the highest finite bound
