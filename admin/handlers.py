@@ -335,7 +335,9 @@ async def preview(request: web.Request) -> web.Response:
                                                                 release.started_at),
                                 now, expires).decode()
     param = PREVIEW_PARAM.decode()
-    links = [f"http://{r.host}{r.path}?{param}{token}" for r in app.routes]
+    # Links that reach this router: its port, or the public_url it is reached at.
+    links = [f"{srv.config.public_base(r.host, srv.port)}{r.path}?{param}{token}"
+             for r in app.routes]
     header = None
     if app.preview is not None:
         header = {"name": app.preview.header,

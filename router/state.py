@@ -704,9 +704,10 @@ def apply_apps(apps: tuple[AppConfig, ...], force: bool = False,
     ``routerctl apply``. Apps keep their place; new ones come after, in the file's order.
 
     Refused (409) unless ``force``: closing an open release (its app or one of its services is
-    not in the file), and deleting a service clients are still pinned to -- one of weight 0 in
-    ``pinned`` (``(app, service)`` pairs that got requests by cookie lately). With ``force`` a
-    release whose services are gone is closed.
+    not in the file), and deleting a service clients are still pinned to -- one in ``pinned``
+    (``(app, service)`` pairs that got requests by cookie lately), whatever its weight: its
+    clients lose their session either way. With ``force`` a release whose services are gone
+    is closed.
     """
     def op(state: State) -> Outcome:
         # Apps discovered from Docker are not the file's: they stay unless the file names them.
@@ -738,9 +739,9 @@ def apply_apps(apps: tuple[AppConfig, ...], force: bool = False,
             if open_release is not None:  # its services are the release's, judged above
                 kept |= {open_release.new, *open_release.old}
             for svc in app.services:
-                if svc.name not in kept and svc.weight == 0 and (app.name, svc.name) in pinned:
+                if svc.name not in kept and (app.name, svc.name) in pinned:
                     refused.append(f"deletes service {svc.name!r} of {app.name!r}, which clients "
-                                   "are still pinned to (weight 0, recent requests by cookie)")
+                                   "are still pinned to (recent requests by cookie)")
         if refused and not force:
             raise Conflict("apply " + "; ".join(refused) + "; apply with force to do it anyway",
                            "force")

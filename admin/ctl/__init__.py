@@ -11,6 +11,7 @@ operator sees. The standard library, and the router's YAML reader for ``apply`` 
     routerctl sticky shop off
     routerctl routes shop shop.example.com example.com/shop
     routerctl drain-timeout shop 10m
+    routerctl preview-header shop X-Preview [--value yes]   # or none
     routerctl service set shop web --backend 10.0.0.5:80 --backend 10.0.0.6:80
     routerctl service delete shop web-old
     routerctl release start shop web-v2 --backend 10.0.0.7:80 --wait
@@ -24,6 +25,7 @@ operator sees. The standard library, and the router's YAML reader for ``apply`` 
     routerctl delete shop
     routerctl export > router.yaml                # the apps, as a configuration file
     routerctl apply router.yaml [--dry-run] [--force]
+    routerctl export | routerctl apply --dry-run  # a file from standard input
     routerctl history [shop] [--limit N]
 
 Global options (before or after the command): ``--url`` (env ``ROUTER_URL``, default
@@ -31,7 +33,9 @@ Global options (before or after the command): ``--url`` (env ``ROUTER_URL``, def
 ``--if-match``.
 
 Exit codes: 0 success; 1 the server answered with an error (or: no open release, a ``--wait``
-that timed out); 2 a bad command line; 3 the admin API cannot be reached.
+that timed out); 2 a bad command line; 3 the admin API cannot be reached; 4 ``apply --dry-run``
+found that the apply would be refused without ``--force``. A reader that closes the pipe
+(``routerctl export | head -1``) is not an error.
 
 The package: ``client`` (HTTP and errors), ``render`` (tables), ``commands`` (apps, services,
 weights, routes), ``release`` (the release and its ramp), ``state`` (export, apply, history),

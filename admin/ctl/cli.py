@@ -10,8 +10,8 @@ from typing import Any, Callable, NoReturn, Sequence
 from router import version
 
 from .client import DEFAULT_TIMEOUT, DEFAULT_URL, EXIT_USAGE, INT_RE, Client, CtlError
-from .commands import (cmd_apps, cmd_create, cmd_delete, cmd_drain_timeout, cmd_routes, cmd_service_delete,
-                       cmd_service_set, cmd_show, cmd_sticky, cmd_weights)
+from .commands import (cmd_apps, cmd_create, cmd_delete, cmd_drain_timeout, cmd_preview_header, cmd_routes,
+                       cmd_service_delete, cmd_service_set, cmd_show, cmd_sticky, cmd_weights)
 from .conflicts import cmd_conflicts
 from .release import (cmd_ramp_move, cmd_release_confirm, cmd_release_preview, cmd_release_ramp,
                       cmd_release_rollback, cmd_release_start, cmd_release_status)
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="routerctl", parents=[_global_options(defaults=True)],
                      description="Admin client for the blue-green router.",
                      epilog="exit codes: 0 ok, 1 server error, 2 bad command line, "
-                            "3 admin API unreachable")
+                            "3 admin API unreachable, 4 apply --dry-run: the apply would be "
+                            "refused without --force")
     parser.add_argument("--version", action="version", version=f"routerctl {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
@@ -149,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("value", metavar="DURATION|none", help="e.g. 10m; none: never")
     p.set_defaults(func=cmd_drain_timeout)
 
+    p = sub.add_parser("preview-header", parents=[common],
+                       help="the request header that sends a request to the new version of an "
+                            "open release, whatever its weight")
+    p.add_argument("app")
+    p.add_argument("header", metavar="HEADER|none", help="a header field name, e.g. X-Preview; "
+                   "none: no preview by header (the preview link's cookie still works)")
+    p.add_argument("--value", help="the value it must have (default: the new service's name)")
+    p.set_defaults(func=cmd_preview_header)
+
     svc = sub.add_parser("service", parents=[common], help="add, change or delete a service")
     ssub = svc.add_subparsers(dest="service_command", metavar="ACTION", required=True,
                               parser_class=_Parser)
@@ -175,8 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("apply", parents=[common],
                        help="make the apps of a configuration file the router's, in one change")
-    p.add_argument("file", metavar="FILE", help="a configuration file; - for standard input")
-    p.add_argument("--dry-run", action="store_true", help="show the changes, make none")
+    p.add_argument("file", metavar="FILE", nargs="?",
+                   help="a configuration file; - or none given with a pipe: standard input")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show the changes, make none; exit 4 if the apply would be refused "
+                        "without --force")
     p.add_argument("--force", action="store_true",
                    help="also close open releases and delete services clients are pinned to")
     p.set_defaults(func=cmd_apply)
@@ -283,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client = Client(args.url, args.token, args.timeout, args.if_match)
         code: int = args.func(client, args, out)
+        sys.stdout.flush()
         return code
     except CtlError as e:
         sys.stdout.flush()
@@ -291,3 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("routerctl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`routerctl export | head -1`): it has what it wanted. What is
+        # left unwritten goes nowhere, so that the interpreter's own flush at exit does not
+        # fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -15,7 +15,7 @@ DEFAULT_URL = "http://127.0.0.1:9090"  # the admin API's default listen address
 DEFAULT_TIMEOUT = 10.0
 API = "/api/v1/apps"
 
-EXIT_OK, EXIT_SERVER, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_SERVER, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 INT_RE = re.compile(r"^-?[0-9]+$")  # stricter than int(): no "1_0", " 5", "+5"
 
@@ -39,13 +39,26 @@ class Unreachable(CtlError):
     exit_code = EXIT_UNREACHABLE
 
 
+# The server's words for an option of the API, and routerctl's: what to type instead.
+_CLI_TERMS = (("send force=true", "add --force"), ("apply with force", "add --force"),
+              ("confirm with force", "confirm with --force"))
+
+
+def cli_terms(message: str) -> str:
+    """A message of the server in routerctl's terms: options named as they are typed."""
+    for api, cli in _CLI_TERMS:
+        message = message.replace(api, cli)
+    return message
+
+
 class ApiError(CtlError):
-    """The server answered 4xx/5xx; its ``{"error": {...}}`` body is passed through."""
+    """The server answered 4xx/5xx; its ``{"error": {...}}`` body is passed through, in
+    routerctl's terms."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None,
                  body: Any = None) -> None:
-        text = f"{status} {code}: {message}"
-        if field:
+        text = f"{status} {code}: {cli_terms(message)}"
+        if field and field != "force":  # the message names --force
             text += f" (field: {field})"
         super().__init__(text)
         self.status, self.code, self.field, self.body = status, code, field, body

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Sequence
 
-from .client import API, EXIT_OK, INT_RE, Client, UsageError, app_path, quote
+from .client import API, EXIT_OK, INT_RE, ApiError, Client, CtlError, UsageError, app_path, quote
 from .render import Output, app_detail, apps_table, on_off, seconds, services_table
 
 # -- commands ---------------------------------------------------------------------------------
@@ -76,7 +76,12 @@ def cmd_create(c: Client, args: argparse.Namespace, out: Output) -> int:
     if args.drain_timeout is not None:
         body["drain_timeout"] = _drain_timeout(args.drain_timeout)
     # Create, never replace: an app of that name answers 412.
-    app = c.request("PUT", app_path(args.app), body, {"If-None-Match": "*"})
+    try:
+        app = c.request("PUT", app_path(args.app), body, {"If-None-Match": "*"})
+    except ApiError as e:
+        if e.status == 412 and e.field == "If-None-Match":
+            raise CtlError(f"create: app {args.app} exists (routerctl show {args.app})") from None
+        raise
     out.show(app, _generation_line("created"))
     return EXIT_OK
 
@@ -126,6 +131,26 @@ def cmd_service_set(c: Client, args: argparse.Namespace, out: Output) -> int:
     out.show(result, _generation_line(f"service {args.service} "
                                       f"{'added' if current is None else 'changed'}"))
     return EXIT_OK
+
+
+def cmd_preview_header(c: Client, args: argparse.Namespace, out: Output) -> int:
+    """The request header that sends a request to the new version of an open release."""
+    if args.header in ("none", "off"):
+        if args.value is not None:
+            raise UsageError("preview-header: --value goes with a header name, not none")
+        preview = None
+    else:
+        preview = {"header": args.header, "value": args.value}
+    app = c.request("PATCH", app_path(args.app), {"preview": preview})
+    out.show(app, lambda a: f"{a['name']}: preview header {preview_text(a.get('preview'))} "
+                            f"(generation {a['generation']})")
+    return EXIT_OK
+
+
+def preview_text(preview: dict[str, Any] | None) -> str:
+    if not preview:
+        return "none"
+    return f"{preview['header']}: {preview.get('value') or '<the new service>'}"
 
 
 def cmd_service_delete(c: Client, args: argparse.Namespace, out: Output) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 from router.config import format_duration
 
-from .client import API, EXIT_OK, Client, CtlError, UsageError
+from .client import API, EXIT_OK, EXIT_REFUSED, Client, CtlError, UsageError, cli_terms
 from .render import Output, table
 
 # -- the state as a file; its history ---------------------------------------------------------
@@ -73,30 +73,35 @@ def apply_text(source: str, result: dict[str, Any]) -> str:
         head = f"{source}: no changes (generation {gen})"
     text = head + "".join(f"\n  {line}" for line in lines)
     if result.get("refused"):
-        text += f"\nrefused without --force: {result['refused']}"
+        text += f"\nrefused without --force: {cli_terms(result['refused'])}"
     return text
 
 
 def cmd_apply(c: Client, args: argparse.Namespace, out: Output) -> int:
     from router.config import ConfigError, parse_yaml, read_yaml
 
+    # "-", or no FILE with something piped in: standard input (`routerctl export | routerctl
+    # apply --dry-run`).
+    stdin = args.file == "-" or (args.file is None and not sys.stdin.isatty())
+    if args.file is None and not stdin:
+        raise UsageError("apply: give a configuration FILE, or pipe one in (- reads standard "
+                         "input)")
+    source = "<stdin>" if stdin else args.file
     try:
-        # "-": standard input, so that `routerctl export | routerctl apply -` works.
-        data = (parse_yaml(sys.stdin.buffer.read(), "<stdin>") if args.file == "-"
-                else read_yaml(args.file))
+        data = parse_yaml(sys.stdin.buffer.read(), source) if stdin else read_yaml(args.file)
     except ConfigError as e:
         raise UsageError(str(e)) from None
     if not isinstance(data, dict) or "apps" not in data:
-        raise UsageError(f"{args.file}: no apps section: nothing to apply (an empty `apps: {{}}` "
+        raise UsageError(f"{source}: no apps section: nothing to apply (an empty `apps: {{}}` "
                          "would delete every app)")
-    source = "<stdin>" if args.file == "-" else args.file
     body = {"apps": data["apps"] if data["apps"] is not None else {},
             "domain": data.get("domain"), "source": source}
     query = urllib.parse.urlencode([(k, "1") for k, on in (("dry_run", args.dry_run),
                                                            ("force", args.force)) if on])
     result = c.request("POST", "/api/v1/apply" + (f"?{query}" if query else ""), body)
     out.show(result, lambda r: apply_text(source, r))
-    return EXIT_OK
+    # A dry run gates CI: what the apply itself would refuse is not a success.
+    return EXIT_REFUSED if result.get("refused") else EXIT_OK
 
 
 def history_table(entries: list[dict[str, Any]]) -> str:

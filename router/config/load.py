@@ -25,6 +25,7 @@ from .model import (
     DockerProviderConfig,
     HandoffConfig,
     Limits,
+    LoggingConfig,
     NetworkType,
     PassiveHealthConfig,
     ProvidersConfig,
@@ -58,6 +59,8 @@ _TOP_KEYS = (
     "timeouts",
     "trusted_proxies",
     "access_log",
+    "logging",
+    "public_url",
     "limits",
     "passive_health",
     "providers",
@@ -70,6 +73,8 @@ _TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_
                  "drain_delay", "worker")
 _PASSIVE_KEYS = ("failures", "cooldown")
 _ACCESS_LOG_KEYS = ("enabled", "format")
+_LOGGING_KEYS = ("format",)
+_LOGGING_FORMATS = ("text", "json")
 _PROVIDER_KEYS = ("docker",)
 _DOCKER_KEYS = ("endpoint", "swarm", "network", "published_ports", "host", "health_check",
                 "refresh", "empty_apps")
@@ -265,6 +270,30 @@ def _parse_access_log(data: dict[str, object], source: str) -> AccessLogConfig:
     return AccessLogConfig(enabled=enabled, format=fmt)
 
 
+def _parse_logging(data: dict[str, object], source: str) -> LoggingConfig:
+    m = section(data, "logging", "", _LOGGING_KEYS, source)
+    fmt = m.get("format", LoggingConfig().format)
+    if fmt not in _LOGGING_FORMATS:
+        raise ConfigError("logging.format", "must be 'text' or 'json'", fmt, source)
+    assert isinstance(fmt, str)
+    return LoggingConfig(format=fmt)
+
+
+# scheme://HOST[:PORT], where HOST may be {host}: the route's host name.
+_PUBLIC_URL_RE = re.compile(r"^https?://(\{host\}|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
+
+
+def _parse_public_url(value: object, source: str) -> str | None:
+    if value is None:
+        return None
+    m = _PUBLIC_URL_RE.match(value) if isinstance(value, str) else None
+    if m is None or (m.group(2) is not None and not 1 <= int(m.group(2)[1:]) <= 65535):
+        raise ConfigError("public_url", "must be a scheme, a host (or {host}: the route's) and "
+                          "an optional port, like https://{host} or http://{host}:8080 (no path)",
+                          value, source)
+    return value
+
+
 def parse_docker_endpoint(value: object, path: str, source: str = DEFAULT_SOURCE) -> str:
     """``unix:///absolute/path`` or ``tcp://host:port`` (plain HTTP, as ``dockerd -H``)."""
     reason = "must be unix:///path/to/docker.sock or tcp://host:port"
@@ -417,6 +446,8 @@ def _config_from_dict(data: object, source: str, base_dir: str | None) -> Config
         limits=_parse_limits(top, source),
         trusted_proxies=_parse_trusted_proxies(top.get("trusted_proxies"), source),
         access_log=_parse_access_log(top, source),
+        logging=_parse_logging(top, source),
+        public_url=_parse_public_url(top.get("public_url"), source),
         passive_health=_parse_passive_health(top, source),
         providers=_parse_providers(top, source),
         handoff=_parse_handoff(top, source, base_dir),

@@ -202,6 +202,13 @@ class HandoffConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """The event log on standard error (not the access log)."""
+
+    format: str = "text"  # "text": one line a human reads; "json": one JSON object a line
+
+
+@dataclass(frozen=True, slots=True)
 class DockerProviderConfig:
     """Where the Docker provider finds the Engine API and how it turns containers into backends
     (docs/docker.md)."""
@@ -240,8 +247,21 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     trusted_proxies: tuple[NetworkType, ...] = ()
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Where clients reach the data plane, for the links the router hands out (a release's
+    # preview): "https://{host}" behind a load balancer that terminates TLS on 443. None: http://
+    # the route's host and the port the data plane listens on.
+    public_url: str | None = None
     passive_health: PassiveHealthConfig = field(default_factory=PassiveHealthConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
     apps: tuple[AppConfig, ...] = ()
     source: str | None = None  # the file path it was loaded from
+
+    def public_base(self, host: str, port: int) -> str:
+        """The scheme, host and port a client uses to reach ``host``'s routes through this
+        router: ``public_url`` with ``{host}`` filled in, else ``http://HOST:PORT`` with the
+        port the data plane listens on (none for 80)."""
+        if self.public_url is not None:
+            return self.public_url.replace("{host}", host)
+        return f"http://{host}" if port == 80 else f"http://{host}:{port}"

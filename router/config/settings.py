@@ -20,7 +20,8 @@ NEEDS_RESTART = ("listen", "admin.listen", "sticky.secret_file", "providers", "h
 # Shown as changed, never with their values.
 _SECRETS = ("admin.token",)
 # In the order of the configuration file's documentation (README "Configuration").
-_SECTIONS = ("sticky", "timeouts", "passive_health", "limits", "trusted_proxies", "access_log")
+_SECTIONS = ("sticky", "timeouts", "passive_health", "limits", "trusted_proxies", "access_log",
+             "logging")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ def _settings(cfg: Config) -> dict[str, str]:
         "admin.allowed_origins": "[" + ", ".join(cfg.admin.allowed_origins) + "]",
         "admin.metrics_public": _show(cfg.admin.metrics_public),
         "domain": _show(cfg.domain),
+        "public_url": _show(cfg.public_url),
         "providers": _show(cfg.providers.docker),
         "handoff.socket": _show(cfg.handoff.socket),
     }

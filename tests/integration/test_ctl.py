@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -252,7 +253,7 @@ async def test_release_wait_confirm(shop: tuple[RouterProcess, Backend, Backend]
     assert r.rc == 1
     assert r.err.strip() == (
         "routerctl: 409 conflict: service 'web-v2' has weight 0: confirming would leave 'shop' "
-        "with no traffic; move weight first or confirm with force (field: weight)")
+        "with no traffic; move weight first or confirm with --force (field: weight)")
     assert await global_generation(rp) == gen
 
     r = await ctl_ok(rp, "release", "confirm", "shop", "--force")
@@ -332,6 +333,49 @@ async def test_bad_release_start(shop: tuple[RouterProcess, Backend, Backend]) -
     r = await ctl(rp.admin_url, "release", "start", "shop", "web-v2", "--backend", "not-an-addr")
     assert r.rc == 1 and r.err.startswith("routerctl: 422 invalid:"), r.err
     assert (await app_state(rp))["release"] is None
+
+
+def _links(out: str) -> list[str]:
+    return [line.strip() for line in out.splitlines() if line.startswith("  http")]
+
+
+async def test_preview_link_reaches_the_router_and_the_header_is_set(backend, router_process):
+    blue, green = await backend("blue"), await backend("green")
+    cfg = {"apps": {"shop": app_config({"web": (100, [blue.addr])}, routes=["localhost"])}}
+    rp = await router_process(cfg)
+    await ctl_ok(rp, "release", "start", "shop", "web-v2", "--backend", green.addr, "--wait",
+                 "--wait-timeout", "20")
+    r = await ctl_ok(rp, "release", "preview", "shop")
+    (link,) = _links(r.out)
+    # The data plane's port: the link works as printed (not port 80 of the same host).
+    assert link.startswith(f"http://localhost:{rp.port}/?router-preview=")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.get(link) as resp:
+            assert (resp.status, await resp.text()) == (200, "green\n")  # web-v2, at weight 0
+
+    # The preview header, set and removed by routerctl.
+    r = await ctl_ok(rp, "preview-header", "shop", "X-Preview")
+    assert r.out.startswith("shop: preview header X-Preview: <the new service> (generation")
+    assert (await app_state(rp))["preview"] == {"header": "X-Preview", "value": None}
+    async with aiohttp.ClientSession() as s:
+        assert (await get(s, rp, host="localhost", headers={"X-Preview": "web-v2"}))[2] == b"green\n"
+    r = await ctl_ok(rp, "preview-header", "shop", "X-Canary", "--value", "s3cret")
+    assert (await app_state(rp))["preview"] == {"header": "X-Canary", "value": "s3cret"}
+    assert "or the header: X-Canary: s3cret" in (await ctl_ok(rp, "release", "preview", "shop")).out
+    await ctl_ok(rp, "preview-header", "shop", "none")
+    assert (await app_state(rp))["preview"] is None
+    r = await ctl(rp.admin_url, "preview-header", "shop", "Host")
+    assert r.rc == 1 and "is a field the router reads or sets itself" in r.err
+
+    # Behind a load balancer: the address clients use, from public_url (a reload takes it).
+    rp.write_config({**cfg, "public_url": "https://{host}"})
+    rp.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not _links((await ctl_ok(rp, "release", "preview", "shop")).out)[0].startswith(
+            "https://localhost/?router-preview="):
+        assert time.monotonic() < deadline, "the reload did not change the link"
+        await asyncio.sleep(0.1)
+    assert "reload of" in rp.log() and "public_url none -> https://{host}" in rp.log()
 
 
 async def test_unreachable() -> None:

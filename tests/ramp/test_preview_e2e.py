@@ -43,7 +43,7 @@ async def _get(s: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int,
 async def _follow_link(url: str, link: str) -> aiohttp.ClientSession:
     """A browser visiting the preview link: a session whose cookie jar now holds the cookie."""
     browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    path = link.split("app.test", 1)[1]
+    path = "/" + link.split("/", 3)[3]  # http://app.test:PORT/...
     async with browser.get(url + path, headers={"Host": "app.test"},
                            allow_redirects=False) as r:
         assert r.status == 303 and r.headers["Location"] == "/"
@@ -62,7 +62,7 @@ async def test_preview_by_header_and_cookie_reaches_a_weight_0_version(backend, 
         load.start()  # customers: no marker, no cookie
         pv = await _preview(api)
         assert pv["service"] == "green" and pv["header"] == {"name": "X-Preview", "value": "green"}
-        assert pv["links"] == [f"http://app.test/?router-preview={pv['cookie']['value']}"]
+        assert pv["links"] == [f"http://app.test:{rp.port}/?router-preview={pv['cookie']['value']}"]
         # By header.
         for _ in range(10):
             assert await _get(s, rp.url + "/", **{"X-Preview": "green"}) == (200, "green\n")
@@ -100,7 +100,7 @@ async def test_markers_do_nothing_after_rollback_or_confirm(backend, router_proc
         for marker in (cookie, {"X-Preview": "green"}):
             for _ in range(5):
                 assert await _get(s, rp.url + "/", **marker) == (200, "blue\n")
-        async with s.get(rp.url + pv["links"][0].split("app.test", 1)[1],
+        async with s.get(rp.url + "/" + pv["links"][0].split("/", 3)[3],
                          headers={"Host": "app.test"}, allow_redirects=False) as r:
             assert r.status == 200 and await r.text() == "blue\n"  # no cookie, no redirect
         assert green.requests == reached

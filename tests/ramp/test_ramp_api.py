@@ -100,8 +100,12 @@ async def test_preview_endpoint(admin_api, backend):
     status, pv, headers = await api.call("POST", "/apps/shop/release/preview", {"ttl": "2h"})
     assert status == 200 and headers["cache-control"] == "no-store"
     token = pv["cookie"]["value"]
-    assert pv["links"] == [f"http://shop.test/?router-preview={token}",
-                           f"http://example.test/shop?router-preview={token}"]
+    # The data plane's port: the links reach this router (tests/integration/test_ctl.py
+    # follows one).
+    port = pv["links"][0].split(":")[2].split("/")[0]
+    assert port.isdigit() and port != "80"
+    assert pv["links"] == [f"http://shop.test:{port}/?router-preview={token}",
+                           f"http://example.test:{port}/shop?router-preview={token}"]
     assert pv["cookie"]["name"] == "CONTAINERID_PREVIEW"
     assert pv["header"] == {"name": "X-Canary", "value": "s3cret"}
     status, pv2, _ = await api.call("POST", "/apps/shop/release/preview")  # default: 1 h

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 import aiohttp
@@ -79,19 +80,23 @@ async def test_apply_refuses_to_close_a_release_without_force(backend, router_pr
     gen = await global_generation(rp)
     path = write(str(tmp_path / "old.yaml"), {
         "shop": app_config({"web": (100, [blue.addr])}, routes=["shop.test"])})
+    # In routerctl's terms: the option to add, not the API's field.
     refusal = ("apply closes the open release of 'shop': the file has no service 'web-v2'; "
-               "apply with force to do it anyway")
+               "add --force to do it anyway")
     r = await ctl(rp.admin_url, "apply", path)
-    assert r.rc == 1 and r.err.strip() == f"routerctl: 409 conflict: {refusal} (field: force)"
+    assert r.rc == 1 and r.err.strip() == f"routerctl: 409 conflict: {refusal}"
     app = await app_state(rp)
     assert app["release"]["status"] == "awaiting_confirmation" and await global_generation(rp) == gen
 
-    r = await ok(rp, "apply", path, "--dry-run")
-    assert r.out.splitlines() == [
+    # A dry run says what the apply would refuse, and exits 4: a CI job stops there.
+    r = await ctl(rp.admin_url, "apply", path, "--dry-run")
+    assert r.rc == 4 and r.out.splitlines() == [
         f"{path}: would change generation {gen} (dry run: nothing applied)",
         "  shop: service web-v2 deleted", "  shop: weights web 0->100",
         "  shop: release of web-v2 rolled back (web-v2 deleted)",
         f"refused without --force: {refusal}"]
+    r = await ok(rp, "apply", path, "--dry-run", "--force")
+    assert "refused" not in r.out
     r = await ok(rp, "apply", path, "--force")
     assert r.out.splitlines()[0] == f"{path}: applied (generation {gen + 1})"
     app = await app_state(rp)
@@ -117,8 +122,30 @@ async def test_apply_refuses_to_delete_a_service_clients_are_pinned_to(backend, 
         "shop": app_config({"web-v2": (100, [green.addr])}, routes=["shop.test"])})
     r = await ctl(rp.admin_url, "apply", path)
     assert r.rc == 1 and ("apply deletes service 'web' of 'shop', which clients are still pinned "
-                          "to (weight 0, recent requests by cookie)") in r.err
+                          "to (recent requests by cookie)") in r.err
     assert list((await app_state(rp))["services"]) == ["web", "web-v2"]
+    await ok(rp, "apply", path, "--force")
+    assert list((await app_state(rp))["services"]) == ["web-v2"]
+
+
+async def test_apply_refuses_to_delete_a_weighted_service_clients_are_pinned_to(
+        backend, router_process, tmp_path):
+    """Pinned is pinned at any weight: the file that deletes the version serving every client
+    (weight 100, clients holding its cookie) is refused as a drained one is."""
+    rp, blue, green = await shop(backend, router_process)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        for _ in range(2):  # the cookie, then a request routed by it
+            async with client.get(rp.url + "/", headers={"Host": "shop.test"}) as r:
+                assert await r.text() == "blue\n"
+    path = write(str(tmp_path / "v2.yaml"), {
+        "shop": app_config({"web-v2": (100, [green.addr])}, routes=["shop.test"])})
+    refusal = ("apply deletes service 'web' of 'shop', which clients are still pinned to (recent "
+               "requests by cookie); add --force to do it anyway")
+    r = await ctl(rp.admin_url, "apply", path, "--dry-run")
+    assert r.rc == 4 and r.out.splitlines()[-1] == f"refused without --force: {refusal}"
+    r = await ctl(rp.admin_url, "apply", path)
+    assert r.rc == 1 and r.err.strip() == f"routerctl: 409 conflict: {refusal}"
+    assert list((await app_state(rp))["services"]) == ["web"]
     await ok(rp, "apply", path, "--force")
     assert list((await app_state(rp))["services"]) == ["web-v2"]
 
@@ -175,15 +202,26 @@ async def test_export_apply_round_trip(backend, router_process, tmp_path):
     path.write_text(r.out)
     r = await ok(rp, "apply", str(path))
     assert r.out.strip() == f"{path}: no changes (generation {gen})"
-    # Through a pipe, as `routerctl export | routerctl apply -`.
+    # Through a pipe, as `routerctl export | routerctl apply --dry-run` (or `apply -`).
     cmd = f"{sys.executable} -m admin.ctl --url {rp.admin_url}"
-    proc = await asyncio.create_subprocess_shell(
-        f"{cmd} export | {cmd} apply - --dry-run", cwd=ROOT, env=_env(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err
-    assert out.decode().strip() == (f"<stdin>: no changes against generation {gen} "
-                                    "(dry run: nothing applied)")
+    for dash in ("", " -"):
+        proc = await asyncio.create_subprocess_shell(
+            f"{cmd} export | {cmd} apply{dash} --dry-run", cwd=ROOT, env=_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        assert out.decode().strip() == (f"<stdin>: no changes against generation {gen} "
+                                        "(dry run: nothing applied)")
+    # A reader that stops reading (`| head -1`) is not an error: no traceback, exit 0.
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first byte is written
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "admin.ctl", "--url", rp.admin_url, "export", cwd=ROOT,
+        env=_env(), stdin=asyncio.subprocess.DEVNULL, stdout=write_end,
+        stderr=asyncio.subprocess.PIPE)
+    os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert (proc.returncode, err.decode()) == (0, "")
     assert await global_generation(rp) == gen
     assert (await app_state(rp))["release"]["status"] == "awaiting_confirmation"
     r = await ok(rp, "export", "cart")
@@ -199,8 +237,7 @@ async def test_app_and_service_commands(backend, router_process):
     # A new app's backend: nothing has shown yet that it works there.
     assert row(r.out, "web") == ["web", "100", "100%", blue.addr, "0/1", "(1", "unchecked)"]
     r = await ctl(rp.admin_url, "create", "blog", "--route", "blog2.test", "--backend", blue.addr)
-    assert r.rc == 1 and r.err.strip() == ("routerctl: 412 precondition_failed: app 'blog' exists "
-                                           "already (If-None-Match: *) (field: If-None-Match)")
+    assert r.rc == 1 and r.err.strip() == "routerctl: create: app blog exists (routerctl show blog)"
 
     r = await ok(rp, "service", "set", "blog", "v2", "--backend", green.addr)
     assert r.out.splitlines()[0] == "blog: service v2 added (generation 3)"
