@@ -234,14 +234,13 @@ class _Known:
 
 
 class _Check:
-    __slots__ = ("config", "task", "ok_run", "fail_run", "passed", "up")
+    __slots__ = ("config", "task", "ok_run", "fail_run", "up")
 
     def __init__(self, config: HealthCheckConfig) -> None:
         self.config = config
         self.task: asyncio.Task[None] | None = None
         self.ok_run = 0
         self.fail_run = 0
-        self.passed = 0  # successful probes so far (a release waits for one per backend)
         self.up = True  # the check's own verdict; unproven backends take requests
 
 
@@ -319,11 +318,13 @@ class Health:
         return {key: k.state for key, k in self._known.items()}
 
     def passed(self, app: str, service: str, addr: str) -> bool | None:
-        """Whether the backend has passed its active check (None: it has none)."""
+        """Whether the backend has passed its active check ``rise`` times in a row, as a
+        backend coming back into rotation must (None: it has no check). A release waits for
+        this of every new backend."""
         k = self._known.get((app, service, addr))
         if k is None or k.check is None:
             return None
-        return k.check.passed > 0
+        return k.check.ok_run >= k.check.config.rise
 
     # -- reports ---------------------------------------------------------------------------------
     def failure(self, key: BackendKey, run: int) -> bool:
@@ -429,7 +430,6 @@ class Health:
         while True:
             ok = await probe(host, port, cfg)
             if ok:
-                check.passed += 1
                 check.ok_run += 1
                 check.fail_run = 0
                 if k.state == UNCHECKED:

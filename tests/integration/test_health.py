@@ -47,3 +47,26 @@ async def test_tcp_check_and_all_unhealthy_is_503(backend, router):
         status, headers, _ = await get(s, srv)
     assert status == 503 and headers["Retry-After"] == "5"
     assert srv.health.passed("shop", "web", dead) is False
+
+
+async def test_a_release_is_ready_after_rise_passing_checks(backend, router):
+    """``rise 3``: the new version is ready once each of its backends passed 3 checks in a
+    row, as it would come back into rotation; not after the first."""
+    blue, green = await backend("blue"), await backend("green")
+    srv = await router(router_config({"shop": app_config({"web": (100, [blue.addr])})}))
+    api = f"http://127.0.0.1:{srv.admin_port}/api/v1/apps/shop"
+    check = {"path": "/status/200", "interval": "1s", "rise": 3}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(api + "/release", json={"service": "web-v2", "backends": [green.addr],
+                                                  "health_check": check}) as r:
+            assert r.status == 201, await r.text()
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            async with s.get(api) as r:
+                status = (await r.json())["release"]["status"]
+            checks = green.requests  # web-v2 has weight 0: only its checks reach it
+            if status == "awaiting_confirmation":
+                break
+            assert asyncio.get_running_loop().time() < deadline, "never ready"
+            await asyncio.sleep(0.02)
+    assert checks >= 3
