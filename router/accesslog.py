@@ -3,7 +3,7 @@
 Lines are made as bytes, without the logging module, and written in batches: one write per
 turn of the event loop, of whole lines and at most ``PIPE_BUF`` bytes, so that the lines of
 several worker processes sharing one stdout pipe never interleave. The timestamp is formatted
-once per second.
+once per second; the JSON line's has the millisecond added.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class AccessLog:
         self._size = 0
         self._scheduled = False
         self._second = -1
-        self._iso = b""  # 2026-11-26T18:00:00+0000, for this second
+        self._iso = b""  # 2026-11-26T18:00:00, for this second
+        self._tz = b""  # +0000
         self._clf = b""  # 26/Nov/2026:18:00:00 +0000
 
     def __call__(self, e: Entry) -> None:
@@ -95,20 +96,24 @@ class AccessLog:
         if self._buf:
             self._write()
 
-    def _stamps(self) -> None:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            t = time.localtime(now)
-            self._iso = time.strftime("%Y-%m-%dT%H:%M:%S%z", t).encode()
+    def _stamps(self) -> int:
+        """The millisecond within the current second, whose stamps are made once."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            t = time.localtime(second)
+            self._iso = time.strftime("%Y-%m-%dT%H:%M:%S", t).encode()
+            self._tz = time.strftime("%z", t).encode()
             self._clf = time.strftime("%d/%b/%Y:%H:%M:%S %z", t).encode()
+        return int((now - second) * 1000)
 
     def _json(self, e: Entry) -> bytes:
-        self._stamps()
-        return b'{"time": "%b", "remote": "%b", "method": %b, "uri": %b, "host": %b, ' \
+        ms = self._stamps()
+        return b'{"time": "%b.%03d%b", "remote": "%b", "method": %b, "uri": %b, "host": %b, ' \
                b'"status": %d, "app": "%b", "service": "%b", "backend": "%b", ' \
                b'"duration_ms": %b, "bytes": %d, "request_id": "%b"}\n' % (
-                   self._iso, e.remote, _json_str(e.method), _json_str(e.url),
+                   self._iso, ms, self._tz, e.remote, _json_str(e.method), _json_str(e.url),
                    _json_str(e.host), e.status, e.app, e.service, e.backend,
                    b"%.3f" % (e.seconds * 1000), e.sent, e.request_id)
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-import logging
 import os
 import sys
 import tempfile
 
-from . import version
+from . import eventlog, version
 from .config import Config, ConfigError, DockerProviderConfig, load_config, parse_docker_endpoint
 from .handoff import SOCKET_NAME
 from .process import serve
@@ -61,20 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        _logging("info")
+        eventlog.setup()
         from .demo import run_demo
 
         return run_demo(args.listen, args.admin,
                         {name: getattr(args, name.replace("-", "_")) for name in DEMO_BACKENDS})
-    _logging(args.log_level)
+    eventlog.setup(args.log_level)
     code, why = _serve(args, argv)
     if why is not None:
         print(f"router: {why}", file=sys.stderr)
@@ -100,6 +96,7 @@ def _serve(args: argparse.Namespace, argv: list[str] | None) -> tuple[int, str |
             config = with_docker(config, args.docker)
     except ConfigError as e:
         return 2, str(e)
+    eventlog.use(config.logging.format)
     explicit = args.state_dir or os.environ.get("ROUTER_STATE_DIR") or None
     state = None
     try:

@@ -52,6 +52,17 @@ def fd_connection_cap() -> int:
     return max(16, (soft - FD_RESERVE) // 2)
 
 
+def connection_cap_note(config: Config) -> str | None:
+    """What to tell the operator when ``limits.max_connections`` cannot be had in full in
+    this process (each worker has the same limit); None when it can."""
+    cap = fd_connection_cap()
+    if cap >= config.limits.max_connections:
+        return None
+    return (f"limits.max_connections {config.limits.max_connections} lowered to {cap}: "
+            "RLIMIT_NOFILE leaves room for no more (each client may hold a backend connection "
+            "too)")
+
+
 class ClientBase(Tunnel):
     """What the data plane asks of a client connection (``router.client.ClientConnection``),
     which is also the client's end of a tunnel (``upstream.Tunnel``)."""
@@ -124,11 +135,8 @@ class ProxyContext:
         # Bytes a head in progress may take over further reads before it is refused: a bound
         # no head within the limits reaches (a field of one-byte name and value is 5 bytes).
         self.max_head_read = 4 * (lim.max_request_line + lim.max_headers)
+        # Said once by the master (connection_cap_note), not by every worker at each reload.
         self.max_connections = min(lim.max_connections, fd_connection_cap())
-        if self.max_connections < lim.max_connections:
-            log.info("limits.max_connections %d lowered to %d: RLIMIT_NOFILE leaves room for "
-                     "no more (each client may hold a backend connection too)",
-                     lim.max_connections, self.max_connections)
         self.trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
             config.trusted_proxies)
         if self.log_access is not None:

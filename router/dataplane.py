@@ -13,6 +13,7 @@ import socket
 from bisect import bisect_left
 from typing import Callable, Iterable, Mapping, cast
 
+from . import eventlog
 from .client import ClientConnection
 from .config import AppConfig, Config
 from .context import ClientBase, ProxyContext
@@ -48,6 +49,7 @@ class DataPlane:
         """``reporter`` hears what this data plane's passive health observes (``router.health``);
         ``previews``: the apps with an open release (preview routing, router.table.Preview)."""
         self.config = config
+        eventlog.use(config.logging.format)  # a worker's log, from its first line on
         self.secret = secret
         self.apps = apps
         self.generation = generation
@@ -158,6 +160,7 @@ class DataPlane:
     def reconfigure(self, config: Config) -> None:
         """Settings a reload may change (not the listen addresses)."""
         self.config = config
+        eventlog.use(config.logging.format)
         self.ctx.configure(config)
         self.pool.connect_timeout = config.timeouts.connect
         self.ctx.codec = TokenCodec(self.secret, config.sticky.max_idle, config.sticky.max_life)

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from . import compiled
 from .config import AppConfig, Config, ConfigError, HealthCheckConfig, load_config, split_hostport
 from .config.settings import keep_bound, setting_changes
-from .context import ProxyContext
+from .context import ProxyContext, connection_cap_note
 from .counters import Stats
 from .dataplane import BACKLOG, DataPlane
 from .errors import Unavailable
@@ -155,6 +155,7 @@ class Server:
         #: Set when this router handed over to its own upgrade (SIGUSR2): the command that runs
         #: the new code in this process once the event loop has ended (``router.process``).
         self.exec_argv: list[str] | None = None
+        self._told: set[str] = set()  # notes logged once (_tell_once)
 
     @property
     def manager(self) -> StateManager:
@@ -381,6 +382,7 @@ class Server:
                                 state.previews())
         self.health.update(state.apps)
         self.plane.rebuild(self.health.states())
+        self._tell_once(connection_cap_note(cfg))
         health = self.health
         self.registry.register(DataPlaneCollector(
             lambda: self.plane.table, self._current_stats,
@@ -896,6 +898,7 @@ class Server:
             log.info("reload of %s: %s", path, "; ".join(applied) or "no setting changed")
         self.config = keep_bound(self.config, new)
         self.plane.reconfigure(self.config)
+        self._tell_once(connection_cap_note(self.config))
         if self.health is not None:
             self.health.configure(self.config.passive_health)
         asyncio.get_running_loop().create_task(self._tell_workers("config", self.config))
@@ -912,10 +915,19 @@ class Server:
             return
         shown = planned.change.changes[:10]
         more = len(planned.change.changes) - len(shown)
-        log.warning("the apps in %s differ from the routing state (generation %d, in %s): %s%s; "
-                    "`routerctl apply %s` imports them (with --dry-run, shows what it would do)",
-                    cfg.source, manager.state.generation, manager.store_name, "; ".join(shown),
-                    f"; and {more} more" if more else "", cfg.source)
+        # Normal once the API changed anything: said at start, again only when it changes.
+        self._tell_once(
+            f"the apps in {cfg.source} differ from the routing state (generation "
+            f"{manager.state.generation}, in {manager.store_name}): {'; '.join(shown)}"
+            f"{f'; and {more} more' if more else ''}; `routerctl apply {cfg.source}` imports "
+            "them (with --dry-run, shows what it would do)")
+
+    def _tell_once(self, note: str | None) -> None:
+        """Log ``note`` at INFO unless it was logged before (a reload that changes nothing
+        repeats nothing)."""
+        if note is not None and note not in self._told:
+            self._told.add(note)
+            log.info("%s", note)
 
     async def pinned_services(self) -> frozenset[tuple[str, str]]:
         """(app, service) pairs that got a request by cookie within ``sticky.max_idle``: the

@@ -53,7 +53,7 @@ from typing import Any  # noqa: E402
 
 import uvloop  # noqa: E402
 
-from . import ipc  # noqa: E402
+from . import eventlog, ipc  # noqa: E402
 from .dataplane import DataPlane  # noqa: E402
 from .health import BackendKey  # noqa: E402
 from .ipc import Channel, ChannelClosed, Courier, close_fds  # noqa: E402
@@ -187,8 +187,7 @@ async def run(fd: int, channel_fd: int, listen_fds: list[int]) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
+    eventlog.setup(worker=True)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run(int(sys.argv[1]), int(sys.argv[2]), [int(a) for a in sys.argv[3:]]))
 

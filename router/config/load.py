@@ -291,7 +291,7 @@ def _parse_public_url(value: object, source: str) -> str | None:
         raise ConfigError("public_url", "must be a scheme, a host (or {host}: the route's) and "
                           "an optional port, like https://{host} or http://{host}:8080 (no path)",
                           value, source)
-    return value
+    return m.string
 
 
 def parse_docker_endpoint(value: object, path: str, source: str = DEFAULT_SOURCE) -> str:

@@ -153,6 +153,29 @@ def test_demo_command_serves_blue_and_green(tmp_path):
         assert proc.wait(15) == 0
 
 
+async def test_event_log_as_json_lines(backend, router_process):
+    """``logging.format: json``: every line of the event log, from the main process and from
+    the workers, is one JSON object with the time to the millisecond in UTC."""
+    import json
+
+    be = await backend("blue")
+    dead = f"127.0.0.1:{free_port()}"  # its failures make the workers log
+    rp = await router_process({"logging": {"format": "json"}, "apps": {
+        "shop": app_config({"web": (1, [dead, be.addr])}, sticky=False)}}, ("--workers", "2"))
+    async with aiohttp.ClientSession() as s:
+        for _ in range(6):
+            assert (await get(s, rp))[0] == 200  # retried on blue when dead refuses
+    rp.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.get_running_loop().run_in_executor(None, rp.proc.wait, 15) == 0
+    lines = [json.loads(line) for line in rp.log().splitlines()]
+    assert lines and all(set(e) >= {"time", "level", "logger", "message", "process", "pid"}
+                         for e in lines)
+    assert all(re.fullmatch(r"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]) for e in lines)
+    assert {e["process"] for e in lines} == {"main", "worker"}
+    assert any(e["logger"] == "router.error" and dead in e["message"] for e in lines)
+    assert any(e["message"].startswith("listening on") for e in lines)
+
+
 async def test_access_log_json_and_combined(backend, router_process):
     import json
 

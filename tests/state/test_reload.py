@@ -153,3 +153,22 @@ async def test_reload_applies_each_setting_it_reports(tmp_path, backend):
         assert [a.name for a in srv.plane.table.apps.values()] == ["shop"]
     finally:
         await srv.stop()
+
+
+async def test_notes_are_logged_once_not_at_each_reload_and_worker(backend, router_process):
+    """What is normal and does not change -- the connection cap the file-descriptor limit
+    imposes, a file whose apps the API has changed since -- is said once, at INFO."""
+    blue = await backend("blue")
+    cfg = {"limits": {"max_connections": 1_000_000},  # beyond any RLIMIT_NOFILE here
+           "apps": {"shop": app_config({"blue": (100, [blue.addr])})}}
+    rp = await router_process(cfg, ("--workers", "2"))
+    async with aiohttp.ClientSession() as s:
+        api = Api(s, rp.admin_port)
+        assert (await api.call("PATCH", "/apps/shop", {"session_sticky": False}))[0] == 200
+    for i in range(3):
+        rp.proc.send_signal(signal.SIGHUP)
+        await wait_log(rp, "reload of", i + 1)
+    log = rp.log()
+    assert log.count("limits.max_connections 1000000 lowered to") == 1
+    assert log.count("differ from the routing state") == 1
+    assert f"INFO router: the apps in {rp.config_path} differ from the routing state" in log
