@@ -9,22 +9,30 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The extras the tests need: test (which includes etcd). Also compiles the data plane's
-# per-request modules in place with mypyc (setup.py), when a C compiler is present; `make clean`
-# goes back to plain Python. That takes about 40 s, so it runs again only when the packaging or
-# a module of the router changed since (the stamp file).
-STAMP := $(VENV)/.installed
-$(STAMP): pyproject.toml setup.py $(wildcard router/*.py router/*/*.py) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+# The package, and for the tests its extras: test (which includes etcd). Either compiles the
+# data plane's per-request modules in place with mypyc (setup.py), when a C compiler is
+# present; `make clean` goes back to plain Python. That takes about 40 s, so it runs again only
+# when the packaging or a module of the router changed since (the stamp files; the full install
+# stands for the package's too).
+SOURCES := pyproject.toml setup.py $(wildcard router/*.py router/*/*.py)
+PACKAGE := $(VENV)/.installed-package
+STAMP   := $(VENV)/.installed
+$(PACKAGE): $(SOURCES) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
+$(STAMP): $(SOURCES) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(PACKAGE)
 
 install: $(STAMP)
 
 # Demo backends (blue, green, and green-v2 for the README's release walkthrough) and a router
-# at 127.0.0.1:8080, admin at 127.0.0.1:9090. Other addresses: make demo DEMO_FLAGS='--listen
-# 127.0.0.1:8081 --admin 127.0.0.1:9091' (router demo --help lists them).
+# at 127.0.0.1:8080, admin at 127.0.0.1:9090; the package only, not the test tools. Other
+# addresses: make demo DEMO_FLAGS='--listen 127.0.0.1:8081 --admin 127.0.0.1:9091 --blue
+# 127.0.0.1:0 --green 127.0.0.1:0 --green-v2 127.0.0.1:0' (router demo --help lists them; port
+# 0: any free one). The demo prints the routerctl command for its own admin address.
 DEMO_FLAGS ?=
-demo: install
+demo: $(PACKAGE)
 	$(BIN)/router demo $(DEMO_FLAGS)
 
 # Installs what it can (Debian packages as root), then the whole suite.

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import socket
 import sys
 import tempfile
 
 from aiohttp import web
 
-from .config import load_config, split_hostport
+from .config import ConfigError, load_config, split_hostport
 from .process import serve
 
 
@@ -60,6 +61,12 @@ def _address(s: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _reachable(host: str, port: int) -> str:
+    """A listen address as a client on this machine reaches it (not the wildcard)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 DEMO_CONFIG = """\
 # The demo: app "demo" with a blue and a green version at 50/50, sticky on.
 listen: {listen}
@@ -88,18 +95,29 @@ def run_demo(listen: str, admin: str, backends: dict[str, str]) -> int:
     proc.start()
     for s in socks.values():
         s.close()
+    # The demo's configuration and state: gone when it stops.
     workdir = tempfile.mkdtemp(prefix="router-demo-")
     path = os.path.join(workdir, "router.yaml")
     with open(path, "w") as f:
         f.write(DEMO_CONFIG.format(listen=listen, admin=admin, blue=addrs["blue"],
                                    green=addrs["green"]))
-    print("demo backends: " + ", ".join(f"{n} on {a}" for n, a in addrs.items())
-          + " (green-v2 is the new version of the README's release walkthrough)", file=sys.stderr)
-    print(f"configuration: {path}  (change its apps and run `routerctl apply {path}`)",
-          file=sys.stderr)
-    print(f"try: curl -i http://{listen.replace('0.0.0.0', '127.0.0.1')}/", file=sys.stderr)
     try:
-        return serve(load_config(path), os.path.join(workdir, "router-state.yaml"), state_dir=workdir)
+        config = load_config(path)
+        # routerctl with this demo's admin address: on a machine where another router has the
+        # default one, the commands must not go there.
+        ctl = f"routerctl --url http://{_reachable(config.admin.host, config.admin.port)}"
+        print("demo backends: " + ", ".join(f"{n} on {a}" for n, a in addrs.items())
+              + " (green-v2 is the new version of the README's release walkthrough)",
+              file=sys.stderr)
+        print(f"configuration: {path}  (change its apps and run `{ctl} apply {path}`)",
+              file=sys.stderr)
+        print(f"try: curl -i http://{_reachable(config.listen_host, config.listen_port)}/  and  "
+              f"{ctl} apps", file=sys.stderr)
+        return serve(config, os.path.join(workdir, "router-state.yaml"), state_dir=workdir)
+    except ConfigError as e:
+        print(f"router: demo: {e}", file=sys.stderr)
+        return 2
     finally:
         proc.terminate()
         proc.join(5)
+        shutil.rmtree(workdir, ignore_errors=True)

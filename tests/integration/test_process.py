@@ -124,10 +124,13 @@ async def test_100mib_each_way_with_bounded_memory(backend, router_process):
 
 
 def test_demo_command_serves_blue_and_green(tmp_path):
+    # Every port free (the demo's defaults are busy when `make demo` runs beside the tests).
     port, admin = free_port(), free_port()
+    backends = [arg for name in ("blue", "green", "green-v2") for arg in (f"--{name}", "127.0.0.1:0")]
     proc = subprocess.Popen([sys.executable, "-m", "router.cli", "demo", "--listen", f"127.0.0.1:{port}",
-                             "--admin", f"127.0.0.1:{admin}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+                             "--admin", f"127.0.0.1:{admin}", *backends], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         async def check() -> list[str]:
             async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
@@ -150,7 +153,13 @@ def test_demo_command_serves_blue_and_green(tmp_path):
         assert sorted(names) == ["blue", "blue", "green", "green"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        out = proc.communicate(timeout=15)[0].decode()
+    assert proc.returncode == 0, out
+    # The hints name this demo's admin address, and what the demo wrote is gone with it.
+    assert f"routerctl --url http://127.0.0.1:{admin} apps" in out
+    (config,) = re.findall(r"configuration: (\S+)", out)
+    assert f"`routerctl --url http://127.0.0.1:{admin} apply {config}`" in out
+    assert os.path.dirname(config).startswith(str(tmp_path)) and os.listdir(tmp_path) == []
 
 
 async def test_event_log_as_json_lines(backend, router_process):

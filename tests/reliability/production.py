@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -396,6 +397,7 @@ async def port_taken(scale: int = 1, workers: int = 1) -> Result:
         r.notes += "the first router still served every request"
     finally:
         await be.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return r
 
 
@@ -454,6 +456,7 @@ async def frozen_backend(scale: int = 1, workers: int = 1, response: float = 10.
             proc.kill()
             proc.wait()
         await b.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return r
 
 

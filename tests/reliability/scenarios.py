@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -426,6 +427,7 @@ async def sigkill_backend(scale: int = 1, workers: int = 1) -> Result:
             proc.kill()
             proc.wait()
         await b.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return r
 
 
