@@ -6,6 +6,9 @@ from typing import Any
 
 from router.config import NAME_PATTERN
 from router.history import HISTORY_LIMIT
+from router.release import (DEFAULT_INTERVAL, DEFAULT_LATENCY_FLOOR, DEFAULT_MAX_ERROR_RATE,
+                            DEFAULT_MAX_LATENCY_RATIO, DEFAULT_MAX_WAITS, DEFAULT_MIN_REQUESTS,
+                            DEFAULT_QUANTILE)
 
 NAME = {"type": "string", "pattern": NAME_PATTERN}
 WEIGHT = {"type": "integer", "minimum": 0, "maximum": 100}
@@ -78,27 +81,34 @@ _SERVICE = {
     },
 }
 
+# The defaults are the server's own (router.release): a client (the console's ramp form) fills
+# them in from here.
 _RAMP_SETTINGS: dict[str, Any] = {
     "steps": {"type": "array", "minItems": 1, "maxItems": 20,
               "items": {"type": "integer", "minimum": 1, "maximum": 100},
               "description": "the new version's share at each step, percent, increasing",
               "example": [5, 25, 50, 100]},
-    "interval": {**DURATION, "description": "each step is judged over this long (default 60s; "
-                                             "0.1s..1d)"},
+    "interval": {**DURATION, "default": DEFAULT_INTERVAL,
+                 "description": "each step is judged over this long (default 60s; 0.1s..1d)"},
     "max_error_rate": {"type": "number", "minimum": 0, "maximum": 1,
+                       "default": DEFAULT_MAX_ERROR_RATE,
                        "description": "how far the new version's error rate may exceed the old "
                                       "one's (0.01: one percentage point; the default)"},
     "max_latency_ratio": {"type": "number", "minimum": 1, "maximum": 1000,
+                          "default": DEFAULT_MAX_LATENCY_RATIO,
                           "description": "how many times the old version's latency quantile "
                                          "the new one's may be (default 2)"},
     "quantile": {"type": "number", "minimum": 0.5, "maximum": 0.999,
+                 "default": DEFAULT_QUANTILE,
                  "description": "the latency quantile compared (default 0.99)"},
-    "latency_floor": {**DURATION, "description": "a new version's quantile at or under this is "
-                                                  "within bounds whatever the ratio (default 10ms)"},
-    "min_requests": {"type": "integer", "minimum": 1,
+    "latency_floor": {**DURATION, "default": DEFAULT_LATENCY_FLOOR,
+                      "description": "a new version's quantile at or under this is within "
+                                     "bounds whatever the ratio (default 10ms)"},
+    "min_requests": {"type": "integer", "minimum": 1, "default": DEFAULT_MIN_REQUESTS,
                      "description": "requests each version needs in an interval to be judged "
                                     "(default 20)"},
     "max_waits": {"type": "integer", "minimum": 0, "maximum": 1000,
+                  "default": DEFAULT_MAX_WAITS,
                   "description": "intervals in a row with too little traffic before the ramp "
                                  "pauses (default 10)"},
 }

@@ -21,6 +21,7 @@ CHROMIUM = os.environ.get("ROUTER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "console-test-token"
+REMOVED = "#9ca3af"  # the colour of a version the router no longer has (admin/ui/js/traffic.js)
 
 
 def browser_missing() -> str | None:
@@ -44,13 +45,15 @@ class Browser:
     contexts: list[Any] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
 
-    async def page(self, width: int = 1280, height: int = 800, args: tuple[str, ...] = ()) -> Any:
+    async def page(self, width: int = 1280, height: int = 800, args: tuple[str, ...] = (),
+                   timezone_id: str | None = None) -> Any:
         """A page in a fresh profile; ``args``: more Chromium switches (names resolved to
-        loopback: ``--host-resolver-rules=MAP shop.test 127.0.0.1``)."""
+        loopback: ``--host-resolver-rules=MAP shop.test 127.0.0.1``); ``timezone_id``: the
+        browser's time zone (the machine's otherwise)."""
         profile = os.path.join(self.root, f"profile-{len(self.contexts)}")
         ctx = await self.pw.chromium.launch_persistent_context(
             profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + list(args),
-            viewport={"width": width, "height": height})
+            viewport={"width": width, "height": height}, timezone_id=timezone_id)
         self.contexts.append(ctx)
         page = ctx.pages[0] if ctx.pages else await ctx.new_page()
         page.set_default_timeout(15_000)

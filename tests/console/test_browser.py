@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import app_config
 from tests.processes import until
 
-from .conftest import TOKEN, screenshot, sign_in
+from .conftest import REMOVED, TOKEN, screenshot, sign_in
 
 pytest.importorskip("playwright", reason="the playwright package is not installed (pip install -e '.[test]')")
 from playwright.async_api import expect  # noqa: E402
@@ -47,6 +47,11 @@ class Api:
 
 def weights(app: dict[str, Any]) -> dict[str, int]:
     return {n: s["weight"] for n, s in app["services"].items()}
+
+
+async def chart(page: Any, what: str, box: str = "traffic-chart") -> Any:
+    """What the live traffic chart draws (chartNames, chartColours, chartRemoved, chartData)."""
+    return await page.evaluate(f"(document.getElementById('{box}') || {{}}).{what} || null")
 
 
 async def _shop(backend, router_process, monkeypatch, two: bool):
@@ -165,16 +170,29 @@ async def test_release_confirmed_by_clicks_under_load(shop, browser, load, capsy
     await no_sideways_scroll(page)
     await screenshot(page, "application")
 
-    # Confirm Release Completion, asked first.
+    # Confirm Release Completion, asked first; web-v2 has weight, so there is nothing to choose.
+    colours = await chart(page, "chartColours")
     await page.get_by_role("button", name="Confirm Release Completion").click()
     dlg = page.locator("dialog")
     await expect(dlg.get_by_role("heading")).to_have_text("Confirm Release Completion")
+    await expect(dlg.locator("#dialog-option")).to_have_count(0)
     await screenshot(page, "confirm-dialog")
     await dlg.get_by_role("button", name="Confirm release").click()
     await expect(page.locator("#app-status")).to_contain_text("Release of shop confirmed")
     app = await api.app()
     assert app["release"] is None and weights(app) == {"web-v2": 100}
     await expect(page.locator("#release-title")).to_have_text("Release")
+    # web-v2 keeps its colour now that web is gone; web stays on the chart, greyed: removed.
+    await until(lambda: chart(page, "chartRemoved"), "web on the chart as removed")
+    after = await chart(page, "chartColours")
+    assert after["web-v2"] == colours["web-v2"] and after["web"] == REMOVED != colours["web"]
+    await expect(page.locator("#traffic-chart .u-legend")).to_contain_text("web (removed)")
+    # ... and on the next visit.
+    await page.reload()
+    await until(lambda: chart(page, "chartNames"), "the chart")
+    assert (await chart(page, "chartColours"))["web-v2"] == colours["web-v2"]
+    await expect(page.locator("#release-outcome")).to_contain_text(
+        "Release of web-v2 confirmed by 127.0.0.1")
 
     await left_alone(ld, "blue")  # the pinned clients followed the release
     await stop_and_report(ld, capsys, "confirm workflow")
@@ -340,27 +358,31 @@ async def test_api_errors_are_shown(two_services, backend, browser):
         "Weights not set: must be an integer 0..100 (got 150)")
     await expect(page.get_by_label("blue weight", exact=True)).to_have_attribute("aria-invalid", "true")
     assert weights(await api.app()) == {"blue": 50, "green": 50}
+    await screenshot(page, "api-error")
 
-    # Confirm while the new version has weight 0: the router refuses and says why.
+    # Confirm while the new version has weight 0: the router would refuse. The dialog says so,
+    # and offers the one way it accepts -- giving v3 the weight first -- with what that does;
+    # OK waits for that choice.
     v3 = await backend("v3")
     status, _ = await api.call("POST", "/apps/shop/release", {"service": "v3", "backends": [v3.addr]})
     assert status == 201
     await expect(page.locator("#release-status")).to_have_text(
         "Blue-green release awaiting confirmation", timeout=20_000)
     await page.get_by_role("button", name="Confirm Release Completion").click()
-    await page.locator("dialog").get_by_role("button", name="Confirm release").click()
-    await expect(page.locator("#app-error")).to_contain_text(
-        "Confirm refused: service 'v3' has weight 0: confirming would leave 'shop' with no traffic")
-    await screenshot(page, "api-error")
-    assert (await api.app())["release"]["status"] == "awaiting_confirmation"
+    dlg = page.locator("dialog")
+    await expect(dlg).to_contain_text("v3 has weight 0: confirming as it is would leave shop with "
+                                      "nothing to serve, so the router refuses it")
+    await expect(dlg.get_by_role("button", name="Confirm release")).to_be_disabled()
     # Cancel asks nothing of the router.
+    await dlg.get_by_role("button", name="Cancel").click()
+    assert (await api.app())["release"]["status"] == "awaiting_confirmation"
+    # With the choice ticked the new version first gets the weight, then the old ones go.
     await page.get_by_role("button", name="Confirm Release Completion").click()
-    await page.locator("dialog").get_by_role("button", name="Cancel").click()
-    assert (await api.app())["release"] is not None
-    # With the force option the new version first gets the weight, then the old ones go.
-    await page.get_by_role("button", name="Confirm Release Completion").click()
-    await page.locator("dialog").get_by_label(re.compile("^Force")).check()
-    await page.locator("dialog").get_by_role("button", name="Confirm release").click()
+    choice = dlg.get_by_label(re.compile("^Give v3 weight 100 first: all of shop's traffic moves "
+                                         "to it at once, with no gradual shift"))
+    await choice.check()
+    await screenshot(page, "confirm-force")
+    await dlg.get_by_role("button", name="Confirm release").click()
     await expect(page.locator("#app-status")).to_contain_text("Release of shop confirmed")
     app = await api.app()
     assert app["release"] is None and weights(app) == {"v3": 100}

@@ -17,9 +17,11 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(method, path, {body, etag} = {}) {
-  const headers = {Accept: "application/json"};
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+export async function api(method, path, {body, etag, headers: extra} = {}) {
+  const headers = {Accept: "application/json", ...extra};
+  // Every change says it is JSON, with a body or without: a form on another site cannot send
+  // that, and the admin listener refuses a change that does not.
+  if (method !== "GET") headers["Content-Type"] = "application/json";
   if (etag) headers["If-Match"] = etag;
   if (csrf && method !== "GET") headers["X-CSRF-Token"] = csrf;
   let resp;

@@ -1,19 +1,31 @@
 // Applications: every app with its routes, stickiness, services and weights, release status
-// and health, with Update (start a release) and, while one is open, its confirm and roll back.
+// and health, with Update (start a release) and, while one is open, its confirm and roll back;
+// and New application.
 
 import { api, explain } from "./api.js";
-import { updateDialog } from "./dialogs.js";
-import { every, h, healthyCount, replaceKeepFocus, statusText } from "./dom.js";
+import { createAppDialog, updateDialog } from "./dialogs.js";
+import { every, h, healthyCount, replaceKeepFocus, statusText, takeFlash } from "./dom.js";
 import { releaseButtons } from "./release.js";
 
 export function renderApps(main) {
   const alert = h("p", {class: "error", role: "alert", id: "apps-error"});
-  const status = h("p", {class: "notice", role: "status", id: "apps-status"});
+  const status = h("p", {class: "notice", role: "status", id: "apps-status"}, takeFlash());
   const wrap = h("div", {id: "apps"});
-  main.replaceChildren(h("h1", {}, "Applications"), alert, status, wrap);
+  let names = [];
+  const create = h("button", {type: "button", id: "create-app", onclick: async () => {
+    report("", "");
+    const name = await createAppDialog(names);
+    if (name) location.hash = `#/apps/${name}`;
+  }}, "New application");
+  main.replaceChildren(h("div", {class: "page-head"}, h("h1", {}, "Applications"), create), alert, status, wrap);
   document.title = "Applications – Router console";
   let last = null;
-  const report = (error, done) => {
+  // `cause` 412: the list was behind; it is read again at once and shows the current state.
+  const report = (error, done, cause) => {
+    if (cause && cause.status === 412) {
+      error = `Not applied: the application was changed by someone else since this page read it (${explain(cause)}). The list now shows its current state.`;
+      poller.now();
+    }
     alert.textContent = error || "";
     status.textContent = done || "";
   };
@@ -25,11 +37,12 @@ export function renderApps(main) {
       if (e.status !== 401) alert.textContent = `Could not read the applications: ${explain(e)}`;
       return;
     }
+    names = apps.map((a) => a.name);
     const key = JSON.stringify(apps);
     if (key === last) return;
     last = key;
     replaceKeepFocus(wrap, apps.length ? table(apps, report, () => poller.now())
-      : h("p", {class: "muted"}, "No applications yet. Add one with routerctl apply or PUT /api/v1/apps/{app}."));
+      : h("p", {class: "muted"}, "No applications yet. New application adds one (so do routerctl create and routerctl apply)."));
   });
   return {stop: () => poller.stop()};
 }

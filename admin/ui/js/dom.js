@@ -87,3 +87,40 @@ export function shares(app) {
 export function etagOf(app) {
   return `"${app.generation}"`;
 }
+
+// Times as routerctl and the router's log print them: in UTC, and saying so. The browser's own
+// zone would differ from theirs and from a colleague's; the element's title has the local time.
+export function utc(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  return d.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+}
+
+export function timeEl(iso, id) {
+  const d = new Date(iso);
+  return h("time", {datetime: iso, id, title: Number.isNaN(d.getTime()) ? null : `${d.toLocaleString()} (this browser's time)`}, utc(iso));
+}
+
+// Seconds as the API's durations are written: 60 -> "60s", 0.01 -> "10ms", 3600 -> "1h".
+export function duration(s) {
+  if (s < 1) return `${Math.round(s * 1000)}ms`;
+  if (s >= 3600 && s % 3600 === 0) return `${s / 3600}h`;
+  if (s >= 60 && s % 60 === 0) return `${s / 60}m`;
+  return `${s}s`;
+}
+
+// A message for the next page: "shop deleted" shown on Applications after the app's page.
+let flashed = "";
+export function flash(text) { flashed = text; }
+export function takeFlash() { const t = flashed; flashed = ""; return t; }
+
+// Something the browser keeps for this console (colours, dismissed banners); nothing if the
+// browser refuses storage.
+export const store = {
+  get(key, fallback) {
+    try { const v = localStorage.getItem(`router-console.${key}`); return v === null ? fallback : JSON.parse(v); } catch { return fallback; }
+  },
+  set(key, value) {
+    try { localStorage.setItem(`router-console.${key}`, JSON.stringify(value)); } catch { /* private mode: kept for this page only */ }
+  },
+};

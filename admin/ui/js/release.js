@@ -1,9 +1,9 @@
 // Confirm Release Completion and Roll back: each asks first, then calls the API; a refusal
-// comes back as the API's own message through `report`. Also the guarded ramp's Pause, Resume
-// and Abort.
+// comes back as the API's own message through `report(error, done, cause)`. The guarded ramp:
+// Start (its settings), Pause, Resume and Abort; and a preview link of the new version.
 
 import { api, explain } from "./api.js";
-import { confirmDialog } from "./dialogs.js";
+import { confirmDialog, previewDialog, rampDialog } from "./dialogs.js";
 import { etagOf, h } from "./dom.js";
 
 // "blue=50, green=50": the weights the old services had when the release started.
@@ -13,10 +13,18 @@ export function oldWeights(release) {
 
 export async function confirmRelease(app, report) {
   const r = app.release;
+  const old = `${r.old.length > 1 ? "versions" : "version"} ${r.old.join(", ")}`;
+  const svc = app.services[r.new];
+  // At weight 0 a confirm would leave the app with no traffic: the router refuses it unless the
+  // new version is given the weight first (force), and that is a choice with a consequence.
+  const zero = svc !== undefined && svc.weight === 0;
   const choice = await confirmDialog({
     title: "Confirm Release Completion",
-    text: `Complete the release of ${app.name}: the old version${r.old.length > 1 ? "s" : ""} ${r.old.join(", ")} will be deleted and ${r.new} keeps serving. This cannot be undone.`,
-    option: `Force: first give ${r.new} weight 100 (otherwise ${r.new} must already have weight)`,
+    text: zero
+      ? `${r.new} has weight 0: confirming as it is would leave ${app.name} with nothing to serve, so the router refuses it. The old ${old} will be deleted. This cannot be undone.`
+      : `Complete the release of ${app.name}: the old ${old} will be deleted and ${r.new} keeps serving. This cannot be undone.`,
+    option: zero ? `Give ${r.new} weight 100 first: all of ${app.name}'s traffic moves to it at once, with no gradual shift and no check of its error rate, and clients pinned to ${r.old.join(", ")} are moved to it too.` : null,
+    required: zero,
     ok: "Confirm release",
     danger: true,
   });
@@ -27,7 +35,7 @@ export async function confirmRelease(app, report) {
     report(null, `Release of ${app.name} confirmed: ${r.old.join(", ")} deleted.`);
     return data;
   } catch (e) {
-    report(`Confirm refused: ${explain(e)}`);
+    report(`Confirm refused: ${explain(e)}`, null, e);
     return null;
   }
 }
@@ -47,7 +55,7 @@ export async function rollbackRelease(app, report) {
     report(null, `Release of ${app.name} rolled back: ${r.new} deleted.`);
     return data;
   } catch (e) {
-    report(`Roll back refused: ${explain(e)}`);
+    report(`Roll back refused: ${explain(e)}`, null, e);
     return null;
   }
 }
@@ -64,6 +72,24 @@ export function releaseButtons(app, report, after, idPrefix) {
       "Roll back"));
 }
 
+// Start a guarded ramp, and a preview link: for an open release without a ramp (the preview
+// also while one runs). `refresh()` reads the app again once the API accepted.
+export function startButtons(app, report, refresh) {
+  const r = app.release;
+  const ramp = async () => {
+    report("", "");
+    try {
+      if (await rampDialog(app)) { report(null, `Guarded ramp of ${r.new} started.`); refresh(); }
+    } catch (e) {
+      report(`Ramp not started: ${explain(e)}`, null, e);
+    }
+  };
+  const preview = async () => { report("", ""); await previewDialog(app); };
+  return h("span", {class: "release-actions"},
+    r.ramp ? null : h("button", {type: "button", class: "secondary", id: "ramp-start", onclick: ramp}, "Start guarded ramp"),
+    h("button", {type: "button", class: "secondary", id: "preview-start", onclick: preview}, "Preview link"));
+}
+
 // Pause, Resume and Abort of a guarded ramp (docs/release-ramp.md); `refresh()` reads the app
 // again once the API accepted. Pause and Resume carry no If-Match: they change no weight, and
 // the ramp's own steps move the generation while the operator reads the page. Abort gives the
@@ -76,7 +102,7 @@ export function rampButtons(app, report, refresh) {
       report(null, done);
       refresh();
     } catch (e) {
-      report(`Ramp not changed: ${explain(e)}`);
+      report(`Ramp not changed: ${explain(e)}`, null, e);
     }
   };
   const abort = async () => {

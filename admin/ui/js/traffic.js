@@ -1,15 +1,45 @@
 // Live traffic from the router's own counters: GET /api/v1/apps/{app}/stats every second,
 // turned into rates between readings and drawn over the last minutes. Requests still pinned by
 // cookie to a version whose weight is 0 are drawn apart (dashed): that is what a drain waits for.
+// A version deleted within the window (rolled back, or confirmed away) keeps its past on the
+// chart, greyed and named: the evidence of why it went.
 
 import { api } from "./api.js";
-import { h, num, pct } from "./dom.js";
+import { h, num, pct, store } from "./dom.js";
 
 export const WINDOW_S = 300;
 const PALETTE = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4d7c0f", "#be185d"];
+export const REMOVED = "#9ca3af";
 
-export function colorOf(name, names) {
-  return PALETTE[names.indexOf(name) % PALETTE.length];
+// One colour per version, kept while it lives: green-v2 stays orange when blue is deleted, and
+// on the next visit (the browser keeps the choice per app). A new version takes the first colour
+// no version drawn with it has.
+export class Colours {
+  constructor(app) {
+    this.key = `colours.${app}`;
+    this.map = store.get(this.key, {});
+  }
+
+  assign(names) {
+    const taken = new Set();
+    const out = {};
+    for (const n of names) {
+      let i = this.map[n];
+      if (!(Number.isInteger(i) && i >= 0 && i < PALETTE.length) || taken.has(i)) {
+        i = PALETTE.findIndex((_, k) => !taken.has(k) && !names.some((o) => o !== n && this.map[o] === k));
+        if (i < 0) i = PALETTE.findIndex((_, k) => !taken.has(k));
+        if (i < 0) i = names.indexOf(n) % PALETTE.length;
+      }
+      taken.add(i);
+      out[n] = PALETTE[i];
+      this.map[n] = i;
+    }
+    // The versions of today and a few before: the map does not grow for ever.
+    const keep = Object.keys(this.map).filter((n) => !names.includes(n)).slice(-16);
+    this.map = Object.fromEntries([...names, ...keep].map((n) => [n, this.map[n]]));
+    store.set(this.key, this.map);
+    return out;
+  }
 }
 
 // Rates between two readings of the counters. A counter that went down was reset (a worker
@@ -41,6 +71,10 @@ export class Traffic {
     this.points = [];    // {t, rates} between consecutive readings
     this.names = [];
     this.zero = [];
+    this.removed = [];
+    this.colours = new Colours(appName);
+    this.colour = {};  // live versions' colours
+    this.stroke = {};  // every drawn version's: grey for the removed ones
     this.plots = null;
     this.chartBox = h("div", {class: "chart", id: "traffic-chart", role: "img",
       "aria-label": "Requests per second per service over the last 5 minutes; the same numbers are in the table below"});
@@ -80,10 +114,17 @@ export class Traffic {
   draw() {
     const latest = this.samples[this.samples.length - 1];
     if (!latest) return;
-    const names = Object.keys(latest.services);
+    const current = Object.keys(latest.services);
+    // Versions the window still has numbers of that the router no longer routes to.
+    const removed = [];
+    for (const p of this.points) {
+      for (const n of Object.keys(p.rates)) if (!current.includes(n) && !removed.includes(n)) removed.push(n);
+    }
+    const names = [...current, ...removed];
     // A pinned series for each service that was at weight 0 within the window.
-    const zero = names.filter((n) => this.points.some((p) => p.rates[n] && p.rates[n].weight === 0));
-    if (!this.plots || names.join() !== this.names.join() || zero.join() !== this.zero.join()) this.build(names, zero);
+    const zero = current.filter((n) => this.points.some((p) => p.rates[n] && p.rates[n].weight === 0));
+    if (!this.plots || names.join() !== this.names.join() || zero.join() !== this.zero.join()
+        || removed.join() !== this.removed.join()) this.build(names, zero, removed);
     const xs = this.points.map((p) => p.t);
     const val = (name, f) => this.points.map((p) => (p.rates[name] ? f(p.rates[name]) : null));
     const reqData = [xs,
@@ -95,21 +136,30 @@ export class Traffic {
       this.plots.err.setData(errData);
     }
     // What is drawn, for anyone reading the page's state (the browser tests do).
-    this.chartBox.chartData = reqData;
-    this.chartBox.chartNames = names;
-    this.chartBox.chartPinned = zero;
-    this.renderTable(names, this.recent());
+    Object.assign(this.chartBox, {chartData: reqData, chartNames: names, chartPinned: zero,
+      chartRemoved: removed, chartColours: this.stroke});
+    Object.assign(this.errBox, {chartData: errData, chartNames: names});
+    this.renderTable(current, this.recent());
   }
 
-  build(names, zero) {
+  build(names, zero, removed) {
     this.names = names;
     this.zero = zero;
+    this.removed = removed;
+    const live = names.filter((n) => !removed.includes(n));
+    this.colour = this.colours.assign(live);
+    this.stroke = Object.fromEntries(names.map((n) => [n, removed.includes(n) ? REMOVED : this.colour[n]]));
     if (this.plots) { this.plots.req.destroy(); this.plots.err.destroy(); this.plots = null; }
     if (typeof uPlot === "undefined") return;  // the chart library did not load: the table stays
     const width = Math.max(280, this.el.clientWidth);
+    const line = (n) => (removed.includes(n)
+      ? {label: `${n} (removed)`, stroke: REMOVED, width: 2, dash: [4, 4], spanGaps: false}
+      : {label: n, stroke: this.colour[n], width: 2, spanGaps: false});
     const base = (label) => ({
       width, height: 200, legend: {show: true, live: false},
       cursor: {drag: {x: false, y: false}},
+      // The time axis in UTC, as routerctl and the logs give times.
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
       // At least the last minute, growing to the whole window: the time axis stays readable.
       // Before the second sample there are no points: the minute up to now, not 1970.
       scales: {x: {time: true, range: (u, min, max) => {
@@ -117,15 +167,14 @@ export class Traffic {
         return [hi - Math.min(WINDOW_S, Math.max(60, hi - (min ?? hi))), hi];
       }},
         y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
-      axes: [{}, {label, size: 60}],
+      axes: [{label: "UTC", labelSize: 20}, {label, size: 60}],
     });
     const req = new uPlot({...base("requests/s"), series: [{},
-      ...names.map((n) => ({label: n, stroke: colorOf(n, names), width: 2, spanGaps: false})),
-      ...zero.map((n) => ({label: `${n} pinned at weight 0`, stroke: colorOf(n, names), width: 3, dash: [8, 5],
-        fill: `${colorOf(n, names)}22`}))]},
+      ...names.map(line),
+      ...zero.map((n) => ({label: `${n} pinned at weight 0`, stroke: this.colour[n], width: 3, dash: [8, 5],
+        fill: `${this.colour[n]}22`}))]},
     [[]].concat(names.map(() => []), zero.map(() => [])), this.chartBox);
-    const err = new uPlot({...base("% 5xx"), series: [{},
-      ...names.map((n) => ({label: n, stroke: colorOf(n, names), width: 2}))]},
+    const err = new uPlot({...base("% 5xx"), series: [{}, ...names.map(line)]},
     [[]].concat(names.map(() => [])), this.errBox);
     this.plots = {req, err};
   }
@@ -147,7 +196,7 @@ export class Traffic {
       const byWeight = r ? r.rps - r.pinned : null;
       return h("tr", {dataset: r ? {service: n, rps: r.rps.toFixed(3), pinned: r.pinned.toFixed(3), eps: r.eps.toFixed(3), weight: r.weight} : {service: n},
         class: r && r.weight === 0 && r.pinned > 0 ? "draining" : null},
-        h("th", {scope: "row"}, h("span", {class: "swatch", dataset: {color: colorOf(n, names)}}), n),
+        h("th", {scope: "row"}, h("span", {class: "swatch", dataset: {color: this.colour[n] || REMOVED}}), n),
         h("td", {"data-label": "Weight"}, r ? String(r.weight) : "–"),
         h("td", {"data-label": "Requests/s"}, r ? num(r.rps) : "–"),
         h("td", {"data-label": "By weight"}, r ? num(Math.max(0, byWeight)) : "–"),
