@@ -140,6 +140,8 @@ async def test_ramp_live_numbers(backend, router_process, monkeypatch, browser, 
     await expect(page.locator("#ramp-bounds")).to_have_text(
         "Bounds: errors at most 1 points over the old version's; p99 latency at most 2× the old "
         "version's (above 10ms); at least 20 requests a version.")
+    await until(lambda: page.evaluate("document.getElementById('traffic-chart').chartData[0].length > 5"),
+                "a few seconds of traffic on the chart")
     await screenshot(page, "ramp-live")
     await ld.stop()
 

@@ -128,7 +128,7 @@ class AppPage {
     const bad = o.outcome === "rolled back";
     const by = o.operation === "ramp_rollback" ? "by the guarded ramp"
       : o.operation === "apply" ? `by routerctl apply from ${o.client}` : `by ${o.client}`;
-    replaceKeepFocus(this.outcomeBox, h("section", {class: `outcome ${bad ? "bad" : "good"}`, id: "release-outcome",
+    replaceKeepFocus(this.outcomeBox, h("section", {class: `outcome ${bad ? "rolled-back" : "confirmed"}`, id: "release-outcome",
       "aria-labelledby": "outcome-title"},
     h("h2", {id: "outcome-title"}, `Last release: ${o.service} ${o.outcome}`),
     h("p", {}, `Release of ${o.service} ${o.outcome} ${by}, `, timeEl(o.time), ` (generation ${o.generation})`,

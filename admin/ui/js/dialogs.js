@@ -11,6 +11,7 @@ function open(...content) {
   const dlg = document.getElementById("dialog");
   const before = document.activeElement;
   dlg.replaceChildren(...content);
+  dlg.className = "";
   dlg.showModal();
   dlg.addEventListener("close", () => { if (before && before.isConnected) before.focus(); }, {once: true});
   return dlg;
@@ -80,7 +81,7 @@ function healthFields() {
 
 // A form in the dialog whose submit runs `send()`: an exception shows as the form's error (the
 // API's own text); `send` returning true closes it. Resolves to whether it did.
-function formDialog(title, intro, fields, okText, send, okId) {
+function formDialog(title, intro, fields, okText, send, okId, wide = false) {
   return new Promise((resolve) => {
     const error = h("p", {class: "error", role: "alert", id: "dialog-error"});
     const cancel = h("button", {type: "button", class: "secondary", id: "dialog-cancel"}, "Cancel");
@@ -88,6 +89,7 @@ function formDialog(title, intro, fields, okText, send, okId) {
       h("h2", {id: "dialog-title"}, title), intro ? h("p", {}, intro) : null, fields, error,
       h("div", {class: "actions"}, h("button", {type: "submit", id: okId}, okText), cancel));
     const dlg = open(form);
+    if (wide) dlg.classList.add("wide");
     let done = false;
     cancel.addEventListener("click", () => dlg.close());
     dlg.addEventListener("close", () => resolve(done), {once: true});
@@ -169,14 +171,14 @@ export async function rampDialog(app) {
     `The router raises ${r.new}'s share step by step and judges each step against ${old} over the interval. Out of bounds, it rolls the release back at once; with too little traffic to judge, it waits, then pauses.`,
     [field("ramp-steps", "Steps (percent of the traffic to the new version)", steps, "Increasing, up to 100: 5, 25, 50, 100."),
       field("ramp-interval", "Interval", interval, "Each step is judged over this long: 30s, 1m, 5m."),
-      h("fieldset", {}, h("legend", {}, "Bounds"),
+      h("fieldset", {}, h("legend", {}, "Bounds"), h("div", {class: "pairs"},
         field("ramp-max-error-rate", "Error rate over the old version's, at most (percentage points)", errors),
         field("ramp-max-latency-ratio", "Latency, at most this many times the old version's", ratio),
         field("ramp-quantile", "Latency quantile compared", quantile, "p99, p95, p50."),
-        field("ramp-latency-floor", "Latency floor", floor, "Latencies at or under this are always within bounds.")),
-      h("fieldset", {}, h("legend", {}, "Traffic needed to judge"),
+        field("ramp-latency-floor", "Latency floor", floor, "Latencies at or under this are always within bounds."))),
+      h("fieldset", {}, h("legend", {}, "Traffic needed to judge"), h("div", {class: "pairs"},
         field("ramp-min-requests", "Requests each version needs in an interval", minRequests),
-        field("ramp-max-waits", "Intervals to wait for them before pausing", maxWaits))],
+        field("ramp-max-waits", "Intervals to wait for them before pausing", maxWaits)))],
     "Start ramp", async (fail) => {
       const list = steps.value.split(/[\s,%]+/).filter(Boolean).map(Number);
       if (!list.length || list.some((p) => !Number.isInteger(p))) return fail("Steps: whole percentages, like 5, 25, 50, 100.", steps);
@@ -194,7 +196,7 @@ export async function rampDialog(app) {
           : explain(e), bad);
       }
       return true;
-    }, "ramp-ok");
+    }, "ramp-ok", true);
 }
 
 // A preview link of the open release: whoever opens it sees the new version, whatever its weight.
@@ -212,6 +214,7 @@ export function previewDialog(app) {
         h("ul", {class: "plain links"}, data.links.map((l) => h("li", {}, h("a", {href: l, target: "_blank", rel: "noopener noreferrer", class: "preview-link"}, l)))),
         h("p", {class: "muted"}, "Or send the cookie ", h("code", {}, `${data.cookie.name}=${data.cookie.value}`),
           data.header ? [" or the header ", h("code", {}, `${data.header.name}: ${data.header.value}`)] : null, "."));
+      document.getElementById("dialog-cancel").textContent = "Close";
       return false;  // stays open: the link is what it was for
     }, "preview-ok");
 }
@@ -246,6 +249,6 @@ export function createAppDialog(existing) {
       }
       created = app;
       return true;
-    }, "create-ok");
+    }, "create-ok", true);
   return done.then((ok) => (ok ? created : null));
 }

@@ -64,6 +64,11 @@ export function rates(prev, cur) {
   return out;
 }
 
+// 21:27:05, in UTC.
+function hms(seconds) {
+  return new Date(seconds * 1000).toISOString().slice(11, 19);
+}
+
 export class Traffic {
   constructor(appName) {
     this.app = appName;
@@ -158,8 +163,6 @@ export class Traffic {
     const base = (label) => ({
       width, height: 200, legend: {show: true, live: false},
       cursor: {drag: {x: false, y: false}},
-      // The time axis in UTC, as routerctl and the logs give times.
-      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
       // At least the last minute, growing to the whole window: the time axis stays readable.
       // Before the second sample there are no points: the minute up to now, not 1970.
       scales: {x: {time: true, range: (u, min, max) => {
@@ -167,7 +170,8 @@ export class Traffic {
         return [hi - Math.min(WINDOW_S, Math.max(60, hi - (min ?? hi))), hi];
       }},
         y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
-      axes: [{label: "UTC", labelSize: 20}, {label, size: 60}],
+      // The time axis in UTC, as routerctl and the logs give times.
+      axes: [{label: "UTC", labelSize: 20, space: 90, values: (u, splits) => splits.map(hms)}, {label, size: 60}],
     });
     const req = new uPlot({...base("requests/s"), series: [{},
       ...names.map(line),
