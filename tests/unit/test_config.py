@@ -525,6 +525,10 @@ BAD_FILES = [
     ("non-string-key", "timeouts: {1: 2s}\n", "timeouts", 1),
     ("access-log-format", "access_log: {format: xml}\n", "access_log.format", "xml"),
     ("access-log-enabled", "access_log: {enabled: 'yes'}\n", "access_log.enabled", "yes"),
+    ("logging-format", "logging: {format: xml}\n", "logging.format", "xml"),
+    ("public-url-path", "public_url: https://{host}/shop\n", "public_url", "https://{host}/shop"),
+    ("public-url-scheme", "public_url: ftp://{host}\n", "public_url", "ftp://{host}"),
+    ("public-url-port", "public_url: 'http://{host}:0'\n", "public_url", "http://{host}:0"),
     ("limit-zero", "limits: {max_header: 0}\n", "limits.max_header", 0),
     ("limit-unit", "limits: {max_headers: 64KB}\n", "limits.max_headers", "64KB"),
     ("limit-connections-size", "limits: {max_connections: 1KiB}\n", "limits.max_connections",
@@ -599,7 +603,8 @@ def test_bad_file_names_path_and_value(tmp_path: Path, text: str, path: str,
          "{file}: apps.shop.services.web.weight: must be an integer 0..100 (got 101)"),
         ("listen_port: 8080\n",
          "{file}: listen_port: unknown key; allowed keys: listen, admin, domain, sticky, "
-         "timeouts, trusted_proxies, access_log, limits, passive_health, providers, handoff, apps (got 8080)"),
+         "timeouts, trusted_proxies, access_log, logging, public_url, limits, passive_health, "
+         "providers, handoff, apps (got 8080)"),
         ("timeouts: {connect: 10 parsecs}\n",
          "{file}: timeouts.connect: must be a duration like '2s', '500ms', '30m', '1h30m' "
          "or a number of seconds >= 0 (got '10 parsecs')"),
@@ -958,3 +963,15 @@ def test_unknown_provider_is_refused() -> None:
     with pytest.raises(ConfigError) as exc:
         config_from_dict({"providers": {"kubernetes": {}}})
     assert exc.value.path == "providers.kubernetes"
+
+
+def test_public_url_gives_the_base_of_the_links_the_router_hands_out():
+    default = config_from_dict({})
+    assert (default.public_url, default.logging.format) == (None, "text")
+    assert default.public_base("shop.test", 8080) == "http://shop.test:8080"
+    assert default.public_base("shop.test", 80) == "http://shop.test"
+    behind = config_from_dict({"public_url": "https://{host}", "logging": {"format": "json"}})
+    assert behind.public_base("shop.test", 8080) == "https://shop.test"
+    assert behind.logging.format == "json"
+    one_name = config_from_dict({"public_url": "https://router.example.com:8443"})
+    assert one_name.public_base("shop.test", 8080) == "https://router.example.com:8443"

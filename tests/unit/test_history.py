@@ -215,17 +215,17 @@ def test_apply_refuses_to_close_a_release_unless_forced():
     assert new.change.changes[-1] == "release of web-v3 rolled back (web-v3 deleted)"
 
 
-def test_apply_refuses_to_delete_a_pinned_service_of_weight_0():
-    s = _run(_state(), ops.set_weights("shop", {"web": 0, "web-v2": 100}))
+def test_apply_refuses_to_delete_a_pinned_service_whatever_its_weight():
     file = _apps({"shop": {"routes": ["shop.test"], "services": {"web-v2": _svc(100, "10.0.0.2:80")}}})
-    with pytest.raises(Conflict, match="deletes service 'web' of 'shop', which clients are "
-                                       r"still pinned to \(weight 0"):
-        _run(s, ops.apply_apps(file, pinned=frozenset({("shop", "web")})))
-    # Not pinned, or pinned but still weighted: deleted.
-    assert _run(s, ops.apply_apps(file)).app("shop").services[0].name == "web-v2"
-    s2 = _run(_state(), ops.set_weights("shop", {"web": 10, "web-v2": 90}))
-    assert _run(s2, ops.apply_apps(file, pinned=frozenset({("shop", "web")}))) is not s2
-    assert _run(s, ops.apply_apps(file, force=True, pinned=frozenset({("shop", "web")}))) is not s
+    # Drained to weight 0, or still serving (its clients lose their session either way).
+    for weights in ({"web": 0, "web-v2": 100}, {"web": 10, "web-v2": 90}):
+        s = _run(_state(), ops.set_weights("shop", weights))
+        with pytest.raises(Conflict, match="deletes service 'web' of 'shop', which clients are "
+                                           r"still pinned to \(recent requests by cookie\)"):
+            _run(s, ops.apply_apps(file, pinned=frozenset({("shop", "web")})))
+        # Not pinned, or forced: deleted.
+        assert _run(s, ops.apply_apps(file)).app("shop").services[0].name == "web-v2"
+        assert _run(s, ops.apply_apps(file, force=True, pinned=frozenset({("shop", "web")}))) is not s
 
 
 def test_apply_keeps_the_order_of_apps_and_appends_new_ones():
