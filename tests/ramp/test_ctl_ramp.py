@@ -96,7 +96,7 @@ async def test_pause_resume_abort_status_and_preview(backend, router_process):
         assert r.rc == 0, r.err
         lines = r.out.splitlines()
         assert lines[0].startswith("shop: preview of green until ")
-        assert lines[2].startswith("  http://app.test/?router-preview=")
+        assert lines[2].startswith(f"  http://app.test:{rp.port}/?router-preview=")
         assert lines[3].startswith("or send the cookie: CONTAINERID_PREVIEW=")
         assert lines[4] == "or the header: X-Preview: green"
         r = await ctl(rp.admin_url, "release", "abort", "shop")
