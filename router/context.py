@@ -25,7 +25,6 @@ from .sticky import TokenCodec
 from .table import Backend, RoutingTable
 from .upstream import Tunnel, UpstreamPool
 
-log = logging.getLogger("router")
 warn = logging.getLogger("router.error")
 
 # File descriptors kept free of client connections: the admin API, health checks, the store.
@@ -135,7 +134,7 @@ class ProxyContext:
         # Bytes a head in progress may take over further reads before it is refused: a bound
         # no head within the limits reaches (a field of one-byte name and value is 5 bytes).
         self.max_head_read = 4 * (lim.max_request_line + lim.max_headers)
-        # Said once by the master (connection_cap_note), not by every worker at each reload.
+        # Said once by the main process (connection_cap_note), not by each worker at each reload.
         self.max_connections = min(lim.max_connections, fd_connection_cap())
         self.trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
             config.trusted_proxies)

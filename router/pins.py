@@ -1,11 +1,11 @@
 """Which services clients are still pinned to: when each last got a request by cookie.
 
 ``routerctl apply`` must not delete a service that sticky clients are still being sent to --
-at weight 0 (the drain of a release) or at any other weight -- unless forced. The data plane counts requests routed by cookie
-per service (``router_sticky_requests_total``); sampling that counter now and then tells when it
-last moved. The sample period bounds how late a new pin is noticed; a cookie idle longer than
-``sticky.max_idle`` has expired, so older activity no longer pins anyone. Counted per process:
-with several replicas, each knows the clients that reached it.
+at weight 0 (the drain of a release) or at any other weight -- unless forced. The data plane
+counts requests routed by cookie per service (``router_sticky_requests_total``); sampling that
+counter now and then tells when it last moved. The sample period bounds how late a new pin is
+noticed; a cookie idle longer than ``sticky.max_idle`` has expired, so older activity no longer
+pins anyone. Counted per process: with several replicas, each knows the clients that reached it.
 """
 
 from __future__ import annotations

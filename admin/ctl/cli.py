@@ -10,8 +10,9 @@ from typing import Any, Callable, NoReturn, Sequence
 from router import version
 
 from .client import DEFAULT_TIMEOUT, DEFAULT_URL, EXIT_USAGE, INT_RE, Client, CtlError
-from .commands import (cmd_apps, cmd_create, cmd_delete, cmd_drain_timeout, cmd_preview_header, cmd_routes,
-                       cmd_service_delete, cmd_service_set, cmd_show, cmd_sticky, cmd_weights)
+from .commands import (cmd_apps, cmd_create, cmd_delete, cmd_drain_timeout, cmd_preview_header,
+                       cmd_routes, cmd_service_delete, cmd_service_set, cmd_show, cmd_sticky,
+                       cmd_weights)
 from .conflicts import cmd_conflicts
 from .release import (cmd_ramp_move, cmd_release_confirm, cmd_release_preview, cmd_release_ramp,
                       cmd_release_rollback, cmd_release_start, cmd_release_status)

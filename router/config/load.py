@@ -280,7 +280,8 @@ def _parse_logging(data: dict[str, object], source: str) -> LoggingConfig:
 
 
 # scheme://HOST[:PORT], where HOST may be {host}: the route's host name.
-_PUBLIC_URL_RE = re.compile(r"^https?://(\{host\}|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
+_PUBLIC_URL_RE = re.compile(
+    r"^https?://(\{host\}|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
 
 
 def _parse_public_url(value: object, source: str) -> str | None:
