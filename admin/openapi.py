@@ -269,12 +269,16 @@ _SERVICE_STATS = {
 
 _STATS = {
     "type": "object",
-    "required": ["app", "time", "services"],
+    "required": ["app", "time", "services", "removed"],
     "properties": {
         "app": NAME,
         "time": {"type": "number", "description": "when the counters were read, Unix seconds"},
         "services": {"type": "object",
                      "additionalProperties": {"$ref": "#/components/schemas/ServiceStats"}},
+        "removed": {"type": "object",
+                    "additionalProperties": {"$ref": "#/components/schemas/ServiceStats"},
+                    "description": "the last counters of the services deleted in the last 5 "
+                                   "minutes (weight: the one each had when it went)"},
     },
 }
 

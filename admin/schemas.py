@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from router.config import NAME_PATTERN, NAME_RE
-from router.counters import ServiceStats, Stats
+from router.counters import BackendStats, ServiceStats, Stats
 from router.errors import BadRequest, Invalid, NotFound, PayloadTooLarge
 from router.metrics import cumulative_buckets
 from router.state import State, app_to_dict
@@ -173,30 +173,38 @@ def render_app(state: State, name: str, table: "RoutingTable",
 def render_stats(stats: Stats, table: "RoutingTable", name: str, now: float) -> dict[str, Any]:
     """The live counters of an app's services (``GET /api/v1/apps/{app}/stats``): totals since
     the router started, so a client turns two readings into rates. ``errors`` are the 5xx
-    answers given for the service; ``upstream_errors`` the failed attempts to use its backends."""
+    answers given for the service; ``upstream_errors`` the failed attempts to use its backends.
+    ``removed``: the last counters of the app's services deleted within the last minutes
+    (``router.table.REMOVED_KEEP``), so that the reading after a rollback still has the numbers
+    of the version rolled back, ``weight`` the one it had when it went."""
     live = table.apps.get(name)
     services: dict[str, Any] = {}
     for svc in live.services if live is not None else ():
-        st = stats.services.get((name, svc.name)) or ServiceStats()
-        codes: dict[int, int] = {}
-        upstream_errors = 0
-        for be in svc.backends:
-            bst = stats.backends.get((name, svc.name, be.key))
-            if bst is None:
-                continue
-            for code, n in bst.codes.items():
-                codes[code] = codes.get(code, 0) + n
-            upstream_errors += sum(bst.errors.values())
-        buckets = cumulative_buckets(st)
-        services[svc.name] = {
-            "requests": sum(codes.values()),
-            "errors": sum(n for code, n in codes.items() if code >= 500),
-            "codes": {str(code): n for code, n in sorted(codes.items())},
-            "upstream_errors": upstream_errors,
-            "sticky": st.sticky,
-            "preview": st.preview,
-            "inflight": st.inflight,
-            "weight": svc.weight,
-            "duration": {"count": buckets[-1][1], "sum": st.dsum, "buckets": dict(buckets)},
-        }
-    return {"app": name, "time": now, "services": services}
+        bstats = [stats.backends.get((name, svc.name, be.key)) for be in svc.backends]
+        services[svc.name] = _service_stats(stats.services.get((name, svc.name)) or ServiceStats(),
+                                            [b for b in bstats if b is not None], svc.weight)
+    removed = {svc: _service_stats(r.stats, list(r.backends.values()), r.weight)
+               for (app, svc), r in sorted(stats.removed.items())
+               if app == name and svc not in services}
+    return {"app": name, "time": now, "services": services, "removed": removed}
+
+
+def _service_stats(st: ServiceStats, backends: list[BackendStats], weight: int) -> dict[str, Any]:
+    codes: dict[int, int] = {}
+    upstream_errors = 0
+    for bst in backends:
+        for code, n in bst.codes.items():
+            codes[code] = codes.get(code, 0) + n
+        upstream_errors += sum(bst.errors.values())
+    buckets = cumulative_buckets(st)
+    return {
+        "requests": sum(codes.values()),
+        "errors": sum(n for code, n in codes.items() if code >= 500),
+        "codes": {str(code): n for code, n in sorted(codes.items())},
+        "upstream_errors": upstream_errors,
+        "sticky": st.sticky,
+        "preview": st.preview,
+        "inflight": st.inflight,
+        "weight": weight,
+        "duration": {"count": buckets[-1][1], "sum": st.dsum, "buckets": dict(buckets)},
+    }

@@ -68,6 +68,29 @@ class BackendStats:
             self.errors[reason] = self.errors.get(reason, 0) + n
 
 
+class RemovedService:
+    """The counters of a service no longer routed (deleted by a rollback, a confirm, an apply),
+    kept a few minutes after (``router.table.REMOVED_KEEP``): a reader that turns two readings
+    into rates gets the numbers of the interval the service went in, however short its last
+    step was. The objects are the service's own: requests still in flight when it went are
+    counted as they end."""
+
+    __slots__ = ("weight", "stats", "backends")
+
+    # Defaults: a worker's counters reach the master pickled, which makes the object bare.
+    def __init__(self, weight: int = 0, stats: ServiceStats | None = None,
+                 backends: dict[str, BackendStats] | None = None) -> None:
+        self.weight = weight  # when it went
+        self.stats = stats if stats is not None else ServiceStats()
+        self.backends = backends if backends is not None else {}  # by address
+
+    def add(self, other: "RemovedService") -> None:
+        self.weight = other.weight
+        self.stats.add(other.stats)
+        for addr, b in other.backends.items():
+            self.backends.setdefault(addr, BackendStats()).add(b)
+
+
 class UnroutedStats:
     """Responses the router gave before any app or service was chosen (404, 400, ...)."""
 
@@ -85,7 +108,7 @@ class Stats:
     """Every counter of a process by name: what a scrape reads, and what a worker process
     sends to the master (plain picklable objects), summed there across workers."""
 
-    __slots__ = ("services", "backends", "unrouted", "refused", "waiting")
+    __slots__ = ("services", "backends", "unrouted", "refused", "waiting", "removed")
 
     def __init__(self) -> None:
         self.services: dict[tuple[str, str], ServiceStats] = {}
@@ -96,10 +119,13 @@ class Stats:
         # they have waited (BUCKETS). A gauge, made when the counters are read: what the ramp
         # judges hung requests from (router.ramp).
         self.waiting: dict[tuple[str, str], list[int]] = {}
+        # Services deleted in the last few minutes, by (app, service): their last counters.
+        self.removed: dict[tuple[str, str], RemovedService] = {}
 
     def add(self, other: "Stats", inflight: bool = True) -> None:
         """Add ``other``'s counts; ``inflight=False``: the counters only (the totals of a worker
-        that is gone, which has nothing in flight any more)."""
+        that is gone, which has nothing in flight any more, nor deleted services to tell of:
+        those are kept for minutes, not for the router's life)."""
         for key, s in other.services.items():
             self.services.setdefault(key, ServiceStats()).add(s, inflight)
         for bkey, b in other.backends.items():
@@ -112,6 +138,11 @@ class Stats:
                 mine = self.waiting.get(skey)
                 self.waiting[skey] = (list(ages) if mine is None
                                       else [a + b for a, b in zip(mine, ages)])
+            for skey, r in other.removed.items():
+                gone = self.removed.get(skey)
+                if gone is None:
+                    gone = self.removed[skey] = RemovedService()
+                gone.add(r)
 
     def keep(self, services: set[tuple[str, str]], backends: set[tuple[str, str, str]]) -> None:
         """Forget the counters of services and backends no longer routed."""

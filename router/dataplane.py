@@ -172,6 +172,7 @@ class DataPlane:
     def stats(self) -> Stats:
         ctx = self.ctx
         st = self.table.stats(ctx.unrouted)
+        st.removed = self.builder.removed()
         st.refused = ctx.refused
         st.waiting = _waiting_ages(ctx.deadlines.waiting, ctx.loop.time())
         return st

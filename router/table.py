@@ -9,7 +9,8 @@ stickiness tokens.
 
 What must outlive a snapshot -- a backend's requests in flight, its health, the counters
 behind the metrics, when a service's weight dropped to 0 -- lives in ``Backend`` and
-``ServiceStats`` objects that the builder hands from one table to the next.
+``ServiceStats`` objects that the builder hands from one table to the next. A service's
+counters outlive the service itself by ``REMOVED_KEEP`` (``Stats.removed``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from typing import Container, Final, Iterable, Mapping
 
 from .balancer import LeastInFlight, RoundRobin, SmoothWeightedRoundRobin
 from .config import AppConfig, StickyConfig, split_hostport
-from .counters import BackendStats, ServiceStats, Stats, UnroutedStats
+from .counters import BackendStats, RemovedService, ServiceStats, Stats, UnroutedStats
 from .sticky import TokenCodec
 
 DEFAULT_COOKIE: Final = StickyConfig().cookie
 # The preview cookie is the sticky cookie's name with this after it: CONTAINERID_PREVIEW.
 PREVIEW_COOKIE_SUFFIX: Final = b"_PREVIEW"
+# How long the last counters of a deleted service stay readable: the console's chart window
+# (5 minutes), so that a page whose readings are far apart (a tab in the background polls
+# about once a minute) still gets the numbers of a version rolled back between two of them.
+REMOVED_KEEP = 300.0
 
 
 class Backend:
@@ -262,6 +267,8 @@ class TableBuilder:
         self._backends: dict[tuple[str, str, str], Backend] = {}
         self._stats: dict[tuple[str, str], ServiceStats] = {}
         self._zero_since: dict[tuple[str, str], float] = {}
+        self._services: dict[tuple[str, str], Service] = {}
+        self._removed: dict[tuple[str, str], tuple[float, RemovedService]] = {}
 
     def backend(self, app: str, service: str, key: str) -> Backend | None:
         return self._backends.get((app, service, key))
@@ -274,6 +281,7 @@ class TableBuilder:
         backends: dict[tuple[str, str, str], Backend] = {}
         stats: dict[tuple[str, str], ServiceStats] = {}
         zero_since: dict[tuple[str, str], float] = {}
+        kept: dict[tuple[str, str], Service] = {}
         built: dict[str, App] = {}
         hosts: dict[bytes, _Host] = {}
         for cfg in apps:
@@ -292,9 +300,10 @@ class TableBuilder:
                 zs = None
                 if scfg.weight == 0:
                     zs = zero_since[skey] = self._zero_since.get(skey, now)
-                services.append(Service(scfg.name, scfg.weight, tuple(bes),
-                                        self._codec.service_id(cfg.name, scfg.name,
-                                                               scfg.incarnation), st, zs))
+                svc = kept[skey] = Service(scfg.name, scfg.weight, tuple(bes),
+                                           self._codec.service_id(cfg.name, scfg.name,
+                                                                  scfg.incarnation), st, zs)
+                services.append(svc)
             app = App(cfg, tuple(services), self._preview(cfg, services, previews))
             built[cfg.name] = app
             name = cookie_name(cfg, self.cookie)
@@ -313,7 +322,25 @@ class TableBuilder:
         self._backends = backends
         self._stats = stats
         self._zero_since = zero_since
+        self._retire(kept, now)
         return RoutingTable(generation, built, hosts)
+
+    def _retire(self, services: dict[tuple[str, str], Service], now: float) -> None:
+        """Keep the counters of the services this build dropped; forget those kept long enough
+        and those of a service made again (its counters start afresh)."""
+        removed = {k: v for k, v in self._removed.items()
+                   if k not in services and now - v[0] < REMOVED_KEEP}
+        for skey, svc in self._services.items():
+            if skey not in services:
+                removed[skey] = (now, RemovedService(
+                    svc.weight, svc.stats, {be.key: be.stats for be in svc.backends}))
+        self._services = services
+        self._removed = removed
+
+    def removed(self) -> dict[tuple[str, str], RemovedService]:
+        """The services dropped within ``REMOVED_KEEP``: their last counters (``Stats.removed``)."""
+        now = time.monotonic()
+        return {k: r for k, (since, r) in self._removed.items() if now - since < REMOVED_KEEP}
 
     def _preview(self, cfg: AppConfig, services: list[Service],
                  previews: Mapping[str, tuple[str, str]] | None) -> Preview | None:

@@ -1,11 +1,13 @@
 """GET /api/v1/apps/{app}/stats: the live counters the console draws, exact after a known
-number of requests, summed across worker processes, behind the admin token."""
+number of requests, summed across worker processes, behind the admin token; a deleted
+service's last counters under ``removed``."""
 
 from __future__ import annotations
 
 import aiohttp
 
 from tests.conftest import app_config, free_port, get, router_config
+from tests.integration.test_admin_api import Api
 from tests.integration.test_workers import PATIENT, _through_each_worker
 
 BUCKET_KEYS = ["0.00025", "0.0005", "0.001", "0.002", "0.003", "0.005", "0.0075", "0.01", "0.025",
@@ -86,6 +88,36 @@ async def test_upstream_errors_match_the_metrics(backend, router):
     assert f"{line} {float(web['upstream_errors'])}" in metrics
 
 
+async def _call(admin_port: int, method: str, path: str, body: object = None) -> int:
+    async with aiohttp.ClientSession() as s:
+        return (await Api(s, admin_port).call(method, path, body))[0]
+
+
+async def test_a_deleted_service_keeps_its_last_counts(backend, router):
+    """The reading after a rollback still has the version's numbers, however short its last
+    step: without them a client reading every second never sees the errors that had it
+    rolled back a fraction of a second after its step began."""
+    blue, green = await backend("blue"), await backend("green")
+    srv = await router(router_config({"shop": app_config(
+        {"web": (0, [blue.addr]), "web-v2": (100, [green.addr])}, sticky=False)}))
+    async with aiohttp.ClientSession() as s:
+        for path in ("/", "/", "/", "/status/502", "/status/502"):
+            await get(s, srv, path)
+    assert await _call(srv.admin_port, "PUT", "/apps/shop/weights", {"web": 100, "web-v2": 0}) == 200
+    assert await _call(srv.admin_port, "DELETE", "/apps/shop/services/web-v2") == 204
+    _, body = await _stats(srv.admin_port, "shop")
+    assert list(body["services"]) == ["web"]
+    assert {k: v for k, v in body["removed"]["web-v2"].items() if k != "duration"} == {
+        "requests": 5, "errors": 2, "codes": {"200": 3, "502": 2}, "upstream_errors": 0,
+        "sticky": 0, "preview": 0, "inflight": 0, "weight": 0}
+    assert body["removed"]["web-v2"]["duration"]["count"] == 5
+    # Made again, it counts afresh and is no longer a removed one.
+    assert await _call(srv.admin_port, "PUT", "/apps/shop/services/web-v2",
+                       {"weight": 0, "backends": [green.addr]}) == 201
+    _, body = await _stats(srv.admin_port, "shop")
+    assert body["removed"] == {} and body["services"]["web-v2"]["requests"] == 0
+
+
 async def test_unknown_app_and_token(backend, router, tmp_path):
     (tmp_path / "token").write_text("s3cret\n")
     blue = await backend("blue")
@@ -110,3 +142,16 @@ async def test_summed_across_workers(backend, router_process):
     assert status == 200
     web = body["services"]["web"]
     assert (web["requests"], web["codes"], web["duration"]["count"]) == (30, {"200": 30}, 30)
+
+
+async def test_a_deleted_service_summed_across_workers(backend, router_process):
+    blue, green = await backend("blue"), await backend("green")
+    rp = await router_process({**PATIENT, "apps": {"shop": app_config(
+        {"web": (0, [blue.addr]), "web-v2": (100, [green.addr])}, sticky=False)}}, ("--workers", "2"))
+    assert await _through_each_worker(rp, 15) == [[b"green\n"] * 15] * 2
+    assert await _call(rp.admin_port, "PUT", "/apps/shop/weights", {"web": 100, "web-v2": 0}) == 200
+    assert await _call(rp.admin_port, "DELETE", "/apps/shop/services/web-v2") == 204
+    _, body = await _stats(rp.admin_port, "shop")
+    gone = body["removed"]["web-v2"]
+    assert (gone["requests"], gone["codes"], gone["duration"]["count"], gone["weight"]) == (
+        30, {"200": 30}, 30, 0)

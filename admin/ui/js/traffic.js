@@ -42,13 +42,20 @@ export class Colours {
   }
 }
 
+const NOTHING = {requests: 0, errors: 0, sticky: 0, duration: {count: 0, sum: 0}};
+
 // Rates between two readings of the counters. A counter that went down was reset (a worker
-// replaced, a service deleted and made again): that interval counts as nothing.
+// replaced, a service deleted and made again): that interval counts as nothing. A service
+// deleted since the first reading (a rollback can take a fraction of a second) counts to its
+// last numbers, which the router keeps for a few minutes; one that came and went between the
+// two readings counts from nothing.
 export function rates(prev, cur) {
   const dt = cur.time - prev.time;
   const out = {};
-  for (const [name, c] of Object.entries(cur.services)) {
-    const p = prev.services[name];
+  const gone = Object.entries(cur.removed || {}).filter(([name]) => !(name in cur.services));
+  for (const [name, c] of [...Object.entries(cur.services), ...gone]) {
+    const p = prev.services[name]
+      || (name in cur.services || name in (prev.removed || {}) ? null : NOTHING);
     if (!p || dt <= 0) continue;
     const d = (k) => Math.max(0, c[k] - p[k]);
     const requests = d("requests");
