@@ -183,13 +183,13 @@ async def test_release_confirmed_by_clicks_under_load(shop, browser, load, capsy
     assert app["release"] is None and weights(app) == {"web-v2": 100}
     await expect(page.locator("#release-title")).to_have_text("Release")
     # web-v2 keeps its colour now that web is gone; web stays on the chart, greyed: removed.
-    await until(lambda: chart(page, "chartRemoved"), "web on the chart as removed")
+    await until(lambda: chart(page, "chartRemoved"), 15, "web on the chart as removed", 0.1)
     after = await chart(page, "chartColours")
     assert after["web-v2"] == colours["web-v2"] and after["web"] == REMOVED != colours["web"]
     await expect(page.locator("#traffic-chart .u-legend")).to_contain_text("web (removed)")
     # ... and on the next visit.
     await page.reload()
-    await until(lambda: chart(page, "chartNames"), "the chart")
+    await until(lambda: chart(page, "chartNames"), 15, "the chart", 0.1)
     assert (await chart(page, "chartColours"))["web-v2"] == colours["web-v2"]
     await expect(page.locator("#release-outcome")).to_contain_text(
         "Release of web-v2 confirmed by 127.0.0.1")

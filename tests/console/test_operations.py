@@ -18,7 +18,9 @@ from tests.load import Load
 
 from tests.ramp.conftest import flaky  # noqa: F401  (a fixture)
 
-from .conftest import REMOVED, TOKEN, screenshot, sign_in, until
+from tests.processes import until
+
+from .conftest import REMOVED, TOKEN, screenshot, sign_in
 from .test_browser import Api, chart, weights
 
 pytest.importorskip("playwright", reason="the playwright package is not installed (pip install -e '.[test]')")
@@ -38,7 +40,7 @@ async def _release(api: Api, new: str, addr: str) -> None:
 
     async def ready() -> bool:
         return (await api.app())["release"]["status"] == "awaiting_confirmation"
-    await until(ready, "the release to be ready", timeout=20)
+    await until(ready, 20, "the release to be ready", 0.1)
 
 
 async def test_a_ramp_started_by_clicks_rolls_back_and_the_page_keeps_the_evidence(
@@ -51,7 +53,7 @@ async def test_a_ramp_started_by_clicks_rolls_back_and_the_page_keeps_the_eviden
     page = await browser.page()
     await sign_in(page, rp.admin_url)
     await page.goto(rp.admin_url + "/ui/#/apps/shop")
-    await until(lambda: chart(page, "chartNames"), "the chart")
+    await until(lambda: chart(page, "chartNames"), 15, "the chart", 0.1)
     before = await chart(page, "chartColours")
 
     # The ramp's form, every setting filled in with the router's default.
@@ -94,7 +96,7 @@ async def test_a_ramp_started_by_clicks_rolls_back_and_the_page_keeps_the_eviden
     await expect(page.locator("#release-title")).to_have_text("Release")
 
     # The chart keeps web-v2's past, greyed and named, with the 5xx that got it rolled back.
-    removed = await until(lambda: chart(page, "chartRemoved"), "web-v2 on the chart as removed")
+    removed = await until(lambda: chart(page, "chartRemoved"), 15, "web-v2 on the chart as removed", 0.1)
     assert removed == ["web-v2"]
     colours = await chart(page, "chartColours")
     assert colours == {"web": before["web"], "web-v2": REMOVED}
@@ -133,7 +135,7 @@ async def test_ramp_live_numbers(backend, router_process, monkeypatch, browser, 
         rows = await page.evaluate("""() => Object.fromEntries([...document.querySelectorAll(
             '#ramp-window tbody tr')].map((r) => [r.dataset.version, Number(r.cells[1].textContent)]))""")
         return rows if rows.get("new", 0) > 0 and rows.get("old", 0) > 0 else None
-    rows = await until(counted, "requests of both versions in the step's numbers")
+    rows = await until(counted, 15, "requests of both versions in the step's numbers", 0.1)
     progress = (await api.call("GET", "/apps/shop/release/ramp"))[1]
     assert progress["window"]["new"]["requests"] >= rows["new"]
     await expect(window).to_contain_text("web-v2")
@@ -141,7 +143,7 @@ async def test_ramp_live_numbers(backend, router_process, monkeypatch, browser, 
         "Bounds: errors at most 1 points over the old version's; p99 latency at most 2× the old "
         "version's (above 10ms); at least 20 requests a version.")
     await until(lambda: page.evaluate("document.getElementById('traffic-chart').chartData[0].length > 5"),
-                "a few seconds of traffic on the chart")
+                15, "a few seconds of traffic on the chart", 0.1)
     await screenshot(page, "ramp-live")
     await ld.stop()
 
