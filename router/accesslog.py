@@ -18,13 +18,23 @@ from typing import BinaryIO
 
 # A write to a pipe of at most this many bytes is never interleaved with another writer's.
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
-# What a JSON string may hold as it is: printable ASCII but the quote and the backslash.
-_JSON_UNSAFE = re.compile(rb'[^\x20-\x7e]|["\\]')
+# What a JSON string or a quoted field of the combined format may hold as it is: printable
+# ASCII but the quote and the backslash. The combined format escapes the rest as nginx does,
+# as \xHH: a request line or a User-Agent could otherwise end its field and forge the rest of
+# the line, or another line.
+_UNSAFE = re.compile(rb'[^\x20-\x7e]|["\\]')
+
+
+def _clf_str(value: bytes) -> bytes:
+    """``value`` for a quoted field of the combined format."""
+    if _UNSAFE.search(value) is None:
+        return value
+    return _UNSAFE.sub(lambda m: b"\\x%02X" % m.group(0)[0], value)
 
 
 def _json_str(value: bytes) -> bytes:
     """``value`` as a JSON string (read as Latin-1, escaped as ``json.dumps`` escapes it)."""
-    if _JSON_UNSAFE.search(value) is None:
+    if _UNSAFE.search(value) is None:
         return b'"' + value + b'"'
     return json.dumps(value.decode("latin-1")).encode()
 
@@ -129,5 +139,5 @@ class AccessLog:
             elif lname == b"referer":
                 ref = value
         return b'%b - - [%b] "%b %b HTTP/1.1" %d %b "%b" "%b" %.6f\n' % (
-            e.remote, self._clf, e.method, e.url, e.status, b"%d" % e.sent if e.sent else b"-",
-            ref, ua, e.seconds)
+            e.remote, self._clf, _clf_str(e.method), _clf_str(e.url), e.status,
+            b"%d" % e.sent if e.sent else b"-", _clf_str(ref), _clf_str(ua), e.seconds)

@@ -8,7 +8,7 @@ import re
 
 import uvloop
 
-from router.accesslog import PIPE_BUF, AccessLog, _json_str
+from router.accesslog import PIPE_BUF, AccessLog, Entry, _json_str
 from router.client import ClientConnection
 from router.config import config_from_dict
 from router.context import ProxyContext
@@ -43,7 +43,8 @@ def _run(fmt: str, n: int, url: bytes = b"/x?y=1") -> tuple[list[bytes], int]:
     event loop's turn ended."""
     loop = uvloop.new_event_loop()
     try:
-        cfg = config_from_dict({"apps": {"shop": {"session_sticky": False, "routes": ["shop.test"],
+        cfg = config_from_dict({"upstream": {"reuse": "always"},  # every request: the pooled one
+                                "apps": {"shop": {"session_sticky": False, "routes": ["shop.test"],
                                                   "services": {"web": {"backends": ["127.0.0.1:1"]}}}}})
         codec = TokenCodec(b"k" * 32, 1800, 28800)
         pool = UpstreamPool(loop, 3.0)
@@ -101,6 +102,18 @@ def test_combined_lines():
     assert lines[0].startswith(b"127.0.0.1 - - [")
     # The body's size in bytes, then the request time in seconds (microseconds).
     assert re.search(rb'"GET /x\?y=1 HTTP/1.1" 200 2 "-" "t/1" [0-9]+\.[0-9]{6}$', lines[0]), lines[0]
+
+
+def test_combined_fields_escape_quotes_and_control_bytes_as_nginx():
+    """A request line or a User-Agent cannot end its field or the line (log injection)."""
+    log = AccessLog(None, "combined", _Out())  # type: ignore[arg-type]
+    e = Entry(b"10.0.0.1", b"GET", b'/a"b\\c', b"shop.test", 200, b"shop", b"web", b"b:80",
+              0.5, b"id", 0, [(b"User-Agent", b'x" "y\n10.0.0.9 - - [forged]'),
+                              (b"Referer", b"caf\xe9\x7f")])
+    line = log.line(e)
+    assert line.endswith(b'"GET /a\\x22b\\x5Cc HTTP/1.1" 200 - "caf\\xE9\\x7F" '
+                         b'"x\\x22 \\x22y\\x0A10.0.0.9 - - [forged]" 0.500000\n')
+    assert line.count(b"\n") == 1 and line.count(b'"') == 6
 
 
 def test_a_refused_request_is_logged_with_an_empty_request_id():
