@@ -8,14 +8,21 @@ again. One set of rules for every response (docs/request-path.md, "The response 
 - hop-by-hop fields and every field the ``Connection`` field names are removed (never
   ``Content-Length``, ``Set-Cookie`` or ``Cookie``); a ``Set-Cookie`` of the router's own cookie
   name is removed from sticky apps' responses (the router owns that cookie);
-- a status line with control characters is refused (502);
+- a status line with control characters, or a status below 100, is refused (502);
 - 1xx (but 101), 204 and 304 have no body and carry no ``Content-Length`` or
   ``Transfer-Encoding`` on the way out; a response to ``HEAD`` has no body and keeps its
   ``Content-Length``;
 - a chunked body, or one that ends with the connection, reaches an HTTP/1.1 client chunked, its
   other transfer codings kept (``gzip, chunked`` stays ``gzip, chunked``), so the client keeps
   its connection; an HTTP/1.0 client gets it delimited by the end of the connection, and a
-  transfer coding other than chunked, which it cannot be sent, is refused (502);
+  transfer coding other than chunked, which it cannot be sent, is refused (502). A coding list
+  whose last coding is not chunked makes a body that ends with the connection (RFC 9112 6.3);
+  if chunked is among its other codings (``chunked, gzip``) it cannot be chunked once more
+  (RFC 9112 6.1), so it is passed on as it is and the client connection ends with it; chunked
+  applied twice is refused (502);
+- the backend connection is used again only if the final head came after the request was sent
+  whole (a backend that answers early may read the rest of the body as a request), and never
+  after an HTTP/1.0 response with ``Transfer-Encoding`` (RFC 9112 6.1: faulty framing);
 - ``Connection: close`` when the client connection ends after this response (the client asked,
   a refused upgrade, the request body not read to its end, a graceful stop, an HTTP/1.0 client
   with a body delimited by the close), ``Connection: keep-alive`` for an HTTP/1.0 client that
@@ -74,6 +81,8 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
     ``own_cookie`` is ``b"<name>="`` of the router's cookie when the app is sticky (its
     ``Set-Cookie`` lines from the backend are removed), else b"".
     """
+    if status < 100:
+        raise ResponseError("status code below 100")
     rh = ResponseHead(status)
     eol = raw.find(b"\r\n")
     status_line = raw if eol < 0 else raw[:eol]
@@ -139,13 +148,20 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
             chunked = bool(codings) and codings[-1].lower() == b"chunked"
             rh.body = framing.CHUNKED if chunked else framing.EOF
             other = codings[:-1] if chunked else codings
-            if client_http11:
+            inner = any(c.lower() == b"chunked" for c in other)
+            if inner and chunked:
+                raise ResponseError("the chunked transfer coding applied twice")
+            if not client_http11:
+                if other:
+                    raise ResponseError("a transfer coding an HTTP/1.0 client cannot be sent")
+                close = True
+            elif inner:
+                # "chunked, gzip": to the close, as it came; chunking it again is forbidden.
+                extra.append(b"\r\nTransfer-Encoding: " + b", ".join(other))
+                close = True
+            else:
                 rh.rechunk = True
                 extra.append(b"\r\nTransfer-Encoding: " + b", ".join(other + [b"chunked"]))
-            elif other:
-                raise ResponseError("a transfer coding an HTTP/1.0 client cannot be sent")
-            else:
-                close = True
         elif length >= 0:
             if length:
                 rh.body = framing.LENGTH
@@ -157,7 +173,8 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
                 extra.append(b"\r\nTransfer-Encoding: chunked")
             else:
                 close = True
-        rh.reusable = backend_keep_alive and rh.body != framing.EOF
+        rh.reusable = (backend_keep_alive and rh.body != framing.EOF and request_done
+                       and (codings is None or raw[5:8] != b"1.0"))
         if close:
             extra.append(b"\r\nConnection: close")
         elif not client_http11:
