@@ -1,11 +1,15 @@
 """One client connection: its parser, its requests in order, its timers, its shutdown.
 
 ``ClientConnection`` is the protocol of a client socket. Its httptools (llhttp) request parser
-turns bytes into one ``Exchange`` per request; exchanges are answered strictly in order
-(pipelined requests wait, reading paused, until the one before them is done). The connection's
-phase (``router.phases``) says what its reading side is doing, and decides:
+turns bytes into one ``Exchange`` per request; exchanges are answered strictly in order. The
+parser reads no further ahead than the request being answered and the next one: what a
+pipelining client sends after that waits unparsed, reading paused, until the queue moves, and
+the next request starts only once the client reads what it has been sent -- so what a client
+can make the router hold is bounded whatever it sends (docs/request-path.md, "Memory"). The
+connection's phase (``router.phases``) says what its reading side is doing, and decides:
 
-- which timer runs: idle between requests, the request head, the request body;
+- which timer runs: idle between requests, the request head, the request body, an idle tunnel
+  (and, apart from the phase, a client that does not read what it is sent);
 - that nothing more is read or forwarded once a closing answer is decided (``CLOSING``): a
   request pipelined behind a refused or closing one never reaches a backend;
 - that bytes after an upgrade request are held, unparsed, until the backend answers: a tunnel's
@@ -43,6 +47,12 @@ log = logging.getLogger("router.error")
 # Idle connections closed at once when the connection cap is reached and a new client comes
 # (nginx's ngx_drain_connections closes up to 32 reusable connections the same way).
 DRAIN_AT_CAP: Final = 32
+# With none idle, connections stuck this long (a client not reading what it is sent, a tunnel
+# with no byte either way) are closed instead, the longest stuck first.
+STUCK_AT_CAP: Final = 1.0
+# The end of a request head: llhttp is given at most one per call while requests are read
+# ahead, so it never parses more requests than the connection will keep.
+_HEAD_END: Final = b"\r\n\r\n"
 # Head of a request to a parser that must go on reading the body of an upgrade request the
 # router serves as a plain request (h2c): llhttp stopped at its head (see _upgrade_request).
 _RESUME_LENGTH: Final = b"PUT / HTTP/1.1\r\nHost: r\r\nContent-Length: %d\r\n\r\n"
@@ -60,7 +70,8 @@ class ClientConnection(ClientSide):
     __slots__ = ("ctx", "loop", "transport", "parser", "phase", "parsing", "active", "queue",
                  "_paused", "write_paused", "peer", "peer_b", "tail", "trusted", "_timer",
                  "_deadline", "tunnel", "early", "decoder", "resume", "eof", "idle_at",
-                 "head_bytes")
+                 "head_bytes", "held", "held_at", "feeding", "body_left", "chunks",
+                 "first_request", "send_since", "send_size", "_send_timer", "tunnel_at")
 
     transport: asyncio.Transport
 
@@ -87,6 +98,20 @@ class ClientConnection(ClientSide):
         self.eof = False
         self.idle_at = 0.0  # loop time it became idle (meaningful in IDLE with no request)
         self.head_bytes = 0  # bytes read for a head that spans reads
+        # Bytes read but not parsed: held[held_at:] waits for the queued request to start.
+        self.held = b""
+        self.held_at = 0
+        self.feeding = False  # inside _parse: llhttp must not be fed again from a callback
+        self.body_left = 0  # bytes of the Content-Length body being parsed not yet fed
+        # Where the chunked body being parsed ends (llhttp reads it; this only follows it).
+        self.chunks: framing.ChunkedDecoder | None = None
+        self.first_request = True
+        # Writing to the client: since when it has made no progress, and how much was then
+        # buffered (meaningful while write_paused).
+        self.send_since = 0.0
+        self.send_size = 0
+        self._send_timer: asyncio.TimerHandle | None = None
+        self.tunnel_at = 0.0  # the last byte either way in a tunnel (loop time)
 
     def _move(self, to: int) -> None:
         self.phase = P.connection_move(self.phase, to)
@@ -96,6 +121,7 @@ class ClientConnection(ClientSide):
         if self.phase < P.CLOSING:
             self._move(P.CLOSING)
         self._deadline = 0.0
+        self.held = b""
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,24 +149,42 @@ class ClientConnection(ClientSide):
         self._idle()
 
     def _make_room(self) -> bool:
-        """At the connection cap: close the connections idle the longest; False if none is."""
+        """At the connection cap: close the connections idle the longest, or if none is, those
+        stuck the longest; False if there are none."""
         ctx = self.ctx
         now = self.loop.time()
         if now < ctx.no_idle_until:
             return False  # a scan just found none: do not rescan for every refused client
         idle = [(since, id(c), c) for c in ctx.connections if (since := c.idle_since()) >= 0]
-        if not idle:
+        if idle:
+            for _, _, c in heapq.nsmallest(DRAIN_AT_CAP, idle):
+                c.shutdown()
+            return True
+        cutoff = now - STUCK_AT_CAP
+        stuck = [(since, id(c), c) for c in ctx.connections
+                 if 0 <= (since := c.stuck_since()) <= cutoff]
+        if not stuck:
             ctx.no_idle_until = now + 0.1
             return False
-        for _, _, c in heapq.nsmallest(DRAIN_AT_CAP, idle):
-            c.shutdown()
+        for _, _, c in heapq.nsmallest(DRAIN_AT_CAP, stuck):
+            c.abort()
         return True
+
+    # Reads go into one of the context's buffers (uvloop calls these instead of data_received
+    # when a protocol has them): their size bounds what one read brings.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.ctx.read_body if self.phase >= P.READING_BODY else self.ctx.read_head
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buf = self.ctx.read_body if self.phase >= P.READING_BODY else self.ctx.read_head
+        self.data_received(buf[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
         if phase == P.TUNNELLING:
             tunnel = self.tunnel
             if tunnel is not None:
+                self.tunnel_at = self.loop.time()
                 tunnel.transport.write(data)
             return
         if phase >= P.CLOSING:
@@ -151,6 +195,11 @@ class ClientConnection(ClientSide):
         if self.decoder is not None:
             self._upgrade_body(data)
             return
+        if self.held:
+            # Read before the pause took effect: it waits behind what is held.
+            self.held = self.held[self.held_at:] + data
+            self.held_at = 0
+            return
         if phase == P.READING_HEAD:
             # More of a head split over reads: the bytes read for it are capped (an upper
             # bound of the sizes read_request_head checks exactly, so no legal head reaches it).
@@ -158,10 +207,78 @@ class ClientConnection(ClientSide):
             if self.head_bytes > self.ctx.max_head_read:
                 self._reject(431, b"request header block too large\n")
                 return
+        self._parse(data, 0)
+        self._read_timers()
+
+    def _read_timers(self) -> None:
+        """After bytes were parsed: the timer of a request still arriving."""
+        phase = self.phase
+        if phase == P.READING_BODY:
+            self._set_deadline(self.ctx.client_body_timeout)
+        elif phase == P.READING_HEAD and not self._deadline:
+            # A head split over reads: from its first read on, client_header.
+            self._set_deadline(self.ctx.client_header_timeout)
+
+    def _parse(self, data: bytes, pos: int) -> None:
+        """Give llhttp ``data[pos:]``, stopping at the end of a request once another waits its
+        turn: what follows is held, unparsed, reading paused, until that one starts.
+
+        llhttp cannot stop in the middle of what it is given, so it is given at most one
+        request's end at a time while the connection reads ahead: up to the next head's end,
+        the rest of a Content-Length body, or a chunked body up to its end (which
+        ``framing.ChunkedDecoder.scan`` finds without keeping it). Most reads hold one request
+        and go to llhttp whole."""
+        n = len(data)
+        feeding = self.feeding
+        self.feeding = True
         try:
-            self.parser.feed_data(data)
+            if self.phase == P.READING_HEAD and data[pos:pos + 1] in (b"\r", b"\n"):
+                # The head's empty line may end in the first bytes of this read: up to three
+                # bytes one at a time, so that llhttp is not given its body with them.
+                for _ in range(3):
+                    if pos == n or self.phase != P.READING_HEAD:
+                        break
+                    if not self._feed(data, pos, pos + 1):
+                        return
+                    pos += 1
+            while pos < n:
+                if self.queue:
+                    self.held = data
+                    self.held_at = pos
+                    self.pause(QUEUED)
+                    return
+                if self.phase >= P.UPGRADE_WAIT or self.decoder is not None:
+                    return  # an upgrade request took the rest (_upgrade_request)
+                left = self.body_left
+                chunks = self.chunks
+                if left:
+                    stop = min(n, pos + left)  # on_body counts body_left down
+                elif chunks is not None:
+                    try:
+                        end = chunks.scan(data, pos)
+                    except framing.FramingError:
+                        end = -1  # llhttp reads the same rules: it refuses it
+                        self.chunks = None
+                    stop = n if end < 0 else end
+                else:
+                    end = data.find(_HEAD_END, pos)
+                    stop = n if end < 0 else end + 4
+                if not self._feed(data, pos, stop):
+                    return
+                pos = stop
+        finally:
+            self.feeding = feeding
+
+    def _feed(self, data: bytes, pos: int, stop: int) -> bool:
+        """Give llhttp ``data[pos:stop]``; False if it stopped (an error, an upgrade)."""
+        try:
+            if pos == 0 and stop == len(data):
+                self.parser.feed_data(data)
+            else:
+                self.parser.feed_data(memoryview(data)[pos:stop])
         except httptools.HttpParserUpgrade as e:
-            self._upgrade_request(data[e.args[0]:])
+            self._upgrade_request(data[pos + e.args[0]:])
+            return False
         except httptools.HttpParserError as e:
             cause = e.__context__
             if isinstance(cause, Refused):
@@ -173,13 +290,8 @@ class ClientConnection(ClientSide):
                 self.abort()
             else:
                 self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
-            return
-        phase = self.phase
-        if phase == P.READING_BODY:
-            self._set_deadline(self.ctx.client_body_timeout)
-        elif phase == P.READING_HEAD and not self._deadline:
-            # A head split over reads: from its first read on, client_header.
-            self._set_deadline(self.ctx.client_header_timeout)
+            return False
+        return True
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -197,9 +309,13 @@ class ClientConnection(ClientSide):
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = P.CLOSED
         self.ctx.connections.discard(self)
+        self.held = b""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -213,6 +329,12 @@ class ClientConnection(ClientSide):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        now = self.loop.time()
+        self.send_since = now
+        self.send_size = self.transport.get_write_buffer_size()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_at(now + self.ctx.client_send_timeout,
+                                                 self._on_send_timer)
         ex = self.active
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
@@ -222,10 +344,13 @@ class ClientConnection(ClientSide):
     def resume_writing(self) -> None:
         self.write_paused = False
         ex = self.active
-        if ex is not None and ex.upstream is not None:
-            ex.upstream.resume_reading()
+        if ex is not None:
+            if ex.upstream is not None:
+                ex.upstream.resume_reading()
         elif self.tunnel is not None:
             self.tunnel.resume_reading()
+        elif (self.queue or self.held) and self.phase != P.CLOSED:
+            self._next(self.loop.time())  # the next request waited for the client to read
 
     # -- what exchanges, the tunnel and the data plane ask -----------------------------------
     def is_open(self) -> bool:
@@ -234,10 +359,14 @@ class ClientConnection(ClientSide):
     def write(self, data: bytes | memoryview) -> None:
         if self.phase != P.CLOSED:
             self.transport.write(data)
+            if self.write_paused:
+                self.send_size = self.transport.get_write_buffer_size()
 
     def writelines(self, data: list[bytes | memoryview]) -> None:
         if self.phase != P.CLOSED:
             self.transport.writelines(data)
+            if self.write_paused:
+                self.send_size = self.transport.get_write_buffer_size()
 
     def pause(self, why: int) -> None:
         if not self._paused and self.phase != P.CLOSED:
@@ -251,8 +380,20 @@ class ClientConnection(ClientSide):
                 self.transport.resume_reading()
 
     def idle_since(self) -> float:
-        if self.phase == P.IDLE and self.active is None and self.parsing is None:
+        if (self.phase == P.IDLE and self.active is None and self.parsing is None
+                and not self.queue and not self.held):
             return self.idle_at
+        return -1.0
+
+    def stuck_since(self) -> float:
+        phase = self.phase
+        if phase == P.CLOSED:
+            return -1.0
+        if self.write_paused:
+            self._sent(self.loop.time())
+            return self.send_since
+        if phase == P.TUNNELLING:
+            return self.tunnel_at
         return -1.0
 
     def shutdown(self) -> bool:
@@ -301,39 +442,54 @@ class ClientConnection(ClientSide):
     def exchange_done(self, ex: Exchange) -> None:
         if self.active is ex:
             self.active = None
-        phase = self.phase
-        if phase == P.CLOSED:
+        self.first_request = False
+        if self.phase == P.CLOSED:
             return
-        if ex.close_after or (self.eof and not self.queue):
+        if ex.close_after or (self.eof and not self.queue and not self.held):
             self._closing()
             self.transport.close()
             return
+        if not self.write_paused:
+            self._next(ex.ended)
+        # else the client is not reading what it was sent: the next request waits for it
+        # (resume_writing), or for client_send.
+
+    def _next(self, now: float) -> None:
+        """No request is being answered and the client reads: start the one read next, and
+        read on."""
         q = self.queue
         if q:
             nxt = q.popleft()
             self.active = nxt
             nxt.route()
-            return
-        if phase == P.CLOSING:
+            if nxt.phase >= P.TUNNEL:
+                return  # answered at once: its own end went on from there
+        elif self.phase == P.CLOSING:
             self.transport.close()  # nothing more will come: a refused request ended it
             return
-        if self._paused:
-            self.unpause(QUEUED)
-        if phase == P.IDLE:
-            if self.parsing is None:
-                self._idle(ex.ended)
-        elif phase == P.READING_HEAD:
-            self._set_deadline(self.ctx.client_header_timeout)
+        if self.held and not self.feeding:
+            data, pos = self.held, self.held_at
+            self.held = b""
+            self._parse(data, pos)
+            self._read_timers()
+        if self.queue or self.held:
+            return
+        self.unpause(QUEUED)
+        if self.active is None:
+            phase = self.phase
+            if phase == P.IDLE:
+                if self.parsing is None:
+                    self._idle(now)
+            elif phase == P.READING_HEAD:
+                self._set_deadline(self.ctx.client_header_timeout)
 
     def start_tunnel(self, ex: Exchange, up: UpstreamConnection, rest: bytes) -> None:
         self._move(P.TUNNELLING)
         self.active = None
         self.tunnel = up
         up.start_tunnel(self)
-        self._deadline = 0.0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.tunnel_at = self.loop.time()
+        self._set_deadline(self.ctx.tunnel_idle_timeout, self.tunnel_at)
         if rest:
             self.transport.write(rest)
         early = self.early
@@ -347,6 +503,7 @@ class ClientConnection(ClientSide):
 
     # upstream.Tunnel: the backend's side of the tunnel
     def tunnel_data(self, data: bytes) -> None:
+        self.tunnel_at = self.loop.time()
         self.write(data)
 
     def tunnel_closed(self) -> None:
@@ -376,28 +533,62 @@ class ClientConnection(ClientSide):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.phase >= P.TUNNELLING or not self._deadline:
+        phase = self.phase
+        if phase == P.TUNNELLING:
+            self._deadline = self.tunnel_at + self.ctx.tunnel_idle_timeout
+        if phase > P.TUNNELLING or not self._deadline:
             return
         now = self.loop.time()
         if now < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             return
-        phase = self.phase
         if phase == P.READING_HEAD:
+            self._timed_out("client_header")
             self._reject(408, b"request head not received in time\n")
         elif phase == P.READING_BODY:
             if self._paused:
-                # We are not reading (a backend is slow to take the body): not the client's fault.
+                # We are not reading (a backend is slow to take the body, or the request waits
+                # its turn): not the client's fault.
                 self._set_deadline(self.ctx.client_body_timeout)
             else:
+                self._timed_out("client_body")
                 self._reject(408, b"request body not received in time\n")
-        elif phase == P.IDLE and self.active is None and self.parsing is None:
+        elif phase == P.TUNNELLING:
+            self._timed_out("tunnel_idle")
+            self.transport.close()  # the tunnel's backend side closes with it
+        elif self.idle_since() >= 0:
             handoff = self.ctx.handoff
             if handoff is not None:
                 handoff(self)  # a successor takes it (router.dataplane: idle timeout 0 meanwhile)
                 return
             self._closing()
             self.transport.close()
+
+    def _sent(self, now: float) -> None:
+        """While writing is paused: if the client took some of what is buffered, that is
+        progress."""
+        size = self.transport.get_write_buffer_size()
+        if size < self.send_size:
+            self.send_since = now
+        self.send_size = size
+
+    def _on_send_timer(self) -> None:
+        """timeouts.client_send: a client that takes nothing of what it is sent is closed."""
+        self._send_timer = None
+        if not self.write_paused or self.phase == P.CLOSED:
+            return
+        now = self.loop.time()
+        self._sent(now)
+        deadline = self.send_since + self.ctx.client_send_timeout
+        if now < deadline:
+            self._send_timer = self.loop.call_at(deadline, self._on_send_timer)
+            return
+        self._timed_out("client_send")
+        self.abort()  # nothing more can reach it: a close would wait for its buffer forever
+
+    def _timed_out(self, reason: str) -> None:
+        counts = self.ctx.timeouts
+        counts[reason] = counts.get(reason, 0) + 1
 
     # -- request parser callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -424,7 +615,10 @@ class ClientConnection(ClientSide):
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
         if ex is not None and self.resume is None:
-            ex.headers.append((name, value))
+            headers = ex.headers
+            headers.append((name, value))
+            if len(headers) > self.ctx.max_header_fields:
+                raise Refused(431, "too many header fields")
 
     def on_headers_complete(self) -> None:
         if self.resume is not None:
@@ -439,24 +633,42 @@ class ClientConnection(ClientSide):
                           upgrade, ctx.max_header, ctx.max_headers, self.trusted, self.peer_b,
                           self.tail, ctx.ids)
         ex.llhttp_upgrade = upgrade
-        if ex.framing == framing.NONE:
+        kind = ex.framing
+        if kind == framing.NONE:
             ex.body_done = True  # known now: an answer given before the message ends may keep it
+        elif not upgrade:
+            self._follow_body(ex)
         self._move(P.READING_BODY)
         # Until the body is complete, each read must come within client_body (set at the end
         # of the read, if the body is still incomplete then).
         self._deadline = 0.0
-        if self.active is None:
+        self._take(ex)
+
+    def _follow_body(self, ex: Exchange) -> None:
+        """llhttp reads ``ex``'s body next: know where it ends (see _parse)."""
+        if ex.framing == framing.LENGTH:
+            self.body_left = ex.length
+        else:
+            self.chunks = framing.ChunkedDecoder()
+
+    def _take(self, ex: Exchange) -> None:
+        """``ex`` is read (its head at least): answer it now if nothing is before it and the
+        client reads what it is sent, else queue it (reading pauses)."""
+        q = self.queue
+        if self.active is None and not q and not self.write_paused:
             self.active = ex
             ex.route()
-        else:
-            q = self.queue
-            if q is None:
-                q = self.queue = deque()
+            return
+        if q is None:
+            q = self.queue = deque()
+        if ex not in q:
             q.append(ex)
-            self.pause(QUEUED)
+        self.pause(QUEUED)
 
     def on_body(self, data: bytes) -> None:
         ex = self.resume if self.resume is not None else self.parsing
+        if self.body_left:
+            self.body_left -= len(data)
         if ex is not None:
             ex.body(data)
 
@@ -473,6 +685,7 @@ class ClientConnection(ClientSide):
     def _request_read(self, ex: Exchange) -> None:
         """``ex`` has been read whole."""
         self.parsing = None
+        self.chunks = None
         if self.phase == P.READING_BODY:
             if not ex.keep_alive:
                 self._closing()  # the client said this is its last request: read no more
@@ -503,6 +716,7 @@ class ClientConnection(ClientSide):
                 stand_in = (_RESUME_CHUNKED if ex.framing == framing.CHUNKED
                             else _RESUME_LENGTH % ex.length)
                 self.parser.feed_data(stand_in)
+                self._follow_body(ex)
             if rest:
                 self.data_received(rest)
             return
@@ -553,6 +767,8 @@ class ClientConnection(ClientSide):
         self.parsing = None
         self.resume = None
         self.decoder = None
+        self.body_left = 0
+        self.chunks = None
         if self.phase >= P.CLOSING:
             return
         self._closing()
@@ -575,13 +791,4 @@ class ClientConnection(ClientSide):
         ex.refusal_body = body
         ex.keep_alive = False
         ex.body_done = True
-        if self.active is None:
-            self.active = ex
-            ex.route()
-            return
-        q = self.queue
-        if q is None:
-            q = self.queue = deque()
-        if ex not in q:
-            q.append(ex)
-        self.pause(QUEUED)
+        self._take(ex)

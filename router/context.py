@@ -31,6 +31,11 @@ warn = logging.getLogger("router.error")
 FD_RESERVE: Final = 128
 # The query parameter of a preview link: ?router-preview=<token> (docs/release-ramp.md).
 PREVIEW_PARAM: Final = b"router-preview="
+# The most a client connection reads at once: while it is between requests or reading a head
+# (HAProxy's default bufsize), and while it is reading a body or tunnelling. Bytes read past
+# the requests being answered wait unparsed, so these bound what a pipelining client holds.
+HEAD_READ: Final = 16384
+BODY_READ: Final = 65536
 
 
 def fd_connection_cap() -> int:
@@ -72,6 +77,11 @@ class ClientBase(Tunnel):
         """When it became idle between requests (loop time), or -1.0 if it is not idle."""
         raise NotImplementedError
 
+    def stuck_since(self) -> float:
+        """Since when it has made no progress (loop time): a client not reading its responses,
+        a tunnel with no byte either way; -1.0 if it is not stuck that way."""
+        raise NotImplementedError
+
     def shutdown(self) -> bool:
         """Graceful stop: close it if idle (and ask its current response to close it after);
         True while it still has a request in progress."""
@@ -109,6 +119,11 @@ class ProxyContext:
         self.deadlines = ResponseDeadlines(loop, config.timeouts.response)
         self.connections: set[ClientBase] = set()
         self.refused = 0  # connections refused at the cap (router_connections_refused_total)
+        # Client connections closed by a timeout, by reason (router_client_timeouts_total).
+        self.timeouts: dict[str, int] = {}
+        # Shared by every client connection: what one read brings is used before the next.
+        self.read_head = memoryview(bytearray(HEAD_READ))
+        self.read_body = memoryview(bytearray(BODY_READ))
         self.no_idle_until = 0.0  # no idle connection to close at the cap until then
         self.accepting = True  # False: every answer says Connection: close (a stop)
         # While the router hands its connections to a successor: called with each connection
@@ -127,13 +142,19 @@ class ProxyContext:
         self.client_header_timeout = t.client_header
         self.client_idle_timeout = t.client_idle
         self.client_body_timeout = t.client_body
+        self.client_send_timeout = t.client_send
+        self.tunnel_idle_timeout = t.tunnel_idle
+        self.reuse_always = config.upstream.reuse == "always"
         lim = config.limits
         self.max_request_line = lim.max_request_line
         self.max_header = lim.max_header
         self.max_headers = lim.max_headers
+        self.max_header_fields = lim.max_header_fields
         # Bytes a head in progress may take over further reads before it is refused: a bound
-        # no head within the limits reaches (a field of one-byte name and value is 5 bytes).
-        self.max_head_read = 4 * (lim.max_request_line + lim.max_headers)
+        # no head within the limits reaches (each field line adds ": " and CRLF to what the
+        # limits count; 12 bytes more per field leave room for whitespace around values).
+        self.max_head_read = (lim.max_request_line + lim.max_headers
+                              + 16 * lim.max_header_fields + 64)
         # Said once by the main process (connection_cap_note), not by each worker at each reload.
         self.max_connections = min(lim.max_connections, fd_connection_cap())
         self.trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (

@@ -54,6 +54,9 @@ class ClientSide(ClientBase):
     ctx: ProxyContext
     write_paused: bool  # the client's socket buffer is full
     peer_b: bytes
+    # No request of this connection has ended yet: with upstream.reuse "safe" its request goes
+    # on a backend connection of its own.
+    first_request: bool
 
     def is_open(self) -> bool:
         raise NotImplementedError
@@ -255,8 +258,11 @@ class Exchange(UpstreamRequest):
     def _send(self) -> None:
         be = self.backend
         assert be is not None
-        ctx = self.conn.ctx
-        up = ctx.pool.get(be.key)
+        conn = self.conn
+        ctx = conn.ctx
+        # upstream.reuse "safe" (HAProxy's http-reuse safe): a client connection's first request
+        # never meets a connection another client has used, nor the keep-alive race.
+        up = ctx.pool.get(be.key) if ctx.reuse_always or not conn.first_request else None
         if up is not None and self.method not in IDEMPOTENT and (
                 ctx.loop.time() - up.idle_since > UNSAFE_REUSE_IDLE):
             # A request that cannot be retried avoids connections that idled long enough for
@@ -395,6 +401,10 @@ class Exchange(UpstreamRequest):
             return rh
         if status == 101 and not self.body_done:
             raise ResponseError("101 before the request body was sent whole")
+        if up.transport.get_write_buffer_size():
+            # Answered while some of the request had not left: the backend would read it as
+            # the start of the next request.
+            rh.reusable = False
         self._unwait()
         be = self.backend
         assert be is not None
@@ -548,11 +558,13 @@ class Exchange(UpstreamRequest):
                      and conn.ctx.accepting)
         if status == 405:
             extra += _ALLOW
+        # A response to HEAD has no body, and says the length a GET's would have (RFC 9110 9.3.2).
+        sent = b"" if self.method == b"HEAD" else body
         conn.write(b"HTTP/1.1 %d %b\r\nContent-Type: text/plain; charset=utf-8\r\n"
                    b"Content-Length: %d\r\n%b%b\r\n%b"
                    % (status, REASONS.get(status, b"Error"), len(body), extra,
-                      b"Connection: close\r\n" if close else b"", body))
-        self.sent = len(body)
+                      b"Connection: close\r\n" if close else b"", sent))
+        self.sent = len(sent)
         self.close_after = close
         if not counted and self.backend is None:
             app = self.app

@@ -64,7 +64,7 @@ CONNECTION_MOVES: Final[tuple[frozenset[int], ...]] = (
     frozenset({READING_BODY, CLOSING, CLOSED}),                  # READING_HEAD
     frozenset({IDLE, UPGRADE_WAIT, CLOSING, CLOSED}),            # READING_BODY
     frozenset({TUNNELLING, CLOSING, CLOSED}),                    # UPGRADE_WAIT
-    frozenset({CLOSED}),                                         # TUNNELLING
+    frozenset({CLOSING, CLOSED}),                                # TUNNELLING
     frozenset({CLOSED}),                                         # CLOSING
     frozenset[int](),                                            # CLOSED
 )

@@ -30,7 +30,9 @@ from router.upstream import UpstreamConnection, UpstreamPool
 class MemoryTransport:
     """Stands in for a socket: keeps what is written (``keep=False``: only counts it), records
     closes, aborts and pauses, never blocks. ``protocol``'s ``connection_lost`` follows a close
-    or an abort on the loop's next turn, as with a real transport."""
+    or an abort on the loop's next turn, as with a real transport. What the peer sends while
+    reading is paused waits (``pending``) and arrives on the loop's next turn after it resumes,
+    as the kernel's buffer would keep it."""
 
     def __init__(self, loop: "FakeLoop | None" = None, peer: tuple[str, int] = ("127.0.0.1", 40000),
                  keep: bool = True) -> None:
@@ -42,6 +44,8 @@ class MemoryTransport:
         self.closed = False
         self.aborted = False
         self.paused = False
+        self.pending: list[bytes] = []  # sent by the peer while reading was paused
+        self.buffered = 0  # what get_write_buffer_size says (a test sets it)
         self.protocol: Any = None
         self.on_write: Callable[[bytes], None] | None = None  # the peer reading what is written
 
@@ -60,6 +64,9 @@ class MemoryTransport:
     def get_extra_info(self, name: str) -> object:
         return self.peer if name == "peername" else None
 
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -68,6 +75,21 @@ class MemoryTransport:
 
     def resume_reading(self) -> None:
         self.paused = False
+        if self.pending and self.loop is not None:
+            self.loop.call_soon(self._deliver)
+
+    def receive(self, data: bytes) -> None:
+        """The peer sends ``data``: to the protocol now, or once reading resumes."""
+        if self.closed:
+            return
+        if self.paused or self.pending:
+            self.pending.append(data)
+        else:
+            self.protocol.data_received(data)
+
+    def _deliver(self) -> None:
+        while self.pending and not self.paused and not self.closed:
+            self.protocol.data_received(self.pending.pop(0))
 
     def close(self) -> None:
         self._lose()
@@ -105,6 +127,9 @@ class CountingTransport:
 
     def get_extra_info(self, name: str) -> object:
         return ("127.0.0.1", 40000) if name == "peername" else None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def is_closing(self) -> bool:
         return False
@@ -410,8 +435,7 @@ class Client:
         self.conn.connection_made(self.transport)  # type: ignore[arg-type]
 
     def send(self, data: bytes) -> None:
-        if not self.transport.closed:
-            self.conn.data_received(data)
+        self.transport.receive(data)
         self.wire.loop.run()
 
     def eof(self) -> None:

@@ -40,6 +40,7 @@ from .model import (
     ServiceConfig,
     StickyConfig,
     Timeouts,
+    UpstreamConfig,
 )
 from .scalars import format_duration, parse_backend, parse_duration, parse_listen, split_hostport
 
@@ -63,6 +64,7 @@ __all__ = [
     "ServiceConfig",
     "StickyConfig",
     "Timeouts",
+    "UpstreamConfig",
     "config_from_dict",
     "format_duration",
     "load_config",

@@ -32,6 +32,7 @@ from .model import (
     Route,
     StickyConfig,
     Timeouts,
+    UpstreamConfig,
 )
 from .scalars import (
     check_bool,
@@ -62,6 +63,7 @@ _TOP_KEYS = (
     "logging",
     "public_url",
     "limits",
+    "upstream",
     "passive_health",
     "providers",
     "handoff",
@@ -69,8 +71,8 @@ _TOP_KEYS = (
 )
 _ADMIN_KEYS = ("listen", "token_file", "allowed_hosts", "allowed_origins", "metrics_public")
 _STICKY_KEYS = ("cookie", "max_idle", "max_life", "secret_file")
-_TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_body", "grace",
-                 "drain_delay", "worker")
+_TIMEOUT_KEYS = ("connect", "response", "client_header", "client_idle", "client_body",
+                 "client_send", "tunnel_idle", "grace", "drain_delay", "worker")
 _PASSIVE_KEYS = ("failures", "cooldown")
 _ACCESS_LOG_KEYS = ("enabled", "format")
 _LOGGING_KEYS = ("format",)
@@ -79,7 +81,10 @@ _PROVIDER_KEYS = ("docker",)
 _DOCKER_KEYS = ("endpoint", "swarm", "network", "published_ports", "host", "health_check",
                 "refresh", "empty_apps")
 _EMPTY_APPS = ("keep", "delete")
-_LIMIT_KEYS = ("max_request_line", "max_header", "max_headers", "max_connections")
+_LIMIT_KEYS = ("max_request_line", "max_header", "max_headers", "max_header_fields",
+               "max_connections")
+_UPSTREAM_KEYS = ("reuse",)
+_REUSE_POLICIES = ("safe", "always")
 _HANDOFF_KEYS = ("socket",)
 # A Unix socket's path is at most 107 bytes on Linux (sun_path).
 _MAX_SOCKET_PATH = 107
@@ -228,11 +233,20 @@ def _parse_limits(data: dict[str, object], source: str) -> Limits:
     values: dict[str, int] = {}
     for key, raw in m.items():
         key_path = f"limits.{key}"
-        if key == "max_connections":
+        if key in ("max_connections", "max_header_fields"):
             values[key] = check_int(raw, key_path, source)
         else:
             values[key] = parse_size(raw, key_path, source)
     return Limits(**values)
+
+
+def _parse_upstream(data: dict[str, object], source: str) -> UpstreamConfig:
+    m = section(data, "upstream", "", _UPSTREAM_KEYS, source)
+    reuse = m.get("reuse", UpstreamConfig().reuse)
+    if reuse not in _REUSE_POLICIES:
+        raise ConfigError("upstream.reuse", "must be 'safe' or 'always'", reuse, source)
+    assert isinstance(reuse, str)
+    return UpstreamConfig(reuse=reuse)
 
 
 def _parse_passive_health(data: dict[str, object], source: str) -> PassiveHealthConfig:
@@ -445,6 +459,7 @@ def _config_from_dict(data: object, source: str, base_dir: str | None) -> Config
         sticky=_parse_sticky(top, source, base_dir),
         timeouts=_parse_timeouts(top, source),
         limits=_parse_limits(top, source),
+        upstream=_parse_upstream(top, source),
         trusted_proxies=_parse_trusted_proxies(top.get("trusted_proxies"), source),
         access_log=_parse_access_log(top, source),
         logging=_parse_logging(top, source),

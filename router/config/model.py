@@ -133,6 +133,12 @@ class Timeouts:
     # Longest pause between two reads of a request body (an idle timer, not a total): nginx's
     # client_body_timeout 60s. A header deadline alone would let a slowloris trickle the body.
     client_body: float = 60.0
+    # No progress writing to a client for this long closes it (a client that does not read its
+    # responses, or an unread pipeline): nginx's send_timeout 60s.
+    client_send: float = 60.0
+    # No byte either way in an upgraded connection (a WebSocket) for this long closes it:
+    # HAProxy's "timeout tunnel", commonly 1h.
+    tunnel_idle: float = 3600.0
     grace: float = 10.0  # Docker's stop timeout: SIGKILL follows SIGTERM after 10 s
     # After SIGTERM, /readyz answers 503 but new connections are still accepted this long, so
     # a load balancer polling readiness stops sending first (HAProxy's "grace"). 0: close the
@@ -151,8 +157,20 @@ class Limits:
     max_request_line: int = 8192  # nginx's large_client_header_buffers 8k -> 414
     max_header: int = 8192  # nginx's large_client_header_buffers 8k -> 431
     max_headers: int = 65536  # all fields together: 64 KiB -> 431
+    # Header fields in one request head -> 431: HAProxy's tune.http.maxhdr is 101.
+    max_header_fields: int = 100
     # HAProxy's maxconn idea: refuse early, well before a typical 65536 file-descriptor limit
     max_connections: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """How backend connections are shared (docs/request-path.md, "Backend connections")."""
+
+    # "safe": the first request of each client connection goes on a new backend connection,
+    # later ones may reuse idle ones (HAProxy's default http-reuse safe); "always": any
+    # request may reuse an idle connection.
+    reuse: str = "safe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +263,7 @@ class Config:
     sticky: StickyConfig = field(default_factory=StickyConfig)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     trusted_proxies: tuple[NetworkType, ...] = ()
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -20,8 +20,8 @@ NEEDS_RESTART = ("listen", "admin.listen", "sticky.secret_file", "providers", "h
 # Shown as changed, never with their values.
 _SECRETS = ("admin.token",)
 # In the order of the configuration file's documentation (README "Configuration").
-_SECTIONS = ("sticky", "timeouts", "passive_health", "limits", "trusted_proxies", "access_log",
-             "logging")
+_SECTIONS = ("sticky", "timeouts", "passive_health", "limits", "upstream", "trusted_proxies",
+             "access_log", "logging")
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,13 +118,34 @@ class ChunkedDecoder(BodyDecoder):
         buf = self._buf + data if self._buf else data
         self._buf = b""
         out: list[bytes] = []
-        pos = 0
+        end = self._walk(buf, 0, out)
+        if end >= 0:
+            self.rest = buf[end:]
+        return out
+
+    def scan(self, data: bytes, pos: int) -> int:
+        """Follow the body through ``data[pos:]`` without keeping it: the offset in ``data``
+        just past its end, or -1 if it goes on past ``data``. ``FramingError`` if malformed.
+
+        The client connection uses it to know where a chunked request body that llhttp reads
+        ends, so that it never gives llhttp more than the requests it will answer next."""
+        held = self._buf
+        if not held:
+            return self._walk(data, pos, None)
+        self._buf = b""
+        end = self._walk(held + data[pos:], 0, None)
+        return end if end < 0 else end - len(held) + pos
+
+    def _walk(self, buf: bytes, pos: int, out: list[bytes] | None) -> int:
+        """Read ``buf`` from ``pos``, appending the body bytes to ``out`` (if not None): where
+        the body ended in ``buf``, or -1 (an incomplete line is kept for the next call)."""
         n = len(buf)
         while pos < n:
             state = self._state
             if state == _DATA:
                 take = min(self._left, n - pos)
-                out.append(buf[pos:pos + take])
+                if out is not None:
+                    out.append(buf[pos:pos + take])
                 pos += take
                 self._left -= take
                 if not self._left:
@@ -160,11 +181,10 @@ class ChunkedDecoder(BodyDecoder):
             else:  # trailer section: field lines, then an empty line
                 if line == b"\r\n":
                     self.done = True
-                    self.rest = buf[pos:]
-                    return out
+                    return pos
                 self._trailers += len(line)
                 if _TRAILER_LINE.fullmatch(line) is None or self._trailers > _MAX_TRAILERS:
                     raise FramingError("invalid trailer section")
         if pos < n:
             self._buf = buf[pos:]
-        return out
+        return -1

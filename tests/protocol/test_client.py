@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from router.config import config_from_dict
 from tests.memory import Request, Wire
 
 SHOP, ADMIN, OTHER = "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
@@ -47,7 +48,7 @@ SMUGGLE = b"GET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n"
 
 
 def test_upgrade_with_a_body_refused_early_leaves_the_pooled_connection_clean():
-    w = wire()
+    w = wire(upstream={"reuse": "always"})  # the next client's first request takes it
     w.backend(SHOP).answer = lambda r: ([b"HTTP/1.1 400 No\r\nContent-Length: 2\r\n\r\nno"], False)
     c1 = w.client()
     c1.send(b"POST /up HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
@@ -184,6 +185,132 @@ def test_transfer_codings_are_kept():
                         b"3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
     assert out == (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
                    b"3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
+
+
+def test_chunked_then_another_coding_is_passed_on_to_the_close():
+    """RFC 9112 6.3: chunked not last, the body ends with the connection; chunking it again
+    would apply chunked twice (6.1), so it goes as it came and the client connection ends."""
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n"
+                                         b"\r\n3\r\nabc\r\n0\r\n\r\n"], True)
+    c = w.client()
+    c.send(get(b"/"))
+    assert c.received() == (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n"
+                            b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert c.closed
+
+
+def test_chunked_applied_twice_is_a_502():
+    out, _ = reply_with(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"
+                        b"3\r\nabc\r\n0\r\n\r\n")
+    assert statuses(out) == [502]
+
+
+@pytest.mark.parametrize("status", [b"099", b"000", b"042"])
+def test_a_status_below_100_is_one_502(status):
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([b"HTTP/1.1 " + status + b" X\r\nContent-Length: 0\r\n\r\n"
+                                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"], False)
+    c = w.client()
+    c.send(get(b"/"))
+    assert statuses(c.received()) == [502]  # one answer: the bytes after it are never a response
+
+
+def test_an_http10_response_that_says_chunked_is_not_pooled():
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                                         b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+                                        False)
+    c = w.client()
+    c.send(get(b"/1") + get(b"/2"))
+    assert statuses(c.received()) == [200, 200]
+    assert [[r.target for r in p.requests] for p in w.backend(SHOP).peers] == [[b"/1"], [b"/2"]]
+
+
+def test_a_backend_that_answers_before_the_body_is_sent_is_not_reused():
+    """The final head came while the body was still arriving: the backend may read the rest of
+    the body as a request of its own, so its connection is never used again."""
+    w = wire(upstream={"reuse": "always"})
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(b"POST /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: %d\r\n\r\n"
+           % len(SMUGGLE) + SMUGGLE[:10])
+    w.reply(SHOP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+    c.send(SMUGGLE[10:])  # the body ends before the response does
+    w.reply(SHOP, b"ok")
+    assert statuses(c.received()) == [200]
+    w.backend(SHOP).answer = ok
+    other = w.client(("127.0.0.2", 1))
+    other.send(get(b"/next"))
+    assert other.received().endswith(b"seen /next")
+    assert len(w.backend(SHOP).peers) == 2 and w.backend(SHOP).peers[0].up.closed
+
+
+def test_a_backend_that_answers_while_the_body_is_still_buffered_is_not_reused():
+    w = wire(upstream={"reuse": "always"})
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(b"POST /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\n\r\nhello")
+    w.backend(SHOP).connections[0].transport.buffered = 3  # not all of the body has left
+    w.reply(SHOP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert statuses(c.received()) == [200] and not c.closed
+    w.backend(SHOP).answer = ok
+    c.send(get(b"/next"))
+    assert c.received().endswith(b"seen /next")
+    assert len(w.backend(SHOP).peers) == 2 and w.backend(SHOP).peers[0].up.closed
+
+
+@pytest.mark.parametrize("reuse, connections", [("safe", 2), ("always", 1)])
+def test_a_client_connections_first_request_has_a_backend_connection_of_its_own(reuse, connections):
+    w = wire(upstream={"reuse": reuse})
+    first = w.client(("127.0.0.1", 1))
+    first.send(get(b"/a"))
+    second = w.client(("127.0.0.1", 2))
+    second.send(get(b"/b") + get(b"/c"))
+    assert statuses(second.received()) == [200, 200]
+    assert len(w.backend(SHOP).peers) == connections  # its later requests may take pooled ones
+
+
+def test_bytes_a_backend_sends_after_its_response_never_reach_another_client():
+    """An extra response that comes late, after the connection went back to the pool: another
+    client's first request is never on that connection (upstream.reuse safe)."""
+    w = wire()
+    w.backend(SHOP).answer = None
+    first = w.client(("127.0.0.1", 1))
+    first.send(get(b"/first"))
+    w.reply(SHOP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert statuses(first.received()) == [200]
+    victim = w.client(("127.0.0.1", 2))
+    victim.send(get(b"/victim"))
+    w.reply(SHOP, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON", 0)  # late
+    assert b"POISON" not in victim.received()
+    assert w.backend(SHOP).peers[0].up.closed  # bytes from an idle connection: it is closed
+
+
+# -- the router's own answers to HEAD have no body --------------------------------------------------
+@pytest.mark.parametrize("case", ["404", "503", "502", "504", "417"])
+def test_the_routers_own_answers_to_head_have_no_body(case):
+    w = wire(timeouts={"response": "5s"})
+    host = b"nowhere.test" if case == "404" else b"shop.test"
+    extra = b"Expect: nothing\r\n" if case == "417" else b""
+    if case == "503":
+        w.ctx.table = w.builder.build(config_from_dict({"apps": {"shop": {
+            "routes": ["shop.test"], "services": {"web": {"weight": 0, "backends": [SHOP]}}}}}).apps, 2)
+    if case == "502":
+        w.backend(SHOP).refuse = True
+    if case == "504":
+        w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(b"HEAD / HTTP/1.1\r\nHost: " + host + b"\r\n" + extra + b"\r\n")
+    w.loop.advance(6)
+    head, sep, body = c.take().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + case.encode()) and sep and body == b""
+    assert re.search(rb"\r\nContent-Length: [1-9][0-9]*", head)  # what a GET would get
+    if case != "417":  # keep-alive: the next answer is read as a response, not as a body
+        w.backend(SHOP).refuse = False
+        w.backend(SHOP).answer = ok
+        c.send(get(b"/next", host=host))
+        assert statuses(c.take()) == [int(case) if case in ("404", "503") else 200]
 
 
 def test_the_backends_own_sticky_cookie_is_dropped():

@@ -136,6 +136,16 @@ def test_preview_link_sets_the_cookie_and_redirects_without_the_token() -> None:
     assert w.backend(V2).requests() == [] and w.backend(WEB).requests() == []
 
 
+def test_the_preview_redirect_to_head_has_no_body() -> None:
+    w = wire()
+    c = w.client()
+    c.send(b"HEAD /?router-preview=" + token(w) + b" HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    head, _, body = c.take().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 303 ") and b"\r\nContent-Length: 5" in head and body == b""
+    c.send(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    assert c.take().startswith(b"HTTP/1.1 200 ")
+
+
 @pytest.mark.parametrize("bad", ["forged", "expired", "other release", "other app",
                                  "sticky token"])
 def test_a_marker_that_does_not_verify_is_no_marker(bad: str) -> None:

@@ -165,6 +165,13 @@ CORPUS: list[Case] = [
     Case("request_line_too_long", _get(b"/" + b"a" * 9000), "414 close", 0, "request line 8 KiB"),
     Case("header_too_large", _get(extra=b"X-Big: " + b"b" * 9000 + b"\r\n"), "431 close", 0,
          "one header 8 KiB"),
+    Case("header_fields_100", _get(extra=b"".join(b"X-F%d: v\r\n" % i for i in range(98))),
+         "200 close", 1, "Host, 98 fields and Connection: 100 fields, the limit "
+         "(limits.max_header_fields, HAProxy's tune.http.maxhdr is 101)"),
+    Case("header_fields_101", _get(extra=b"".join(b"X-F%d: v\r\n" % i for i in range(99))),
+         "431 close", 0, "101 fields: one past limits.max_header_fields, whatever their size"),
+    Case("header_fields_tiny_many", _get(extra=b"a:b\r\n" * 5000), "431 close", 0,
+         "a head of tiny fields is cut by their count, not held until its bytes run out"),
     Case("header_block_too_large",
          _get(extra=b"".join(b"X-H%d: %s\r\n" % (i, b"c" * 4000) for i in range(20))),
          "431 close", 0, "all headers 64 KiB"),
@@ -265,6 +272,21 @@ CORPUS: list[Case] = [
     # -- pipelining and upgrades ----------------------------------------------------------------------
     Case("pipeline_three", b"GET /1 HTTP/1.1\r\n" + H + b"\r\nGET /2 HTTP/1.1\r\n" + H + b"\r\n" + _get(b"/3"),
          "200 200 200 close", 3, "answered in order"),
+    Case("pipeline_body_then_get",
+         b"POST /1 HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello" + _get(b"/2"),
+         "200 200 close", 2, "a pipelined request after a body: read after the body, in order"),
+    Case("pipeline_chunked_then_get",
+         b"POST /1 HTTP/1.1\r\n" + H + TE + b"\r\n5\r\nhello\r\n0\r\n\r\n" + _get(b"/2"),
+         "200 200 close", 2, "the same after a chunked body, whose end the router finds to stop "
+         "reading ahead there"),
+    Case("pipeline_expect_100",
+         b"GET /1 HTTP/1.1\r\n" + H + b"\r\nPOST /2 HTTP/1.1\r\n" + H
+         + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello" + _get(b"/3"),
+         "200 200 200 close", 3, "a pipelined 100-continue request with its body: answered in "
+         "its turn, no deadlock"),
+    Case("pipeline_deep", b"".join(b"GET /%d HTTP/1.1\r\n" % i + H + b"\r\n" for i in range(60))
+         + _get(b"/last"), " ".join(["200"] * 61) + " close", 61,
+         "61 pipelined requests: read one ahead at a time, every one answered in order"),
     Case("pipeline_after_unrouted_body",
          b"POST / HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 3\r\n\r\nabc" + SMUGGLED,
          "404 close", 0, "answered before its body was read, the answer closes: nothing after it "

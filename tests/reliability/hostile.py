@@ -117,6 +117,9 @@ WHY: dict[str, str] = {
     "request_line_too_long": "HAProxy's limit is its 16 KiB buffer; the router's 8 KiB gives 414",
     "header_too_large": "HAProxy's limit is its 16 KiB buffer; the router's 8 KiB gives 431",
     "header_block_too_large": "both refuse: HAProxy with 400 (buffer full), the router with 431",
+    "header_fields_101": ("HAProxy's limit is 101 fields (tune.http.maxhdr); the router's default "
+                          "is 100 (limits.max_header_fields), 431 past it"),
+    "header_fields_tiny_many": "both refuse: HAProxy with 400 (too many fields), the router with 431",
     "host_missing": _MISSING,
     "host_empty": _MISSING,
     "host_userinfo": _HOST,

@@ -22,6 +22,7 @@ from router.config import (
     ServiceConfig,
     StickyConfig,
     Timeouts,
+    UpstreamConfig,
     config_from_dict,
     load_config,
     parse_app,
@@ -158,9 +159,10 @@ def test_every_extra_section(tmp_path: Path) -> None:
         admin: {{listen: "[::1]:0"}}
         sticky: {{cookie: SRV_ID, max_idle: 90s, max_life: 1h30m, secret_file: {secret}}}
         timeouts: {{connect: 500ms, response: 2.5, client_header: 1, client_idle: 1m, grace: 0,
-                   drain_delay: 5s}}
+                   drain_delay: 5s, client_send: 30s, tunnel_idle: 2h}}
         limits: {{max_request_line: 4KiB, max_header: 16k, max_headers: 1MiB,
-                  max_connections: 512}}
+                  max_header_fields: 50, max_connections: 512}}
+        upstream: {{reuse: always}}
         trusted_proxies: [10.0.0.0/8, 192.168.1.7, "fd00::/8", 10.0.0.0/8]
         access_log: {{enabled: true, format: combined}}
         apps:
@@ -183,9 +185,10 @@ def test_every_extra_section(tmp_path: Path) -> None:
         sticky=StickyConfig(cookie="SRV_ID", max_idle=90.0, max_life=5400.0,
                             secret_file=str(secret)),
         timeouts=Timeouts(connect=0.5, response=2.5, client_header=1.0, client_idle=60.0,
-                          grace=0.0, drain_delay=5.0),
+                          grace=0.0, drain_delay=5.0, client_send=30.0, tunnel_idle=7200.0),
         limits=Limits(max_request_line=4096, max_header=16384, max_headers=1048576,
-                      max_connections=512),
+                      max_header_fields=50, max_connections=512),
+        upstream=UpstreamConfig(reuse="always"),
         trusted_proxies=(
             ipaddress.ip_network("10.0.0.0/8"),
             ipaddress.ip_network("192.168.1.7/32"),
@@ -440,6 +443,13 @@ BAD_FILES = [
     ("duration-parsecs", "timeouts: {connect: 10 parsecs}\n", "timeouts.connect", "10 parsecs"),
     ("duration-zero", "timeouts: {response: 0s}\n", "timeouts.response", "0s"),
     ("client-body-zero", "timeouts: {client_body: 0}\n", "timeouts.client_body", 0),
+    ("client-send-zero", "timeouts: {client_send: 0s}\n", "timeouts.client_send", "0s"),
+    ("tunnel-idle-bad", "timeouts: {tunnel_idle: forever}\n", "timeouts.tunnel_idle", "forever"),
+    ("header-fields-zero", "limits: {max_header_fields: 0}\n", "limits.max_header_fields", 0),
+    ("header-fields-size", "limits: {max_header_fields: 1KiB}\n", "limits.max_header_fields",
+     "1KiB"),
+    ("upstream-reuse", "upstream: {reuse: never}\n", "upstream.reuse", "never"),
+    ("upstream-key", "upstream: {pool: 3}\n", "upstream.pool", 3),
     ("passive-failures-negative", "passive_health: {failures: -1}\n", "passive_health.failures", -1),
     ("passive-failures-float", "passive_health: {failures: 2.5}\n", "passive_health.failures", 2.5),
     ("passive-failures-bool", "passive_health: {failures: true}\n", "passive_health.failures", True),
