@@ -63,6 +63,42 @@ class _Stop(Exception):
     """Raised from a parser callback: read nothing more (the connection is closing)."""
 
 
+class _Ahead(_Stop):
+    """Raised from on_message_begin: llhttp was given more requests than the connection reads
+    ahead (see ClientConnection._parse)."""
+
+
+def _past_head(data: bytes, pos: int) -> int:
+    """Where the request head that begins at ``pos`` ends; -1 if not in ``data``."""
+    n = len(data)
+    while pos < n and (data[pos] == 13 or data[pos] == 10):
+        pos += 1  # llhttp skips empty lines before a request line (RFC 9112 2.2)
+    end = data.find(_HEAD_END, pos)
+    return end if end < 0 else end + 4
+
+
+def _requests_end(data: bytes, read: list[Exchange]) -> int:
+    """Where the requests ``read`` -- read whole from the start of ``data`` -- end in it, from
+    their framing; -1 if their bytes do not say so."""
+    pos = 0
+    n = len(data)
+    for ex in read:
+        pos = _past_head(data, pos)
+        if pos < 0:
+            return -1
+        kind = ex.framing
+        if kind == framing.LENGTH:
+            pos += ex.length
+        elif kind == framing.CHUNKED:
+            try:
+                pos = framing.ChunkedDecoder().scan(data, pos)
+            except framing.FramingError:
+                return -1
+            if pos < 0:
+                return -1
+    return pos if pos <= n else -1
+
+
 class ClientConnection(ClientSide):
     """The protocol of one client socket (duck-typed, no asyncio.Protocol base: mypyc then
     compiles it as a native class)."""
@@ -70,7 +106,8 @@ class ClientConnection(ClientSide):
     __slots__ = ("ctx", "loop", "transport", "parser", "phase", "parsing", "active", "queue",
                  "_paused", "write_paused", "peer", "peer_b", "tail", "trusted", "_timer",
                  "_deadline", "tunnel", "early", "decoder", "resume", "eof", "idle_at",
-                 "head_bytes", "held", "held_at", "feeding", "body_left", "chunks",
+                 "head_bytes", "held", "held_at", "feeding", "body_left", "chunks", "whole",
+                 "fed", "ahead",
                  "first_request", "send_since", "send_size", "_send_timer", "tunnel_at")
 
     transport: asyncio.Transport
@@ -102,6 +139,9 @@ class ClientConnection(ClientSide):
         self.held = b""
         self.held_at = 0
         self.feeding = False  # inside _parse: llhttp must not be fed again from a callback
+        self.whole = False  # llhttp is given a whole read: the requests begun are in fed
+        self.fed: list[Exchange] = []
+        self.ahead = False  # on_message_begin stopped llhttp: a third request began
         self.body_left = 0  # bytes of the Content-Length body being parsed not yet fed
         # Where the chunked body being parsed ends (llhttp reads it; this only follows it).
         self.chunks: framing.ChunkedDecoder | None = None
@@ -223,15 +263,47 @@ class ClientConnection(ClientSide):
         """Give llhttp ``data[pos:]``, stopping at the end of a request once another waits its
         turn: what follows is held, unparsed, reading paused, until that one starts.
 
-        llhttp cannot stop in the middle of what it is given, so it is given at most one
-        request's end at a time while the connection reads ahead: up to the next head's end,
-        the rest of a Content-Length body, or a chunked body up to its end (which
-        ``framing.ChunkedDecoder.scan`` finds without keeping it). Most reads hold one request
-        and go to llhttp whole."""
+        llhttp cannot stop in the middle of what it is given. A read that begins between
+        requests, with none waiting, is given to it whole (most reads hold one request, and
+        are read with no search); should a third request begin in it, on_message_begin stops
+        llhttp (``_Ahead``), the end of the requests read is found from their framing, and a
+        new parser goes on from there as below. Otherwise llhttp is given at most one
+        request's end at a time: up to the next head's end, the rest of a Content-Length body,
+        or a chunked body up to its end (``framing.ChunkedDecoder.scan`` finds it)."""
         n = len(data)
         feeding = self.feeding
         self.feeding = True
         try:
+            if pos == 0 and self.phase == P.IDLE and not self.queue:
+                fed = self.fed
+                fed.clear()
+                self.whole = True
+                self._feed(data, 0, n)
+                self.whole = False
+                if not self.ahead:
+                    chunks = self.chunks
+                    if chunks is not None and fed and fed[-1] is self.parsing:
+                        # A chunked body goes on in the next read: from where it began here,
+                        # its end is followed as llhttp reads it.
+                        start = _requests_end(data, fed[:-1])
+                        body = _past_head(data, start) if start >= 0 else -1
+                        try:
+                            if body < 0 or chunks.scan(data, body) >= 0:
+                                self.chunks = None  # (cannot be: heads are searched instead)
+                        except framing.FramingError:
+                            self.chunks = None
+                    fed.clear()
+                    return
+                # Stopped as the request after those in fed began: go on from its start.
+                self.ahead = False
+                pos = _requests_end(data, fed)
+                fed.clear()
+                self.parser = httptools.HttpRequestParser(self)
+                if pos < 0:
+                    log.error("client %s: the end of pipelined requests not found; reading "
+                              "stops after them", self.peer)
+                    self._closing()
+                    return
             if self.phase == P.READING_HEAD and data[pos:pos + 1] in (b"\r", b"\n"):
                 # The head's empty line may end in the first bytes of this read: up to three
                 # bytes one at a time, so that llhttp is not given its body with them.
@@ -271,14 +343,15 @@ class ClientConnection(ClientSide):
 
     def _feed(self, data: bytes, pos: int, stop: int) -> bool:
         """Give llhttp ``data[pos:stop]``; False if it stopped (an error, an upgrade)."""
+        upgrade = -1
         try:
             if pos == 0 and stop == len(data):
                 self.parser.feed_data(data)
             else:
                 self.parser.feed_data(memoryview(data)[pos:stop])
         except httptools.HttpParserUpgrade as e:
-            self._upgrade_request(data[pos + e.args[0]:])
-            return False
+            upgrade = pos + e.args[0]  # (handled below, out of this handler: the parsing that
+            # follows must not see this exception as the cause of its own)
         except httptools.HttpParserError as e:
             cause = e.__context__
             if isinstance(cause, Refused):
@@ -290,6 +363,9 @@ class ClientConnection(ClientSide):
                 self.abort()
             else:
                 self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
+            return False
+        if upgrade >= 0:
+            self._upgrade_request(data[upgrade:])
             return False
         return True
 
@@ -596,8 +672,14 @@ class ClientConnection(ClientSide):
             return  # the stand-in head of an ignored upgrade's body
         if self.phase == P.CLOSING:
             raise _Stop()
+        whole = self.whole
+        if whole and self.queue:
+            self.ahead = True
+            raise _Ahead()  # a request waits already: this one is not parsed yet (_parse)
         self._move(P.READING_HEAD)
-        self.parsing = Exchange(self)
+        ex = self.parsing = Exchange(self)
+        if whole:
+            self.fed.append(ex)
         self.head_bytes = 0
         if self.active is None:
             # Set only if the head is still incomplete at the end of this read

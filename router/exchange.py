@@ -401,9 +401,9 @@ class Exchange(UpstreamRequest):
             return rh
         if status == 101 and not self.body_done:
             raise ResponseError("101 before the request body was sent whole")
-        if up.transport.get_write_buffer_size():
-            # Answered while some of the request had not left: the backend would read it as
-            # the start of the next request.
+        if self.framing != framing.NONE and up.transport.get_write_buffer_size():
+            # Answered while some of the body had not left: the backend would read it as the
+            # start of the next request.
             rh.reusable = False
         self._unwait()
         be = self.backend

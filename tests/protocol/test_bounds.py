@@ -72,6 +72,27 @@ def test_a_pipeline_is_parsed_one_request_ahead_and_answered_whole(kind):
     assert not c.closed and not c.transport.paused and read_ahead(c) == 0
 
 
+@pytest.mark.parametrize("split", [40, 75, 80, 83, 90, 120])
+def test_a_pipeline_after_a_chunked_body_over_two_reads_is_parsed_one_ahead(split):
+    """The chunked body's end is followed across reads (framing.ChunkedDecoder.scan), so the
+    requests after it are parsed one at a time, wherever the read ends."""
+    w = wire()
+    w.backend(SHOP).answer = None
+    data = (b"POST /first HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\n"
+            + b"".join(get(b"/%d" % i) for i in range(50)))
+    c = w.client()
+    c.send(data[:split])
+    c.send(data[split:])
+    assert read_ahead(c) == 2 and c.transport.paused
+    peer, = w.backend(SHOP).peers
+    assert [(r.target, r.body) for r in peer.requests] == [(b"/first", b"hello world")]
+    w.backend(SHOP).answer = ok
+    peer._answer(peer.requests[0])
+    w.loop.run()
+    assert answered(c) == [b"seen /first"] + [b"seen /%d" % i for i in range(50)]
+
+
 def test_reads_are_at_most_16_kib_between_requests_and_64_kib_in_a_body():
     w = wire()
     w.backend(SHOP).answer = None

@@ -102,6 +102,15 @@ def test_h2c_is_a_plain_request_and_its_body_a_body(value):
     assert statuses(c.received()) == [200, 200] and not c.closed
 
 
+def test_a_request_refused_after_an_h2c_request_gets_its_own_status():
+    w = wire()
+    c = w.client()
+    c.send(b"GET /a HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+           b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+           + get(b"/b", b"Expect: something\r\n"))
+    assert statuses(c.received()) == [200, 417] and c.closed
+
+
 # -- nothing after a closing answer is forwarded ---------------------------------------------
 @pytest.mark.parametrize("first, status", [
     (get(b"/", b"Connection: close\r\n", host=b"nowhere.test"), 404),
