@@ -108,7 +108,8 @@ class Stats:
     """Every counter of a process by name: what a scrape reads, and what a worker process
     sends to the master (plain picklable objects), summed there across workers."""
 
-    __slots__ = ("services", "backends", "unrouted", "refused", "waiting", "removed")
+    __slots__ = ("services", "backends", "unrouted", "refused", "waiting", "removed",
+                 "timeouts")
 
     def __init__(self) -> None:
         self.services: dict[tuple[str, str], ServiceStats] = {}
@@ -121,6 +122,7 @@ class Stats:
         self.waiting: dict[tuple[str, str], list[int]] = {}
         # Services deleted in the last few minutes, by (app, service): their last counters.
         self.removed: dict[tuple[str, str], RemovedService] = {}
+        self.timeouts: dict[str, int] = {}  # client connections closed by a timeout, by reason
 
     def add(self, other: "Stats", inflight: bool = True) -> None:
         """Add ``other``'s counts; ``inflight=False``: the counters only (the totals of a worker
@@ -143,6 +145,8 @@ class Stats:
                 if gone is None:
                     gone = self.removed[skey] = RemovedService()
                 gone.add(r)
+        for reason, n in other.timeouts.items():
+            self.timeouts[reason] = self.timeouts.get(reason, 0) + n
 
     def keep(self, services: set[tuple[str, str]], backends: set[tuple[str, str, str]]) -> None:
         """Forget the counters of services and backends no longer routed."""

@@ -175,6 +175,7 @@ class DataPlane:
         st.removed = self.builder.removed()
         st.refused = ctx.refused
         st.waiting = _waiting_ages(ctx.deadlines.waiting, ctx.loop.time())
+        st.timeouts = dict(ctx.timeouts)
         return st
 
     async def drain(self, delay: float, grace: float) -> None:

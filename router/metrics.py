@@ -140,9 +140,14 @@ class DataPlaneCollector:
             "router_connections_refused", "Client connections refused at limits.max_connections "
             "with no idle connection to close")
         refused.add_metric([], stats.refused)
+        timeouts = CounterMetricFamily(
+            "router_client_timeouts", "Client connections closed by a timeout, by reason "
+            "(client_header, client_body, client_send, tunnel_idle)", labels=["reason"])
+        for reason, n in sorted(stats.timeouts.items()):
+            timeouts.add_metric([reason], n)
         yield from (requests, errors, retries, inflight, weight, healthy, unchecked, sticky,
                     fallback, preview, duration, generation, app_generation, release_info, share,
-                    step, paused, refused)
+                    step, paused, refused, timeouts)
 
 
 def cumulative_buckets(st: ServiceStats) -> list[tuple[str, int]]:

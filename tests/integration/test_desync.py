@@ -142,7 +142,9 @@ async def test_upgrade_body_refused_early_does_not_reach_the_next_client(router)
     connection is clean and the next client gets the answer to its own request."""
     be = await H11Backend(lambda r: b"HTTP/1.1 401 No\r\nContent-Length: 2\r\n\r\nno"
                           if r.target == b"/up" else ok(r), early=True).start()
-    srv = await router(apps(be.addr))
+    cfg = apps(be.addr)
+    cfg["upstream"] = {"reuse": "always"}  # each new client takes the pooled connection
+    srv = await router(cfg)
     out, closed = await raw(srv.port, b"POST /up HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade"
                                       b"\r\nUpgrade: websocket\r\nContent-Length: %d\r\n\r\n%b"
                                       % (len(SMUGGLE), SMUGGLE))
