@@ -1,10 +1,12 @@
-"""Memory: RSS per idle keep-alive client connection, and RSS over a soak at full load
-(kept in RESULTS.md beside the load runs).
+"""Memory: RSS per idle keep-alive client connection, what hostile clients can make a proxy
+hold, and RSS over a soak at full load (kept in RESULTS.md beside the load runs).
 
-    python3 -m benchmarks.memory                    # 10,000 idle connections; 300 s soak
-    python3 -m benchmarks.memory --quick            # the same idle test; 30 s soak
-    python3 -m benchmarks.memory --soak 0           # idle test only
-    python3 -m benchmarks.memory --idle-targets router --soak 600
+    python3 -m benchmarks.memory                    # 10,000 idle connections; the two
+                                                    # attacks; 300 s soak
+    python3 -m benchmarks.memory --quick            # the same idle test and attacks; 30 s soak
+    python3 -m benchmarks.memory --soak 0           # idle test and attacks only
+    python3 -m benchmarks.memory --idle-targets '' --soak 0    # the attacks only
+    python3 -m benchmarks.memory --idle-targets router --attack-targets '' --soak 600
 
 (a) **Idle connections.** For each proxy (router, nginx, HAProxy, each proxying the same nginx
 backends as in run.py, with its connection limit raised to hold 10,000 clients): a 2 s wrk
@@ -15,7 +17,18 @@ the RSS is read again. Growth / connections = KiB per idle keep-alive connection
 then closes them all, and the same is done a second time: the first batch is the figure, the
 second shows whether the memory of closed connections is reused (a leak would grow again).
 
-(b) **Soak.** ``wrk -t1 -c50`` on the router for ``--soak`` seconds, its RSS sampled every 5 s;
+(b) **Attacks.** For each proxy and each attack, a fresh proxy, a 2 s wrk warm-up, the RSS;
+then a helper process (``benchmarks/hostile_clients.py``) opens 200 connections and on each
+sends 256 KiB without reading anything: small pipelined ``GET`` requests (``pipeline``), one
+head of five-byte ``a:b`` fields that never ends (``fields``), or pipelined requests for 64 KiB
+bodies (``unread``: a slow reader at its worst, for the per-connection budget; the target is
+for the first two). It stops on a connection when
+all is sent, when the proxy closes it, or when the proxy stops reading it. 2 s after it has
+done, the RSS again (growth / connections = KiB per connection: the router's target is at most
+64); the helper closes the connections and 3 s later the RSS a third time: it should be back
+within 10% of where it started.
+
+(c) **Soak.** ``wrk -t1 -c50`` on the router for ``--soak`` seconds, its RSS sampled every 5 s;
 after a 20 s warm-up the RSS must stay within ±5% of its value at 20 s.
 
 Pinning is run.py's: the proxy on CPU 0; backends, wrk, the helper and this harness on CPU 1.
@@ -43,6 +56,12 @@ from .run import (CONNECTIONS, HOST, LOAD_CPU, NOISY_SHARE, SUT_CPU, BenchError,
                   start_target, tool_lines, quiet_before_round, wait_until, Backends, Target)
 
 IDLE_TARGETS = ("router", "nginx", "haproxy")
+ATTACKS = ("pipeline", "fields", "unread")
+ATTACK_CONNECTIONS = 200
+ATTACK_BYTES = 256 * 1024
+TARGET_ATTACK_KIB_PER_CONN = 64.0
+GIVEN_BACK = 0.10  # RSS after the attack's connections close: within 10% of before
+ATTACK_CLOSE_SETTLE_S = 3.0
 CONNECTIONS_IDLE = 10000
 TARGET_KIB_PER_CONN = 10.0
 SETTLE_S = 2.0  # after the helper reports its connections open, before reading the RSS
@@ -78,7 +97,7 @@ def start_proxy(h: Harness, name: str, tools: dict[str, str], backends: Backends
         args = argparse.Namespace(router_workers=0, router_extra=ROUTER_EXTRA)
         return start_target(h, "router", tools, backends, pin, args, label=label)
     port = free_port()
-    prefix = h.tmp / f"idle-{name}"
+    prefix = h.tmp / f"idle-{label or name}"
     prefix.mkdir()
     if name == "nginx":
         conf = render("proxy.nginx.conf", prefix / "nginx.conf", prefix=prefix, port=port,
@@ -235,7 +254,78 @@ def idle_table(results: list[Idle], count: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# (b) soak
+# (b) attacks
+
+
+@dataclass
+class Attack:
+    name: str
+    attack: str
+    connections: int = 0
+    sent: int = 0  # bytes the proxy took in, all connections
+    closed: int = 0  # connections the proxy closed while the helper sent
+    before_kib: int = 0
+    during_kib: int = 0
+    after_kib: int = 0
+    error: str | None = None
+
+    @property
+    def per_conn_kib(self) -> float | None:
+        return ((self.during_kib - self.before_kib) / self.connections
+                if self.connections else None)
+
+    @property
+    def given_back(self) -> bool:
+        return self.after_kib <= self.before_kib * (1 + GIVEN_BACK)
+
+
+def attack_once(target: Target, attack: str, count: int, size: int) -> Attack:
+    out = Attack(target.name, attack)
+    out.before_kib, _ = rss(target)
+    cmd = [sys.executable, "-m", "benchmarks.hostile_clients", "--port", str(target.port),
+           "--attack", attack, "--count", str(count), "--bytes", str(size), "--host", HOST]
+    helper = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=str(RESULTS_MD.parent.parent))
+    try:
+        line = _read_line(helper, 120)
+        if not line.startswith("SENT "):
+            _, err = helper.communicate(timeout=10)
+            raise BenchError(f"hostile-clients helper: {line or err.strip()[-500:]}")
+        _, conns, sent, closed, _took = line.split()
+        out.connections, out.sent, out.closed = int(conns), int(sent), int(closed)
+        time.sleep(SETTLE_S)
+        out.during_kib, _ = rss(target)
+        assert helper.stdin is not None
+        helper.stdin.write("close\n")
+        helper.stdin.flush()
+        helper.communicate(timeout=60)
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait(timeout=10)
+    time.sleep(ATTACK_CLOSE_SETTLE_S)
+    out.after_kib, _ = rss(target)
+    return out
+
+
+def attack_table(results: list[Attack], count: int, size: int) -> str:
+    lines = [f"| proxy | attack | bytes taken in (of {count * size // 1024:,} KiB) | closed by "
+             "the proxy | RSS before KiB | RSS during KiB | **KiB per connection** | RSS after "
+             "closing KiB | back within 10% |",
+             "|---|---|--:|--:|--:|--:|--:|--:|---|"]
+    for r in results:
+        if r.error is not None:
+            lines.append(f"| {r.name} | {r.attack} | error | | | | | | |")
+            continue
+        lines.append(
+            f"| {r.name} | {r.attack} | {r.sent // 1024:,} | {r.closed} of {r.connections} | "
+            f"{r.before_kib:,} | {r.during_kib:,} | **{_num(r.per_conn_kib, 1)}** | "
+            f"{r.after_kib:,} | {'yes' if r.given_back else 'no'} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# (c) soak
 
 
 @dataclass
@@ -347,6 +437,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "idle test (default: all)")
     parser.add_argument("--connections", type=int, default=CONNECTIONS_IDLE,
                         help=f"idle connections (default {CONNECTIONS_IDLE})")
+    parser.add_argument("--attack-targets", default=",".join(IDLE_TARGETS),
+                        help=f"comma-separated, any of {','.join(IDLE_TARGETS)}; '' = skip the "
+                             "attacks (default: all)")
+    parser.add_argument("--attack-connections", type=int, default=ATTACK_CONNECTIONS,
+                        help=f"connections per attack (default {ATTACK_CONNECTIONS})")
+    parser.add_argument("--attack-bytes", type=int, default=ATTACK_BYTES,
+                        help=f"bytes each attacking connection sends (default {ATTACK_BYTES})")
     parser.add_argument("--soak", type=int, default=300, metavar="SECONDS",
                         help="seconds of full load on the router, RSS sampled every 5 s "
                              "(default 300; 0 = no soak)")
@@ -361,6 +458,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.idle_list = [t.strip() for t in args.idle_targets.split(",") if t.strip()]
     if any(t not in IDLE_TARGETS for t in args.idle_list):
         parser.error(f"--idle-targets: choose from {','.join(IDLE_TARGETS)}")
+    args.attack_list = [t.strip() for t in args.attack_targets.split(",") if t.strip()]
+    if any(t not in IDLE_TARGETS for t in args.attack_list):
+        parser.error(f"--attack-targets: choose from {','.join(IDLE_TARGETS)}")
+    if not 1 <= args.attack_connections <= 10000:
+        parser.error("--attack-connections must be 1..10000")
+    if not 1024 <= args.attack_bytes <= 16 * 1024 * 1024:
+        parser.error("--attack-bytes must be 1 KiB..16 MiB")
     if args.quick:
         args.soak = 30
     if not 1 <= args.connections <= 60000:
@@ -388,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"pinning: {pin.note}\nrouter revision: {rev}\nopen-file limit: {soft} (hard {hard})",
           flush=True)
     idle: list[Idle] = []
+    attacks: list[Attack] = []
     soaked: Soak | None = None
     notes: list[str] = []
     harness = Harness(keep_tmp=args.keep_tmp)
@@ -423,6 +528,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          f"{args.connections:,}, {b.failed} refused, first: "
                                          f"{b.first_error}{limit}")
                 harness.stop(target.procs[0])  # one proxy at a time holds 10,000 clients
+            for name in args.attack_list:
+                for attack in ATTACKS:
+                    print(f"== {name}: {attack} attack, {args.attack_connections} connections x "
+                          f"{args.attack_bytes:,} bytes", flush=True)
+                    try:
+                        target = start_proxy(harness, name, tools, backends, pin,
+                                             f"{name}-{attack}")
+                    except TargetSkipped as exc:
+                        print(f"   SKIPPED: {exc}", flush=True)
+                        attacks.append(Attack(name, attack, error=str(exc)))
+                        continue
+                    target.name = name
+                    run_wrk(tools["wrk"], pin, target, "small", 2, latency=False)
+                    time.sleep(1.0)
+                    quiet_before_round(args.quiet_wait)
+                    try:
+                        a = attack_once(target, attack, args.attack_connections,
+                                        args.attack_bytes)
+                    except BenchError as exc:
+                        print(f"   ERROR {exc}", flush=True)
+                        attacks.append(Attack(name, attack, error=str(exc)))
+                    else:
+                        attacks.append(a)
+                        print(f"   took in {a.sent // 1024:,} KiB, closed {a.closed}; RSS "
+                              f"{a.before_kib:,} -> {a.during_kib:,} KiB "
+                              f"({a.per_conn_kib or 0:.1f} KiB/conn), after closing "
+                              f"{a.after_kib:,} KiB", flush=True)
+                    harness.stop(target.procs[0])
             if args.soak:
                 print(f"== router: {args.soak} s soak at full load", flush=True)
                 target = start_proxy(harness, "router", tools, backends, pin, "router-soak")
@@ -452,6 +585,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if idle:
         parts += [f"Idle keep-alive client connections ({args.connections:,}):", "",
                   idle_table(idle, args.connections), ""]
+    if attacks:
+        parts += [f"Hostile clients ({args.attack_connections} connections, "
+                  f"{args.attack_bytes:,} bytes each, nothing read):", "",
+                  attack_table(attacks, args.attack_connections, args.attack_bytes), ""]
     if soaked is not None:
         parts += [f"Soak ({args.soak} s of `wrk -t1 -c{CONNECTIONS}` on the router):", "",
                   soak_table(soaked), ""]
@@ -461,6 +598,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in idle:
         if r.error:
             notes.append(f"**{r.name}**: " + r.error.splitlines()[0])
+    for a in attacks:
+        if a.error:
+            notes.append(f"**{a.name} {a.attack}**: " + a.error.splitlines()[0])
     if soaked is not None and soaked.error:
         notes.append("**soak**: " + soaked.error.splitlines()[0])
     if notes:
@@ -490,7 +630,10 @@ def report(args: argparse.Namespace, started: _dt.datetime, tools: dict[str, str
         "`maxconn 12000`, `no strict-limits`, client and keep-alive timeouts 300 s. Soak: the "
         f"router's RSS every {SOAK_SAMPLE_S:.0f} s under full load; after the first "
         f"{SOAK_WARMUP_S:.0f} s it should stay within ±{SOAK_BAND * 100:.0f}% of its value at "
-        f"{SOAK_WARMUP_S:.0f} s.",
+        f"{SOAK_WARMUP_S:.0f} s. Hostile clients: a fresh proxy per attack; VmRSS before, 2 s "
+        "after the helper has sent what the proxy would take (growth / connections: target "
+        f"≤ {TARGET_ATTACK_KIB_PER_CONN:.0f} KiB for the router), and {ATTACK_CLOSE_SETTLE_S:.0f} s "
+        f"after it closed them (within {GIVEN_BACK * 100:.0f}% of before).",
         "",
         text,
     ])

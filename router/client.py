@@ -178,6 +178,8 @@ class ClientConnection(ClientSide):
             self.phase = P.CLOSED
             return
         ctx.connections.add(self)
+        if len(ctx.connections) > ctx.connections_peak:
+            ctx.connections_peak = len(ctx.connections)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = peer[0]

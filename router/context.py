@@ -119,6 +119,7 @@ class ProxyContext:
         self.deadlines = ResponseDeadlines(loop, config.timeouts.response)
         self.connections: set[ClientBase] = set()
         self.refused = 0  # connections refused at the cap (router_connections_refused_total)
+        self.connections_peak = 0  # the most client connections at once since the last trim
         # Client connections closed by a timeout, by reason (router_client_timeouts_total).
         self.timeouts: dict[str, int] = {}
         # Shared by every client connection: what one read brings is used before the next.

@@ -23,6 +23,7 @@ from .ipc import close_fds
 from .routing import elsewhere
 from .sticky import TokenCodec
 from .table import RoutingTable, TableBuilder
+from .trim import Trimmer
 from .upstream import UpstreamPool
 
 log = logging.getLogger("router")
@@ -65,6 +66,7 @@ class DataPlane:
         self.passive.follow(self.builder.all_backends(), self.health)
         self._listeners: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self.trimmer = Trimmer()
 
     @property
     def table(self) -> RoutingTable:
@@ -113,13 +115,17 @@ class DataPlane:
         return cast("asyncio.Protocol", ClientConnection(self.ctx))
 
     async def _sweep(self) -> None:
-        """Stalled backends (``router.health.STALL_FACTOR``), off the request path."""
+        """Stalled backends (``router.health.STALL_FACTOR``), and memory given back after a
+        burst of client connections (``router.trim``), off the request path."""
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(STALL_SWEEP)
             if ctx.deadlines.waiting:
                 self.passive.sweep(ctx.deadlines.waiting, ctx.deadlines.timeout, loop.time())
+            now = len(ctx.connections)
+            if self.trimmer.observe(now, ctx.connections_peak):
+                ctx.connections_peak = now
 
     def apply(self, apps: tuple[AppConfig, ...], generation: int, health: HealthMap | None = None,
               previews: Previews | None = None) -> None:

@@ -1,0 +1,19 @@
+"""When the data plane gives memory back (router.trim): after a burst of connections is over,
+once per burst."""
+
+from __future__ import annotations
+
+from router.trim import BURST, Trimmer, _malloc_trim
+
+
+def test_a_trim_once_a_burst_of_connections_is_over():
+    calls: list[int] = []
+    t = Trimmer(lambda pad: calls.append(pad) or 1)
+    assert not t.observe(10, 10 + BURST - 1)  # too few closed
+    assert not t.observe(2 * BURST, 3 * BURST)  # more than half still open
+    assert t.observe(BURST, 2 * BURST) and calls == [0] and t.trims == 1
+
+
+def test_glibcs_malloc_trim_is_found_here():
+    trim = _malloc_trim()
+    assert trim is not None and trim(0) in (0, 1)
