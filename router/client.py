@@ -91,7 +91,7 @@ def _requests_end(data: bytes, read: list[Exchange]) -> int:
             pos += ex.length
         elif kind == framing.CHUNKED:
             try:
-                pos = framing.ChunkedDecoder().scan(data, pos)
+                pos = framing.ChunkedDecoder(lax=True).scan(data, pos)
             except framing.FramingError:
                 return -1
             if pos < 0:
@@ -291,7 +291,7 @@ class ClientConnection(ClientSide):
                         body = _past_head(data, start) if start >= 0 else -1
                         try:
                             if body < 0 or chunks.scan(data, body) >= 0:
-                                self.chunks = None  # (cannot be: heads are searched instead)
+                                self.chunks = None  # (they disagree: heads are searched)
                         except framing.FramingError:
                             self.chunks = None
                     fed.clear()
@@ -302,8 +302,11 @@ class ClientConnection(ClientSide):
                 fed.clear()
                 self.parser = httptools.HttpRequestParser(self)
                 if pos < 0:
-                    log.error("client %s: the end of pipelined requests not found; reading "
-                              "stops after them", self.peer)
+                    # A chunk line llhttp let through and framing's stricter rules do not:
+                    # the requests read are answered, then the connection closes.
+                    self.ctx.throttled.warning("ahead", "client %s: the end of pipelined "
+                                               "requests not found; reading stops after them",
+                                               self.peer)
                     self._closing()
                     return
             if self.phase == P.READING_HEAD and data[pos:pos + 1] in (b"\r", b"\n"):
@@ -325,16 +328,17 @@ class ClientConnection(ClientSide):
                     return  # an upgrade request took the rest (_upgrade_request)
                 left = self.body_left
                 chunks = self.chunks
+                stop = -1
                 if left:
                     stop = min(n, pos + left)  # on_body counts body_left down
                 elif chunks is not None:
                     try:
                         end = chunks.scan(data, pos)
+                        stop = n if end < 0 else end
                     except framing.FramingError:
-                        end = -1  # llhttp reads the same rules: it refuses it
+                        # Stricter than llhttp (which judges it): heads are searched instead.
                         self.chunks = None
-                    stop = n if end < 0 else end
-                else:
+                if stop < 0:
                     end = data.find(_HEAD_END, pos)
                     stop = n if end < 0 else end + 4
                 if not self._feed(data, pos, stop):
@@ -733,7 +737,7 @@ class ClientConnection(ClientSide):
         if ex.framing == framing.LENGTH:
             self.body_left = ex.length
         else:
-            self.chunks = framing.ChunkedDecoder()
+            self.chunks = framing.ChunkedDecoder(lax=True)
 
     def _take(self, ex: Exchange) -> None:
         """``ex`` is read (its head at least): answer it now if nothing is before it and the

@@ -48,6 +48,11 @@ _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:;" + _TOKEN + rb"(?:=(?:" + _T
                         + _QUOTED + rb")?)?)*)\r\n")
 # A trailer field line: a token name, a colon, a value without CR, LF or NUL.
 _TRAILER_LINE = re.compile(_TOKEN + rb":[^\r\n\x00]*\r\n")
+# What a body's follower (ChunkedDecoder.scan, for a body llhttp reads and judges) needs of the
+# same lines: where they end. Laxer than the rules above, so that it finds the end of every
+# body llhttp reads whole, and the same end.
+_SIZE_LINE_LAX = re.compile(rb"0*([0-9A-Fa-f]{1,16})[^\r\n]*\r\n")
+_TRAILER_LINE_LAX = re.compile(rb"[^\r\n]*\r\n")
 _MAX_LINE = 4096  # a size line or a trailer line longer than this is refused
 _MAX_TRAILERS = 65536  # the whole trailer section
 # Where a ChunkedDecoder is: reading a size line, chunk data, the CRLF after it, the trailers.
@@ -102,14 +107,18 @@ class ChunkedDecoder(BodyDecoder):
     body. A malformed body raises ``FramingError``.
     """
 
-    __slots__ = ("_buf", "_left", "_state", "_trailers")
+    __slots__ = ("_buf", "_left", "_state", "_trailers", "_size_line", "_trailer_line")
 
-    def __init__(self) -> None:
+    def __init__(self, lax: bool = False) -> None:
+        """``lax``: only to follow a body llhttp reads and judges (``scan``): its lines are
+        taken as llhttp takes them, or more loosely."""
         super().__init__()
         self._buf = b""
         self._left = 0
         self._state = _SIZE
         self._trailers = 0
+        self._size_line = _SIZE_LINE_LAX if lax else _SIZE_LINE
+        self._trailer_line = _TRAILER_LINE_LAX if lax else _TRAILER_LINE
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.done:
@@ -169,7 +178,7 @@ class ChunkedDecoder(BodyDecoder):
             line = buf[pos:end + 1]
             pos = end + 1
             if state == _SIZE:
-                m = _SIZE_LINE.fullmatch(line)
+                m = self._size_line.fullmatch(line)
                 if m is None:
                     raise FramingError("invalid chunk size line")
                 size = int(m.group(1), 16)
@@ -183,7 +192,7 @@ class ChunkedDecoder(BodyDecoder):
                     self.done = True
                     return pos
                 self._trailers += len(line)
-                if _TRAILER_LINE.fullmatch(line) is None or self._trailers > _MAX_TRAILERS:
+                if self._trailer_line.fullmatch(line) is None or self._trailers > _MAX_TRAILERS:
                     raise FramingError("invalid trailer section")
         if pos < n:
             self._buf = buf[pos:]

@@ -121,3 +121,67 @@ def test_chunked_decoder_agrees_with_llhttp(data, split):
         assert d.done and got == body, (data, got, body)
     else:
         assert not d.done, data
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunked_bodies(), st.integers(0, 200), st.binary(max_size=8))
+def test_scan_finds_the_end_the_decoder_finds(data, split, after):
+    """scan follows a body without keeping it, to the same end as feed, however it is split."""
+    data += after
+    d = ChunkedDecoder()
+    try:
+        d.feed(data[:split])
+        d.feed(data[split:])
+    except FramingError:
+        return
+    s = ChunkedDecoder()
+    cut = min(split, len(data))
+    first = s.scan(data[:cut], 0)
+    end = first if first >= 0 else s.scan(data, cut)
+    if not d.done:
+        assert end < 0
+    else:
+        assert end == len(data) - len(d.rest)
+
+
+def test_scan_from_an_offset_with_a_line_split_over_reads():
+    data = b"GET / HTTP/1.1\r\n\r\n" + b"5;x=y\r\nhello\r\n0\r\n\r\nNEXT"
+    s = ChunkedDecoder()
+    assert s.scan(data[:22], 18) == -1  # "5;x=" kept for the next read
+    assert s.scan(data, 22) == len(data) - 4
+
+
+def _llhttp_end(body: bytes) -> int:
+    """Where llhttp ends a chunked request body (fed a byte at a time); -1 if it does not."""
+    done: list[bool] = []
+
+    class P:
+        def on_message_complete(self) -> None:
+            done.append(True)
+
+    parser = httptools.HttpRequestParser(P())
+    parser.feed_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for i in range(len(body)):
+        try:
+            parser.feed_data(body[i:i + 1])
+        except httptools.HttpParserError:
+            return -1
+        if done:
+            return i + 1
+    return -1
+
+
+@settings(max_examples=1000, deadline=None)
+@given(chunked_bodies(), st.integers(0, 200), st.binary(max_size=8))
+def test_a_lax_scan_finds_the_end_llhttp_finds(data, split, after):
+    """The follower of a body llhttp reads (the client connection's read-ahead) finds the end
+    of every body llhttp reads whole, and the same end, however the body is split."""
+    data += after
+    want = _llhttp_end(data)
+    if want < 0:
+        return
+    s = ChunkedDecoder(lax=True)
+    cut = min(split, len(data))
+    first = s.scan(data[:cut], 0)
+    end = first if first >= 0 else s.scan(data, cut)
+    assert end == want, data
