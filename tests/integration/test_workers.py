@@ -40,7 +40,8 @@ async def _through_each_worker(rp, n: int) -> list[list[bytes]]:
 
 async def test_two_workers_one_state(backend, router_process):
     blue, green = await backend("blue"), await backend("green")
-    rp = await router_process({**PATIENT, "apps": {"shop": app_config(
+    # upstream.reuse always: each fresh client connection takes its worker's pooled connection.
+    rp = await router_process({**PATIENT, "upstream": {"reuse": "always"}, "apps": {"shop": app_config(
         {"blue": (100, [blue.addr]), "green": (0, [green.addr])}, sticky=False)}}, ("--workers", "2"))
     assert len(worker_pids(rp.proc.pid)) == 2
     assert await _through_each_worker(rp, 20) == [[b"blue\n"] * 20] * 2
