@@ -218,6 +218,22 @@ class ClientConnection(ClientSide):
         return self.ctx.read_body if self.phase >= P.READING_BODY else self.ctx.read_head
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.phase == P.IDLE and not self.queue and not self.held:
+            # Most reads: llhttp reads the buffer itself, and bytes are made of what it read
+            # only if it stopped before the end (see _parse).
+            view = self.ctx.read_head[:nbytes]
+            feeding = self.feeding
+            self.feeding = True
+            try:
+                if self._whole(view):
+                    data = view.tobytes()
+                    pos = self._after_whole(data)
+                    if pos > 0:
+                        self._parse(data, pos)
+            finally:
+                self.feeding = feeding
+            self._read_timers()
+            return
         buf = self.ctx.read_body if self.phase >= P.READING_BODY else self.ctx.read_head
         self.data_received(buf[:nbytes].tobytes())
 
@@ -277,37 +293,10 @@ class ClientConnection(ClientSide):
         self.feeding = True
         try:
             if pos == 0 and self.phase == P.IDLE and not self.queue:
-                fed = self.fed
-                fed.clear()
-                self.whole = True
-                self._feed(data, 0, n)
-                self.whole = False
-                if not self.ahead:
-                    chunks = self.chunks
-                    if chunks is not None and fed and fed[-1] is self.parsing:
-                        # A chunked body goes on in the next read: from where it began here,
-                        # its end is followed as llhttp reads it.
-                        start = _requests_end(data, fed[:-1])
-                        body = _past_head(data, start) if start >= 0 else -1
-                        try:
-                            if body < 0 or chunks.scan(data, body) >= 0:
-                                self.chunks = None  # (they disagree: heads are searched)
-                        except framing.FramingError:
-                            self.chunks = None
-                    fed.clear()
+                if not self._whole(data):
                     return
-                # Stopped as the request after those in fed began: go on from its start.
-                self.ahead = False
-                pos = _requests_end(data, fed)
-                fed.clear()
-                self.parser = httptools.HttpRequestParser(self)
+                pos = self._after_whole(data)
                 if pos < 0:
-                    # A chunk line llhttp let through and framing's stricter rules do not:
-                    # the requests read are answered, then the connection closes.
-                    self.ctx.throttled.warning("ahead", "client %s: the end of pipelined "
-                                               "requests not found; reading stops after them",
-                                               self.peer)
-                    self._closing()
                     return
             if self.phase == P.READING_HEAD and data[pos:pos + 1] in (b"\r", b"\n"):
                 # The head's empty line may end in the first bytes of this read: up to three
@@ -341,17 +330,62 @@ class ClientConnection(ClientSide):
                 if stop < 0:
                     end = data.find(_HEAD_END, pos)
                     stop = n if end < 0 else end + 4
-                if not self._feed(data, pos, stop):
+                if not self._feed(data, pos, -1 if pos == 0 and stop == n else stop):
                     return
                 pos = stop
         finally:
             self.feeding = feeding
 
-    def _feed(self, data: bytes, pos: int, stop: int) -> bool:
-        """Give llhttp ``data[pos:stop]``; False if it stopped (an error, an upgrade)."""
+    def _whole(self, data: bytes | memoryview) -> bool:
+        """Give llhttp a whole read that begins between requests with none waiting; True if
+        what it did asks for ``_after_whole`` (with the read as bytes)."""
+        fed = self.fed
+        if fed:
+            fed.clear()
+        self.whole = True
+        self._feed(data, 0, -1)
+        self.whole = False
+        if self.ahead or (self.chunks is not None and fed and fed[-1] is self.parsing):
+            return True
+        if fed:
+            fed.clear()
+        return False
+
+    def _after_whole(self, data: bytes) -> int:
+        """After ``_whole`` gave llhttp ``data``: where parsing goes on in it, or -1."""
+        fed = self.fed
+        if not self.ahead:
+            # A chunked body goes on in the next read: from where it began here, its end is
+            # followed as llhttp reads it.
+            start = _requests_end(data, fed[:-1])
+            body = _past_head(data, start) if start >= 0 else -1
+            fed.clear()
+            chunks = self.chunks
+            try:
+                if chunks is not None and (body < 0 or chunks.scan(data, body) >= 0):
+                    self.chunks = None  # (they disagree: heads are searched)
+            except framing.FramingError:
+                self.chunks = None
+            return -1
+        # Stopped as the request after those in fed began: go on from its start.
+        self.ahead = False
+        pos = _requests_end(data, fed)
+        fed.clear()
+        self.parser = httptools.HttpRequestParser(self)
+        if pos < 0:
+            # A chunk line llhttp let through and framing's stricter rules do not: the
+            # requests read are answered, then the connection closes.
+            self.ctx.throttled.warning("ahead", "client %s: the end of pipelined requests not "
+                                       "found; reading stops after them", self.peer)
+            self._closing()
+        return pos
+
+    def _feed(self, data: bytes | memoryview, pos: int, stop: int) -> bool:
+        """Give llhttp ``data[pos:stop]`` (``stop`` -1: all of ``data``); False if it stopped
+        (an error, an upgrade)."""
         upgrade = -1
         try:
-            if pos == 0 and stop == len(data):
+            if stop < 0:
                 self.parser.feed_data(data)
             else:
                 self.parser.feed_data(memoryview(data)[pos:stop])
@@ -371,7 +405,8 @@ class ClientConnection(ClientSide):
                 self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
             return False
         if upgrade >= 0:
-            self._upgrade_request(data[upgrade:])
+            rest = data[upgrade:]
+            self._upgrade_request(rest if isinstance(rest, bytes) else rest.tobytes())
             return False
         return True
 
@@ -556,7 +591,8 @@ class ClientConnection(ClientSide):
             self._read_timers()
         if self.queue or self.held:
             return
-        self.unpause(QUEUED)
+        if self._paused:
+            self.unpause(QUEUED)
         if self.active is None:
             phase = self.phase
             if phase == P.IDLE:

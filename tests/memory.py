@@ -85,11 +85,27 @@ class MemoryTransport:
         if self.paused or self.pending:
             self.pending.append(data)
         else:
-            self.protocol.data_received(data)
+            self._read(data)
 
     def _deliver(self) -> None:
         while self.pending and not self.paused and not self.closed:
-            self.protocol.data_received(self.pending.pop(0))
+            self._read(self.pending.pop(0))
+
+    def _read(self, data: bytes) -> None:
+        """As uvloop reads: into the protocol's buffer (``get_buffer``), as much as it holds
+        at a time, until reading pauses (the rest waits); or as bytes (``data_received``)."""
+        proto = self.protocol
+        if not hasattr(proto, "get_buffer"):
+            proto.data_received(data)
+            return
+        while data and not self.paused and not self.closed:
+            buf = proto.get_buffer(65536)
+            n = min(len(buf), len(data))
+            buf[:n] = data[:n]
+            data = data[n:]
+            proto.buffer_updated(n)
+        if data and not self.closed:
+            self.pending.insert(0, data)
 
     def close(self) -> None:
         self._lose()
