@@ -28,6 +28,7 @@ import sys
 import time
 
 from .common import raise_nofile
+from .idle_clients import hold_then_close
 
 
 def payload(attack: str, size: int, host: str) -> bytes:
@@ -85,12 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 pending.remove(s)  # the proxy stopped reading it
     took = time.monotonic() - start
     print(f"SENT {len(socks)} {sum(sent.values())} {closed} {took:.2f}", flush=True)
-    ready, _, _ = select.select([sys.stdin], [], [], args.hold)
-    if ready:
-        sys.stdin.readline()
-    for s in socks:
-        s.close()
-    print("CLOSED", flush=True)
+    hold_then_close(socks, args.hold)
     return 0
 
 

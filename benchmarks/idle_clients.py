@@ -98,14 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     # One line: the harness reads it with a deadline (select), a second one could sit unseen
     # in its reader's buffer.
     print(f"OPEN {len(held)} {failed} {took:.2f} {first_error}".rstrip(), flush=True)
-    # Idle until told (a line or EOF on stdin) or --hold passes.
-    ready, _, _ = select.select([sys.stdin], [], [], args.hold)
+    hold_then_close(held, args.hold)
+    return 0
+
+
+def hold_then_close(socks: list[socket.socket], hold: float) -> None:
+    """Keep ``socks`` open until told (a line or EOF on stdin) or ``hold`` seconds pass;
+    close them and say so."""
+    ready, _, _ = select.select([sys.stdin], [], [], hold)
     if ready:
         sys.stdin.readline()
-    for sock in held:
+    for sock in socks:
         sock.close()
     print("CLOSED", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

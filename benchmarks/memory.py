@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .common import (RESULTS_MD, nofile_limits, open_fds, raise_nofile, revision, tree_rss_kib,
                      write_section)
@@ -183,24 +183,19 @@ def _read_line(proc: subprocess.Popen[str], deadline_s: float) -> str:
     return proc.stdout.readline().strip()
 
 
-def idle_batch(target: Target, count: int) -> Batch:
-    before, _ = rss(target)
-    fds_before = fds(target)
-    cmd = [sys.executable, "-m", "benchmarks.idle_clients", "--port", str(target.port),
-           "--count", str(count), "--host", HOST, "--deadline", str(OPEN_DEADLINE_S),
-           "--hold", str(OPEN_DEADLINE_S + 120)]
+def run_helper(cmd: list[str], ready: str, deadline_s: float,
+               measure: Callable[[str], None]) -> None:
+    """Start a helper process (``benchmarks/idle_clients.py``, ``hostile_clients.py``), wait
+    for its line that starts with ``ready``, call ``measure`` with it while the helper holds
+    its connections, then have it close them and wait for it."""
     helper = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=str(RESULTS_MD.parent.parent))
     try:
-        line = _read_line(helper, OPEN_DEADLINE_S + 60)
-        if not line.startswith("OPEN "):
+        line = _read_line(helper, deadline_s)
+        if not line.startswith(ready + " "):
             _, err = helper.communicate(timeout=10)
-            raise BenchError(f"idle-connections helper: {line or err.strip()[-500:]}")
-        _, held, failed, took, *why = line.split(" ", 4)
-        first_error = why[0] if why else ""
-        time.sleep(SETTLE_S)
-        with_kib, _ = rss(target)
-        fds_with = fds(target)
+            raise BenchError(f"{cmd[2]}: {line or err.strip()[-500:]}")
+        measure(line)
         assert helper.stdin is not None
         helper.stdin.write("close\n")
         helper.stdin.flush()
@@ -209,10 +204,27 @@ def idle_batch(target: Target, count: int) -> Batch:
         if helper.poll() is None:
             helper.kill()
             helper.wait(timeout=10)
+
+
+def idle_batch(target: Target, count: int) -> Batch:
+    before, _ = rss(target)
+    fds_before = fds(target)
+    cmd = [sys.executable, "-m", "benchmarks.idle_clients", "--port", str(target.port),
+           "--count", str(count), "--host", HOST, "--deadline", str(OPEN_DEADLINE_S),
+           "--hold", str(OPEN_DEADLINE_S + 120)]
+    got: list[Batch] = []
+
+    def measure(line: str) -> None:
+        _, held, failed, took, *why = line.split(" ", 4)
+        time.sleep(SETTLE_S)
+        with_kib, _ = rss(target)
+        got.append(Batch(int(held), int(failed), float(took), before, with_kib, 0, fds_before,
+                         fds(target), why[0] if why else ""))
+
+    run_helper(cmd, "OPEN", OPEN_DEADLINE_S + 60, measure)
     time.sleep(SETTLE_S)
-    closed, _ = rss(target)
-    return Batch(int(held), int(failed), float(took), before, with_kib, closed, fds_before,
-                 fds_with, first_error)
+    got[0].closed_kib, _ = rss(target)
+    return got[0]
 
 
 def measure_idle(wrk: str, pin: Pinning, target: Target, count: int) -> Idle:
@@ -284,25 +296,14 @@ def attack_once(target: Target, attack: str, count: int, size: int) -> Attack:
     out.before_kib, _ = rss(target)
     cmd = [sys.executable, "-m", "benchmarks.hostile_clients", "--port", str(target.port),
            "--attack", attack, "--count", str(count), "--bytes", str(size), "--host", HOST]
-    helper = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=str(RESULTS_MD.parent.parent))
-    try:
-        line = _read_line(helper, 120)
-        if not line.startswith("SENT "):
-            _, err = helper.communicate(timeout=10)
-            raise BenchError(f"hostile-clients helper: {line or err.strip()[-500:]}")
+
+    def measure(line: str) -> None:
         _, conns, sent, closed, _took = line.split()
         out.connections, out.sent, out.closed = int(conns), int(sent), int(closed)
         time.sleep(SETTLE_S)
         out.during_kib, _ = rss(target)
-        assert helper.stdin is not None
-        helper.stdin.write("close\n")
-        helper.stdin.flush()
-        helper.communicate(timeout=60)
-    finally:
-        if helper.poll() is None:
-            helper.kill()
-            helper.wait(timeout=10)
+
+    run_helper(cmd, "SENT", 120, measure)
     time.sleep(ATTACK_CLOSE_SETTLE_S)
     out.after_kib, _ = rss(target)
     return out
