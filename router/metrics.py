@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .state import State
     from .table import RoutingTable
 
+# The reasons of router_client_timeouts_total (the timeouts of router.client).
+TIMEOUT_REASONS = ("client_header", "client_body", "client_send", "tunnel_idle")
+
 
 class DataPlaneCollector:
     """Renders the counters at scrape time, shaped by the current table."""
@@ -143,8 +146,8 @@ class DataPlaneCollector:
         timeouts = CounterMetricFamily(
             "router_client_timeouts", "Client connections closed by a timeout, by reason "
             "(client_header, client_body, client_send, tunnel_idle)", labels=["reason"])
-        for reason, n in sorted(stats.timeouts.items()):
-            timeouts.add_metric([reason], n)
+        for reason in TIMEOUT_REASONS:  # each from 0, so that rate() sees the first one
+            timeouts.add_metric([reason], stats.timeouts.get(reason, 0))
         yield from (requests, errors, retries, inflight, weight, healthy, unchecked, sticky,
                     fallback, preview, duration, generation, app_generation, release_info, share,
                     step, paused, refused, timeouts)

@@ -51,6 +51,9 @@ async def get_ok(port: int) -> bool:
 async def test_a_client_that_never_reads_its_response_is_closed(backend, router):
     be = await backend("blue")
     srv = await router(cfg(be, timeouts={"grace": "1s", "client_send": "1s"}))
+    m = await metrics(srv.admin_port)  # every reason is there from the start, at 0
+    assert [m.get(f'router_client_timeouts_total{{reason="{r}"}}') for r in
+            ("client_header", "client_body", "client_send", "tunnel_idle")] == [0.0] * 4
     s = await silent_client(srv.port, DOWNLOAD % 20_000_000)
     await wait_for(lambda: srv.ctx.timeouts.get("client_send") == 1, 15, "the client_send timeout")
     await wait_for(lambda: not srv.ctx.connections, 5, "the silent client closed")
