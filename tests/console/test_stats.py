@@ -134,8 +134,9 @@ async def test_unknown_app_and_token(backend, router, tmp_path):
 
 async def test_summed_across_workers(backend, router_process):
     blue = await backend("blue")
-    rp = await router_process({**PATIENT, "apps": {"shop": app_config({"web": (100, [blue.addr])},
-                                                                      sticky=False)}}, ("--workers", "2"))
+    # upstream.reuse always: each fresh client connection takes its worker's pooled connection.
+    rp = await router_process({**PATIENT, "upstream": {"reuse": "always"}, "apps": {"shop": app_config(
+        {"web": (100, [blue.addr])}, sticky=False)}}, ("--workers", "2"))
     assert await _through_each_worker(rp, 15) == [[b"blue\n"] * 15] * 2
     assert blue.connections == 2  # one pool per worker: both served
     status, body = await _stats(rp.admin_port, "shop")
