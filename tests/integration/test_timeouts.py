@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import app_config, router_config
-from tests.reliability.harness import metric_sum, metrics, wait_for
+from tests.processes import until
+from tests.reliability.harness import metric_sum, metrics
 
 DOWNLOAD = b"GET /download?size=%d HTTP/1.1\r\nHost: app.test\r\n\r\n"
 
@@ -55,8 +56,8 @@ async def test_a_client_that_never_reads_its_response_is_closed(backend, router)
     assert [m.get(f'router_client_timeouts_total{{reason="{r}"}}') for r in
             ("client_header", "client_body", "client_send", "tunnel_idle")] == [0.0] * 4
     s = await silent_client(srv.port, DOWNLOAD % 20_000_000)
-    await wait_for(lambda: srv.ctx.timeouts.get("client_send") == 1, 15, "the client_send timeout")
-    await wait_for(lambda: not srv.ctx.connections, 5, "the silent client closed")
+    await until(lambda: srv.ctx.timeouts.get("client_send") == 1, 15, "the client_send timeout")
+    await until(lambda: not srv.ctx.connections, 5, "the silent client closed")
     assert await client_timeouts(srv, "client_send") == 1
     s.close()
     assert await get_ok(srv.port)
@@ -72,8 +73,8 @@ async def test_an_unread_pipeline_is_closed_and_never_read_whole(backend, router
     loop = asyncio.get_running_loop()
     await loop.sock_connect(s, ("127.0.0.1", srv.port))
     sending = asyncio.ensure_future(loop.sock_sendall(s, pipeline))
-    await wait_for(lambda: srv.ctx.timeouts.get("client_send") == 1, 15, "the client_send timeout")
-    await wait_for(lambda: not srv.ctx.connections, 5, "the pipelining client closed")
+    await until(lambda: srv.ctx.timeouts.get("client_send") == 1, 15, "the client_send timeout")
+    await until(lambda: not srv.ctx.connections, 5, "the pipelining client closed")
     sending.cancel()
     s.close()
     assert await client_timeouts(srv, "client_send") == 1
@@ -108,7 +109,7 @@ async def test_idle_tunnels_and_silent_readers_make_room_at_the_cap(backend, rou
         assert (await r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
         tunnels.append(w)
     assert len(srv.ctx.connections) == 12
-    await wait_for(lambda: all(c.stuck_since() >= 0 for c in srv.ctx.connections), 10,
+    await until(lambda: all(c.stuck_since() >= 0 for c in srv.ctx.connections), 10,
                    "every connection stuck")
     await asyncio.sleep(1.1)  # stuck for over a second: they may be closed to make room
     served = [await get_ok(srv.port) for _ in range(5)]
