@@ -7,7 +7,8 @@ import aiohttp
 
 from tests.conftest import app_config, get
 from tests.integration.test_admin_api import Api
-from tests.integration.test_etcd import _replicas, _until, etcd  # noqa: F401  (a fixture)
+from tests.integration.test_etcd import _replicas, etcd  # noqa: F401  (a fixture)
+from tests.processes import until
 
 
 async def test_incarnations_are_the_same_on_every_replica(backend, router_process, etcd):  # noqa: F811
@@ -24,7 +25,7 @@ async def test_incarnations_are_the_same_on_every_replica(backend, router_proces
             async def both() -> bool:
                 return all([(await x.call("GET", "/apps/shop"))[1]["generation"] == generation
                             for x in (api_a, api_b)])
-            await _until(both, 5.0, f"generation {generation} on both replicas")
+            await until(both, 5.0, f"generation {generation} on both replicas")
             return generation
 
         # green is added through A (a new incarnation), and a client is pinned to it there.
