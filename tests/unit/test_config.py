@@ -613,8 +613,8 @@ def test_bad_file_names_path_and_value(tmp_path: Path, text: str, path: str,
          "{file}: apps.shop.services.web.weight: must be an integer 0..100 (got 101)"),
         ("listen_port: 8080\n",
          "{file}: listen_port: unknown key; allowed keys: listen, admin, domain, sticky, "
-         "timeouts, trusted_proxies, access_log, logging, public_url, limits, passive_health, "
-         "providers, handoff, apps (got 8080)"),
+         "timeouts, trusted_proxies, access_log, logging, public_url, limits, upstream, "
+         "passive_health, providers, handoff, apps (got 8080)"),
         ("timeouts: {connect: 10 parsecs}\n",
          "{file}: timeouts.connect: must be a duration like '2s', '500ms', '30m', '1h30m' "
          "or a number of seconds >= 0 (got '10 parsecs')"),
