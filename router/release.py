@@ -113,7 +113,7 @@ from __future__ import annotations
 import enum
 import re
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
@@ -123,7 +123,9 @@ __all__ = [
     "RAMP_TRANSITIONS",
     "TRANSITIONS",
     "Action",
+    "Backend",
     "InvalidRamp",
+    "Readiness",
     "Ramp",
     "RampAction",
     "RampSettings",
@@ -132,6 +134,7 @@ __all__ = [
     "ReleaseConflict",
     "Status",
     "ramp_settings",
+    "readiness",
     "share_weights",
     "start",
 ]
@@ -758,3 +761,52 @@ def start(
         started_at=_format_time(now),
         old_weights=tuple((name, weight) for name, weight in app_services),
     )
+
+
+# -- readiness ----------------------------------------------------------------------------------
+#: A backend of a release's new service: (app, service, address).
+Backend = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What the backends' checks so far say of the in-progress releases (:func:`readiness`)."""
+
+    #: Apps whose in-progress release is ready: every backend of its new service has passed.
+    ready: tuple[str, ...]
+    #: Backends with no configured check that have not taken a TCP connect yet: to probe.
+    probe: tuple[Backend, ...]
+    #: Every backend of an in-progress release's new service: a connect that passed counts only
+    #: while its backend is one of these (a backend removed and added again connects again).
+    watched: frozenset[Backend]
+
+
+def readiness(releases: Mapping[str, Release], backends: Callable[[str, str], Sequence[str]],
+              checked: Callable[[Backend], bool | None], connected: Set[Backend]) -> Readiness:
+    """Which in-progress releases are ready to be marked READY (docs/behaviour.md, "Words").
+
+    ``releases`` by app; ``backends(app, service)``: the addresses of a service; ``checked``: a
+    backend's configured health check -- passed (True), not passed (False), or none (None);
+    ``connected``: backends without a check that took a TCP connect, which is their check.
+    A new service with no backend (yet) has proven nothing: not ready.
+    """
+    ready: list[str] = []
+    probe: list[Backend] = []
+    watched: set[Backend] = set()
+    for app, release in releases.items():
+        if release.status is not Status.IN_PROGRESS:
+            continue
+        addresses = backends(app, release.new)
+        passed = bool(addresses)
+        for address in addresses:
+            key = (app, release.new, address)
+            watched.add(key)
+            result = checked(key)
+            if result is None:
+                result = key in connected
+                if not result:
+                    probe.append(key)
+            passed = passed and result
+        if passed:
+            ready.append(app)
+    return Readiness(tuple(ready), tuple(probe), frozenset(watched))

@@ -38,7 +38,7 @@ from .config.settings import keep_bound, setting_changes
 from .context import ProxyContext, connection_cap_note
 from .counters import Stats
 from .dataplane import BACKLOG, DataPlane
-from .errors import Unavailable
+from .errors import RouterError, Unavailable
 from .handoff import (LOCK_WAIT, SOCKET_NAME, STEP_TIMEOUT, HandoffServer, NoPredecessor,
                       StateLock, Takeover, TakeoverError, bind_handoff)
 from .health import HEALTHY, UNCHECKED, BackendKey, Health, probe
@@ -48,7 +48,7 @@ from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
 from .pins import SAMPLE_INTERVAL, PinWatch
 from .ramp import TICK as RAMP_TICK, RampCollector, RampDriver, driver_for
 from .providers.docker import DockerProvider
-from .release import Status
+from .release import readiness
 from .manager import StateCollector, StateManager
 from .state import State, apply_apps, mark_ready
 from .sticky import load_or_create_secret
@@ -961,46 +961,43 @@ class Server:
         await self._check_releases()
 
     async def _check_releases(self) -> None:
-        """An in-progress release whose new backends have all passed a check is ready.
-
-        A backend with a configured health check must have passed it; one without is checked
-        with a TCP connect (docs/behaviour.md, "Words").
-        """
+        """Mark ready every in-progress release whose new backends have all passed a check
+        (``release.readiness``); a backend without a configured check is probed with a TCP
+        connect."""
         state = self.manager.state
         health = self.health
         assert health is not None
-        watched = {(n, r.new, a) for n, r in state.releases.items() if r.status == Status.IN_PROGRESS
-                   for a in next(s for s in state.app(n).services if s.name == r.new).backends}
-        self._tcp_passed &= watched
-        for name, release in state.releases.items():
-            if release.status != Status.IN_PROGRESS:
-                continue
-            app = state.app(name)
-            svc = next(s for s in app.services if s.name == release.new)
-            ready = bool(svc.backends)  # a version with no backend (yet) has proven nothing
-            for addr in svc.backends:
-                key = (name, svc.name, addr)
-                passed = health.passed(*key)
-                if passed is None:  # no configured check: a TCP connect
-                    if key not in self._tcp_passed:
-                        host, port = split_hostport(addr)
-                        if await probe(host, port, READY_PROBE):
-                            self._tcp_passed.add(key)
-                            health.worked(key)
-                    passed = key in self._tcp_passed
-                ready = ready and passed
-            if ready:
-                # With several replicas each may find the release ready; the store's conditional
-                # save lets one write it, and the others reload, see it marked, and get a 409.
-                try:
-                    await self.manager.change(mark_ready(name, release.new))
-                    self._release_blocked = False
-                except Unavailable as e:
-                    if not self._release_blocked:  # once per outage, not every tick
-                        log.warning("release of %s not marked ready: %s", name, e.message)
-                    self._release_blocked = True
-                except Exception as e:
-                    log.info("release of %s not marked ready: %s", name, e)
+
+        def backends(app: str, service: str) -> tuple[str, ...]:
+            return next(s for s in state.app(app).services if s.name == service).backends
+
+        def checked(key: BackendKey) -> bool | None:
+            return health.passed(*key)
+
+        plan = readiness(state.releases, backends, checked, self._tcp_passed)
+        self._tcp_passed &= plan.watched
+        if plan.probe:
+            for key, up in zip(plan.probe, await asyncio.gather(
+                    *(probe(*split_hostport(key[2]), READY_PROBE) for key in plan.probe))):
+                if up:
+                    self._tcp_passed.add(key)
+                    health.worked(key)
+            plan = readiness(state.releases, backends, checked, self._tcp_passed)
+        for name in plan.ready:
+            await self._mark_ready(name, state.releases[name].new)
+
+    async def _mark_ready(self, name: str, new: str) -> None:
+        # With several replicas each may find the release ready; the store's conditional save
+        # lets one write it, and the others reload and see it marked (READY is idempotent).
+        try:
+            await self.manager.change(mark_ready(name, new))
+            self._release_blocked = False
+        except Unavailable as e:
+            if not self._release_blocked:  # once per outage, not every tick
+                log.warning("release of %s not marked ready: %s", name, e.message)
+            self._release_blocked = True
+        except RouterError as e:  # the release changed or closed meanwhile (409, 404)
+            log.warning("release of %s not marked ready: %s", name, e.message)
 
 
 async def _reap(pid: int, within: float) -> None:
