@@ -132,8 +132,6 @@ class Server:
         self._admin_socks: list[socket.socket] = []
         self._handoff_sock: socket.socket | None = None
         self._handoff: HandoffServer | None = None
-        self._health_task: asyncio.Task[None] | None = None
-        self._health_dirty = False
         self._control: list[asyncio.Task[None]] = []  # what changes the state besides the API
         self._control_stop = asyncio.Event()
         self._follow_task: asyncio.Task[None] | None = None
@@ -409,9 +407,10 @@ class Server:
         if self.nworkers == 1:
             await self.plane.serve(self._listen)
             return
-        self.workers = Supervisor(self.nworkers, self._listen, self._init_message,
-                                  self._sync_message, self._worker_notes,
-                                  lambda: self.config.timeouts.worker, self._pass_on)
+        assert self.health is not None
+        self.workers = Supervisor(self.nworkers, self._listen, self.plane.secret,
+                                  lambda: self.config, lambda: self.manager.state, self.health,
+                                  self._pass_on)
         await self.workers.start(hold)
 
     async def _start_admin(self) -> None:
@@ -537,45 +536,6 @@ class Server:
                 await asyncio.sleep(1)
 
     # -- worker processes (router.supervisor) ------------------------------------------------
-    def _init_message(self) -> tuple[Any, ...]:
-        return ("init", self.config, self.plane.secret, *self._sync_message()[1:])
-
-    def _sync_message(self) -> tuple[Any, ...]:
-        """What a worker needs just before it serves: the current everything."""
-        assert self.health is not None
-        state = self.manager.state
-        return (self.config, state.apps, state.generation, self.health.states(),
-                state.previews())
-
-    def _worker_notes(self, notes: list[Any]) -> None:
-        """What a worker's passive health saw; a worker that took a backend out of its own
-        rotation ahead of a decision that did not come is told the decided states again."""
-        health = self.health
-        assert health is not None
-        resync = False
-        for note in notes:
-            kind, key = note[0], note[1]
-            if kind == "failure":
-                resync |= note[3] and not health.failure(key, note[2])
-            elif kind == "success":
-                health.success(key)
-            elif kind == "stalled":
-                resync |= note[3] and not health.stalled(key, note[2])
-        if resync:
-            self._push_health()
-
-    def _push_health(self) -> None:
-        """Tell the workers the backends' states: one broadcast at a time, with the newest."""
-        self._health_dirty = True
-        if self._health_task is None or self._health_task.done():
-            self._health_task = asyncio.get_running_loop().create_task(self._send_health())
-
-    async def _send_health(self) -> None:
-        assert self.workers is not None and self.health is not None
-        while self._health_dirty and not self._closing:
-            self._health_dirty = False
-            await self.workers.broadcast("health", self.health.states())
-
     def _workers_up(self) -> int:
         if self.workers is None:
             return 1 if self.ready else 0
@@ -816,22 +776,14 @@ class Server:
         if self.docker is not None:
             self.docker.state_changed()
         if self.workers is not None:
-            self.workers.keep({(a.name, s.name) for a in state.apps for s in a.services},
-                              set(health))
-            await self.workers.broadcast("state", state.apps, state.generation, health,
-                                         state.previews())
-
-    async def _tell_workers(self, kind: str, *args: Any) -> None:
-        """Every worker takes the call, or is replaced (``Supervisor.broadcast``)."""
-        if self.workers is not None:
-            await self.workers.broadcast(kind, *args)
+            await self.workers.apply(state, health)
 
     def _health_changed(self) -> None:
         # Same generation: health is observed, not a change of the configured state.
         assert self.health is not None
         self.plane.rebuild(self.health.states())
         if self.workers is not None:
-            self._push_health()
+            self.workers.push_health()
 
     def _current_stats(self) -> Stats:
         if self.workers is not None and self._stats is not None:
@@ -901,7 +853,8 @@ class Server:
         self._tell_once(connection_cap_note(self.config))
         if self.health is not None:
             self.health.configure(self.config.passive_health)
-        asyncio.get_running_loop().create_task(self._tell_workers("config", self.config))
+        if self.workers is not None:
+            asyncio.get_running_loop().create_task(self.workers.reconfigure(self.config))
         self._report_file_apps(new)
 
     def _report_file_apps(self, cfg: Config) -> None:

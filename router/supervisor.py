@@ -25,8 +25,11 @@ from collections import Counter
 from typing import Any, Callable
 
 from . import ipc
+from .config import Config
 from .counters import Stats
+from .health import BackendKey, Health
 from .ipc import Channel, ChannelClosed, close_fds
+from .state import State
 
 log = logging.getLogger("router")
 
@@ -167,26 +170,28 @@ class WorkerProcess:
 class Supervisor:
     """N worker processes serving the shared listening sockets ``socks``.
 
-    ``init()`` is the first message of a new worker, ``sync()`` the current (config, apps,
-    generation, health) it gets just before it starts serving; ``on_notes`` receives what the
-    workers' passive health sees; ``timeout()`` is the deadline of an exchange
-    (``timeouts.worker``); ``on_connections`` receives the connections workers give up in a
-    handover (their descriptors, now the receiver's).
+    ``config()`` and ``state()`` are the configuration and the routing state now: what a new
+    worker starts from (with the sticky ``secret``), and ``timeouts.worker``, the deadline of
+    an exchange. ``health`` is the master's: the workers' passive health reports to it, and
+    every worker is told the states it decides. ``on_connections`` receives the connections
+    workers give up in a handover (their descriptors, now the receiver's).
     """
 
-    def __init__(self, count: int, socks: list[socket.socket], init: Callable[[], tuple[Any, ...]],
-                 sync: Callable[[], tuple[Any, ...]], on_notes: Callable[[list[Any]], None],
-                 timeout: Callable[[], float],
+    def __init__(self, count: int, socks: list[socket.socket], secret: bytes,
+                 config: Callable[[], Config], state: Callable[[], State], health: Health,
                  on_connections: Callable[[list[int]], None] = close_fds) -> None:
         self.slots: list[WorkerProcess | None] = [None] * count
         self.retired = Stats()  # the counters of workers that are gone
         self.restarts: Counter[str] = Counter()  # by reason: "exited", "hung"
         self.on_connections = on_connections
         self._socks = socks
-        self._init = init
-        self._sync = sync
-        self._on_notes = on_notes
-        self._timeout = timeout
+        self._secret = secret
+        self._config = config
+        self._state = state
+        self._health = health
+        self._health_task: asyncio.Task[None] | None = None
+        self._health_dirty = False
+        self._stopped = False
         # Held while workers' tables change (a state, health, a reload's settings) and while a
         # new worker catches up, so that no worker starts serving with a table older than the
         # one the others just acknowledged.
@@ -264,7 +269,8 @@ class Supervisor:
             log.error("worker %d %s; starting a new one with the current state", index, why)
 
     async def _start(self, w: WorkerProcess, ready: asyncio.Future[None]) -> None:
-        await w.spawn([s.fileno() for s in self._socks], self._init(), self._on_notes,
+        await w.spawn([s.fileno() for s in self._socks],
+                      ("init", self._config(), self._secret, *self._routing()), self._on_notes,
                       self.on_connections)
         if not ready.done():
             ready.set_result(None)
@@ -272,7 +278,8 @@ class Supervisor:
         async with self._lock:
             if self._closing:
                 raise _NotNeeded()
-            await w.call(START_TIMEOUT, "sync", *self._sync())
+            # What it needs just before it serves: the current everything.
+            await w.call(START_TIMEOUT, "sync", self._config(), *self._routing())
             await w.call(self._timeout(), "serve")
             w.up = True
         log.info("worker %d serving (pid %d)", w.index, w.pid)
@@ -337,7 +344,51 @@ class Supervisor:
             w.stats = None
         w.close()
 
-    # -- talking to every worker ------------------------------------------------------------
+    # -- talking to every worker (router.worker lists the messages) --------------------------
+    def _timeout(self) -> float:
+        return self._config().timeouts.worker
+
+    def _routing(self) -> tuple[Any, ...]:
+        """What a worker serves: the current routing state and backends' states."""
+        state = self._state()
+        return state.apps, state.generation, self._health.states(), state.previews()
+
+    async def apply(self, state: State, health: dict[BackendKey, str]) -> None:
+        """Every worker serves ``state`` with the backends' states ``health``, or is replaced."""
+        self.keep({(a.name, s.name) for a in state.apps for s in a.services}, set(health))
+        await self.broadcast("state", state.apps, state.generation, health, state.previews())
+
+    async def reconfigure(self, config: Config) -> None:
+        """Every worker takes a reload's settings, or is replaced."""
+        await self.broadcast("config", config)
+
+    def _on_notes(self, notes: list[Any]) -> None:
+        """What a worker's passive health saw; a worker that took a backend out of its own
+        rotation ahead of a decision that did not come is told the decided states again."""
+        health = self._health
+        resync = False
+        for note in notes:
+            kind, key = note[0], note[1]
+            if kind == "failure":
+                resync |= note[3] and not health.failure(key, note[2])
+            elif kind == "success":
+                health.success(key)
+            elif kind == "stalled":
+                resync |= note[3] and not health.stalled(key, note[2])
+        if resync:
+            self.push_health()
+
+    def push_health(self) -> None:
+        """Tell the workers the backends' states: one broadcast at a time, with the newest."""
+        self._health_dirty = True
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.get_running_loop().create_task(self._send_health())
+
+    async def _send_health(self) -> None:
+        while self._health_dirty and not self._stopped:
+            self._health_dirty = False
+            await self.broadcast("health", self._health.states())
+
     async def broadcast(self, kind: str, *args: Any) -> None:
         """Make every serving worker take a call (a new state, health, settings); one that does
         not answer within ``timeouts.worker`` is killed, and its replacement starts from the
@@ -442,7 +493,7 @@ class Supervisor:
     async def stop(self, delay: float, grace: float) -> None:
         """Graceful stop of every worker (``drain_delay``, then ``grace``: the data plane's
         ``drain``); those that do not stop in time are killed."""
-        self._closing = True
+        self._closing = self._stopped = True
         await asyncio.gather(*(self._stop(w, delay, grace) for w in self.workers))
         for t in self._tasks:
             if t is not None:
