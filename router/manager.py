@@ -123,6 +123,7 @@ class StateManager:
         # Conflict records not written to the store yet: name -> record.
         self._conflicts: dict[str, dict[str, Any]] = {}
         self._retry: asyncio.Task[None] | None = None
+        self._closed = False
         #: Conflicts this replica found (router_store_conflicts_total).
         self.conflicts_found = 0
         #: This process, as conflict records name the replica that found them.
@@ -321,6 +322,7 @@ class StateManager:
 
     def close(self) -> None:
         """The process stops: what the store has not taken is lost; say so."""
+        self._closed = True
         if self._retry is not None:
             self._retry.cancel()
         if self._pending:
@@ -499,6 +501,25 @@ class StateManager:
         return self.state, None
 
     # -- following the store ------------------------------------------------------------------
+    async def follow(self, secret: bytes | None) -> None:
+        """Make every change another replica stores live here (a shared store); write back the
+        newest state this replica holds if the store lost its data (with ``secret``, the sticky
+        secret, if it came from the store). Runs until cancelled, or the store is closed."""
+        store = self._store
+        assert store is not None
+        while not self._closed:
+            try:
+                async for data, version in store.watch(self.version):
+                    await self.adopt(data, version)
+                return  # the store has nothing to watch, or was closed
+            except asyncio.CancelledError:
+                raise
+            except StoreLost:
+                await self.recover(secret)
+            except Exception:
+                log.exception("following %s failed; starting again", store.name)
+                await asyncio.sleep(1)
+
     async def _reload(self, current: tuple[dict[str, Any] | None, int] | None = None,
                       live: bool = True) -> None:
         """Take the store's state (``current`` if the conflict brought it); make it live unless
@@ -555,6 +576,49 @@ class StateManager:
             reason = f"cannot persist the routing state: {e}"
         return Unavailable(f"{reason} (the data plane keeps serving generation "
                            f"{self.state.generation})")
+
+
+# How long a starting router waits for an unreachable shared store before giving up (exit 1):
+# long enough for etcd and the routers to be started together, short enough that a wrong
+# address is reported rather than waited on forever. A router never serves a state it could
+# not read: the configuration's apps may be older than what the replicas serve.
+STORE_START_TIMEOUT = 10.0
+# Reading the store at start is part of the router's start (its logger, not the admin API's).
+_start_log = logging.getLogger("router")
+
+
+async def load_state(store: Store, initial: State, source: str | None) -> tuple[State, int, bool]:
+    """The stored state, its version, and whether it was there before; ``initial`` (the apps of
+    the configuration file ``source``) seeds an empty store. Once the store has a state, it wins
+    over the configuration (``docs/state.md``)."""
+    deadline = asyncio.get_running_loop().time() + STORE_START_TIMEOUT
+    waited = False
+    while True:
+        try:
+            data, version = await store.load()  # StoreError: refuse to start on a bad state
+            if data is None:
+                # Seed it, so that every replica serves one state from the start; if another
+                # replica seeded it first, its state wins.
+                assert initial.change is not None
+                try:
+                    saved = await store.save(initial.to_dict(), 0, initial.change.to_dict())
+                except StoreConflict:
+                    continue
+                _start_log.info("seeded %s from %s: generation 1, %d apps", store.name,
+                                source or "the defaults", len(initial.apps))
+                return initial, saved, False
+            break
+        except StoreUnavailable as e:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            if not waited:
+                _start_log.warning("waiting up to %.0f s for the routing-state store: %s",
+                                   STORE_START_TIMEOUT, e)
+            waited = True
+            await asyncio.sleep(0.5)
+    state = State.from_dict(data, store.name)
+    _start_log.info("routing state from %s: generation %d", store.name, state.generation)
+    return state, version, True
 
 
 def _release_of(state: State, app: str) -> tuple[str, str] | None:

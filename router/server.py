@@ -49,20 +49,15 @@ from .pins import SAMPLE_INTERVAL, PinWatch
 from .ramp import TICK as RAMP_TICK, RampCollector, RampDriver, driver_for
 from .providers.docker import DockerProvider
 from .release import readiness
-from .manager import StateCollector, StateManager
+from .manager import StateCollector, StateManager, load_state
 from .state import State, apply_apps, mark_ready
 from .sticky import load_or_create_secret
-from .store import Store, StoreConflict, StoreLost, StoreUnavailable, open_store
+from .store import Store, open_store
 from .supervisor import Supervisor
 from .upstream import UpstreamPool
 
 log = logging.getLogger("router")
 
-# How long a starting router waits for an unreachable shared store before giving up (exit 1):
-# long enough for etcd and the routers to be started together, short enough that a wrong
-# address is reported rather than waited on forever. A router never serves a state it could
-# not read: the configuration's apps may be older than what the replicas serve.
-STORE_START_TIMEOUT = 10.0
 # The sticky secret's file in the state directory (unless sticky.secret_file names another).
 SECRET_FILE = "router-secret"
 # A one-off probe of a backend nothing has shown to work yet (a weight change to its service).
@@ -270,7 +265,7 @@ class Server:
                 await self._lock.wait(LOCK_WAIT)
             assert self.store is not None or self.store_spec is None
             if self.store is not None:
-                state, version, _ = await self._load_state(self.store, state)
+                state, version, _ = await load_state(self.store, state, self.config.source)
             if state.generation < served:
                 raise TakeoverError(f"{self.store_name} holds generation {state.generation}, "
                                     f"older than the {served} the old router served")
@@ -363,7 +358,7 @@ class Server:
         state, version, stored = State.initial(cfg.apps), 0, False
         if self.store_spec is not None:
             self.store = open_store(self.store_spec, secret_path)
-            state, version, stored = await self._load_state(self.store, state)
+            state, version, stored = await load_state(self.store, state, cfg.source)
         if cfg.sticky.secret_file is not None or self.store is None:
             secret = load_or_create_secret(secret_path)  # an explicit file always wins
         else:
@@ -456,7 +451,9 @@ class Server:
                                          "sampling the sticky counters")),
             loop.create_task(self._every(RAMP_TICK, self.ramps.tick, "driving the ramps"))]
         if self.store is not None:
-            self._follow_task = loop.create_task(self._follow_store(self.store))
+            # The secret goes back only if it came from the store (not sticky.secret_file).
+            secret = self.plane.secret if cfg.sticky.secret_file is None else None
+            self._follow_task = loop.create_task(self.manager.follow(secret))
 
     async def _stop_control(self) -> None:
         """Stop everything _start_control started; a step under way (a change being stored)
@@ -482,58 +479,6 @@ class Server:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _load_state(self, store: Store, initial: State) -> tuple[State, int, bool]:
-        """The stored state, its version, and whether it was there before; ``initial`` (the
-        configuration's apps) seeds an empty store. Once the store has a state, it wins over
-        the configuration (``docs/state.md``)."""
-        deadline = asyncio.get_running_loop().time() + STORE_START_TIMEOUT
-        waited = False
-        while True:
-            try:
-                data, version = await store.load()  # StoreError: refuse to start on a bad state
-                if data is None:
-                    # Seed it, so that every replica serves one state from the start; if another
-                    # replica seeded it first, its state wins.
-                    assert initial.change is not None
-                    try:
-                        saved = await store.save(initial.to_dict(), 0, initial.change.to_dict())
-                    except StoreConflict:
-                        continue
-                    log.info("seeded %s from %s: generation 1, %d apps", store.name,
-                             self.config.source or "the defaults", len(initial.apps))
-                    return initial, saved, False
-                break
-            except StoreUnavailable as e:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                if not waited:
-                    log.warning("waiting up to %.0f s for the routing-state store: %s",
-                                STORE_START_TIMEOUT, e)
-                waited = True
-                await asyncio.sleep(0.5)
-        state = State.from_dict(data, store.name)
-        log.info("routing state from %s: generation %d", store.name, state.generation)
-        return state, version, True
-
-    async def _follow_store(self, store: Store) -> None:
-        """Make every change another replica stores live here (a shared store only); write back
-        the newest state this replica holds if the store lost its data."""
-        manager = self.manager
-        # The secret goes back only if it came from the store (not from sticky.secret_file).
-        secret = self.plane.secret if self.config.sticky.secret_file is None else None
-        while not self._closing:
-            try:
-                async for data, version in store.watch(manager.version):
-                    await manager.adopt(data, version)
-                return  # the store has nothing to watch, or was closed
-            except asyncio.CancelledError:
-                raise
-            except StoreLost:
-                await manager.recover(secret)
-            except Exception:
-                log.exception("following %s failed; starting again", store.name)
-                await asyncio.sleep(1)
 
     # -- worker processes (router.supervisor) ------------------------------------------------
     def _workers_up(self) -> int:
