@@ -446,7 +446,7 @@ def ramp_settings(d: object) -> RampSettings:
         steps.append(share)
     return RampSettings(
         steps=tuple(steps),
-        # At least 100 ms: the counters are read every 100 ms (router.ramp.TICK).
+        # At least 100 ms: the counters are read every 100 ms (router.rampdriver.TICK).
         interval=_duration(d, "interval", DEFAULT_INTERVAL, 0.1, 86400.0),
         max_error_rate=_number(d, "max_error_rate", DEFAULT_MAX_ERROR_RATE, 0.0, 1.0,
                                "a fraction 0..1 (0.01 is one percentage point)"),

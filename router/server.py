@@ -46,7 +46,7 @@ from .listeners import addresses, bind, listen, port_of, shown_address
 from .logs import Throttled
 from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
 from .pins import SAMPLE_INTERVAL, PinWatch
-from .ramp import TICK as RAMP_TICK, RampCollector, RampDriver, driver_for
+from .rampdriver import TICK as RAMP_TICK, RampCollector, RampDriver, driver_for
 from .providers.docker import DockerProvider
 from .release import readiness
 from .manager import StateCollector, StateManager, load_state
