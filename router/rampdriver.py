@@ -31,8 +31,8 @@ from .config import AppConfig
 from .counters import Stats
 from .errors import Conflict, NotFound, Unavailable
 from .manager import StateManager
-from .ramp import (DECISIONS, Counts, Judgement, Measure, broken, counts, judge, latency_bound,
-                   measure)
+from .rampjudge import (DECISIONS, Counts, Judgement, Measure, broken, counts, judge,
+                        latency_bound, measure)
 from .release import RampAction, RampStatus, Release, Status
 from .state import ramp_decision
 from .store import Store

@@ -1,6 +1,6 @@
 """The guarded ramp's pure parts: the transition table and the release's moves
 (router.release), the settings, share -> weights, the quantile, the judgement from tables, and
-the planner's windows on a clock the test sets (router.ramp, router.rampdriver)."""
+the planner's windows on a clock the test sets (router.rampjudge, router.rampdriver)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from router.counters import BUCKETS, BackendStats, ServiceStats, Stats
-from router.ramp import Counts, Measure, broken, counts, judge, measure, quantile, waiting_over
 from router.rampdriver import Leadership, Planner
+from router.rampjudge import (Counts, Measure, broken, counts, judge, measure, quantile,
+                              waiting_over)
 from router.release import (
     RAMP_TRANSITIONS,
     InvalidRamp,

@@ -1,5 +1,5 @@
-"""The guarded ramp's judgement: the counters of each version, the measurements of one step,
-and how it is judged (docs/release-ramp.md). Pure: no clock, no socket, no store.
+"""How one step of a guarded ramp is judged (docs/release-ramp.md). Pure: no clock, no socket,
+no store.
 
 * :func:`counts` and :func:`measure`: the cumulative counters of a version (summed across the
   worker processes) and one step's measurements from them;
