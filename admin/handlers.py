@@ -14,7 +14,8 @@ from router.context import PREVIEW_PARAM
 from router.errors import BadGateway, BadRequest, Conflict, Invalid, NotFound
 from router.history import HISTORY_LIMIT, Actor, fingerprint
 from router.providers.engine import DockerError
-from router.release import RampAction, Release
+from router.ramp import RampAction
+from router.release import Release
 from router.table import PREVIEW_COOKIE_SUFFIX, cookie_name
 
 from .schemas import (

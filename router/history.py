@@ -33,7 +33,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from .config import AppConfig, HealthCheckConfig, PreviewConfig, ServiceConfig, format_duration
-from .release import Ramp, RampStatus, Release
+from .ramp import Ramp, RampStatus
+from .release import Release
 
 # How many entries the stores keep, newest first; older ones are dropped as new ones come.
 # About 200 bytes each: a history of this length is about 200 KB.

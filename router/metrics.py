@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 
 from .counters import BUCKETS, BackendStats, ServiceStats, Stats
-from .release import RampStatus
+from .ramp import RampStatus
 
 if TYPE_CHECKING:
     from .state import State

@@ -31,9 +31,10 @@ from .config import AppConfig
 from .counters import Stats
 from .errors import Conflict, NotFound, Unavailable
 from .manager import StateManager
+from .ramp import RampAction, RampStatus
 from .rampjudge import (DECISIONS, Counts, Judgement, Measure, broken, counts, judge,
                         latency_bound, measure)
-from .release import RampAction, RampStatus, Release, Status
+from .release import Release, Status
 from .state import ramp_decision
 from .store import Store
 

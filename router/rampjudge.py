@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .counters import BUCKETS, ServiceStats, Stats
-from .release import RampAction, RampSettings, Release
+from .ramp import RampAction, RampSettings
+from .release import Release
 
 # A 5xx answer is an error of the version that gave it; so is a request its client gave up
 # waiting for (499, nginx's "client closed request"): a hung version's requests end that way.

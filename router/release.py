@@ -65,43 +65,12 @@ always be possible.
 The guarded ramp
 ----------------
 
-An open release may carry a *ramp*: the router itself raises the new version's share of the
-traffic step by step (``steps``, e.g. 5, 25, 50, 100 percent), judging each step over an
-``interval`` against the old version (``router.ramp``; docs/release-ramp.md).  Its lifecycle
-is :data:`RAMP_TRANSITIONS`, written like the release's::
-
-                   START                           FINISH
-     (no ramp) ----------> RUNNING ------------------------> DONE
-       ^    ^               |  ^  |                           |
-       |    |          PAUSE|  |  +-- ADVANCE, HOLD: itself    |
-       |    |               v  |RESUME                         |
-       |    +---- ABORT --- PAUSED                             |
-       +-------- ABORT (from RUNNING or DONE) -----------------+
-                 FAIL (from RUNNING): the release is rolled back
-
-``RUNNING``
-    Step ``step`` (1-based; 0 before the first) is applied and being judged.  At the end of an
-    interval the judgement (``router.ramp.judge``) gives one of: ``ADVANCE`` to the next step,
-    ``FINISH`` when the last step is judged within bounds, ``HOLD`` when either version had too
-    little traffic to judge (another interval, counted in ``waits``), ``PAUSE`` once
-    ``max_waits`` intervals were too thin, ``FAIL`` when the new version is out of bounds
-    (also before the end of the interval, once it is out of bounds for sure).  The first step
-    needs no judgement: it is applied as soon as the release is ``AWAITING_CONFIRMATION``; the
-    last is judged like the others (a version may hang only when it takes all the traffic).
-``PAUSED``
-    The weights stay as they are and nothing is judged; operators may move them by hand.
-    ``RESUME`` applies the current step's weights again and judges it over a fresh interval.
-``DONE``
-    The last step is applied and was judged within bounds.  The release waits for its confirm
-    as before.
-
-``ADVANCE`` and ``FINISH`` take the new version further, so they need the release to be
-``AWAITING_CONFIRMATION`` (every new backend passed its check): the same rule that guards a
-confirm.  ``ABORT`` ends the ramp and gives the old services their ``old_weights`` back, the new
-service at weight 0 (it stays, for preview and another try); ``FAIL`` is the release's
-``ROLLBACK``, with the reason in the history.  A ``CONFIRM`` or ``ROLLBACK`` of the release ends
-its ramp with it.  The ramp is part of the release object, so it is stored with it and a router
-that restarts carries on from the stored step.
+An open release may carry a *ramp* (``router.ramp``: its lifecycle, its settings, the
+judgement of its steps): the router raises the new version's share step by step.  ``ADVANCE``
+and ``FINISH`` take the new version further, so they need the release to be
+``AWAITING_CONFIRMATION``; ``FAIL`` is the release's ``ROLLBACK``; a ``CONFIRM`` or
+``ROLLBACK`` of the release ends its ramp with it (:meth:`Release.apply_ramp`).  The ramp is
+part of the release object, so it is stored with it.
 
 Every illegal move raises :class:`ReleaseConflict`, the one error type of this module that the
 admin API maps to ``409``.  Malformed data (a corrupt state file) raises ``ValueError`` instead:
@@ -111,31 +80,23 @@ it is not a conflict between an operator and the state, it is a state that canno
 from __future__ import annotations
 
 import enum
-import re
-import math
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-from .config import NAME_RE, ConfigError, parse_duration
+from .config import NAME_RE
+from .config.scalars import format_timestamp, parse_timestamp, value_error
+from .ramp import NEEDS_READY, RAMP_TRANSITIONS, Ramp, RampAction, RampSettings, RampStatus
 
 __all__ = [
-    "RAMP_TRANSITIONS",
     "TRANSITIONS",
     "Action",
     "Backend",
-    "InvalidRamp",
     "Readiness",
-    "Ramp",
-    "RampAction",
-    "RampSettings",
-    "RampStatus",
     "Release",
     "ReleaseConflict",
     "Status",
-    "ramp_settings",
     "readiness",
-    "share_weights",
     "start",
 ]
 
@@ -222,112 +183,12 @@ def _next(status: Status, action: Action, new: str) -> Status:
         raise _conflict(status, action, new) from None
 
 
-# RFC 3339 date-time (section 5.6).  Checked by pattern rather than ``datetime.fromisoformat``,
-# which accepts ISO 8601 forms RFC 3339 does not (week dates, no offset, ...).
-_RFC3339_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
-)
-
-
-def _format_time(moment: datetime) -> str:
-    # Whole seconds in UTC with "Z": the one spelling this module writes.
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(text: str) -> datetime:
-    """An RFC 3339 timestamp -> aware datetime; ValueError if it is not one."""
-    m = _RFC3339_RE.match(text)
-    if m is None:
-        raise ValueError("not an RFC 3339 timestamp")
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    if m.group(7):
-        tz = timezone.utc
-    else:
-        sign = 1 if m.group(8) == "+" else -1
-        off_h, off_m = int(m.group(9)), int(m.group(10))
-        if off_h > 23 or off_m > 59:
-            raise ValueError("not an RFC 3339 timestamp")
-        tz = timezone(sign * timedelta(hours=off_h, minutes=off_m))
-    try:
-        # datetime refuses Feb 30, hour 24, second 60 (leap seconds cannot be represented).
-        return datetime(year, month, day, hour, minute, second, tzinfo=tz)
-    except ValueError:
-        raise ValueError("not an RFC 3339 timestamp") from None
-
-
-def _bad(path: str, reason: str, value: object) -> ValueError:
-    text = repr(value)
-    if len(text) > 200:
-        text = text[:200] + "..."
-    return ValueError(f"{path}: {reason} (got {text})")
 
 
 def _is_weight(value: object) -> bool:
     # bool is an int subclass; True is not a weight.
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100
 
-
-# -- the ramp ---------------------------------------------------------------------------------
-class RampStatus(str, enum.Enum):
-    """Where a ramp stands; the value is what the admin API and the state file show."""
-
-    #: A step is applied and judged at the end of each interval.
-    RUNNING = "running"
-    #: Nothing is judged; the weights stay (an operator, or too long without enough traffic).
-    PAUSED = "paused"
-    #: The last step is applied and judged; the release waits for its confirm.
-    DONE = "done"
-
-
-class RampAction(str, enum.Enum):
-    """What can happen to a ramp."""
-
-    #: An operator asks for a ramp.
-    START = "start"
-    #: Within bounds (or the release just became ready): the next step.
-    ADVANCE = "advance"
-    #: The last step, within bounds: done.
-    FINISH = "finish"
-    #: Too little traffic to judge: one more interval at this step.
-    HOLD = "hold"
-    #: An operator, or ``max_waits`` intervals in a row with too little traffic.
-    PAUSE = "pause"
-    #: An operator: judge the current step again, over a fresh interval.
-    RESUME = "resume"
-    #: An operator: the ramp ends, the old weights are restored, the new version kept at 0.
-    ABORT = "abort"
-    #: Out of bounds: the release is rolled back.
-    FAIL = "fail"
-
-
-# The whole ramp lifecycle; ``None`` is "no ramp".  A pair that is absent is illegal.
-RAMP_TRANSITIONS: dict[RampStatus | None, dict[RampAction, RampStatus | None]] = {
-    None: {RampAction.START: RampStatus.RUNNING},
-    RampStatus.RUNNING: {
-        RampAction.ADVANCE: RampStatus.RUNNING,
-        RampAction.FINISH: RampStatus.DONE,
-        RampAction.HOLD: RampStatus.RUNNING,
-        RampAction.PAUSE: RampStatus.PAUSED,
-        # Resuming what runs is a no-op, so that a script may resume without asking first.
-        RampAction.RESUME: RampStatus.RUNNING,
-        RampAction.ABORT: None,
-        RampAction.FAIL: None,  # with the release's ROLLBACK
-    },
-    RampStatus.PAUSED: {
-        RampAction.PAUSE: RampStatus.PAUSED,
-        RampAction.RESUME: RampStatus.RUNNING,
-        RampAction.ABORT: None,
-    },
-    RampStatus.DONE: {
-        # A new ramp of the same release (after the weights were moved back by hand, say).
-        RampAction.START: RampStatus.RUNNING,
-        RampAction.ABORT: None,
-    },
-}
-
-# Moves that put more weight on the new version: only once its backends passed their checks.
-NEEDS_READY = frozenset({RampAction.ADVANCE, RampAction.FINISH})
 
 _RAMP_VERBS = {
     RampAction.START: "start a ramp of",
@@ -339,208 +200,6 @@ _RAMP_VERBS = {
     RampAction.ABORT: "abort the ramp of",
     RampAction.FAIL: "fail the ramp of",
 }
-
-
-class InvalidRamp(ValueError):
-    """A ramp's settings that cannot be (the admin API answers ``422`` naming ``field``)."""
-
-    def __init__(self, field: str, reason: str, value: object) -> None:
-        text = repr(value)
-        super().__init__(f"{reason} (got {text[:200] + '...' if len(text) > 200 else text})")
-        self.field = field
-
-
-# The defaults, and why: the issue of a ramp is to be safe without tuning.
-DEFAULT_INTERVAL = 60.0       # Flagger's and Argo Rollouts' usual analysis interval
-DEFAULT_MAX_ERROR_RATE = 0.01  # the new version may fail 1 point more often than the old
-DEFAULT_MAX_LATENCY_RATIO = 2.0
-DEFAULT_QUANTILE = 0.99
-# Below 10 ms a ratio of two p99s says more about the machine (a scheduling delay, a
-# garbage collection) than about the versions. The histogram resolves 0.25 ms
-# (router.counters.BUCKETS): a ramp of a millisecond service may set a lower floor.
-DEFAULT_LATENCY_FLOOR = 0.01
-DEFAULT_MIN_REQUESTS = 20      # per version and interval: fewer, and one error is 5 %
-DEFAULT_MAX_WAITS = 10         # intervals at one step without enough traffic, then paused
-MAX_STEPS = 20
-_SETTINGS_KEYS = ("steps", "interval", "max_error_rate", "max_latency_ratio", "quantile",
-                  "latency_floor", "min_requests", "max_waits")
-
-
-@dataclass(frozen=True, slots=True)
-class RampSettings:
-    """What an operator asks of a ramp (``POST .../release/ramp``)."""
-
-    #: The new version's share of the traffic at each step, in percent, increasing.
-    steps: tuple[int, ...]
-    #: Seconds each step is judged over.
-    interval: float = DEFAULT_INTERVAL
-    #: How much higher than the old version's the new version's error rate may be (0.01: one
-    #: percentage point).  Errors are 5xx answers and failed attempts to reach a backend.
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
-    #: How many times the old version's latency quantile the new version's may be.
-    max_latency_ratio: float = DEFAULT_MAX_LATENCY_RATIO
-    #: Which latency quantile is compared (0.99: p99).
-    quantile: float = DEFAULT_QUANTILE
-    #: Seconds: a new version's quantile at or under this is within bounds whatever the ratio.
-    latency_floor: float = DEFAULT_LATENCY_FLOOR
-    #: Requests each version must have answered in an interval for it to be judged.
-    min_requests: int = DEFAULT_MIN_REQUESTS
-    #: Intervals in a row at one step with too little traffic before the ramp pauses.
-    max_waits: int = DEFAULT_MAX_WAITS
-
-    def to_dict(self) -> dict[str, object]:
-        return {"steps": list(self.steps), "interval": self.interval,
-                "max_error_rate": self.max_error_rate,
-                "max_latency_ratio": self.max_latency_ratio, "quantile": self.quantile,
-                "latency_floor": self.latency_floor, "min_requests": self.min_requests,
-                "max_waits": self.max_waits}
-
-
-def _number(d: Mapping[str, object], key: str, default: float, low: float, high: float,
-            what: str) -> float:
-    value = d.get(key, default)
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not low <= value <= high):
-        raise InvalidRamp(key, f"must be {what}", value)
-    return float(value)
-
-
-def _count(d: Mapping[str, object], key: str, default: int, low: int, high: int) -> int:
-    value = d.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidRamp(key, f"must be an integer {low}..{high}", value)
-    return value
-
-
-def _duration(d: Mapping[str, object], key: str, default: float, low: float,
-              high: float) -> float:
-    value = d.get(key, default)
-    try:
-        seconds = parse_duration(value, key)
-    except ConfigError as e:
-        raise InvalidRamp(key, e.reason, value) from None
-    if not low <= seconds <= high:
-        raise InvalidRamp(key, f"must be a duration of {low:g}s..{high:g}s", value)
-    return seconds
-
-
-def ramp_settings(d: object) -> RampSettings:
-    """Settings from their JSON form (an API body, or the stored ramp's); :class:`InvalidRamp`
-    naming the field otherwise.  Durations are seconds or strings like ``"60s"``."""
-    if not isinstance(d, Mapping):
-        raise InvalidRamp("", "must be an object with steps, interval, max_error_rate, ...", d)
-    for key in d:
-        if key not in _SETTINGS_KEYS:
-            raise InvalidRamp(str(key), "unknown field", d[key])
-    raw_steps = d.get("steps")
-    if not isinstance(raw_steps, list) or not 1 <= len(raw_steps) <= MAX_STEPS:
-        raise InvalidRamp("steps", f"required: 1..{MAX_STEPS} shares in percent, increasing, "
-                                   "like [5, 25, 50, 100]", raw_steps)
-    steps: list[int] = []
-    for share in raw_steps:
-        if isinstance(share, bool) or not isinstance(share, int) or not 1 <= share <= 100:
-            raise InvalidRamp("steps", "each step is a share in percent, an integer 1..100",
-                              raw_steps)
-        if steps and share <= steps[-1]:
-            raise InvalidRamp("steps", "the steps must increase", raw_steps)
-        steps.append(share)
-    return RampSettings(
-        steps=tuple(steps),
-        # At least 100 ms: the counters are read every 100 ms (router.rampdriver.TICK).
-        interval=_duration(d, "interval", DEFAULT_INTERVAL, 0.1, 86400.0),
-        max_error_rate=_number(d, "max_error_rate", DEFAULT_MAX_ERROR_RATE, 0.0, 1.0,
-                               "a fraction 0..1 (0.01 is one percentage point)"),
-        max_latency_ratio=_number(d, "max_latency_ratio", DEFAULT_MAX_LATENCY_RATIO, 1.0,
-                                  1000.0, "a ratio 1..1000"),
-        quantile=_number(d, "quantile", DEFAULT_QUANTILE, 0.5, 0.999, "a quantile 0.5..0.999"),
-        latency_floor=_duration(d, "latency_floor", DEFAULT_LATENCY_FLOOR, 0.0, 3600.0),
-        min_requests=_count(d, "min_requests", DEFAULT_MIN_REQUESTS, 1, 1_000_000_000),
-        max_waits=_count(d, "max_waits", DEFAULT_MAX_WAITS, 0, 1000),
-    )
-
-
-_RAMP_STATE_KEYS = ("status", "step", "share", "waits", "since", "reason")
-
-
-@dataclass(frozen=True, slots=True)
-class Ramp:
-    """The ramp of an open release (immutable, like the release; stored with it)."""
-
-    settings: RampSettings
-    status: RampStatus
-    #: The step applied: 1..len(steps); 0 before the first.
-    step: int
-    #: Intervals waited at this step for enough traffic to judge.
-    waits: int
-    #: RFC 3339, UTC: when this step or status began.
-    since: str
-    #: Why the last move was made, as the history says it (None for a start without one).
-    reason: str | None = None
-
-    @property
-    def share(self) -> int:
-        """The new version's share of the traffic at this step, in percent."""
-        return self.settings.steps[self.step - 1] if self.step else 0
-
-    def next_move(self) -> RampAction:
-        """``ADVANCE``, or ``FINISH`` at the last step."""
-        return RampAction.FINISH if self.step == len(self.settings.steps) else RampAction.ADVANCE
-
-    def to_dict(self) -> dict[str, object]:
-        out = self.settings.to_dict()
-        out.update(status=self.status.value, step=self.step, share=self.share,
-                   waits=self.waits, since=self.since, reason=self.reason)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: object, path: str = "ramp") -> Ramp:
-        """The inverse of :meth:`to_dict`, strict (``ValueError`` naming ``path.field``)."""
-        if not isinstance(d, Mapping):
-            raise _bad(path, "must be a mapping", d)
-        try:
-            settings = ramp_settings({k: v for k, v in d.items() if k not in _RAMP_STATE_KEYS})
-        except InvalidRamp as e:
-            raise ValueError(f"{path}.{e.field}: {e}") from None
-        for key in ("status", "step", "waits", "since"):
-            if key not in d:
-                raise ValueError(f"{path}.{key}: missing")
-        raw_status = d["status"]
-        if not isinstance(raw_status, str) or raw_status not in [s.value for s in RampStatus]:
-            raise _bad(f"{path}.status", "must be running, paused or done", raw_status)
-        status = RampStatus(raw_status)
-        step, waits = d["step"], d["waits"]
-        steps = len(settings.steps)
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= steps:
-            raise _bad(f"{path}.step", f"must be an integer 0..{steps}", step)
-        if status is RampStatus.DONE and step != len(settings.steps):
-            raise _bad(f"{path}.step", "a done ramp is at its last step", step)
-        if isinstance(waits, bool) or not isinstance(waits, int) or waits < 0:
-            raise _bad(f"{path}.waits", "must be an integer >= 0", waits)
-        since = d["since"]
-        if not isinstance(since, str):
-            raise _bad(f"{path}.since", "must be an RFC 3339 timestamp", since)
-        try:
-            since = _format_time(_parse_time(since))
-        except ValueError:
-            raise _bad(f"{path}.since", "must be an RFC 3339 timestamp", since) from None
-        reason = d.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise _bad(f"{path}.reason", "must be a string or null", reason)
-        ramp = cls(settings, status, step, waits, since, reason)
-        if "share" in d and d["share"] != ramp.share:
-            raise _bad(f"{path}.share", f"must be {ramp.share}, the share of step {step}",
-                       d["share"])
-        return ramp
-
-
-def share_weights(old_weights: Sequence[tuple[str, int]], new: str, share: int) -> dict[str, int]:
-    """The weights that give ``new`` ``share`` percent of the traffic: the old services keep
-    their proportions (``old_weights``) in the rest.  Weights are integers, so a share is as
-    close as rounding allows (two old services 1:1 at share 5: 48, 48 and 5)."""
-    total = sum(w for _, w in old_weights)
-    out = {name: round((100 - share) * w / total) if total else 0 for name, w in old_weights}
-    out[new] = share
-    return out
 
 
 _KEYS = ("old", "new", "status", "started_at", "old_weights", "ramp")
@@ -586,62 +245,62 @@ class Release:
         accepted too, because YAML turns an unquoted timestamp into one.
         """
         if not isinstance(d, Mapping):
-            raise _bad(path, "must be a mapping", d)
+            raise value_error(path, "must be a mapping", d)
         for key in d:
             if key not in _KEYS:
-                raise _bad(f"{path}.{key}", "unknown key", d[key])
+                raise value_error(f"{path}.{key}", "unknown key", d[key])
         for key in _KEYS:
             if key not in d and key != "ramp":  # stored before there were ramps
                 raise ValueError(f"{path}.{key}: missing")
 
         raw_old = d["old"]
         if not isinstance(raw_old, list):
-            raise _bad(f"{path}.old", "must be a list of service names", raw_old)
+            raise value_error(f"{path}.old", "must be a list of service names", raw_old)
         old: list[str] = []
         for i, name in enumerate(raw_old):
             where = f"{path}.old[{i}]"
             if not isinstance(name, str) or not NAME_RE.match(name):
-                raise _bad(where, "must be a service name", name)
+                raise value_error(where, "must be a service name", name)
             if name in old:
-                raise _bad(where, "duplicate service", name)
+                raise value_error(where, "duplicate service", name)
             old.append(name)
 
         new = d["new"]
         if not isinstance(new, str) or not NAME_RE.match(new):
-            raise _bad(f"{path}.new", "must be a service name", new)
+            raise value_error(f"{path}.new", "must be a service name", new)
         if new in old:
-            raise _bad(f"{path}.new", "must not be one of the old services", new)
+            raise value_error(f"{path}.new", "must not be one of the old services", new)
 
         raw_status = d["status"]
         if not isinstance(raw_status, str) or raw_status not in [s.value for s in _OPEN]:
-            raise _bad(f"{path}.status", "must be in_progress or awaiting_confirmation",
+            raise value_error(f"{path}.status", "must be in_progress or awaiting_confirmation",
                        raw_status)
         status = Status(raw_status)
 
         raw_time = d["started_at"]
         if isinstance(raw_time, datetime):
             if raw_time.tzinfo is None or raw_time.utcoffset() is None:
-                raise _bad(f"{path}.started_at", "must be an RFC 3339 timestamp with an offset",
+                raise value_error(f"{path}.started_at", "must be an RFC 3339 timestamp with an offset",
                            raw_time)
             moment = raw_time
         elif isinstance(raw_time, str):
             try:
-                moment = _parse_time(raw_time)
+                moment = parse_timestamp(raw_time)
             except ValueError:
-                raise _bad(f"{path}.started_at", "must be an RFC 3339 timestamp",
+                raise value_error(f"{path}.started_at", "must be an RFC 3339 timestamp",
                            raw_time) from None
         else:
-            raise _bad(f"{path}.started_at", "must be an RFC 3339 timestamp", raw_time)
+            raise value_error(f"{path}.started_at", "must be an RFC 3339 timestamp", raw_time)
 
         raw_weights = d["old_weights"]
         if not isinstance(raw_weights, Mapping):
-            raise _bad(f"{path}.old_weights", "must be a mapping of service to weight",
+            raise value_error(f"{path}.old_weights", "must be a mapping of service to weight",
                        raw_weights)
         for name, weight in raw_weights.items():
             if name not in old:
-                raise _bad(f"{path}.old_weights.{name}", "is not one of the old services", weight)
+                raise value_error(f"{path}.old_weights.{name}", "is not one of the old services", weight)
             if not _is_weight(weight):
-                raise _bad(f"{path}.old_weights.{name}", "must be an integer 0..100", weight)
+                raise value_error(f"{path}.old_weights.{name}", "must be an integer 0..100", weight)
         for name in old:
             if name not in raw_weights:
                 raise ValueError(f"{path}.old_weights.{name}: missing")
@@ -651,7 +310,7 @@ class Release:
             old=tuple(old),
             new=new,
             status=status,
-            started_at=_format_time(moment),
+            started_at=format_timestamp(moment),
             old_weights=tuple((name, raw_weights[name]) for name in old),
             ramp=Ramp.from_dict(raw_ramp, f"{path}.ramp") if raw_ramp is not None else None,
         )
@@ -693,7 +352,7 @@ class Release:
         if to is None:
             return replace(self, ramp=None)
         assert isinstance(to, RampStatus)
-        when = _format_time(now if now is not None else datetime.now(timezone.utc))
+        when = format_timestamp(now if now is not None else datetime.now(timezone.utc))
         if action is RampAction.START:
             if settings is None:
                 raise ValueError("START needs the ramp's settings")
@@ -758,7 +417,7 @@ def start(
         old=tuple(names),
         new=new,
         status=Status.IN_PROGRESS,
-        started_at=_format_time(now),
+        started_at=format_timestamp(now),
         old_weights=tuple((name, weight) for name, weight in app_services),
     )
 

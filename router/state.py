@@ -27,16 +27,8 @@ from .config import (
 )
 from .errors import Conflict, Invalid, NotFound, PreconditionFailed
 from .history import ROUTER, Change, describe, utc_now
-from .release import (
-    Action,
-    InvalidRamp,
-    RampAction,
-    RampStatus,
-    Release,
-    ReleaseConflict,
-    ramp_settings,
-    share_weights,
-)
+from .ramp import InvalidRamp, RampAction, RampStatus, ramp_settings, share_weights
+from .release import Action, Release, ReleaseConflict
 from .release import start as start_release
 
 

@@ -1,6 +1,6 @@
 """Small values of the configuration: mappings and their keys, booleans, integers, durations,
-sizes, listen addresses and backend addresses. Each parser names the key path and the value it
-refuses.
+sizes, listen addresses and backend addresses; and the routing state's timestamps. Each parser
+names the key path and the value it refuses.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import math
 import os
 import re
 import urllib.parse
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
 
@@ -344,3 +345,46 @@ def web_origin(text: str) -> str | None:
     if port is None or port == _DEFAULT_PORTS[parts.scheme]:
         return f"{parts.scheme}://{host}"
     return f"{parts.scheme}://{host}:{port}"
+
+
+# RFC 3339 date-time (section 5.6).  Checked by pattern rather than ``datetime.fromisoformat``,
+# which accepts ISO 8601 forms RFC 3339 does not (week dates, no offset, ...).
+_RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
+)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339, whole seconds in UTC with "Z": the one spelling the state file is written in."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An RFC 3339 timestamp -> aware datetime; ValueError if it is not one."""
+    m = _RFC3339_RE.match(text)
+    if m is None:
+        raise ValueError("not an RFC 3339 timestamp")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    if m.group(7):
+        tz = timezone.utc
+    else:
+        sign = 1 if m.group(8) == "+" else -1
+        off_h, off_m = int(m.group(9)), int(m.group(10))
+        if off_h > 23 or off_m > 59:
+            raise ValueError("not an RFC 3339 timestamp")
+        tz = timezone(sign * timedelta(hours=off_h, minutes=off_m))
+    try:
+        # datetime refuses Feb 30, hour 24, second 60 (leap seconds cannot be represented).
+        return datetime(year, month, day, hour, minute, second, tzinfo=tz)
+    except ValueError:
+        raise ValueError("not an RFC 3339 timestamp") from None
+
+
+def value_error(path: str, reason: str, value: object) -> ValueError:
+    """A ValueError naming the key path, why, and the value (cut short): a stored object that
+    cannot be (the routing state's, which is not the configuration: no ConfigError)."""
+    text = repr(value)
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return ValueError(f"{path}: {reason} (got {text})")

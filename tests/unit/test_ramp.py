@@ -1,6 +1,6 @@
-"""The guarded ramp's pure parts: the transition table and the release's moves
-(router.release), the settings, share -> weights, the quantile, the judgement from tables, and
-the planner's windows on a clock the test sets (router.rampjudge, router.rampdriver)."""
+"""The guarded ramp's pure parts: the transition table (router.ramp) and the release's moves
+(router.release), the settings, share -> weights, the quantile, the judgement from tables
+(router.rampjudge), and the planner's windows on a clock the test sets (router.rampdriver)."""
 
 from __future__ import annotations
 
@@ -12,22 +12,12 @@ from typing import Any
 import pytest
 
 from router.counters import BUCKETS, BackendStats, ServiceStats, Stats
+from router.ramp import (RAMP_TRANSITIONS, InvalidRamp, Ramp, RampAction, RampSettings,
+                         RampStatus, ramp_settings, share_weights)
 from router.rampdriver import Leadership, Planner
 from router.rampjudge import (Counts, Measure, broken, counts, judge, measure, quantile,
                               waiting_over)
-from router.release import (
-    RAMP_TRANSITIONS,
-    InvalidRamp,
-    Ramp,
-    RampAction,
-    RampSettings,
-    RampStatus,
-    Release,
-    ReleaseConflict,
-    Status,
-    ramp_settings,
-    share_weights,
-)
+from router.release import Release, ReleaseConflict, Status
 
 RA, RS = RampAction, RampStatus
 T0 = datetime(2026, 11, 26, 14, 33, 18, tzinfo=timezone.utc)

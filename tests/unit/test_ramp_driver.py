@@ -12,7 +12,7 @@ from router.counters import Stats
 from router.history import ROUTER
 from router.manager import StateManager, next_state
 from router.rampdriver import Leadership, RampCollector, RampDriver
-from router.release import RampStatus
+from router.ramp import RampStatus
 from router.store import Store, StoreUnavailable
 from tests.unit.test_ramp import Traffic
 

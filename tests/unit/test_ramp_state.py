@@ -12,7 +12,7 @@ from router.config import ConfigError, PreviewConfig, config_from_dict
 from router.errors import Conflict, Invalid
 from router.history import ROUTER, Actor
 from router.manager import next_state
-from router.release import RampAction, RampStatus
+from router.ramp import RampAction, RampStatus
 
 RA = RampAction
 OPERATOR = Actor("127.0.0.1")

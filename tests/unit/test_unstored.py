@@ -18,7 +18,7 @@ from router.config import config_from_dict
 from router.errors import PreconditionFailed, Unavailable
 from router.history import ROUTER, Actor
 from router.manager import StateManager, next_state
-from router.release import RampAction
+from router.ramp import RampAction
 from router.store import Store, StoreConflict, StoreUnavailable
 from tests.processes import until
 
