@@ -73,6 +73,9 @@ STALL_UNKNOWN = 10.0
 # Without it a frozen backend, which still accepts connections, would take a share of requests
 # for a stall limit after every cooldown.
 READMIT_TIMEOUT = 5.0
+# A one-off connect to a backend nothing has shown to work yet (a release's readiness, a weight
+# change to its service), standing for the check it does not have.
+CONNECT_PROBE = HealthCheckConfig(timeout=1.0)
 
 
 class Reporter(Protocol):
@@ -357,6 +360,35 @@ class Health:
         k = self._known.get(key)
         if k is not None and k.state == UNCHECKED:
             k.state, k.reason = HEALTHY, None
+
+    async def connect(self, keys: Iterable[BackendKey]) -> set[BackendKey]:
+        """A one-off connect to each backend (:data:`CONNECT_PROBE`), which stands for a check
+        where none is configured: those that took it, from now on shown to work."""
+        keys = list(keys)
+        took = await asyncio.gather(*(probe(*split_hostport(k[2]), CONNECT_PROBE) for k in keys))
+        connected = {k for k, ok in zip(keys, took) if ok}
+        for key in connected:
+            self.worked(key)
+        return connected
+
+    async def ready_services(self, app: AppConfig, names: Iterable[str]) -> set[str]:
+        """Which of the services ``names`` of ``app`` have a backend ready to take requests: one
+        shown to work, or an unchecked one that accepts a connection now (:meth:`connect`, as a
+        release's readiness check does without a configured check)."""
+        services = {s.name: s for s in app.services}
+        ready: set[str] = set()
+        unproven: list[tuple[str, BackendKey]] = []
+        for name in names:
+            svc = services.get(name)
+            if svc is None:
+                continue
+            keys = [(app.name, name, addr) for addr in svc.backends]
+            if any(self.state(k)[0] == HEALTHY for k in keys):
+                ready.add(name)
+            else:
+                unproven += [(name, k) for k in keys if self.state(k)[0] == UNCHECKED]
+        connected = await self.connect(k for _, k in unproven)
+        return ready | {name for name, k in unproven if k in connected}
 
     # -- passive health ----------------------------------------------------------------------------
     def _eject(self, key: BackendKey, k: _Known, reason: str) -> bool:

@@ -33,7 +33,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
 from . import compiled
-from .config import AppConfig, Config, ConfigError, HealthCheckConfig, load_config, split_hostport
+from .config import AppConfig, Config, ConfigError, load_config
 from .config.settings import keep_bound, setting_changes
 from .context import ProxyContext, connection_cap_note
 from .counters import Stats
@@ -41,7 +41,7 @@ from .dataplane import BACKLOG, DataPlane
 from .errors import RouterError, Unavailable
 from .handoff import (LOCK_WAIT, SOCKET_NAME, STEP_TIMEOUT, HandoffServer, NoPredecessor,
                       StateLock, Takeover, TakeoverError, bind_handoff)
-from .health import HEALTHY, UNCHECKED, BackendKey, Health, probe
+from .health import BackendKey, Health
 from .listeners import addresses, bind, listen, port_of, shown_address
 from .logs import Throttled
 from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
@@ -60,8 +60,6 @@ log = logging.getLogger("router")
 
 # The sticky secret's file in the state directory (unless sticky.secret_file names another).
 SECRET_FILE = "router-secret"
-# A one-off probe of a backend nothing has shown to work yet (a weight change to its service).
-READY_PROBE = HealthCheckConfig(timeout=1.0)
 # Stopping the admin listener (a stop, or a takeover): the requests in flight get this long. A
 # state change waits at most timeouts.worker (2 s) for the workers, and a store write.
 ADMIN_DRAIN = 10.0
@@ -748,31 +746,10 @@ class Server:
             self._stats = await self.workers.stats()
 
     async def ready_services(self, app: AppConfig, names: Iterable[str]) -> set[str]:
-        """Which of the services ``names`` of ``app`` have a backend ready to take requests: one
-        shown to work, or an unchecked one that accepts a connection now (a one-off probe, as a
-        release's readiness check does without a configured check)."""
-        health = self.health
-        assert health is not None
-        services = {s.name: s for s in app.services}
-        ready: set[str] = set()
-        unproven: list[tuple[str, BackendKey]] = []
-        for name in names:
-            svc = services.get(name)
-            if svc is None:
-                continue
-            keys = [(app.name, name, addr) for addr in svc.backends]
-            if any(health.state(k)[0] == HEALTHY for k in keys):
-                ready.add(name)
-            else:
-                unproven += [(name, k) for k in keys if health.state(k)[0] == UNCHECKED]
-
-        async def try_one(name: str, key: BackendKey) -> None:
-            host, port = split_hostport(key[2])
-            if await probe(host, port, READY_PROBE):
-                health.worked(key)
-                ready.add(name)
-        await asyncio.gather(*(try_one(n, k) for n, k in unproven))
-        return ready
+        """Which of the services ``names`` of ``app`` have a backend ready to take requests
+        (``Health.ready_services``)."""
+        assert self.health is not None
+        return await self.health.ready_services(app, names)
 
     def reload(self) -> None:
         """SIGHUP: the process settings of the configuration file again (timeouts, limits,
@@ -875,11 +852,7 @@ class Server:
         plan = readiness(state.releases, backends, checked, self._tcp_passed)
         self._tcp_passed &= plan.watched
         if plan.probe:
-            for key, up in zip(plan.probe, await asyncio.gather(
-                    *(probe(*split_hostport(key[2]), READY_PROBE) for key in plan.probe))):
-                if up:
-                    self._tcp_passed.add(key)
-                    health.worked(key)
+            self._tcp_passed |= await health.connect(plan.probe)
             plan = readiness(state.releases, backends, checked, self._tcp_passed)
         for name in plan.ready:
             await self._mark_ready(name, state.releases[name].new)
