@@ -281,7 +281,8 @@ def _service(app: AppConfig, name: str) -> ServiceConfig:
 
 
 # What an operation makes of a state: the next apps and releases. The generation, the ETags and
-# the history entry follow from comparing them with the state's (``router.manager.next_state``).
+# the history entry follow from comparing them with the state's
+# (``router.transition.next_state``).
 Outcome = tuple[tuple[AppConfig, ...], Mapping[str, Release]]
 # Discovery's operations (router.providers) also give the next ``discovered``; every other
 # operation leaves it as it was.

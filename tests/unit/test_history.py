@@ -15,7 +15,8 @@ from router import state as ops
 from router.config import config_from_dict
 from router.errors import Conflict, PreconditionFailed
 from router.history import HISTORY_LIMIT, ROUTER, Actor, Change, describe, fingerprint
-from router.manager import StateManager, next_state
+from router.manager import StateManager
+from router.transition import next_state
 from router.release import Action
 from router.store import FileStateStore
 from router.store.file import history_path

@@ -10,7 +10,8 @@ from router import state as ops
 from router.config import config_from_dict
 from router.counters import Stats
 from router.history import ROUTER
-from router.manager import StateManager, next_state
+from router.manager import StateManager
+from router.transition import next_state
 from router.rampdriver import Leadership, RampCollector, RampDriver
 from router.ramp import RampStatus
 from router.store import Store, StoreUnavailable

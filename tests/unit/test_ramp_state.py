@@ -11,7 +11,7 @@ from router import state as ops
 from router.config import ConfigError, PreviewConfig, config_from_dict
 from router.errors import Conflict, Invalid
 from router.history import ROUTER, Actor
-from router.manager import next_state
+from router.transition import next_state
 from router.ramp import RampAction, RampStatus
 
 RA = RampAction

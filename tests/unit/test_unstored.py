@@ -17,9 +17,10 @@ from router import state as ops
 from router.config import config_from_dict
 from router.errors import PreconditionFailed, Unavailable
 from router.history import ROUTER, Actor
-from router.manager import StateManager, next_state
+from router.manager import StateManager
 from router.ramp import RampAction
 from router.store import Store, StoreConflict, StoreUnavailable
+from router.transition import next_state
 from tests.processes import until
 
 # The manager's retry period for changes the store has not taken (a second in the product).
