@@ -36,21 +36,19 @@ from . import compiled
 from .config import AppConfig, Config, ConfigError, load_config
 from .config.settings import keep_bound, setting_changes
 from .context import ProxyContext, connection_cap_note
+from .controllers import Controllers
 from .counters import Stats
 from .dataplane import BACKLOG, DataPlane
-from .errors import RouterError, Unavailable
 from .handoff import (LOCK_WAIT, SOCKET_NAME, STEP_TIMEOUT, HandoffServer, NoPredecessor,
                       StateLock, Takeover, TakeoverError, bind_handoff)
-from .health import BackendKey, Health
+from .health import Health
 from .listeners import addresses, bind, listen, port_of, shown_address
 from .logs import Throttled
 from .metrics import DataPlaneCollector, StoreCollector, WorkersCollector
-from .pins import SAMPLE_INTERVAL, PinWatch
-from .rampdriver import TICK as RAMP_TICK, RampCollector, RampDriver, driver_for
+from .rampdriver import RampDriver
 from .providers.docker import DockerProvider
-from .release import readiness
 from .manager import StateCollector, StateManager, load_state
-from .state import State, apply_apps, mark_ready
+from .state import State, apply_apps
 from .sticky import load_or_create_secret
 from .store import Store, open_store
 from .supervisor import Supervisor
@@ -115,7 +113,6 @@ class Server:
         self._plane: DataPlane | None = None
         self.health: Health | None = None
         self.workers: Supervisor | None = None
-        self.docker: DockerProvider | None = None
         self.registry = CollectorRegistry()
         self.ready = False
         self.port = 0
@@ -125,16 +122,10 @@ class Server:
         self._admin_socks: list[socket.socket] = []
         self._handoff_sock: socket.socket | None = None
         self._handoff: HandoffServer | None = None
-        self._control: list[asyncio.Task[None]] = []  # what changes the state besides the API
-        self._control_stop = asyncio.Event()
-        self._follow_task: asyncio.Task[None] | None = None
-        self.ramps: RampDriver | None = None
-        self._ramp_collector: RampCollector | None = None
+        #: What changes the routing state besides the admin API.
+        self.controllers = Controllers(self.registry, lambda: self.manager, self._health_now,
+                                       self.summed_stats)
         self._state_collector: StateCollector | None = None
-        self._docker_collector: Any = None
-        self.pins = PinWatch()
-        self._release_blocked = False
-        self._tcp_passed: set[tuple[str, str, str]] = set()
         self._admin_runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._closing = False
@@ -163,6 +154,11 @@ class Server:
             raise RuntimeError("the router has not started")
         return self._plane
 
+    def _health_now(self) -> Health:
+        if self.health is None:
+            raise RuntimeError("the router has not started")
+        return self.health
+
     # The proxy context and pool of the in-process data plane (tests and handlers).
     @property
     def ctx(self) -> ProxyContext:
@@ -171,6 +167,15 @@ class Server:
     @property
     def pool(self) -> UpstreamPool:
         return self.plane.pool
+
+    # The admin API's Docker provider and ramp driver (from ``start`` on).
+    @property
+    def docker(self) -> DockerProvider | None:
+        return self.controllers.docker
+
+    @property
+    def ramps(self) -> RampDriver | None:
+        return self.controllers.ramps
 
     @property
     def store_name(self) -> str:
@@ -426,45 +431,9 @@ class Server:
             await runner.cleanup()
 
     async def _start_control(self) -> None:
-        """What changes the routing state besides the admin API: the Docker provider, the
-        release checks, the ramps; and what follows a shared store."""
-        cfg = self.config
-        loop = asyncio.get_running_loop()
-        self._control_stop = asyncio.Event()
-        if cfg.providers.docker is not None:
-            self.docker = DockerProvider(cfg.providers.docker, cfg.domain, self.manager)
-            if self._docker_collector is not None:
-                self.registry.unregister(self._docker_collector)
-            self._docker_collector = self.docker.collector()
-            self.registry.register(self._docker_collector)
-            await self.docker.start()
-        self.ramps = driver_for(self.manager, self.store, self.summed_stats)
-        if self._ramp_collector is not None:
-            self.registry.unregister(self._ramp_collector)
-        self._ramp_collector = RampCollector(self.ramps)
-        self.registry.register(self._ramp_collector)
-        self._control = [
-            loop.create_task(self._every(0.25, self._check_releases, "release check")),
-            loop.create_task(self._every(SAMPLE_INTERVAL, self._sample_pins_once,
-                                         "sampling the sticky counters")),
-            loop.create_task(self._every(RAMP_TICK, self.ramps.tick, "driving the ramps"))]
-        if self.store is not None:
-            # The secret goes back only if it came from the store (not sticky.secret_file).
-            secret = self.plane.secret if cfg.sticky.secret_file is None else None
-            self._follow_task = loop.create_task(self.manager.follow(secret))
-
-    async def _stop_control(self) -> None:
-        """Stop everything _start_control started; a step under way (a change being stored)
-        ends first."""
-        if self.docker is not None:
-            await self.docker.stop()
-        self._control_stop.set()
-        await asyncio.gather(*self._control, return_exceptions=True)
-        self._control = []
-        if self._follow_task is not None:
-            self._follow_task.cancel()
-            await asyncio.gather(self._follow_task, return_exceptions=True)
-            self._follow_task = None
+        # The secret goes back to a store that lost it only if it came from the store.
+        secret = self.plane.secret if self.config.sticky.secret_file is None else None
+        await self.controllers.start(self.config, self.store, secret)
 
     def _start_handoff(self) -> None:
         if self._handoff_sock is not None and self._handoff is None:
@@ -536,9 +505,7 @@ class Server:
             self._handoff.close()
         t = self.config.timeouts
         delay, grace = (0.0, 0.0) if self._handed else (t.drain_delay, t.grace)
-        if self.docker is not None:
-            await self.docker.stop()
-            self.docker = None
+        await self.controllers.stop_docker()
         if self.workers is not None:
             for sock in self._listen:
                 sock.close()  # the workers' copies are the last: they close after the delay
@@ -547,7 +514,7 @@ class Server:
         await self.plane.drain(delay, grace)
         for task in list(self._tasks):
             task.cancel()
-        await self._stop_control()
+        await self.controllers.stop()
         if self._manager is not None:
             self._manager.close()
         if self.health is not None:
@@ -580,7 +547,7 @@ class Server:
     async def release_state(self) -> int:
         self._refuse_unstored()
         await self._stop_admin()
-        await self._stop_control()
+        await self.controllers.stop()
         try:
             self._refuse_unstored()  # one may have come while the admin requests ended
         except TakeoverError:
@@ -805,70 +772,12 @@ class Server:
             log.info("%s", note)
 
     async def pinned_services(self) -> frozenset[tuple[str, str]]:
-        """(app, service) pairs that got a request by cookie within ``sticky.max_idle``: the
-        services clients are still pinned to (``router.pins``)."""
-        await self._sample_pins_once()
-        return self.pins.pinned(asyncio.get_running_loop().time(), self.config.sticky.max_idle)
+        """(app, service) pairs that got a request by cookie within ``sticky.max_idle``."""
+        return await self.controllers.pinned(self.config.sticky.max_idle)
 
-    async def _sample_pins_once(self) -> None:
-        self.pins.observe(await self.summed_stats(), asyncio.get_running_loop().time())
-
-    async def _every(self, seconds: float, step: Callable[[], Awaitable[Any]], what: str) -> None:
-        """Run ``step`` every ``seconds`` until the control tasks stop (a step under way ends
-        first); a failure is logged, not fatal."""
-        stop = self._control_stop
-        while True:
-            try:
-                await asyncio.wait_for(stop.wait(), seconds)
-                return
-            except TimeoutError:
-                pass
-            try:
-                await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s failed", what)
-
-    # -- releases ---------------------------------------------------------------------------
     async def releases_changed(self) -> None:
         """Check open releases now rather than at the next tick."""
-        await self._check_releases()
-
-    async def _check_releases(self) -> None:
-        """Mark ready every in-progress release whose new backends have all passed a check
-        (``release.readiness``); a backend without a configured check is probed with a TCP
-        connect."""
-        state = self.manager.state
-        health = self.health
-        assert health is not None
-
-        def backends(app: str, service: str) -> tuple[str, ...]:
-            return next(s for s in state.app(app).services if s.name == service).backends
-
-        def checked(key: BackendKey) -> bool | None:
-            return health.passed(*key)
-
-        plan = readiness(state.releases, backends, checked, self._tcp_passed)
-        self._tcp_passed &= plan.watched
-        if plan.probe:
-            self._tcp_passed |= await health.connect(plan.probe)
-            plan = readiness(state.releases, backends, checked, self._tcp_passed)
-        for name in plan.ready:
-            await self._mark_ready(name, state.releases[name].new)
-
-    async def _mark_ready(self, name: str, new: str) -> None:
-        # With several replicas each may find the release ready; the store's conditional save
-        # lets one write it, and the others reload and see it marked (READY is idempotent).
-        try:
-            await self.manager.change(mark_ready(name, new))
-            self._release_blocked = False
-        except Unavailable as e:
-            if not self._release_blocked:  # once per outage, not every tick
-                log.warning("release of %s not marked ready: %s", name, e.message)
-            self._release_blocked = True
-        except RouterError as e:  # the release changed or closed meanwhile (409, 404)
-            log.warning("release of %s not marked ready: %s", name, e.message)
+        await self.controllers.check_releases()
 
 
 async def _reap(pid: int, within: float) -> None:
