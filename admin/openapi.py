@@ -6,9 +6,9 @@ from typing import Any
 
 from router.config import NAME_PATTERN
 from router.history import HISTORY_LIMIT
-from router.release import (DEFAULT_INTERVAL, DEFAULT_LATENCY_FLOOR, DEFAULT_MAX_ERROR_RATE,
-                            DEFAULT_MAX_LATENCY_RATIO, DEFAULT_MAX_WAITS, DEFAULT_MIN_REQUESTS,
-                            DEFAULT_QUANTILE)
+from router.ramp import (DEFAULT_INTERVAL, DEFAULT_LATENCY_FLOOR, DEFAULT_MAX_ERROR_RATE,
+                         DEFAULT_MAX_LATENCY_RATIO, DEFAULT_MAX_WAITS, DEFAULT_MIN_REQUESTS,
+                         DEFAULT_QUANTILE)
 
 NAME = {"type": "string", "pattern": NAME_PATTERN}
 WEIGHT = {"type": "integer", "minimum": 0, "maximum": 100}

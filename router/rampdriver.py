@@ -3,7 +3,7 @@
 
 * :class:`Planner` (pure; the counters and the clock are passed in): the window of each running
   ramp -- the counters when its step went live, and when it is due -- and what is due now,
-  judged by ``router.ramp``;
+  judged by ``router.rampjudge``;
 * :class:`RampDriver`: every :data:`TICK` while a ramp runs, reads the counters (summed across
   the worker processes), asks the planner, and applies its decisions through the
   ``StateManager`` as the router's own changes. With a shared store only the replica holding

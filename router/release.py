@@ -65,7 +65,7 @@ always be possible.
 The guarded ramp
 ----------------
 
-An open release may carry a *ramp* (``router.ramp``: its lifecycle, its settings, the
+An open release may carry a *ramp* (``router.ramp``: its lifecycle and settings; ``router.rampjudge``: the
 judgement of its steps): the router raises the new version's share step by step.  ``ADVANCE``
 and ``FINISH`` take the new version further, so they need the release to be
 ``AWAITING_CONFIRMATION``; ``FAIL`` is the release's ``ROLLBACK``; a ``CONFIRM`` or

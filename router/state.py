@@ -645,7 +645,7 @@ def ramp_move(name: str, action: RampAction) -> Operation:
 
 
 def ramp_decision(name: str, new: str, step: int, action: RampAction, reason: str) -> Operation:
-    """The router's judgement of step ``step`` of the ramp of ``new`` (router.ramp), with its
+    """The router's judgement of step ``step`` of the ramp of ``new`` (router.rampjudge), with its
     reason for the history."""
     if action not in _DECISIONS:
         raise ValueError(f"{action.value} is an operator's move, not a judgement")

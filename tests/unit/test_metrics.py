@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.config import config_from_dict
 from router.counters import BUCKETS, Stats
 from router.metrics import DataPlaneCollector, cumulative_buckets
-from router.ramp import counts, quantile
+from router.rampjudge import counts, quantile
 from router.state import State
 from router.sticky import TokenCodec
 from router.table import TableBuilder
