@@ -1,11 +1,11 @@
 """Applying operations to the routing state: ``StateManager`` owns the current state, runs one
 operation at a time, and persists, then applies, then answers.
 
-``StateManager.change`` checks ``If-Match``, computes the next state (``router.transition.next_state``), writes it
-to the store with its history entry, makes it live in the data plane, and only then answers -- so
-a rejected call leaves the state exactly as it was, and an accepted one is stored and serving
-before the caller hears of it. An operation that changes nothing is not a change: no new
-generation, no write, no history entry.
+``StateManager.change`` checks ``If-Match``, computes the next state
+(``router.transition.next_state``), writes it to the store with its history entry, makes it live
+in the data plane, and only then answers -- so a rejected call leaves the state exactly as it
+was, and an accepted one is stored and serving before the caller hears of it. An operation that
+changes nothing is not a change: no new generation, no write, no history entry.
 
 With a store shared by several replicas (etcd), another replica may have changed the state
 since this one last read it. The save is conditional on the store's version being the one this

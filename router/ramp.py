@@ -309,7 +309,7 @@ class Ramp:
         ramp = cls(settings, status, step, waits, since, reason)
         if "share" in d and d["share"] != ramp.share:
             raise value_error(f"{path}.share", f"must be {ramp.share}, the share of step {step}",
-                       d["share"])
+                              d["share"])
         return ramp
 
 

@@ -65,11 +65,11 @@ always be possible.
 The guarded ramp
 ----------------
 
-An open release may carry a *ramp* (``router.ramp``: its lifecycle and settings; ``router.rampjudge``: the
-judgement of its steps): the router raises the new version's share step by step.  ``ADVANCE``
-and ``FINISH`` take the new version further, so they need the release to be
-``AWAITING_CONFIRMATION``; ``FAIL`` is the release's ``ROLLBACK``; a ``CONFIRM`` or
-``ROLLBACK`` of the release ends its ramp with it (:meth:`Release.apply_ramp`).  The ramp is
+An open release may carry a *ramp* (``router.ramp``: its lifecycle and settings;
+``router.rampjudge``: the judgement of its steps): the router raises the new version's share
+step by step.  ``ADVANCE`` and ``FINISH`` take the new version further, so they need the
+release to be ``AWAITING_CONFIRMATION``; ``FAIL`` is the release's ``ROLLBACK``; a ``CONFIRM``
+or ``ROLLBACK`` of the release ends its ramp with it (:meth:`Release.apply_ramp`).  The ramp is
 part of the release object, so it is stored with it.
 
 Every illegal move raises :class:`ReleaseConflict`, the one error type of this module that the
@@ -274,31 +274,32 @@ class Release:
         raw_status = d["status"]
         if not isinstance(raw_status, str) or raw_status not in [s.value for s in _OPEN]:
             raise value_error(f"{path}.status", "must be in_progress or awaiting_confirmation",
-                       raw_status)
+                              raw_status)
         status = Status(raw_status)
 
         raw_time = d["started_at"]
         if isinstance(raw_time, datetime):
             if raw_time.tzinfo is None or raw_time.utcoffset() is None:
-                raise value_error(f"{path}.started_at", "must be an RFC 3339 timestamp with an offset",
-                           raw_time)
+                raise value_error(f"{path}.started_at",
+                                  "must be an RFC 3339 timestamp with an offset", raw_time)
             moment = raw_time
         elif isinstance(raw_time, str):
             try:
                 moment = parse_timestamp(raw_time)
             except ValueError:
                 raise value_error(f"{path}.started_at", "must be an RFC 3339 timestamp",
-                           raw_time) from None
+                                  raw_time) from None
         else:
             raise value_error(f"{path}.started_at", "must be an RFC 3339 timestamp", raw_time)
 
         raw_weights = d["old_weights"]
         if not isinstance(raw_weights, Mapping):
             raise value_error(f"{path}.old_weights", "must be a mapping of service to weight",
-                       raw_weights)
+                              raw_weights)
         for name, weight in raw_weights.items():
             if name not in old:
-                raise value_error(f"{path}.old_weights.{name}", "is not one of the old services", weight)
+                raise value_error(f"{path}.old_weights.{name}", "is not one of the old services",
+                                  weight)
             if not _is_weight(weight):
                 raise value_error(f"{path}.old_weights.{name}", "must be an integer 0..100", weight)
         for name in old:
