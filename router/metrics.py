@@ -105,6 +105,22 @@ class DataPlaneCollector:
                         requests.add_metric(blabels + [str(code)], n)
                     for reason, n in sorted(bst.errors.items()):
                         errors.add_metric(blabels + [reason], n)
+        yield from (requests, errors, retries, inflight, weight, healthy, unchecked, sticky,
+                    fallback, preview, duration)
+        yield from self._state_series(table)
+        refused = CounterMetricFamily(
+            "router_connections_refused", "Client connections refused at limits.max_connections "
+            "with no idle connection to close")
+        refused.add_metric([], stats.refused)
+        timeouts = CounterMetricFamily(
+            "router_client_timeouts", "Client connections closed by a timeout, by reason "
+            "(client_header, client_body, client_send, tunnel_idle)", labels=["reason"])
+        for reason in TIMEOUT_REASONS:  # each from 0, so that rate() sees the first one
+            timeouts.add_metric([reason], stats.timeouts.get(reason, 0))
+        yield from (refused, timeouts)
+
+    def _state_series(self, table: "RoutingTable") -> Iterator[Metric]:
+        """The routing state's series: its generation, each app's, the open releases."""
         generation = GaugeMetricFamily(
             "router_config_generation", "Generation of the routing state in use")
         generation.add_metric([], table.generation)
@@ -139,18 +155,7 @@ class DataPlaneCollector:
             if r.ramp is not None:
                 step.add_metric([app_name, r.new], r.ramp.step)
                 paused.add_metric([app_name, r.new], 1 if r.ramp.status is RampStatus.PAUSED else 0)
-        refused = CounterMetricFamily(
-            "router_connections_refused", "Client connections refused at limits.max_connections "
-            "with no idle connection to close")
-        refused.add_metric([], stats.refused)
-        timeouts = CounterMetricFamily(
-            "router_client_timeouts", "Client connections closed by a timeout, by reason "
-            "(client_header, client_body, client_send, tunnel_idle)", labels=["reason"])
-        for reason in TIMEOUT_REASONS:  # each from 0, so that rate() sees the first one
-            timeouts.add_metric([reason], stats.timeouts.get(reason, 0))
-        yield from (requests, errors, retries, inflight, weight, healthy, unchecked, sticky,
-                    fallback, preview, duration, generation, app_generation, release_info, share,
-                    step, paused, refused, timeouts)
+        yield from (generation, app_generation, release_info, share, step, paused)
 
 
 def cumulative_buckets(st: ServiceStats) -> list[tuple[str, int]]:
