@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_Parser)
 
+    _app_commands(sub, common)
+    _state_commands(sub, common)
+    _release_commands(sub, common)
+    return parser
+
+
+def _app_commands(sub: "argparse._SubParsersAction[_Parser]", common: argparse.ArgumentParser) -> None:
+    """The apps and their services."""
     p = sub.add_parser("apps", parents=[common], help="list the apps")
     p.set_defaults(func=cmd_apps)
 
@@ -179,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("service")
     p.set_defaults(func=cmd_service_delete)
 
+
+def _state_commands(sub: "argparse._SubParsersAction[_Parser]", common: argparse.ArgumentParser) -> None:
+    """The routing state as a whole: export, apply, history, conflicts."""
     p = sub.add_parser("export", parents=[common],
                        help="the apps as a configuration file (routerctl apply reads it)")
     p.add_argument("apps", nargs="*", metavar="APP", help="only these apps (default: all)")
@@ -212,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "conflict is dropped")
     p.set_defaults(func=cmd_conflicts)
 
+
+def _release_commands(sub: "argparse._SubParsersAction[_Parser]", common: argparse.ArgumentParser) -> None:
+    """Blue-green releases and their ramps."""
     rel = sub.add_parser("release", parents=[common], help="blue-green releases")
     rsub = rel.add_subparsers(dest="release_command", metavar="ACTION", required=True,
                               parser_class=_Parser)
@@ -284,7 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app")
     p.add_argument("--ttl", metavar="DURATION", help="how long it works (default 1h, at most 7d)")
     p.set_defaults(func=cmd_release_preview)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
