@@ -37,12 +37,13 @@ from typing import Final
 from . import framing
 from .request_head import HOP, PROTECTED
 
-# Hop-by-hop fields and Content-Length in a lowered head, with what follows their colon. One
-# regular expression over the head: the one scan of its fields on the way back (a callback per
-# field from llhttp costs as much again).
-_SPECIAL: Final = re.compile(
-    rb"(\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
-    rb"|content-length):)([^\r]*)")
+# What _special tells of a field's name.
+_HOP: Final = 1
+_CONNECTION: Final = 2
+_TRANSFER_ENCODING: Final = 3
+_UPGRADE: Final = 4
+_CONTENT_LENGTH: Final = 5
+_SET_COOKIE: Final = 6
 # Control characters other than HTAB (RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text )).
 _CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Status lines already checked (a backend sends a handful of distinct ones): the check runs
@@ -97,36 +98,55 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
     conn_tokens: set[bytes] | None = None
     codings: list[bytes] | None = None
     length = -1
-    cl_line = (0, 0)  # where Content-Length is, once it must go
+    cl_cut = (-1, -1)  # the Content-Length line, should it have to go
     upgrade_to = b""
-    lowered = raw.lower()
-    pos = 0
-    for line, rest in _SPECIAL.findall(lowered):  # line: b"\r\n<name>:"
-        value = rest.strip()
-        if line == b"\r\ncontent-length:":
-            # llhttp has refused a malformed or repeated one, and one beside Transfer-Encoding.
-            length = int(value)
-            cl_line = (-1, len(rest))
-            continue
-        start = lowered.find(line, pos)
-        pos = start + len(line) + len(rest)
-        cuts.append((start, pos))
-        if line == b"\r\ntransfer-encoding:":
-            if codings is None:
-                codings = []
-            codings += [c.strip() for c in value.split(b",") if c.strip()]
-        elif line == b"\r\nconnection:":
-            if value != b"keep-alive" and value != b"close" and value:
-                conn_tokens = conn_tokens or set()
-                conn_tokens.update(t.strip() for t in value.split(b",") if t.strip())
-        elif line == b"\r\nupgrade:":
-            upgrade_to = raw[pos - len(rest):pos].strip()
-    if own_cookie:
-        _own_cookies(raw, lowered, own_cookie, cuts)
-    if cl_line[0] < 0 and (status < 200 or status == 204 or status == 304):
+    # The one scan of the fields on the way back, a loop over the bytes: compiled, it costs a
+    # few instructions a byte, where lower(), a regular expression and a find, strip and int()
+    # per field cost hundreds a call (and a callback per field from llhttp as much again).
+    n = len(raw)
+    pos = eol  # at the "\r\n" before each field
+    while 0 <= pos < n:
+        i = pos + 2  # the field's name
+        colon = i
+        while colon < n and raw[colon] != 58 and raw[colon] != 13:  # ":", or a line without
+            colon += 1
+        nxt = colon
+        while nxt < n and raw[nxt] != 13:
+            nxt += 1
+        kind = _special(raw, i, colon - i, own_cookie != b"") if colon < nxt else 0
+        if kind == _CONTENT_LENGTH:
+            # llhttp has refused a malformed or repeated one, and one beside Transfer-Encoding:
+            # digits, with white space around them.
+            length = 0
+            for j in range(colon + 1, nxt):
+                d = raw[j]
+                if 48 <= d <= 57:
+                    length = length * 10 + d - 48
+            cl_cut = (pos, nxt)
+        elif kind == _SET_COOKIE:
+            if _sets_own_cookie(raw[colon + 1:nxt], own_cookie):
+                cuts.append((pos, nxt))
+        elif kind == _CONNECTION and (_bare(raw, colon + 1, nxt, b"keep-alive")
+                                      or _bare(raw, colon + 1, nxt, b"close")):
+            cuts.append((pos, nxt))
+        elif kind:
+            cuts.append((pos, nxt))
+            value = b"" if kind == _HOP else raw[colon + 1:nxt].strip()
+            if kind == _TRANSFER_ENCODING:
+                if codings is None:
+                    codings = []
+                codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
+            elif kind == _CONNECTION:
+                low = value.lower()
+                if low != b"keep-alive" and low != b"close" and low:
+                    conn_tokens = conn_tokens or set()
+                    conn_tokens.update(t.strip() for t in low.split(b",") if t.strip())
+            elif kind == _UPGRADE:
+                upgrade_to = value
+        pos = nxt
+    if cl_cut[0] >= 0 and (status < 200 or status == 204 or status == 304):
         # No body, and no Content-Length on the way out (RFC 9110 8.6).
-        start = lowered.find(b"\r\ncontent-length:")
-        cuts.append((start, start + 17 + cl_line[1]))
+        cuts.append(cl_cut)
     close = (not client_keep_alive or not request_done or not accepting
              or (upgrade_requested and status != 101))
     extra: list[bytes] = []
@@ -182,33 +202,70 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
         if set_cookie:
             extra.append(b"\r\n" + set_cookie)
         rh.close = close
-    rh.head = _rebuild(raw, lowered, cuts, conn_tokens, extra)
+    rh.head = _rebuild(raw, cuts, conn_tokens, extra)
     return rh
 
 
-def _own_cookies(raw: bytes, lowered: bytes, own_cookie: bytes,
-                 cuts: list[tuple[int, int]]) -> None:
-    """Add to ``cuts`` the backend's ``Set-Cookie`` fields of the router's own cookie, its
-    name read as a browser reads it (RFC 6265 5.2: up to the first ``=`` of the part before
-    the first ``;``, spaces and tabs trimmed: ``CONTAINERID =x`` sets ``CONTAINERID``)."""
-    i = lowered.find(b"\r\nset-cookie:")
-    while i >= 0:
-        end = raw.find(b"\r\n", i + 2)
-        if end < 0:
-            end = len(raw)
-        pair = raw[i + 13:end].split(b";", 1)[0]
-        name, eq, value = pair.partition(b"=")
+def _sets_own_cookie(value: bytes, own_cookie: bytes) -> bool:
+    """Whether a ``Set-Cookie`` field's ``value`` sets the router's own cookie, its name read
+    as a browser reads it (RFC 6265 5.2: up to the first ``=`` of the part before the first
+    ``;``, spaces and tabs trimmed: ``CONTAINERID =x`` sets ``CONTAINERID``)."""
+    pair = value.split(b";", 1)[0]
+    name, eq, rest = pair.partition(b"=")
+    name = name.strip(b" \t")
+    if not name and eq:
+        # A nameless cookie, which a browser that keeps one sends as its value alone.
+        name, eq, rest = rest.partition(b"=")
         name = name.strip(b" \t")
-        if not name and eq:
-            # A nameless cookie, which a browser that keeps one sends as its value alone.
-            name, eq, value = value.partition(b"=")
-            name = name.strip(b" \t")
-        if eq and name + b"=" == own_cookie:
-            cuts.append((i, end))
-        i = lowered.find(b"\r\nset-cookie:", end)
+    return bool(eq) and name + b"=" == own_cookie
 
 
-def _rebuild(raw: bytes, lowered: bytes, cuts: list[tuple[int, int]],
+def _is(raw: bytes, i: int, name: bytes) -> bool:
+    """Whether ``raw`` at ``i`` is ``name`` (lowercase letters and "-") in any case."""
+    for j in range(len(name)):
+        if raw[i + j] | 0x20 != name[j]:
+            return False
+    return True
+
+
+def _bare(raw: bytes, start: int, end: int, word: bytes) -> bool:
+    """Whether ``raw[start:end]`` is ``word`` in any case, with white space around it only."""
+    while start < end and (raw[start] == 32 or raw[start] == 9):
+        start += 1
+    while end > start and (raw[end - 1] == 32 or raw[end - 1] == 9):
+        end -= 1
+    return end - start == len(word) and _is(raw, start, word)
+
+
+def _special(raw: bytes, i: int, size: int, cookies: bool) -> int:
+    """Which special field the name of ``size`` bytes at ``i`` is (0: none)."""
+    c = raw[i] | 0x20
+    if c == 99:  # c
+        if size == 14 and _is(raw, i, b"content-length"):
+            return _CONTENT_LENGTH
+        if size == 10 and _is(raw, i, b"connection"):
+            return _CONNECTION
+    elif c == 116:  # t
+        if size == 17 and _is(raw, i, b"transfer-encoding"):
+            return _TRANSFER_ENCODING
+        if (size == 2 and _is(raw, i, b"te")) or (size == 7 and _is(raw, i, b"trailer")):
+            return _HOP
+    elif c == 107:  # k
+        if size == 10 and _is(raw, i, b"keep-alive"):
+            return _HOP
+    elif c == 112:  # p
+        if size == 16 and _is(raw, i, b"proxy-connection"):
+            return _HOP
+    elif c == 117:  # u
+        if size == 7 and _is(raw, i, b"upgrade"):
+            return _UPGRADE
+    elif c == 115 and cookies:  # s
+        if size == 10 and _is(raw, i, b"set-cookie"):
+            return _SET_COOKIE
+    return 0
+
+
+def _rebuild(raw: bytes, cuts: list[tuple[int, int]],
              conn_tokens: set[bytes] | None, extra: list[bytes]) -> bytes:
     """``raw`` as ``HTTP/1.1``, without the ``cuts`` and the fields ``conn_tokens`` names,
     with ``extra`` and the empty line."""
