@@ -39,7 +39,7 @@ from . import phases as P
 from .context import ProxyContext
 from .exchange import ClientSide, Exchange
 from .http import framing
-from .http.request_head import Refused, forwarded_tail, read_request_head
+from .http.request_head import Refused, forwarded_tail, http11_line, read_request_head
 from .upstream import QUEUED, UPSTREAM_FULL, UpstreamConnection
 
 log = logging.getLogger("router.error")
@@ -107,7 +107,7 @@ class ClientConnection(ClientSide):
                  "_paused", "write_paused", "peer", "peer_b", "tail", "trusted", "_timer",
                  "_deadline", "tunnel", "early", "decoder", "resume", "eof", "idle_at",
                  "head_bytes", "held", "held_at", "feeding", "body_left", "chunks", "whole",
-                 "fed", "ahead",
+                 "fed", "ahead", "line_src", "line_len",
                  "first_request", "send_since", "send_size", "_send_timer", "tunnel_at")
 
     transport: asyncio.Transport
@@ -133,6 +133,9 @@ class ClientConnection(ClientSide):
         self.decoder: framing.BodyDecoder | None = None  # an upgrade request's body
         self.resume: Exchange | None = None  # whose body the parser reads after an ignored upgrade
         self.eof = False
+        # What llhttp is being given (line_src[:line_len]), when a request line begins it.
+        self.line_src: bytes | bytearray | None = None
+        self.line_len = 0
         self.idle_at = 0.0  # loop time it became idle (meaningful in IDLE with no request)
         self.head_bytes = 0  # bytes read for a head that spans reads
         # Bytes read but not parsed: held[held_at:] waits for the queued request to start.
@@ -384,6 +387,12 @@ class ClientConnection(ClientSide):
         """Give llhttp ``data[pos:stop]`` (``stop`` -1: all of ``data``); False if it stopped
         (an error, an upgrade)."""
         upgrade = -1
+        if pos == 0 and self.phase == P.IDLE:
+            # (a view is of a read buffer, from its start)
+            self.line_src = data if isinstance(data, bytes) else cast(bytearray, data.obj)
+            self.line_len = len(data) if stop < 0 else stop
+        else:
+            self.line_src = None
         try:
             if stop < 0:
                 self.parser.feed_data(data)
@@ -753,7 +762,14 @@ class ClientConnection(ClientSide):
         parser = self.parser
         ctx = self.ctx
         upgrade = parser.should_upgrade()
-        read_request_head(ex, parser.get_method(), ex.url, parser.get_http_version(), ex.headers,
+        method = parser.get_method()
+        line = self.line_src
+        self.line_src = None
+        if line is not None and http11_line(line, self.line_len, method, ex.url):
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+        read_request_head(ex, method, ex.url, version, ex.headers,
                           upgrade, ctx.max_header, ctx.max_headers, self.trusted, self.peer_b,
                           self.tail, ctx.ids)
         ex.llhttp_upgrade = upgrade

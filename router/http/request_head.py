@@ -40,6 +40,8 @@ class Refused(Exception):
         self.status = status
 
 
+# The end of an HTTP/1.1 request line (http11_line).
+_HTTP11_LINE_END: Final = b"HTTP/1.1\r\n"
 # Hop-by-hop fields (RFC 9110 7.6.1) and the fields the router sets itself.
 HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade"})
@@ -200,6 +202,19 @@ def forwarded_tail(peer: bytes) -> bytes:
     """What follows ``Host: <host>`` in every head forwarded for a client that is not a trusted
     proxy, up to the host again: the router's own values, made once per connection."""
     return b"\r\nX-Forwarded-For: " + peer + b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
+
+
+def http11_line(src: bytes | bytearray, n: int, method: bytes, url: bytes) -> bool:
+    """Whether the request line llhttp parsed from the start of ``src[:n]``, with this
+    ``method`` and ``url``, is HTTP/1.1: a shorter way to its version than
+    ``get_http_version()``, which formats a string.
+
+    The line is ``[CRLF...] method SP... url SP... HTTP/x.y CRLF``, at least k + 10 bytes from
+    0 (k: the method, the url and two spaces). "HTTP/1.1" CR LF at k are its end only if it
+    is exactly that long (no CR comes before a line's end but those of empty lines, which hold
+    no "HTTP/1.1"), and then they are its version."""
+    k = len(method) + len(url) + 2
+    return k + 10 <= n and src[k:k + 10] == _HTTP11_LINE_END
 
 
 def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
