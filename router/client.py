@@ -494,6 +494,9 @@ class ClientConnection(ClientSide):
             if self.write_paused:
                 self.send_size = self.transport.get_write_buffer_size()
 
+    def unsent(self) -> int:
+        return self.transport.get_write_buffer_size()
+
     def pause(self, why: int) -> None:
         if not self._paused and self.phase != P.CLOSED:
             self.transport.pause_reading()

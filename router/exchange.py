@@ -67,6 +67,10 @@ class ClientSide(ClientBase):
     def writelines(self, data: list[bytes | memoryview]) -> None:
         raise NotImplementedError
 
+    def unsent(self) -> int:
+        """Bytes written that the transport has not handed to the socket yet."""
+        raise NotImplementedError
+
     def pause(self, why: int) -> None:
         raise NotImplementedError
 
@@ -440,6 +444,9 @@ class Exchange(UpstreamRequest):
             out.clear()
             if self.phase == P.HEAD:
                 self._move(P.BODY)
+
+    def unsent(self) -> int:
+        return self.conn.unsent()
 
     def response_upgraded(self, up: UpstreamConnection, rest: bytes) -> None:
         self._move(P.TUNNEL)

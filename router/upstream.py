@@ -94,6 +94,11 @@ class UpstreamRequest(RequestHead):
         """Write what the last read produced to the client, in one call."""
         raise NotImplementedError
 
+    def unsent(self) -> int:
+        """Bytes written to the client that its transport still holds (has not handed to the
+        socket): a view of the read buffer among them keeps the buffer (see ``buffer_updated``)."""
+        raise NotImplementedError
+
     def backpressure(self, full: bool) -> None:
         """The backend's socket buffer is full (stop reading the client) or drained."""
         raise NotImplementedError
@@ -123,6 +128,15 @@ class Tunnel:
 _VIEW_MIN: Final = 4096
 
 
+# A connection whose last response had a body this long or longer (or one that ends with the
+# connection) reads into one buffer per process, of the size uvloop reads with: the body goes
+# to the client as a view of it, not copied into a bytes object per read. A read into a buffer
+# costs more calls into Python (get_buffer, then buffer_updated) than uvloop's bytes, about
+# what copying 1.5 KiB costs; below this, bytes are read.
+BUFFERED_BODY: Final = 16384
+READ_BUFFER: Final = 262144
+
+
 def _after(buf: bytes, start: int) -> bytes | memoryview:
     """What ``buf`` holds from ``start`` on: a copy when short, a view when long."""
     return buf[start:] if len(buf) - start < _VIEW_MIN else memoryview(buf)[start:]
@@ -134,7 +148,7 @@ class UpstreamConnection:
 
     __slots__ = ("pool", "key", "transport", "request", "reused", "idle_since", "closed",
                  "tunnel", "_paused", "_reading", "_buf", "_parser", "_head", "body_left",
-                 "_extra")
+                 "_extra", "_buffered")
 
     transport: asyncio.Transport
 
@@ -153,10 +167,49 @@ class UpstreamConnection:
         self._head: ResponseHead | None = None
         self.body_left = 0  # bytes of a Content-Length body still to forward
         self._extra = False  # the backend sent bytes past the end of a chunked body
+        self._buffered = False  # reads go to the pool's buffer (_read_into_buffer)
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+
+    def _read_into_buffer(self, yes: bool) -> None:
+        """Read into the pool's buffer (``_BufferedReads`` as the transport's protocol), or
+        bytes (this connection as its protocol), from the next read on."""
+        if yes != self._buffered:
+            self._buffered = yes
+            self.transport.set_protocol(cast(asyncio.BaseProtocol,
+                                             _BufferedReads(self) if yes else self))
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """A read of ``nbytes`` into the pool's read buffer. Body bytes (and the body after a
+        head, when long) go on as views of it, to be written to the client at once; what a
+        client's transport keeps of them unsent keeps the buffer too, so that the pool reads
+        into a new one from then on (``UpstreamPool.lend``). A client that has unsent bytes
+        already is given copies: it keeps no buffer. Heads, chunked bodies and tunnels read
+        bytes, as from data_received."""
+        pool = self.pool
+        req = self.request
+        reading = self._reading
+        if req is not None and self.tunnel is None:
+            if reading == _LENGTH or reading == _EOF:
+                if not req.unsent():
+                    view = pool.read_view[:nbytes]
+                    if reading == _LENGTH:
+                        self._length_body(req, view)
+                    else:
+                        req.response_body(view)
+                        req.flush()
+                    pool.lend(req)
+                    return
+            elif reading == _HEAD and nbytes > _VIEW_MIN and not self._buf:
+                end = pool.read_buf.find(b"\r\n\r\n", 0, nbytes)
+                if end >= 0 and nbytes - end - 4 >= _VIEW_MIN and not req.unsent():
+                    view = pool.read_view
+                    self._heads(req, view[:end + 4].tobytes(), view[end + 4:nbytes])
+                    pool.lend(req)
+                    return
+        self.data_received(pool.read_view[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -180,8 +233,9 @@ class UpstreamConnection:
             req.response_body(data)
             req.flush()
 
-    def _heads(self, req: UpstreamRequest, data: bytes) -> None:
-        """Read response heads (1xx, then the final one) and what follows them in this read."""
+    def _heads(self, req: UpstreamRequest, data: bytes, tail: memoryview | None = None) -> None:
+        """Read response heads (1xx, then the final one) and what follows them in this read:
+        ``tail`` when it follows ``data`` (a head to its end) as a view of the read buffer."""
         buf = self._buf + data if self._buf else data
         fed = len(self._buf)
         while True:
@@ -210,15 +264,19 @@ class UpstreamConnection:
             if status < 200 and status != 101:  # interim: the next head follows
                 self._parser = None
                 buf, fed = buf[start:], 0
+                if tail is not None:
+                    buf, tail = buf + tail.tobytes(), None
                 if not buf:
                     self._buf = b""
                     req.flush()
                     return
                 continue
             self._buf = b""
+            # What follows the head in this read.
+            rest = tail if tail is not None else _after(buf, start) if len(buf) > start else None
             if status == 101:
                 self._reading = _IDLE
-                req.response_upgraded(self, buf[start:])
+                req.response_upgraded(self, b"" if rest is None else bytes(rest))
                 return
             self._head = rh
             body = rh.body
@@ -226,8 +284,9 @@ class UpstreamConnection:
                 self._parser = None
                 self._reading = _LENGTH
                 self.body_left = rh.length
-                if len(buf) > start:
-                    self._length_body(req, _after(buf, start))
+                self._read_into_buffer(rh.length >= BUFFERED_BODY)
+                if rest is not None:
+                    self._length_body(req, rest)
                 else:
                     req.flush()
             elif body == framing.CHUNKED:
@@ -237,21 +296,22 @@ class UpstreamConnection:
                 self._extra = False
                 self._parser = parser = httptools.HttpResponseParser(self)
                 parser.feed_data(buf[:start])
-                if len(buf) > start:
-                    self._chunked_body(req, buf[start:])
+                if rest is not None:
+                    self._chunked_body(req, rest)
                 else:
                     req.flush()
             elif body == framing.EOF:
                 self._parser = None
                 self._reading = _EOF
-                if len(buf) > start:
-                    req.response_body(_after(buf, start))
+                self._read_into_buffer(True)
+                if rest is not None:
+                    req.response_body(rest)
                 req.flush()
             else:
                 self._parser = None
                 self._reading = _IDLE
                 self.request = None
-                req.response_end(self, rh.reusable and len(buf) == start)
+                req.response_end(self, rh.reusable and rest is None)
             return
 
     def _check(self, req: UpstreamRequest, data: bytes) -> bool:
@@ -290,7 +350,7 @@ class UpstreamConnection:
         self.request = None
         req.response_end(self, reusable)
 
-    def _chunked_body(self, req: UpstreamRequest, data: bytes) -> None:
+    def _chunked_body(self, req: UpstreamRequest, data: bytes | memoryview) -> None:
         parser = self._parser
         assert parser is not None
         try:
@@ -412,6 +472,37 @@ class UpstreamConnection:
             self.transport.abort()
 
 
+class _BufferedReads:
+    """A backend connection's protocol while it reads into the pool's buffer: uvloop calls
+    get_buffer and buffer_updated instead of data_received when a protocol has them."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.pool.read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.buffer_updated(nbytes)
+
+    def data_received(self, data: bytes) -> None:  # (an event loop without get_buffer)
+        self.conn.data_received(data)
+
+    def eof_received(self) -> bool:
+        return self.conn.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+
 # Opens a backend connection for (pool, key, host, port); the pool's default dials TCP.
 Opener = Callable[["UpstreamPool", str, str, int], Awaitable[UpstreamConnection]]
 
@@ -429,6 +520,15 @@ class UpstreamPool:
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
+        self.read_buf = bytearray(READ_BUFFER)  # what backend connections read into
+        self.read_view = memoryview(self.read_buf)
+
+    def lend(self, req: UpstreamRequest) -> None:
+        """Views of the read buffer were written to ``req``'s client: if its transport keeps
+        some unsent, the next reads go to a new buffer (the transport keeps the old alive)."""
+        if req.unsent():
+            self.read_buf = bytearray(READ_BUFFER)
+            self.read_view = memoryview(self.read_buf)
 
     def get(self, key: str) -> UpstreamConnection | None:
         conns = self._idle.get(key)

@@ -67,6 +67,9 @@ class MemoryTransport:
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
     def is_closing(self) -> bool:
         return self.closed
 
