@@ -103,19 +103,34 @@ class RequestHead:
         self.head = b""  # the head sent to the backend, through its empty line
 
 
+# The hexadecimal digits of every byte, bare and as two digits: a request id's last two digits
+# are looked up, the ones before them formatted once per 256 ids.
+_HEX: Final = tuple(b"%x" % i for i in range(256))
+_HEX2: Final = tuple(b"%02x" % i for i in range(256))
+
+
 class RequestIds:
     """``X-Request-ID`` values for requests that carry none: a random prefix per process and a
-    counter, unique without a random draw per request."""
+    counter in hexadecimal, unique without a random draw per request."""
 
-    __slots__ = ("prefix", "n")
+    __slots__ = ("prefix", "n", "_high", "_high_n")
 
     def __init__(self, prefix: bytes) -> None:
         self.prefix = prefix
         self.n = 0
+        self._high = prefix  # the prefix and the counter's digits but the last two
+        self._high_n = 0  # the counter's value without its last byte, in _high
 
     def next(self) -> bytes:
-        self.n += 1
-        return self.prefix + b"%x" % self.n
+        n = self.n + 1
+        self.n = n
+        if n < 256:
+            return self.prefix + _HEX[n]
+        high = n >> 8
+        if high != self._high_n:
+            self._high_n = high
+            self._high = self.prefix + b"%x" % high
+        return self._high + _HEX2[n & 255]
 
 
 def host_ok(host: bytes) -> bool:

@@ -228,3 +228,9 @@ def test_refusals(raw, status):
     with pytest.raises(Refused) as e:
         read(raw)
     assert e.value.status == status
+
+
+def test_request_ids_count_in_hexadecimal_after_the_prefix():
+    ids = RequestIds(b"ab12-")
+    for n in range(1, 70_000):
+        assert ids.next() == b"ab12-%x" % n
