@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import os
+import random
 import re
 import stat
 import struct
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from router.sticky import Pin, TokenCodec, cookie_value, load_or_create_secret
+from router.sticky import Pin, TokenCodec, cookie_value, find_cookie, load_or_create_secret
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 MAX_IDLE = 1800
@@ -334,3 +335,23 @@ def test_issue_is_deterministic_and_reused_within_a_second():
     assert codec.issue(APP, sid, codec.backend_id("shop", "blue", "x:1"), T0, T0) != first
     pin = codec.verify(APP, first, T0)
     assert pin is not None and (pin.service_id, pin.backend_id, pin.issued, pin.seen) == (sid, bid, T0, T0)
+
+
+def _cookie_value_by_methods(cookie_header: bytes, name: bytes) -> bytes | None:
+    """cookie_value with its value cut by bytes methods (what the compiled loop follows)."""
+    j = find_cookie(cookie_header, name, 0)
+    if j < 0:
+        return None
+    end = cookie_header.find(b";", j)
+    value = cookie_header[j:] if end < 0 else cookie_header[j:end]
+    return value.strip().strip(b'"')
+
+
+def test_cookie_value_as_bytes_methods_define_it() -> None:
+    rng = random.Random(7)
+    pieces = [b"CONTAINERID=", b"XCONTAINERID=", b"a=b", b";", b"; ", b" ", b"\t", b"\x0b",
+              b"\r", b'"', b"tok", b"=", b"\x0c", b"\xff"]
+    for _ in range(20000):
+        header = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 9)))
+        assert cookie_value(header, b"CONTAINERID=") == _cookie_value_by_methods(
+            header, b"CONTAINERID="), header
