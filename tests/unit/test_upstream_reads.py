@@ -4,16 +4,9 @@ memory (tests/memory.py reads as uvloop does, into get_buffer's buffer)."""
 
 from __future__ import annotations
 
-import uvloop
-
 from router.client import ClientConnection
-from router.config import config_from_dict
-from router.context import ProxyContext
-from router.health import Health, PassiveHealth
-from router.sticky import TokenCodec
-from router.table import TableBuilder
-from router.upstream import BUFFERED_BODY, UpstreamConnection, UpstreamPool
-from tests.memory import MemoryTransport
+from router.upstream import BUFFERED_BODY
+from tests.memory import MemoryTransport, Wire
 
 BODY = BUFFERED_BODY * 2
 REQUEST = b"GET /x HTTP/1.1\r\nHost: shop.test\r\n\r\n"
@@ -45,75 +38,65 @@ def _response(fill: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BODY + fill * BODY
 
 
-def _setup(loop):
-    cfg = config_from_dict({"upstream": {"reuse": "always"},
-                            "apps": {"shop": {"session_sticky": False, "routes": ["shop.test"],
-                                              "services": {"web": {"backends": ["127.0.0.1:1"]}}}}})
-    codec = TokenCodec(b"k" * 32, 1800, 28800)
-    pool = UpstreamPool(loop, 3.0)
-    passive = PassiveHealth(Health(lambda: None, cfg.passive_health, loop), cfg.passive_health.failures)
-    ctx = ProxyContext(cfg, TableBuilder(codec).build(cfg.apps, 1), pool, codec, loop, passive)
-    up = UpstreamConnection(pool, "127.0.0.1:1")
-    backend = MemoryTransport()
-    backend.protocol = up
-    up.connection_made(backend)
-    pool.put(up, 0.0)
-    client = ClientConnection(ctx)
+def _setup() -> tuple[Wire, ClientConnection, HoldingTransport]:
+    wire = Wire({"apps": {"shop": {"session_sticky": False, "routes": ["shop.test"],
+                                   "services": {"web": {"backends": ["127.0.0.1:1"]}}}}})
+    client = ClientConnection(wire.ctx)
     sock = HoldingTransport()
-    client.connection_made(sock)
-    return pool, up, backend, client, sock
+    client.connection_made(sock)  # type: ignore[arg-type]
+    return wire, client, sock
 
 
-def _exchange(client, backend, response: bytes, pieces: int = 1) -> None:
+def _exchange(wire: Wire, client: ClientConnection, response: bytes, pieces: int = 1) -> None:
+    """One request, and ``response`` from the backend in ``pieces`` reads."""
     client.data_received(REQUEST)
+    wire.loop.run()
+    backend = wire.backend("127.0.0.1:1").connections[-1].transport
+    assert isinstance(backend, MemoryTransport)
     step = -(-len(response) // pieces)
     for i in range(0, len(response), step):
         backend.receive(response[i:i + step])
+    wire.loop.run()
 
 
 def test_long_bodies_are_read_into_one_buffer_and_passed_on_as_views():
-    loop = uvloop.new_event_loop()
-    try:
-        pool, up, backend, client, sock = _setup(loop)
-        _exchange(client, backend, _response(b"a"))  # read as bytes; from now on, the buffer
-        assert backend.protocol is not up
-        buf = pool.read_buf
-        for fill in (b"b", b"c"):
-            _exchange(client, backend, _response(fill), pieces=3)
-        assert pool.read_buf is buf  # nothing kept it: the same buffer, every read
-        out = sock.take()
-        assert out.count(b"HTTP/1.1 200 OK\r\n") == 3
-        bodies = [out.split(b"\r\n\r\n")[i + 1][:BODY] for i in range(3)]
-        assert bodies == [fill * BODY for fill in (b"a", b"b", b"c")]
-        # A short body: bytes again.
-        short = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-        _exchange(client, backend, short)
-        assert backend.protocol is up
-        assert sock.take().endswith(b"\r\n\r\nok")
-    finally:
-        loop.close()
+    wire, client, sock = _setup()
+    _exchange(wire, client, _response(b"a"))  # read as bytes; from now on, into the buffer
+    up = wire.backend("127.0.0.1:1").connections[-1]
+    backend = up.transport
+    assert isinstance(backend, MemoryTransport)
+    assert backend.protocol is not up
+    buf = wire.pool.read_buf
+    for fill in (b"b", b"c"):
+        _exchange(wire, client, _response(fill), pieces=3)
+    assert wire.pool.read_buf is buf  # nothing kept it: the same buffer, every read
+    out = sock.take()
+    assert out.count(b"HTTP/1.1 200 OK\r\n") == 3
+    bodies = [out.split(b"\r\n\r\n")[i + 1][:BODY] for i in range(3)]
+    assert bodies == [fill * BODY for fill in (b"a", b"b", b"c")]
+    # A short body: bytes again.
+    _exchange(wire, client, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert backend.protocol is up
+    assert sock.take().endswith(b"\r\n\r\nok")
+    assert len(wire.backend("127.0.0.1:1").connections) == 1
 
 
 def test_a_buffer_the_client_transport_holds_is_not_read_into_again():
-    loop = uvloop.new_event_loop()
-    try:
-        pool, up, backend, client, sock = _setup(loop)
-        _exchange(client, backend, _response(b"a"))
-        sock.take()
-        buf = pool.read_buf
-        sock.hold = True  # the client reads nothing from now on
-        _exchange(client, backend, _response(b"b"))
-        assert any(_of_buffer(d) for d in sock.held)  # a view of the buffer...
-        assert pool.read_buf is not buf  # ...which the pool no longer reads into
-        first = b"".join(bytes(d) for d in sock.held)
-        # The next response reaches a client with bytes unsent: it is given copies.
-        before = len(sock.held)
-        _exchange(client, backend, _response(b"c"), pieces=2)
-        later = sock.held[before:]
-        assert later and not any(_of_buffer(d) for d in later)
-        # What the client holds of the second response is intact, read after the third.
-        assert b"".join(bytes(d) for d in sock.held[:before]) == first
-        assert first.endswith(b"\r\n\r\n" + b"b" * BODY)
-        assert b"".join(bytes(d) for d in later).endswith(b"c" * BODY)
-    finally:
-        loop.close()
+    wire, client, sock = _setup()
+    _exchange(wire, client, _response(b"a"))
+    sock.take()
+    buf = wire.pool.read_buf
+    sock.hold = True  # the client reads nothing from now on
+    _exchange(wire, client, _response(b"b"))
+    assert any(_of_buffer(d) for d in sock.held)  # a view of the buffer...
+    assert wire.pool.read_buf is not buf  # ...which the pool no longer reads into
+    first = b"".join(bytes(d) for d in sock.held)
+    # The next response reaches a client with bytes unsent: it is given copies.
+    before = len(sock.held)
+    _exchange(wire, client, _response(b"c"), pieces=2)
+    later = sock.held[before:]
+    assert later and not any(_of_buffer(d) for d in later)
+    # What the client holds of the second response is intact, read after the third.
+    assert b"".join(bytes(d) for d in sock.held[:before]) == first
+    assert first.endswith(b"\r\n\r\n" + b"b" * BODY)
+    assert b"".join(bytes(d) for d in later).endswith(b"c" * BODY)
