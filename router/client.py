@@ -105,7 +105,7 @@ class ClientConnection(ClientSide):
 
     __slots__ = ("ctx", "loop", "transport", "parser", "phase", "parsing", "active", "queue",
                  "_paused", "write_paused", "peer", "peer_b", "tail", "trusted", "_timer",
-                 "_deadline", "tunnel", "early", "decoder", "resume", "eof", "idle_at",
+                 "_deadline", "tunnel", "early", "decoder", "eof", "idle_at",
                  "head_bytes", "held", "held_at", "feeding", "body_left", "chunks", "whole",
                  "fed", "ahead", "line_src", "line_len",
                  "first_request", "send_since", "send_size", "_send_timer", "tunnel_at")
@@ -130,8 +130,7 @@ class ClientConnection(ClientSide):
         self._deadline = 0.0  # when the phase's timer ends; 0: none runs
         self.tunnel: UpstreamConnection | None = None
         self.early: list[bytes] = []  # bytes after an upgrade request, for the tunnel
-        self.decoder: framing.BodyDecoder | None = None  # an upgrade request's body
-        self.resume: Exchange | None = None  # whose body the parser reads after an ignored upgrade
+        self.decoder: framing.BodyDecoder | None = None  # an upgrade request's body (DECODING_BODY)
         self.eof = False
         # What llhttp is being given (line_src[:line_len]), when a request line begins it.
         self.line_src: bytes | bytearray | None = None
@@ -161,7 +160,7 @@ class ClientConnection(ClientSide):
 
     def _closing(self) -> None:
         """Nothing more is read or forwarded (from any phase but CLOSING and CLOSED)."""
-        if self.phase < P.CLOSING:
+        if not P.shut(self.phase):
             self._move(P.CLOSING)
         self._deadline = 0.0
         self.held = b""
@@ -218,63 +217,69 @@ class ClientConnection(ClientSide):
     # Reads go into one of the context's buffers (uvloop calls these instead of data_received
     # when a protocol has them): their size bounds what one read brings.
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.ctx.read_body if self.phase >= P.READING_BODY else self.ctx.read_head
+        return self.ctx.read_head if P.reads_heads(self.phase) else self.ctx.read_body
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.phase == P.IDLE and not self.queue and not self.held:
-            # Most reads: llhttp reads the buffer itself, and bytes are made of what it read
-            # only if it stopped before the end (see _parse).
-            view = self.ctx.read_head[:nbytes]
-            feeding = self.feeding
-            self.feeding = True
-            try:
-                if self._whole(view):
-                    data = view.tobytes()
-                    pos = self._after_whole(data)
-                    if pos > 0:
-                        self._parse(data, pos)
-            finally:
-                self.feeding = feeding
-            self._read_timers()
-            return
-        buf = self.ctx.read_body if self.phase >= P.READING_BODY else self.ctx.read_head
-        self.data_received(buf[:nbytes].tobytes())
+        try:
+            if self.phase == P.IDLE and not self.queue and not self.held:
+                # Most reads: llhttp reads the buffer itself, and bytes are made of what it read
+                # only if it stopped before the end (see _parse).
+                view = self.ctx.read_head[:nbytes]
+                feeding = self.feeding
+                self.feeding = True
+                try:
+                    if self._whole(view):
+                        data = view.tobytes()
+                        pos = self._after_whole(data)
+                        if pos > 0:
+                            self._parse(data, pos)
+                finally:
+                    self.feeding = feeding
+                self._read_timers()
+                return
+            buf = self.ctx.read_head if P.reads_heads(self.phase) else self.ctx.read_body
+            self.data_received(buf[:nbytes].tobytes())
+        except P.PhaseError as e:
+            self.broken(e)
 
     def data_received(self, data: bytes) -> None:
-        phase = self.phase
-        if phase == P.TUNNELLING:
-            tunnel = self.tunnel
-            if tunnel is not None:
-                self.tunnel_at = self.loop.time()
-                tunnel.transport.write(data)
-            return
-        if phase >= P.CLOSING:
-            return  # a closing answer is decided: nothing more is read
-        if phase == P.UPGRADE_WAIT:
-            self.early.append(data)  # read before the pause took effect
-            return
-        if self.decoder is not None:
-            self._upgrade_body(data)
-            return
-        if self.held:
-            # Read before the pause took effect: it waits behind what is held.
-            self.held = self.held[self.held_at:] + data
-            self.held_at = 0
-            return
-        if phase == P.READING_HEAD:
-            # More of a head split over reads: the bytes read for it are capped (an upper
-            # bound of the sizes read_request_head checks exactly, so no legal head reaches it).
-            self.head_bytes += len(data)
-            if self.head_bytes > self.ctx.max_head_read:
-                self._reject(431, b"request header block too large\n")
+        try:
+            phase = self.phase
+            if phase == P.TUNNELLING:
+                tunnel = self.tunnel
+                if tunnel is not None:
+                    self.tunnel_at = self.loop.time()
+                    tunnel.relay(data)
                 return
-        self._parse(data, 0)
-        self._read_timers()
+            if P.shut(phase):
+                return  # a closing answer is decided: nothing more is read
+            if phase == P.UPGRADE_WAIT:
+                self.early.append(data)  # read before the pause took effect
+                return
+            if phase == P.DECODING_BODY:
+                self._upgrade_body(data)
+                return
+            if self.held:
+                # Read before the pause took effect: it waits behind what is held.
+                self.held = self.held[self.held_at:] + data
+                self.held_at = 0
+                return
+            if phase == P.READING_HEAD:
+                # More of a head split over reads: the bytes read for it are capped (an upper
+                # bound of the sizes read_request_head checks exactly, so no legal head reaches it).
+                self.head_bytes += len(data)
+                if self.head_bytes > self.ctx.max_head_read:
+                    self._reject(431, b"request header block too large\n")
+                    return
+            self._parse(data, 0)
+            self._read_timers()
+        except P.PhaseError as e:
+            self.broken(e)
 
     def _read_timers(self) -> None:
         """After bytes were parsed: the timer of a request still arriving."""
         phase = self.phase
-        if phase == P.READING_BODY:
+        if P.reading_body(phase):
             self._set_deadline(self.ctx.client_body_timeout)
         elif phase == P.READING_HEAD and not self._deadline:
             # A head split over reads: from its first read on, client_header.
@@ -316,7 +321,7 @@ class ClientConnection(ClientSide):
                     self.held_at = pos
                     self.pause(QUEUED)
                     return
-                if self.phase >= P.UPGRADE_WAIT or self.decoder is not None:
+                if P.llhttp_done(self.phase):
                     return  # an upgrade request took the rest (_upgrade_request)
                 left = self.body_left
                 chunks = self.chunks
@@ -408,8 +413,7 @@ class ClientConnection(ClientSide):
             elif isinstance(cause, _Stop):
                 pass
             elif isinstance(cause, P.PhaseError):
-                log.error("client %s: %s; connection dropped", self.peer, cause)
-                self.abort()
+                self.broken(cause)
             else:
                 self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
             return False
@@ -420,63 +424,74 @@ class ClientConnection(ClientSide):
         return True
 
     def eof_received(self) -> bool | None:
-        self.eof = True
-        ex = self.active
-        if ex is None:
+        try:
+            self.eof = True
+            ex = self.active
+            if ex is None:
+                return None
+            if P.awaiting_head(ex.phase):
+                # Gone before its answer began: abandoned (nginx's 499). Counted, the backend
+                # connection closed, its in-flight count released; a client that only half-closed
+                # cannot be told from one that gave up, as in nginx.
+                ex.abort(499)
+                return None
+            return True  # the answer has begun: it is sent whole, then the close
+        except P.PhaseError as e:
+            self.broken(e)
             return None
-        if ex.phase < P.HEAD:
-            # Gone before its answer began: abandoned (nginx's 499). Counted, the backend
-            # connection closed, its in-flight count released; a client that only half-closed
-            # cannot be told from one that gave up, as in nginx.
-            ex.abort(499)
-            return None
-        return True  # the answer has begun: it is sent whole, then the close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.phase = P.CLOSED
-        self.ctx.connections.discard(self)
-        self.held = b""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-        tunnel = self.tunnel
-        if tunnel is not None:
-            self.tunnel = None
-            tunnel.tunnel = None
-            tunnel.close()
-        ex = self.active
-        self.active = None
-        self.queue = None
-        if ex is not None:
-            ex.abort(499)
+        try:
+            self.phase = P.CLOSED
+            self.ctx.connections.discard(self)
+            self.held = b""
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+            tunnel = self.tunnel
+            if tunnel is not None:
+                self.tunnel = None
+                tunnel.close_tunnel()
+            ex = self.active
+            self.active = None
+            self.queue = None
+            if ex is not None:
+                ex.abort(499)
+        except P.PhaseError as e:
+            self.broken(e)
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        now = self.loop.time()
-        self.send_since = now
-        self.send_size = self.transport.get_write_buffer_size()
-        if self._send_timer is None:
-            self._send_timer = self.loop.call_at(now + self.ctx.client_send_timeout,
-                                                 self._on_send_timer)
-        ex = self.active
-        if ex is not None and ex.upstream is not None:
-            ex.upstream.pause_reading()
-        elif self.tunnel is not None:
-            self.tunnel.pause_reading()
+        try:
+            self.write_paused = True
+            now = self.loop.time()
+            self.send_since = now
+            self.send_size = self.transport.get_write_buffer_size()
+            if self._send_timer is None:
+                self._send_timer = self.loop.call_at(now + self.ctx.client_send_timeout,
+                                                     self._on_send_timer)
+            ex = self.active
+            if ex is not None:
+                ex.client_backpressure(True)
+            elif self.tunnel is not None:
+                self.tunnel.pause_reading()
+        except P.PhaseError as e:
+            self.broken(e)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        ex = self.active
-        if ex is not None:
-            if ex.upstream is not None:
-                ex.upstream.resume_reading()
-        elif self.tunnel is not None:
-            self.tunnel.resume_reading()
-        elif (self.queue or self.held) and self.phase != P.CLOSED:
-            self._next(self.loop.time())  # the next request waited for the client to read
+        try:
+            self.write_paused = False
+            ex = self.active
+            if ex is not None:
+                ex.client_backpressure(False)
+            elif self.tunnel is not None:
+                self.tunnel.resume_reading()
+            elif (self.queue or self.held) and self.phase != P.CLOSED:
+                self._next(self.loop.time())  # the next request waited for the client to read
+        except P.PhaseError as e:
+            self.broken(e)
 
     # -- what exchanges, the tunnel and the data plane ask -----------------------------------
     def is_open(self) -> bool:
@@ -539,6 +554,14 @@ class ClientConnection(ClientSide):
             self._closing()
             self.transport.abort()
 
+    def broken(self, err: Exception) -> None:
+        """The one handler of a ``PhaseError`` (a move the phase tables forbid: a bug of the
+        router), from whichever call of the loop met it -- this connection's own, its backend
+        connection's, a timer's, a connect task's: logged, and the client dropped (never a
+        short or wrong response). The exchange it was answering ends with the connection."""
+        log.error("client %s: %s; connection dropped", self.peer, err)
+        self.abort()
+
     def unread(self) -> int:
         sock = self.transport.get_extra_info("socket")
         if sock is None or self.phase == P.CLOSED:
@@ -591,7 +614,7 @@ class ClientConnection(ClientSide):
             nxt = q.popleft()
             self.active = nxt
             nxt.route()
-            if nxt.phase >= P.TUNNEL:
+            if P.ended(nxt.phase):
                 return  # answered at once: its own end went on from there
         elif self.phase == P.CLOSING:
             self.transport.close()  # nothing more will come: a refused request ended it
@@ -625,7 +648,7 @@ class ClientConnection(ClientSide):
         early = self.early
         self.early = []
         if early:
-            up.transport.write(b"".join(early))
+            up.relay(b"".join(early))
         self._paused = 0
         self.transport.resume_reading()
         if self.write_paused:
@@ -662,37 +685,40 @@ class ClientConnection(ClientSide):
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        phase = self.phase
-        if phase == P.TUNNELLING:
-            self._deadline = self.tunnel_at + self.ctx.tunnel_idle_timeout
-        if phase > P.TUNNELLING or not self._deadline:
-            return
-        now = self.loop.time()
-        if now < self._deadline:
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
-            return
-        if phase == P.READING_HEAD:
-            self._timed_out("client_header")
-            self._reject(408, b"request head not received in time\n")
-        elif phase == P.READING_BODY:
-            if self._paused:
-                # We are not reading (a backend is slow to take the body, or the request waits
-                # its turn): not the client's fault.
-                self._set_deadline(self.ctx.client_body_timeout)
-            else:
-                self._timed_out("client_body")
-                self._reject(408, b"request body not received in time\n")
-        elif phase == P.TUNNELLING:
-            self._timed_out("tunnel_idle")
-            self.transport.close()  # the tunnel's backend side closes with it
-        elif self.idle_since() >= 0:
-            handoff = self.ctx.handoff
-            if handoff is not None:
-                handoff(self)  # a successor takes it (router.dataplane: idle timeout 0 meanwhile)
+        try:
+            self._timer = None
+            phase = self.phase
+            if phase == P.TUNNELLING:
+                self._deadline = self.tunnel_at + self.ctx.tunnel_idle_timeout
+            if P.shut(phase) or not self._deadline:
                 return
-            self._closing()
-            self.transport.close()
+            now = self.loop.time()
+            if now < self._deadline:
+                self._timer = self.loop.call_at(self._deadline, self._on_timer)
+                return
+            if phase == P.READING_HEAD:
+                self._timed_out("client_header")
+                self._reject(408, b"request head not received in time\n")
+            elif P.reading_body(phase):
+                if self._paused:
+                    # We are not reading (a backend is slow to take the body, or the request waits
+                    # its turn): not the client's fault.
+                    self._set_deadline(self.ctx.client_body_timeout)
+                else:
+                    self._timed_out("client_body")
+                    self._reject(408, b"request body not received in time\n")
+            elif phase == P.TUNNELLING:
+                self._timed_out("tunnel_idle")
+                self.transport.close()  # the tunnel's backend side closes with it
+            elif self.idle_since() >= 0:
+                handoff = self.ctx.handoff
+                if handoff is not None:
+                    handoff(self)  # a successor takes it (router.dataplane: idle timeout 0 meanwhile)
+                    return
+                self._closing()
+                self.transport.close()
+        except P.PhaseError as e:
+            self.broken(e)
 
     def _sent(self, now: float) -> None:
         """While writing is paused: if the client took some of what is buffered, that is
@@ -704,17 +730,20 @@ class ClientConnection(ClientSide):
 
     def _on_send_timer(self) -> None:
         """timeouts.client_send: a client that takes nothing of what it is sent is closed."""
-        self._send_timer = None
-        if not self.write_paused or self.phase == P.CLOSED:
-            return
-        now = self.loop.time()
-        self._sent(now)
-        deadline = self.send_since + self.ctx.client_send_timeout
-        if now < deadline:
-            self._send_timer = self.loop.call_at(deadline, self._on_send_timer)
-            return
-        self._timed_out("client_send")
-        self.abort()  # nothing more can reach it: a close would wait for its buffer forever
+        try:
+            self._send_timer = None
+            if not self.write_paused or self.phase == P.CLOSED:
+                return
+            now = self.loop.time()
+            self._sent(now)
+            deadline = self.send_since + self.ctx.client_send_timeout
+            if now < deadline:
+                self._send_timer = self.loop.call_at(deadline, self._on_send_timer)
+                return
+            self._timed_out("client_send")
+            self.abort()  # nothing more can reach it: a close would wait for its buffer forever
+        except P.PhaseError as e:
+            self.broken(e)
 
     def _timed_out(self, reason: str) -> None:
         counts = self.ctx.timeouts
@@ -722,7 +751,7 @@ class ClientConnection(ClientSide):
 
     # -- request parser callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.resume is not None:
+        if self.phase == P.RESUMED_BODY:
             return  # the stand-in head of an ignored upgrade's body
         if self.phase == P.CLOSING:
             raise _Stop()
@@ -742,7 +771,7 @@ class ClientConnection(ClientSide):
 
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
-        if ex is None or self.resume is not None:
+        if ex is None or self.phase == P.RESUMED_BODY:
             return
         ex.url += url
         if len(ex.url) > self.ctx.max_request_line:
@@ -750,15 +779,13 @@ class ClientConnection(ClientSide):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
-        if ex is not None and self.resume is None:
+        if ex is not None and self.phase != P.RESUMED_BODY:
             headers = ex.headers
             headers.append((name, value))
             if len(headers) > self.ctx.max_header_fields:
                 raise Refused(431, "too many header fields")
 
     def on_headers_complete(self) -> None:
-        if self.resume is not None:
-            return
         ex = self.parsing
         if ex is None or self.phase != P.READING_HEAD:
             return
@@ -809,27 +836,23 @@ class ClientConnection(ClientSide):
         self.pause(QUEUED)
 
     def on_body(self, data: bytes) -> None:
-        ex = self.resume if self.resume is not None else self.parsing
+        ex = self.parsing
         if self.body_left:
             self.body_left -= len(data)
         if ex is not None:
             ex.body(data)
 
     def on_message_complete(self) -> None:
-        ex = self.resume
-        if ex is not None:
-            self.resume = None
-        else:
-            ex = self.parsing
-            if ex is None or ex.llhttp_upgrade:
-                return  # llhttp stops after an upgrade request's head: see _upgrade_request
+        ex = self.parsing
+        if ex is None or (ex.llhttp_upgrade and self.phase != P.RESUMED_BODY):
+            return  # llhttp stops after an upgrade request's head: see _upgrade_request
         self._request_read(ex)
 
     def _request_read(self, ex: Exchange) -> None:
         """``ex`` has been read whole."""
         self.parsing = None
         self.chunks = None
-        if self.phase == P.READING_BODY:
+        if self.phase == P.READING_BODY or self.phase == P.RESUMED_BODY:
             if not ex.keep_alive:
                 self._closing()  # the client said this is its last request: read no more
             else:
@@ -855,7 +878,7 @@ class ClientConnection(ClientSide):
             if ex.framing == framing.NONE:
                 self._request_read(ex)
             else:
-                self.resume = ex
+                self._move(P.RESUMED_BODY)
                 stand_in = (_RESUME_CHUNKED if ex.framing == framing.CHUNKED
                             else _RESUME_LENGTH % ex.length)
                 self.parser.feed_data(stand_in)
@@ -867,6 +890,7 @@ class ClientConnection(ClientSide):
             self._upgrade_ready(ex, rest)
             return
         # The body is a body: read to its end before anything can be tunnelled.
+        self._move(P.DECODING_BODY)
         self.decoder = (framing.ChunkedDecoder() if ex.framing == framing.CHUNKED
                         else framing.LengthDecoder(ex.length))
         if rest:
@@ -895,7 +919,7 @@ class ClientConnection(ClientSide):
         """An upgrade request is read whole: wait for the backend's answer, reading paused."""
         self.parsing = None
         ex.body_end()
-        if self.phase != P.READING_BODY:
+        if self.phase != P.READING_BODY and self.phase != P.DECODING_BODY:
             return  # answered already, closing
         self._move(P.UPGRADE_WAIT)
         self._deadline = 0.0
@@ -908,14 +932,13 @@ class ClientConnection(ClientSide):
         """A request that cannot be read on: answered in its turn; nothing after it is read."""
         ex = self.parsing
         self.parsing = None
-        self.resume = None
         self.decoder = None
         self.body_left = 0
         self.chunks = None
-        if self.phase >= P.CLOSING:
+        if P.shut(self.phase):
             return
         self._closing()
-        if ex is not None and ex.phase >= P.TUNNEL:
+        if ex is not None and P.ended(ex.phase):
             # Answered already (early): nothing more to say; close once the rest is answered.
             if self.active is None and not self.queue:
                 self.transport.close()

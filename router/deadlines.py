@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
+from .phases import PhaseError
 from .upstream import UpstreamRequest
 
 
@@ -47,8 +48,14 @@ class ResponseDeadlines:
         self._handle = None
         waiting = self.waiting
         now = self.loop.time()
-        for req in [r for r, deadline in waiting.items() if deadline <= now]:
-            if waiting.pop(req, None) is not None:
-                req.response_timeout()
-        if waiting:
-            self._set(min(waiting.values()))
+        try:
+            for req in [r for r, deadline in waiting.items() if deadline <= now]:
+                if waiting.pop(req, None) is not None:
+                    try:
+                        req.response_timeout()
+                    except PhaseError as e:
+                        req.broken(e)
+        finally:
+            # Whatever one of them raised, the others still have their timer.
+            if waiting:
+                self._set(min(waiting.values()))

@@ -93,8 +93,8 @@ class Exchange(UpstreamRequest):
     """One request and its response (the request head's fields are inherited)."""
 
     __slots__ = ("conn", "headers", "phase", "body_done", "llhttp_upgrade", "buf", "buf_size",
-                 "replayable", "app", "service", "backend", "set_cookie", "tried", "attempts",
-                 "upstream", "waiting", "started", "ended", "status", "out", "resp", "sent",
+                 "app", "service", "backend", "set_cookie", "tried", "attempts",
+                 "upstream", "started", "ended", "status", "out", "resp", "sent",
                  "stale", "refusal", "refusal_body", "close_after", "previewed", "scope")
 
     def __init__(self, conn: ClientSide) -> None:
@@ -104,9 +104,10 @@ class Exchange(UpstreamRequest):
         self.phase = P.ROUTING
         self.body_done = False  # the request body has been read to its end
         self.llhttp_upgrade = False  # llhttp stopped after the head (an Upgrade request)
-        self.buf: list[bytes] | None = []  # body bytes kept to send later, or to replay
+        # Body bytes kept to send later, or to replay; None once too many to keep (then the
+        # request cannot be sent again).
+        self.buf: list[bytes] | None = []
         self.buf_size = 0
-        self.replayable = True
         self.app: App | None = None
         self.scope: HostApp | None = None  # the app as the request's host reaches it: its cookies
         self.service: Service | None = None
@@ -115,7 +116,6 @@ class Exchange(UpstreamRequest):
         self.tried: list[Backend] | None = None
         self.attempts = 0
         self.upstream: UpstreamConnection | None = None
-        self.waiting = False  # in the response deadlines
         self.started = 0.0
         self.ended = 0.0  # loop time when it ended (the client's idle timer starts from it)
         self.status = 0
@@ -280,16 +280,30 @@ class Exchange(UpstreamRequest):
             ctx.loop.create_task(self._connect(be))
 
     async def _connect(self, be: Backend) -> None:
-        ctx = self.conn.ctx
+        up: UpstreamConnection | None = None
+        error: OSError | None = None
         try:
-            up = await ctx.pool.connect(be.key, be.host, be.port)
-        except (OSError, TimeoutError) as e:
+            up = await self.conn.ctx.pool.connect(be.key, be.host, be.port)
+        except OSError as e:  # TimeoutError included
+            error = e
+        try:
+            self._connected(be, up, error)
+        except P.PhaseError as e:
+            if up is not None and self.upstream is not up:
+                up.abort()
+            self.broken(e)
+
+    def _connected(self, be: Backend, up: UpstreamConnection | None,
+                   error: OSError | None) -> None:
+        """A new connection to ``be`` is open (``up``), or could not be (``error``)."""
+        ctx = self.conn.ctx
+        if up is None:
             if self.phase != P.CONNECTING or self.backend is not be:
                 return
-            reason = "connect_timeout" if isinstance(e, TimeoutError) else "connect"
+            reason = "connect_timeout" if isinstance(error, TimeoutError) else "connect"
             ctx.backend_failed(be, reason)
             ctx.throttled.warning((be.key, reason), "backend %s: cannot connect: %s", be.key,
-                                  e or "timeout")
+                                  error or "timeout")
             self.retry()
             return
         if self.phase != P.CONNECTING or self.backend is not be or not self.conn.is_open():
@@ -304,19 +318,9 @@ class Exchange(UpstreamRequest):
         conn = self.conn
         if conn.write_paused:
             up.pause_reading()
-        t = up.transport
-        buf = self.buf
-        if buf:
-            if self.framing == framing.CHUNKED:
-                t.write(self.head + b"".join([framing.chunk(d) for d in buf]))
-            else:
-                t.write(self.head + b"".join(buf))
-        else:
-            t.write(self.head)
+        up.send_head(self.head, self.buf, self.framing == framing.CHUNKED, self.body_done)
         conn.unpause(BODY_BUFFERED)
         if self.body_done:
-            if self.framing == framing.CHUNKED:
-                t.write(framing.LAST_CHUNK)
             self._wait()
 
     def retry(self) -> None:
@@ -330,7 +334,7 @@ class Exchange(UpstreamRequest):
             tried = self.tried = []
         tried.append(be)
         choice = None
-        if self.attempts < routing.MAX_ATTEMPTS and self.replayable:
+        if self.attempts < routing.MAX_ATTEMPTS and self.buf is not None:
             choice = routing.retry(app, svc, tried)
         if choice is None:
             # Counted on the last backend tried.
@@ -357,7 +361,7 @@ class Exchange(UpstreamRequest):
 
     # -- the request body, from the client connection -------------------------------------
     def body(self, data: bytes) -> None:
-        if self.phase >= P.TUNNEL:
+        if P.ended(self.phase):
             return  # answered already (an early answer): the rest is read and dropped
         up = self.upstream
         buf = self.buf
@@ -371,21 +375,16 @@ class Exchange(UpstreamRequest):
                     return
             else:
                 self.buf = None  # too large to replay: stream from here on
-                self.replayable = False
         if up is not None:
-            if self.framing == framing.CHUNKED:
-                up.transport.write(framing.chunk(data))
-            else:
-                up.transport.write(data)
+            up.send_body(data)
 
     def body_end(self) -> None:
         self.body_done = True
-        if self.phase >= P.TUNNEL:
+        if P.ended(self.phase):
             return
         up = self.upstream
         if up is not None:
-            if self.framing == framing.CHUNKED:
-                up.transport.write(framing.LAST_CHUNK)
+            up.end_body()
             if self.phase == P.SENT:
                 self._wait()
 
@@ -405,7 +404,7 @@ class Exchange(UpstreamRequest):
             return rh
         if status == 101 and not self.body_done:
             raise ResponseError("101 before the request body was sent whole")
-        if self.framing != framing.NONE and up.transport.get_write_buffer_size():
+        if self.framing != framing.NONE and up.unsent():
             # Answered while some of the body had not left: the backend would read it as the
             # start of the next request.
             rh.reusable = False
@@ -457,7 +456,7 @@ class Exchange(UpstreamRequest):
         self.conn.start_tunnel(self, up, rest)
 
     def response_failed(self, up: UpstreamConnection, reason: str, detail: str) -> None:
-        if self.phase >= P.TUNNEL:
+        if P.ended(self.phase):
             return
         ctx = self.conn.ctx
         be = self.backend
@@ -475,7 +474,7 @@ class Exchange(UpstreamRequest):
 
     def upstream_lost(self, up: UpstreamConnection) -> None:
         phase = self.phase
-        if phase >= P.TUNNEL:
+        if P.ended(phase):
             return
         ctx = self.conn.ctx
         be = self.backend
@@ -494,7 +493,7 @@ class Exchange(UpstreamRequest):
         ctx.backend_failed(be, "reset", passive=not up.reused)
         self._unwait()
         # Bytes may have reached the backend: only an idempotent request goes again.
-        if self.replayable and self.method in IDEMPOTENT:
+        if self.buf is not None and self.method in IDEMPOTENT:
             if up.reused and not self.stale:
                 # Most likely the backend closed an idle pooled connection just as we reused
                 # it (keep-alive race): the same backend on a new connection, once.
@@ -506,7 +505,6 @@ class Exchange(UpstreamRequest):
             self.answer(502, b"backend closed the connection\n", keep=self.body_done)
 
     def response_timeout(self) -> None:
-        self.waiting = False
         if self.phase != P.SENT:
             return
         be = self.backend
@@ -520,23 +518,38 @@ class Exchange(UpstreamRequest):
         else:
             self.conn.unpause(UPSTREAM_FULL)
 
-    # -- the response timeout ---------------------------------------------------------------
+    def client_backpressure(self, full: bool) -> None:
+        """The client's socket buffer is full (stop reading the backend) or drained."""
+        up = self.upstream
+        if up is not None:
+            if full:
+                up.pause_reading()
+            else:
+                up.resume_reading()
+
+    def broken(self, err: Exception) -> None:
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.abort()
+        self.conn.broken(err)
+
+    # -- the response timeout: it runs while the request is sent whole and no head came --------
     def _wait(self) -> None:
-        if not self.waiting:
-            self.waiting = True
-            self.conn.ctx.deadlines.add(self)
+        """Called as the exchange becomes SENT with its body done (in either order)."""
+        self.conn.ctx.deadlines.add(self)
 
     def _unwait(self) -> None:
-        if self.waiting:
-            self.waiting = False
+        """Called before the exchange leaves SENT (or ends), from whatever phase."""
+        if self.phase == P.SENT and self.body_done:
             self.conn.ctx.deadlines.discard(self)
 
     # -- endings ----------------------------------------------------------------------------
     def _finish(self, reusable: bool) -> None:
         """The backend's response is complete."""
         self.flush()
-        self._move(P.DONE)
         self._unwait()
+        self._move(P.DONE)
         now = self.conn.ctx.loop.time()
         up = self.upstream
         if up is not None:
@@ -548,13 +561,13 @@ class Exchange(UpstreamRequest):
     def answer(self, status: int, body: bytes, keep: bool, extra: bytes = b"",
                counted: bool = False) -> None:
         """Answer the request ourselves (404, 502, 503, 504, a refusal...)."""
-        if self.phase >= P.BODY:
+        if not P.answerable(self.phase):
             if self.phase == P.BODY:
                 self.abort(status)  # committed: the client cannot be told
             return
         self.flush()  # an interim 100 Continue goes first
-        self._move(P.DONE)
         self._unwait()
+        self._move(P.DONE)
         up = self.upstream
         if up is not None:
             self.upstream = None
@@ -581,13 +594,13 @@ class Exchange(UpstreamRequest):
 
     def abort(self, status: int = 502) -> None:
         """The response cannot be completed: drop the client (never a short response)."""
-        if self.phase >= P.TUNNEL:
+        if P.ended(self.phase):
             return
-        if self.phase < P.BODY or status == 499:
+        if P.answerable(self.phase) or status == 499:
             self.status = status
+        self._unwait()
         self._move(P.ABORTED)
         self.out.clear()
-        self._unwait()
         up = self.upstream
         if up is not None:
             self.upstream = None

@@ -7,6 +7,10 @@ raises ``PhaseError``: a bug shows up as a loud error at the line that made it (
 dropped and the error logged), never as a silent combination of flags that forwards what it
 should not. docs/request-path.md draws both machines.
 
+Three machines: an exchange, a client connection, a backend connection's reading side. Each
+phase's meaning for the code around it is a named question below (``ended``, ``answerable``,
+...): no caller compares phases by their order.
+
 Two facts are kept apart from the phases because they change independently of them: whether the
 request body has been read to its end (``Exchange.body_done``) and whether the backend connection
 may serve another request (``ResponseHead.reusable`` and the backend's keep-alive).
@@ -46,30 +50,55 @@ EXCHANGE_MOVES: Final[tuple[frozenset[int], ...]] = (
 )
 
 # -- one client connection, as its reading side sees it ----------------------------------------
-IDLE: Final = 0          # between requests: nothing of the next one read (idle timer if none
-                         # is being answered)
-READING_HEAD: Final = 1  # a request head is arriving (header timer)
-READING_BODY: Final = 2  # a head is read and its body is arriving (body timer)
-UPGRADE_WAIT: Final = 3  # an upgrade request is read whole: waiting for the backend's answer,
-                         # reading paused, later bytes held for the tunnel
-TUNNELLING: Final = 4    # bytes are relayed both ways
-CLOSING: Final = 5       # a closing answer is decided: nothing more is read or forwarded
-CLOSED: Final = 6
+IDLE: Final = 0           # between requests: nothing of the next one read (idle timer if none
+                          # is being answered)
+READING_HEAD: Final = 1   # a request head is arriving (header timer)
+READING_BODY: Final = 2   # a head is read and llhttp reads its body (body timer)
+DECODING_BODY: Final = 3  # the body of an upgrade request, which llhttp stops before: read by
+                          # router.http.framing's decoder (body timer)
+RESUMED_BODY: Final = 4   # the body of an upgrade the router does not tunnel (h2c): a fresh
+                          # llhttp parser reads it behind a stand-in head (body timer)
+UPGRADE_WAIT: Final = 5   # an upgrade request is read whole: waiting for the backend's answer,
+                          # reading paused, later bytes held for the tunnel
+TUNNELLING: Final = 6     # bytes are relayed both ways
+CLOSING: Final = 7        # a closing answer is decided: nothing more is read or forwarded
+CLOSED: Final = 8
 
-CONNECTION_PHASES: Final = ("IDLE", "READING_HEAD", "READING_BODY", "UPGRADE_WAIT",
-                            "TUNNELLING", "CLOSING", "CLOSED")
+CONNECTION_PHASES: Final = ("IDLE", "READING_HEAD", "READING_BODY", "DECODING_BODY",
+                            "RESUMED_BODY", "UPGRADE_WAIT", "TUNNELLING", "CLOSING", "CLOSED")
 
 CONNECTION_MOVES: Final[tuple[frozenset[int], ...]] = (
     frozenset({READING_HEAD, CLOSING, CLOSED}),                  # IDLE
     frozenset({READING_BODY, CLOSING, CLOSED}),                  # READING_HEAD
-    frozenset({IDLE, UPGRADE_WAIT, CLOSING, CLOSED}),            # READING_BODY
+    frozenset({IDLE, DECODING_BODY, RESUMED_BODY, UPGRADE_WAIT,  # READING_BODY
+               CLOSING, CLOSED}),
+    frozenset({UPGRADE_WAIT, CLOSING, CLOSED}),                  # DECODING_BODY
+    frozenset({IDLE, CLOSING, CLOSED}),                          # RESUMED_BODY
     frozenset({TUNNELLING, CLOSING, CLOSED}),                    # UPGRADE_WAIT
     frozenset({CLOSING, CLOSED}),                                # TUNNELLING
     frozenset({CLOSED}),                                         # CLOSING
     frozenset[int](),                                            # CLOSED
 )
 
+# -- one backend connection, as its reading side sees it ---------------------------------------
+UP_IDLE: Final = 0     # no response being read: pooled, new, or the response read whole
+UP_HEAD: Final = 1     # a response head (1xx heads come and go in this phase)
+UP_LENGTH: Final = 2   # a Content-Length body
+UP_CHUNKED: Final = 3  # a chunked body, through llhttp
+UP_EOF: Final = 4      # a body that ends with the connection
+UP_TUNNEL: Final = 5   # the backend switched protocols: bytes are relayed, nothing is parsed
 
+UPSTREAM_PHASES: Final = ("UP_IDLE", "UP_HEAD", "UP_LENGTH", "UP_CHUNKED", "UP_EOF", "UP_TUNNEL")
+
+# A response that fails or whose connection is lost ends in UP_IDLE from wherever it was.
+UPSTREAM_MOVES: Final[tuple[frozenset[int], ...]] = (
+    frozenset({UP_HEAD}),                                        # UP_IDLE
+    frozenset({UP_LENGTH, UP_CHUNKED, UP_EOF, UP_TUNNEL, UP_IDLE}),  # UP_HEAD
+    frozenset({UP_IDLE}),                                        # UP_LENGTH
+    frozenset({UP_IDLE}),                                        # UP_CHUNKED
+    frozenset({UP_IDLE}),                                        # UP_EOF
+    frozenset[int](),                                            # UP_TUNNEL
+)
 
 
 def _masks(moves: tuple[frozenset[int], ...]) -> tuple[int, ...]:
@@ -80,6 +109,7 @@ def _masks(moves: tuple[frozenset[int], ...]) -> tuple[int, ...]:
 
 _EXCHANGE_MASKS: Final = _masks(EXCHANGE_MOVES)
 _CONNECTION_MASKS: Final = _masks(CONNECTION_MOVES)
+_UPSTREAM_MASKS: Final = _masks(UPSTREAM_MOVES)
 
 
 class PhaseError(Exception):
@@ -98,3 +128,58 @@ def connection_move(frm: int, to: int) -> int:
     if not (_CONNECTION_MASKS[frm] >> to) & 1:
         raise PhaseError(f"connection: {CONNECTION_PHASES[frm]} -> {CONNECTION_PHASES[to]}")
     return to
+
+
+def upstream_move(frm: int, to: int) -> int:
+    """``to``, if a backend connection in phase ``frm`` may move there; else ``PhaseError``."""
+    if not (_UPSTREAM_MASKS[frm] >> to) & 1:
+        raise PhaseError(f"upstream: {UPSTREAM_PHASES[frm]} -> {UPSTREAM_PHASES[to]}")
+    return to
+
+
+# -- what a phase means: the questions the request path asks, answered here only ---------------
+# (bit masks over the phases: a question costs a shift, and no caller depends on their order)
+_ANSWERABLE: Final = 1 << ROUTING | 1 << CONNECTING | 1 << SENT | 1 << HEAD
+_NO_HEAD: Final = 1 << ROUTING | 1 << CONNECTING | 1 << SENT
+_ENDED: Final = 1 << TUNNEL | 1 << DONE | 1 << ABORTED
+_BODY_PHASES: Final = 1 << READING_BODY | 1 << DECODING_BODY | 1 << RESUMED_BODY
+_HEAD_READS: Final = 1 << IDLE | 1 << READING_HEAD
+_LLHTTP_DONE: Final = (1 << DECODING_BODY | 1 << UPGRADE_WAIT | 1 << TUNNELLING | 1 << CLOSING
+                       | 1 << CLOSED)
+_SHUT: Final = 1 << CLOSING | 1 << CLOSED
+
+
+def answerable(phase: int) -> bool:
+    """Nothing of the response is written yet: the router may still answer the request itself
+    (an exchange in ROUTING, CONNECTING, SENT or HEAD)."""
+    return bool((_ANSWERABLE >> phase) & 1)
+
+
+def awaiting_head(phase: int) -> bool:
+    """No final response head has been accepted yet (ROUTING, CONNECTING, SENT)."""
+    return bool((_NO_HEAD >> phase) & 1)
+
+
+def ended(phase: int) -> bool:
+    """The exchange is over for its client: answered, aborted, or become a tunnel."""
+    return bool((_ENDED >> phase) & 1)
+
+
+def reading_body(phase: int) -> bool:
+    """A client connection reads a request body, by whichever reader (the body timer runs)."""
+    return bool((_BODY_PHASES >> phase) & 1)
+
+
+def reads_heads(phase: int) -> bool:
+    """A client connection's next read is of request heads (the smaller read buffer serves)."""
+    return bool((_HEAD_READS >> phase) & 1)
+
+
+def llhttp_done(phase: int) -> bool:
+    """llhttp reads no more of this connection: an upgrade request took the rest, or it closes."""
+    return bool((_LLHTTP_DONE >> phase) & 1)
+
+
+def shut(phase: int) -> bool:
+    """A client connection reads and forwards nothing more (CLOSING or CLOSED)."""
+    return bool((_SHUT >> phase) & 1)

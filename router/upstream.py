@@ -20,10 +20,12 @@ response and hands it over piece by piece: each head (``response_head``), the bo
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Awaitable, Callable, Final, cast
 
 import httptools
 
+from . import phases as P
 from .http import framing
 from .http.request_head import RequestHead
 from .http.response_head import ResponseError, ResponseHead
@@ -42,12 +44,7 @@ IDLE_TIMEOUT: Final = 30.0
 # A response head larger than this is refused (nginx's proxy_buffer_size is 4-8 KiB; generous).
 MAX_RESPONSE_HEAD: Final = 65536
 
-# What a connection is reading.
-_HEAD: Final = 0     # a response head
-_LENGTH: Final = 1   # a Content-Length body (body_left bytes to go)
-_CHUNKED: Final = 2  # a chunked body, through llhttp
-_EOF: Final = 3      # a body that ends with the connection
-_IDLE: Final = 4     # nothing: the response is complete, or the connection is a tunnel
+log = logging.getLogger("router.error")
 
 
 class _HeadCheck:
@@ -107,6 +104,11 @@ class UpstreamRequest(RequestHead):
         """No response head within the response timeout (``router.deadlines``)."""
         raise NotImplementedError
 
+    def broken(self, err: Exception) -> None:
+        """A move the phase tables forbid was met while serving this request: its client is
+        dropped (``router.phases``: a bug of the router, never an answer to send)."""
+        raise NotImplementedError
+
 
 class Tunnel:
     """The other end of an upgraded connection (the client connection)."""
@@ -121,6 +123,39 @@ class Tunnel:
 
     def tunnel_backpressure(self, full: bool) -> None:
         raise NotImplementedError
+
+    def broken(self, err: Exception) -> None:
+        """As ``UpstreamRequest.broken``: the client is dropped."""
+        raise NotImplementedError
+
+
+class _AsIs:
+    """Writes request body bytes as they are (a ``Content-Length`` body): the writer of a
+    request's body is chosen once, with its head (as h11's ``_writers``)."""
+
+    __slots__ = ()
+
+    def frame(self, data: bytes) -> bytes:
+        return data
+
+    def last(self) -> bytes:
+        return b""
+
+
+class _Chunked(_AsIs):
+    """Writes request body bytes as chunks, and the last chunk at the end."""
+
+    __slots__ = ()
+
+    def frame(self, data: bytes) -> bytes:
+        return framing.chunk(data)
+
+    def last(self) -> bytes:
+        return framing.LAST_CHUNK
+
+
+_AS_IS: Final = _AsIs()
+_CHUNKED_WRITER: Final = _Chunked()
 
 
 # Below this many bytes a body read together with its head is copied out of the read (cheaper
@@ -147,8 +182,8 @@ class UpstreamConnection:
     mypyc compiles it as a native class)."""
 
     __slots__ = ("pool", "key", "transport", "request", "reused", "idle_since", "closed",
-                 "tunnel", "_paused", "_reading", "_buf", "_parser", "_head", "body_left",
-                 "_extra", "_buffered")
+                 "tunnel", "_paused", "phase", "_buf", "_parser", "_head", "body_left",
+                 "_extra", "_writer", "_buffered")
 
     transport: asyncio.Transport
 
@@ -161,13 +196,17 @@ class UpstreamConnection:
         self.closed = False
         self.tunnel: Tunnel | None = None  # the client, once upgraded
         self._paused = False
-        self._reading = _IDLE
+        self.phase = P.UP_IDLE  # what its reading side reads (router.phases)
         self._buf = b""  # a response head being read
         self._parser: httptools.HttpResponseParser | None = None
         self._head: ResponseHead | None = None
         self.body_left = 0  # bytes of a Content-Length body still to forward
         self._extra = False  # the backend sent bytes past the end of a chunked body
         self._buffered = False  # reads go to the pool's buffer (_read_into_buffer)
+        self._writer = _AS_IS  # how the request's body is written (chosen by send_head)
+
+    def _move(self, to: int) -> None:
+        self.phase = P.upstream_move(self.phase, to)
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,48 +229,70 @@ class UpstreamConnection:
         bytes, as from data_received."""
         pool = self.pool
         req = self.request
-        reading = self._reading
+        phase = self.phase
         if req is not None and self.tunnel is None:
-            if reading == _LENGTH or reading == _EOF:
-                if not req.unsent():
-                    view = pool.read_view[:nbytes]
-                    if reading == _LENGTH:
-                        self._length_body(req, view)
-                    else:
-                        req.response_body(view)
-                        req.flush()
-                    pool.lend(req)
-                    return
-            elif reading == _HEAD and nbytes > _VIEW_MIN and not self._buf:
-                end = pool.read_buf.find(b"\r\n\r\n", 0, nbytes)
-                if end >= 0 and nbytes - end - 4 >= _VIEW_MIN and not req.unsent():
-                    view = pool.read_view
-                    self._heads(req, view[:end + 4].tobytes(), view[end + 4:nbytes])
-                    pool.lend(req)
-                    return
+            try:
+                if phase == P.UP_LENGTH or phase == P.UP_EOF:
+                    if not req.unsent():
+                        view = pool.read_view[:nbytes]
+                        if phase == P.UP_LENGTH:
+                            self._length_body(req, view)
+                        else:
+                            req.response_body(view)
+                            req.flush()
+                        pool.lend(req)
+                        return
+                elif phase == P.UP_HEAD and nbytes > _VIEW_MIN and not self._buf:
+                    end = pool.read_buf.find(b"\r\n\r\n", 0, nbytes)
+                    if end >= 0 and nbytes - end - 4 >= _VIEW_MIN and not req.unsent():
+                        view = pool.read_view
+                        self._heads(req, view[:end + 4].tobytes(), view[end + 4:nbytes])
+                        pool.lend(req)
+                        return
+            except P.PhaseError as e:
+                self._broken(e)
+                return
         self.data_received(pool.read_view[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
-        tunnel = self.tunnel
-        if tunnel is not None:
-            tunnel.tunnel_data(data)
-            return
+        try:
+            tunnel = self.tunnel
+            if tunnel is not None:
+                tunnel.tunnel_data(data)
+                return
+            req = self.request
+            if req is None:
+                # Bytes from an idle backend connection: it is not speaking HTTP to us any
+                # more. Never hand it to a request.
+                self.close()
+                return
+            phase = self.phase
+            if phase == P.UP_LENGTH:
+                self._length_body(req, data)
+            elif phase == P.UP_HEAD:
+                self._heads(req, data)
+            elif phase == P.UP_CHUNKED:
+                self._chunked_body(req, data)
+            elif phase == P.UP_EOF:
+                req.response_body(data)
+                req.flush()
+        except P.PhaseError as e:
+            self._broken(e)
+
+    def _broken(self, err: P.PhaseError) -> None:
+        """A move the phase tables forbid, met in a call from the loop: this connection is cut,
+        and the client it serves dropped (``UpstreamRequest.broken``)."""
         req = self.request
-        if req is None:
-            # Bytes from an idle backend connection: it is not speaking HTTP to us any
-            # more. Never hand it to a request.
-            self.close()
-            return
-        reading = self._reading
-        if reading == _LENGTH:
-            self._length_body(req, data)
-        elif reading == _HEAD:
-            self._heads(req, data)
-        elif reading == _CHUNKED:
-            self._chunked_body(req, data)
-        elif reading == _EOF:
-            req.response_body(data)
-            req.flush()
+        tunnel = self.tunnel
+        self.request = None
+        self.tunnel = None
+        self.abort()
+        if req is not None:
+            req.broken(err)
+        elif tunnel is not None:
+            tunnel.broken(err)
+        else:
+            log.error("backend %s: %s; connection dropped", self.key, err)
 
     def _heads(self, req: UpstreamRequest, data: bytes, tail: memoryview | None = None) -> None:
         """Read response heads (1xx, then the final one) and what follows them in this read:
@@ -275,14 +336,14 @@ class UpstreamConnection:
             # What follows the head in this read.
             rest = tail if tail is not None else _after(buf, start) if len(buf) > start else None
             if status == 101:
-                self._reading = _IDLE
+                self._move(P.UP_TUNNEL)
                 req.response_upgraded(self, b"" if rest is None else bytes(rest))
                 return
             self._head = rh
             body = rh.body
             if body == framing.LENGTH:
                 self._parser = None
-                self._reading = _LENGTH
+                self._move(P.UP_LENGTH)
                 self.body_left = rh.length
                 self._read_into_buffer(rh.length >= BUFFERED_BODY)
                 if rest is not None:
@@ -292,7 +353,7 @@ class UpstreamConnection:
             elif body == framing.CHUNKED:
                 # llhttp reads the chunks: a parser with the body callbacks, given the head again
                 # (the checking one has none: a callback per response costs as much as the rest).
-                self._reading = _CHUNKED
+                self._move(P.UP_CHUNKED)
                 self._extra = False
                 self._parser = parser = httptools.HttpResponseParser(self)
                 parser.feed_data(buf[:start])
@@ -302,14 +363,14 @@ class UpstreamConnection:
                     req.flush()
             elif body == framing.EOF:
                 self._parser = None
-                self._reading = _EOF
+                self._move(P.UP_EOF)
                 self._read_into_buffer(True)
                 if rest is not None:
                     req.response_body(rest)
                 req.flush()
             else:
                 self._parser = None
-                self._reading = _IDLE
+                self._move(P.UP_IDLE)
                 self.request = None
                 req.response_end(self, rh.reusable and rest is None)
             return
@@ -346,7 +407,7 @@ class UpstreamConnection:
             reusable = False
         if data:
             req.response_body(data)
-        self._reading = _IDLE
+        self._move(P.UP_IDLE)
         self.request = None
         req.response_end(self, reusable)
 
@@ -356,12 +417,14 @@ class UpstreamConnection:
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as e:
-            if self._reading == _CHUNKED:
+            if isinstance(e.__context__, P.PhaseError):
+                raise e.__context__  # from a callback: not the backend's fault
+            if self.phase == P.UP_CHUNKED:
                 self._fail(req, f"malformed chunked body: {e}")
                 return
             # Past the end of the body: the backend sends what it should not.
             self._extra = True
-        if self._reading == _CHUNKED:
+        if self.phase == P.UP_CHUNKED:
             req.flush()
             return
         head = self._head
@@ -373,19 +436,19 @@ class UpstreamConnection:
     # llhttp's callbacks for a chunked body (no per-field callback: the head is checked whole).
     def on_body(self, data: bytes) -> None:
         req = self.request
-        if req is not None and self._reading == _CHUNKED:
+        if req is not None and self.phase == P.UP_CHUNKED:
             req.response_body(data)
 
     def on_message_complete(self) -> None:
-        if self._reading == _CHUNKED:
-            self._reading = _IDLE
+        if self.phase == P.UP_CHUNKED:
+            self._move(P.UP_IDLE)
 
     def on_message_begin(self) -> None:
-        if self._reading == _IDLE and self._head is not None:
+        if self.phase == P.UP_IDLE and self._head is not None:
             self._extra = True  # a second message after the body: never reuse
 
     def _fail(self, req: UpstreamRequest, detail: str) -> None:
-        self._reading = _IDLE
+        self._move(P.UP_IDLE)
         self._parser = None
         self._buf = b""
         req.response_failed(self, "protocol", detail)
@@ -396,44 +459,85 @@ class UpstreamConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         req = self.request
-        if req is not None:
-            self.request = None
-            if self._reading == _EOF:
-                self._reading = _IDLE
-                req.response_end(self, False)  # the close is the end of this body
+        try:
+            if req is not None:
+                eof = self.phase == P.UP_EOF
+                self._move(P.UP_IDLE)
+                self.request = None
+                if eof:
+                    req.response_end(self, False)  # the close is the end of this body
+                else:
+                    req.upstream_lost(self)
+            elif self.tunnel is not None:
+                tunnel, self.tunnel = self.tunnel, None
+                tunnel.tunnel_closed()
             else:
-                self._reading = _IDLE
-                req.upstream_lost(self)
-        elif self.tunnel is not None:
-            tunnel, self.tunnel = self.tunnel, None
-            tunnel.tunnel_closed()
-        else:
-            self.pool.discard(self)
+                self.pool.discard(self)
+        except P.PhaseError as e:
+            self.request = req
+            self._broken(e)
 
     def pause_writing(self) -> None:
-        if self.tunnel is not None:
-            self.tunnel.tunnel_backpressure(True)
-        elif self.request is not None:
-            self.request.backpressure(True)
+        self._backpressure(True)
 
     def resume_writing(self) -> None:
-        if self.tunnel is not None:
-            self.tunnel.tunnel_backpressure(False)
-        elif self.request is not None:
-            self.request.backpressure(False)
+        self._backpressure(False)
+
+    def _backpressure(self, full: bool) -> None:
+        try:
+            if self.tunnel is not None:
+                self.tunnel.tunnel_backpressure(full)
+            elif self.request is not None:
+                self.request.backpressure(full)
+        except P.PhaseError as e:
+            self._broken(e)
 
     # -- control from the exchange -------------------------------------------------------
     def attach(self, req: UpstreamRequest) -> None:
+        self._move(P.UP_HEAD)
         self.request = req
-        self._reading = _HEAD
         self._buf = b""
         self._parser = None
         self._head = None
         self.body_left = 0
 
+    # -- writing the request: this connection's own socket ---------------------------------
+    def send_head(self, head: bytes, body: list[bytes] | None, chunked: bool,
+                  end: bool) -> None:
+        """Write a request's head, the body bytes held for it so far, and -- if ``end`` -- the
+        body's end, in one write; the body's writer (as is, or chunked) is chosen here for the
+        rest of the request."""
+        writer = self._writer = _CHUNKED_WRITER if chunked else _AS_IS
+        if body:
+            head += b"".join([writer.frame(d) for d in body])
+        if end and chunked:
+            head += framing.LAST_CHUNK
+        self.transport.write(head)
+
+    def send_body(self, data: bytes) -> None:
+        self.transport.write(self._writer.frame(data))
+
+    def end_body(self) -> None:
+        last = self._writer.last()
+        if last:
+            self.transport.write(last)
+
+    def unsent(self) -> int:
+        """Bytes written to this connection that have not left for the backend yet."""
+        return self.transport.get_write_buffer_size()
+
+    # -- a tunnel: the client's bytes, as they are --------------------------------------------
     def start_tunnel(self, tunnel: Tunnel) -> None:
         self.request = None
         self.tunnel = tunnel
+
+    def relay(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def close_tunnel(self) -> None:
+        """The client's side of the tunnel is gone: so is this one."""
+        self.tunnel = None
+        self.close()
 
     def pause_reading(self) -> None:
         if not self._paused and not self.closed:
@@ -451,7 +555,8 @@ class UpstreamConnection:
         self.request = None
         self._parser = None
         self._head = None
-        self._reading = _IDLE
+        if self.phase != P.UP_IDLE:
+            self._move(P.UP_IDLE)
         if keep and not self.closed:
             if self._paused:
                 self.resume_reading()

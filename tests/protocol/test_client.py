@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from router import phases as P
 from router.config import config_from_dict
 from tests.memory import Request, Wire
 
@@ -526,3 +527,50 @@ def test_refused_at_the_cap_when_nothing_is_idle():
     c.send(get(b"/busy"))
     late = w.client(("127.0.0.1", 2))
     assert late.transport.aborted and w.ctx.refused == 1
+
+
+# -- a move the phase tables forbid, met in any call of the loop, drops the client ------------
+def _pipelined(w: Wire) -> Any:
+    """A client whose first request is being answered and whose second waits its turn, none
+    of it routed on: the loop has not turned yet."""
+    c = w.client()
+    c.transport.receive(get(b"/1") + get(b"/2"))
+    return c
+
+
+def test_a_phase_error_in_a_backend_callback_drops_the_client(caplog):
+    w = wire()
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(get(b"/1"))
+    ex = c.conn.active
+    ex.phase = P.ROUTING  # a bug: the exchange forgot it was sent
+    w.reply(SHOP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert c.transport.aborted and c.take() == b""
+    assert w.backend(SHOP).peers[0].transport.aborted
+    assert "exchange: ROUTING -> HEAD; connection dropped" in caplog.text
+
+
+def test_a_phase_error_in_the_response_timer_drops_that_client_and_times_out_the_others(caplog):
+    w = wire(timeouts={"response": "5s"})
+    w.backend(SHOP).answer = None
+    broken = _pipelined(w)
+    w.loop.run()
+    broken.conn.queue[0].phase = P.HEAD  # a bug: the request waiting its turn looks answered
+    w.loop.advance(1)
+    other = w.client()
+    other.send(get(b"/3"))
+    w.loop.advance(4.5)  # the first's response timeout: its 504, then the next one's route
+    assert broken.transport.aborted and "exchange: HEAD -> CONNECTING" in caplog.text
+    assert other.take() == b""
+    w.loop.advance(1)  # the timer is set again for the other client's request
+    assert statuses(other.take()) == [504] and not other.closed
+
+
+def test_a_phase_error_in_a_connect_task_drops_the_client(caplog):
+    w = wire()
+    w.backend(SHOP).refuse = True  # the first request's 502 starts the second at once
+    c = _pipelined(w)
+    c.conn.queue[0].phase = P.HEAD
+    w.loop.run()
+    assert c.transport.aborted and "exchange: HEAD -> CONNECTING" in caplog.text
