@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import time
 from typing import Callable, Final
 
 from .accesslog import AccessLog
@@ -21,6 +22,7 @@ from .deadlines import ResponseDeadlines
 from .health import PassiveHealth
 from .http.request_head import RequestIds
 from .logs import Throttled
+from .routing import PREVIEW_PARAM  # noqa: F401 (the admin API builds preview links with it)
 from .sticky import TokenCodec
 from .table import Backend, RoutingTable
 from .upstream import Tunnel, UpstreamPool
@@ -29,8 +31,6 @@ warn = logging.getLogger("router.error")
 
 # File descriptors kept free of client connections: the admin API, health checks, the store.
 FD_RESERVE: Final = 128
-# The query parameter of a preview link: ?router-preview=<token> (docs/release-ramp.md).
-PREVIEW_PARAM: Final = b"router-preview="
 # The most a client connection reads at once: while it is between requests or reading a head
 # (HAProxy's default bufsize), and while it is reading a body or tunnelling. Bytes read past
 # the requests being answered wait unparsed, so these bound what a pipelining client holds.
@@ -115,6 +115,10 @@ class ProxyContext:
         self.watching: dict[Backend, int] = passive.watching
         self.codec = codec
         self.loop = loop
+        # The clocks routing reads: wall-clock seconds for tokens, monotonic seconds for drains
+        # (a test moves them).
+        self.clock: Callable[[], float] = time.time
+        self.monotonic: Callable[[], float] = time.monotonic
         self.unrouted = UnroutedStats()
         self.deadlines = ResponseDeadlines(loop, config.timeouts.response)
         self.connections: set[ClientBase] = set()

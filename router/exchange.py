@@ -15,16 +15,15 @@ is a move in the phase table, so an exchange ends exactly once, and is counted e
 
 from __future__ import annotations
 
-import time
 from typing import Final
 
 from . import phases as P
 from . import routing
 from .accesslog import Entry
-from .context import PREVIEW_PARAM, ClientBase, ProxyContext
+from .context import ClientBase, ProxyContext
 from .http import framing
 from .http.response_head import ResponseError, ResponseHead, read_response_head
-from .table import App, Backend, HostApp, Preview, Service
+from .table import App, Backend, HostApp, Service
 from .upstream import BODY_BUFFERED, UPSTREAM_FULL, UpstreamConnection, UpstreamRequest
 
 # Body bytes held while no backend connection is ready, and kept for a retry (uvicorn's
@@ -132,7 +131,7 @@ class Exchange(UpstreamRequest):
     def _move(self, to: int) -> None:
         self.phase = P.exchange_move(self.phase, to)
 
-    # -- routing ----------------------------------------------------------------------------
+    # -- routing: router.routing decides, the exchange carries it out -------------------------
     def route(self) -> None:
         """Its turn has come: choose a backend and send the request (or answer it)."""
         conn = self.conn
@@ -151,100 +150,37 @@ class Exchange(UpstreamRequest):
         app = scope.app
         self.app = app
         self.scope = scope
-        pv = app.preview
-        marked = False
-        if pv is not None:
-            marked = self._marked(scope, pv, ctx)
-            if self.phase != P.ROUTING:
-                return  # a preview link, answered with its cookie
-        choice = None
+        # The wall clock is read only where a token is read or issued.
+        now = int(ctx.clock()) if app.sticky or app.preview is not None else 0
+        pin = None
         if app.sticky and self.cookie is not None:
-            choice = self._pinned(scope, ctx)
-        if choice is None:
-            choice = routing.weighted(app)
-        if marked and pv is not None:
-            if choice is not None and choice[0] is pv.service:
-                # Sent there by its pin or its weight: pinned as any request, counted as preview.
-                choice = (choice[0], choice[1], routing.PREVIEW, choice[3])
-            else:
-                self.previewed = True  # the client's pin stays as it is, retries included
-                choice = routing.preview(pv)
-                if choice is None:
-                    ctx.unrouted.count(app.name, 503)
-                    self.answer(503, b"preview: the new version has no healthy backend\n",
-                                keep=True, extra=b"Retry-After: 5\r\n", counted=True)
-                    return
-        if choice is None:
+            pin = ctx.codec.pin(app.name_b, self.cookie, scope.cookie_eq, now)
+        route = routing.choose(scope, self, self.headers, pin, now, ctx.monotonic, ctx.codec)
+        if isinstance(route, tuple):
+            self.previewed = route[2] == routing.MARKED
+            self._assign(route, now)
+            self._send()
+        elif isinstance(route, bytes):
+            self.answer(303, b"preview: this browser now reaches the new version\n", keep=True,
+                        extra=route)
+        else:
             ctx.unrouted.count(app.name, 503)
-            self.answer(503, app.unavailable, keep=True, extra=b"Retry-After: 5\r\n",
-                        counted=True)
-            return
-        self._assign(choice)
-        self._send()
+            self.answer(503, b"preview: the new version has no healthy backend\n"
+                        if route == routing.NO_PREVIEW else app.unavailable,
+                        keep=True, extra=b"Retry-After: 5\r\n", counted=True)
 
-    def _marked(self, scope: HostApp, pv: Preview, ctx: ProxyContext) -> bool:
-        """Whether the request carries a preview marker of the app's open release: its header
-        field, or a valid preview cookie. A preview link (``?router-preview=<token>``) with a
-        valid token is answered here: a redirect to the same URL without it, setting the
-        cookie (docs/release-ramp.md, "Preview")."""
-        name = pv.header
-        if name:
-            n = len(name)
-            for field, value in self.headers:
-                if len(field) == n and field.lower() == name and value.strip() == pv.value:
-                    return True
-        cookie = self.cookie
-        app = scope.app
-        if cookie is not None and ctx.codec.previewing(app.name_b, cookie, scope.preview_eq,
-                                                       pv.token_id, int(time.time())):
-            return True
-        url = self.url
-        i = url.find(PREVIEW_PARAM)
-        if i > 0 and (url[i - 1] == 63 or url[i - 1] == 38):  # after "?" or "&"
-            start = i + len(PREVIEW_PARAM)
-            end = url.find(b"&", start)
-            if end < 0:
-                end = len(url)
-            token = url[start:end]
-            now = int(time.time())
-            found = ctx.codec.verify_preview(app.name_b, token, now)
-            if found is not None and found[0] == pv.token_id:
-                self._preview_link(url, i - 1, end, token, found[1] - now, scope)
-        return False
-
-    def _preview_link(self, url: bytes, cut: int, end: int, token: bytes, max_age: int,
-                      scope: HostApp) -> None:
-        """Answer a preview link: the cookie, and the same URL without the link's parameter
-        (``url[cut:end]`` is it with the "?" or "&" before it)."""
-        rest = url[end:]
-        if url[cut] == 63 and rest:  # "?router-preview=...&a=1" -> "?a=1"
-            rest = b"?" + rest[1:]
-        self.answer(303, b"preview: this browser now reaches the new version\n", keep=True,
-                    extra=b"Location: " + url[:cut] + rest + b"\r\nSet-Cookie: "
-                    + scope.preview_eq + token + scope.preview_attrs
-                    + b"; Max-Age=%d; HttpOnly; SameSite=Lax\r\n" % max_age)
-
-    def _pinned(self, scope: HostApp, ctx: ProxyContext) -> routing.Choice | None:
-        app = scope.app
-        now = int(time.time())
-        pin = ctx.codec.pin(app.name_b, self.cookie or b"", scope.cookie_eq, now)
-        if pin is None:
-            return None
-        return routing.pinned(app, pin, now, ctx.codec.refresh_after, time.monotonic)
-
-    def _assign(self, choice: routing.Choice) -> None:
+    def _assign(self, choice: routing.Choice, now: int) -> None:
         svc, be, how, cookie = choice
         if cookie != routing.KEEP_COOKIE:
             scope = self.scope
             assert scope is not None
             ctx = self.conn.ctx
-            now = int(time.time())
             self.set_cookie = routing.cookie_line(ctx.codec, scope, svc, be, cookie or now, now)
         if how == routing.PINNED:
             svc.stats.sticky += 1
         elif how == routing.FALLBACK:
             svc.stats.fallback += 1
-        elif how == routing.PREVIEW:
+        elif how == routing.PREVIEW or how == routing.MARKED:
             svc.stats.preview += 1
         self.service = svc
         self.backend = be
@@ -304,7 +240,7 @@ class Exchange(UpstreamRequest):
             ctx.backend_failed(be, reason)
             ctx.throttled.warning((be.key, reason), "backend %s: cannot connect: %s", be.key,
                                   error or "timeout")
-            self.retry()
+            self.retry(routing.CONNECT_FAILED)
             return
         if self.phase != P.CONNECTING or self.backend is not be or not self.conn.is_open():
             up.release(True, ctx.loop.time())
@@ -323,29 +259,38 @@ class Exchange(UpstreamRequest):
         if self.body_done:
             self._wait()
 
-    def retry(self) -> None:
-        """The backend could not be reached: another one (routing.retry), or 502."""
+    def retry(self, cause: int, reused: bool = False) -> None:
+        """The backend failed before any response head (``cause``: routing.CONNECT_FAILED or
+        LOST): whatever routing.retry_plan decides -- the same backend on a new connection,
+        another one (routing.retry), or 502."""
+        plan = routing.retry_plan(cause, self.attempts, self.buf is not None,
+                                  self.method in IDEMPOTENT, reused, self.stale)
+        if plan == routing.RETRY_FRESH:
+            self.stale = True
+            self._retry_fresh()
+            return
         be = self.backend
         svc = self.service
         app = self.app
         assert be is not None and svc is not None and app is not None
-        tried = self.tried
-        if tried is None:
-            tried = self.tried = []
-        tried.append(be)
         choice = None
-        if self.attempts < routing.MAX_ATTEMPTS and self.buf is not None:
+        if plan == routing.RETRY:
+            tried = self.tried
+            if tried is None:
+                tried = self.tried = []
+            tried.append(be)
             choice = routing.retry(app, svc, tried)
         if choice is None:
             # Counted on the last backend tried.
-            self.answer(502, b"no backend could be reached\n", keep=self.body_done)
+            self.answer(502, b"backend closed the connection\n" if plan == routing.NO_REPLAY
+                        else b"no backend could be reached\n", keep=self.body_done)
             return
         if self.previewed:
             choice = (choice[0], choice[1], choice[2], routing.KEEP_COOKIE)
         svc.stats.retries += 1
         self._unassign()
         self.upstream = None
-        self._assign(choice)
+        self._assign(choice, int(self.conn.ctx.clock()) if app.sticky else 0)
         self._send()
 
     def _retry_fresh(self) -> None:
@@ -492,17 +437,7 @@ class Exchange(UpstreamRequest):
         # not a sick backend: counted, but not against its passive health.
         ctx.backend_failed(be, "reset", passive=not up.reused)
         self._unwait()
-        # Bytes may have reached the backend: only an idempotent request goes again.
-        if self.buf is not None and self.method in IDEMPOTENT:
-            if up.reused and not self.stale:
-                # Most likely the backend closed an idle pooled connection just as we reused
-                # it (keep-alive race): the same backend on a new connection, once.
-                self.stale = True
-                self._retry_fresh()
-            else:
-                self.retry()
-        else:
-            self.answer(502, b"backend closed the connection\n", keep=self.body_done)
+        self.retry(routing.LOST, up.reused)
 
     def response_timeout(self) -> None:
         if self.phase != P.SENT:

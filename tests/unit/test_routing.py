@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from router import routing
 from router.config import config_from_dict
+from router.http.request_head import RequestHead
 from router.sticky import Pin, TokenCodec
-from router.table import App, TableBuilder
+from router.table import App, HostApp, TableBuilder
 
 CODEC = TokenCodec(b"k" * 32, 1800, 28800)
 
@@ -124,3 +127,149 @@ def test_a_backend_may_leave_when_its_requests_have_somewhere_else_to_go():
     a = app({"blue": (0, ["10.0.0.9:80"]), "green": (0, ["10.0.0.1:80"])})
     assert not leaves(a, "green", "10.0.0.1:80")
     assert not leaves(app({"green": (100, ["10.0.0.1:80"])}), "green", "10.0.0.1:80")
+
+
+# -- choose: the whole decision for one request, from tables, on the test's clocks ---------------
+NOW = 1_800_000_000  # the wall clock choose is given
+STARTED = "2026-11-26T14:33:18Z"
+
+
+def Head(url: bytes = b"/", cookie: bytes | None = None) -> RequestHead:
+    """A request head with the parts choose reads."""
+    head = RequestHead()
+    head.url = url
+    head.cookie = cookie
+    return head
+
+
+def previewing(web: int = 100, v2: int = 0, v2_backends: tuple[str, ...] = ("10.0.0.2:80",),
+               header: str = "X-Preview") -> HostApp:
+    """``shop`` with web and v2, and an open release of v2 (its marker: ``header: v2``)."""
+    cfg = config_from_dict({"apps": {"shop": {
+        "routes": ["shop.test"], "preview": {"header": header},
+        "services": {"web": {"weight": web, "backends": ["10.0.0.1:80"]},
+                     "v2": {"weight": v2, "backends": list(v2_backends) or ["10.0.0.2:80"]}}}}})
+    builder = TableBuilder(CODEC)
+    table = builder.build(cfg.apps, 1, {"shop": ("v2", STARTED)})
+    if not v2_backends:
+        for be in builder.all_backends():
+            be.healthy = be.key != "10.0.0.2:80"
+        table = builder.build(cfg.apps, 1, {"shop": ("v2", STARTED)})
+    scope = table.lookup(b"shop.test", b"/")
+    assert scope is not None
+    return scope
+
+
+def preview_token(ttl: int = 600) -> bytes:
+    return CODEC.issue_preview(b"shop", CODEC.preview_id("shop", "v2", 0, STARTED), NOW, NOW + ttl)
+
+
+def outcome(route: routing.Route) -> object:
+    return names(route) if isinstance(route, tuple) else route
+
+
+def choose(a: App | HostApp, head: RequestHead | None = None, headers=(),
+           pin_: Pin | None = None,
+           now: int = NOW, mono: float = 0.0) -> object:
+    scope = a if isinstance(a, HostApp) else HostApp(a, "CONTAINERID", "/")
+    return outcome(routing.choose(scope, head or Head(), list(headers), pin_, now, lambda: mono,
+                                  CODEC))
+
+
+def test_choose_without_a_release():
+    a = app({"blue": (1, ["10.0.0.1:80"])})
+    assert choose(a) == ("blue", "10.0.0.1:80", routing.WEIGHTED, routing.NEW_PIN)
+    p = pin(a, "blue", "10.0.0.1:80", issued=NOW - 10, seen=NOW - 10)
+    assert choose(a, pin_=p) == ("blue", "10.0.0.1:80", routing.PINNED, routing.KEEP_COOKIE)
+    down = app({"blue": (1, ["10.0.0.1:80"])}, unhealthy=("10.0.0.1:80",))
+    assert choose(down) == routing.UNAVAILABLE
+
+
+@pytest.mark.parametrize("marker, want", [
+    # (the request's marker, where it goes)
+    ({}, ("web", "10.0.0.1:80", routing.WEIGHTED, routing.NEW_PIN)),
+    ({"headers": [(b"x-preview", b" v2 ")]}, ("v2", "10.0.0.2:80", routing.MARKED,
+                                            routing.KEEP_COOKIE)),
+    ({"headers": [(b"x-preview", b"v3")]}, ("web", "10.0.0.1:80", routing.WEIGHTED,
+                                           routing.NEW_PIN)),
+    ({"headers": [(b"x-other", b"v2")]}, ("web", "10.0.0.1:80", routing.WEIGHTED,
+                                         routing.NEW_PIN)),
+    ({"cookie": b"CONTAINERID_PREVIEW=" + preview_token()}, ("v2", "10.0.0.2:80",
+                                                            routing.MARKED, routing.KEEP_COOKIE)),
+    ({"cookie": b"CONTAINERID_PREVIEW=" + preview_token()[:-1] + b"x"},
+     ("web", "10.0.0.1:80", routing.WEIGHTED, routing.NEW_PIN)),
+])
+def test_choose_with_a_preview_marker(marker, want):
+    a = previewing()
+    head = Head(cookie=marker.get("cookie"))
+    assert choose(a, head, marker.get("headers", ())) == want
+
+
+def test_a_marked_request_its_weight_sends_there_is_pinned_and_counted_as_preview():
+    a = previewing(web=0, v2=100)
+    assert choose(a, headers=[(b"x-preview", b"v2")]) == (
+        "v2", "10.0.0.2:80", routing.PREVIEW, routing.NEW_PIN)
+
+
+def test_a_marked_request_whose_new_version_is_down_is_a_503():
+    a = previewing(v2_backends=())
+    assert choose(a, headers=[(b"x-preview", b"v2")]) == routing.NO_PREVIEW
+
+
+@pytest.mark.parametrize("url, location", [
+    (b"/a?router-preview=TOKEN", b"/a"),
+    (b"/a?router-preview=TOKEN&b=1", b"/a?b=1"),
+    (b"/a?b=1&router-preview=TOKEN", b"/a?b=1"),
+    (b"/a?b=1&router-preview=TOKEN&c=2", b"/a?b=1&c=2"),
+])
+def test_a_preview_link_is_answered_with_its_redirect(url, location):
+    a = previewing()
+    tok = preview_token(ttl=600)
+    route = choose(a, Head(url=url.replace(b"TOKEN", tok)), now=NOW + 100)
+    assert route == (b"Location: " + location + b"\r\nSet-Cookie: CONTAINERID_PREVIEW=" + tok
+                     + b"; Path=/; Max-Age=500; HttpOnly; SameSite=Lax\r\n")
+
+
+@pytest.mark.parametrize("url", [b"/a?router-preview=bad", b"/a?xrouter-preview=TOKEN",
+                                 b"/router-preview=TOKEN"])
+def test_no_redirect_for_a_link_not_valid(url):
+    a = previewing()
+    route = choose(a, Head(url=url.replace(b"TOKEN", preview_token())))
+    assert route == ("web", "10.0.0.1:80", routing.WEIGHTED, routing.NEW_PIN)
+
+
+def test_an_expired_preview_token_by_the_given_clock_is_no_marker():
+    a = previewing()
+    head = Head(cookie=b"CONTAINERID_PREVIEW=" + preview_token(ttl=60))
+    assert choose(a, head, now=NOW + 59)[0] == "v2"
+    assert choose(a, head, now=NOW + 61)[0] == "web"
+
+
+def test_a_drained_pin_ends_by_the_given_monotonic_clock():
+    a = app({"blue": (0, ["10.0.0.1:80"]), "green": (100, ["10.0.0.2:80"])}, drain="10s")
+    p = pin(a, "blue", "10.0.0.1:80", issued=NOW, seen=NOW)
+    zero = a.by_name["blue"].zero_since
+    assert choose(a, pin_=p, mono=zero + 9.9)[:3] == ("blue", "10.0.0.1:80", routing.PINNED)
+    assert choose(a, pin_=p, mono=zero + 10.0)[:3] == ("green", "10.0.0.2:80",
+                                                              routing.WEIGHTED)
+
+
+# -- retry_plan: whether a request whose backend failed goes again --------------------------------
+C, L = routing.CONNECT_FAILED, routing.LOST
+
+
+@pytest.mark.parametrize("cause, attempts, replayable, idempotent, reused, stale, want", [
+    (C, 1, True, False, False, False, routing.RETRY),        # nothing was sent: any method
+    (C, 2, True, True, False, False, routing.RETRY),
+    (C, 3, True, True, False, False, routing.GIVE_UP),       # three tries in all
+    (C, 1, False, True, False, False, routing.GIVE_UP),      # its body is no longer held
+    (L, 1, True, True, False, False, routing.RETRY),         # a new connection lost: elsewhere
+    (L, 1, True, True, True, False, routing.RETRY_FRESH),    # the keep-alive race: same backend
+    (L, 3, True, True, True, False, routing.RETRY_FRESH),    # ... whatever the tries so far
+    (L, 2, True, True, True, True, routing.RETRY),           # ... once
+    (L, 3, True, True, True, True, routing.GIVE_UP),
+    (L, 1, True, False, True, False, routing.NO_REPLAY),     # a POST may have arrived
+    (L, 1, False, True, True, False, routing.NO_REPLAY),     # its body is no longer held
+])
+def test_retry_plan(cause, attempts, replayable, idempotent, reused, stale, want):
+    assert routing.retry_plan(cause, attempts, replayable, idempotent, reused, stale) == want
