@@ -10,7 +10,7 @@ import os
 # from this file: a literal tuple of strings, on its own.
 COMPILED_MODULES = ("http/framing", "http/request_head", "http/response_head", "phases",
                     "balancer", "counters", "sticky", "table", "routing", "upstream", "deadlines",
-                    "accesslog", "logs", "context", "exchange", "client")
+                    "accesslog", "logs", "context", "exchange", "reader", "client")
 
 
 def _refuse_stale_builds() -> None:
