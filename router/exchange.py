@@ -157,7 +157,6 @@ class Exchange(UpstreamRequest):
             pin = ctx.codec.pin(app.name_b, self.cookie, scope.cookie_eq, now)
         route = routing.choose(scope, self, self.headers, pin, now, ctx.monotonic, ctx.codec)
         if isinstance(route, tuple):
-            self.previewed = route[2] == routing.MARKED
             self._assign(route, now)
             self._send()
         elif isinstance(route, bytes):
@@ -180,8 +179,11 @@ class Exchange(UpstreamRequest):
             svc.stats.sticky += 1
         elif how == routing.FALLBACK:
             svc.stats.fallback += 1
-        elif how == routing.PREVIEW or how == routing.MARKED:
+        elif how == routing.PREVIEW:
             svc.stats.preview += 1
+        elif how == routing.MARKED:
+            svc.stats.preview += 1
+            self.previewed = True  # the client's pin stays as it is, retries included
         self.service = svc
         self.backend = be
         self.attempts += 1
@@ -324,8 +326,10 @@ class Exchange(UpstreamRequest):
             up.send_body(data)
 
     def body_end(self) -> None:
+        # Known done at the head (no body): nothing to end, and its wait began with the send.
+        known = self.body_done
         self.body_done = True
-        if P.ended(self.phase):
+        if known or P.ended(self.phase):
             return
         up = self.upstream
         if up is not None:

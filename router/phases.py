@@ -107,9 +107,22 @@ def _masks(moves: tuple[frozenset[int], ...]) -> tuple[int, ...]:
     return tuple(sum(1 << p for p in allowed) for allowed in moves)
 
 
-_EXCHANGE_MASKS: Final = _masks(EXCHANGE_MOVES)
 _CONNECTION_MASKS: Final = _masks(CONNECTION_MOVES)
-_UPSTREAM_MASKS: Final = _masks(UPSTREAM_MOVES)
+
+
+def _packed(moves: tuple[frozenset[int], ...]) -> int:
+    """A table of up to eight phases as one int: bit ``frm * 8 + to`` set when the move is
+    legal."""
+    return sum(1 << (frm * 8 + to) for frm, allowed in enumerate(moves) for to in allowed)
+
+
+# The two tables that fit in a machine word (the last rows are empty), written out so that mypyc
+# compiles them to constants -- a move of the exchange or of a backend connection (three or four
+# per request each) is then checked with a shift -- and checked against the tables above here.
+_EXCHANGE_PACKED: Final = 0xC0F0CEC6C6
+_UPSTREAM_PACKED: Final = 0x101013D02
+assert _EXCHANGE_PACKED == _packed(EXCHANGE_MOVES), hex(_packed(EXCHANGE_MOVES))
+assert _UPSTREAM_PACKED == _packed(UPSTREAM_MOVES), hex(_packed(UPSTREAM_MOVES))
 
 
 class PhaseError(Exception):
@@ -118,7 +131,7 @@ class PhaseError(Exception):
 
 def exchange_move(frm: int, to: int) -> int:
     """``to``, if an exchange in phase ``frm`` may move there; else ``PhaseError``."""
-    if not (_EXCHANGE_MASKS[frm] >> to) & 1:
+    if not (_EXCHANGE_PACKED >> (frm * 8 + to)) & 1:
         raise PhaseError(f"exchange: {EXCHANGE_PHASES[frm]} -> {EXCHANGE_PHASES[to]}")
     return to
 
@@ -132,7 +145,7 @@ def connection_move(frm: int, to: int) -> int:
 
 def upstream_move(frm: int, to: int) -> int:
     """``to``, if a backend connection in phase ``frm`` may move there; else ``PhaseError``."""
-    if not (_UPSTREAM_MASKS[frm] >> to) & 1:
+    if not (_UPSTREAM_PACKED >> (frm * 8 + to)) & 1:
         raise PhaseError(f"upstream: {UPSTREAM_PHASES[frm]} -> {UPSTREAM_PHASES[to]}")
     return to
 

@@ -129,35 +129,6 @@ class Tunnel:
         raise NotImplementedError
 
 
-class _AsIs:
-    """Writes request body bytes as they are (a ``Content-Length`` body): the writer of a
-    request's body is chosen once, with its head (as h11's ``_writers``)."""
-
-    __slots__ = ()
-
-    def frame(self, data: bytes) -> bytes:
-        return data
-
-    def last(self) -> bytes:
-        return b""
-
-
-class _Chunked(_AsIs):
-    """Writes request body bytes as chunks, and the last chunk at the end."""
-
-    __slots__ = ()
-
-    def frame(self, data: bytes) -> bytes:
-        return framing.chunk(data)
-
-    def last(self) -> bytes:
-        return framing.LAST_CHUNK
-
-
-_AS_IS: Final = _AsIs()
-_CHUNKED_WRITER: Final = _Chunked()
-
-
 # Below this many bytes a body read together with its head is copied out of the read (cheaper
 # than a view); above it the view avoids copying most of the read once more.
 _VIEW_MIN: Final = 4096
@@ -203,7 +174,7 @@ class UpstreamConnection:
         self.body_left = 0  # bytes of a Content-Length body still to forward
         self._extra = False  # the backend sent bytes past the end of a chunked body
         self._buffered = False  # reads go to the pool's buffer (_read_into_buffer)
-        self._writer = _AS_IS  # how the request's body is written (chosen by send_head)
+        self._writer = framing.AS_IS  # how the request's body is written (chosen by send_head)
 
     def _move(self, to: int) -> None:
         self.phase = P.upstream_move(self.phase, to)
@@ -507,7 +478,7 @@ class UpstreamConnection:
         """Write a request's head, the body bytes held for it so far, and -- if ``end`` -- the
         body's end, in one write; the body's writer (as is, or chunked) is chosen here for the
         rest of the request."""
-        writer = self._writer = _CHUNKED_WRITER if chunked else _AS_IS
+        writer = self._writer = framing.CHUNKED_WRITER if chunked else framing.AS_IS
         if body:
             head += b"".join([writer.frame(d) for d in body])
         if end and chunked:

@@ -36,6 +36,36 @@ def chunk(data: bytes | memoryview) -> bytes:
     return b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
 
 
+class BodyWriter:
+    """Writes a request body's bytes as they are (a ``Content-Length`` body). A body's writer is
+    chosen once, with its head, as h11's ``_writers`` are."""
+
+    __slots__ = ()
+
+    def frame(self, data: bytes) -> bytes:
+        return data
+
+    def last(self) -> bytes:
+        """What ends the body on the wire (nothing: its length said where)."""
+        return b""
+
+
+class ChunkedWriter(BodyWriter):
+    """Writes a request body's bytes as chunks, and the last chunk at its end."""
+
+    __slots__ = ()
+
+    def frame(self, data: bytes) -> bytes:
+        return chunk(data)
+
+    def last(self) -> bytes:
+        return LAST_CHUNK
+
+
+AS_IS: Final = BodyWriter()
+CHUNKED_WRITER: Final = ChunkedWriter()
+
+
 class FramingError(Exception):
     """A body whose framing is malformed: the message cannot be delimited."""
 
