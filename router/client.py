@@ -484,7 +484,8 @@ class ClientConnection(RequestReader):
             elif self.idle_since() >= 0:
                 handoff = self.ctx.handoff
                 if handoff is not None:
-                    handoff(self)  # a successor takes it (router.dataplane: idle timeout 0 meanwhile)
+                    # A successor takes it (router.dataplane: idle timeout 0 meanwhile).
+                    handoff(self)
                     return
                 self._closing()
                 self.transport.close()

@@ -144,11 +144,11 @@ def retry_plan(cause: int, attempts: int, replayable: bool, idempotent: bool, re
                stale: bool) -> int:
     """After a request's backend failed before any response head (``cause``), having tried
     ``attempts`` times: RETRY (another backend), RETRY_FRESH (the same backend on a new
-    connection), or a 502 (GIVE_UP, NO_REPLAY), as Envoy's RetryState decides. Only a request whose body is still held
-    (``replayable``) goes again; after a lost connection, only an idempotent one (bytes may
-    have reached the backend). A pooled connection (``reused``) lost before any answer is
-    most likely the keep-alive race, the backend closing it as it was reused: the same backend
-    again, once (``stale``: that was done already)."""
+    connection), or a 502 (GIVE_UP, NO_REPLAY), as Envoy's RetryState decides. Only a request
+    whose body is still held (``replayable``) goes again; after a lost connection, only an
+    idempotent one (bytes may have reached the backend). A pooled connection (``reused``) lost
+    before any answer is most likely the keep-alive race, the backend closing it as it was
+    reused: the same backend again, once (``stale``: that was done already)."""
     if cause == LOST:
         if not (replayable and idempotent):
             return NO_REPLAY

@@ -141,7 +141,7 @@ def test_connection_questions():
         assert p == P.CLOSED or P.CLOSED in P.CONNECTION_MOVES[p]
 
 
-# -- a backend connection's reading side -------------------------------------------------------------
+# -- a backend connection's reading side ------------------------------------------------------
 @pytest.mark.parametrize("path", [
     [P.UP_HEAD, P.UP_LENGTH, P.UP_IDLE, P.UP_HEAD, P.UP_CHUNKED, P.UP_IDLE],  # two on one
     [P.UP_HEAD, P.UP_EOF, P.UP_IDLE],                                         # to the close
