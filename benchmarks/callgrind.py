@@ -219,7 +219,12 @@ ROUTER = (
              "client.ClientConnection.on_url", "client.ClientConnection.on_header",
              "client.ClientConnection.on_headers_complete",
              "client.ClientConnection.on_message_complete",
-             "client.ClientConnection._request_read", "exchange.Exchange",
+             "client.ClientConnection._request_read",
+             # (the same callbacks since the reading half is a module of its own)
+             "reader.RequestReader.on_message_begin", "reader.RequestReader.on_url",
+             "reader.RequestReader.on_header", "reader.RequestReader.on_headers_complete",
+             "reader.RequestReader.on_message_complete", "reader.RequestReader._request_read",
+             "exchange.Exchange",
              "exchange.Exchange.__init__", "exchange.Exchange.body_end")),
     stage("check", "check the request head: version, sizes, Host, target, framing, "
           "Connection tokens; each field looked at once",
