@@ -14,11 +14,11 @@ import time
 import timeit
 from typing import Callable
 
-from router.balancer import LeastInFlight, SmoothWeightedRoundRobin
+from router.dataplane.balancer import LeastInFlight, SmoothWeightedRoundRobin
 from router.config import config_from_dict
-from router.health import Health, PassiveHealth
-from router.sticky import TokenCodec, cookie_value
-from router.table import TableBuilder
+from router.dataplane.health import Health, PassiveHealth
+from router.dataplane.sticky import TokenCodec, cookie_value
+from router.dataplane.table import TableBuilder
 
 
 def _table():  # type: ignore[no-untyped-def]
@@ -79,9 +79,9 @@ def proxy_case(sticky: bool, size: int = 100, reads: int = 1) -> Callable[[], ob
     in-memory transports: the Python cost per request."""
     import uvloop
 
-    from router.client import ClientConnection
-    from router.context import ProxyContext
-    from router.upstream import UpstreamConnection, UpstreamPool
+    from router.dataplane.client import ClientConnection
+    from router.dataplane.context import ProxyContext
+    from router.dataplane.upstream import UpstreamConnection, UpstreamPool
     from tests.memory import CountingTransport
 
     loop = uvloop.new_event_loop()

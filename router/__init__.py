@@ -8,9 +8,12 @@ import os
 # The per-request modules setup.py compiles with mypyc when it can (router/<name>.*.so beside
 # router/<name>.py; the interpreter imports the compiled one first). setup.py reads this list
 # from this file: a literal tuple of strings, on its own.
-COMPILED_MODULES = ("http/framing", "http/request_head", "http/response_head", "phases",
-                    "balancer", "counters", "sticky", "table", "routing", "upstream", "deadlines",
-                    "accesslog", "logs", "context", "exchange", "reader", "client")
+COMPILED_MODULES = ("http/framing", "http/request_head", "http/response_head",
+                    "dataplane/phases", "dataplane/balancer", "dataplane/counters",
+                    "dataplane/sticky", "dataplane/table", "dataplane/routing",
+                    "dataplane/upstream", "dataplane/deadlines", "dataplane/accesslog", "logs",
+                    "dataplane/context", "dataplane/exchange", "dataplane/reader",
+                    "dataplane/client")
 
 
 def _refuse_stale_builds() -> None:
@@ -43,7 +46,7 @@ def version() -> str:
 
 def compiled() -> bool:
     """Whether the per-request modules run compiled (mypyc) rather than as plain Python."""
-    from . import client
+    from .dataplane import client
 
     return not client.__file__.endswith(".py")
 

@@ -15,8 +15,8 @@ import tempfile
 
 from . import eventlog, version
 from .config import Config, ConfigError, DockerProviderConfig, load_config, parse_docker_endpoint
-from .handoff import SOCKET_NAME
-from .process import serve
+from .process.handoff import SOCKET_NAME
+from .process.run import serve
 
 # The demo's backends and their default addresses: the README's walkthrough uses them.
 DEMO_BACKENDS = {"blue": "127.0.0.1:18001", "green": "127.0.0.1:18002",
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         eventlog.setup()
-        from .demo import run_demo
+        from .process.demo import run_demo
 
         return run_demo(args.listen, args.admin,
                         {name: getattr(args, name.replace("-", "_")) for name in DEMO_BACKENDS})
@@ -82,7 +82,7 @@ def _serve(args: argparse.Namespace, argv: list[str] | None) -> tuple[int, str |
     """(exit code, what stopped it before it ran)."""
     if not 1 <= args.workers <= 64:
         return 2, f"--workers: must be 1..64 (got {args.workers})"
-    from .store import check_store
+    from .control.store import check_store
 
     try:
         store = check_store(args.store) if args.store is not None else None
@@ -124,7 +124,7 @@ def _serve(args: argparse.Namespace, argv: list[str] | None) -> tuple[int, str |
 
 
 def handoff_path(config: Config, state: str | None) -> str | None:
-    """Where a router listens for its successor (``router.handoff``)."""
+    """Where a router listens for its successor (``router.process.handoff``)."""
     if config.handoff.socket is not None:
         return config.handoff.socket
     return os.path.join(state, SOCKET_NAME) if state is not None else None
@@ -149,7 +149,7 @@ def _report(args: argparse.Namespace, why: str) -> None:
     be what could not be worked out)."""
     import asyncio
 
-    from .handoff import report_failure
+    from .process.handoff import report_failure
 
     path = args.takeover
     if not path:

@@ -1,7 +1,7 @@
 """The router's error hierarchy: each error carries its HTTP status and a stable code.
 
 The admin API turns them into ``{"error": {"code", "message", "field"}}`` in exactly one place
-(``admin.app``); everything below it raises these and never builds a response itself.
+(``router.admin.app``); everything below it raises these and never builds a response itself.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ parse text.
 Every process sets it up the same way: ``setup`` at start, as text, so that an error while the
 configuration is read is still said; ``use`` once the configuration says which format (the
 main process when it has read the file, and at each reload; a worker whenever its data plane
-gets a configuration, router.dataplane).
+gets a configuration, router.process.dataplane).
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from aiohttp import web
 
-from admin.app import create_app
+from router.admin.app import create_app
 from router.config import config_from_dict
-from router.server import Server
+from router.process.server import Server
 from tests.processes import ROOT, answering, free_port, terminate, until  # noqa: F401  (used by the tests through here)
 
 CHUNK = 64 * 1024
@@ -205,7 +205,7 @@ async def router(tmp_path: Any) -> AsyncIterator[Callable[[dict[str, Any]], Awai
 
 async def set_apps(server: Server, cfg: dict[str, Any]) -> None:
     """Replace the running router's apps as `routerctl apply --force` would."""
-    from router.state import apply_apps
+    from router.control.state import apply_apps
 
     await server.manager.change(apply_apps(config_from_dict(cfg).apps, force=True))
 

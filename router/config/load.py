@@ -161,7 +161,7 @@ def _allowed_host(text: str, path: str, source: str) -> str:
     return host
 
 
-# router.sticky.load_or_create_secret refuses shorter secrets: an HMAC key needs some entropy.
+# router.dataplane.sticky.load_or_create_secret refuses shorter secrets: an HMAC key needs some entropy.
 _MIN_SECRET_BYTES = 16
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # App and service names, as messages, the OpenAPI document and the web console
-# (admin/ui/js/dialogs.js) spell the pattern. NAME_RE ends in ``\Z`` rather than ``$``: ``$``
+# (router/admin/ui/js/dialogs.js) spell the pattern. NAME_RE ends in ``\Z`` rather than ``$``: ``$``
 # also matches before a trailing newline, so ``NAME_RE.match("shop\n")`` would succeed with it.
 NAME_PATTERN = "^[a-z0-9][a-z0-9-]{0,62}$"
 NAME_RE = re.compile(NAME_PATTERN.removesuffix("$") + r"\Z")
@@ -86,7 +86,7 @@ class ServiceConfig:
     # Not a setting: the generation of the change that added the service to the routing state
     # (0: it came with the first seed, or from a state stored before incarnations were kept).
     # A service deleted and added again under its name is a new incarnation, which the sticky
-    # cookies and preview tokens of the old one do not reach (router.state.incarnate).
+    # cookies and preview tokens of the old one do not reach (router.control.state.incarnate).
     incarnation: int = 0
 
 

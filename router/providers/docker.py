@@ -26,15 +26,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..config import DockerProviderConfig, HealthCheckConfig, split_hostport
 from ..errors import Conflict, RouterError, Unavailable
-from ..health import probe
-from ..state import Discovered, DiscoveryOutcome, Operation, State, Step
+from ..dataplane.health import probe
+from ..control.state import Discovered, DiscoveryOutcome, Operation, State, Step
 from .container import container_id, read_mounts
 from .discovery import Listing, Version, from_containers, from_swarm
 from .engine import DockerClient, DockerError
 from .reconcile import Found, NothingToDo, reconcile, version_check
 
 if TYPE_CHECKING:
-    from ..manager import StateManager
+    from ..control.manager import StateManager
 
 log = logging.getLogger("router.docker")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import AppConfig, HealthCheckConfig, Route
 from ..errors import Conflict, RouterError
-from ..state import (
+from ..control.state import (
     Discovered,
     DiscoveryOutcome,
     State,

@@ -14,7 +14,7 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, assume, settings
 
-from admin.openapi import openapi
+from router.admin.openapi import openapi
 from tests.conftest import ROOT, free_port
 
 TOKEN = "schemathesis-token"

@@ -21,7 +21,7 @@ CHROMIUM = os.environ.get("ROUTER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "console-test-token"
-REMOVED = "#9ca3af"  # the colour of a version the router no longer has (admin/ui/js/traffic.js)
+REMOVED = "#9ca3af"  # the colour of a version the router no longer has (router/admin/ui/js/traffic.js)
 
 
 def browser_missing() -> str | None:

@@ -12,7 +12,7 @@ import tomllib
 import aiohttp
 import pytest
 
-from admin import console
+from router.admin import console
 from tests.conftest import ROOT, app_config, router_config
 
 TOKEN = "console-http-token"
@@ -38,10 +38,10 @@ async def _sign_in(s: aiohttp.ClientSession, srv, token: str = TOKEN) -> tuple[i
 
 def test_every_console_file_is_package_data():
     """`pip install .` ships exactly what is listed in pyproject.toml: every file under
-    admin/ui/ must match one of those patterns."""
+    router/admin/ui/ must match one of those patterns."""
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["admin"]
-    admin = os.path.join(ROOT, "admin")
+        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["router.admin"]
+    admin = os.path.join(ROOT, "router", "admin")
     shipped = {os.path.relpath(p, admin) for pat in patterns for p in glob.glob(os.path.join(admin, pat))
                if os.path.isfile(p)}
     present = {os.path.relpath(os.path.join(d, f), admin)

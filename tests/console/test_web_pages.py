@@ -1,4 +1,4 @@
-"""Web pages against the admin listener, in real Chromium (admin.guard).
+"""Web pages against the admin listener, in real Chromium (router.admin.guard).
 
 A page of another site tries to take over an app's traffic on a router whose admin listener has
 no token (the loopback default; the browser reaches it as ``localhost``, as through ``ssh -L``):

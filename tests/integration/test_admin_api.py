@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 import yaml
 
-from admin.app import create_app
+from router.admin.app import create_app
 from router.config import config_from_dict
-from router.server import Server
+from router.process.server import Server
 from tests.conftest import app_config, get, router_config
 from tests.processes import until
 

@@ -1,5 +1,5 @@
-"""The admin listener against requests a web page could make (admin.guard), the exposure of
-/metrics, and the answers to wrong tokens (admin.auth): a real router with its admin listener,
+"""The admin listener against requests a web page could make (router.admin.guard), the exposure of
+/metrics, and the answers to wrong tokens (router.admin.auth): a real router with its admin listener,
 raw requests with exactly the fields a browser would send."""
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def test_settings_are_normalised():
 
 
 async def test_wrong_tokens_are_answered_slowly_a_right_one_at_once(shop):
-    from admin.auth import MAX_WAITING, THROTTLE
+    from router.admin.auth import MAX_WAITING, THROTTLE
 
     admin, srv = await shop(TOKEN)
     throttle = srv._admin_runner.app[THROTTLE]

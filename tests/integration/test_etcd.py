@@ -20,8 +20,8 @@ import aetcd
 import aiohttp
 import pytest
 
-from router.store import StoreConflict, check_store
-from router.store.etcd import EtcdStore, parse_etcd_url
+from router.control.store import StoreConflict, check_store
+from router.control.store.etcd import EtcdStore, parse_etcd_url
 from tests.conftest import RouterProcess, app_config, free_port, get, terminate
 from tests.integration.test_admin_api import Api, _awaiting
 from tests.load import Load

@@ -10,7 +10,7 @@ import signal
 import aiohttp
 import yaml
 
-from router.state import State
+from router.control.state import State
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api, _awaiting
 from tests.load import Load

@@ -2,7 +2,7 @@
 
 The successor is either a real ``router serve --takeover`` (a bad configuration, other
 addresses, another store, a second one) or this test speaking the protocol itself through
-``router.handoff.Takeover``, which lets it stop at every step and vanish there, as a successor
+``router.process.handoff.Takeover``, which lets it stop at every step and vanish there, as a successor
 that crashes would.
 """
 
@@ -19,8 +19,8 @@ from collections import Counter
 import pytest
 import yaml
 
-from router.handoff import PROTOCOL, Takeover
-from router.ipc import Channel
+from router.process.handoff import PROTOCOL, Takeover
+from router.process.ipc import Channel
 from tests.integration.test_etcd import etcd  # noqa: F401  (a fixture)
 from tests.processes import ROOT, until
 from tests.reliability import lifecycle as T
@@ -232,7 +232,7 @@ async def test_another_user_is_refused(old):
     os.chmod(_handoff(old), 0o666)  # the mode alone would let it in: the peer's uid does not
     code = (
         "import asyncio, os, socket\n"
-        "from router.ipc import Channel\n"
+        "from router.process.ipc import Channel\n"
         "async def main():\n"
         "    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
         f"    s.connect({_handoff(old)!r})\n"

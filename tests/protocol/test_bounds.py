@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from router.context import BODY_READ, HEAD_READ
+from router.dataplane.context import BODY_READ, HEAD_READ
 from tests.memory import Client, Request, Wire
 
 SHOP = "10.0.0.1:80"

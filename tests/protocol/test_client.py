@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from router import phases as P
+from router.dataplane import phases as P
 from router.config import config_from_dict
 from tests.memory import Request, Wire
 

@@ -1,6 +1,6 @@
 """Preview routing through the request path, in memory (tests/memory.py): which service each
 request reaches, exactly, with and without a marker; the pin a preview request leaves alone; the
-preview link's redirect; and the tokens (router.sticky)."""
+preview link's redirect; and the tokens (router.dataplane.sticky)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from router.sticky import PREVIEW_TOKEN_LEN, TokenCodec
-from router.table import TableBuilder
+from router.dataplane.sticky import PREVIEW_TOKEN_LEN, TokenCodec
+from router.dataplane.table import TableBuilder
 from tests.memory import Request, Wire
 
 WEB, V2 = "10.0.0.1:80", "10.0.0.2:80"

@@ -9,7 +9,7 @@ import signal
 import aiohttp
 import pytest
 
-from router.rampdriver import LEASE_TTL
+from router.control.rampdriver import LEASE_TTL
 from tests.conftest import app_config
 from tests.integration.test_admin_api import Api
 from tests.integration.test_etcd import _replicas, etcd  # noqa: F401  (etcd: a fixture)

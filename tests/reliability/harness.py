@@ -46,9 +46,9 @@ def config(apps: dict[str, Any], **top: Any) -> dict[str, Any]:
 async def inproc_router(cfg: dict[str, Any], workers: int = 1) -> AsyncIterator[Any]:
     """The router's ``Server`` in this process, on port 0; with ``workers`` > 1 this process is
     the master of that many worker processes."""
-    from admin.app import create_app
+    from router.admin.app import create_app
     from router.config import config_from_dict
-    from router.server import Server
+    from router.process.server import Server
 
     srv = Server(config_from_dict(cfg), workers=workers, admin=create_app)
     await srv.start()

@@ -344,7 +344,7 @@ def _other_routers(pid: int) -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if ppid == pid and b"router.worker" not in cmdline:
+        if ppid == pid and b"router.process.worker" not in cmdline:
             out.append(int(child))
     return out
 

@@ -30,7 +30,7 @@ from .harness import (ROOT, RouterProc, app, config, free_port, http_status, met
                       router_process)
 from .scenarios import Result, _errors, _spawn_backend, drive, get
 
-# The router's bounds these scenarios hold it to (router/supervisor.py, docs/workers.md).
+# The router's bounds these scenarios hold it to (router/process/supervisor.py, docs/workers.md).
 PING_INTERVAL = 1.0
 WORKER_TIMEOUT = 2.0  # timeouts.worker, the default
 STATS_TIMEOUT = 1.0

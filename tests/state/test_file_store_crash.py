@@ -1,4 +1,4 @@
-"""router.store.file under SIGKILL in the middle of saves: the file is always exactly one
+"""router.control.store.file under SIGKILL in the middle of saves: the file is always exactly one
 complete state. Slow (child processes killed over and over): tests/unit has the rest of the
 store's tests."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from router.store import FileStore
+from router.control.store import FileStore
 from tests.unit.test_file_store import REPO, STATE_CODE, make_state, temp_files
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 # The child: save states start+1, start+2, ... as fast as it can; say so once the first is on disk.
 WRITER = STATE_CODE + '''
 import sys
-from router.store import FileStore
+from router.control.store import FileStore
 store = FileStore(sys.argv[1])
 first = i = int(sys.argv[2]) + 1
 while True:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from router.history import fingerprint
+from router.control.history import fingerprint
 from tests.conftest import app_config, router_config
 from tests.state.changes import check_history, every_kind_of_change
 

@@ -128,7 +128,7 @@ async def test_reload_applies_each_setting_it_reports(tmp_path, backend):
     """What the log says changed is what the running process now uses (with the pool's connect
     timeout, which a reload used to leave as it was), and the routing state is as it was."""
     from router.config import load_config
-    from router.server import Server
+    from router.process.server import Server
 
     be = await backend("blue")
     path = tmp_path / "router.yaml"

@@ -1,6 +1,6 @@
 """Random sequences of admin operations keep the state's invariants (hypothesis, rule-based).
 
-The operations are the real ones (``router.state``) run through the real ``StateManager`` with
+The operations are the real ones (``router.control.state``) run through the real ``StateManager`` with
 the real file store; each step is checked: at most one open release per app, weights 0..100,
 the generation growing by one per change and unchanged by a refused call or one that changes
 nothing, a release's services present, the file on disk equal to the state in memory, and one
@@ -17,12 +17,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from router import state as ops
+from router.control import state as ops
 from router.config import config_from_dict
 from router.errors import RouterError
-from router.manager import StateManager
-from router.release import Status
-from router.store import FileStateStore
+from router.control.manager import StateManager
+from router.control.release import Status
+from router.control.store import FileStateStore
 
 # Up to 1800 operations, each change stored with fsync: seconds, not milliseconds.
 pytestmark = pytest.mark.slow

@@ -8,14 +8,14 @@ import re
 
 import uvloop
 
-from router.accesslog import PIPE_BUF, AccessLog, Entry, _json_str
-from router.client import ClientConnection
+from router.dataplane.accesslog import PIPE_BUF, AccessLog, Entry, _json_str
+from router.dataplane.client import ClientConnection
 from router.config import config_from_dict
-from router.context import ProxyContext
-from router.health import Health, PassiveHealth
-from router.sticky import TokenCodec
-from router.table import TableBuilder
-from router.upstream import UpstreamConnection, UpstreamPool
+from router.dataplane.context import ProxyContext
+from router.dataplane.health import Health, PassiveHealth
+from router.dataplane.sticky import TokenCodec
+from router.dataplane.table import TableBuilder
+from router.dataplane.upstream import UpstreamConnection, UpstreamPool
 from tests.memory import MemoryTransport
 
 

@@ -1,11 +1,11 @@
-"""router.balancer: exact pick sequences of smooth WRR and least-in-flight."""
+"""router.dataplane.balancer: exact pick sequences of smooth WRR and least-in-flight."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.balancer import LeastInFlight, SmoothWeightedRoundRobin
+from router.dataplane.balancer import LeastInFlight, SmoothWeightedRoundRobin
 
 
 class Item:

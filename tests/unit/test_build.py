@@ -27,15 +27,16 @@ def test_stale_compiled_module_is_refused(tmp_path):
     """A compiled module older than its source (edited, checked out) stops the import."""
     pkg = tmp_path / "router"
     pkg.mkdir()
+    (pkg / "dataplane").mkdir()
     (tmp_path / "setup.py").write_text("")
     src = os.path.join(os.path.dirname(router.__file__), "__init__.py")
     (pkg / "__init__.py").write_text(open(src).read())
-    so = pkg / "client.cpython-311-x86_64-linux-gnu.so"
+    so = pkg / "dataplane" / "client.cpython-311-x86_64-linux-gnu.so"
     so.write_bytes(b"")
-    (pkg / "client.py").write_text("")
+    (pkg / "dataplane" / "client.py").write_text("")
     os.utime(so, (1_000_000, 1_000_000))
     code = compile((pkg / "__init__.py").read_text(), str(pkg / "__init__.py"), "exec")
-    with pytest.raises(ImportError, match=r"router/client.py changed after it was compiled"):
+    with pytest.raises(ImportError, match=r"router/dataplane/client.py changed after it was compiled"):
         exec(code, {"__file__": str(pkg / "__init__.py"), "__name__": "router_copy"})
     os.utime(so, None)  # newer than the source: fine
     exec(code, {"__file__": str(pkg / "__init__.py"), "__name__": "router_copy"})

@@ -677,7 +677,7 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 
 def test_sticky_secret_file_may_be_created_later_but_not_short(tmp_path: Path) -> None:
-    # router.sticky creates a missing secret file; one that exists must hold 16 bytes or more.
+    # router.dataplane.sticky creates a missing secret file; one that exists must hold 16 bytes or more.
     cfg = config_from_dict({"sticky": {"secret_file": str(tmp_path / "new.key")}})
     assert cfg.sticky.secret_file == str(tmp_path / "new.key")
     (tmp_path / "short.key").write_text("k3y\n")

@@ -11,8 +11,8 @@ import pytest
 from router.config import DockerProviderConfig, HealthCheckConfig, Route, config_from_dict
 from router.providers.discovery import Instance, Version, from_containers, from_swarm, router_name
 from router.providers.reconcile import Found, components, reconcile
-from router.release import Status
-from router.state import Discovered, State, confirm, delete_app, rollback, set_weights
+from router.control.release import Status
+from router.control.state import Discovered, State, confirm, delete_app, rollback, set_weights
 
 CFG = DockerProviderConfig()
 LABELS = {"com.docker.compose.project": "shop", "com.docker.compose.service": "web",
@@ -311,7 +311,7 @@ def test_a_new_version_opens_a_release_at_weight_0_and_one_at_a_time():
 
 
 def replace_release_ready(st: State) -> State:
-    from router.state import mark_ready
+    from router.control.state import mark_ready
 
     return apply(st, mark_ready("shop", st.releases["shop"].new))
 
@@ -385,7 +385,7 @@ def test_what_was_done_is_told_for_the_log():
 
 def test_routerctl_apply_keeps_the_apps_from_docker():
     """A file's apps become the state's, but the apps discovery made are not the file's."""
-    from router.state import apply_apps
+    from router.control.state import apply_apps
 
     st = step(EMPTY, [found("web", 1, "10.0.0.2:80")])
     file_apps = config_from_dict({"apps": {"static": {"routes": ["static.test"], "services": {

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from router.config import DockerProviderConfig, Route
-from router.manager import StateManager
+from router.control.manager import StateManager
 from router.providers.discovery import Instance, Listing, Version
 from router.providers.docker import DockerProvider
-from router.state import Discovered, Operation, State, delete_app
+from router.control.state import Discovered, Operation, State, delete_app
 
 X, Y, Z = "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"
 

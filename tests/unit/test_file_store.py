@@ -1,4 +1,4 @@
-"""router.store.file: atomic YAML state file (SIGKILL in the middle of saves:
+"""router.control.store.file: atomic YAML state file (SIGKILL in the middle of saves:
 tests/state/test_file_store_crash.py)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-from router.store import FileStore, StoreError
+from router.control.store import FileStore, StoreError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -196,7 +196,7 @@ def test_concurrent_saves(tmp_path: Path) -> None:
 # after importing (the interpreter itself lives under /root, which nobody cannot read).
 UNWRITABLE = '''
 import json, os, sys
-from router.store import FileStore, StoreError
+from router.control.store import FileStore, StoreError
 if os.geteuid() == 0:
     os.setgroups([])
     os.setgid(65534)
@@ -243,7 +243,7 @@ def test_unwritable_directory(tmp_path: Path) -> None:
 # 4 KiB, for root too.  The temp file must go and the old file stay.
 FILE_TOO_BIG = STATE_CODE + '''
 import json, resource, signal, sys
-from router.store import FileStore, StoreError
+from router.control.store import FileStore, StoreError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
 try:

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 
 from router.config import PassiveHealthConfig, config_from_dict
-from router.counters import BUCKETS, ServiceStats
-from router import health as health_mod
-from router.health import (HEALTHY, STALL_FACTOR, STALL_MIN, STALL_UNKNOWN, UNCHECKED, UNHEALTHY,
+from router.dataplane.counters import BUCKETS, ServiceStats
+from router.dataplane import health as health_mod
+from router.dataplane.health import (HEALTHY, STALL_FACTOR, STALL_MIN, STALL_UNKNOWN, UNCHECKED, UNHEALTHY,
                            Health, PassiveHealth, stall_limit)
-from router.sticky import TokenCodec
-from router.table import TableBuilder
+from router.dataplane.sticky import TokenCodec
+from router.dataplane.table import TableBuilder
 from tests.processes import free_port, until
 
 A, B = ("shop", "web", "10.0.0.1:80"), ("shop", "web", "10.0.0.2:80")

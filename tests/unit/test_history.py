@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from router import state as ops
+from router.control import state as ops
 from router.config import config_from_dict
 from router.errors import Conflict, PreconditionFailed
-from router.history import HISTORY_LIMIT, ROUTER, Actor, Change, describe, fingerprint
-from router.manager import StateManager
-from router.transition import next_state
-from router.release import Action
-from router.store import FileStateStore
-from router.store.file import history_path
+from router.control.history import HISTORY_LIMIT, ROUTER, Actor, Change, describe, fingerprint
+from router.control.manager import StateManager
+from router.control.transition import next_state
+from router.control.release import Action
+from router.control.store import FileStateStore
+from router.control.store.file import history_path
 
 
 def _apps(apps: dict[str, Any]) -> tuple:
@@ -249,7 +249,7 @@ def _entry(gen: int) -> dict[str, Any]:
 
 async def test_file_store_history_is_bounded_and_survives_a_restart(tmp_path, monkeypatch):
     limit = 10  # HISTORY_LIMIT, made small: two fsyncs per save
-    monkeypatch.setattr("router.store.file.HISTORY_LIMIT", limit)
+    monkeypatch.setattr("router.control.store.file.HISTORY_LIMIT", limit)
     assert HISTORY_LIMIT == 1000
     path = str(tmp_path / "router-state.yaml")
     store = FileStateStore(path)

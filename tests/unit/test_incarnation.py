@@ -1,4 +1,4 @@
-"""A service's incarnation (router.state.incarnate): the generation that added it to the routing
+"""A service's incarnation (router.control.state.incarnate): the generation that added it to the routing
 state, kept while the service lives, new when it is added again after being deleted; stored with
 the state and read back."""
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from router import state as ops
+from router.control import state as ops
 from router.config import ConfigError, config_from_dict
-from router.history import ROUTER
-from router.manager import next_state
+from router.control.history import ROUTER
+from router.control.manager import next_state
 
 SHOP = {"routes": ["shop.test"], "services": {"blue": {"weight": 100, "backends": ["10.0.0.1:80"]}}}
 

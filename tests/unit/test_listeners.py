@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from router.listeners import ListenError, bind, listen, port_of
+from router.process.listeners import ListenError, bind, listen, port_of
 
 
 def test_taken_address_is_named():

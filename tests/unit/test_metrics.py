@@ -1,4 +1,4 @@
-"""The data plane's metrics as Prometheus reads them (router.metrics): the latency histogram's
+"""The data plane's metrics as Prometheus reads them (router.control.metrics): the latency histogram's
 buckets, which the console's stats and the guarded ramp read too, and the generation of each
 app's last change, which the dashboard marks changes with."""
 
@@ -8,12 +8,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.config import config_from_dict
-from router.counters import BUCKETS, Stats
-from router.metrics import DataPlaneCollector, cumulative_buckets
-from router.rampjudge import counts, quantile
-from router.state import State
-from router.sticky import TokenCodec
-from router.table import TableBuilder
+from router.dataplane.counters import BUCKETS, Stats
+from router.control.metrics import DataPlaneCollector, cumulative_buckets
+from router.control.rampjudge import counts, quantile
+from router.control.state import State
+from router.dataplane.sticky import TokenCodec
+from router.dataplane.table import TableBuilder
 
 # A proxy in front of a fast backend: the latencies of one service, seconds.
 FAST = (0.0003,) * 40 + (0.0008,) * 40 + (0.0015,) * 19 + (0.004,)

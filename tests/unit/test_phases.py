@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from router import phases as P
+from router.dataplane import phases as P
 
 MACHINES = [
     ("exchange", P.EXCHANGE_PHASES, P.EXCHANGE_MOVES, P.exchange_move, P.ROUTING),

@@ -1,6 +1,6 @@
-"""The guarded ramp's pure parts: the transition table (router.ramp) and the release's moves
-(router.release), the settings, share -> weights, the quantile, the judgement from tables
-(router.rampjudge), and the planner's windows on a clock the test sets (router.rampdriver)."""
+"""The guarded ramp's pure parts: the transition table (router.control.ramp) and the release's moves
+(router.control.release), the settings, share -> weights, the quantile, the judgement from tables
+(router.control.rampjudge), and the planner's windows on a clock the test sets (router.control.rampdriver)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from router.counters import BUCKETS, BackendStats, ServiceStats, Stats
-from router.ramp import (RAMP_TRANSITIONS, InvalidRamp, Ramp, RampAction, RampSettings,
+from router.dataplane.counters import BUCKETS, BackendStats, ServiceStats, Stats
+from router.control.ramp import (RAMP_TRANSITIONS, InvalidRamp, Ramp, RampAction, RampSettings,
                          RampStatus, ramp_settings, share_weights)
-from router.rampdriver import Leadership, Planner
-from router.rampjudge import (Counts, Measure, broken, counts, judge, measure, quantile,
+from router.control.rampdriver import Leadership, Planner
+from router.control.rampjudge import (Counts, Measure, broken, counts, judge, measure, quantile,
                               waiting_over)
-from router.release import Release, ReleaseConflict, Status
+from router.control.release import Release, ReleaseConflict, Status
 
 RA, RS = RampAction, RampStatus
 T0 = datetime(2026, 11, 26, 14, 33, 18, tzinfo=timezone.utc)
@@ -125,7 +125,7 @@ def test_hold_counts_waits_and_a_step_or_resume_clears_them() -> None:
 
 
 def test_readiness_moves_keep_the_ramp() -> None:
-    from router.release import Action
+    from router.control.release import Action
     r = release(ramp(step=2))
     back = r.apply(Action.NOT_READY)
     assert back is not None and back.ramp == r.ramp and back.status is Status.IN_PROGRESS

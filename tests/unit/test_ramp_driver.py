@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from router import state as ops
+from router.control import state as ops
 from router.config import config_from_dict
-from router.counters import Stats
-from router.history import ROUTER
-from router.manager import StateManager
-from router.transition import next_state
-from router.rampdriver import Leadership, RampCollector, RampDriver
-from router.ramp import RampStatus
-from router.store import Store, StoreUnavailable
+from router.dataplane.counters import Stats
+from router.control.history import ROUTER
+from router.control.manager import StateManager
+from router.control.transition import next_state
+from router.control.rampdriver import Leadership, RampCollector, RampDriver
+from router.control.ramp import RampStatus
+from router.control.store import Store, StoreUnavailable
 from tests.unit.test_ramp import Traffic
 
 RAMP = {"steps": [10, 50, 100], "interval": "1s", "min_requests": 10}

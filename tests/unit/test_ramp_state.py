@@ -1,4 +1,4 @@
-"""The ramp's operations on the routing state (router.state): the weights each move sets, the
+"""The ramp's operations on the routing state (router.control.state): the weights each move sets, the
 history each one writes (exactly), the refusals, and the preview header setting of an app."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from router import state as ops
+from router.control import state as ops
 from router.config import ConfigError, PreviewConfig, config_from_dict
 from router.errors import Conflict, Invalid
-from router.history import ROUTER, Actor
-from router.transition import next_state
-from router.ramp import RampAction, RampStatus
+from router.control.history import ROUTER, Actor
+from router.control.transition import next_state
+from router.control.ramp import RampAction, RampStatus
 
 RA = RampAction
 OPERATOR = Actor("127.0.0.1")

@@ -1,4 +1,4 @@
-"""router.release.readiness: which in-progress releases are ready, and which backends to probe,
+"""router.control.release.readiness: which in-progress releases are ready, and which backends to probe,
 from the backends' checks (a table, no health checker, no socket)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from router.release import Action, Backend, Readiness, Release, readiness, start
+from router.control.release import Action, Backend, Readiness, Release, readiness, start
 
 NOW = datetime(2026, 11, 26, 14, 33, 18, tzinfo=timezone.utc)
 # The new service of app "a" is "v2", of app "b" "w2" (app "b"'s release is awaiting

@@ -1,4 +1,4 @@
-"""router.release: the transition table, the release object, start()."""
+"""router.control.release: the transition table, the release object, start()."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.release import (
+from router.control.release import (
     TRANSITIONS,
     Action,
     Release,

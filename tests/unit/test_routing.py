@@ -1,14 +1,14 @@
-"""router.routing: the choice of service and backend, pure, with the clock passed in."""
+"""router.dataplane.routing: the choice of service and backend, pure, with the clock passed in."""
 
 from __future__ import annotations
 
 import pytest
 
-from router import routing
+from router.dataplane import routing
 from router.config import config_from_dict
 from router.http.request_head import RequestHead
-from router.sticky import Pin, TokenCodec
-from router.table import App, HostApp, TableBuilder
+from router.dataplane.sticky import Pin, TokenCodec
+from router.dataplane.table import App, HostApp, TableBuilder
 
 CODEC = TokenCodec(b"k" * 32, 1800, 28800)
 

@@ -8,8 +8,8 @@ import pytest
 
 from router.config import config_from_dict, format_duration, parse_duration
 from router.config.settings import keep_bound, setting_changes
-from router.counters import ServiceStats, Stats
-from router.pins import PinWatch
+from router.dataplane.counters import ServiceStats, Stats
+from router.control.pins import PinWatch
 
 BASE = {"listen": "0.0.0.0:8080", "admin": {"listen": "127.0.0.1:9090"},
         "apps": {"shop": {"routes": ["shop.test"], "services": {"web": {"backends": []}}}}}

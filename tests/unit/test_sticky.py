@@ -1,4 +1,4 @@
-"""router.sticky: signed tokens, expiry, cookie parsing, the secret file."""
+"""router.dataplane.sticky: signed tokens, expiry, cookie parsing, the secret file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from router.sticky import Pin, TokenCodec, cookie_value, find_cookie, load_or_create_secret
+from router.dataplane.sticky import Pin, TokenCodec, cookie_value, find_cookie, load_or_create_secret
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 MAX_IDLE = 1800
@@ -192,7 +192,7 @@ def _signed(body: bytes, app: bytes = APP) -> bytes:
 def test_unknown_version_with_a_valid_mac_fails(codec: TokenCodec) -> None:
     sid, bid = ids(codec)
     good = _signed(struct.pack(">B6s6sII", 1, sid, bid, T0, T0))
-    assert good == token(codec)  # the layout documented in router.sticky
+    assert good == token(codec)  # the layout documented in router.dataplane.sticky
     assert codec.verify(APP, good, T0) == Pin(sid, bid, T0, T0)
     v2 = _signed(struct.pack(">B6s6sII", 2, sid, bid, T0, T0))
     assert codec.verify(APP, v2, T0) is None

@@ -1,4 +1,4 @@
-"""router.table: host and prefix lookup, candidates, state carried across builds."""
+"""router.dataplane.table: host and prefix lookup, candidates, state carried across builds."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 
 from router.config import AppConfig, Route, ServiceConfig, parse_app
-from router.sticky import TokenCodec
-from router.table import App, Backend, HostApp, RoutingTable, TableBuilder, cookie_name, normalize_host
+from router.dataplane.sticky import TokenCodec
+from router.dataplane.table import (App, Backend, HostApp, RoutingTable, TableBuilder, cookie_name,
+                                    normalize_host)
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 

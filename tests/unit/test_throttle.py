@@ -1,11 +1,11 @@
-"""admin.auth.Throttle: the delay of each answer to a wrong token, per source, with a clock
+"""router.admin.auth.Throttle: the delay of each answer to a wrong token, per source, with a clock
 given; the table it keeps stays bounded."""
 
 from __future__ import annotations
 
 import pytest
 
-from admin.auth import FIRST_DELAY, FORGET_AFTER, MAX_DELAY, MAX_SOURCES, Throttle
+from router.admin.auth import FIRST_DELAY, FORGET_AFTER, MAX_DELAY, MAX_SOURCES, Throttle
 
 
 class Clock:

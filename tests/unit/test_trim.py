@@ -1,9 +1,9 @@
-"""When the data plane gives memory back (router.trim): after a burst of connections is over,
+"""When the data plane gives memory back (router.process.trim): after a burst of connections is over,
 once per burst."""
 
 from __future__ import annotations
 
-from router.trim import BURST, Trimmer, _malloc_trim
+from router.process.trim import BURST, Trimmer, _malloc_trim
 
 
 def test_a_trim_once_a_burst_of_connections_is_over():

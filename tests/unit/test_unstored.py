@@ -2,7 +2,7 @@
 test cuts off: a rollback made while the store cannot be written is in effect at once, shown as
 not stored, refused nothing else's 503, and stored -- run again on whatever the store holds by
 then -- once it answers; the lines that name states after a data loss, and the conflicts they
-reveal (``router.manager``, docs/etcd.md)."""
+reveal (``router.control.manager``, docs/etcd.md)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from router import manager
-from router import state as ops
+from router.control import manager
+from router.control import state as ops
 from router.config import config_from_dict
 from router.errors import PreconditionFailed, Unavailable
-from router.history import ROUTER, Actor
-from router.manager import StateManager
-from router.ramp import RampAction
-from router.store import Store, StoreConflict, StoreUnavailable
-from router.transition import next_state
+from router.control.history import ROUTER, Actor
+from router.control.manager import StateManager
+from router.control.ramp import RampAction
+from router.control.store import Store, StoreConflict, StoreUnavailable
+from router.control.transition import next_state
 from tests.processes import until
 
 # The manager's retry period for changes the store has not taken (a second in the product).
@@ -96,7 +96,7 @@ class Replica(Store):
     async def secret(self) -> bytes:
         return b"k" * 32
 
-    # What etcd does after a data loss (router.store.etcd), less the wait for the others.
+    # What etcd does after a data loss (router.control.store.etcd), less the wait for the others.
     async def reseed(self, data: Any, secret: Any, write_over: Any) -> Any:
         self._check()
         if self.s.data is None or write_over(self.s.data):

@@ -4,8 +4,8 @@ memory (tests/memory.py reads as uvloop does, into get_buffer's buffer)."""
 
 from __future__ import annotations
 
-from router.client import ClientConnection
-from router.upstream import BUFFERED_BODY
+from router.dataplane.client import ClientConnection
+from router.dataplane.upstream import BUFFERED_BODY
 from tests.memory import MemoryTransport, Wire
 
 BODY = BUFFERED_BODY * 2

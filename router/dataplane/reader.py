@@ -1,0 +1,489 @@
+"""Reading a client's requests: llhttp fed no further ahead than the connection answers, the
+parser's callbacks, the bodies llhttp does not frame, and the refusals.
+
+``RequestReader`` is the reading half of a client connection (``router.dataplane.client.ClientConnection``
+is the whole: the socket, the timers, the order of answers, the tunnel). Its parser turns bytes
+into one ``Exchange`` per request. What a pipelining client sends past the request being
+answered and the next one waits unparsed, reading paused (docs/request-path.md, "Memory"); a
+request whose body llhttp does not frame (one with an ``Upgrade`` field: llhttp stops at its
+head) has that body read by ``router.http.framing``, or by a fresh parser behind a stand-in
+head (h2c). Which of these is going on is the connection's phase (``router.dataplane.phases``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Final, cast
+
+import httptools
+
+from . import phases as P
+from .context import ProxyContext
+from .exchange import ClientSide, Exchange
+from ..http import framing
+from ..http.request_head import Refused, forwarded_tail, http11_line, read_request_head
+from .upstream import QUEUED
+
+log = logging.getLogger("router.error")
+
+# The end of a request head: llhttp is given at most one per call while requests are read
+# ahead, so it never parses more requests than the connection will keep.
+_HEAD_END: Final = b"\r\n\r\n"
+# Head of a request to a parser that must go on reading the body of an upgrade request the
+# router serves as a plain request (h2c): llhttp stopped at its head (see _upgrade_request).
+_RESUME_LENGTH: Final = b"PUT / HTTP/1.1\r\nHost: r\r\nContent-Length: %d\r\n\r\n"
+_RESUME_CHUNKED: Final = b"PUT / HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class _Stop(Exception):
+    """Raised from a parser callback: read nothing more (the connection is closing)."""
+
+
+class _Ahead(_Stop):
+    """Raised from on_message_begin: llhttp was given more requests than the connection reads
+    ahead (see ClientConnection._parse)."""
+
+
+def _past_head(data: bytes, pos: int) -> int:
+    """Where the request head that begins at ``pos`` ends; -1 if not in ``data``."""
+    n = len(data)
+    while pos < n and (data[pos] == 13 or data[pos] == 10):
+        pos += 1  # llhttp skips empty lines before a request line (RFC 9112 2.2)
+    end = data.find(_HEAD_END, pos)
+    return end if end < 0 else end + 4
+
+
+def _requests_end(data: bytes, read: list[Exchange]) -> int:
+    """Where the requests ``read`` -- read whole from the start of ``data`` -- end in it, from
+    their framing; -1 if their bytes do not say so."""
+    pos = 0
+    n = len(data)
+    for ex in read:
+        pos = _past_head(data, pos)
+        if pos < 0:
+            return -1
+        kind = ex.framing
+        if kind == framing.LENGTH:
+            pos += ex.length
+        elif kind == framing.CHUNKED:
+            try:
+                pos = framing.ChunkedDecoder(lax=True).scan(data, pos)
+            except framing.FramingError:
+                return -1
+            if pos < 0:
+                return -1
+    return pos if pos <= n else -1
+
+
+class RequestReader(ClientSide):
+    """The reading half of a client connection (the methods it leaves to the whole are
+    declared here, defined by ``ClientConnection``)."""
+
+    __slots__ = ("ctx", "loop", "transport", "parser", "phase", "parsing", "active", "queue",
+                 "peer", "peer_b", "tail", "trusted", "_deadline", "early", "decoder",
+                 "head_bytes", "held", "held_at", "feeding", "body_left", "chunks", "whole",
+                 "fed", "ahead", "line_src", "line_len")
+
+    transport: asyncio.Transport
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.phase = P.IDLE
+        self.parsing: Exchange | None = None  # the request whose head or body is being read
+        self.active: Exchange | None = None  # the request being answered
+        self.queue: deque[Exchange] | None = None  # requests read, waiting for their turn
+        self.peer = "-"
+        self.peer_b = b"-"
+        self.tail = forwarded_tail(b"")
+        self.trusted = False
+        self._deadline = 0.0  # when the phase's timer ends; 0: none runs
+        self.early: list[bytes] = []  # bytes after an upgrade request, for the tunnel
+        self.decoder: framing.BodyDecoder | None = None  # an upgrade request's body (DECODING_BODY)
+        # What llhttp is being given (line_src[:line_len]), when a request line begins it.
+        self.line_src: bytes | bytearray | None = None
+        self.line_len = 0
+        self.head_bytes = 0  # bytes read for a head that spans reads
+        # Bytes read but not parsed: held[held_at:] waits for the queued request to start.
+        self.held = b""
+        self.held_at = 0
+        self.feeding = False  # inside _parse: llhttp must not be fed again from a callback
+        self.whole = False  # llhttp is given a whole read: the requests begun are in fed
+        self.fed: list[Exchange] = []
+        self.ahead = False  # on_message_begin stopped llhttp: a third request began
+        self.body_left = 0  # bytes of the Content-Length body being parsed not yet fed
+        # Where the chunked body being parsed ends (llhttp reads it; this only follows it).
+        self.chunks: framing.ChunkedDecoder | None = None
+
+    # -- what the whole connection does (router.dataplane.client) -----------------------------
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _idle(self, now: float = 0.0) -> None:
+        """Between requests: the idle timer runs (from ``now``, loop time; 0: the loop's)."""
+        raise NotImplementedError
+
+    def _set_deadline(self, timeout: float, now: float = 0.0) -> None:
+        raise NotImplementedError
+
+    def _move(self, to: int) -> None:
+        self.phase = P.connection_move(self.phase, to)
+
+    def _closing(self) -> None:
+        """Nothing more is read or forwarded (from any phase but CLOSING and CLOSED)."""
+        if not P.shut(self.phase):
+            self._move(P.CLOSING)
+        self._deadline = 0.0
+        self.held = b""
+
+    # -- llhttp fed, never further ahead than the connection reads ------------------------
+    def _parse(self, data: bytes, pos: int) -> None:
+        """Give llhttp ``data[pos:]``, stopping at the end of a request once another waits its
+        turn: what follows is held, unparsed, reading paused, until that one starts.
+
+        llhttp cannot stop in the middle of what it is given. A read that begins between
+        requests, with none waiting, is given to it whole (most reads hold one request, and
+        are read with no search); should a third request begin in it, on_message_begin stops
+        llhttp (``_Ahead``), the end of the requests read is found from their framing, and a
+        new parser goes on from there as below. Otherwise llhttp is given at most one
+        request's end at a time: up to the next head's end, the rest of a Content-Length body,
+        or a chunked body up to its end (``framing.ChunkedDecoder.scan`` finds it)."""
+        n = len(data)
+        feeding = self.feeding
+        self.feeding = True
+        try:
+            if pos == 0 and self.phase == P.IDLE and not self.queue:
+                if not self._whole(data):
+                    return
+                pos = self._after_whole(data)
+                if pos < 0:
+                    return
+            if self.phase == P.READING_HEAD and data[pos:pos + 1] in (b"\r", b"\n"):
+                # The head's empty line may end in the first bytes of this read: up to three
+                # bytes one at a time, so that llhttp is not given its body with them.
+                for _ in range(3):
+                    if pos == n or self.phase != P.READING_HEAD:
+                        break
+                    if not self._feed(data, pos, pos + 1):
+                        return
+                    pos += 1
+            while pos < n:
+                if self.queue:
+                    self.held = data
+                    self.held_at = pos
+                    self.pause(QUEUED)
+                    return
+                if P.llhttp_done(self.phase):
+                    return  # an upgrade request took the rest (_upgrade_request)
+                left = self.body_left
+                chunks = self.chunks
+                stop = -1
+                if left:
+                    stop = min(n, pos + left)  # on_body counts body_left down
+                elif chunks is not None:
+                    try:
+                        end = chunks.scan(data, pos)
+                        stop = n if end < 0 else end
+                    except framing.FramingError:
+                        # Stricter than llhttp (which judges it): heads are searched instead.
+                        self.chunks = None
+                if stop < 0:
+                    end = data.find(_HEAD_END, pos)
+                    stop = n if end < 0 else end + 4
+                if not self._feed(data, pos, -1 if pos == 0 and stop == n else stop):
+                    return
+                pos = stop
+        finally:
+            self.feeding = feeding
+
+    def _whole(self, data: bytes | memoryview) -> bool:
+        """Give llhttp a whole read that begins between requests with none waiting; True if
+        what it did asks for ``_after_whole`` (with the read as bytes)."""
+        fed = self.fed
+        if fed:
+            fed.clear()
+        self.whole = True
+        self._feed(data, 0, -1)
+        self.whole = False
+        if self.ahead or (self.chunks is not None and fed and fed[-1] is self.parsing):
+            return True
+        if fed:
+            fed.clear()
+        return False
+
+    def _after_whole(self, data: bytes) -> int:
+        """After ``_whole`` gave llhttp ``data``: where parsing goes on in it, or -1."""
+        fed = self.fed
+        if not self.ahead:
+            # A chunked body goes on in the next read: from where it began here, its end is
+            # followed as llhttp reads it.
+            start = _requests_end(data, fed[:-1])
+            body = _past_head(data, start) if start >= 0 else -1
+            fed.clear()
+            chunks = self.chunks
+            try:
+                if chunks is not None and (body < 0 or chunks.scan(data, body) >= 0):
+                    self.chunks = None  # (they disagree: heads are searched)
+            except framing.FramingError:
+                self.chunks = None
+            return -1
+        # Stopped as the request after those in fed began: go on from its start.
+        self.ahead = False
+        pos = _requests_end(data, fed)
+        fed.clear()
+        self.parser = httptools.HttpRequestParser(self)
+        if pos < 0:
+            # A chunk line llhttp let through and framing's stricter rules do not: the
+            # requests read are answered, then the connection closes.
+            self.ctx.throttled.warning("ahead", "client %s: the end of pipelined requests not "
+                                       "found; reading stops after them", self.peer)
+            self._closing()
+        return pos
+
+    def _feed(self, data: bytes | memoryview, pos: int, stop: int) -> bool:
+        """Give llhttp ``data[pos:stop]`` (``stop`` -1: all of ``data``); False if it stopped
+        (an error, an upgrade)."""
+        upgrade = -1
+        if pos == 0 and self.phase == P.IDLE:
+            # (a view is of a read buffer, from its start)
+            self.line_src = data if isinstance(data, bytes) else cast(bytearray, data.obj)
+            self.line_len = len(data) if stop < 0 else stop
+        else:
+            self.line_src = None
+        try:
+            if stop < 0:
+                self.parser.feed_data(data)
+            else:
+                self.parser.feed_data(memoryview(data)[pos:stop])
+        except httptools.HttpParserUpgrade as e:
+            upgrade = pos + e.args[0]  # (handled below, out of this handler: the parsing that
+            # follows must not see this exception as the cause of its own)
+        except httptools.HttpParserError as e:
+            cause = e.__context__
+            if isinstance(cause, Refused):
+                self._reject(cause.status, str(cause).encode() + b"\n")
+            elif isinstance(cause, _Stop):
+                pass
+            elif isinstance(cause, P.PhaseError):
+                self.broken(cause)
+            else:
+                self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
+            return False
+        if upgrade >= 0:
+            rest = data[upgrade:]
+            self._upgrade_request(rest if isinstance(rest, bytes) else rest.tobytes())
+            return False
+        return True
+
+    # -- request parser callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.phase == P.RESUMED_BODY:
+            return  # the stand-in head of an ignored upgrade's body
+        if self.phase == P.CLOSING:
+            raise _Stop()
+        whole = self.whole
+        if whole and self.queue:
+            self.ahead = True
+            raise _Ahead()  # a request waits already: this one is not parsed yet (_parse)
+        self._move(P.READING_HEAD)
+        ex = self.parsing = Exchange(self)
+        if whole:
+            self.fed.append(ex)
+        self.head_bytes = 0
+        if self.active is None:
+            # Set only if the head is still incomplete at the end of this read
+            # (data_received): most heads arrive whole, and then no clock or timer is touched.
+            self._deadline = 0.0
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        if ex is None or self.phase == P.RESUMED_BODY:
+            return
+        ex.url += url
+        if len(ex.url) > self.ctx.max_request_line:
+            raise Refused(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        if ex is not None and self.phase != P.RESUMED_BODY:
+            headers = ex.headers
+            headers.append((name, value))
+            if len(headers) > self.ctx.max_header_fields:
+                raise Refused(431, "too many header fields")
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        if ex is None or self.phase != P.READING_HEAD:
+            return
+        parser = self.parser
+        ctx = self.ctx
+        upgrade = parser.should_upgrade()
+        method = parser.get_method()
+        line = self.line_src
+        self.line_src = None
+        if line is not None and http11_line(line, self.line_len, method, ex.url):
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+        read_request_head(ex, method, ex.url, version, ex.headers,
+                          upgrade, ctx.max_header, ctx.max_headers, self.trusted, self.peer_b,
+                          self.tail, ctx.ids)
+        ex.llhttp_upgrade = upgrade
+        kind = ex.framing
+        if kind == framing.NONE:
+            ex.body_done = True  # known now: an answer given before the message ends may keep it
+        elif not upgrade:
+            self._follow_body(ex)
+        self._move(P.READING_BODY)
+        # Until the body is complete, each read must come within client_body (set at the end
+        # of the read, if the body is still incomplete then).
+        self._deadline = 0.0
+        self._take(ex)
+
+    def _follow_body(self, ex: Exchange) -> None:
+        """llhttp reads ``ex``'s body next: know where it ends (see _parse)."""
+        if ex.framing == framing.LENGTH:
+            self.body_left = ex.length
+        else:
+            self.chunks = framing.ChunkedDecoder(lax=True)
+
+    def _take(self, ex: Exchange) -> None:
+        """``ex`` is read (its head at least): answer it now if nothing is before it and the
+        client reads what it is sent, else queue it (reading pauses)."""
+        q = self.queue
+        if self.active is None and not q and not self.write_paused:
+            self.active = ex
+            ex.route()
+            return
+        if q is None:
+            q = self.queue = deque()
+        if ex not in q:
+            q.append(ex)
+        self.pause(QUEUED)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.parsing
+        if self.body_left:
+            self.body_left -= len(data)
+        if ex is not None:
+            ex.body(data)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        if ex is None or (ex.llhttp_upgrade and self.phase != P.RESUMED_BODY):
+            return  # llhttp stops after an upgrade request's head: see _upgrade_request
+        self._request_read(ex)
+
+    def _request_read(self, ex: Exchange) -> None:
+        """``ex`` has been read whole."""
+        self.parsing = None
+        self.chunks = None
+        if self.phase == P.READING_BODY or self.phase == P.RESUMED_BODY:
+            if not ex.keep_alive:
+                self._closing()  # the client said this is its last request: read no more
+            else:
+                self._move(P.IDLE)
+                if self.active is None:
+                    self._idle()
+                else:
+                    self._deadline = 0.0  # the exchange has its own timers now
+        ex.body_end()
+
+    # -- requests with an Upgrade field ----------------------------------------------------
+    def _upgrade_request(self, rest: bytes) -> None:
+        """llhttp has stopped after the head of an upgrade request: ``rest`` is what followed."""
+        ex = self.parsing
+        if ex is None or self.phase != P.READING_BODY:
+            return  # answered and closing already
+        # llhttp's parser is spent after an upgrade; a fresh one reads what comes next.
+        self.parser = httptools.HttpRequestParser(self)
+        if not ex.upgrade:
+            # An upgrade the router does not tunnel (h2c): a plain request, whose body (if
+            # any) and later requests follow. A stand-in head with the same framing lets
+            # llhttp read that body for it.
+            if ex.framing == framing.NONE:
+                self._request_read(ex)
+            else:
+                self._move(P.RESUMED_BODY)
+                stand_in = (_RESUME_CHUNKED if ex.framing == framing.CHUNKED
+                            else _RESUME_LENGTH % ex.length)
+                self.parser.feed_data(stand_in)
+                self._follow_body(ex)
+            if rest:
+                self.data_received(rest)
+            return
+        if ex.framing == framing.NONE:
+            self._upgrade_ready(ex, rest)
+            return
+        # The body is a body: read to its end before anything can be tunnelled.
+        self._move(P.DECODING_BODY)
+        self.decoder = (framing.ChunkedDecoder() if ex.framing == framing.CHUNKED
+                        else framing.LengthDecoder(ex.length))
+        if rest:
+            self._upgrade_body(rest)
+
+    def _upgrade_body(self, data: bytes) -> None:
+        ex = self.parsing
+        decoder = self.decoder
+        if ex is None or decoder is None:
+            return
+        try:
+            pieces = decoder.feed(data)
+        except framing.FramingError as e:
+            self.decoder = None
+            self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
+            return
+        for piece in pieces:
+            ex.body(piece)
+        if decoder.done:
+            self.decoder = None
+            self._upgrade_ready(ex, decoder.rest)
+        else:
+            self._set_deadline(self.ctx.client_body_timeout)
+
+    def _upgrade_ready(self, ex: Exchange, rest: bytes) -> None:
+        """An upgrade request is read whole: wait for the backend's answer, reading paused."""
+        self.parsing = None
+        ex.body_end()
+        if self.phase != P.READING_BODY and self.phase != P.DECODING_BODY:
+            return  # answered already, closing
+        self._move(P.UPGRADE_WAIT)
+        self._deadline = 0.0
+        if rest:
+            self.early.append(rest)
+        self.pause(QUEUED)
+
+    # -- refusals -------------------------------------------------------------------------
+    def _reject(self, status: int, body: bytes) -> None:
+        """A request that cannot be read on: answered in its turn; nothing after it is read."""
+        ex = self.parsing
+        self.parsing = None
+        self.decoder = None
+        self.body_left = 0
+        self.chunks = None
+        if P.shut(self.phase):
+            return
+        self._closing()
+        if ex is not None and P.ended(ex.phase):
+            # Answered already (early): nothing more to say; close once the rest is answered.
+            if self.active is None and not self.queue:
+                self.transport.close()
+            return
+        if ex is not None and ex is self.active:
+            # Its body broke the framing while being forwarded: the backend must never see
+            # that request end, so its connection is reset (answer and abort do it).
+            if ex.phase == P.BODY:
+                ex.abort(status)
+            else:
+                ex.answer(status, body, keep=False)
+            return
+        if ex is None:
+            ex = Exchange(self)
+        ex.refusal = status
+        ex.refusal_body = body
+        ex.keep_alive = False
+        ex.body_done = True
+        self._take(ex)
