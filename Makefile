@@ -47,4 +47,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
-	rm -f  *.so
+	rm -f router/*.so router/*/*.so *.so
