@@ -11,6 +11,6 @@ from tests.processes import ROOT
 
 
 def test_the_consoles_name_pattern_is_the_servers() -> None:
-    with open(os.path.join(ROOT, "admin", "ui", "js", "dialogs.js")) as f:
+    with open(os.path.join(ROOT, "router", "admin", "ui", "js", "dialogs.js")) as f:
         (copy,) = re.findall(r"^const NAME_RE = /(.*)/;", f.read(), re.M)
     assert copy == NAME_PATTERN
