@@ -248,7 +248,7 @@ ROUTER = (
           _r("sticky.cookie_value", "sticky.TokenCodec.verify", "sticky.TokenCodec.issue",
              "routing.pinned", "routing.cookie_line")),
     stage("send", "write the request to the backend: the pooled connection taken, one write",
-          _r("exchange.Exchange._send", "exchange.Exchange._attach", "upstream.UpstreamPool.get",
+          _r("exchange.Exchange._send", "exchange.Exchange._attach", "pool.UpstreamPool.get",
              "upstream.UpstreamConnection.attach", "upstream.UpstreamConnection.send_head")),
     stage("response", "read and check the response head: llhttp over the head (no "
           "callback), status and keep-alive",
@@ -268,7 +268,7 @@ ROUTER = (
     stage("counters", "counters: responses by status, the latency histogram, in flight",
           _r("exchange.Exchange._account", "counters.ServiceStats.observe")),
     stage("pool", "return the backend connection to the pool",
-          _r("upstream.UpstreamConnection.release", "upstream.UpstreamPool.put")),
+          _r("upstream.UpstreamConnection.release", "pool.UpstreamPool.put")),
     stage("end", "end the exchange: the next request's turn, the client's idle timer",
           _r("exchange.Exchange.response_end", "exchange.Exchange._finish",
              "client.ClientConnection.exchange_done")),

@@ -81,7 +81,8 @@ def proxy_case(sticky: bool, size: int = 100, reads: int = 1) -> Callable[[], ob
 
     from router.dataplane.client import ClientConnection
     from router.dataplane.context import ProxyContext
-    from router.dataplane.upstream import UpstreamConnection, UpstreamPool
+    from router.dataplane.pool import UpstreamPool
+    from router.dataplane.upstream import UpstreamConnection
     from tests.memory import CountingTransport
 
     loop = uvloop.new_event_loop()

@@ -11,9 +11,9 @@ import os
 COMPILED_MODULES = ("http/framing", "http/request_head", "http/response_head",
                     "dataplane/phases", "dataplane/balancer", "dataplane/counters",
                     "dataplane/sticky", "dataplane/table", "dataplane/routing",
-                    "dataplane/upstream", "dataplane/deadlines", "dataplane/accesslog", "logs",
-                    "dataplane/context", "dataplane/exchange", "dataplane/reader",
-                    "dataplane/client")
+                    "dataplane/upstream", "dataplane/pool", "dataplane/deadlines",
+                    "dataplane/accesslog", "logs", "dataplane/context", "dataplane/exchange",
+                    "dataplane/reader", "dataplane/client")
 
 
 def _refuse_stale_builds() -> None:

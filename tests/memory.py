@@ -24,7 +24,8 @@ from router.dataplane.context import ProxyContext
 from router.dataplane.health import Health, PassiveHealth
 from router.dataplane.sticky import TokenCodec
 from router.dataplane.table import TableBuilder
-from router.dataplane.upstream import UpstreamConnection, UpstreamPool
+from router.dataplane.pool import UpstreamPool
+from router.dataplane.upstream import UpstreamConnection
 
 
 class MemoryTransport:

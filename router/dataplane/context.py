@@ -22,10 +22,11 @@ from .deadlines import ResponseDeadlines
 from .health import PassiveHealth
 from ..http.request_head import RequestIds
 from ..logs import Throttled
+from .pool import UpstreamPool
 from .routing import PREVIEW_PARAM  # noqa: F401 (the admin API builds preview links with it)
 from .sticky import TokenCodec
 from .table import Backend, RoutingTable
-from .upstream import Tunnel, UpstreamPool
+from .upstream import Tunnel
 
 warn = logging.getLogger("router.error")
 

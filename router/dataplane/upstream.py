@@ -1,6 +1,6 @@
 """Pooled keep-alive connections to backends, and how a response is read from one.
 
-One ``UpstreamPool`` per process. An ``UpstreamConnection`` is the protocol of one backend socket.
+One ``UpstreamPool`` per process (router.dataplane.pool) keeps the idle ones. An ``UpstreamConnection`` is the protocol of one backend socket.
 While it serves a request (an ``UpstreamRequest``: the exchange, seen from here) it reads the
 response and hands it over piece by piece: each head (``response_head``), the body
 (``response_body``), the end (``response_end``), or what went wrong. docs/request-path.md,
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -30,17 +30,14 @@ from ..http import framing
 from ..http.request_head import RequestHead
 from ..http.response_head import ResponseError, ResponseHead
 
+if TYPE_CHECKING:
+    from .pool import UpstreamPool
+
 # Why a client connection's reading is paused (bit flags; reading resumes when none is left).
 UPSTREAM_FULL: Final = 1   # the backend's socket buffer is full
 BODY_BUFFERED: Final = 2   # body bytes wait for a backend connection
 QUEUED: Final = 4          # a pipelined request waits for the one before it
 
-# Idle connections kept per backend address. nginx's `keepalive 64` style cap: enough for a
-# busy worker, small enough that a removed backend does not keep thousands of sockets.
-MAX_IDLE_PER_BACKEND: Final = 256
-# Close pooled connections idle this long: below the common backend keep-alive timeouts
-# (nginx 75 s, Node.js 5 s is the awkward one, so reuse also tolerates a closed connection).
-IDLE_TIMEOUT: Final = 30.0
 # A response head larger than this is refused (nginx's proxy_buffer_size is 4-8 KiB; generous).
 MAX_RESPONSE_HEAD: Final = 65536
 
@@ -136,11 +133,10 @@ _VIEW_MIN: Final = 4096
 
 # A connection whose last response had a body this long or longer (or one that ends with the
 # connection) reads into one buffer per process, of the size uvloop reads with: the body goes
-# to the client as a view of it, not copied into a bytes object per read. A read into a buffer
+# to the client as a view of it (router.dataplane.pool.READ_BUFFER), not copied into a bytes object per read. A read into a buffer
 # costs more calls into Python (get_buffer, then buffer_updated) than uvloop's bytes, about
 # what copying 1.5 KiB costs; below this, bytes are read.
 BUFFERED_BODY: Final = 16384
-READ_BUFFER: Final = 262144
 
 
 def _after(buf: bytes, start: int) -> bytes | memoryview:
@@ -577,101 +573,3 @@ class _BufferedReads:
 
     def resume_writing(self) -> None:
         self.conn.resume_writing()
-
-
-# Opens a backend connection for (pool, key, host, port); the pool's default dials TCP.
-Opener = Callable[["UpstreamPool", str, str, int], Awaitable[UpstreamConnection]]
-
-
-class UpstreamPool:
-    """Idle keep-alive connections per backend address, most recently used first.
-
-    ``opener`` replaces the TCP dial (the tests open connections in memory this way)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float,
-                 opener: Opener | None = None) -> None:
-        self.loop = loop
-        self.connect_timeout = connect_timeout
-        self.opener = opener
-        self._idle: dict[str, list[UpstreamConnection]] = {}
-        self._sweeper: asyncio.TimerHandle | None = None
-        self.closed = False
-        self.read_buf = bytearray(READ_BUFFER)  # what backend connections read into
-        self.read_view = memoryview(self.read_buf)
-
-    def lend(self, req: UpstreamRequest) -> None:
-        """Views of the read buffer were written to ``req``'s client: if its transport keeps
-        some unsent, the next reads go to a new buffer (the transport keeps the old alive)."""
-        if req.unsent():
-            self.read_buf = bytearray(READ_BUFFER)
-            self.read_view = memoryview(self.read_buf)
-
-    def get(self, key: str) -> UpstreamConnection | None:
-        conns = self._idle.get(key)
-        while conns:
-            conn = conns.pop()
-            if not conn.closed and not conn.transport.is_closing():
-                conn.reused = True
-                return conn
-        return None
-
-    async def connect(self, key: str, host: str, port: int) -> UpstreamConnection:
-        """A new connection; raises OSError or TimeoutError."""
-        if self.opener is not None:
-            return await self.opener(self, key, host, port)
-        async with asyncio.timeout(self.connect_timeout):
-            _, proto = await self.loop.create_connection(
-                cast("Callable[[], asyncio.Protocol]", lambda: UpstreamConnection(self, key)),
-                host, port)
-        return cast(UpstreamConnection, proto)
-
-    def put(self, conn: UpstreamConnection, now: float) -> None:
-        if self.closed:
-            conn.close()
-            return
-        conns = self._idle.setdefault(conn.key, [])
-        if len(conns) >= MAX_IDLE_PER_BACKEND:
-            conn.close()
-            return
-        conn.idle_since = now
-        conns.append(conn)
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(IDLE_TIMEOUT / 2, self._sweep)
-
-    def discard(self, conn: UpstreamConnection) -> None:
-        conns = self._idle.get(conn.key)
-        if conns:
-            try:
-                conns.remove(conn)
-            except ValueError:
-                pass
-
-    def close_idle(self, keep: set[str] | None = None) -> None:
-        """Close idle connections to every address not in ``keep`` (all with None)."""
-        for key in list(self._idle):
-            if keep is None or key not in keep:
-                for conn in self._idle.pop(key):
-                    conn.close()
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        cutoff = self.loop.time() - IDLE_TIMEOUT
-        for key, conns in list(self._idle.items()):
-            keep = []
-            for c in conns:
-                if c.idle_since < cutoff:
-                    c.close()
-                else:
-                    keep.append(c)
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
-        if self._idle and not self.closed:
-            self._sweeper = self.loop.call_later(IDLE_TIMEOUT / 2, self._sweep)
-
-    def close(self) -> None:
-        self.closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        self.close_idle()

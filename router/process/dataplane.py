@@ -25,7 +25,7 @@ from ..dataplane.routing import elsewhere
 from ..dataplane.sticky import TokenCodec
 from ..dataplane.table import RoutingTable, TableBuilder
 from .trim import Trimmer
-from ..dataplane.upstream import UpstreamPool
+from ..dataplane.pool import UpstreamPool
 
 log = logging.getLogger("router")
 

@@ -52,7 +52,7 @@ from ..dataplane.sticky import load_or_create_secret
 from ..control.store import Store, open_store
 from .supervisor import Supervisor
 from .takeover import PredecessorSide, SuccessorSide
-from ..dataplane.upstream import UpstreamPool
+from ..dataplane.pool import UpstreamPool
 
 log = logging.getLogger("router")
 
