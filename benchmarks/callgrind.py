@@ -13,7 +13,7 @@ Each proxy has an ordered table of stages, each named by the functions that do i
 function's own instructions go to the stage of the nearest function in its chain of callers
 (itself first) that a stage names: ``read_request_head`` and everything it calls is "check
 the head"; the bytes join it makes is "build the forwarded head" because that rule names the
-join *under* ``read_request_head``. A chain longer than the callers callgrind kept is followed
+join *under* the functions that build that head. A chain longer than the callers callgrind kept is followed
 further through the call graph, shared in proportion to what each caller's calls cost. What no
 stage names is ``other``; ``--detail STAGE N`` splits a stage by the function that claimed
 its instructions (for ``other``: the function itself).
@@ -206,6 +206,9 @@ def _r(*names: str) -> str:
     return "|".join(_router(n) for n in names)
 
 
+# Where the forwarded request head is built: its fields appended, the router's own, the join.
+_HEAD_BUILDERS = _r("request_head._read_fields", "request_head._forwarded_head")
+
 ROUTER = (
     stage("background", "the router's own periodic tasks (release checks every 0.25 s, "
           "samples): work per second, not per request",
@@ -235,9 +238,9 @@ ROUTER = (
           r"__pyx_pw_9httptools_6parser_6parser_10HttpParser_\d+_should_upgrade"),
     stage("forward", "build the forwarded head: the client's fields kept, X-Forwarded-*, "
           "X-Request-ID, one join",
-          ("CPyBytes_Join", _r("request_head.read_request_head")),
-          ("PyList_Append", _r("request_head.read_request_head")),
-          ("PySequence_InPlaceConcat", _r("request_head.read_request_head"))),
+          ("CPyBytes_Join", _HEAD_BUILDERS),
+          ("PyList_Append", _HEAD_BUILDERS),
+          ("PySequence_InPlaceConcat", _HEAD_BUILDERS)),
     stage("request-id", "a new X-Request-ID (the client sent none)",
           _r("request_head.RequestIds.next")),
     stage("route", "route: the table lookup, the weighted pick",

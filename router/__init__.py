@@ -8,7 +8,7 @@ import os
 # The per-request modules setup.py compiles with mypyc when it can (router/<name>.*.so beside
 # router/<name>.py; the interpreter imports the compiled one first). setup.py reads this list
 # from this file: a literal tuple of strings, on its own.
-COMPILED_MODULES = ("http/framing", "http/request_head", "http/response_head",
+COMPILED_MODULES = ("http/framing", "http/fields", "http/request_head", "http/response_head",
                     "dataplane/phases", "dataplane/balancer", "dataplane/counters",
                     "dataplane/sticky", "dataplane/table", "dataplane/routing",
                     "dataplane/upstream", "dataplane/pool", "dataplane/deadlines",

@@ -344,9 +344,11 @@ class Exchange(UpstreamRequest):
         ctx = self.conn.ctx
         final = status >= 200 or status == 101
         rh = read_response_head(
-            raw, status, keep_alive, self.method == b"HEAD", self.http11, self.keep_alive,
-            self.upgrade, self.body_done, ctx.accepting, self.set_cookie if final else b"",
-            scope.cookie_eq if scope is not None and scope.app.sticky else b"")
+            raw, status, backend_keep_alive=keep_alive, head_request=self.method == b"HEAD",
+            client_http11=self.http11, client_keep_alive=self.keep_alive,
+            upgrade_requested=self.upgrade, request_done=self.body_done,
+            accepting=ctx.accepting, set_cookie=self.set_cookie if final else b"",
+            own_cookie=scope.cookie_eq if scope is not None and scope.app.sticky else b"")
         if not final:
             if rh.head:
                 self.out.append(rh.head)

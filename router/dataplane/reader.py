@@ -328,9 +328,9 @@ class RequestReader(ClientSide):
             version = "1.1"
         else:
             version = parser.get_http_version()
-        read_request_head(ex, method, ex.url, version, ex.headers,
-                          upgrade, ctx.max_header, ctx.max_headers, self.trusted, self.peer_b,
-                          self.tail, ctx.ids)
+        read_request_head(ex, method, ex.url, version, ex.headers, upgrade,
+                          max_header=ctx.max_header, max_headers=ctx.max_headers,
+                          trusted=self.trusted, peer=self.peer_b, tail=self.tail, ids=ctx.ids)
         ex.llhttp_upgrade = upgrade
         kind = ex.framing
         if kind == framing.NONE:

@@ -30,6 +30,7 @@ from typing import Any, Final
 import httptools
 
 from . import framing
+from .fields import HOP, OWN, connection_tokens, without_named
 
 
 class Refused(Exception):
@@ -42,11 +43,6 @@ class Refused(Exception):
 
 # The end of an HTTP/1.1 request line (http11_line).
 _HTTP11_LINE_END: Final = b"HTTP/1.1\r\n"
-# Hop-by-hop fields (RFC 9110 7.6.1) and the fields the router sets itself.
-HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                        b"transfer-encoding", b"upgrade"})
-_OWN: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                         b"x-request-id", b"content-length", b"host"})
 # Fields only a trusted proxy may pass on, because backends and their frameworks believe them for
 # the client's identity or the request's route: the client's address (RFC 7239 Forwarded,
 # nginx's X-Real-IP, the CDNs' True-Client-IP, CF-Connecting-IP, Fastly-Client-IP, and the
@@ -60,9 +56,8 @@ _TRUSTED_ONLY: Final = frozenset({
     b"x-client-ip", b"x-cluster-client-ip", b"x-original-url", b"x-rewrite-url",
     b"x-forwarded-prefix", b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme",
     b"x-original-host", b"x-host"})
-_SKIP: Final = HOP | _OWN | _TRUSTED_ONLY | {b"expect"}
-# What a Connection field may never remove.
-PROTECTED: Final = _OWN | {b"cookie", b"set-cookie"}
+# The fields the loop over a head's fields looks at (the others are passed on as they are).
+_SKIP: Final = HOP | OWN | _TRUSTED_ONLY | {b"expect"}
 
 REQUEST_ID_RE: Final = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
 # RFC 9110 7.2: a DNS name or an IP literal, optional port. No userinfo, no list, no spaces.
@@ -194,15 +189,6 @@ def normalise_path(path: bytes) -> tuple[bytes, bytes] | None:
     return path, routed
 
 
-def _tokens(value: bytes, into: set[bytes] | None) -> set[bytes]:
-    toks = into if into is not None else set()
-    for t in value.split(b","):
-        t = t.strip().lower()
-        if t:
-            toks.add(t)
-    return toks
-
-
 def is_h2c(upgrade: bytes) -> bool:
     """Whether an ``Upgrade`` value offers h2c (as any of its protocols, with or without a
     version): h2c would hand the client an HTTP/2 connection to the backend, past every rule
@@ -233,9 +219,9 @@ def http11_line(src: bytes | bytearray, n: int, method: bytes, url: bytes) -> bo
 
 
 def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
-                      headers: list[tuple[bytes, bytes]], upgrade: bool,
-                      max_header: int, max_headers: int, trusted: bool, peer: bytes,
-                      tail: bytes, ids: RequestIds) -> None:
+                      headers: list[tuple[bytes, bytes]], upgrade: bool, *, max_header: int,
+                      max_headers: int, trusted: bool, peer: bytes, tail: bytes,
+                      ids: RequestIds) -> None:
     """Check one request head and fill ``rh``; ``Refused`` if it is answered without routing.
 
     ``upgrade`` is llhttp's verdict (``Connection: upgrade`` and an ``Upgrade`` field);
@@ -248,18 +234,16 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
         # llhttp accepts any "HTTP/<digit>.<digit>", and "0.9" for a bare "GET /".
         raise Refused(505 if version >= "2" else 400, "HTTP version not supported")
     rh.http11 = http11
-    out = [method, b" ", b"", b" HTTP/1.1\r\n"]
+    out = [method, b" ", b"", b" HTTP/1.1\r\n"]  # the forwarded head; the target at 2
     host = b""
     hosts = 0
     cookie = None
     conn_tokens: set[bytes] | None = None
-    xff = b""
-    rid = b""
+    xff = xfp = xfh = rid = upgrade_to = b""
     chunked = False
     length = -1
-    upgrade_to = b""
-    xfp = xfh = b""
     total = 0
+    # The one loop over the fields: sizes checked, the special ones read, the others passed on.
     for name, value in headers:
         size = len(name) + len(value)
         if size > max_header:
@@ -281,7 +265,7 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
                     raise Refused(400, "unsupported Transfer-Encoding")
                 chunked = True
             elif lname == b"connection":
-                conn_tokens = _tokens(value, conn_tokens)
+                conn_tokens = connection_tokens(value, conn_tokens)
             elif lname == b"upgrade":
                 upgrade_to = value
             elif lname == b"x-forwarded-for":
@@ -307,6 +291,30 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
     if total > max_headers:
         raise Refused(431, "request header block too large")
     rh.cookie = cookie
+    _read_framing(rh, conn_tokens, upgrade_to, chunked=chunked, length=length, upgrade=upgrade)
+    if method == b"CONNECT":
+        raise Refused(405, "CONNECT is not supported")
+    if hosts != 1:
+        raise Refused(400, "missing or repeated Host header")
+    host = host.strip()
+    if not host_ok(host):
+        raise Refused(400, "invalid Host header")
+    _read_target(rh, url=url, host=host)
+    if not rid or not REQUEST_ID_RE.match(rid):
+        rid = ids.next()
+    rh.request_id = rid
+    out[2] = rh.url
+    if conn_tokens:
+        out = without_named(out, conn_tokens, 4)
+    rh.head = _forwarded_head(rh, out, upgrade_to, trusted, peer=peer, tail=tail, xff=xff,
+                              xfp=xfp, xfh=xfh)
+
+
+def _read_framing(rh: RequestHead, conn_tokens: set[bytes] | None, upgrade_to: bytes, *,
+                  chunked: bool, length: int, upgrade: bool) -> None:
+    """Whether the connection persists (``conn_tokens``: the Connection field's), how the body
+    is framed, whether the upgrade llhttp saw (to ``upgrade_to``) is tunnelled."""
+    http11 = rh.http11
     # RFC 9112 9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive".
     if conn_tokens is None:
         rh.keep_alive = http11
@@ -321,36 +329,18 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
     elif length > 0:
         rh.framing = framing.LENGTH
         rh.length = length
-    if upgrade and is_h2c(upgrade_to):
-        upgrade = False
-    rh.upgrade = upgrade
-    if method == b"CONNECT":
-        raise Refused(405, "CONNECT is not supported")
-    if hosts != 1:
-        raise Refused(400, "missing or repeated Host header")
-    host = host.strip()
-    if not host_ok(host):
-        raise Refused(400, "invalid Host header")
+    rh.upgrade = upgrade and not is_h2c(upgrade_to)
+
+
+def _read_target(rh: RequestHead, *, url: bytes, host: bytes) -> None:
+    """The request target checked and normalised: ``rh.url`` forwarded, ``rh.path`` routed,
+    and ``rh.host`` (``host``, the Host field's, or an absolute-form target's authority)."""
     if url[:1] != b"/":
         if url == b"*":
-            if method != b"OPTIONS":
+            if rh.method != b"OPTIONS":
                 raise Refused(400, "request target * is only for OPTIONS")
         else:
-            # Absolute form: routed by its authority through our table, never dialled.
-            try:
-                # Any: the stubs say bytes where the parser gives None (userinfo, ...)
-                parsed: Any = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                raise Refused(400, "invalid request target") from None
-            if (not parsed.host or parsed.userinfo
-                    or parsed.schema.lower() not in (b"http", b"https")):
-                raise Refused(400, "invalid request target")
-            host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
-            if not host_ok(host):
-                raise Refused(400, "invalid request target")
-            if parsed.fragment:
-                raise Refused(400, "fragment in request target")
-            url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            host, url = _absolute_form(url)
     if _URL_SPECIAL.search(url) is None:
         path = url  # no query, no fragment, nothing normalise_path would change
     else:
@@ -368,27 +358,45 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
     rh.url = url
     rh.path = path
     rh.host = host
-    out[2] = url
-    if conn_tokens:
-        conn_tokens -= PROTECTED
-        if conn_tokens:
-            out = out[:4] + [h for h in out[4:]
-                             if h.split(b":", 1)[0].lower() not in conn_tokens]
-    if not rid or not REQUEST_ID_RE.match(rid):
-        rid = ids.next()
-    rh.request_id = rid
+
+
+def _absolute_form(url: bytes) -> tuple[bytes, bytes]:
+    """``(host, origin-form target)`` of an absolute-form target: routed by its authority
+    through our table, never dialled."""
+    try:
+        # Any: the stubs say bytes where the parser gives None (userinfo, ...)
+        parsed: Any = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        raise Refused(400, "invalid request target") from None
+    if (not parsed.host or parsed.userinfo
+            or parsed.schema.lower() not in (b"http", b"https")):
+        raise Refused(400, "invalid request target")
+    host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+    if not host_ok(host):
+        raise Refused(400, "invalid request target")
+    if parsed.fragment:
+        raise Refused(400, "fragment in request target")
+    return host, (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+
+
+def _forwarded_head(rh: RequestHead, out: list[bytes], upgrade_to: bytes, trusted: bool, *,
+                    peer: bytes, tail: bytes, xff: bytes, xfp: bytes, xfh: bytes) -> bytes:
+    """The head for the backend: the client's fields kept (``out``), the router's own fields
+    (``X-Forwarded-*`` from a trusted proxy's ``xff``, ``xfp``, ``xfh`` and ``peer``, or
+    ``tail``), the framing fields and the empty line, joined."""
+    host = rh.host
     if trusted:
         # A trusted proxy in front knows the client, the original scheme and host.
         out.append(b"Host: " + host + b"\r\nX-Forwarded-For: "
                    + (xff + b", " + peer if xff else peer)
                    + b"\r\nX-Forwarded-Proto: " + (xfp or b"http")
                    + b"\r\nX-Forwarded-Host: " + (xfh or host)
-                   + b"\r\nX-Request-ID: " + rid + b"\r\n")
+                   + b"\r\nX-Request-ID: " + rh.request_id + b"\r\n")
     else:
-        out += (b"Host: ", host, tail, host, b"\r\nX-Request-ID: ", rid, b"\r\n")
-    if chunked:
+        out += (b"Host: ", host, tail, host, b"\r\nX-Request-ID: ", rh.request_id, b"\r\n")
+    if rh.framing == framing.CHUNKED:
         out.append(b"Transfer-Encoding: chunked\r\n")
-    if upgrade:
+    if rh.upgrade:
         out.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_to + b"\r\n")
     out.append(b"\r\n")
-    rh.head = b"".join(out)
+    return b"".join(out)

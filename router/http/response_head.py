@@ -35,7 +35,7 @@ import re
 from typing import Final
 
 from . import framing
-from .request_head import HOP, PROTECTED
+from .fields import HOP, connection_tokens, without_named
 
 # What _special tells of a field's name.
 _HOP: Final = 1
@@ -71,10 +71,10 @@ class ResponseHead:
         self.reusable = True  # the backend connection may serve another request after it
 
 
-def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_request: bool,
-                       client_http11: bool, client_keep_alive: bool, upgrade_requested: bool,
-                       request_done: bool, accepting: bool, set_cookie: bytes,
-                       own_cookie: bytes) -> ResponseHead:
+def read_response_head(raw: bytes, status: int, *, backend_keep_alive: bool,
+                       head_request: bool, client_http11: bool, client_keep_alive: bool,
+                       upgrade_requested: bool, request_done: bool, accepting: bool,
+                       set_cookie: bytes, own_cookie: bytes) -> ResponseHead:
     """The client's view of the response head ``raw`` (status line and fields, without the
     final empty line).
 
@@ -93,16 +93,52 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
         if len(_GOOD_STATUS) >= _GOOD_STATUS_MAX:
             _GOOD_STATUS.clear()
         _GOOD_STATUS.add(status_line)
-    interim = status < 200 and status != 101
+    cuts, conn_tokens, codings, length, upgrade_to = _read_fields(raw, eol, status, own_cookie)
+    close = (not client_keep_alive or not request_done or not accepting
+             or (upgrade_requested and status != 101))
+    extra: list[bytes] = []
+    if status < 200 and status != 101:  # interim
+        if not client_http11:
+            return rh  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client
+        rh.reusable = backend_keep_alive
+    elif status == 101:
+        if not upgrade_requested:
+            raise ResponseError("101 to a request that asked for no upgrade")
+        extra.append(b"\r\nConnection: upgrade\r\nUpgrade: " + upgrade_to)
+        rh.reusable = False
+    else:
+        if _read_body_framing(rh, codings, length, extra, head_request=head_request,
+                              client_http11=client_http11):
+            close = True
+        rh.reusable = (backend_keep_alive and rh.body != framing.EOF and request_done
+                       and (codings is None or raw[5:8] != b"1.0"))
+        if close:
+            extra.append(b"\r\nConnection: close")
+        elif not client_http11:
+            extra.append(b"\r\nConnection: keep-alive")
+        if set_cookie:
+            extra.append(b"\r\n" + set_cookie)
+        rh.close = close
+    rh.head = _rebuild(raw, cuts, conn_tokens, extra)
+    return rh
+
+
+def _read_fields(raw: bytes, eol: int, status: int, own_cookie: bytes) -> tuple[
+        list[tuple[int, int]], set[bytes] | None, list[bytes] | None, int, bytes]:
+    """``(cuts, conn_tokens, codings, length, upgrade_to)`` of the fields after the status line
+    (which ends at ``eol``): the lines left out on the way to the client, the names the
+    Connection field gives, the transfer codings (None: no Transfer-Encoding), the
+    Content-Length (-1: none), the Upgrade field.
+
+    One scan, a loop over the bytes: compiled, it costs a few instructions a byte, where
+    lower(), a regular expression and a find, strip and int() per field cost hundreds a call
+    (and a callback per field from llhttp as much again); a tuple, not an object, back."""
     cuts: list[tuple[int, int]] = []
     conn_tokens: set[bytes] | None = None
     codings: list[bytes] | None = None
     length = -1
-    cl_cut = (-1, -1)  # the Content-Length line, should it have to go
     upgrade_to = b""
-    # The one scan of the fields on the way back, a loop over the bytes: compiled, it costs a
-    # few instructions a byte, where lower(), a regular expression and a find, strip and int()
-    # per field cost hundreds a call (and a callback per field from llhttp as much again).
+    cl_cut = (-1, -1)  # the Content-Length line, should it have to go
     n = len(raw)
     pos = eol  # at the "\r\n" before each field
     while 0 <= pos < n:
@@ -139,71 +175,54 @@ def read_response_head(raw: bytes, status: int, backend_keep_alive: bool, head_r
             elif kind == _CONNECTION:
                 low = value.lower()
                 if low != b"keep-alive" and low != b"close" and low:
-                    conn_tokens = conn_tokens or set()
-                    conn_tokens.update(t.strip() for t in low.split(b",") if t.strip())
+                    conn_tokens = connection_tokens(value, conn_tokens)
             elif kind == _UPGRADE:
                 upgrade_to = value
         pos = nxt
     if cl_cut[0] >= 0 and (status < 200 or status == 204 or status == 304):
         # No body, and no Content-Length on the way out (RFC 9110 8.6).
         cuts.append(cl_cut)
-    close = (not client_keep_alive or not request_done or not accepting
-             or (upgrade_requested and status != 101))
-    extra: list[bytes] = []
-    if interim:
+    return cuts, conn_tokens, codings, length, upgrade_to
+
+
+def _read_body_framing(rh: ResponseHead, codings: list[bytes] | None, length: int,
+                       extra: list[bytes], *, head_request: bool, client_http11: bool) -> bool:
+    """How a final response's body is framed from the backend (``rh.body``) and to the client
+    (``rh.rechunk`` and the fields added to ``extra``); True if the client connection must end
+    with it."""
+    status = rh.status
+    if status == 204 or status == 304:
+        pass  # no body (Content-Length is cut, Transfer-Encoding with the hop fields)
+    elif head_request:
+        pass  # no body; Content-Length tells the length a GET would have had
+    elif codings is not None:
+        chunked = bool(codings) and codings[-1].lower() == b"chunked"
+        rh.body = framing.CHUNKED if chunked else framing.EOF
+        other = codings[:-1] if chunked else codings
+        inner = any(c.lower() == b"chunked" for c in other)
+        if inner and chunked:
+            raise ResponseError("the chunked transfer coding applied twice")
         if not client_http11:
-            return rh  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client
-        rh.reusable = backend_keep_alive
-    elif status == 101:
-        if not upgrade_requested:
-            raise ResponseError("101 to a request that asked for no upgrade")
-        extra.append(b"\r\nConnection: upgrade\r\nUpgrade: " + upgrade_to)
-        rh.reusable = False
+            if other:
+                raise ResponseError("a transfer coding an HTTP/1.0 client cannot be sent")
+            return True
+        if inner:
+            # "chunked, gzip": to the close, as it came; chunking it again is forbidden.
+            extra.append(b"\r\nTransfer-Encoding: " + b", ".join(other))
+            return True
+        rh.rechunk = True
+        extra.append(b"\r\nTransfer-Encoding: " + b", ".join(other + [b"chunked"]))
+    elif length >= 0:
+        if length:
+            rh.body = framing.LENGTH
+            rh.length = length
     else:
-        if status == 204 or status == 304:
-            pass  # no body (Content-Length is cut below, Transfer-Encoding with the hop fields)
-        elif head_request:
-            pass  # no body; Content-Length tells the length a GET would have had
-        elif codings is not None:
-            chunked = bool(codings) and codings[-1].lower() == b"chunked"
-            rh.body = framing.CHUNKED if chunked else framing.EOF
-            other = codings[:-1] if chunked else codings
-            inner = any(c.lower() == b"chunked" for c in other)
-            if inner and chunked:
-                raise ResponseError("the chunked transfer coding applied twice")
-            if not client_http11:
-                if other:
-                    raise ResponseError("a transfer coding an HTTP/1.0 client cannot be sent")
-                close = True
-            elif inner:
-                # "chunked, gzip": to the close, as it came; chunking it again is forbidden.
-                extra.append(b"\r\nTransfer-Encoding: " + b", ".join(other))
-                close = True
-            else:
-                rh.rechunk = True
-                extra.append(b"\r\nTransfer-Encoding: " + b", ".join(other + [b"chunked"]))
-        elif length >= 0:
-            if length:
-                rh.body = framing.LENGTH
-                rh.length = length
-        else:
-            rh.body = framing.EOF
-            if client_http11:
-                rh.rechunk = True
-                extra.append(b"\r\nTransfer-Encoding: chunked")
-            else:
-                close = True
-        rh.reusable = (backend_keep_alive and rh.body != framing.EOF and request_done
-                       and (codings is None or raw[5:8] != b"1.0"))
-        if close:
-            extra.append(b"\r\nConnection: close")
-        elif not client_http11:
-            extra.append(b"\r\nConnection: keep-alive")
-        if set_cookie:
-            extra.append(b"\r\n" + set_cookie)
-        rh.close = close
-    rh.head = _rebuild(raw, cuts, conn_tokens, extra)
-    return rh
+        rh.body = framing.EOF
+        if not client_http11:
+            return True
+        rh.rechunk = True
+        extra.append(b"\r\nTransfer-Encoding: chunked")
+    return False
 
 
 def _sets_own_cookie(value: bytes, own_cookie: bytes) -> bool:
@@ -265,6 +284,12 @@ def _special(raw: bytes, i: int, size: int, cookies: bool) -> int:
     return 0
 
 
+# _special matches by hand, for speed, the names of router.http.fields.HOP, the one list of
+# them: a name added there and not here stops the import rather than pass hop-by-hop.
+if any(_special(name, 0, len(name), False) == 0 for name in HOP):
+    raise ImportError("response_head._special misses a name of fields.HOP")
+
+
 def _rebuild(raw: bytes, cuts: list[tuple[int, int]],
              conn_tokens: set[bytes] | None, extra: list[bytes]) -> bytes:
     """``raw`` as ``HTTP/1.1``, without the ``cuts`` and the fields ``conn_tokens`` names,
@@ -278,11 +303,10 @@ def _rebuild(raw: bytes, cuts: list[tuple[int, int]],
         pos = end
     parts.append(raw[pos:])
     if conn_tokens:
-        named = conn_tokens - PROTECTED - HOP
-        if named:
-            lines = b"".join(parts).split(b"\r\n")
-            parts = [lines[0]] + [b"\r\n" + ln for ln in lines[1:]
-                                  if ln.split(b":", 1)[0].strip().lower() not in named]
+        lines = b"".join(parts).split(b"\r\n")
+        kept = without_named(lines, conn_tokens, 1)
+        if kept is not lines:
+            parts = [b"\r\n".join(kept)]
     parts += extra
     parts.append(b"\r\n\r\n")
     return b"".join(parts)

@@ -49,8 +49,9 @@ def read(raw: bytes, trusted: bool = False) -> RequestHead:
     assert p.done, raw
     rh = RequestHead()
     read_request_head(rh, parser.get_method(), p.url, parser.get_http_version(), p.headers,
-                      parser.should_upgrade(), 8192, 65536, trusted,
-                      b"10.9.8.7", forwarded_tail(b"10.9.8.7"), RequestIds(b"id-"))
+                      parser.should_upgrade(), max_header=8192, max_headers=65536,
+                      trusted=trusted, peer=b"10.9.8.7", tail=forwarded_tail(b"10.9.8.7"),
+                      ids=RequestIds(b"id-"))
     return rh
 
 

@@ -15,8 +15,10 @@ def rewrite(raw: bytes, status: int = 200, keep: bool = True, head: bool = False
             http11: bool = True, client_keep: bool = True, upgrade: bool = False,
             done: bool = True, accepting: bool = True, cookie: bytes = b"",
             own: bytes = b"") -> ResponseHead:
-    return read_response_head(raw, status, keep, head, http11, client_keep, upgrade, done,
-                              accepting, cookie, own)
+    return read_response_head(raw, status, backend_keep_alive=keep, head_request=head,
+                              client_http11=http11, client_keep_alive=client_keep,
+                              upgrade_requested=upgrade, request_done=done, accepting=accepting,
+                              set_cookie=cookie, own_cookie=own)
 
 
 def test_plain_content_length_response_passes_as_it_is():
