@@ -1081,7 +1081,8 @@ def rounds_table(results: list[Result]) -> str:
 
 
 def target_checks(results: list[Result]) -> list[str]:
-    """The router against its targets (benchmarks/README.md), when nginx ran beside it."""
+    """The router against its targets (benchmarks/README.md), when nginx or HAProxy ran beside
+    it."""
     by = {(r.target, r.body): r for r in results if r.rounds}
     out: list[str] = []
 
@@ -1091,7 +1092,8 @@ def target_checks(results: list[Result]) -> list[str]:
             return
         ok = value >= limit if higher_is_better else value <= limit
         sign = "≥" if higher_is_better else "≤"
-        why = {"upper": "; an upper bound: nginx's load side was saturated",
+        peer = label.partition("/")[2].partition(" ")[0]
+        why = {"upper": f"; an upper bound: {peer}'s load side was saturated",
                "lower": "; a lower bound: the router's load side was saturated",
                "neither": "; both load sides were saturated: not a measure of the proxies",
                "": ""}[bound]
@@ -1108,6 +1110,14 @@ def target_checks(results: list[Result]) -> list[str]:
               ratio(router_small, nginx_small, "cpu_us_per_req"), 1.5, False)
         check_rps("router/nginx requests/s, small", router_small, nginx_small, 0.75)
         check("router/nginx p99, small", ratio(router_small, nginx_small, "p99_ms"), 2.0, False)
+    # Against HAProxy, the peer that does the same work per request (benchmarks/README.md).
+    haproxy_small = by.get(("haproxy", "small"))
+    if haproxy_small and router_small:
+        check("router/haproxy CPU per request, small",
+              ratio(router_small, haproxy_small, "cpu_us_per_req"), 1.1, False)
+        check_rps("router/haproxy requests/s, small", router_small, haproxy_small, 0.9)
+        check("router/haproxy p99, small", ratio(router_small, haproxy_small, "p99_ms"), 1.5,
+              False)
     for sticky in ("router-sticky", "router-pinned"):
         r = by.get((sticky, "small"))
         if nginx_small and r:
