@@ -14,7 +14,7 @@ $(BIN)/python:
 # present; `make clean` goes back to plain Python. That takes about 40 s, so it runs again only
 # when the packaging or a module of the router changed since (the stamp files; the full install
 # stands for the package's too).
-SOURCES := pyproject.toml setup.py $(wildcard router/*.py router/*/*.py router/*/*/*.py)
+SOURCES := pyproject.toml setup.py $(wildcard router/*.py router/*/*.py router/*/*/*.py router/*/*.c)
 PACKAGE := $(VENV)/.installed-package
 STAMP   := $(VENV)/.installed
 $(PACKAGE): $(SOURCES) | $(BIN)/python

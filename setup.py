@@ -4,7 +4,9 @@
 that router/__init__.py lists with mypyc, the mypy project's compiler for type-annotated
 Python: the same source, about a third less CPU per proxied request (README "Performance").
 Without a C compiler the build warns and installs them as plain Python, which behaves the
-same, slower; ``ROUTER_PURE_PYTHON=1`` asks for that. Everything else about the package is in
+same, slower; ``ROUTER_PURE_PYTHON=1`` asks for that. The response head's check and rewrite
+is also built from hand-written C (router/http/_head.c), on its own: either build can fail
+without the other. Everything else about the package is in
 pyproject.toml.
 """
 
@@ -14,7 +16,7 @@ import ast
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
@@ -35,20 +37,41 @@ def compiled_modules() -> list[str]:
 class OptionalBuildExt(build_ext):
     """A failed compile (no C compiler, say) leaves the plain Python modules, with a warning.
 
-    All or nothing: the modules share one runtime library, so a partial build is removed.
+    Two builds, each all or nothing: the mypyc modules (they share one runtime library, so a
+    partial build is removed) and the response head's C function (router/http/_head.c; the
+    Python version runs without it). One failing leaves the other.
     """
 
     def run(self) -> None:
+        everything = self.extensions
+        compiler = self.compiler  # a name (or None): run() replaces it with the compiler made
+        parts = [("the data plane was not compiled",
+                  [e for e in everything if e.name != HEAD_EXTENSION]),
+                 ("the response head's C function was not built",
+                  [e for e in everything if e.name == HEAD_EXTENSION])]
         try:
-            super().run()
-        except Exception as exc:  # CompileError, DistutilsExecError, missing compiler, ...
-            for ext in self.extensions:
-                path = self.get_ext_fullpath(ext.name)
-                if os.path.exists(path):
-                    os.remove(path)
-            print(f"warning: the data plane was not compiled ({exc}); installing it as plain "
-                  "Python: same behaviour, more CPU per request. Install a C compiler "
-                  "(Debian: gcc) and reinstall to compile it.", file=sys.stderr)
+            for what, part in parts:
+                if not part:
+                    continue
+                self.extensions = part
+                self.compiler = compiler
+                try:
+                    super().run()
+                except Exception as exc:  # CompileError, DistutilsExecError, no compiler, ...
+                    for ext in part:
+                        path = self.get_ext_fullpath(ext.name)
+                        if os.path.exists(path):
+                            os.remove(path)
+                    print(f"warning: {what} ({exc}); installing it as plain Python: same "
+                          "behaviour, more CPU per request. Install a C compiler (Debian: gcc) "
+                          "and reinstall to compile it.", file=sys.stderr)
+        finally:
+            self.extensions = everything
+
+
+# The response head checked and rewritten in one pass (router.http.response_head uses it when
+# it is built).
+HEAD_EXTENSION = "router.http._head"
 
 
 def ext_modules() -> list:
@@ -56,7 +79,8 @@ def ext_modules() -> list:
         return []
     from mypyc.build import mypycify
 
-    return mypycify(compiled_modules(), opt_level="3", group_name="router_native")
+    return mypycify(compiled_modules(), opt_level="3", group_name="router_native") + [
+        Extension(HEAD_EXTENSION, ["router/http/_head.c"], extra_compile_args=["-O2"])]
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -16,22 +16,26 @@ COMPILED_MODULES = ("http/framing", "http/fields", "http/request_head", "http/re
                     "dataplane/reader", "dataplane/client")
 
 
+# Hand-written C extensions, router/<name>.*.so built from router/<name>.c (setup.py).
+C_MODULES = ("http/_head",)
+
+
 def _refuse_stale_builds() -> None:
     """In a source checkout, a compiled module older than its source would run old code in
     silence: refuse to start instead, and say how to fix it."""
     here = os.path.dirname(os.path.abspath(__file__))
     if not os.path.exists(os.path.join(here, os.pardir, "setup.py")):
         return  # an installed package: built from the sources beside it
-    for name in COMPILED_MODULES:
+    for name, ext in [(n, ".py") for n in COMPILED_MODULES] + [(n, ".c") for n in C_MODULES]:
         folder, _, base = os.path.join(here, name).rpartition(os.sep)
-        src = os.path.join(folder, base + ".py")
+        src = os.path.join(folder, base + ext)
         if not os.path.exists(src):
             continue
         for so in os.listdir(folder):
             if so.startswith(base + ".") and so.endswith(".so"):
                 if os.path.getmtime(src) > os.path.getmtime(os.path.join(folder, so)):
                     raise ImportError(
-                        f"router/{name}.py changed after it was compiled ({so}): run "
+                        f"router/{name}{ext} changed after it was compiled ({so}): run "
                         "`make install` to compile it again, or `make clean` to run the "
                         "sources as plain Python")
 

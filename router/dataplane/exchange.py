@@ -22,7 +22,7 @@ from . import routing
 from .accesslog import Entry
 from .context import ClientBase, ProxyContext
 from ..http import framing
-from ..http.response_head import ResponseError, ResponseHead, read_response_head
+from ..http.response_head import ResponseError, ResponseHead, check_response_head
 from .table import App, Backend, HostApp, Service
 from .upstream import BODY_BUFFERED, UPSTREAM_FULL, UpstreamConnection, UpstreamRequest
 
@@ -338,18 +338,17 @@ class Exchange(UpstreamRequest):
                 self._wait()
 
     # -- the response, from the backend connection (UpstreamRequest) --------------------------
-    def response_head(self, up: UpstreamConnection, raw: bytes, status: int,
-                      keep_alive: bool) -> ResponseHead:
+    def response_head(self, up: UpstreamConnection, raw: bytes) -> ResponseHead:
         scope = self.scope
         ctx = self.conn.ctx
-        final = status >= 200 or status == 101
-        rh = read_response_head(
-            raw, status, backend_keep_alive=keep_alive, head_request=self.method == b"HEAD",
+        rh = check_response_head(
+            raw, head_request=self.method == b"HEAD",
             client_http11=self.http11, client_keep_alive=self.keep_alive,
             upgrade_requested=self.upgrade, request_done=self.body_done,
-            accepting=ctx.accepting, set_cookie=self.set_cookie if final else b"",
+            accepting=ctx.accepting, set_cookie=self.set_cookie,
             own_cookie=scope.cookie_eq if scope is not None and scope.app.sticky else b"")
-        if not final:
+        status = rh.status
+        if status < 200 and status != 101:
             if rh.head:
                 self.out.append(rh.head)
             return rh

@@ -28,7 +28,7 @@ import httptools
 from . import phases as P
 from ..http import framing
 from ..http.request_head import RequestHead
-from ..http.response_head import ResponseError, ResponseHead
+from ..http.response_head import HEAD_CHECK, ResponseError, ResponseHead
 
 if TYPE_CHECKING:
     from .pool import UpstreamPool
@@ -44,25 +44,16 @@ MAX_RESPONSE_HEAD: Final = 65536
 log = logging.getLogger("router.error")
 
 
-class _HeadCheck:
-    """The target of a parser that only checks heads: no callback, so llhttp makes none."""
-
-    __slots__ = ()
-
-
-_HEAD_CHECK: Final = _HeadCheck()
-
-
 class UpstreamRequest(RequestHead):
     """A request as the backend connection serving it sees it: its head, and the calls that
     take its response. The exchange (``router.dataplane.exchange.Exchange``) is the one implementation."""
 
     __slots__ = ()
 
-    def response_head(self, up: "UpstreamConnection", raw: bytes, status: int,
-                      keep_alive: bool) -> ResponseHead:
-        """A response head (1xx or final), as llhttp has checked it. ``ResponseError`` if the
-        router will not pass it on."""
+    def response_head(self, up: "UpstreamConnection", raw: bytes) -> ResponseHead:
+        """A response head (1xx or final: status line and fields, without the final empty
+        line), checked and rewritten (``router.http.response_head.check_response_head``).
+        ``ResponseError`` if the router will not pass it on."""
         raise NotImplementedError
 
     def response_body(self, data: bytes | memoryview) -> None:
@@ -276,21 +267,19 @@ class UpstreamConnection:
                     return
                 self._buf = buf
                 return
-            if not self._check(req, buf[fed:end + 4]):
-                return
-            parser = self._parser
-            assert parser is not None
-            status = parser.get_status_code()
+            # The whole head is checked with the rest (check_response_head); the checking
+            # parser, if the head came in pieces, has served.
+            self._parser = None
             try:
-                rh = req.response_head(self, buf[:end], status, parser.should_keep_alive())
+                rh = req.response_head(self, buf[:end])
             except ResponseError as e:
                 self._fail(req, str(e))
                 return
+            status = rh.status
             if self.request is not req:
                 return  # the exchange ended meanwhile (the client went away)
             start = end + 4
             if status < 200 and status != 101:  # interim: the next head follows
-                self._parser = None
                 buf, fed = buf[start:], 0
                 if tail is not None:
                     buf, tail = buf + tail.tobytes(), None
@@ -309,7 +298,6 @@ class UpstreamConnection:
             self._head = rh
             body = rh.body
             if body == framing.LENGTH:
-                self._parser = None
                 self._move(P.UP_LENGTH)
                 self.body_left = rh.length
                 self._read_into_buffer(rh.length >= BUFFERED_BODY)
@@ -329,24 +317,23 @@ class UpstreamConnection:
                 else:
                     req.flush()
             elif body == framing.EOF:
-                self._parser = None
                 self._move(P.UP_EOF)
                 self._read_into_buffer(True)
                 if rest is not None:
                     req.response_body(rest)
                 req.flush()
             else:
-                self._parser = None
                 self._move(P.UP_IDLE)
                 self.request = None
                 req.response_end(self, rh.reusable and rest is None)
             return
 
     def _check(self, req: UpstreamRequest, data: bytes) -> bool:
-        """Feed head bytes to this response's checking parser; False once it has failed."""
+        """Feed the bytes of a head not read whole yet to this response's checking parser, so
+        that a malformed one is refused before its end; False once it has failed."""
         parser = self._parser
         if parser is None:
-            parser = self._parser = httptools.HttpResponseParser(_HEAD_CHECK)
+            parser = self._parser = httptools.HttpResponseParser(HEAD_CHECK)
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:

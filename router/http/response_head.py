@@ -1,7 +1,8 @@
 """A backend's response head: checked, and turned into the head the client receives.
 
-Pure: ``read_response_head`` takes the head's bytes (llhttp has checked their syntax), its
-status, and what the request was, and returns a ``ResponseHead``: the bytes for the client, how
+``check_response_head`` takes the head's bytes and what the request was, checks them as llhttp
+does (in C, in one pass with the rest, when built: router/http/_head.c), and returns a
+``ResponseHead``: the bytes for the client, how
 the backend's body is framed, how it is passed on, and whether either connection can be used
 again. One set of rules for every response (docs/request-path.md, "The response head"):
 
@@ -31,11 +32,32 @@ again. One set of rules for every response (docs/request-path.md, "The response 
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Final
+from typing import Callable, Final
+
+import httptools
 
 from . import framing
 from .fields import HOP, connection_tokens, without_named
+
+# The C version of check_response_head (router/http/_head.c, built when a C compiler is
+# present); ROUTER_PURE_PYTHON set at start runs the Python one.
+_c_head: Callable[[bytes, int, bytes, bytes],
+                  tuple[int, bytes, int, int, bool, bool, bool] | None] | None = None
+if not os.environ.get("ROUTER_PURE_PYTHON"):
+    try:
+        from . import _head
+        _c_head = _head.head
+    except ImportError:
+        pass
+# What _c_head is told of the request, in one int.
+_HEAD_REQUEST: Final = 1
+_CLIENT_HTTP11: Final = 2
+_CLIENT_KEEP_ALIVE: Final = 4
+_UPGRADE_REQUESTED: Final = 8
+_REQUEST_DONE: Final = 16
+_ACCEPTING: Final = 32
 
 # What _special tells of a field's name.
 _HOP: Final = 1
@@ -56,6 +78,15 @@ class ResponseError(Exception):
     """A response head the router will not pass on (the client gets a 502)."""
 
 
+class HeadCheck:
+    """The target of a parser that only checks heads: no callback, so llhttp makes none."""
+
+    __slots__ = ()
+
+
+HEAD_CHECK: Final = HeadCheck()
+
+
 class ResponseHead:
     """What the router makes of one backend response head."""
 
@@ -69,6 +100,56 @@ class ResponseHead:
         self.rechunk = False  # each piece of body goes to the client as one chunk
         self.close = False  # the client connection closes after this response
         self.reusable = True  # the backend connection may serve another request after it
+
+
+def check_response_head(raw: bytes, *, head_request: bool, client_http11: bool,
+                        client_keep_alive: bool, upgrade_requested: bool, request_done: bool,
+                        accepting: bool, set_cookie: bytes, own_cookie: bytes) -> ResponseHead:
+    """The response head ``raw`` (status line and fields, without the final empty line)
+    checked as llhttp checks it (``ResponseError("malformed response: ...")`` with llhttp's
+    reason), then ``read_response_head``'s view of it, with the status and keep-alive llhttp
+    reads.
+
+    In C when it is built (router/http/_head.c: one pass, one tuple), which leaves the rare
+    heads to this code (it returns None): llhttp checks them, ``read_response_head`` reads
+    them."""
+    if _c_head is not None:
+        flags = ((_HEAD_REQUEST if head_request else 0) | (_CLIENT_HTTP11 if client_http11 else 0)
+                 | (_CLIENT_KEEP_ALIVE if client_keep_alive else 0)
+                 | (_UPGRADE_REQUESTED if upgrade_requested else 0)
+                 | (_REQUEST_DONE if request_done else 0) | (_ACCEPTING if accepting else 0))
+        try:
+            done = _c_head(raw, flags, set_cookie, own_cookie)
+        except ValueError as e:
+            raise ResponseError(str(e)) from None
+        if done is not None:
+            rh = ResponseHead(done[0])
+            rh.head = done[1]
+            rh.body = done[2]
+            rh.length = done[3]
+            rh.rechunk = done[4]
+            rh.close = done[5]
+            rh.reusable = done[6]
+            return rh
+    status, keep_alive = llhttp_check(raw)
+    return read_response_head(
+        raw, status, backend_keep_alive=keep_alive, head_request=head_request,
+        client_http11=client_http11, client_keep_alive=client_keep_alive,
+        upgrade_requested=upgrade_requested, request_done=request_done, accepting=accepting,
+        set_cookie=set_cookie, own_cookie=own_cookie)
+
+
+def llhttp_check(raw: bytes) -> tuple[int, bool]:
+    """``(status, keep_alive)`` of the head ``raw`` as llhttp reads it, or the ResponseError
+    for what it refuses."""
+    parser = httptools.HttpResponseParser(HEAD_CHECK)
+    try:
+        parser.feed_data(raw + b"\r\n\r\n")
+    except httptools.HttpParserUpgrade:
+        pass  # a 101 head: complete; what follows is the new protocol
+    except httptools.HttpParserError as e:
+        raise ResponseError(f"malformed response: {e}") from None
+    return parser.get_status_code(), parser.should_keep_alive()
 
 
 def read_response_head(raw: bytes, status: int, *, backend_keep_alive: bool,

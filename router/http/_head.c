@@ -1,0 +1,459 @@
+/* A backend's response head, checked and rewritten in one pass: the C version of
+ * router.http.response_head.check_response_head (docs/performance.md, "Made").
+ *
+ * head(raw, flags, set_cookie, own_cookie) reads the head's bytes (status line and fields,
+ * without the final empty line) once, byte by byte, and
+ *   - refuses what llhttp refuses, with llhttp's reason (the response parser the router used
+ *     before, with no lenient flag): the status line's form and version, three digits of
+ *     status, token characters in names, no white space before the colon or at the start of a
+ *     line, no control character in values, Content-Length's digits, duplicates and overflow,
+ *     Content-Length beside Transfer-Encoding;
+ *   - reads what llhttp would tell (status, keep-alive) and what the Python rewrite reads
+ *     (the hop-by-hop fields, Content-Length, a chunked Transfer-Encoding);
+ *   - and, as router.http.response_head.read_response_head does, decides the framing and
+ *     builds the client's head in one allocation.
+ * It returns (status, head, body, length, rechunk, close, reusable), raises ValueError(reason)
+ * for a head the router refuses, or returns None for a head it leaves to the Python code,
+ * which checks it with llhttp and rewrites it: whatever is rare and intricate (a status line
+ * not "HTTP/", 101, a Transfer-Encoding other than a bare "chunked", a Connection field other
+ * than a bare "close" or "keep-alive", Proxy-Connection, the backend's Set-Cookie on a sticky
+ * app). Its answers are checked against llhttp's and the Python code's, byte for byte, by
+ * tests/unit/test_response_head_c.py. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* flags (the same bits as router.http.response_head's FLAG_*) */
+#define HEAD_REQUEST 1
+#define CLIENT_HTTP11 2
+#define CLIENT_KEEP_ALIVE 4
+#define UPGRADE_REQUESTED 8
+#define REQUEST_DONE 16
+#define ACCEPTING 32
+
+/* router.http.framing */
+#define BODY_NONE 0
+#define BODY_LENGTH 1
+#define BODY_CHUNKED 2
+#define BODY_EOF 3
+
+#define MAX_CUTS 16
+
+/* llhttp's parser flags that matter here */
+#define F_CONNECTION_KEEP_ALIVE 1
+#define F_CONNECTION_CLOSE 2
+#define F_CHUNKED 8
+#define F_CONTENT_LENGTH 32
+#define F_TRANSFER_ENCODING 512
+
+/* tchar (RFC 9110 5.6.2), as llhttp's TOKEN */
+static unsigned char is_token[256];
+/* HTAB, SP, VCHAR, obs-text: what llhttp lets through in a field value */
+static unsigned char is_value[256];
+
+static const char TAIL[] = "\r\n\r\n";
+
+/* The byte at i of raw followed by the head's end (i < n + 4). */
+#define AT(i) ((i) < n ? s[i] : (unsigned char)TAIL[(i) - n])
+
+/* Which field a name is (the names read_response_head treats apart). */
+enum { K_OTHER, K_HOP, K_CONNECTION, K_PROXY_CONNECTION, K_TRANSFER_ENCODING, K_UPGRADE,
+       K_CONTENT_LENGTH, K_SET_COOKIE };
+
+static int
+same(const unsigned char *p, const char *lower, Py_ssize_t size)
+{
+    for (Py_ssize_t j = 0; j < size; j++)
+        if ((p[j] | 0x20) != (unsigned char)lower[j])
+            return 0;
+    return 1;
+}
+
+static int
+kind_of(const unsigned char *p, Py_ssize_t size)
+{
+    switch (p[0] | 0x20) {
+    case 'c':
+        if (size == 14 && same(p, "content-length", 14)) return K_CONTENT_LENGTH;
+        if (size == 10 && same(p, "connection", 10)) return K_CONNECTION;
+        break;
+    case 't':
+        if (size == 17 && same(p, "transfer-encoding", 17)) return K_TRANSFER_ENCODING;
+        if ((size == 2 && same(p, "te", 2)) || (size == 7 && same(p, "trailer", 7)))
+            return K_HOP;
+        break;
+    case 'k':
+        if (size == 10 && same(p, "keep-alive", 10)) return K_HOP;
+        break;
+    case 'p':
+        if (size == 16 && same(p, "proxy-connection", 16)) return K_PROXY_CONNECTION;
+        break;
+    case 'u':
+        if (size == 7 && same(p, "upgrade", 7)) return K_UPGRADE;
+        break;
+    case 's':
+        if (size == 10 && same(p, "set-cookie", 10)) return K_SET_COOKIE;
+        break;
+    }
+    return K_OTHER;
+}
+
+static PyObject *
+refuse(const char *reason)
+{
+    PyErr_Format(PyExc_ValueError, "malformed response: %s", reason);
+    return NULL;
+}
+
+static PyObject *
+head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_CheckExact(args[0]) || !PyLong_CheckExact(args[1])
+            || !PyBytes_CheckExact(args[2]) || !PyBytes_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "head(raw: bytes, flags: int, set_cookie: bytes, "
+                        "own_cookie: bytes)");
+        return NULL;
+    }
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    long flags = PyLong_AsLong(args[1]);
+    const char *set_cookie = PyBytes_AS_STRING(args[2]);
+    Py_ssize_t set_cookie_len = PyBytes_GET_SIZE(args[2]);
+    int sticky = PyBytes_GET_SIZE(args[3]) > 0;
+
+    /* The status line: "HTTP/" (other protocols and leading empty lines: left to llhttp). */
+    if (n < 5 || memcmp(s, "HTTP/", 5) != 0)
+        Py_RETURN_NONE;
+    unsigned char major = AT(5), minor;
+    if (major < '0' || major > '9')
+        return refuse("Invalid major version");
+    if (AT(6) != '.')
+        return refuse("Expected dot");
+    minor = AT(7);
+    if (minor < '0' || minor > '9')
+        return refuse("Invalid minor version");
+    major -= '0';
+    minor -= '0';
+    if (!((major == 0 && minor == 9) || (major == 1 && minor <= 1) || (major == 2 && minor == 0)))
+        return refuse("Invalid HTTP version");
+    if (AT(8) != ' ')
+        return refuse("Expected space after version");
+    int status = 0;
+    for (Py_ssize_t i = 9; i < 12; i++) {
+        unsigned char d = AT(i);
+        if (d < '0' || d > '9')
+            return refuse("Invalid status code");
+        status = status * 10 + (d - '0');
+    }
+    if (status == 101)
+        Py_RETURN_NONE;  /* an upgrade: rare, and the Python code's */
+    int ctl = 0;  /* a control character in the reason phrase */
+    Py_ssize_t i = 12;
+    unsigned char c = AT(i);
+    if (c == ' ') {
+        for (i++;; i++) {
+            c = AT(i);
+            if (c == '\r' || c == '\n')
+                break;
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                ctl = 1;
+        }
+        if (c == '\n')
+            return refuse("Missing expected CR after response line");
+    } else if (c != '\r') {
+        return refuse("Invalid response status");
+    }
+    if (AT(i + 1) != '\n')
+        return refuse("Expected LF after CR");
+    i += 2;
+    if (AT(i) == ' ')
+        return refuse("Unexpected space after start line");
+
+    /* The fields, one line at a time; i at the start of each. */
+    int llflags = 0;
+    uint64_t length = 0;
+    int has_length = 0, chunked = 0;
+    Py_ssize_t cuts[MAX_CUTS][2];
+    int ncuts = 0;
+    Py_ssize_t cl_cut = -1, cl_cut_end = -1;
+    for (;;) {
+        c = AT(i);
+        if (c == '\r') {
+            if (AT(i + 1) != '\n')
+                return refuse("Expected LF after headers");
+            break;
+        }
+        if (c == '\n')
+            return refuse("Invalid header field char");
+        if (c == ':')
+            return refuse("Invalid header token");
+        Py_ssize_t name = i;
+        while (i < n && is_token[s[i]])
+            i++;
+        int kind = i > name ? kind_of(s + name, i - name) : K_OTHER;
+        c = AT(i);
+        if (c != ':') {
+            if (c == ' ' && (kind == K_CONTENT_LENGTH || kind == K_CONNECTION
+                             || kind == K_PROXY_CONNECTION || kind == K_TRANSFER_ENCODING
+                             || kind == K_UPGRADE))
+                return refuse("Invalid header field char");
+            return refuse("Invalid header token");
+        }
+        if (kind == K_PROXY_CONNECTION || (kind == K_SET_COOKIE && sticky))
+            Py_RETURN_NONE;
+        if (kind == K_TRANSFER_ENCODING && (llflags & F_CONTENT_LENGTH))
+            return refuse("Transfer-Encoding can't be present with Content-Length");
+        if (kind == K_CONTENT_LENGTH && (llflags & F_TRANSFER_ENCODING))
+            return refuse("Content-Length can't be present with Transfer-Encoding");
+        i++;
+        while ((c = AT(i)) == ' ' || c == '\t')
+            i++;
+        Py_ssize_t value = i, end;
+        if (c == '\r' || c == '\n') {  /* an empty value */
+            if (c == '\n' || AT(i + 1) != '\n')
+                return refuse(c == '\n' ? "Invalid header value char" : "Expected LF after CR");
+            c = AT(i + 2);
+            if (c == ' ' || c == '\t')
+                return refuse("Invalid header value char");
+            if (kind == K_CONTENT_LENGTH)
+                return refuse("Empty Content-Length");
+            if (kind != K_OTHER && kind != K_SET_COOKIE)
+                Py_RETURN_NONE;  /* an empty Connection, Transfer-Encoding, ...: Python's */
+            i += 2;
+            continue;
+        }
+        if (kind == K_CONTENT_LENGTH) {
+            if (llflags & F_CONTENT_LENGTH)
+                return refuse("Duplicate Content-Length");
+            uint64_t v = 0;
+            while ((c = AT(i)) >= '0' && c <= '9') {
+                unsigned d = c - '0';
+                if (v > (UINT64_MAX - d) / 10)
+                    return refuse("Content-Length overflow");
+                v = v * 10 + d;
+                i++;
+            }
+            while ((c = AT(i)) == ' ' || c == '\t')
+                i++;
+            if (c != '\r' && c != '\n')
+                return refuse("Invalid character in Content-Length");
+            llflags |= F_CONTENT_LENGTH;
+            length = v;
+            has_length = 1;
+        } else {
+            while (i < n && is_value[s[i]])
+                i++;
+            c = AT(i);
+            if (c != '\r' && c != '\n')
+                return refuse("Invalid header value char");
+        }
+        if (c == '\n')
+            return refuse("Missing expected CR after header value");
+        if (AT(i + 1) != '\n')
+            return refuse("Missing expected LF after header value");
+        end = i;
+        c = AT(i + 2);
+        if (c == ' ' || c == '\t')
+            return refuse("Unexpected whitespace after header value");
+        /* name - 2: the CRLF before the line, as the cuts of read_response_head. */
+        switch (kind) {
+        case K_CONTENT_LENGTH:
+            cl_cut = name - 2;
+            cl_cut_end = end;
+            break;
+        case K_TRANSFER_ENCODING:
+            if (chunked || end - value != 7 || !same(s + value, "chunked", 7))
+                Py_RETURN_NONE;
+            chunked = 1;
+            llflags |= F_TRANSFER_ENCODING | F_CHUNKED;
+            goto cut;
+        case K_CONNECTION:
+            if (end - value == 5 && same(s + value, "close", 5))
+                llflags |= F_CONNECTION_CLOSE;
+            else if (end - value == 10 && same(s + value, "keep-alive", 10))
+                llflags |= F_CONNECTION_KEEP_ALIVE;
+            else
+                Py_RETURN_NONE;
+            goto cut;
+        case K_HOP:
+        case K_UPGRADE:
+        cut:
+            if (ncuts == MAX_CUTS)
+                Py_RETURN_NONE;
+            cuts[ncuts][0] = name - 2;
+            cuts[ncuts][1] = end;
+            ncuts++;
+            break;
+        }
+        i += 2;
+    }
+
+    /* What llhttp's should_keep_alive() tells once fed the head: for a response without a body
+     * the message is complete, and llhttp has cleared its flags by then. */
+    int bodyless = status == 100 || status == 102 || status == 103 || status == 204
+        || status == 304 || (!chunked && (has_length ? length == 0 : status / 100 == 1));
+    if (bodyless)
+        llflags = 0;
+    int http11 = major > 0 && minor > 0;
+    int needs_eof = !(status / 100 == 1 || status == 204 || status == 304)
+        && !(llflags & (F_CHUNKED | F_CONTENT_LENGTH));
+    int keep_alive = (http11 ? !(llflags & F_CONNECTION_CLOSE)
+                      : (llflags & F_CONNECTION_KEEP_ALIVE) != 0) && !needs_eof;
+
+    if (status < 100) {
+        PyErr_SetString(PyExc_ValueError, "status code below 100");
+        return NULL;
+    }
+    if (ctl) {
+        PyErr_SetString(PyExc_ValueError, "control character in the status line");
+        return NULL;
+    }
+    if (cl_cut >= 0 && (status < 200 || status == 204 || status == 304)) {
+        if (ncuts == MAX_CUTS)
+            Py_RETURN_NONE;
+        cuts[ncuts][0] = cl_cut;
+        cuts[ncuts][1] = cl_cut_end;
+        ncuts++;
+    }
+
+    int body = BODY_NONE, rechunk = 0, close = 0, reusable = 1, te_chunked_out = 0;
+    int client_http11 = (flags & CLIENT_HTTP11) != 0;
+    int request_done = (flags & REQUEST_DONE) != 0;
+    const char *extra_conn = NULL;
+    int add_cookie = 0;
+    if (status < 200) {  /* interim (not 101: above) */
+        if (!client_http11)
+            return Py_BuildValue("(iyiiOOO)", status, "", BODY_NONE, 0, Py_False, Py_False,
+                                 Py_True);
+        reusable = keep_alive;
+    } else {
+        close = !(flags & CLIENT_KEEP_ALIVE) || !request_done || !(flags & ACCEPTING)
+            || (flags & UPGRADE_REQUESTED);
+        if (status == 204 || status == 304 || (flags & HEAD_REQUEST)) {
+            /* no body */
+        } else if (chunked) {
+            body = BODY_CHUNKED;
+            if (!client_http11)
+                close = 1;
+            else
+                rechunk = te_chunked_out = 1;
+        } else if (has_length) {
+            if (length) {
+                body = BODY_LENGTH;
+            }
+        } else {
+            body = BODY_EOF;
+            if (!client_http11)
+                close = 1;
+            else
+                rechunk = te_chunked_out = 1;
+        }
+        reusable = keep_alive && body != BODY_EOF && request_done
+            && (!chunked || minor != 0 || major != 1);
+        if (close)
+            extra_conn = "\r\nConnection: close";
+        else if (!client_http11)
+            extra_conn = "\r\nConnection: keep-alive";
+        add_cookie = set_cookie_len > 0;
+    }
+
+    /* The client's head: "HTTP/1.1", the rest of raw less the cuts, the added fields. */
+    for (int a = 1; a < ncuts; a++) {  /* in order (the Content-Length cut comes last) */
+        Py_ssize_t s0 = cuts[a][0], s1 = cuts[a][1];
+        int b = a - 1;
+        while (b >= 0 && cuts[b][0] > s0) {
+            cuts[b + 1][0] = cuts[b][0];
+            cuts[b + 1][1] = cuts[b][1];
+            b--;
+        }
+        cuts[b + 1][0] = s0;
+        cuts[b + 1][1] = s1;
+    }
+    static const char TE_CHUNKED[] = "\r\nTransfer-Encoding: chunked";
+    Py_ssize_t size = 8 + (n - 8) + 4;
+    for (int a = 0; a < ncuts; a++)
+        size -= cuts[a][1] - cuts[a][0];
+    if (te_chunked_out)
+        size += sizeof(TE_CHUNKED) - 1;
+    Py_ssize_t conn_len = extra_conn ? (Py_ssize_t)strlen(extra_conn) : 0;
+    size += conn_len;
+    if (add_cookie)
+        size += 2 + set_cookie_len;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(out);
+    memcpy(w, "HTTP/1.1", 8);
+    w += 8;
+    Py_ssize_t pos = 8;
+    for (int a = 0; a < ncuts; a++) {
+        memcpy(w, s + pos, cuts[a][0] - pos);
+        w += cuts[a][0] - pos;
+        pos = cuts[a][1];
+    }
+    memcpy(w, s + pos, n - pos);
+    w += n - pos;
+    if (te_chunked_out) {
+        memcpy(w, TE_CHUNKED, sizeof(TE_CHUNKED) - 1);
+        w += sizeof(TE_CHUNKED) - 1;
+    }
+    if (conn_len) {
+        memcpy(w, extra_conn, conn_len);
+        w += conn_len;
+    }
+    if (add_cookie) {
+        memcpy(w, "\r\n", 2);
+        memcpy(w + 2, set_cookie, set_cookie_len);
+        w += 2 + set_cookie_len;
+    }
+    memcpy(w, "\r\n\r\n", 4);
+    PyObject *len = PyLong_FromUnsignedLongLong(body == BODY_LENGTH ? length : 0);
+    if (len == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyObject *t = PyTuple_New(7);
+    if (t == NULL) {
+        Py_DECREF(out);
+        Py_DECREF(len);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, PyLong_FromLong(status));
+    PyTuple_SET_ITEM(t, 1, out);
+    PyTuple_SET_ITEM(t, 2, PyLong_FromLong(body));
+    PyTuple_SET_ITEM(t, 3, len);
+    PyTuple_SET_ITEM(t, 4, Py_NewRef(rechunk ? Py_True : Py_False));
+    PyTuple_SET_ITEM(t, 5, Py_NewRef(close ? Py_True : Py_False));
+    PyTuple_SET_ITEM(t, 6, Py_NewRef(reusable ? Py_True : Py_False));
+    if (PyErr_Occurred()) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return t;
+}
+
+static PyMethodDef methods[] = {
+    {"head", (PyCFunction)(void (*)(void))head, METH_FASTCALL,
+     "head(raw, flags, set_cookie, own_cookie): (status, head, body, length, rechunk, close, "
+     "reusable), None to leave it to the Python code, or ValueError(reason)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "router.http._head",
+    "A backend's response head checked and rewritten in one pass (see _head.c).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__head(void)
+{
+    const char *tchar = "!#$%&'*+-.^_`|~";
+    for (int c = 0; c < 256; c++) {
+        is_token[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+            || (c && strchr(tchar, c) != NULL);
+        is_value[c] = c == '\t' || (c >= 0x20 && c != 0x7f);
+    }
+    return PyModule_Create(&module);
+}
