@@ -6,9 +6,10 @@ response and hands it over piece by piece: each head (``response_head``), the bo
 (``response_body``), the end (``response_end``), or what went wrong. docs/request-path.md,
 "Reading a response", has the whole story; in short:
 
-- a head is read up to its empty line, checked by llhttp as it arrives (a parser with no
-  per-field callback), and rewritten for the client by ``router.http.response_head``; 1xx heads
-  are passed on and the next head is read;
+- a head is read up to its empty line, then checked and rewritten for the client by
+  ``router.http.response_head`` (in one pass in C when built); the pieces of a head that comes
+  in several reads go to llhttp as they arrive (a parser with no per-field callback), so that a
+  malformed one is refused before its end; 1xx heads are passed on and the next head is read;
 - a ``Content-Length`` body is forwarded as read, only counted; a chunked body goes through
   llhttp (its ``on_body``); a body that ends with the connection is forwarded until the close;
 - bytes past the end of a body mean the backend's framing cannot be trusted: the connection is

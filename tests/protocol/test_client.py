@@ -574,3 +574,34 @@ def test_a_phase_error_in_a_connect_task_drops_the_client(caplog):
     c.conn.queue[0].phase = P.HEAD
     w.loop.run()
     assert c.transport.aborted and "exchange: HEAD -> CONNECTING" in caplog.text
+
+
+def test_a_malformed_head_is_refused_before_its_end():
+    """A head that comes in pieces is checked as it arrives: a bad field is a 502 at once, not
+    when (or if) the empty line comes."""
+    w = wire()
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(get(b"/"))
+    w.reply(SHOP, b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n")
+    assert statuses(c.received()) == [502]
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n Folded: x\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX : y\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.3 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n",
+])
+def test_malformed_heads_are_a_502_whole_or_in_pieces(raw):
+    out, _ = reply_with(raw)
+    assert statuses(out) == [502]
+    w = wire()
+    w.backend(SHOP).answer = lambda r: ([raw[:i] for i in (10,)] + [raw[10:]], False)
+    c = w.client()
+    c.send(get(b"/"))
+    assert statuses(c.received()) == [502]
