@@ -31,7 +31,7 @@ import termios
 from typing import Final, cast
 
 from . import phases as P
-from .context import ProxyContext
+from .context import ClientBase, ProxyContext
 from .exchange import Exchange
 from ..http.request_head import forwarded_tail
 from .reader import RequestReader
@@ -45,6 +45,22 @@ DRAIN_AT_CAP: Final = 32
 # With none idle, connections stuck this long (a client not reading what it is sent, a tunnel
 # with no byte either way) are closed instead, the longest stuck first.
 STUCK_AT_CAP: Final = 1.0
+# A connection idle this long lets go of what only reading a request needs: its parser (made
+# again when the next request begins), and its idle timer while the idle timeout is further
+# than TIMER_AHEAD away (set again once it is that near). The data plane's sweep
+# (router.process.dataplane), every half second, does both: an idle connection then holds its
+# socket, its transport and this object (docs/performance.md, "Memory per idle connection").
+REST_AFTER: Final = 1.0
+TIMER_AHEAD: Final = 5.0
+# Client addresses whose strings are kept for the connections from them (ProxyContext.peers):
+# past this many, the cache starts again.
+PEERS_KEPT: Final = 4096
+
+
+def rest_idle(connections: set[ClientBase], now: float) -> None:
+    """``rest`` every connection (the data plane's sweep)."""
+    for conn in connections:
+        conn.rest(now)
 
 
 class ClientConnection(RequestReader):
@@ -89,12 +105,19 @@ class ClientConnection(RequestReader):
             ctx.connections_peak = len(ctx.connections)
         peer = transport.get_extra_info("peername")
         if peer:
-            self.peer = peer[0]
-            self.peer_b = self.peer.encode()
-            self.tail = forwarded_tail(self.peer_b)
-            if ctx.trusted:
-                ip = ipaddress.ip_address(self.peer)
-                self.trusted = any(ip in net for net in ctx.trusted)
+            # What is made of the client's address, shared by its connections.
+            addr: str = peer[0]
+            known = ctx.peers.get(addr)
+            if known is None:
+                if len(ctx.peers) >= PEERS_KEPT:
+                    ctx.peers.clear()
+                addr_b = addr.encode()
+                trusted = False
+                if ctx.trusted:
+                    ip = ipaddress.ip_address(addr)
+                    trusted = any(ip in net for net in ctx.trusted)
+                known = ctx.peers[addr] = (addr, addr_b, forwarded_tail(addr_b), trusted)
+            self.peer, self.peer_b, self.tail, self.trusted = known
         self._idle()
 
     def _make_room(self) -> bool:
@@ -159,7 +182,7 @@ class ClientConnection(RequestReader):
             if P.shut(phase):
                 return  # a closing answer is decided: nothing more is read
             if phase == P.UPGRADE_WAIT:
-                self.early.append(data)  # read before the pause took effect
+                self.early += data  # read before the pause took effect
                 return
             if phase == P.DECODING_BODY:
                 self._upgrade_body(data)
@@ -300,6 +323,20 @@ class ClientConnection(RequestReader):
             return self.idle_at
         return -1.0
 
+    def rest(self, now: float) -> None:
+        if self.idle_since() < 0 or now - self.idle_at < REST_AFTER:
+            return
+        self.parser = None
+        self.fed = None
+        deadline = self._deadline
+        timer = self._timer
+        if timer is None:
+            if deadline and deadline - now <= TIMER_AHEAD:
+                self._timer = self.loop.call_at(deadline, self._on_timer)
+        elif deadline - now > TIMER_AHEAD:
+            timer.cancel()
+            self._timer = None
+
     def stuck_since(self) -> float:
         phase = self.phase
         if phase == P.CLOSED:
@@ -417,9 +454,9 @@ class ClientConnection(RequestReader):
         if rest:
             self.transport.write(rest)
         early = self.early
-        self.early = []
+        self.early = b""
         if early:
-            up.relay(b"".join(early))
+            up.relay(early)
         self._paused = 0
         self.transport.resume_reading()
         if self.write_paused:

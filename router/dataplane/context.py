@@ -78,6 +78,11 @@ class ClientBase(Tunnel):
         """When it became idle between requests (loop time), or -1.0 if it is not idle."""
         raise NotImplementedError
 
+    def rest(self, now: float) -> None:
+        """If it has been idle a while: let go of what only reading a request needs (loop
+        time ``now``; see router.dataplane.client.REST_AFTER)."""
+        raise NotImplementedError
+
     def stuck_since(self) -> float:
         """Since when it has made no progress (loop time): a client not reading its responses,
         a tunnel with no byte either way; -1.0 if it is not stuck that way."""
@@ -165,6 +170,9 @@ class ProxyContext:
         self.max_connections = min(lim.max_connections, fd_connection_cap())
         self.trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
             config.trusted_proxies)
+        # Client address: (it, it as bytes, its forwarded tail, whether it is trusted), for
+        # its connections to share (router.dataplane.client); trusted_proxies may have changed.
+        self.peers: dict[str, tuple[str, bytes, bytes, bool]] = {}
         if self.log_access is not None:
             self.log_access.flush()
         self.log_access = (AccessLog(self.loop, config.access_log.format)

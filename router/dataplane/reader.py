@@ -35,6 +35,8 @@ _HEAD_END: Final = b"\r\n\r\n"
 # router serves as a plain request (h2c): llhttp stopped at its head (see _upgrade_request).
 _RESUME_LENGTH: Final = b"PUT / HTTP/1.1\r\nHost: r\r\nContent-Length: %d\r\n\r\n"
 _RESUME_CHUNKED: Final = b"PUT / HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\n"
+# What a connection whose peer is not known forwards (one object for them all).
+_NO_TAIL: Final = forwarded_tail(b"")
 
 
 class _Stop(Exception):
@@ -91,17 +93,19 @@ class RequestReader(ClientSide):
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.loop = ctx.loop
-        self.parser = httptools.HttpRequestParser(self)
+        # llhttp's parser: made when a request begins (_feed), dropped by ``rest`` once the
+        # connection has been idle a while (router.dataplane.client.REST_AFTER).
+        self.parser: httptools.HttpRequestParser | None = None
         self.phase = P.IDLE
         self.parsing: Exchange | None = None  # the request whose head or body is being read
         self.active: Exchange | None = None  # the request being answered
         self.queue: deque[Exchange] | None = None  # requests read, waiting for their turn
         self.peer = "-"
         self.peer_b = b"-"
-        self.tail = forwarded_tail(b"")
+        self.tail = _NO_TAIL
         self.trusted = False
         self._deadline = 0.0  # when the phase's timer ends; 0: none runs
-        self.early: list[bytes] = []  # bytes after an upgrade request, for the tunnel
+        self.early = b""  # bytes after an upgrade request, for the tunnel
         self.decoder: framing.BodyDecoder | None = None  # an upgrade request's body (DECODING_BODY)
         # What llhttp is being given (line_src[:line_len]), when a request line begins it.
         self.line_src: bytes | bytearray | None = None
@@ -112,7 +116,7 @@ class RequestReader(ClientSide):
         self.held_at = 0
         self.feeding = False  # inside _parse: llhttp must not be fed again from a callback
         self.whole = False  # llhttp is given a whole read: the requests begun are in fed
-        self.fed: list[Exchange] = []
+        self.fed: list[Exchange] | None = None  # (made on the first use, dropped by rest)
         self.ahead = False  # on_message_begin stopped llhttp: a third request began
         self.body_left = 0  # bytes of the Content-Length body being parsed not yet fed
         # Where the chunked body being parsed ends (llhttp reads it; this only follows it).
@@ -208,6 +212,7 @@ class RequestReader(ClientSide):
         self.whole = True
         self._feed(data, 0, -1)
         self.whole = False
+        fed = self.fed  # (made by on_message_begin if it was None)
         if self.ahead or (self.chunks is not None and fed and fed[-1] is self.parsing):
             return True
         if fed:
@@ -217,6 +222,8 @@ class RequestReader(ClientSide):
     def _after_whole(self, data: bytes) -> int:
         """After ``_whole`` gave llhttp ``data``: where parsing goes on in it, or -1."""
         fed = self.fed
+        if fed is None:
+            fed = self.fed = []
         if not self.ahead:
             # A chunked body goes on in the next read: from where it began here, its end is
             # followed as llhttp reads it.
@@ -234,7 +241,7 @@ class RequestReader(ClientSide):
         self.ahead = False
         pos = _requests_end(data, fed)
         fed.clear()
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = None  # a fresh one goes on from there (_feed)
         if pos < 0:
             # A chunk line llhttp let through and framing's stricter rules do not: the
             # requests read are answered, then the connection closes.
@@ -253,11 +260,14 @@ class RequestReader(ClientSide):
             self.line_len = len(data) if stop < 0 else stop
         else:
             self.line_src = None
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
             if stop < 0:
-                self.parser.feed_data(data)
+                parser.feed_data(data)
             else:
-                self.parser.feed_data(memoryview(data)[pos:stop])
+                parser.feed_data(memoryview(data)[pos:stop])
         except httptools.HttpParserUpgrade as e:
             upgrade = pos + e.args[0]  # (handled below, out of this handler: the parsing that
             # follows must not see this exception as the cause of its own)
@@ -291,7 +301,10 @@ class RequestReader(ClientSide):
         self._move(P.READING_HEAD)
         ex = self.parsing = Exchange(self)
         if whole:
-            self.fed.append(ex)
+            fed = self.fed
+            if fed is None:
+                fed = self.fed = []
+            fed.append(ex)
         self.head_bytes = 0
         if self.active is None:
             # Set only if the head is still incomplete at the end of this read
@@ -316,9 +329,9 @@ class RequestReader(ClientSide):
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
-        if ex is None or self.phase != P.READING_HEAD:
+        parser = self.parser  # (the one calling: never None here)
+        if ex is None or self.phase != P.READING_HEAD or parser is None:
             return
-        parser = self.parser
         ctx = self.ctx
         upgrade = parser.should_upgrade()
         method = parser.get_method()
@@ -399,7 +412,7 @@ class RequestReader(ClientSide):
         if ex is None or self.phase != P.READING_BODY:
             return  # answered and closing already
         # llhttp's parser is spent after an upgrade; a fresh one reads what comes next.
-        self.parser = httptools.HttpRequestParser(self)
+        parser = self.parser = httptools.HttpRequestParser(self)
         if not ex.upgrade:
             # An upgrade the router does not tunnel (h2c): a plain request, whose body (if
             # any) and later requests follow. A stand-in head with the same framing lets
@@ -410,7 +423,7 @@ class RequestReader(ClientSide):
                 self._move(P.RESUMED_BODY)
                 stand_in = (_RESUME_CHUNKED if ex.framing == framing.CHUNKED
                             else _RESUME_LENGTH % ex.length)
-                self.parser.feed_data(stand_in)
+                parser.feed_data(stand_in)
                 self._follow_body(ex)
             if rest:
                 self.data_received(rest)
@@ -453,7 +466,7 @@ class RequestReader(ClientSide):
         self._move(P.UPGRADE_WAIT)
         self._deadline = 0.0
         if rest:
-            self.early.append(rest)
+            self.early += rest
         self.pause(QUEUED)
 
     # -- refusals -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from bisect import bisect_left
 from typing import Callable, Iterable, Mapping, cast
 
 from .. import eventlog
-from ..dataplane.client import ClientConnection
+from ..dataplane.client import ClientConnection, rest_idle
 from ..config import AppConfig, Config
 from ..dataplane.context import ClientBase, ProxyContext
 from ..dataplane.counters import BUCKETS, Stats
@@ -116,14 +116,16 @@ class DataPlane:
         return cast("asyncio.Protocol", ClientConnection(self.ctx))
 
     async def _sweep(self) -> None:
-        """Stalled backends (``router.dataplane.health.STALL_FACTOR``), and memory given back after a
-        burst of client connections (``router.process.trim``), off the request path."""
+        """Stalled backends (``router.dataplane.health.STALL_FACTOR``), what idle client
+        connections hold (``router.dataplane.client.REST_AFTER``), and memory given back after
+        a burst of client connections (``router.process.trim``), off the request path."""
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(STALL_SWEEP)
             if ctx.deadlines.waiting:
                 self.passive.sweep(ctx.deadlines.waiting, ctx.deadlines.timeout, loop.time())
+            rest_idle(ctx.connections, loop.time())
             now = len(ctx.connections)
             if self.trimmer.observe(now, ctx.connections_peak):
                 ctx.connections_peak = now
