@@ -94,10 +94,9 @@ async def _close(proc: asyncio.subprocess.Process) -> None:
     await proc.wait()
 
 
-async def measure(count: int, frames: int = 6, idle_s: float = 2.0,
-                  then: "object | None" = None) -> Trace:
-    """Open ``count`` idle connections to a data plane in this process; what they hold.
-    ``then``: called with the data plane while they are open (a test's checks)."""
+async def measure(count: int, frames: int = 6, rest_s: float = 30.0) -> Trace:
+    """Open ``count`` idle connections to a data plane in this process; what they hold once
+    each has rested (``router.dataplane.client.REST_AFTER``: waited for, ``rest_s`` at most)."""
     from router.dataplane.health import Health
     from router.process.dataplane import DataPlane
 
@@ -122,13 +121,14 @@ async def measure(count: int, frames: int = 6, idle_s: float = 2.0,
         before = tracemalloc.take_snapshot()
         size0, _ = tracemalloc.get_traced_memory()
         helper = await _open_idle(port, count)
-        await asyncio.sleep(idle_s)
+        waited = loop.time() + rest_s
+        while any(c.parser is not None or c._timer is not None  # type: ignore[attr-defined]
+                  for c in plane.ctx.connections) and loop.time() < waited:
+            await asyncio.sleep(0.05)
         gc.collect()
         after = tracemalloc.take_snapshot()
         size1, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        if then is not None:
-            await then(plane, port)  # type: ignore[operator]
         await _close(helper)
         plane.stop_accepting()
         sock.close()
