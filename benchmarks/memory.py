@@ -16,6 +16,7 @@ complete request on each and reads the whole response, then keeps them open and 
 the RSS is read again. Growth / connections = KiB per idle keep-alive connection. The helper
 then closes them all, and the same is done a second time: the first batch is the figure, the
 second shows whether the memory of closed connections is reused (a leak would grow again).
+What one idle connection holds, allocation by allocation: ``python3 -m benchmarks.idle_trace``.
 
 (b) **Attacks.** For each proxy and each attack, a fresh proxy, a 2 s wrk warm-up, the RSS;
 then a helper process (``benchmarks/hostile_clients.py``) opens 200 connections and on each
