@@ -20,7 +20,7 @@ from tests.processes import until
 # transport and handle (about 1,370 bytes in 8 blocks, its cache of the transport by
 # descriptor included) and the ClientConnection object.
 MAX_BYTES = 2300
-MAX_BLOCKS = 11
+MAX_BLOCKS = 12
 
 
 def test_an_idle_connection_holds_its_transport_and_its_object_only():
