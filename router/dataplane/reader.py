@@ -93,9 +93,9 @@ class RequestReader(ClientSide):
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.loop = ctx.loop
-        # llhttp's parser: made when a request begins (_feed), dropped by ``rest`` once the
-        # connection has been idle a while (router.dataplane.client.REST_AFTER).
-        self.parser: httptools.HttpRequestParser | None = None
+        # llhttp's parser: dropped by ``rest`` once the connection has been idle a while
+        # (router.dataplane.client.REST_AFTER), made again when the next request begins (_feed).
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.phase = P.IDLE
         self.parsing: Exchange | None = None  # the request whose head or body is being read
         self.active: Exchange | None = None  # the request being answered
