@@ -23,7 +23,8 @@ from . import phases as P
 from .context import ProxyContext
 from .exchange import ClientSide, Exchange
 from ..http import framing
-from ..http.request_head import Refused, forwarded_tail, http11_line, read_request_head
+from ..http.request_head import (Refused, field_lines, forwarded_tail, http11_line,
+                                 read_request_head, request_fields)
 from .upstream import QUEUED
 
 log = logging.getLogger("router.error")
@@ -46,6 +47,14 @@ class _Stop(Exception):
 class _Ahead(_Stop):
     """Raised from on_message_begin: llhttp was given more requests than the connection reads
     ahead (see ClientConnection._parse)."""
+
+
+def _line_at(src: bytes | bytearray, pos: int) -> int:
+    """Where the request line of a head llhttp read from ``src[pos:]`` begins: past the empty
+    lines llhttp skips before it (RFC 9112 2.2)."""
+    while src[pos] == 13 or src[pos] == 10:
+        pos += 1
+    return pos
 
 
 def _past_head(data: bytes, pos: int) -> int:
@@ -86,7 +95,7 @@ class RequestReader(ClientSide):
     __slots__ = ("ctx", "loop", "transport", "parser", "phase", "parsing", "active", "queue",
                  "peer", "peer_b", "tail", "trusted", "_deadline", "early", "decoder",
                  "head_bytes", "held", "held_at", "feeding", "body_left", "chunks", "whole",
-                 "fed", "ahead", "line_src", "line_len")
+                 "fed", "ahead", "line_src", "line_at", "line_len", "head_kept", "head_fields")
 
     transport: asyncio.Transport
 
@@ -107,10 +116,17 @@ class RequestReader(ClientSide):
         self._deadline = 0.0  # when the phase's timer ends; 0: none runs
         self.early = b""  # bytes after an upgrade request, for the tunnel
         self.decoder: framing.BodyDecoder | None = None  # an upgrade request's body (DECODING_BODY)
-        # What llhttp is being given (line_src[:line_len]), when a request line begins it.
+        # What llhttp is being given (line_src[line_at:line_len]) while it is: a head begun in
+        # it is read from there once llhttp has accepted it (on_headers_complete). line_at is
+        # -1 once a head has been read from it.
         self.line_src: bytes | bytearray | None = None
+        self.line_at = 0
         self.line_len = 0
         self.head_bytes = 0  # bytes read for a head that spans reads
+        # A head that spans reads: its bytes read so far (from its request line), and how many
+        # fields they begin (field_lines).
+        self.head_kept: bytearray | None = None
+        self.head_fields = 0
         # Bytes read but not parsed: held[held_at:] waits for the queued request to start.
         self.held = b""
         self.held_at = 0
@@ -195,7 +211,9 @@ class RequestReader(ClientSide):
                         # Stricter than llhttp (which judges it): heads are searched instead.
                         self.chunks = None
                 if stop < 0:
-                    end = data.find(_HEAD_END, pos)
+                    # (from 3 bytes back: the empty line of a head may begin in the bytes just
+                    # given one at a time, and llhttp must be given no further than its end)
+                    end = data.find(_HEAD_END, pos - 3 if pos > 3 else 0)
                     stop = n if end < 0 else end + 4
                 if not self._feed(data, pos, -1 if pos == 0 and stop == n else stop):
                     return
@@ -254,12 +272,11 @@ class RequestReader(ClientSide):
         """Give llhttp ``data[pos:stop]`` (``stop`` -1: all of ``data``); False if it stopped
         (an error, an upgrade)."""
         upgrade = -1
-        if pos == 0 and self.phase == P.IDLE:
-            # (a view is of a read buffer, from its start)
-            self.line_src = data if isinstance(data, bytes) else cast(bytearray, data.obj)
-            self.line_len = len(data) if stop < 0 else stop
-        else:
-            self.line_src = None
+        # A head begins or goes on here (after what ends the request before it, if any: see
+        # on_message_begin), or nowhere. (A view is of a read buffer, from its start.)
+        self.line_src = data if isinstance(data, bytes) else cast(bytearray, data.obj)
+        self.line_at = pos
+        self.line_len = len(data) if stop < 0 else stop
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
@@ -272,6 +289,7 @@ class RequestReader(ClientSide):
             upgrade = pos + e.args[0]  # (handled below, out of this handler: the parsing that
             # follows must not see this exception as the cause of its own)
         except httptools.HttpParserError as e:
+            self.line_src = None
             cause = e.__context__
             if isinstance(cause, Refused):
                 self._reject(cause.status, str(cause).encode() + b"\n")
@@ -282,9 +300,34 @@ class RequestReader(ClientSide):
             else:
                 self._reject(400, b"malformed request: " + str(e).encode() + b"\n")
             return False
+        if self.phase == P.READING_HEAD:
+            return self._keep_head()
+        self.line_src = None
         if upgrade >= 0:
             rest = data[upgrade:]
             self._upgrade_request(rest if isinstance(rest, bytes) else rest.tobytes())
+            return False
+        return True
+
+    def _keep_head(self) -> bool:
+        """What llhttp was given ends in a head: keep its bytes until the rest comes, and
+        count its fields as llhttp reports them (one once the next begins), so that a head of
+        too many is refused as they arrive, not once its bytes run out; False if it was."""
+        src = self.line_src
+        self.line_src = None
+        at = self.line_at
+        if src is None or at < 0:
+            return True  # (on_message_begin stopped llhttp)
+        kept = self.head_kept
+        if kept is None:
+            at = _line_at(src, at)
+            kept = self.head_kept = bytearray()
+            self.head_fields = 0
+        start = max(len(kept) - 2, 0)
+        kept += memoryview(src)[at:self.line_len]
+        self.head_fields += field_lines(kept, start)
+        if self.head_fields > self.ctx.max_header_fields + 1:
+            self._reject(431, b"too many header fields\n")
             return False
         return True
 
@@ -298,6 +341,8 @@ class RequestReader(ClientSide):
         if whole and self.queue:
             self.ahead = True
             raise _Ahead()  # a request waits already: this one is not parsed yet (_parse)
+        if self.line_at < 0:
+            self._after_request()
         self._move(P.READING_HEAD)
         ex = self.parsing = Exchange(self)
         if whole:
@@ -311,6 +356,26 @@ class RequestReader(ClientSide):
             # (data_received): most heads arrive whole, and then no clock or timer is touched.
             self._deadline = 0.0
 
+    def _after_request(self) -> None:
+        """A request begins where llhttp was given another one's head before: find where."""
+        fed = self.fed
+        src = self.line_src
+        if self.whole and fed and src is not None:
+            # Requests read whole from the start of this read are before it: it begins where
+            # their framing ends (as where _after_whole goes on).
+            data = src if isinstance(src, bytes) else bytes(src[:self.line_len])
+            self.line_src = data
+            self.line_at = _requests_end(data, fed)
+            if self.line_at >= 0:
+                return
+            self.ahead = True
+            raise _Ahead()
+        # What llhttp is given past one head is the rest of its request: never another head.
+        self.ctx.throttled.warning("ahead", "client %s: a request began where none was "
+                                   "expected; reading stops", self.peer)
+        self._closing()
+        raise _Stop()
+
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
         if ex is None or self.phase == P.RESUMED_BODY:
@@ -319,29 +384,42 @@ class RequestReader(ClientSide):
         if len(ex.url) > self.ctx.max_request_line:
             raise Refused(414, "request line too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.parsing
-        if ex is not None and self.phase != P.RESUMED_BODY:
-            headers = ex.headers
-            headers.append((name, value))
-            if len(headers) > self.ctx.max_header_fields:
-                raise Refused(431, "too many header fields")
-
     def on_headers_complete(self) -> None:
         ex = self.parsing
         parser = self.parser  # (the one calling: never None here)
         if ex is None or self.phase != P.READING_HEAD or parser is None:
             return
         ctx = self.ctx
+        # The fields, read from the head's bytes now that llhttp has accepted it: no callback
+        # per field (llhttp reports them only to a protocol with on_header).
+        src = self.line_src
+        at = self.line_at
+        self.line_at = -1
+        kept = self.head_kept
+        if kept is not None:
+            self.head_kept = None
+            kept += memoryview(cast(bytes, src))[at:self.line_len]
+            head = bytes(kept)
+            at = 0
+        elif isinstance(src, bytes):
+            head = src
+            at = _line_at(head, at)
+        else:  # (a read buffer: the head is copied out of it)
+            src = cast(bytearray, src)
+            at = _line_at(src, at)
+            head = bytes(src[at:src.find(_HEAD_END, at) + 4])
+            at = 0
+        fields = request_fields(head, at)
+        if len(fields) > ctx.max_header_fields:
+            raise Refused(431, "too many header fields")
+        ex.headers = fields
         upgrade = parser.should_upgrade()
         method = parser.get_method()
-        line = self.line_src
-        self.line_src = None
-        if line is not None and http11_line(line, self.line_len, method, ex.url):
+        if http11_line(head, at, method, ex.url):
             version = "1.1"
         else:
             version = parser.get_http_version()
-        read_request_head(ex, method, ex.url, version, ex.headers, upgrade,
+        read_request_head(ex, method, ex.url, version, fields, upgrade,
                           max_header=ctx.max_header, max_headers=ctx.max_headers,
                           trusted=self.trusted, peer=self.peer_b, tail=self.tail, ids=ctx.ids)
         ex.llhttp_upgrade = upgrade

@@ -205,17 +205,56 @@ def forwarded_tail(peer: bytes) -> bytes:
     return b"\r\nX-Forwarded-For: " + peer + b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "
 
 
-def http11_line(src: bytes | bytearray, n: int, method: bytes, url: bytes) -> bool:
-    """Whether the request line llhttp parsed from the start of ``src[:n]``, with this
-    ``method`` and ``url``, is HTTP/1.1: a shorter way to its version than
-    ``get_http_version()``, which formats a string.
+def http11_line(head: bytes, pos: int, method: bytes, url: bytes) -> bool:
+    """Whether the request line llhttp parsed at ``head[pos:]``, with this ``method`` and
+    ``url``, is HTTP/1.1: a shorter way to its version than ``get_http_version()``, which
+    formats a string.
 
-    The line is ``[CRLF...] method SP... url SP... HTTP/x.y CRLF``, at least k + 10 bytes from
-    0 (k: the method, the url and two spaces). "HTTP/1.1" CR LF at k are its end only if it
-    is exactly that long (no CR comes before a line's end but those of empty lines, which hold
-    no "HTTP/1.1"), and then they are its version."""
-    k = len(method) + len(url) + 2
-    return k + 10 <= n and src[k:k + 10] == _HTTP11_LINE_END
+    The line is ``method SP... url SP... HTTP/x.y CRLF``, at least k + 10 bytes from ``pos``
+    (k: the method, the url and two spaces). "HTTP/1.1" CR LF at k are its end only if it is
+    exactly that long (no CR comes before a line's end), and then they are its version."""
+    k = pos + len(method) + len(url) + 2
+    return head[k:k + 10] == _HTTP11_LINE_END
+
+
+def request_fields(head: bytes, pos: int) -> list[tuple[bytes, bytes]]:
+    """The fields of the request head whose request line begins at ``head[pos:]``, as
+    ``(name, value)``: what llhttp reports for them one by one, read in one pass once it has
+    accepted the whole head (a test checks the two against each other).
+
+    llhttp's strict syntax is relied on, not checked again: every line ends in CRLF (no bare
+    CR or LF, no obs-fold), a name is token characters up to the first colon (no space
+    before it), and the empty line ends the head. The value is what follows the colon with
+    its leading spaces and tabs left out; llhttp keeps trailing ones, and so does this."""
+    fields: list[tuple[bytes, bytes]] = []
+    pos = head.find(b"\r\n", pos) + 2  # past the request line
+    while head[pos] != 13:  # (the empty line)
+        end = head.find(b"\r\n", pos)
+        colon = pos
+        while head[colon] != 58:
+            colon += 1
+        v = colon + 1
+        c = head[v]
+        while c == 32 or c == 9:  # (the CR of the line's end stops it)
+            v += 1
+            c = head[v]
+        fields.append((head[pos:colon], head[v:end]))
+        pos = end + 2
+    return fields
+
+
+def field_lines(head: bytearray, pos: int) -> int:
+    """How many line ends in ``head[pos:]`` (a head being read, from its request line on) are
+    followed by the first byte of another line that is not the empty one: each one is a
+    field begun, so that this count minus one is the fields llhttp has reported whole."""
+    n = 0
+    end = len(head) - 2
+    i = head.find(b"\r\n", pos)
+    while 0 <= i < end:
+        if head[i + 2] != 13:
+            n += 1
+        i = head.find(b"\r\n", i + 2)
+    return n
 
 
 def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
