@@ -37,18 +37,18 @@ def compiled_modules() -> list[str]:
 class OptionalBuildExt(build_ext):
     """A failed compile (no C compiler, say) leaves the plain Python modules, with a warning.
 
-    Two builds, each all or nothing: the mypyc modules (they share one runtime library, so a
-    partial build is removed) and the response head's C function (router/http/_head.c; the
-    Python version runs without it). One failing leaves the other.
+    Builds each all or nothing: the mypyc modules (they share one runtime library, so a partial
+    build is removed), and each hand-written C function (router/http/_head.c, _fields.c; the
+    Python version runs without it). One failing leaves the others.
     """
 
     def run(self) -> None:
         everything = self.extensions
         compiler = self.compiler  # a name (or None): run() replaces it with the compiler made
         parts = [("the data plane was not compiled",
-                  [e for e in everything if e.name != HEAD_EXTENSION]),
-                 ("the response head's C function was not built",
-                  [e for e in everything if e.name == HEAD_EXTENSION])]
+                  [e for e in everything if e.name not in C_EXTENSIONS])] + [
+                     (f"{what} was not built", [e for e in everything if e.name == name])
+                     for name, what in C_EXTENSIONS.items()]
         try:
             for what, part in parts:
                 if not part:
@@ -72,6 +72,10 @@ class OptionalBuildExt(build_ext):
 # The response head checked and rewritten in one pass (router.http.response_head uses it when
 # it is built).
 HEAD_EXTENSION = "router.http._head"
+# A request head's fields read in one pass (router.http.request_head uses it when it is built).
+FIELDS_EXTENSION = "router.http._fields"
+C_EXTENSIONS = {HEAD_EXTENSION: "the response head's C function",
+                FIELDS_EXTENSION: "the request head's fields' C function"}
 
 
 def ext_modules() -> list:
@@ -80,7 +84,8 @@ def ext_modules() -> list:
     from mypyc.build import mypycify
 
     return mypycify(compiled_modules(), opt_level="3", group_name="router_native") + [
-        Extension(HEAD_EXTENSION, ["router/http/_head.c"], extra_compile_args=["-O2"])]
+        Extension(HEAD_EXTENSION, ["router/http/_head.c"], extra_compile_args=["-O2"]),
+        Extension(FIELDS_EXTENSION, ["router/http/_fields.c"], extra_compile_args=["-O2"])]
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -23,8 +23,8 @@ from . import phases as P
 from .context import ProxyContext
 from .exchange import ClientSide, Exchange
 from ..http import framing
-from ..http.request_head import (Refused, field_lines, forwarded_tail, http11_line,
-                                 read_request_head, request_fields)
+from ..http.request_head import (Refused, field_lines, forwarded_tail, head_fields,
+                                 read_request_head)
 from .upstream import QUEUED
 
 log = logging.getLogger("router.error")
@@ -392,33 +392,23 @@ class RequestReader(ClientSide):
         ctx = self.ctx
         # The fields, read from the head's bytes now that llhttp has accepted it: no callback
         # per field (llhttp reports them only to a protocol with on_header).
-        src = self.line_src
+        head = self.line_src
+        assert head is not None  # (what llhttp was given: _feed)
         at = self.line_at
         self.line_at = -1
         kept = self.head_kept
         if kept is not None:
             self.head_kept = None
-            kept += memoryview(cast(bytes, src))[at:self.line_len]
-            head = bytes(kept)
+            kept += memoryview(head)[at:self.line_len]
+            head = kept  # (from its request line)
             at = 0
-        elif isinstance(src, bytes):
-            head = src
-            at = _line_at(head, at)
-        else:  # (a read buffer: the head is copied out of it)
-            src = cast(bytearray, src)
-            at = _line_at(src, at)
-            head = bytes(src[at:src.find(_HEAD_END, at) + 4])
-            at = 0
-        fields = request_fields(head, at)
+        method = parser.get_method()
+        fields, http11 = head_fields(head, at, method, ex.url)
         if len(fields) > ctx.max_header_fields:
             raise Refused(431, "too many header fields")
         ex.headers = fields
         upgrade = parser.should_upgrade()
-        method = parser.get_method()
-        if http11_line(head, at, method, ex.url):
-            version = "1.1"
-        else:
-            version = parser.get_http_version()
+        version = "1.1" if http11 else parser.get_http_version()
         read_request_head(ex, method, ex.url, version, fields, upgrade,
                           max_header=ctx.max_header, max_headers=ctx.max_headers,
                           trusted=self.trusted, peer=self.peer_b, tail=self.tail, ids=ctx.ids)

@@ -24,13 +24,25 @@ backend could read as another path -- a dot segment (``..``, ``%2e%2e``, ``..;x`
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Any, Final
+from typing import Any, Callable, Final
 
 import httptools
 
 from . import framing
 from .fields import HOP, OWN, connection_tokens, without_named
+
+# The C version of request_fields (router/http/_fields.c, built when a C compiler is present);
+# ROUTER_PURE_PYTHON set at start runs the Python one.
+_c_fields: Callable[[bytes | bytearray, int, int],
+                    tuple[list[tuple[bytes, bytes]], bool]] | None = None
+if not os.environ.get("ROUTER_PURE_PYTHON"):
+    try:
+        from . import _fields
+        _c_fields = _fields.fields
+    except ImportError:
+        pass
 
 
 class Refused(Exception):
@@ -217,10 +229,31 @@ def http11_line(head: bytes, pos: int, method: bytes, url: bytes) -> bool:
     return head[k:k + 10] == _HTTP11_LINE_END
 
 
+def head_fields(src: bytes | bytearray, pos: int, method: bytes,
+                url: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The fields of the request head llhttp accepted at ``src[pos:]`` (bytes, or the buffer a
+    read went into; the empty lines llhttp skips before a request line included), as
+    ``request_fields`` reads them, and whether its request line (with this ``method`` and
+    ``url``) is HTTP/1.1 (``http11_line``): in C when it is built."""
+    c = _c_fields
+    k = len(method) + len(url) + 2
+    if c is not None:
+        return c(src, pos, k)
+    c0 = src[pos]
+    while c0 == 13 or c0 == 10:
+        pos += 1
+        c0 = src[pos]
+    if not isinstance(src, bytes):
+        src = bytes(src[pos:src.find(b"\r\n\r\n", pos) + 4])
+        pos = 0
+    return request_fields(src, pos), http11_line(src, pos, method, url)
+
+
 def request_fields(head: bytes, pos: int) -> list[tuple[bytes, bytes]]:
     """The fields of the request head whose request line begins at ``head[pos:]``, as
     ``(name, value)``: what llhttp reports for them one by one, read in one pass once it has
-    accepted the whole head (a test checks the two against each other).
+    accepted the whole head (a test checks the two against each other; router/http/_fields.c
+    is the same in C).
 
     llhttp's strict syntax is relied on, not checked again: every line ends in CRLF (no bare
     CR or LF, no obs-fold), a name is token characters up to the first colon (no space

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from router.dataplane.accesslog import AccessLog, Entry
+from router.http import request_head
 from router.http.request_head import field_lines, request_fields
 from tests.memory import Request, Wire
 from tests.reliability.corpus import CORPUS
@@ -52,11 +53,25 @@ def reference(data: bytes) -> list[list[tuple[bytes, bytes]]] | None:
     return ref.heads
 
 
-def scanned(head: bytes) -> list[tuple[bytes, bytes]]:
+# The Python version, and the C one (router/http/_fields.c) when it is built: each must read
+# what llhttp reports.
+def _c(buf: bytes | bytearray, pos: int) -> list[tuple[bytes, bytes]]:
+    assert request_head._c_fields is not None
+    return request_head._c_fields(buf, pos, -1)[0]
+
+
+SCANS = [request_fields] + ([_c] if request_head._c_fields else [])
+
+
+def scanned(head: bytes | bytearray) -> list[tuple[bytes, bytes]]:
     pos = 0
     while head[pos] in b"\r\n":
         pos += 1
-    return request_fields(head, pos)
+    got = [scan(bytes(head), pos) for scan in SCANS]
+    if request_head._c_fields is not None:  # (the C one reads the read buffer itself)
+        got.append(_c(bytearray(head), pos))
+    assert all(g == got[0] for g in got), got
+    return got[0]
 
 
 # -- the scan against llhttp, head by head ---------------------------------------------------
@@ -170,9 +185,30 @@ def test_the_attack_corpus_heads_read_as_llhttp_reports_them():
         except httptools.HttpParserError:
             pass  # (the heads accepted before are compared)
         for start, fields in zip(ref.starts, ref.heads):
-            assert request_fields(case.data, start) == fields, case.name
+            for scan in SCANS:
+                assert scan(case.data, start) == fields, case.name
             compared += 1
     assert compared > 100
+
+
+@pytest.mark.parametrize("line, method, url, http11", [
+    (b"GET / HTTP/1.1", b"GET", b"/", True),
+    (b"\r\nGET /x?y HTTP/1.1", b"GET", b"/x?y", True),
+    (b"GET / HTTP/1.0", b"GET", b"/", False),
+    (b"GET  / HTTP/1.1", b"GET", b"/", False),  # (llhttp's get_http_version tells then)
+    (b"OPTIONS * HTTP/1.1", b"OPTIONS", b"*", True),
+])
+def test_http11_read_with_the_fields_as_http11_line_reads_it(line, method, url, http11):
+    head = line + b"\r\nHost: a\r\n\r\n"
+    want = ([(b"Host", b"a")], http11)
+    assert request_head.head_fields(head, 0, method, url) == want
+    assert request_head.head_fields(bytearray(head), 0, method, url) == want
+    saved, request_head._c_fields = request_head._c_fields, None
+    try:  # the Python version, as without a C compiler
+        assert request_head.head_fields(head, 0, method, url) == want
+        assert request_head.head_fields(bytearray(head), 0, method, url) == want
+    finally:
+        request_head._c_fields = saved
 
 
 def test_field_lines_counts_the_fields_begun():
@@ -258,3 +294,16 @@ def test_generated_pipelined_heads_split_anywhere_read_as_llhttp_reports_them(fi
     points = sorted({c % len(stream) for c in cuts} - {0})
     reads = [stream[a:b] for a, b in zip([0] + points, points + [len(stream)])]
     assert logged(reads) == want
+
+
+def test_the_c_version_refuses_what_is_not_a_whole_head():
+    c = request_head._c_fields
+    if c is None:
+        pytest.skip("router/http/_fields.c not built")
+    for partial in [b"GET / HTTP/1.1", b"GET / HTTP/1.1\r\nA: b\r\n", b"GET / HTTP/1.1\r\nA: b\r\n\r",
+                    b"GET / HTTP/1.1\r\nno colon\r\n\r\n", b"\r\n\r\n", b""]:
+        with pytest.raises(ValueError, match="not a whole request head"):
+            c(partial, 0, 5)
+    with pytest.raises(ValueError):
+        c(b"GET / HTTP/1.1\r\n\r\n", -1, 5)
+    assert c(b"GET / HTTP/1.1\r\n\r\n", 0, 6) == ([], True)
