@@ -216,7 +216,7 @@ ROUTER = (
     stage("loop", "event loop: epoll, the reads (a bytes object per read), calls into Python",
           _LOOP_UV),
     stage("parse", "read and parse the request head: llhttp and its callbacks into Python "
-          "(on_message_begin, on_url, one on_header per field, on_headers_complete, "
+          "(on_message_begin, on_url, on_headers_complete with the fields read in one call, "
           "on_message_complete), the Exchange object",
           _r("client.ClientConnection.data_received", "client.ClientConnection.on_message_begin",
              "client.ClientConnection.on_url", "client.ClientConnection.on_header",

@@ -24,7 +24,7 @@ from .context import ProxyContext
 from .exchange import ClientSide, Exchange
 from ..http import framing
 from ..http.request_head import (Refused, field_lines, forwarded_tail, head_fields,
-                                 read_request_head)
+                                 read_request_head, request_line_at)
 from .upstream import QUEUED
 
 log = logging.getLogger("router.error")
@@ -47,14 +47,6 @@ class _Stop(Exception):
 class _Ahead(_Stop):
     """Raised from on_message_begin: llhttp was given more requests than the connection reads
     ahead (see ClientConnection._parse)."""
-
-
-def _line_at(src: bytes | bytearray, pos: int) -> int:
-    """Where the request line of a head llhttp read from ``src[pos:]`` begins: past the empty
-    lines llhttp skips before it (RFC 9112 2.2)."""
-    while src[pos] == 13 or src[pos] == 10:
-        pos += 1
-    return pos
 
 
 def _past_head(data: bytes, pos: int) -> int:
@@ -320,7 +312,7 @@ class RequestReader(ClientSide):
             return True  # (on_message_begin stopped llhttp)
         kept = self.head_kept
         if kept is None:
-            at = _line_at(src, at)
+            at = request_line_at(src, at)
             kept = self.head_kept = bytearray()
             self.head_fields = 0
         start = max(len(kept) - 2, 0)

@@ -229,6 +229,14 @@ def http11_line(head: bytes, pos: int, method: bytes, url: bytes) -> bool:
     return head[k:k + 10] == _HTTP11_LINE_END
 
 
+def request_line_at(src: bytes | bytearray, pos: int) -> int:
+    """Where the request line of a head llhttp read from ``src[pos:]`` begins: past the empty
+    lines llhttp skips before it (RFC 9112 2.2)."""
+    while src[pos] == 13 or src[pos] == 10:
+        pos += 1
+    return pos
+
+
 def head_fields(src: bytes | bytearray, pos: int, method: bytes,
                 url: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
     """The fields of the request head llhttp accepted at ``src[pos:]`` (bytes, or the buffer a
@@ -239,10 +247,7 @@ def head_fields(src: bytes | bytearray, pos: int, method: bytes,
     k = len(method) + len(url) + 2
     if c is not None:
         return c(src, pos, k)
-    c0 = src[pos]
-    while c0 == 13 or c0 == 10:
-        pos += 1
-        c0 = src[pos]
+    pos = request_line_at(src, pos)
     if not isinstance(src, bytes):
         src = bytes(src[pos:src.find(b"\r\n\r\n", pos) + 4])
         pos = 0
