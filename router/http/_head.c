@@ -8,8 +8,8 @@
  *     status, token characters in names, no white space before the colon or at the start of a
  *     line, no control character in values, Content-Length's digits, duplicates and overflow,
  *     Content-Length beside Transfer-Encoding;
- *   - reads what llhttp would tell (status, keep-alive) and what the Python rewrite reads
- *     (the hop-by-hop fields, Content-Length, a chunked Transfer-Encoding);
+ *   - reads the status, the Connection options (keep-alive: RFC 9112 9.3) and what the Python
+ *     rewrite reads (the hop-by-hop fields, Content-Length, a chunked Transfer-Encoding);
  *   - and, as router.http.response_head.read_response_head does, decides the framing and
  *     builds the client's head in one allocation.
  * It returns (status, head, body, length, rechunk, close, reusable), raises ValueError(reason)
@@ -44,7 +44,6 @@
 /* llhttp's parser flags that matter here */
 #define F_CONNECTION_KEEP_ALIVE 1
 #define F_CONNECTION_CLOSE 2
-#define F_CHUNKED 8
 #define F_CONTENT_LENGTH 32
 #define F_TRANSFER_ENCODING 512
 
@@ -267,7 +266,7 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (chunked || end - value != 7 || !same(s + value, "chunked", 7))
                 Py_RETURN_NONE;
             chunked = 1;
-            llflags |= F_TRANSFER_ENCODING | F_CHUNKED;
+            llflags |= F_TRANSFER_ENCODING;
             goto cut;
         case K_CONNECTION:
             if (end - value == 5 && same(s + value, "close", 5))
@@ -290,17 +289,14 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         i += 2;
     }
 
-    /* What llhttp's should_keep_alive() tells once fed the head: for a response without a body
-     * the message is complete, and llhttp has cleared its flags by then. */
-    int bodyless = status == 100 || status == 102 || status == 103 || status == 204
-        || status == 304 || (!chunked && (has_length ? length == 0 : status / 100 == 1));
-    if (bodyless)
-        llflags = 0;
-    int http11 = major > 0 && minor > 0;
-    int needs_eof = !(status / 100 == 1 || status == 204 || status == 304)
-        && !(llflags & (F_CHUNKED | F_CONTENT_LENGTH));
-    int keep_alive = (http11 ? !(llflags & F_CONNECTION_CLOSE)
-                      : (llflags & F_CONNECTION_KEEP_ALIVE) != 0) && !needs_eof;
+    /* Whether the backend keeps the connection (RFC 9112 9.3): HTTP/1.1 (or later) unless
+     * "close" is among the Connection options, HTTP/1.0 only with "keep-alive". Not llhttp's
+     * should_keep_alive(): read after a response complete at its head (204, 304, 1xx, a
+     * Content-Length of 0) it works from flags llhttp has cleared by then, and tells keep-alive
+     * for a 204 with "close" and close for a 200 with "Content-Length: 0". */
+    int http11 = major > 1 || (major == 1 && minor > 0);
+    int keep_alive = !(llflags & F_CONNECTION_CLOSE)
+        && (http11 || (llflags & F_CONNECTION_KEEP_ALIVE));
 
     if (status < 100) {
         PyErr_SetString(PyExc_ValueError, "status code below 100");
@@ -350,8 +346,7 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             else
                 rechunk = te_chunked_out = 1;
         }
-        reusable = keep_alive && body != BODY_EOF && request_done
-            && (!chunked || minor != 0 || major != 1);
+        reusable = keep_alive && body != BODY_EOF && request_done && (!chunked || http11);
         if (close)
             extra_conn = "\r\nConnection: close";
         else if (!client_http11)

@@ -21,9 +21,12 @@ again. One set of rules for every response (docs/request-path.md, "The response 
   if chunked is among its other codings (``chunked, gzip``) it cannot be chunked once more
   (RFC 9112 6.1), so it is passed on as it is and the client connection ends with it; chunked
   applied twice is refused (502);
-- the backend connection is used again only if the final head came after the request was sent
-  whole (a backend that answers early may read the rest of the body as a request), and never
-  after an HTTP/1.0 response with ``Transfer-Encoding`` (RFC 9112 6.1: faulty framing);
+- the backend connection is used again only if the backend keeps it (RFC 9112 9.3: an
+  HTTP/1.1 response unless ``close`` is among its ``Connection`` options, an HTTP/1.0 one only
+  with ``keep-alive``; whatever the status, with or without a body), the response does not end
+  with the close, the final head came after the request was sent whole (a backend that answers
+  early may read the rest of the body as a request), and never after an HTTP/1.0 response with
+  ``Transfer-Encoding`` (RFC 9112 6.1: faulty framing);
 - ``Connection: close`` when the client connection ends after this response (the client asked,
   a refused upgrade, the request body not read to its end, a graceful stop, an HTTP/1.0 client
   with a body delimited by the close), ``Connection: keep-alive`` for an HTTP/1.0 client that
@@ -66,6 +69,10 @@ _TRANSFER_ENCODING: Final = 3
 _UPGRADE: Final = 4
 _CONTENT_LENGTH: Final = 5
 _SET_COOKIE: Final = 6
+_PROXY_CONNECTION: Final = 7
+# The Connection options that tell whether the backend keeps the connection (RFC 9112 9.3).
+_CLOSE: Final = 1
+_KEEP_ALIVE: Final = 2
 # Control characters other than HTAB (RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text )).
 _CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Status lines already checked (a backend sends a handful of distinct ones): the check runs
@@ -107,8 +114,7 @@ def check_response_head(raw: bytes, *, head_request: bool, client_http11: bool,
                         accepting: bool, set_cookie: bytes, own_cookie: bytes) -> ResponseHead:
     """The response head ``raw`` (status line and fields, without the final empty line)
     checked as llhttp checks it (``ResponseError("malformed response: ...")`` with llhttp's
-    reason), then ``read_response_head``'s view of it, with the status and keep-alive llhttp
-    reads.
+    reason), then ``read_response_head``'s view of it, with the status llhttp reads.
 
     In C when it is built (router/http/_head.c: one pass, one tuple), which leaves the rare
     heads to this code (it returns None): llhttp checks them, ``read_response_head`` reads
@@ -131,17 +137,19 @@ def check_response_head(raw: bytes, *, head_request: bool, client_http11: bool,
             rh.close = done[5]
             rh.reusable = done[6]
             return rh
-    status, keep_alive = llhttp_check(raw)
     return read_response_head(
-        raw, status, backend_keep_alive=keep_alive, head_request=head_request,
+        raw, llhttp_check(raw), head_request=head_request,
         client_http11=client_http11, client_keep_alive=client_keep_alive,
         upgrade_requested=upgrade_requested, request_done=request_done, accepting=accepting,
         set_cookie=set_cookie, own_cookie=own_cookie)
 
 
-def llhttp_check(raw: bytes) -> tuple[int, bool]:
-    """``(status, keep_alive)`` of the head ``raw`` as llhttp reads it, or the ResponseError
-    for what it refuses."""
+def llhttp_check(raw: bytes) -> int:
+    """The status of the head ``raw`` as llhttp reads it, or the ResponseError for what it
+    refuses. (Not llhttp's should_keep_alive(): after a response complete at its head, 204,
+    304, 1xx or a Content-Length of 0, it works from flags llhttp has cleared by then, and
+    tells keep-alive for a 204 with ``Connection: close``, close for a 200 with
+    ``Content-Length: 0``; ``read_response_head`` reads the Connection options itself.)"""
     parser = httptools.HttpResponseParser(HEAD_CHECK)
     try:
         parser.feed_data(raw + b"\r\n\r\n")
@@ -149,11 +157,10 @@ def llhttp_check(raw: bytes) -> tuple[int, bool]:
         pass  # a 101 head: complete; what follows is the new protocol
     except httptools.HttpParserError as e:
         raise ResponseError(f"malformed response: {e}") from None
-    return parser.get_status_code(), parser.should_keep_alive()
+    return parser.get_status_code()
 
 
-def read_response_head(raw: bytes, status: int, *, backend_keep_alive: bool,
-                       head_request: bool, client_http11: bool, client_keep_alive: bool,
+def read_response_head(raw: bytes, status: int, *, head_request: bool, client_http11: bool, client_keep_alive: bool,
                        upgrade_requested: bool, request_done: bool, accepting: bool,
                        set_cookie: bytes, own_cookie: bytes) -> ResponseHead:
     """The client's view of the response head ``raw`` (status line and fields, without the
@@ -174,14 +181,19 @@ def read_response_head(raw: bytes, status: int, *, backend_keep_alive: bool,
         if len(_GOOD_STATUS) >= _GOOD_STATUS_MAX:
             _GOOD_STATUS.clear()
         _GOOD_STATUS.add(status_line)
-    cuts, conn_tokens, codings, length, upgrade_to = _read_fields(raw, eol, status, own_cookie)
+    cuts, conn_tokens, options, codings, length, upgrade_to = _read_fields(
+        raw, eol, status, own_cookie)
+    # The protocol version follows the first "/" (llhttp has checked it); RFC 9112 9.3.
+    v = raw.find(b"/") + 1
+    http11 = raw[v:v + 3] >= b"1.1"
+    keep_alive = not options & _CLOSE and (http11 or options & _KEEP_ALIVE != 0)
     close = (not client_keep_alive or not request_done or not accepting
              or (upgrade_requested and status != 101))
     extra: list[bytes] = []
     if status < 200 and status != 101:  # interim
         if not client_http11:
             return rh  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client
-        rh.reusable = backend_keep_alive
+        rh.reusable = keep_alive
     elif status == 101:
         if not upgrade_requested:
             raise ResponseError("101 to a request that asked for no upgrade")
@@ -191,8 +203,8 @@ def read_response_head(raw: bytes, status: int, *, backend_keep_alive: bool,
         if _read_body_framing(rh, codings, length, extra, head_request=head_request,
                               client_http11=client_http11):
             close = True
-        rh.reusable = (backend_keep_alive and rh.body != framing.EOF and request_done
-                       and (codings is None or raw[5:8] != b"1.0"))
+        rh.reusable = (keep_alive and rh.body != framing.EOF and request_done
+                       and (codings is None or http11))
         if close:
             extra.append(b"\r\nConnection: close")
         elif not client_http11:
@@ -205,17 +217,19 @@ def read_response_head(raw: bytes, status: int, *, backend_keep_alive: bool,
 
 
 def _read_fields(raw: bytes, eol: int, status: int, own_cookie: bytes) -> tuple[
-        list[tuple[int, int]], set[bytes] | None, list[bytes] | None, int, bytes]:
-    """``(cuts, conn_tokens, codings, length, upgrade_to)`` of the fields after the status line
-    (which ends at ``eol``): the lines left out on the way to the client, the names the
-    Connection field gives, the transfer codings (None: no Transfer-Encoding), the
-    Content-Length (-1: none), the Upgrade field.
+        list[tuple[int, int]], set[bytes] | None, int, list[bytes] | None, int, bytes]:
+    """``(cuts, conn_tokens, options, codings, length, upgrade_to)`` of the fields after the
+    status line (which ends at ``eol``): the lines left out on the way to the client, the
+    names the Connection field gives, its ``close`` and ``keep-alive`` options (_CLOSE,
+    _KEEP_ALIVE; ``Proxy-Connection``'s too, as llhttp reads them), the transfer codings
+    (None: no Transfer-Encoding), the Content-Length (-1: none), the Upgrade field.
 
     One scan, a loop over the bytes: compiled, it costs a few instructions a byte, where
     lower(), a regular expression and a find, strip and int() per field cost hundreds a call
     (and a callback per field from llhttp as much again); a tuple, not an object, back."""
     cuts: list[tuple[int, int]] = []
     conn_tokens: set[bytes] | None = None
+    options = 0
     codings: list[bytes] | None = None
     length = -1
     upgrade_to = b""
@@ -243,9 +257,12 @@ def _read_fields(raw: bytes, eol: int, status: int, own_cookie: bytes) -> tuple[
         elif kind == _SET_COOKIE:
             if _sets_own_cookie(raw[colon + 1:nxt], own_cookie):
                 cuts.append((pos, nxt))
-        elif kind == _CONNECTION and (_bare(raw, colon + 1, nxt, b"keep-alive")
-                                      or _bare(raw, colon + 1, nxt, b"close")):
+        elif kind == _CONNECTION and _bare(raw, colon + 1, nxt, b"keep-alive"):
             cuts.append((pos, nxt))
+            options |= _KEEP_ALIVE
+        elif kind == _CONNECTION and _bare(raw, colon + 1, nxt, b"close"):
+            cuts.append((pos, nxt))
+            options |= _CLOSE
         elif kind:
             cuts.append((pos, nxt))
             value = b"" if kind == _HOP else raw[colon + 1:nxt].strip()
@@ -259,11 +276,20 @@ def _read_fields(raw: bytes, eol: int, status: int, own_cookie: bytes) -> tuple[
                     conn_tokens = connection_tokens(value, conn_tokens)
             elif kind == _UPGRADE:
                 upgrade_to = value
+            elif kind == _PROXY_CONNECTION:
+                options |= _options(connection_tokens(value, None))
         pos = nxt
+    if conn_tokens is not None:
+        options |= _options(conn_tokens)
     if cl_cut[0] >= 0 and (status < 200 or status == 204 or status == 304):
         # No body, and no Content-Length on the way out (RFC 9110 8.6).
         cuts.append(cl_cut)
-    return cuts, conn_tokens, codings, length, upgrade_to
+    return cuts, conn_tokens, options, codings, length, upgrade_to
+
+
+def _options(tokens: set[bytes]) -> int:
+    """The keep-alive options (_CLOSE, _KEEP_ALIVE) among a Connection field's ``tokens``."""
+    return (_CLOSE if b"close" in tokens else 0) | (_KEEP_ALIVE if b"keep-alive" in tokens else 0)
 
 
 def _read_body_framing(rh: ResponseHead, codings: list[bytes] | None, length: int,
@@ -355,7 +381,7 @@ def _special(raw: bytes, i: int, size: int, cookies: bool) -> int:
             return _HOP
     elif c == 112:  # p
         if size == 16 and _is(raw, i, b"proxy-connection"):
-            return _HOP
+            return _PROXY_CONNECTION
     elif c == 117:  # u
         if size == 7 and _is(raw, i, b"upgrade"):
             return _UPGRADE

@@ -6,16 +6,17 @@ from __future__ import annotations
 import pytest
 
 from router.http import framing
-from router.http.response_head import ResponseError, ResponseHead, read_response_head
+from router.http.response_head import (ResponseError, ResponseHead, check_response_head,
+                                       llhttp_check, read_response_head)
 
 COOKIE = b"Set-Cookie: CONTAINERID=tok; Path=/; HttpOnly; SameSite=Lax"
 
 
-def rewrite(raw: bytes, status: int = 200, keep: bool = True, head: bool = False,
+def rewrite(raw: bytes, status: int = 200, head: bool = False,
             http11: bool = True, client_keep: bool = True, upgrade: bool = False,
             done: bool = True, accepting: bool = True, cookie: bytes = b"",
             own: bytes = b"") -> ResponseHead:
-    return read_response_head(raw, status, backend_keep_alive=keep, head_request=head,
+    return read_response_head(raw, status, head_request=head,
                               client_http11=http11, client_keep_alive=client_keep,
                               upgrade_requested=upgrade, request_done=done, accepting=accepting,
                               set_cookie=cookie, own_cookie=own)
@@ -80,10 +81,10 @@ def test_transfer_coding_without_chunked_is_a_body_until_close():
 
 
 def test_body_until_close_rechunked_for_http11_closed_for_http10():
-    rh = rewrite(b"HTTP/1.1 200 OK\r\nX: y", keep=False)
+    rh = rewrite(b"HTTP/1.1 200 OK\r\nX: y")
     assert rh.head == b"HTTP/1.1 200 OK\r\nX: y\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert (rh.body, rh.rechunk, rh.close) == (framing.EOF, True, False)
-    rh = rewrite(b"HTTP/1.1 200 OK\r\nX: y", keep=False, http11=False)
+    rh = rewrite(b"HTTP/1.1 200 OK\r\nX: y", http11=False)
     assert rh.head == b"HTTP/1.1 200 OK\r\nX: y\r\nConnection: close\r\n\r\n"
     assert (rh.body, rh.rechunk, rh.close) == (framing.EOF, False, True)
 
@@ -109,8 +110,49 @@ def test_closing_the_client(kw):
 
 
 def test_backend_http10_response_made_http11():
-    rh = rewrite(b"HTTP/1.0 200 OK\r\nContent-Length: 1", keep=False)
+    rh = rewrite(b"HTTP/1.0 200 OK\r\nContent-Length: 1")
     assert rh.head.startswith(b"HTTP/1.1 200 OK\r\n") and not rh.reusable
+
+
+@pytest.mark.parametrize("raw,head,kept", [
+    # HTTP/1.1: kept unless "close" is among the Connection options, with a body or without.
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0", False, True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive", False, True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close", False, False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close", False, False),
+    (b"HTTP/1.1 204 No Content", False, True),
+    (b"HTTP/1.1 204 No Content\r\nConnection: close", False, False),
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close", False, False),
+    (b"HTTP/1.1 304 Not Modified\r\nConnection: close", False, False),
+    (b"HTTP/1.1 304 Not Modified\r\nConnection: X-A, Close\r\nX-A: 1", False, False),
+    (b"HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\nConnection: close", False, False),
+    (b"HTTP/1.1 204 No Content\r\nProxy-Connection: close", False, False),
+    (b"HTTP/2.0 204 No Content", False, True),
+    # HTTP/1.0: kept only with "keep-alive" (and without "close").
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0", False, False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive", False, True),
+    (b"HTTP/1.0 204 No Content\r\nConnection: Keep-Alive", False, True),
+    (b"HTTP/1.0 304 Not Modified\r\nConnection: keep-alive, X-A", False, True),
+    (b"HTTP/1.0 204 No Content\r\nConnection: keep-alive\r\nConnection: close", False, False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nProxy-Connection: keep-alive", False, True),
+    (b"HTTP/0.9 200 OK\r\nContent-Length: 1", False, False),
+    # A response to HEAD has no body, whatever its fields say: never one until the close.
+    (b"HTTP/1.1 200 OK", True, True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0", True, True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close", True, False),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive", True, True),
+    # A body that ends with the close: never.
+    (b"HTTP/1.1 200 OK", False, False),
+    (b"HTTP/1.1 200 OK\r\nConnection: keep-alive", False, False),
+])
+def test_backend_connection_kept_as_rfc_9112_says(raw, head, kept):
+    """RFC 9112 9.3, on the Python code and on check_response_head (C when built): llhttp's
+    should_keep_alive() said keep-alive for a 204 with "close", close for "Content-Length: 0"."""
+    assert rewrite(raw, llhttp_check(raw), head=head).reusable is kept
+    assert check_response_head(
+        raw, head_request=head, client_http11=True, client_keep_alive=True,
+        upgrade_requested=False, request_done=True, accepting=True, set_cookie=b"",
+        own_cookie=b"").reusable is kept
 
 
 def test_the_routers_cookie_replaces_the_backends_own():
