@@ -160,9 +160,9 @@ def llhttp_check(raw: bytes) -> int:
     return parser.get_status_code()
 
 
-def read_response_head(raw: bytes, status: int, *, head_request: bool, client_http11: bool, client_keep_alive: bool,
-                       upgrade_requested: bool, request_done: bool, accepting: bool,
-                       set_cookie: bytes, own_cookie: bytes) -> ResponseHead:
+def read_response_head(raw: bytes, status: int, *, head_request: bool, client_http11: bool,
+                       client_keep_alive: bool, upgrade_requested: bool, request_done: bool,
+                       accepting: bool, set_cookie: bytes, own_cookie: bytes) -> ResponseHead:
     """The client's view of the response head ``raw`` (status line and fields, without the
     final empty line).
 

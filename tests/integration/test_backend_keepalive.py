@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from tests.conftest import app_config, router_config, until
+from tests.conftest import RouterProcess, app_config, router_config, until
 
 N = 6
 
@@ -101,8 +101,15 @@ async def _counters(admin_url: str) -> dict[str, float]:
     return out
 
 
-def _request(method: bytes) -> bytes:
-    return method + b" / HTTP/1.1\r\nHost: app.test\r\n\r\n"
+async def _n_requests(router_process, be: Backend,
+                      method: bytes) -> tuple[RouterProcess, list[bytes]]:
+    """The router process in front of ``be``, and N requests through it on one client
+    connection, each answered with the backend's status; the router and the answers' heads."""
+    rp = await router_process(router_config({"shop": app_config({"web": (1, [be.addr])},
+                                                                 sticky=False)}))
+    heads = await _exchange(rp.port, [method + b" / HTTP/1.1\r\nHost: app.test\r\n\r\n"] * N)
+    assert [h[9:12] for h in heads] == [be.answer[9:12]] * N
+    return rp, heads
 
 
 CLOSING = [
@@ -123,11 +130,7 @@ async def test_bodyless_response_with_connection_close_is_not_pooled(
     closes (no retry, no reset)."""
     be = await Backend(answer, linger=linger).start()
     try:
-        rp = await router_process(router_config({"shop": app_config({"web": (1, [be.addr])},
-                                                                     sticky=False)}))
-        heads = await _exchange(rp.port, [_request(method)] * N)
-        status = answer[9:12]
-        assert [h[9:12] for h in heads] == [status] * N
+        rp, _ = await _n_requests(router_process, be, method)
         await until(lambda: be.open == 0, 10, "the backend's connections closed")
         assert be.after_close == 0, be.requests
         assert be.requests == [1] * N
@@ -157,11 +160,7 @@ async def test_bodyless_keep_alive_response_reuses_one_backend_connection(
     one client connection take one backend connection."""
     be = await Backend(answer).start()
     try:
-        rp = await router_process(router_config({"shop": app_config({"web": (1, [be.addr])},
-                                                                     sticky=False)}))
-        heads = await _exchange(rp.port, [_request(method)] * N)
-        status = answer[9:12]
-        assert [h[9:12] for h in heads] == [status] * N
+        rp, heads = await _n_requests(router_process, be, method)
         assert not any(b"connection: close" in h.lower() for h in heads)
         assert be.requests == [N]
         assert await _counters(rp.admin_url) == {"retries": 0, "resets": 0}
