@@ -25,8 +25,8 @@ again. One set of rules for every response (docs/request-path.md, "The response 
   HTTP/1.1 response unless ``close`` is among its ``Connection`` options, an HTTP/1.0 one only
   with ``keep-alive``; whatever the status, with or without a body), the response does not end
   with the close, the final head came after the request was sent whole (a backend that answers
-  early may read the rest of the body as a request), and never after an HTTP/1.0 response with
-  ``Transfer-Encoding`` (RFC 9112 6.1: faulty framing);
+  early may read the rest of the body as a request), and never after a response below
+  HTTP/1.1 with ``Transfer-Encoding`` (RFC 9112 6.1: faulty framing);
 - ``Connection: close`` when the client connection ends after this response (the client asked,
   a refused upgrade, the request body not read to its end, a graceful stop, an HTTP/1.0 client
   with a body delimited by the close), ``Connection: keep-alive`` for an HTTP/1.0 client that
