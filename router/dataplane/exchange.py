@@ -127,6 +127,9 @@ class Exchange(UpstreamRequest):
         self.refusal_body = b""
         self.close_after = False  # the client connection closes after this exchange
         self.previewed = False  # sent to a release's new version by a preview marker, unpinned
+        self.response_deadline = 0.0
+        self.wait_prev = None
+        self.wait_next = None
 
     def _move(self, to: int) -> None:
         self.phase = P.exchange_move(self.phase, to)
@@ -136,7 +139,7 @@ class Exchange(UpstreamRequest):
         """Its turn has come: choose a backend and send the request (or answer it)."""
         conn = self.conn
         ctx = conn.ctx
-        self.started = ctx.loop.time()
+        now = self.started = ctx.loop.time()
         if self.refusal:
             ctx.unrouted.count("", self.refusal)
             self.answer(self.refusal, self.refusal_body, keep=False, counted=True)
@@ -151,14 +154,14 @@ class Exchange(UpstreamRequest):
         self.app = app
         self.scope = scope
         # The wall clock is read only where a token is read or issued.
-        now = int(ctx.clock()) if app.sticky or app.preview is not None else 0
+        wall = int(ctx.clock()) if app.sticky or app.preview is not None else 0
         pin = None
         if app.sticky and self.cookie is not None:
-            pin = ctx.codec.pin(app.name_b, self.cookie, scope.cookie_eq, now)
-        route = routing.choose(scope, self, self.headers, pin, now, ctx.monotonic, ctx.codec)
+            pin = ctx.codec.pin(app.name_b, self.cookie, scope.cookie_eq, wall)
+        route = routing.choose(scope, self, self.headers, pin, wall, ctx.monotonic, ctx.codec)
         if isinstance(route, tuple):
-            self._assign(route, now)
-            self._send()
+            self._assign(route, wall)
+            self._send(now)
         elif isinstance(route, bytes):
             self.answer(303, b"preview: this browser now reaches the new version\n", keep=True,
                         extra=route)
@@ -197,7 +200,8 @@ class Exchange(UpstreamRequest):
             be.inflight -= 1
             svc.stats.inflight -= 1
 
-    def _send(self) -> None:
+    def _send(self, now: float) -> None:
+        """Send the request to its backend (``now``: the loop's time)."""
         be = self.backend
         assert be is not None
         conn = self.conn
@@ -206,13 +210,13 @@ class Exchange(UpstreamRequest):
         # never meets a connection another client has used, nor the keep-alive race.
         up = ctx.pool.get(be.key) if ctx.reuse_always or not conn.first_request else None
         if up is not None and self.method not in IDEMPOTENT and (
-                ctx.loop.time() - up.idle_since > UNSAFE_REUSE_IDLE):
+                now - up.idle_since > UNSAFE_REUSE_IDLE):
             # A request that cannot be retried avoids connections that idled long enough for
             # the backend's keep-alive timer to be about to close them.
             up.close()
             up = None
         if up is not None:
-            self._attach(up)
+            self._attach(up, now)
         else:
             self._move(P.CONNECTING)
             ctx.loop.create_task(self._connect(be))
@@ -244,12 +248,13 @@ class Exchange(UpstreamRequest):
                                   error or "timeout")
             self.retry(routing.CONNECT_FAILED)
             return
+        now = ctx.loop.time()
         if self.phase != P.CONNECTING or self.backend is not be or not self.conn.is_open():
-            up.release(True, ctx.loop.time())
+            up.release(True, now)
             return
-        self._attach(up)
+        self._attach(up, now)
 
-    def _attach(self, up: UpstreamConnection) -> None:
+    def _attach(self, up: UpstreamConnection, now: float) -> None:
         self._move(P.SENT)
         self.upstream = up
         up.attach(self)
@@ -259,7 +264,7 @@ class Exchange(UpstreamRequest):
         up.send_head(self.head, self.buf, self.framing == framing.CHUNKED, self.body_done)
         conn.unpause(BODY_BUFFERED)
         if self.body_done:
-            self._wait()
+            self._wait(now)
 
     def retry(self, cause: int, reused: bool = False) -> None:
         """The backend failed before any response head (``cause``: routing.CONNECT_FAILED or
@@ -292,8 +297,9 @@ class Exchange(UpstreamRequest):
         svc.stats.retries += 1
         self._unassign()
         self.upstream = None
-        self._assign(choice, int(self.conn.ctx.clock()) if app.sticky else 0)
-        self._send()
+        ctx = self.conn.ctx
+        self._assign(choice, int(ctx.clock()) if app.sticky else 0)
+        self._send(ctx.loop.time())
 
     def _retry_fresh(self) -> None:
         """The same backend again on a new connection (its pooled one was stale)."""
@@ -335,7 +341,7 @@ class Exchange(UpstreamRequest):
         if up is not None:
             up.end_body()
             if self.phase == P.SENT:
-                self._wait()
+                self._wait(self.conn.ctx.loop.time())
 
     # -- the response, from the backend connection (UpstreamRequest) --------------------------
     def response_head(self, up: UpstreamConnection, raw: bytes) -> ResponseHead:
@@ -475,13 +481,13 @@ class Exchange(UpstreamRequest):
         self.conn.broken(err)
 
     # -- the response timeout: it runs while the request is sent whole and no head came --------
-    def _wait(self) -> None:
+    def _wait(self, now: float) -> None:
         """Called as the exchange becomes SENT with its body done (in either order)."""
-        self.conn.ctx.deadlines.add(self)
+        self.conn.ctx.deadlines.add(self, now)
 
     def _unwait(self) -> None:
         """Called before the exchange leaves SENT (or ends), from whatever phase."""
-        if self.phase == P.SENT and self.body_done:
+        if self.response_deadline:
             self.conn.ctx.deadlines.discard(self)
 
     # -- endings ----------------------------------------------------------------------------

@@ -49,7 +49,14 @@ class UpstreamRequest(RequestHead):
     """A request as the backend connection serving it sees it: its head, and the calls that
     take its response. The exchange (``router.dataplane.exchange.Exchange``) is the one implementation."""
 
-    __slots__ = ()
+    # Kept by router.dataplane.deadlines (the implementation starts them at 0.0 and None): when
+    # the response timeout ends its wait for a head (loop time; 0.0: not waiting), and the
+    # requests waiting before and after it.
+    __slots__ = ("response_deadline", "wait_prev", "wait_next")
+
+    response_deadline: float
+    wait_prev: UpstreamRequest | None
+    wait_next: UpstreamRequest | None
 
     def response_head(self, up: "UpstreamConnection", raw: bytes) -> ResponseHead:
         """A response head (1xx or final: status line and fields, without the final empty

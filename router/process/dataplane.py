@@ -123,8 +123,9 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(STALL_SWEEP)
-            if ctx.deadlines.waiting:
-                self.passive.sweep(ctx.deadlines.waiting, ctx.deadlines.timeout, loop.time())
+            waiting = ctx.deadlines.waiting()
+            if waiting:
+                self.passive.sweep(waiting, ctx.deadlines.timeout, loop.time())
             rest_idle(ctx.connections, loop.time())
             now = len(ctx.connections)
             if self.trimmer.observe(now, ctx.connections_peak):
@@ -183,7 +184,7 @@ class DataPlane:
         st = self.table.stats(ctx.unrouted)
         st.removed = self.builder.removed()
         st.refused = ctx.refused
-        st.waiting = _waiting_ages(ctx.deadlines.waiting, ctx.loop.time())
+        st.waiting = _waiting_ages(ctx.deadlines.waiting(), ctx.loop.time())
         st.timeouts = dict(ctx.timeouts)
         return st
 

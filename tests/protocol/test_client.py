@@ -414,11 +414,11 @@ def test_a_client_gone_before_its_answer_is_a_499_and_frees_the_backend():
     c = w.client()
     c.send(get(b"/hung"))
     svc = w.ctx.table.apps["shop"].services[0]
-    assert svc.stats.inflight == 1 and len(w.ctx.deadlines.waiting) == 1
+    assert svc.stats.inflight == 1 and len(w.ctx.deadlines.waiting()) == 1
     c.eof()  # the client gave up and closed its connection
     assert c.closed and c.take() == b""
     assert svc.stats.inflight == 0 and svc.backends[0].inflight == 0
-    assert svc.backends[0].stats.codes == {499: 1} and not w.ctx.deadlines.waiting
+    assert svc.backends[0].stats.codes == {499: 1} and not w.ctx.deadlines.waiting()
     peer, = w.backend(SHOP).peers
     assert peer.transport.closed  # the backend connection is not used again
 
