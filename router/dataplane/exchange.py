@@ -103,9 +103,9 @@ class Exchange(UpstreamRequest):
         self.phase = P.ROUTING
         self.body_done = False  # the request body has been read to its end
         self.llhttp_upgrade = False  # llhttp stopped after the head (an Upgrade request)
-        # Body bytes kept to send later, or to replay; None once too many to keep (then the
-        # request cannot be sent again).
-        self.buf: list[bytes] | None = []
+        # Body bytes kept to send later, or to replay (None until the first); buf_size is -1
+        # once there were too many to keep (then the request cannot be sent again).
+        self.buf: list[bytes] | None = None
         self.buf_size = 0
         self.app: App | None = None
         self.scope: HostApp | None = None  # the app as the request's host reaches it: its cookies
@@ -270,7 +270,7 @@ class Exchange(UpstreamRequest):
         """The backend failed before any response head (``cause``: routing.CONNECT_FAILED or
         LOST): whatever routing.retry_plan decides -- the same backend on a new connection,
         another one (routing.retry), or 502."""
-        plan = routing.retry_plan(cause, self.attempts, self.buf is not None,
+        plan = routing.retry_plan(cause, self.attempts, self.buf_size >= 0,
                                   self.method in IDEMPOTENT, reused, self.stale)
         if plan == routing.RETRY_FRESH:
             self.stale = True
@@ -317,17 +317,22 @@ class Exchange(UpstreamRequest):
         if P.ended(self.phase):
             return  # answered already (an early answer): the rest is read and dropped
         up = self.upstream
-        buf = self.buf
-        if buf is not None:
-            if up is None or self.buf_size + len(data) <= HIGH_WATER:
-                buf.append(data)
-                self.buf_size += len(data)
+        size = self.buf_size
+        if size >= 0:
+            if up is None or size + len(data) <= HIGH_WATER:
+                buf = self.buf
+                if buf is None:
+                    self.buf = [data]
+                else:
+                    buf.append(data)
+                self.buf_size = size = size + len(data)
                 if up is None:
-                    if self.buf_size > HIGH_WATER:
+                    if size > HIGH_WATER:
                         self.conn.pause(BODY_BUFFERED)
                     return
             else:
                 self.buf = None  # too large to replay: stream from here on
+                self.buf_size = -1
         if up is not None:
             up.send_body(data)
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from router.dataplane import phases as P
+from router.dataplane.exchange import HIGH_WATER
 from router.config import config_from_dict
 from tests.memory import Request, Wire
 
@@ -479,6 +480,36 @@ def test_a_post_whose_connection_closes_is_not_sent_again():
     c.send(get(b"/1"))
     w.backend(SHOP).answer = None
     c.send(b"POST /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1\r\n\r\nx")
+    w.close_backend(SHOP, 0)
+    assert statuses(c.received()) == [200, 502]
+    assert len(w.backend(SHOP).peers) == 1
+
+
+def test_a_put_whose_body_is_held_is_sent_again_whole():
+    w = wire()
+    c = w.client()
+    c.send(get(b"/1"))
+    w.backend(SHOP).answer = None
+    c.send(b"PUT /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 6\r\n\r\nab")
+    c.send(b"cd")
+    c.send(b"ef")
+    w.backend(SHOP).answer = ok
+    w.close_backend(SHOP, 0)
+    assert statuses(c.received()) == [200, 200]
+    assert [(r.target, r.body) for r in w.backend(SHOP).peers[1].requests] == [(b"/p", b"abcdef")]
+
+
+def test_a_put_whose_body_was_too_long_to_hold_is_not_sent_again():
+    w = wire()
+    c = w.client()
+    c.send(get(b"/1"))
+    w.backend(SHOP).answer = None
+    size = HIGH_WATER + 10
+    c.send(b"PUT /p HTTP/1.1\r\nHost: shop.test\r\nContent-Length: %d\r\n\r\n" % size)
+    for _ in range(size // 1000):
+        c.send(b"x" * 1000)
+    c.send(b"x" * (size % 1000))
+    assert w.backend(SHOP).peers[0].requests[-1].body == b"x" * size  # streamed, not held
     w.close_backend(SHOP, 0)
     assert statuses(c.received()) == [200, 502]
     assert len(w.backend(SHOP).peers) == 1
