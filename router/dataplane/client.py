@@ -68,7 +68,7 @@ class ClientConnection(RequestReader):
     compiles it as a native class)."""
 
     __slots__ = ("_paused", "write_paused", "_timer", "tunnel", "eof", "idle_at",
-                 "first_request", "send_since", "send_size", "_send_timer", "tunnel_at")
+                 "first_request", "send_since", "send_size", "_send_timer", "tunnel_at", "out")
 
     def __init__(self, ctx: ProxyContext) -> None:
         super().__init__(ctx)
@@ -85,6 +85,7 @@ class ClientConnection(RequestReader):
         self.send_size = 0
         self._send_timer: asyncio.TimerHandle | None = None
         self.tunnel_at = 0.0  # the last byte either way in a tunnel (loop time)
+        self.out: list[bytes | memoryview] = []  # (see ClientSide.out)
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

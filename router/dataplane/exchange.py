@@ -56,6 +56,9 @@ class ClientSide(ClientBase):
     # No request of this connection has ended yet: with upstream.reuse "safe" its request goes
     # on a backend connection of its own.
     first_request: bool
+    # Client-bound bytes from one read of the backend, written in one call at its end (by the
+    # exchange being answered: one at a time, so one list per connection).
+    out: list[bytes | memoryview]
 
     def is_open(self) -> bool:
         raise NotImplementedError
@@ -93,7 +96,7 @@ class Exchange(UpstreamRequest):
 
     __slots__ = ("conn", "headers", "phase", "body_done", "llhttp_upgrade", "buf", "buf_size",
                  "app", "service", "backend", "set_cookie", "tried", "attempts",
-                 "upstream", "started", "ended", "status", "out", "resp", "sent",
+                 "upstream", "started", "ended", "status", "resp", "sent",
                  "stale", "refusal", "refusal_body", "close_after", "previewed", "scope")
 
     def __init__(self, conn: ClientSide) -> None:
@@ -118,8 +121,6 @@ class Exchange(UpstreamRequest):
         self.started = 0.0
         self.ended = 0.0  # loop time when it ended (the client's idle timer starts from it)
         self.status = 0
-        # Client-bound bytes from one read of the backend, written in one call at its end.
-        self.out: list[bytes | memoryview] = []
         self.resp: ResponseHead | None = None
         self.sent = 0  # response body bytes for the client (the access log's size)
         self.stale = False  # already retried once after a pooled connection turned out closed
@@ -361,7 +362,7 @@ class Exchange(UpstreamRequest):
         status = rh.status
         if status < 200 and status != 101:
             if rh.head:
-                self.out.append(rh.head)
+                self.conn.out.append(rh.head)
             return rh
         if status == 101 and not self.body_done:
             raise ResponseError("101 before the request body was sent whole")
@@ -377,26 +378,26 @@ class Exchange(UpstreamRequest):
         self.resp = rh
         self.close_after = rh.close
         self._move(P.HEAD)
-        self.out.append(rh.head)
+        self.conn.out.append(rh.head)
         return rh
 
     def response_body(self, data: bytes | memoryview) -> None:
         rh = self.resp
         assert rh is not None
         self.sent += len(data)
-        self.out.append(framing.chunk(data) if rh.rechunk else data)
+        self.conn.out.append(framing.chunk(data) if rh.rechunk else data)
 
     def response_end(self, up: UpstreamConnection, reusable: bool) -> None:
         rh = self.resp
         assert rh is not None
         if rh.rechunk:
-            self.out.append(framing.LAST_CHUNK)
+            self.conn.out.append(framing.LAST_CHUNK)
         self._finish(reusable)
 
     def flush(self) -> None:
-        out = self.out
+        conn = self.conn
+        out = conn.out
         if out:
-            conn = self.conn
             if len(out) == 1:
                 conn.write(out[0])
             else:
@@ -430,7 +431,7 @@ class Exchange(UpstreamRequest):
             self.abort(502)
             return
         if self.phase == P.HEAD:
-            self.out.clear()  # nothing of it has reached the client: a 502 instead
+            self.conn.out.clear()  # nothing of it has reached the client: a 502 instead
         self.answer(502, b"bad response from backend\n", keep=self.body_done)
 
     def upstream_lost(self, up: UpstreamConnection) -> None:
@@ -446,7 +447,7 @@ class Exchange(UpstreamRequest):
             if phase == P.BODY:
                 self.abort(502)
             else:
-                self.out.clear()
+                self.conn.out.clear()
                 self.answer(502, b"backend closed the connection\n", keep=self.body_done)
             return
         # A pooled connection closed before any answer is most likely the keep-alive race,
@@ -551,7 +552,7 @@ class Exchange(UpstreamRequest):
             self.status = status
         self._unwait()
         self._move(P.ABORTED)
-        self.out.clear()
+        self.conn.out.clear()
         up = self.upstream
         if up is not None:
             self.upstream = None
