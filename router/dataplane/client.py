@@ -67,7 +67,7 @@ class ClientConnection(RequestReader):
     """The protocol of one client socket (duck-typed, no asyncio.Protocol base: mypyc then
     compiles it as a native class)."""
 
-    __slots__ = ("_paused", "write_paused", "_timer", "tunnel", "eof", "idle_at",
+    __slots__ = ("_paused", "write_paused", "_timer", "_timer_at", "tunnel", "eof", "idle_at",
                  "first_request", "send_since", "send_size", "_send_timer", "tunnel_at", "out")
 
     def __init__(self, ctx: ProxyContext) -> None:
@@ -75,6 +75,7 @@ class ClientConnection(RequestReader):
         self._paused = 0  # why reading is paused (upstream.UPSTREAM_FULL | BODY_BUFFERED | QUEUED)
         self.write_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when _timer fires (kept: read per request, cheaper than when())
         self.tunnel: UpstreamConnection | None = None
         self.eof = False
         self.idle_at = 0.0  # loop time it became idle (meaningful in IDLE with no request)
@@ -485,13 +486,13 @@ class ClientConnection(RequestReader):
         self._set_deadline(self.ctx.client_idle_timeout, self.idle_at)
 
     def _set_deadline(self, timeout: float, now: float = 0.0) -> None:
-        self._deadline = (now or self.loop.time()) + timeout
+        deadline = self._deadline = (now or self.loop.time()) + timeout
         timer = self._timer
-        if timer is None:
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
-        elif timer.when() > self._deadline:
-            timer.cancel()
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+        if timer is None or self._timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         try:
@@ -503,6 +504,7 @@ class ClientConnection(RequestReader):
                 return
             now = self.loop.time()
             if now < self._deadline:
+                self._timer_at = self._deadline
                 self._timer = self.loop.call_at(self._deadline, self._on_timer)
                 return
             if phase == P.READING_HEAD:
