@@ -30,7 +30,7 @@ every backend is out is down, and rules 1 to 3 send its requests elsewhere, as f
 
 from __future__ import annotations
 
-from typing import Callable, Final, Union
+from typing import Callable, Final, Union, cast
 
 from ..http.request_head import RequestHead
 from .sticky import Pin, TokenCodec
@@ -89,18 +89,21 @@ def choose(scope: HostApp, head: RequestHead, headers: list[tuple[bytes, bytes]]
         if isinstance(marker, bytes):
             return marker
         marked = marker
-    choice = None
+    # (A Route, not a Choice: compiled, a Choice is a tuple taken apart, and made again to be
+    # returned as a Route.)
+    found: Route | None = None
     if pin is not None:
-        choice = pinned(app, pin, now, codec.refresh_after, monotonic)
-    if choice is None:
-        choice = weighted(app)
+        found = pinned(app, pin, now, codec.refresh_after, monotonic)
+    if found is None:
+        found = weighted(app)
     if marked and pv is not None:
+        choice = cast("Choice | None", found)
         if choice is not None and choice[0] is pv.service:
             # Sent there by its pin or its weight: pinned as any request, counted as preview.
             return choice[0], choice[1], PREVIEW, choice[3]
-        choice = preview(pv)
-        return NO_PREVIEW if choice is None else choice
-    return UNAVAILABLE if choice is None else choice
+        found = preview(pv)
+        return NO_PREVIEW if found is None else found
+    return UNAVAILABLE if found is None else found
 
 
 def _marker(scope: HostApp, pv: Preview, head: RequestHead,
