@@ -137,8 +137,8 @@ class PassiveHealth:
     def sweep(self, waiting: Iterable[Any], response_timeout: float, now: float) -> None:
         """Report the backends whose requests are stuck (see STALL_FACTOR).
 
-        ``waiting``: the exchanges waiting for a response head now (the keys of the proxy's
-        response deadlines); each has ``backend`` and ``service``. A backend's clock starts at
+        ``waiting``: the exchanges waiting for a response head now (the proxy's response
+        deadlines, ``ResponseDeadlines.waiting``); each has ``backend`` and ``service``. A backend's clock starts at
         the first sweep that finds requests waiting on it, and starts again whenever a response
         from it begins (``Backend.answered``) or a sweep finds nothing waiting on it: requests
         given up by their clients are replaced by others, and a hung backend is still caught.
