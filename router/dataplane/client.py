@@ -68,7 +68,7 @@ class ClientConnection(RequestReader):
     compiles it as a native class)."""
 
     __slots__ = ("_paused", "write_paused", "_timer", "_timer_at", "tunnel", "eof", "idle_at",
-                 "first_request", "send_since", "send_size", "_send_timer", "tunnel_at", "out")
+                 "first_request", "send_since", "send_size", "_send_timer", "tunnel_at")
 
     def __init__(self, ctx: ProxyContext) -> None:
         super().__init__(ctx)
@@ -86,7 +86,7 @@ class ClientConnection(RequestReader):
         self.send_size = 0
         self._send_timer: asyncio.TimerHandle | None = None
         self.tunnel_at = 0.0  # the last byte either way in a tunnel (loop time)
-        self.out: list[bytes | memoryview] = []  # (see ClientSide.out)
+        self.out: list[bytes | memoryview] | None = None  # (see ClientSide.out)
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -330,10 +330,12 @@ class ClientConnection(RequestReader):
             return
         self.parser = None
         self.fed = None
+        self.out = None
         deadline = self._deadline
         timer = self._timer
         if timer is None:
             if deadline and deadline - now <= TIMER_AHEAD:
+                self._timer_at = deadline
                 self._timer = self.loop.call_at(deadline, self._on_timer)
         elif deadline - now > TIMER_AHEAD:
             timer.cancel()

@@ -48,7 +48,7 @@ _ALLOW: Final = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
 class ClientSide(ClientBase):
     """What an exchange asks of its client connection (``router.dataplane.client.ClientConnection``)."""
 
-    __slots__ = ()
+    __slots__ = ("out",)
 
     ctx: ProxyContext
     write_paused: bool  # the client's socket buffer is full
@@ -57,8 +57,9 @@ class ClientSide(ClientBase):
     # on a backend connection of its own.
     first_request: bool
     # Client-bound bytes from one read of the backend, written in one call at its end (by the
-    # exchange being answered: one at a time, so one list per connection).
-    out: list[bytes | memoryview]
+    # exchange being answered: one at a time, so one list per connection; None until the first
+    # response, and again once the connection rests).
+    out: list[bytes | memoryview] | None
 
     def is_open(self) -> bool:
         raise NotImplementedError
@@ -362,7 +363,7 @@ class Exchange(UpstreamRequest):
         status = rh.status
         if status < 200 and status != 101:
             if rh.head:
-                self.conn.out.append(rh.head)
+                self._out().append(rh.head)
             return rh
         if status == 101 and not self.body_done:
             raise ResponseError("101 before the request body was sent whole")
@@ -378,21 +379,35 @@ class Exchange(UpstreamRequest):
         self.resp = rh
         self.close_after = rh.close
         self._move(P.HEAD)
-        self.conn.out.append(rh.head)
+        self._out().append(rh.head)
         return rh
 
     def response_body(self, data: bytes | memoryview) -> None:
         rh = self.resp
         assert rh is not None
         self.sent += len(data)
-        self.conn.out.append(framing.chunk(data) if rh.rechunk else data)
+        self._out().append(framing.chunk(data) if rh.rechunk else data)
 
     def response_end(self, up: UpstreamConnection, reusable: bool) -> None:
         rh = self.resp
         assert rh is not None
         if rh.rechunk:
-            self.conn.out.append(framing.LAST_CHUNK)
+            self._out().append(framing.LAST_CHUNK)
         self._finish(reusable)
+
+    def _out(self) -> list[bytes | memoryview]:
+        """The connection's list of client-bound bytes (made again after it rested)."""
+        conn = self.conn
+        out = conn.out
+        if out is None:
+            out = conn.out = []
+        return out
+
+    def _drop_out(self) -> None:
+        """What was to be written to the client is dropped (nothing of it has been sent)."""
+        out = self.conn.out
+        if out:
+            out.clear()
 
     def flush(self) -> None:
         conn = self.conn
@@ -431,7 +446,7 @@ class Exchange(UpstreamRequest):
             self.abort(502)
             return
         if self.phase == P.HEAD:
-            self.conn.out.clear()  # nothing of it has reached the client: a 502 instead
+            self._drop_out()  # nothing of it has reached the client: a 502 instead
         self.answer(502, b"bad response from backend\n", keep=self.body_done)
 
     def upstream_lost(self, up: UpstreamConnection) -> None:
@@ -447,7 +462,7 @@ class Exchange(UpstreamRequest):
             if phase == P.BODY:
                 self.abort(502)
             else:
-                self.conn.out.clear()
+                self._drop_out()
                 self.answer(502, b"backend closed the connection\n", keep=self.body_done)
             return
         # A pooled connection closed before any answer is most likely the keep-alive race,
@@ -552,7 +567,7 @@ class Exchange(UpstreamRequest):
             self.status = status
         self._unwait()
         self._move(P.ABORTED)
-        self.conn.out.clear()
+        self._drop_out()
         up = self.upstream
         if up is not None:
             self.upstream = None
