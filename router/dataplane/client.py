@@ -340,6 +340,7 @@ class ClientConnection(RequestReader):
         elif deadline - now > TIMER_AHEAD:
             timer.cancel()
             self._timer = None
+            self._timer_at = 0.0
 
     def stuck_since(self) -> float:
         phase = self.phase
