@@ -96,8 +96,10 @@ async def _close(proc: asyncio.subprocess.Process) -> None:
 
 async def measure(count: int, frames: int = 6, rest_s: float = 30.0) -> Trace:
     """Open ``count`` idle connections to a data plane in this process; what they hold once
-    each has rested (``router.dataplane.client.REST_AFTER``: waited for, ``rest_s`` at most)."""
+    each has rested and been parked (``router.dataplane.client.REST_AFTER``,
+    ``router.dataplane.parking``: waited for, ``rest_s`` at most)."""
     from router.dataplane.health import Health
+    from router.dataplane.parking import ParkedConnection
     from router.process.dataplane import DataPlane
 
     backend = subprocess.Popen([sys.executable, "-c", BACKEND], stdout=subprocess.PIPE, text=True)
@@ -122,9 +124,10 @@ async def measure(count: int, frames: int = 6, rest_s: float = 30.0) -> Trace:
         size0, _ = tracemalloc.get_traced_memory()
         helper = await _open_idle(port, count)
         waited = loop.time() + rest_s
-        while any(c.parser is not None or c._timer is not None  # type: ignore[attr-defined]
-                  for c in plane.ctx.connections) and loop.time() < waited:
+        while any(not isinstance(c, ParkedConnection) for c in plane.ctx.connections) \
+                and loop.time() < waited:
             await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)  # the transports of the last parked, closed on later turns
         gc.collect()
         after = tracemalloc.take_snapshot()
         size1, _ = tracemalloc.get_traced_memory()

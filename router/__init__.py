@@ -13,7 +13,7 @@ COMPILED_MODULES = ("http/framing", "http/fields", "http/request_head", "http/re
                     "dataplane/sticky", "dataplane/table", "dataplane/routing",
                     "dataplane/upstream", "dataplane/pool", "dataplane/deadlines",
                     "dataplane/accesslog", "logs", "dataplane/context", "dataplane/exchange",
-                    "dataplane/reader", "dataplane/client")
+                    "dataplane/reader", "dataplane/client", "dataplane/parking")
 
 
 # Hand-written C extensions, router/<name>.*.so built from router/<name>.c (setup.py).

@@ -31,7 +31,7 @@ import termios
 from typing import Final, cast
 
 from . import phases as P
-from .context import ClientBase, ProxyContext
+from .context import ProxyContext
 from .exchange import Exchange
 from ..http.request_head import forwarded_tail
 from .reader import RequestReader
@@ -48,19 +48,14 @@ STUCK_AT_CAP: Final = 1.0
 # A connection idle this long lets go of what only reading a request needs: its parser (made
 # again when the next request begins), and its idle timer while the idle timeout is further
 # than TIMER_AHEAD away (set again once it is that near). The data plane's sweep
-# (router.process.dataplane), every half second, does both: an idle connection then holds its
-# socket, its transport and this object (docs/performance.md, "Memory per idle connection").
+# (router.process.dataplane), every half second, does both, then parks it outside uvloop
+# (router.dataplane.parking): it then holds its socket and a record of five fields
+# (docs/performance.md, "Memory per idle connection").
 REST_AFTER: Final = 1.0
 TIMER_AHEAD: Final = 5.0
 # Client addresses whose strings are kept for the connections from them (ProxyContext.peers):
 # past this many, the cache starts again.
 PEERS_KEPT: Final = 4096
-
-
-def rest_idle(connections: set[ClientBase], now: float) -> None:
-    """``rest`` every connection (the data plane's sweep)."""
-    for conn in connections:
-        conn.rest(now)
 
 
 class ClientConnection(RequestReader):
@@ -341,6 +336,13 @@ class ClientConnection(RequestReader):
             timer.cancel()
             self._timer = None
             self._timer_at = 0.0
+
+    def parkable(self, now: float) -> bool:
+        """Rested, with its idle timeout far enough for the sweep to keep
+        (router.dataplane.parking): nothing of it is needed outside the kernel until it is
+        readable."""
+        return (self.idle_since() >= 0 and now - self.idle_at >= REST_AFTER and not self.eof
+                and self._deadline - now > TIMER_AHEAD)
 
     def stuck_since(self) -> float:
         phase = self.phase

@@ -14,7 +14,7 @@ from bisect import bisect_left
 from typing import Callable, Iterable, Mapping, cast
 
 from .. import eventlog
-from ..dataplane.client import ClientConnection, rest_idle
+from ..dataplane.client import ClientConnection
 from ..config import AppConfig, Config
 from ..dataplane.context import ClientBase, ProxyContext
 from ..dataplane.counters import BUCKETS, Stats
@@ -25,6 +25,7 @@ from ..dataplane.routing import elsewhere
 from ..dataplane.sticky import TokenCodec
 from ..dataplane.table import RoutingTable, TableBuilder
 from .trim import Trimmer
+from ..dataplane.parking import Parking
 from ..dataplane.pool import UpstreamPool
 
 log = logging.getLogger("router")
@@ -67,6 +68,7 @@ class DataPlane:
         self.passive.follow(self.builder.all_backends(), self.health)
         self._listeners: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self.parking = Parking(self.ctx)
         self.trimmer = Trimmer()
 
     @property
@@ -117,7 +119,8 @@ class DataPlane:
 
     async def _sweep(self) -> None:
         """Stalled backends (``router.dataplane.health.STALL_FACTOR``), what idle client
-        connections hold (``router.dataplane.client.REST_AFTER``), and memory given back after
+        connections hold (``router.dataplane.client.REST_AFTER``, then
+        ``router.dataplane.parking``), and memory given back after
         a burst of client connections (``router.process.trim``), off the request path."""
         ctx = self.ctx
         loop = asyncio.get_running_loop()
@@ -126,7 +129,7 @@ class DataPlane:
             waiting = ctx.deadlines.waiting()
             if waiting:
                 self.passive.sweep(waiting, ctx.deadlines.timeout, loop.time())
-            rest_idle(ctx.connections, loop.time())
+            self.parking.sweep(ctx.connections, loop.time())
             now = len(ctx.connections)
             if self.trimmer.observe(now, ctx.connections_peak):
                 ctx.connections_peak = now
@@ -206,7 +209,8 @@ class DataPlane:
         if self._sweeper is not None:
             self._sweeper.cancel()
         deadline = loop.time() + grace
-        while ctx.connections and loop.time() < deadline:
+        parking = self.parking
+        while (ctx.connections or parking.adopting) and loop.time() < deadline:
             now = loop.time()
             for conn in list(ctx.connections):
                 since = conn.idle_since()
@@ -218,6 +222,7 @@ class DataPlane:
                 conn.shutdown()  # a FIN, not a reset: nothing of it is lost
             else:
                 conn.abort()
+        parking.stop()
         self.pool.close()
         if ctx.log_access is not None:
             ctx.log_access.flush()
@@ -260,7 +265,7 @@ class DataPlane:
         try:
             for conn in list(ctx.connections):
                 take(conn)
-            while ctx.connections and loop.time() < start + grace:
+            while (ctx.connections or self.parking.adopting) and loop.time() < start + grace:
                 await asyncio.sleep(HANDOVER_POLL)
                 if ctx.accepting and loop.time() >= start + grace / 2:
                     ctx.accepting = False
@@ -274,6 +279,7 @@ class DataPlane:
                 flush()
         for conn in list(ctx.connections):
             conn.abort()
+        self.parking.stop()
         return handed, max(0, seen - handed)
 
     def resume(self) -> None:
