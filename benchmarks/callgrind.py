@@ -218,7 +218,9 @@ ROUTER = (
     stage("parse", "read and parse the request head: llhttp and its callbacks into Python "
           "(on_message_begin, on_url, on_headers_complete with the fields read in one call, "
           "on_message_complete), the Exchange object",
-          _r("client.ClientConnection.data_received", "client.ClientConnection.on_message_begin",
+          _r("client.ClientConnection.data_received", "client.ClientConnection.buffer_updated",
+             "reader.RequestReader._parse", "reader.RequestReader._whole",
+             "reader.RequestReader._feed", "client.ClientConnection.on_message_begin",
              "client.ClientConnection.on_url", "client.ClientConnection.on_header",
              "client.ClientConnection.on_headers_complete",
              "client.ClientConnection.on_message_complete",
