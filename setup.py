@@ -4,10 +4,10 @@
 that router/__init__.py lists with mypyc, the mypy project's compiler for type-annotated
 Python: the same source, about a third less CPU per proxied request (README "Performance").
 Without a C compiler the build warns and installs them as plain Python, which behaves the
-same, slower; ``ROUTER_PURE_PYTHON=1`` asks for that. The response head's check and rewrite
-is also built from hand-written C (router/http/_head.c), on its own: either build can fail
-without the other. Everything else about the package is in
-pyproject.toml.
+same, slower; ``ROUTER_PURE_PYTHON=1`` asks for that. Two hand-written C functions (the
+response head's check and rewrite, a request head's fields: router/__init__.py's C_MODULES) are
+built on their own: any of the builds can fail without the others. Everything else about the
+package is in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -20,18 +20,30 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 
-def compiled_modules() -> list[str]:
-    """The modules run per request, as router/__init__.py lists them (COMPILED_MODULES, which
+def listed(name: str) -> list[str]:
+    """A tuple of module paths that router/__init__.py lists (COMPILED_MODULES, C_MODULES, which
     the package reads at import to refuse stale builds); read from the file, not imported: the
-    package is not installed yet when this runs. mypy type-checks them before they are compiled
-    (a type error fails the build)."""
+    package is not installed yet when this runs."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "router", "__init__.py")
     with open(path, encoding="utf-8") as f:
         for node in ast.parse(f.read(), path).body:
             if isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Name) and t.id == "COMPILED_MODULES" for t in node.targets):
-                return [f"router/{name}.py" for name in ast.literal_eval(node.value)]
-    raise SystemExit(f"{path}: no COMPILED_MODULES")
+                    isinstance(t, ast.Name) and t.id == name for t in node.targets):
+                return list(ast.literal_eval(node.value))
+    raise SystemExit(f"{path}: no {name}")
+
+
+def compiled_modules() -> list[str]:
+    """The modules run per request, compiled by mypyc; mypy type-checks them before they are
+    compiled (a type error fails the build)."""
+    return [f"router/{name}.py" for name in listed("COMPILED_MODULES")]
+
+
+# The hand-written C functions (router/http/_head.c: the response head checked and rewritten
+# in one pass; _fields.c: a request head's fields read in one pass), by extension name; the
+# Python modules that use them fall back to their own code when one is not built.
+C_EXTENSIONS = {"router." + name.replace("/", "."): f"router/{name}.c"
+                for name in listed("C_MODULES")}
 
 
 class OptionalBuildExt(build_ext):
@@ -47,8 +59,8 @@ class OptionalBuildExt(build_ext):
         compiler = self.compiler  # a name (or None): run() replaces it with the compiler made
         parts = [("the data plane was not compiled",
                   [e for e in everything if e.name not in C_EXTENSIONS])] + [
-                     (f"{what} was not built", [e for e in everything if e.name == name])
-                     for name, what in C_EXTENSIONS.items()]
+                     (f"{source} was not built", [e for e in everything if e.name == name])
+                     for name, source in C_EXTENSIONS.items()]
         try:
             for what, part in parts:
                 if not part:
@@ -69,14 +81,6 @@ class OptionalBuildExt(build_ext):
             self.extensions = everything
 
 
-# The response head checked and rewritten in one pass (router.http.response_head uses it when
-# it is built).
-HEAD_EXTENSION = "router.http._head"
-# A request head's fields read in one pass (router.http.request_head uses it when it is built).
-FIELDS_EXTENSION = "router.http._fields"
-C_EXTENSIONS = {HEAD_EXTENSION: "the response head's C function",
-                FIELDS_EXTENSION: "the request head's fields' C function"}
-
 
 def ext_modules() -> list:
     if os.environ.get("ROUTER_PURE_PYTHON"):
@@ -84,8 +88,8 @@ def ext_modules() -> list:
     from mypyc.build import mypycify
 
     return mypycify(compiled_modules(), opt_level="3", group_name="router_native") + [
-        Extension(HEAD_EXTENSION, ["router/http/_head.c"], extra_compile_args=["-O2"]),
-        Extension(FIELDS_EXTENSION, ["router/http/_fields.c"], extra_compile_args=["-O2"])]
+        Extension(name, [source], extra_compile_args=["-O2"])
+        for name, source in C_EXTENSIONS.items()]
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1388,7 +1388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = target_checks(results)
     print("\n" + table + "\n\n" + "\n".join(load_side))
     if checks:
-        print("\nTargets (router vs nginx, same run):\n" + "\n".join(checks))
+        print("\nTargets (router vs nginx and HAProxy, same run):\n" + "\n".join(checks))
     if not args.no_write:
         write_results(args, started, tools, pin, table, load_side, checks, results, notes,
                       skips)
@@ -1422,7 +1422,7 @@ def write_results(args: argparse.Namespace, started: _dt.datetime, tools: dict[s
         "",
     ]
     if checks:
-        parts += ["Targets (router vs nginx, same run):", "", *checks, ""]
+        parts += ["Targets (router vs nginx and HAProxy, same run):", "", *checks, ""]
     if notes:
         parts += ["Notes:", "", *(f"- {n}" for n in notes), ""]
     for name, why in skips.items():

@@ -92,7 +92,7 @@ class ParkedConnection(ClientBase):
 class Parking:
     """The parked connections of one data plane and the epoll that watches them."""
 
-    __slots__ = ("ctx", "poll", "by_fd", "adopting")
+    __slots__ = ("ctx", "poll", "by_fd", "adopting", "parked")
 
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
@@ -101,6 +101,7 @@ class Parking:
         self.by_fd: list[ParkedConnection | None] = []
         # Connections being served again, until their protocol has them.
         self.adopting: set[asyncio.Task[None]] = set()
+        self.parked = 0  # connections parked, counted up until the data plane's sweep reads it
 
     def sweep(self, connections: set[ClientBase], now: float) -> None:
         """What the data plane's sweep does with its connections: each rests
@@ -129,6 +130,7 @@ class Parking:
             os.close(fd)
             return
         rec = ParkedConnection(self, fd, idle_at, deadline, served)
+        self.parked += 1
         by_fd = self.by_fd
         if fd >= len(by_fd):
             by_fd.extend([None] * (fd + 1 - len(by_fd)))

@@ -129,9 +129,12 @@ class DataPlane:
             waiting = ctx.deadlines.waiting()
             if waiting:
                 self.passive.sweep(waiting, ctx.deadlines.timeout, loop.time())
+            # (the transports of those parked by the sweep before are closed by now)
+            parked = self.parking.parked
+            self.parking.parked = 0
             self.parking.sweep(ctx.connections, loop.time())
             now = len(ctx.connections)
-            if self.trimmer.observe(now, ctx.connections_peak):
+            if self.trimmer.observe(now, ctx.connections_peak, parked):
                 ctx.connections_peak = now
 
     def apply(self, apps: tuple[AppConfig, ...], generation: int, health: HealthMap | None = None,

@@ -10,7 +10,9 @@ process's RSS stays at the burst's height. Measured with 200 connections of pipe
 holding it: its arenas stay at 19 throughout.
 
 So the data plane calls ``malloc_trim(0)`` once a burst is over: when the client connections
-have fallen to half of their peak since the last time, and at least ``BURST`` of them closed.
+have fallen to half of their peak since the last time, and at least ``BURST`` of them closed;
+and after a sweep that parked at least ``BURST`` idle ones (``router.dataplane.parking``: their
+transports, parsers and timers freed the same way, though the connections stay open).
 Without glibc (musl) there is nothing to call, and RSS stays at the burst's height.
 """
 
@@ -42,9 +44,12 @@ class Trimmer:
         self._trim = trim if trim is not None else _malloc_trim()
         self.trims = 0
 
-    def observe(self, connections: int, peak: int) -> bool:
-        """True if it trimmed: the caller then starts a new peak from ``connections``."""
-        if self._trim is None or peak - connections < BURST or connections > peak // 2:
+    def observe(self, connections: int, peak: int, parked: int = 0) -> bool:
+        """True if it trimmed: the caller then starts a new peak from ``connections``.
+        ``parked``: connections parked since the last call (what they held is freed by now)."""
+        if self._trim is None:
+            return False
+        if parked < BURST and (peak - connections < BURST or connections > peak // 2):
             return False
         self._trim(0)
         self.trims += 1

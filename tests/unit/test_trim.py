@@ -17,3 +17,12 @@ def test_a_trim_once_a_burst_of_connections_is_over():
 def test_glibcs_malloc_trim_is_found_here():
     trim = _malloc_trim()
     assert trim is not None and trim(0) in (0, 1)
+
+
+def test_a_trim_after_a_sweep_that_parked_a_burst_of_idle_connections():
+    """Parked connections stay open (the count does not fall) but their transports, parsers
+    and timers were freed: a burst of them is trimmed too."""
+    calls: list[int] = []
+    t = Trimmer(lambda pad: calls.append(pad) or 1)
+    assert not t.observe(3 * BURST, 3 * BURST, BURST - 1)
+    assert t.observe(3 * BURST, 3 * BURST, BURST) and calls == [0] and t.trims == 1
