@@ -320,8 +320,12 @@ class ClientConnection(RequestReader):
             return self.idle_at
         return -1.0
 
+    def _rested(self, now: float) -> bool:
+        """Idle (nothing read, nothing to answer) for REST_AFTER or longer."""
+        return self.idle_since() >= 0 and now - self.idle_at >= REST_AFTER
+
     def rest(self, now: float) -> None:
-        if self.idle_since() < 0 or now - self.idle_at < REST_AFTER:
+        if not self._rested(now):
             return
         self.parser = None
         self.fed = None
@@ -341,8 +345,7 @@ class ClientConnection(RequestReader):
         """Rested, with its idle timeout far enough for the sweep to keep
         (router.dataplane.parking): nothing of it is needed outside the kernel until it is
         readable."""
-        return (self.idle_since() >= 0 and now - self.idle_at >= REST_AFTER and not self.eof
-                and self._deadline - now > TIMER_AHEAD)
+        return self._rested(now) and not self.eof and self._deadline - now > TIMER_AHEAD
 
     def stuck_since(self) -> float:
         phase = self.phase
