@@ -78,6 +78,7 @@ class DockerProvider:
         self.up = False
         self.errors = 0
         self.swarm = False
+        self._sessions = 0  # sessions begun: from the second on, a change of mode is logged
         self._listing: Listing | None = None
         self._stopping: dict[str, float] = {}  # container id -> when its stop signal came
         # Containers whose process exited (``die``): out of rotation until they start again or
@@ -172,7 +173,15 @@ class DockerProvider:
     async def _session(self) -> None:
         """Returns when the Engine joined or left a Swarm (with ``swarm: auto``); raises when
         the Engine cannot be reached."""
-        self.swarm = await self._swarm_mode()
+        swarm = await self._swarm_mode()
+        if self._sessions and swarm != self.swarm:
+            # Logged here, not where the change was noticed: a session can also end on a
+            # 503 or a broken event stream while the Engine is still half-way out of a Swarm.
+            log.info("Docker at %s %s a Swarm: following %s from now on", self.config.endpoint,
+                     "left" if self.swarm else "joined",
+                     "containers" if self.swarm else "Swarm services")
+        self.swarm = swarm
+        self._sessions += 1
         self._shared = await self._own_networks()
         # What was learnt from the events of a broken session may be stale: the listing rules.
         self._dead.clear()
@@ -214,11 +223,7 @@ class DockerProvider:
 
     async def _switched(self) -> bool:
         """Whether the Engine joined or left a Swarm since the session began (``swarm: auto``)."""
-        if await self._swarm_mode() == self.swarm:
-            return False
-        log.info("Docker at %s %s a Swarm: following %s from now on", self.config.endpoint,
-                 "left" if self.swarm else "joined", "containers" if self.swarm else "Swarm services")
-        return True
+        return await self._swarm_mode() != self.swarm
 
     async def _until(self, waiting: Any, follow: asyncio.Task[None], timeout: float) -> None:
         """Wait for ``waiting`` at most ``timeout`` (then list again); the event stream
