@@ -31,13 +31,16 @@ import itertools
 import json
 import logging
 import os
+import threading
 from collections import deque
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import yaml
 
 from ..history import HISTORY_LIMIT
 from .base import Store, StoreConflict, StoreError
+
+T = TypeVar("T")
 
 __all__ = ["FileStateStore", "FileStore", "StoreError"]
 
@@ -261,7 +264,7 @@ class FileStateStore(Store):
         return f"FileStateStore({self.name!r})"
 
     async def load(self) -> tuple[dict[str, Any] | None, int]:
-        data, self._history = await asyncio.get_running_loop().run_in_executor(None, self._load)
+        data, self._history = await off_loop(self._load)
         self._version = 0 if data is None else 1
         return data, self._version
 
@@ -294,7 +297,7 @@ class FileStateStore(Store):
             keep = list(reversed(history))
         try:
             # Off the event loop: the fsyncs take milliseconds, and the data plane shares the loop.
-            await asyncio.get_running_loop().run_in_executor(None, self._write, data, entry, keep)
+            await off_loop(self._write, data, entry, keep)
         except StoreError:
             if entry is not None:
                 history.popleft()
@@ -321,14 +324,45 @@ class FileStateStore(Store):
 
     async def _loaded_history(self) -> deque[dict[str, Any]]:
         if self._history is None:
-            self._history = await asyncio.get_running_loop().run_in_executor(
-                None, self._read_history)
+            self._history = await off_loop(self._read_history)
         return self._history
 
     async def secret(self) -> bytes:
         from ...dataplane.sticky import load_or_create_secret
 
         return load_or_create_secret(self._secret_path)
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread of its own that ends with it, awaited: the file's reads and
+    fsyncs take milliseconds, and the data plane shares the event loop.
+
+    Not the loop's default executor: its threads stay once made, and a process with a second
+    thread pays for it in every system call on a socket (the kernel takes a reference on the
+    file per call once its table of open files is shared; docs/performance.md)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as e:  # handed to the awaiting task as it is
+            result, error = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop closed meanwhile: nobody awaits it any more
+
+    threading.Thread(target=run, name="router-file", daemon=True).start()
+    return await done
 
 
 def remove_strays(path: str) -> int:
