@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import free_port, terminate
+from tests.processes import until
 from tests.reliability.harness import parse_metrics
 
 IMAGE = "router-test/busybox:1"
@@ -315,14 +316,7 @@ class Admin:
 
     async def until(self, what: str, check: Any, timeout: float = 20.0) -> Any:
         """Poll ``check()`` (async) until it returns something true; its result."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = await check()
-            if last:
-                return last
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+        return await until(check, timeout, what, interval=0.05)
 
     async def services(self, app: str) -> dict[str, tuple[int, list[str]]]:
         """{service: (weight, backends)} of ``app``; {} while it does not exist."""
