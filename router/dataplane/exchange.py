@@ -22,9 +22,10 @@ from . import routing
 from .accesslog import Entry
 from .context import ClientBase, ProxyContext
 from ..http import framing
-from ..http.response_head import ResponseError, ResponseHead, check_response_head
+from ..http.response_head import ResponseError, check_response_head
 from .table import App, Backend, HostApp, Service
-from .upstream import BODY_BUFFERED, UPSTREAM_FULL, UpstreamConnection, UpstreamRequest
+from .upstream import (BODY_BUFFERED, NO_HEAD, UPSTREAM_FULL, Head, UpstreamConnection,
+                       UpstreamRequest)
 
 # Body bytes held while no backend connection is ready, and kept for a retry (uvicorn's
 # HIGH_WATER_LIMIT). Past it the client is paused, and a request is no longer replayable.
@@ -43,6 +44,9 @@ REASONS: Final = {
     504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 _ALLOW: Final = b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
+# An exchange's fields until the reader sets the request's (never changed in place: a list made
+# per request that the reader replaces at once was an allocation and a free for nothing).
+_NO_FIELDS: Final[list[tuple[bytes, bytes]]] = []
 
 
 class ClientSide(ClientBase):
@@ -97,13 +101,13 @@ class Exchange(UpstreamRequest):
 
     __slots__ = ("conn", "headers", "phase", "body_done", "llhttp_upgrade", "buf", "buf_size",
                  "app", "service", "backend", "set_cookie", "tried", "attempts",
-                 "upstream", "started", "ended", "status", "resp", "sent",
+                 "upstream", "started", "ended", "status", "answered", "rechunk", "sent",
                  "stale", "refusal", "refusal_body", "close_after", "previewed", "scope")
 
     def __init__(self, conn: ClientSide) -> None:
         super().__init__()
         self.conn = conn
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers = _NO_FIELDS
         self.phase = P.ROUTING
         self.body_done = False  # the request body has been read to its end
         self.llhttp_upgrade = False  # llhttp stopped after the head (an Upgrade request)
@@ -122,7 +126,8 @@ class Exchange(UpstreamRequest):
         self.started = 0.0
         self.ended = 0.0  # loop time when it ended (the client's idle timer starts from it)
         self.status = 0
-        self.resp: ResponseHead | None = None
+        self.answered = False  # the backend's final head was passed on (its time is observed)
+        self.rechunk = False  # each piece of the response body goes to the client as a chunk
         self.sent = 0  # response body bytes for the client (the access log's size)
         self.stale = False  # already retried once after a pooled connection turned out closed
         self.refusal = 0  # answered with this status in its turn, not routed (a bad request)
@@ -351,47 +356,46 @@ class Exchange(UpstreamRequest):
                 self._wait(self.conn.ctx.loop.time())
 
     # -- the response, from the backend connection (UpstreamRequest) --------------------------
-    def response_head(self, up: UpstreamConnection, raw: bytes) -> ResponseHead:
+    def response_head(self, up: UpstreamConnection, buf: bytes) -> Head:
         scope = self.scope
         ctx = self.conn.ctx
-        rh = check_response_head(
-            raw, head_request=self.method == b"HEAD",
+        status, head, body, length, rechunk, close, reusable, end, taken = check_response_head(
+            buf, head_request=self.method == b"HEAD",
             client_http11=self.http11, client_keep_alive=self.keep_alive,
             upgrade_requested=self.upgrade, request_done=self.body_done,
             accepting=ctx.accepting, set_cookie=self.set_cookie,
             own_cookie=scope.cookie_eq if scope is not None and scope.app.sticky else b"")
-        status = rh.status
+        if end < 0:
+            return NO_HEAD
         if status < 200 and status != 101:
-            if rh.head:
-                self._out().append(rh.head)
-            return rh
+            if head:
+                self._out().append(head)
+            return (end, status, body, length, reusable, 0)
         if status == 101 and not self.body_done:
             raise ResponseError("101 before the request body was sent whole")
         if self.framing != framing.NONE and up.unsent():
             # Answered while some of the body had not left: the backend would read it as the
             # start of the next request.
-            rh.reusable = False
+            reusable = False
         self._unwait()
         be = self.backend
         assert be is not None
         ctx.backend_ok(be)
         self.status = status
-        self.resp = rh
-        self.close_after = rh.close
+        self.sent += taken
+        self.answered = True
+        self.rechunk = rechunk
+        self.close_after = close
         self._move(P.HEAD)
-        self._out().append(rh.head)
-        return rh
+        self._out().append(head)
+        return (end, status, body, length, reusable, taken)
 
     def response_body(self, data: bytes | memoryview) -> None:
-        rh = self.resp
-        assert rh is not None
         self.sent += len(data)
-        self._out().append(framing.chunk(data) if rh.rechunk else data)
+        self._out().append(framing.chunk(data) if self.rechunk else data)
 
     def response_end(self, up: UpstreamConnection, reusable: bool) -> None:
-        rh = self.resp
-        assert rh is not None
-        if rh.rechunk:
+        if self.rechunk:
             self._out().append(framing.LAST_CHUNK)
         self._finish(reusable)
 
@@ -586,9 +590,8 @@ class Exchange(UpstreamRequest):
             be.inflight -= 1
             st = svc.stats
             st.inflight -= 1
-            codes = be.stats.codes
-            codes[status] = codes.get(status, 0) + 1
-            if self.resp is not None:
+            be.stats.count(status)
+            if self.answered:
                 # Timed only when the backend answered: a client's patience (499) or the
                 # router's own timeout (504) is not the service's latency, which the stall limit
                 # and the ramp judge by.

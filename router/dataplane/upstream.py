@@ -29,7 +29,7 @@ import httptools
 from . import phases as P
 from ..http import framing
 from ..http.request_head import RequestHead
-from ..http.response_head import HEAD_CHECK, ResponseError, ResponseHead
+from ..http.response_head import HEAD_CHECK, ResponseError
 
 if TYPE_CHECKING:
     from .pool import UpstreamPool
@@ -43,6 +43,15 @@ QUEUED: Final = 4          # a pipelined request waits for the one before it
 MAX_RESPONSE_HEAD: Final = 65536
 
 log = logging.getLogger("router.error")
+
+# What the exchange tells of a response head (UpstreamRequest.response_head): (end, status, body,
+# length, reusable, taken): where the head's empty line starts in the bytes read (-1: the head is
+# not whole yet), its status, how its body is framed (router.http.framing), the Content-Length,
+# whether the backend connection may serve another request after it, and how many bytes of the
+# body after the head went with it (check_response_head). A tuple: compiled, a struct returned
+# by value.
+Head = tuple[int, int, int, int, bool, int]
+NO_HEAD: Final[Head] = (-1, 0, framing.NONE, 0, False, 0)
 
 
 class UpstreamRequest(RequestHead):
@@ -58,10 +67,11 @@ class UpstreamRequest(RequestHead):
     wait_prev: UpstreamRequest | None
     wait_next: UpstreamRequest | None
 
-    def response_head(self, up: "UpstreamConnection", raw: bytes) -> ResponseHead:
-        """A response head (1xx or final: status line and fields, without the final empty
-        line), checked and rewritten (``router.http.response_head.check_response_head``).
-        ``ResponseError`` if the router will not pass it on."""
+    def response_head(self, up: "UpstreamConnection", buf: bytes) -> Head:
+        """The response head (1xx or final) at the start of ``buf`` (what was read of it, and
+        maybe more), checked and rewritten (``router.http.response_head.check_response_head``);
+        ``NO_HEAD`` if its end has not come yet. ``ResponseError`` if the router will not pass
+        it on."""
         raise NotImplementedError
 
     def response_body(self, data: bytes | memoryview) -> None:
@@ -148,7 +158,7 @@ class UpstreamConnection:
     mypyc compiles it as a native class)."""
 
     __slots__ = ("pool", "key", "transport", "request", "reused", "idle_since", "closed",
-                 "tunnel", "_paused", "phase", "_buf", "_parser", "_head", "body_left",
+                 "tunnel", "_paused", "phase", "_buf", "_parser", "_reusable", "body_left",
                  "_extra", "_writer", "_buffered")
 
     transport: asyncio.Transport
@@ -165,7 +175,7 @@ class UpstreamConnection:
         self.phase = P.UP_IDLE  # what its reading side reads (router.dataplane.phases)
         self._buf = b""  # a response head being read
         self._parser: httptools.HttpResponseParser | None = None
-        self._head: ResponseHead | None = None
+        self._reusable = False  # the response's head allows the connection's reuse
         self.body_left = 0  # bytes of a Content-Length body still to forward
         self._extra = False  # the backend sent bytes past the end of a chunked body
         self._buffered = False  # reads go to the pool's buffer (_read_into_buffer)
@@ -266,7 +276,12 @@ class UpstreamConnection:
         buf = self._buf + data if self._buf else data
         fed = len(self._buf)
         while True:
-            end = buf.find(b"\r\n\r\n")
+            # The head's end is found by the check, which reads the head anyway.
+            try:
+                end, status, body, length, reusable, taken = req.response_head(self, buf)
+            except ResponseError as e:
+                self._fail(req, str(e))
+                return
             if end < 0:
                 if len(buf) > MAX_RESPONSE_HEAD:
                     self._fail(req, "response head too large")
@@ -278,12 +293,6 @@ class UpstreamConnection:
             # The whole head is checked with the rest (check_response_head); the checking
             # parser, if the head came in pieces, has served.
             self._parser = None
-            try:
-                rh = req.response_head(self, buf[:end])
-            except ResponseError as e:
-                self._fail(req, str(e))
-                return
-            status = rh.status
             if self.request is not req:
                 return  # the exchange ended meanwhile (the client went away)
             start = end + 4
@@ -297,20 +306,20 @@ class UpstreamConnection:
                     return
                 continue
             self._buf = b""
+            start += taken  # (body bytes that went with the head)
             # What follows the head in this read.
             rest = tail if tail is not None else _after(buf, start) if len(buf) > start else None
             if status == 101:
                 self._move(P.UP_TUNNEL)
                 req.response_upgraded(self, b"" if rest is None else bytes(rest))
                 return
-            self._head = rh
-            body = rh.body
+            self._reusable = reusable
             if body == framing.LENGTH:
                 self._move(P.UP_LENGTH)
-                self.body_left = rh.length
-                self._read_into_buffer(rh.length >= BUFFERED_BODY)
-                if rest is not None:
-                    self._length_body(req, rest)
+                self.body_left = length - taken
+                self._read_into_buffer(length >= BUFFERED_BODY)
+                if rest is not None or self.body_left == 0:
+                    self._length_body(req, b"" if rest is None else rest)
                 else:
                     req.flush()
             elif body == framing.CHUNKED:
@@ -333,7 +342,7 @@ class UpstreamConnection:
             else:
                 self._move(P.UP_IDLE)
                 self.request = None
-                req.response_end(self, rh.reusable and rest is None)
+                req.response_end(self, reusable and rest is None)
             return
 
     def _check(self, req: UpstreamRequest, data: bytes) -> bool:
@@ -361,9 +370,7 @@ class UpstreamConnection:
             req.flush()
             return
         self.body_left = 0
-        head = self._head
-        assert head is not None
-        reusable = head.reusable
+        reusable = self._reusable
         if n > left:  # bytes past the announced body: framing is broken, do not reuse
             data = data[:left]
             reusable = False
@@ -389,11 +396,9 @@ class UpstreamConnection:
         if self.phase == P.UP_CHUNKED:
             req.flush()
             return
-        head = self._head
-        assert head is not None
         self._parser = None
         self.request = None
-        req.response_end(self, head.reusable and not self._extra)
+        req.response_end(self, self._reusable and not self._extra)
 
     # llhttp's callbacks for a chunked body (no per-field callback: the head is checked whole).
     def on_body(self, data: bytes) -> None:
@@ -406,7 +411,8 @@ class UpstreamConnection:
             self._move(P.UP_IDLE)
 
     def on_message_begin(self) -> None:
-        if self.phase == P.UP_IDLE and self._head is not None:
+        # (The parser with these callbacks is made for a response's body, and dropped with it.)
+        if self.phase == P.UP_IDLE:
             self._extra = True  # a second message after the body: never reuse
 
     def _fail(self, req: UpstreamRequest, detail: str) -> None:
@@ -460,7 +466,7 @@ class UpstreamConnection:
         self.request = req
         self._buf = b""
         self._parser = None
-        self._head = None
+        self._reusable = False
         self.body_left = 0
 
     # -- writing the request: this connection's own socket ---------------------------------
@@ -516,7 +522,7 @@ class UpstreamConnection:
         loop's time), else close."""
         self.request = None
         self._parser = None
-        self._head = None
+        self._reusable = False
         if self.phase != P.UP_IDLE:
             self._move(P.UP_IDLE)
         if keep and not self.closed:

@@ -1,8 +1,9 @@
 /* A backend's response head, checked and rewritten in one pass: the C version of
  * router.http.response_head.check_response_head (docs/performance.md, "Made").
  *
- * head(raw, flags, set_cookie, own_cookie) reads the head's bytes (status line and fields,
- * without the final empty line) once, byte by byte, and
+ * head(buf, flags, set_cookie, own_cookie) reads the head at the start of buf (what the backend
+ * has sent so far: the head, maybe a part of it, maybe the body after it) once, byte by byte,
+ * up to its empty line, and
  *   - refuses what llhttp refuses, with llhttp's reason (the response parser the router used
  *     before, with no lenient flag): the status line's form and version, three digits of
  *     status, token characters in names, no white space before the colon or at the start of a
@@ -12,9 +13,14 @@
  *     rewrite reads (the hop-by-hop fields, Content-Length, a chunked Transfer-Encoding);
  *   - and, as router.http.response_head.read_response_head does, decides the framing and
  *     builds the client's head in one allocation.
- * It returns (status, head, body, length, rechunk, close, reusable), raises ValueError(reason)
- * for a head the router refuses, or returns None for a head it leaves to the Python code,
- * which checks it with llhttp and rewrites it: whatever is rare and intricate (a status line
+ * It returns (status, head, body, length, rechunk, close, reusable, end, taken), end where the
+ * head's empty line starts in buf (what bytes.find(b"\r\n\r\n") says: the scan meets it there,
+ * since every CR it lets through ends a line), taken the bytes of a short Content-Length body
+ * that follow the head in buf, copied into head after the client's head (WITH_BODY_MAX), raises ValueError(reason) for a head the router
+ * refuses, or returns None for a buffer with no whole head yet (whatever it holds: the bytes
+ * past its end are not the head's, and llhttp checks the pieces as they come) and for a head it
+ * leaves to the Python code, which checks it with llhttp and rewrites it: whatever is rare and
+ * intricate (a status line
  * not "HTTP/", 101, a Transfer-Encoding other than a bare "chunked", a Connection field other
  * than a bare "close" or "keep-alive", Proxy-Connection, the backend's Set-Cookie on a sticky
  * app). Its answers are checked against llhttp's and the Python code's, byte for byte, by
@@ -41,6 +47,12 @@
 
 #define MAX_CUTS 16
 
+/* A Content-Length body up to this long that follows its head in buf is copied in after the
+ * client's head (router.dataplane.upstream._VIEW_MIN: a body that short read with its head is
+ * copied out of the read anyway), so that the two leave in one write: uvloop's writelines
+ * makes a write context per call, and joining them later is another copy and object. */
+#define WITH_BODY_MAX 4096
+
 /* llhttp's parser flags that matter here */
 #define F_CONNECTION_KEEP_ALIVE 1
 #define F_CONNECTION_CLOSE 2
@@ -52,10 +64,11 @@ static unsigned char is_token[256];
 /* HTAB, SP, VCHAR, obs-text: what llhttp lets through in a field value */
 static unsigned char is_value[256];
 
-static const char TAIL[] = "\r\n\r\n";
-
-/* The byte at i of raw followed by the head's end (i < n + 4). */
-#define AT(i) ((i) < n ? s[i] : (unsigned char)TAIL[(i) - n])
+/* The byte at i of buf; NUL past its end, which every check refuses but the reason phrase's
+ * (whose loop stops there). The scan reads at most 3 bytes past the CR where a head's empty
+ * line starts (and never past the head), so that a whole head in buf is read as it would be
+ * alone; a refusal or a stop past the end of buf is for a head not whole yet (refuse). */
+#define AT(i) ((i) < n ? s[i] : 0)
 
 /* Which field a name is (the names read_response_head treats apart). */
 enum { K_OTHER, K_HOP, K_CONNECTION, K_PROXY_CONNECTION, K_TRANSFER_ENCODING, K_UPGRADE,
@@ -99,9 +112,27 @@ kind_of(const unsigned char *p, Py_ssize_t size)
     return K_OTHER;
 }
 
-static PyObject *
-refuse(const char *reason)
+/* Whether buf holds a head's end: "\r\n\r\n". */
+static int
+whole(const unsigned char *s, Py_ssize_t n)
 {
+    if (n < 4)
+        return 0;
+    const unsigned char *p = s, *stop = s + n - 3;
+    while (p < stop && (p = memchr(p, '\r', stop - p)) != NULL) {
+        if (p[1] == '\n' && p[2] == '\r' && p[3] == '\n')
+            return 1;
+        p++;
+    }
+    return 0;
+}
+
+/* llhttp's refusal of the head in buf, if it is whole; else None (not whole yet). */
+static PyObject *
+refuse(const unsigned char *s, Py_ssize_t n, const char *reason)
+{
+    if (!whole(s, n))
+        Py_RETURN_NONE;
     PyErr_Format(PyExc_ValueError, "malformed response: %s", reason);
     return NULL;
 }
@@ -111,12 +142,13 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4 || !PyBytes_CheckExact(args[0]) || !PyLong_CheckExact(args[1])
             || !PyBytes_CheckExact(args[2]) || !PyBytes_CheckExact(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "head(raw: bytes, flags: int, set_cookie: bytes, "
+        PyErr_SetString(PyExc_TypeError, "head(buf: bytes, flags: int, set_cookie: bytes, "
                         "own_cookie: bytes)");
         return NULL;
     }
     const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t buf_len = n;
     long flags = PyLong_AsLong(args[1]);
     const char *set_cookie = PyBytes_AS_STRING(args[2]);
     Py_ssize_t set_cookie_len = PyBytes_GET_SIZE(args[2]);
@@ -127,23 +159,23 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     unsigned char major = AT(5), minor;
     if (major < '0' || major > '9')
-        return refuse("Invalid major version");
+        return refuse(s, n, "Invalid major version");
     if (AT(6) != '.')
-        return refuse("Expected dot");
+        return refuse(s, n, "Expected dot");
     minor = AT(7);
     if (minor < '0' || minor > '9')
-        return refuse("Invalid minor version");
+        return refuse(s, n, "Invalid minor version");
     major -= '0';
     minor -= '0';
     if (!((major == 0 && minor == 9) || (major == 1 && minor <= 1) || (major == 2 && minor == 0)))
-        return refuse("Invalid HTTP version");
+        return refuse(s, n, "Invalid HTTP version");
     if (AT(8) != ' ')
-        return refuse("Expected space after version");
+        return refuse(s, n, "Expected space after version");
     int status = 0;
     for (Py_ssize_t i = 9; i < 12; i++) {
         unsigned char d = AT(i);
         if (d < '0' || d > '9')
-            return refuse("Invalid status code");
+            return refuse(s, n, "Invalid status code");
         status = status * 10 + (d - '0');
     }
     if (status == 101)
@@ -153,6 +185,8 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char c = AT(i);
     if (c == ' ') {
         for (i++;; i++) {
+            if (i >= n)
+                Py_RETURN_NONE;  /* not whole yet */
             c = AT(i);
             if (c == '\r' || c == '\n')
                 break;
@@ -160,15 +194,15 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 ctl = 1;
         }
         if (c == '\n')
-            return refuse("Missing expected CR after response line");
+            return refuse(s, n, "Missing expected CR after response line");
     } else if (c != '\r') {
-        return refuse("Invalid response status");
+        return refuse(s, n, "Invalid response status");
     }
     if (AT(i + 1) != '\n')
-        return refuse("Expected LF after CR");
+        return refuse(s, n, "Expected LF after CR");
     i += 2;
     if (AT(i) == ' ')
-        return refuse("Unexpected space after start line");
+        return refuse(s, n, "Unexpected space after start line");
 
     /* The fields, one line at a time; i at the start of each. */
     int llflags = 0;
@@ -181,13 +215,13 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         c = AT(i);
         if (c == '\r') {
             if (AT(i + 1) != '\n')
-                return refuse("Expected LF after headers");
+                return refuse(s, n, "Expected LF after headers");
             break;
         }
         if (c == '\n')
-            return refuse("Invalid header field char");
+            return refuse(s, n, "Invalid header field char");
         if (c == ':')
-            return refuse("Invalid header token");
+            return refuse(s, n, "Invalid header token");
         Py_ssize_t name = i;
         while (i < n && is_token[s[i]])
             i++;
@@ -197,27 +231,27 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (c == ' ' && (kind == K_CONTENT_LENGTH || kind == K_CONNECTION
                              || kind == K_PROXY_CONNECTION || kind == K_TRANSFER_ENCODING
                              || kind == K_UPGRADE))
-                return refuse("Invalid header field char");
-            return refuse("Invalid header token");
+                return refuse(s, n, "Invalid header field char");
+            return refuse(s, n, "Invalid header token");
         }
         if (kind == K_PROXY_CONNECTION || (kind == K_SET_COOKIE && sticky))
             Py_RETURN_NONE;
         if (kind == K_TRANSFER_ENCODING && (llflags & F_CONTENT_LENGTH))
-            return refuse("Transfer-Encoding can't be present with Content-Length");
+            return refuse(s, n, "Transfer-Encoding can't be present with Content-Length");
         if (kind == K_CONTENT_LENGTH && (llflags & F_TRANSFER_ENCODING))
-            return refuse("Content-Length can't be present with Transfer-Encoding");
+            return refuse(s, n, "Content-Length can't be present with Transfer-Encoding");
         i++;
         while ((c = AT(i)) == ' ' || c == '\t')
             i++;
         Py_ssize_t value = i, end;
         if (c == '\r' || c == '\n') {  /* an empty value */
             if (c == '\n' || AT(i + 1) != '\n')
-                return refuse(c == '\n' ? "Invalid header value char" : "Expected LF after CR");
+                return refuse(s, n, c == '\n' ? "Invalid header value char" : "Expected LF after CR");
             c = AT(i + 2);
             if (c == ' ' || c == '\t')
-                return refuse("Invalid header value char");
+                return refuse(s, n, "Invalid header value char");
             if (kind == K_CONTENT_LENGTH)
-                return refuse("Empty Content-Length");
+                return refuse(s, n, "Empty Content-Length");
             if (kind != K_OTHER && kind != K_SET_COOKIE)
                 Py_RETURN_NONE;  /* an empty Connection, Transfer-Encoding, ...: Python's */
             i += 2;
@@ -225,19 +259,19 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (kind == K_CONTENT_LENGTH) {
             if (llflags & F_CONTENT_LENGTH)
-                return refuse("Duplicate Content-Length");
+                return refuse(s, n, "Duplicate Content-Length");
             uint64_t v = 0;
             while ((c = AT(i)) >= '0' && c <= '9') {
                 unsigned d = c - '0';
                 if (v > (UINT64_MAX - d) / 10)
-                    return refuse("Content-Length overflow");
+                    return refuse(s, n, "Content-Length overflow");
                 v = v * 10 + d;
                 i++;
             }
             while ((c = AT(i)) == ' ' || c == '\t')
                 i++;
             if (c != '\r' && c != '\n')
-                return refuse("Invalid character in Content-Length");
+                return refuse(s, n, "Invalid character in Content-Length");
             llflags |= F_CONTENT_LENGTH;
             length = v;
             has_length = 1;
@@ -246,16 +280,16 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 i++;
             c = AT(i);
             if (c != '\r' && c != '\n')
-                return refuse("Invalid header value char");
+                return refuse(s, n, "Invalid header value char");
         }
         if (c == '\n')
-            return refuse("Missing expected CR after header value");
+            return refuse(s, n, "Missing expected CR after header value");
         if (AT(i + 1) != '\n')
-            return refuse("Missing expected LF after header value");
+            return refuse(s, n, "Missing expected LF after header value");
         end = i;
         c = AT(i + 2);
         if (c == ' ' || c == '\t')
-            return refuse("Unexpected whitespace after header value");
+            return refuse(s, n, "Unexpected whitespace after header value");
         /* name - 2: the CRLF before the line, as the cuts of read_response_head. */
         switch (kind) {
         case K_CONTENT_LENGTH:
@@ -288,6 +322,10 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         i += 2;
     }
+    /* The head ends at the CRLF before its empty line (i); from here on it is raw, as the
+     * Python code reads it. */
+    Py_ssize_t end = i - 2;
+    n = end;
 
     /* Whether the backend keeps the connection (RFC 9112 9.3): HTTP/1.1 (or later) unless
      * "close" is among the Connection options, HTTP/1.0 only with "keep-alive". Not llhttp's
@@ -321,8 +359,8 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int add_cookie = 0;
     if (status < 200) {  /* interim (not 101: above) */
         if (!client_http11)
-            return Py_BuildValue("(iyiiOOO)", status, "", BODY_NONE, 0, Py_False, Py_False,
-                                 Py_True);
+            return Py_BuildValue("(iyiiOOOnn)", status, "", BODY_NONE, 0, Py_False, Py_False,
+                                 Py_True, end, (Py_ssize_t)0);
         reusable = keep_alive;
     } else {
         close = !(flags & CLIENT_KEEP_ALIVE) || !request_done || !(flags & ACCEPTING)
@@ -376,6 +414,13 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     size += conn_len;
     if (add_cookie)
         size += 2 + set_cookie_len;
+    Py_ssize_t taken = 0;  /* body bytes after the head (WITH_BODY_MAX) */
+    if (body == BODY_LENGTH) {
+        uint64_t avail = (uint64_t)(buf_len - end - 4);
+        if ((avail < length ? avail : length) <= WITH_BODY_MAX)
+            taken = (Py_ssize_t)(avail < length ? avail : length);
+    }
+    size += taken;
     PyObject *out = PyBytes_FromStringAndSize(NULL, size);
     if (out == NULL)
         return NULL;
@@ -404,12 +449,13 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         w += 2 + set_cookie_len;
     }
     memcpy(w, "\r\n\r\n", 4);
+    memcpy(w + 4, s + end + 4, taken);
     PyObject *len = PyLong_FromUnsignedLongLong(body == BODY_LENGTH ? length : 0);
     if (len == NULL) {
         Py_DECREF(out);
         return NULL;
     }
-    PyObject *t = PyTuple_New(7);
+    PyObject *t = PyTuple_New(9);
     if (t == NULL) {
         Py_DECREF(out);
         Py_DECREF(len);
@@ -422,6 +468,8 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyTuple_SET_ITEM(t, 4, Py_NewRef(rechunk ? Py_True : Py_False));
     PyTuple_SET_ITEM(t, 5, Py_NewRef(close ? Py_True : Py_False));
     PyTuple_SET_ITEM(t, 6, Py_NewRef(reusable ? Py_True : Py_False));
+    PyTuple_SET_ITEM(t, 7, PyLong_FromSsize_t(end));
+    PyTuple_SET_ITEM(t, 8, PyLong_FromSsize_t(taken));
     if (PyErr_Occurred()) {
         Py_DECREF(t);
         return NULL;
@@ -431,8 +479,9 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"head", (PyCFunction)(void (*)(void))head, METH_FASTCALL,
-     "head(raw, flags, set_cookie, own_cookie): (status, head, body, length, rechunk, close, "
-     "reusable), None to leave it to the Python code, or ValueError(reason)."},
+     "head(buf, flags, set_cookie, own_cookie): (status, head, body, length, rechunk, close, "
+     "reusable, end, taken), None for no whole head or one left to the Python code, or "
+     "ValueError(reason)."},
     {NULL, NULL, 0, NULL},
 };
 

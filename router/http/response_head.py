@@ -1,8 +1,8 @@
 """A backend's response head: checked, and turned into the head the client receives.
 
-``check_response_head`` takes the head's bytes and what the request was, checks them as llhttp
-does (in C, in one pass with the rest, when built: router/http/_head.c), and returns a
-``ResponseHead``: the bytes for the client, how
+``check_response_head`` takes what the backend sent so far and what the request was, finds the
+head's end, checks the head as llhttp does (in C, in one pass with the rest, when built:
+router/http/_head.c), and returns what ``ResponseHead`` holds: the bytes for the client, how
 the backend's body is framed, how it is passed on, and whether either connection can be used
 again. One set of rules for every response (docs/request-path.md, "The response head"):
 
@@ -44,16 +44,30 @@ import httptools
 from . import framing
 from .fields import HOP, connection_tokens, without_named
 
-# The C version of check_response_head (router/http/_head.c, built when a C compiler is
-# present); ROUTER_PURE_PYTHON set at start runs the Python one.
-_c_head: Callable[[bytes, int, bytes, bytes],
-                  tuple[int, bytes, int, int, bool, bool, bool] | None] | None = None
-if not os.environ.get("ROUTER_PURE_PYTHON"):
+# What check_response_head returns: (status, head, body, length, rechunk, close, reusable, end,
+# taken), ResponseHead's fields, where the head ends in the bytes read (-1: not whole yet), and
+# how many bytes of the body that follow it ``head`` holds after the client's head (the C
+# version copies a short Content-Length body in, so that the two leave in one write; the
+# Python one none). A tuple, not an object: compiled, a struct returned by value, where an
+# object is made and freed per response.
+Checked = tuple[int, bytes, int, int, bool, bool, bool, int, int]
+NOT_WHOLE: Final[Checked] = (0, b"", framing.NONE, 0, False, False, False, -1, 0)
+
+
+def _c_version() -> Callable[[bytes, int, bytes, bytes], Checked | None] | None:
+    """The C version of check_response_head (router/http/_head.c, built when a C compiler is
+    present); ROUTER_PURE_PYTHON set at start runs the Python one."""
+    if os.environ.get("ROUTER_PURE_PYTHON"):
+        return None
     try:
         from . import _head
-        _c_head = _head.head
     except ImportError:
-        pass
+        return None
+    return _head.head
+
+
+# Final: compiled, a static, not a lookup in the module's dict per response.
+_c_head: Final = _c_version()
 # What _c_head is told of the request, in one int.
 _HEAD_REQUEST: Final = 1
 _CLIENT_HTTP11: Final = 2
@@ -95,7 +109,8 @@ HEAD_CHECK: Final = HeadCheck()
 
 
 class ResponseHead:
-    """What the router makes of one backend response head."""
+    """What the router makes of one backend response head (the Python code's; check_response_head
+    returns its fields as a ``Checked``)."""
 
     __slots__ = ("status", "head", "body", "length", "rechunk", "close", "reusable")
 
@@ -109,39 +124,38 @@ class ResponseHead:
         self.reusable = True  # the backend connection may serve another request after it
 
 
-def check_response_head(raw: bytes, *, head_request: bool, client_http11: bool,
+def check_response_head(buf: bytes, *, head_request: bool, client_http11: bool,
                         client_keep_alive: bool, upgrade_requested: bool, request_done: bool,
-                        accepting: bool, set_cookie: bytes, own_cookie: bytes) -> ResponseHead:
-    """The response head ``raw`` (status line and fields, without the final empty line)
-    checked as llhttp checks it (``ResponseError("malformed response: ...")`` with llhttp's
-    reason), then ``read_response_head``'s view of it, with the status llhttp reads.
+                        accepting: bool, set_cookie: bytes, own_cookie: bytes) -> Checked:
+    """The response head at the start of ``buf`` (what the backend sent: the head through its
+    empty line, maybe more; ``NOT_WHOLE`` if the empty line has not come yet) checked as
+    llhttp checks it (``ResponseError("malformed response: ...")`` with llhttp's reason), then
+    ``read_response_head``'s view of it, with the status llhttp reads, as a ``Checked``.
 
-    In C when it is built (router/http/_head.c: one pass, one tuple), which leaves the rare
-    heads to this code (it returns None): llhttp checks them, ``read_response_head`` reads
-    them."""
+    In C when it is built (router/http/_head.c: one pass that finds the head's end too, one
+    tuple), which leaves the rare heads to this code (it returns None): llhttp checks them,
+    ``read_response_head`` reads them."""
     if _c_head is not None:
         flags = ((_HEAD_REQUEST if head_request else 0) | (_CLIENT_HTTP11 if client_http11 else 0)
                  | (_CLIENT_KEEP_ALIVE if client_keep_alive else 0)
                  | (_UPGRADE_REQUESTED if upgrade_requested else 0)
                  | (_REQUEST_DONE if request_done else 0) | (_ACCEPTING if accepting else 0))
         try:
-            done = _c_head(raw, flags, set_cookie, own_cookie)
+            done = _c_head(buf, flags, set_cookie, own_cookie)
         except ValueError as e:
             raise ResponseError(str(e)) from None
         if done is not None:
-            rh = ResponseHead(done[0])
-            rh.head = done[1]
-            rh.body = done[2]
-            rh.length = done[3]
-            rh.rechunk = done[4]
-            rh.close = done[5]
-            rh.reusable = done[6]
-            return rh
-    return read_response_head(
+            return done
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return NOT_WHOLE
+    raw = buf[:end]
+    rh = read_response_head(
         raw, llhttp_check(raw), head_request=head_request,
         client_http11=client_http11, client_keep_alive=client_keep_alive,
         upgrade_requested=upgrade_requested, request_done=request_done, accepting=accepting,
         set_cookie=set_cookie, own_cookie=own_cookie)
+    return (rh.status, rh.head, rh.body, rh.length, rh.rechunk, rh.close, rh.reusable, end, 0)
 
 
 def llhttp_check(raw: bytes) -> int:

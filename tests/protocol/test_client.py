@@ -349,6 +349,33 @@ def test_a_body_read_with_its_head_arrives_whole(size):
     assert len(w.backend(SHOP).peers) == 1
 
 
+@pytest.mark.parametrize("first", [0, 1, 9, 10])
+def test_a_body_read_partly_with_its_head_arrives_whole(first):
+    """The head and the first bytes of its body in one read (the head's bytes carry them to
+    the client: router/http/_head.c), the rest in the next; then the connection is pooled."""
+    w = wire()
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(get(b"/"))
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+    w.reply(SHOP, head + b"0123456789"[:first])
+    if first < 10:
+        w.reply(SHOP, b"0123456789"[first:])
+    assert c.take() == head + b"0123456789"
+    up = w.backend(SHOP).peers[0].up
+    assert not up.closed and w.ctx.pool.get(SHOP) is up  # pooled for the next request
+
+
+def test_bytes_read_after_a_body_with_its_head_are_dropped_and_the_connection_too():
+    w = wire()
+    w.backend(SHOP).answer = None
+    c = w.client()
+    c.send(get(b"/"))
+    w.reply(SHOP, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n")
+    assert c.take() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert w.backend(SHOP).peers[0].up.closed  # its framing cannot be trusted: not pooled
+
+
 @pytest.mark.parametrize("size", [10, 70_000])
 def test_a_body_to_the_close_read_with_its_head_is_rechunked(size):
     body = b"e" * size

@@ -149,10 +149,11 @@ def test_backend_connection_kept_as_rfc_9112_says(raw, head, kept):
     """RFC 9112 9.3, on the Python code and on check_response_head (C when built): llhttp's
     should_keep_alive() said keep-alive for a 204 with "close", close for "Content-Length: 0"."""
     assert rewrite(raw, llhttp_check(raw), head=head).reusable is kept
-    assert check_response_head(
-        raw, head_request=head, client_http11=True, client_keep_alive=True,
+    status, _, _, _, _, _, reusable, end, _ = check_response_head(
+        raw + b"\r\n\r\n", head_request=head, client_http11=True, client_keep_alive=True,
         upgrade_requested=False, request_done=True, accepting=True, set_cookie=b"",
-        own_cookie=b"").reusable is kept
+        own_cookie=b"")
+    assert reusable is kept and end == len(raw)
 
 
 def test_the_routers_cookie_replaces_the_backends_own():

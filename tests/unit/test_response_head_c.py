@@ -73,11 +73,33 @@ def reusable(raw: bytes, flags: int, body: int) -> bool:
             and not (old and b"transfer-encoding" in names))
 
 
-def c(raw: bytes, flags: int, set_cookie: bytes, own: bytes):
+def c(raw: bytes, flags: int, set_cookie: bytes, own: bytes, after: bytes = b""):
+    """What the C function makes of ``raw`` followed by its empty line and ``after`` (the body,
+    the next response: what a read holds past the head), less the head's end, which must be
+    where ``bytes.find`` finds it."""
+    buf = raw + b"\r\n\r\n" + after
     try:
-        return _head.head(raw, flags, set_cookie, own)
+        got = _head.head(buf, flags, set_cookie, own)
     except ValueError as e:
         return str(e)
+    if got is None:
+        return None
+    end = buf.find(b"\r\n\r\n")
+    assert got[7] == end, buf
+    # A short Content-Length body after the head goes with it, as much of it as was read.
+    head, taken = got[1], got[8]
+    body = buf[end + 4:end + 4 + got[3]] if got[2] == framing.LENGTH else b""
+    assert taken == (len(body) if len(body) <= 4096 else 0), buf
+    assert head[len(head) - taken:] == body[:taken], buf
+    return got[:1] + (head[:len(head) - taken],) + got[2:7]
+
+
+def not_whole(raw: bytes, flags: int, set_cookie: bytes, own: bytes) -> None:
+    """Every prefix of the head without its whole empty line is not a head yet for the C
+    function (None: the caller reads on, and llhttp checks the pieces), whatever it holds."""
+    buf = raw + b"\r\n\r\n"
+    for i in range(buf.find(b"\r\n\r\n") + 4):
+        assert _head.head(buf[:i], flags, set_cookie, own) is None, buf[:i]
 
 
 def agree(raw: bytes, flags: int = 2 | 4 | 16 | 32, set_cookie: bytes = b"",
@@ -86,6 +108,10 @@ def agree(raw: bytes, flags: int = 2 | 4 | 16 | 32, set_cookie: bytes = b"",
     Python (None). The backend connection's reuse is checked against ``reusable``."""
     got = c(raw, flags, set_cookie, own)
     want = python(raw, flags, set_cookie, own)
+    # The bytes after the head change nothing: nor the body, nor what looks like a head.
+    for after in (b"body", b"\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"\x00",
+                  b"x" * 4095, b"x" * 4097, b"x" * 70000):
+        assert c(raw, flags, set_cookie, own, after) == got, (raw, after)
     if isinstance(want, tuple) and want[0] >= 200 and want[0] != 101:
         assert want[6] == reusable(raw, flags, want[2]), (raw, flags)
     if got is None:
@@ -235,6 +261,26 @@ def test_c_and_python_agree_on_edge_cases(raw):
         agree(raw, flags, COOKIE, b"CONTAINERID=")
 
 
+@pytest.mark.parametrize("raw", CASES)
+def test_a_head_without_its_empty_line_is_not_whole(raw):
+    not_whole(raw, 2 | 4 | 16 | 32, b"", b"")
+    not_whole(raw, 2 | 4 | 16 | 32, COOKIE, b"CONTAINERID=")
+
+
+def test_the_heads_end_is_the_first_empty_line():
+    """As bytes.find: the first CRLF CRLF, after a CR or LF alone, after a folded line, with a
+    second head after it; and none in a CR LF CR without its LF."""
+    for buf in [b"HTTP/1.1 200 OK\r\n\r\n", b"HTTP/1.1 204 X\r\nA: b\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nA:\r\n\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"]:
+        got = _head.head(buf, 2 | 4 | 16 | 32, b"", b"")
+        assert got is not None and got[7] == buf.find(b"\r\n\r\n"), buf
+    for buf in [b"HTTP/1.1 200 OK\r\n\r", b"HTTP/1.1 200 OK\r\nA: b\r\n\rx\n", b"HTTP/1.1 200 OK\r\n",
+                b"HTTP/1.1 200 O\x00K", b"HTTP/1.1 2", b"HTTP", b""]:
+        assert _head.head(buf, 2 | 4 | 16 | 32, b"", b"") is None, buf
+    with pytest.raises(ValueError, match="Invalid header token"):
+        _head.head(b"HTTP/1.1 200 OK\r\nA b\r\n\r\n", 2, b"", b"")
+
+
 def test_the_common_heads_are_not_left_to_python():
     """The heads of an ordinary exchange take the C path (a None here would hide a slowdown)."""
     for raw in [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: x",
@@ -314,6 +360,7 @@ def heads(draw):
        st.sampled_from([b"", b"CONTAINERID="]))
 def test_c_and_python_agree_on_generated_heads(raw, flags, set_cookie, own):
     agree(raw, flags, set_cookie, own)
+    not_whole(raw, flags, set_cookie, own)
 
 
 def test_check_response_head_uses_the_c_function():
