@@ -16,14 +16,14 @@
  * It returns (status, head, body, length, rechunk, close, reusable, end, taken), end where the
  * head's empty line starts in buf (what bytes.find(b"\r\n\r\n") says: the scan meets it there,
  * since every CR it lets through ends a line), taken the bytes of a short Content-Length body
- * that follow the head in buf, copied into head after the client's head (WITH_BODY_MAX), raises ValueError(reason) for a head the router
- * refuses, or returns None for a buffer with no whole head yet (whatever it holds: the bytes
- * past its end are not the head's, and llhttp checks the pieces as they come) and for a head it
- * leaves to the Python code, which checks it with llhttp and rewrites it: whatever is rare and
- * intricate (a status line
- * not "HTTP/", 101, a Transfer-Encoding other than a bare "chunked", a Connection field other
- * than a bare "close" or "keep-alive", Proxy-Connection, the backend's Set-Cookie on a sticky
- * app). Its answers are checked against llhttp's and the Python code's, byte for byte, by
+ * that follow the head in buf, copied into head after the client's head (WITH_BODY_MAX). It
+ * raises ValueError(reason) for a head the router refuses, and returns None for a buffer with
+ * no whole head yet (whatever it holds: the caller reads on, and llhttp checks the pieces as
+ * they come) and for a head it leaves to the Python code, which checks it with llhttp and
+ * rewrites it: whatever is rare and intricate (a status line not "HTTP/", 101, a
+ * Transfer-Encoding other than a bare "chunked", a Connection field other than a bare "close"
+ * or "keep-alive", Proxy-Connection, the backend's Set-Cookie on a sticky app). Its answers
+ * are checked against llhttp's and the Python code's, byte for byte, by
  * tests/unit/test_response_head_c.py. */
 
 #define PY_SSIZE_T_CLEAN
@@ -246,7 +246,8 @@ head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t value = i, end;
         if (c == '\r' || c == '\n') {  /* an empty value */
             if (c == '\n' || AT(i + 1) != '\n')
-                return refuse(s, n, c == '\n' ? "Invalid header value char" : "Expected LF after CR");
+                return refuse(s, n, c == '\n' ? "Invalid header value char"
+                                               : "Expected LF after CR");
             c = AT(i + 2);
             if (c == ' ' || c == '\t')
                 return refuse(s, n, "Invalid header value char");

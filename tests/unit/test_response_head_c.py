@@ -268,14 +268,17 @@ def test_a_head_without_its_empty_line_is_not_whole(raw):
 
 
 def test_the_heads_end_is_the_first_empty_line():
-    """As bytes.find: the first CRLF CRLF, after a CR or LF alone, after a folded line, with a
-    second head after it; and none in a CR LF CR without its LF."""
-    for buf in [b"HTTP/1.1 200 OK\r\n\r\n", b"HTTP/1.1 204 X\r\nA: b\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
-                b"HTTP/1.1 200 OK\r\nA:\r\n\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"]:
+    """As bytes.find: the first CRLF CRLF, after a status line alone, an empty value, with a
+    second head after it; none in a CR LF CR without its LF, nor in a buffer that ends in the
+    status line, the reason phrase (a NUL in it) or after a field's line."""
+    for buf in [b"HTTP/1.1 200 OK\r\n\r\n",
+                b"HTTP/1.1 204 X\r\nA: b\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nA:\r\n\r\n\r\n",
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"]:
         got = _head.head(buf, 2 | 4 | 16 | 32, b"", b"")
         assert got is not None and got[7] == buf.find(b"\r\n\r\n"), buf
-    for buf in [b"HTTP/1.1 200 OK\r\n\r", b"HTTP/1.1 200 OK\r\nA: b\r\n\rx\n", b"HTTP/1.1 200 OK\r\n",
-                b"HTTP/1.1 200 O\x00K", b"HTTP/1.1 2", b"HTTP", b""]:
+    for buf in [b"HTTP/1.1 200 OK\r\n\r", b"HTTP/1.1 200 OK\r\nA: b\r\n\rx\n",
+                b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 O\x00K", b"HTTP/1.1 2", b"HTTP", b""]:
         assert _head.head(buf, 2 | 4 | 16 | 32, b"", b"") is None, buf
     with pytest.raises(ValueError, match="Invalid header token"):
         _head.head(b"HTTP/1.1 200 OK\r\nA b\r\n\r\n", 2, b"", b"")
