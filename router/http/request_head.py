@@ -31,16 +31,31 @@ from typing import Any, Callable, Final
 import httptools
 
 from . import framing
-from .fields import HOP, OWN, connection_tokens, without_named
+from .fields import HOP, OWN, PROTECTED, connection_tokens, without_named
 
-# The C version of request_fields (router/http/_fields.c, built when a C compiler is present);
-# ROUTER_PURE_PYTHON set at start runs the Python one.
+
+def _join(*parts: bytes) -> bytes:
+    return b"".join(parts)
+
+
+# The C versions of request_fields, classify, plain_target, host_ok's check and _join
+# (router/http/_fields.c, built when a C compiler is present); ROUTER_PURE_PYTHON set at start
+# runs the Python ones.
 _c_fields: Callable[[bytes | bytearray, int, int],
                     tuple[list[tuple[bytes, bytes]], bool]] | None = None
+_c_classify: Callable[[list[tuple[bytes, bytes]], bool, bool, int],
+                      tuple[list[tuple[int, bytes]], bytes, int, bool]] | None = None
+_c_plain_target: Callable[[bytes], bool] | None = None
+_c_host_ok: Callable[[bytes], bool] | None = None
+_concat: Callable[..., bytes] = _join
 if not os.environ.get("ROUTER_PURE_PYTHON"):
     try:
         from . import _fields
         _c_fields = _fields.fields
+        _c_classify = _fields.classify
+        _c_plain_target = _fields.plain_target
+        _c_host_ok = _fields.host_ok
+        _concat = _fields.concat
     except ImportError:
         pass
 
@@ -68,18 +83,37 @@ _TRUSTED_ONLY: Final = frozenset({
     b"x-client-ip", b"x-cluster-client-ip", b"x-original-url", b"x-rewrite-url",
     b"x-forwarded-prefix", b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme",
     b"x-original-host", b"x-host"})
-# The fields the loop over a head's fields looks at (the others are passed on as they are).
-_SKIP: Final = HOP | OWN | _TRUSTED_ONLY | {b"expect"}
+# The kinds of field ``classify`` tells apart by name (router/http/_fields.c has the same
+# numbers): 0 for a field passed on as it is, K_HOST to K_COOKIE for the ones read (reported),
+# K_TRUSTED for the ones passed on from a trusted proxy only (and the other hop-by-hop fields,
+# which a trusted proxy's own hop has removed already).
+K_HOST: Final = 1
+K_LENGTH: Final = 2
+K_TE: Final = 3
+K_CONNECTION: Final = 4
+K_UPGRADE: Final = 5
+K_XFF: Final = 6
+K_RID: Final = 7
+K_XFP: Final = 8
+K_XFH: Final = 9
+K_EXPECT: Final = 10
+K_COOKIE: Final = 11
+K_TRUSTED: Final = 12
+_KINDS: Final[dict[bytes, int]] = {
+    **{name: K_TRUSTED for name in HOP | OWN | _TRUSTED_ONLY},
+    b"host": K_HOST, b"content-length": K_LENGTH, b"transfer-encoding": K_TE,
+    b"connection": K_CONNECTION, b"upgrade": K_UPGRADE, b"x-forwarded-for": K_XFF,
+    b"x-request-id": K_RID, b"x-forwarded-proto": K_XFP, b"x-forwarded-host": K_XFH,
+    b"expect": K_EXPECT, b"cookie": K_COOKIE}
+# The names a Connection field may name without removing anything more (see without_named).
+_NEVER_NAMED: Final = PROTECTED | HOP
 
 REQUEST_ID_RE: Final = re.compile(rb"^[A-Za-z0-9._:/+=@-]{1,128}$")
 # RFC 9110 7.2: a DNS name or an IP literal, optional port. No userinfo, no list, no spaces.
 _HOST_RE: Final = re.compile(rb"^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
-# Host values already checked, so the regex runs once per distinct value, not per request.
-_GOOD_HOSTS: set[bytes] = set()
-_GOOD_HOSTS_MAX: Final = 4096
 
 # What makes a request target need the path checks below: a query, a fragment, "%", "\\", ";",
-# "/." or "//". Most targets have none, and one search tells.
+# "/." or "//". Most targets have none, and one pass tells (plain_target).
 _URL_SPECIAL: Final = re.compile(rb"[?#%\\;]|/[./]")
 _PCT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
 # Percent-encodings that stay encoded after normalisation but that a backend may decode into
@@ -87,6 +121,9 @@ _PCT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
 _PCT_STRUCT: Final = frozenset({0x2F, 0x5C, 0x3B, 0x00})
 _UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _DOT_SEGMENTS: Final = frozenset({b".", b".."})
+# The end of a forwarded head without framing or upgrade fields: X-Request-ID's line end and
+# the empty line.
+_END: Final = b"\r\n\r\n"
 
 
 class RequestHead:
@@ -142,14 +179,49 @@ class RequestIds:
 
 def host_ok(host: bytes) -> bool:
     """A syntactically valid Host value (RFC 9112 3.2: anything else is a 400)."""
-    if host in _GOOD_HOSTS:
-        return True
-    if not _HOST_RE.match(host):
-        return False
-    if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
-        _GOOD_HOSTS.clear()
-    _GOOD_HOSTS.add(host)
-    return True
+    c = _c_host_ok
+    if c is not None:
+        return c(host)
+    return _HOST_RE.match(host) is not None
+
+
+def plain_target(url: bytes) -> bool:
+    """Whether a request target has nothing the path checks look at (``_URL_SPECIAL``)."""
+    c = _c_plain_target
+    if c is not None:
+        return c(url)
+    return _URL_SPECIAL.search(url) is None
+
+
+def classify(headers: list[tuple[bytes, bytes]], trusted: bool, http11: bool,
+             max_header: int) -> tuple[list[tuple[int, bytes]], bytes, int, bool]:
+    """The one pass over a head's fields (``_fields.classify`` in C), up to the first one
+    larger than ``max_header``, if any: ``(specials, kept, total, too_large)``.
+
+    ``specials``: ``(kind, value)`` of each field ``read_request_head`` reads (K_HOST to
+    K_COOKIE); ``kept``: the forwarded lines of the fields passed on, in their order (the
+    others as they came, ``Content-Length`` and ``Expect`` spelled so, and the K_TRUSTED ones
+    from a trusted proxy only); ``total``: the fields' sizes added; ``too_large``: whether it
+    stopped at a field larger than ``max_header``."""
+    specials: list[tuple[int, bytes]] = []
+    kept: list[bytes] = []
+    total = 0
+    for name, value in headers:
+        size = len(name) + len(value)
+        if size > max_header:
+            return specials, b"".join(kept), total, True
+        total += size
+        kind = _KINDS.get(name.lower(), 0)
+        if kind == K_LENGTH:
+            kept.append(b"Content-Length: " + value + b"\r\n")
+        elif kind == K_EXPECT:
+            if http11:
+                kept.append(b"Expect: 100-continue\r\n")
+        elif kind == 0 or kind == K_COOKIE or (kind == K_TRUSTED and trusted):
+            kept.append(name + b": " + value + b"\r\n")
+        if 0 < kind < K_TRUSTED:
+            specials.append((kind, value))
+    return specials, b"".join(kept), total, False
 
 
 def _decode_unreserved(path: bytes) -> bytes | None:
@@ -311,7 +383,6 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
         # llhttp accepts any "HTTP/<digit>.<digit>", and "0.9" for a bare "GET /".
         raise Refused(505 if version >= "2" else 400, "HTTP version not supported")
     rh.http11 = http11
-    out = [method, b" ", b"", b" HTTP/1.1\r\n"]  # the forwarded head; the target at 2
     host = b""
     hosts = 0
     cookie = None
@@ -319,52 +390,45 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
     xff = xfp = xfh = rid = upgrade_to = b""
     chunked = False
     length = -1
-    total = 0
-    # The one loop over the fields: sizes checked, the special ones read, the others passed on.
-    for name, value in headers:
-        size = len(name) + len(value)
-        if size > max_header:
-            raise Refused(431, "header field too large")
-        total += size
-        lname = name.lower()
-        if lname in _SKIP:
-            if lname == b"host":
-                host = value
-                hosts += 1
-            elif lname == b"content-length":
-                # llhttp has refused a repeated or malformed one, and one beside chunked.
-                length = int(value)
-                out.append(b"Content-Length: " + value + b"\r\n")
-            elif lname == b"transfer-encoding":
-                # llhttp lets "gzip, chunked" through; the router re-frames the body and
-                # would drop the other coding, so only plain "chunked" is accepted.
-                if chunked or value.strip().lower() != b"chunked":
-                    raise Refused(400, "unsupported Transfer-Encoding")
-                chunked = True
-            elif lname == b"connection":
-                conn_tokens = connection_tokens(value, conn_tokens)
-            elif lname == b"upgrade":
-                upgrade_to = value
-            elif lname == b"x-forwarded-for":
-                if trusted:
-                    xff = value if not xff else xff + b", " + value
-            elif lname == b"x-request-id":
-                rid = value
-            elif lname == b"x-forwarded-proto":
-                xfp = value
-            elif lname == b"x-forwarded-host":
-                xfh = value
-            elif lname == b"expect":
-                if http11:  # RFC 9110 10.1.1: HTTP/1.0 expectations are ignored
-                    if value.strip().lower() != b"100-continue":
-                        raise Refused(417, "only Expect: 100-continue is supported")
-                    out.append(b"Expect: 100-continue\r\n")
-            elif trusted:  # Forwarded, X-Real-IP
-                out.append(name + b": " + value + b"\r\n")
-            continue
-        if lname == b"cookie":
+    # The one pass over the fields: sizes added, the special ones reported, the others' lines
+    # kept (in C: no lowercase copy of each name, no set lookup, no bytes per line).
+    c = _c_classify
+    specials, kept, total, too_large = (c if c is not None else classify)(
+        headers, trusted, http11, max_header)
+    for kind, value in specials:
+        if kind == K_HOST:
+            host = value
+            hosts += 1
+        elif kind == K_LENGTH:
+            # llhttp has refused a repeated or malformed one, and one beside chunked.
+            length = int(value)
+        elif kind == K_TE:
+            # llhttp lets "gzip, chunked" through; the router re-frames the body and
+            # would drop the other coding, so only plain "chunked" is accepted.
+            if chunked or value.strip().lower() != b"chunked":
+                raise Refused(400, "unsupported Transfer-Encoding")
+            chunked = True
+        elif kind == K_CONNECTION:
+            conn_tokens = connection_tokens(value, conn_tokens)
+        elif kind == K_UPGRADE:
+            upgrade_to = value
+        elif kind == K_XFF:
+            if trusted:
+                xff = value if not xff else xff + b", " + value
+        elif kind == K_RID:
+            rid = value
+        elif kind == K_XFP:
+            xfp = value
+        elif kind == K_XFH:
+            xfh = value
+        elif kind == K_EXPECT:
+            # RFC 9110 10.1.1: HTTP/1.0 expectations are ignored (and not forwarded)
+            if http11 and value.strip().lower() != b"100-continue":
+                raise Refused(417, "only Expect: 100-continue is supported")
+        else:  # K_COOKIE
             cookie = value if cookie is None else cookie + b"; " + value
-        out.append(name + b": " + value + b"\r\n")
+    if too_large:
+        raise Refused(431, "header field too large")
     if total > max_headers:
         raise Refused(431, "request header block too large")
     rh.cookie = cookie
@@ -380,10 +444,9 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
     if not rid or not REQUEST_ID_RE.match(rid):
         rid = ids.next()
     rh.request_id = rid
-    out[2] = rh.url
-    if conn_tokens:
-        out = without_named(out, conn_tokens, 4)
-    rh.head = _forwarded_head(rh, out, upgrade_to, trusted, peer=peer, tail=tail, xff=xff,
+    if conn_tokens and not conn_tokens <= _NEVER_NAMED:
+        kept = b"\r\n".join(without_named(kept.split(b"\r\n"), conn_tokens, 0))
+    rh.head = _forwarded_head(rh, kept, upgrade_to, trusted, peer=peer, tail=tail, xff=xff,
                               xfp=xfp, xfh=xfh)
 
 
@@ -418,7 +481,7 @@ def _read_target(rh: RequestHead, *, url: bytes, host: bytes) -> None:
                 raise Refused(400, "request target * is only for OPTIONS")
         else:
             host, url = _absolute_form(url)
-    if _URL_SPECIAL.search(url) is None:
+    if plain_target(url):
         path = url  # no query, no fragment, nothing normalise_path would change
     else:
         if b"#" in url:
@@ -456,24 +519,23 @@ def _absolute_form(url: bytes) -> tuple[bytes, bytes]:
     return host, (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
 
 
-def _forwarded_head(rh: RequestHead, out: list[bytes], upgrade_to: bytes, trusted: bool, *,
+def _forwarded_head(rh: RequestHead, kept: bytes, upgrade_to: bytes, trusted: bool, *,
                     peer: bytes, tail: bytes, xff: bytes, xfp: bytes, xfh: bytes) -> bytes:
-    """The head for the backend: the client's fields kept (``out``), the router's own fields
-    (``X-Forwarded-*`` from a trusted proxy's ``xff``, ``xfp``, ``xfh`` and ``peer``, or
-    ``tail``), the framing fields and the empty line, joined."""
+    """The head for the backend: the request line, the client's fields kept (``kept``), the
+    router's own fields (``X-Forwarded-*`` from a trusted proxy's ``xff``, ``xfp``, ``xfh`` and
+    ``peer``, or ``tail``), the framing fields and the empty line, in one allocation."""
     host = rh.host
     if trusted:
         # A trusted proxy in front knows the client, the original scheme and host.
-        out.append(b"Host: " + host + b"\r\nX-Forwarded-For: "
-                   + (xff + b", " + peer if xff else peer)
-                   + b"\r\nX-Forwarded-Proto: " + (xfp or b"http")
-                   + b"\r\nX-Forwarded-Host: " + (xfh or host)
-                   + b"\r\nX-Request-ID: " + rh.request_id + b"\r\n")
+        tail = (b"\r\nX-Forwarded-For: " + (xff + b", " + peer if xff else peer)
+                + b"\r\nX-Forwarded-Proto: " + (xfp or b"http") + b"\r\nX-Forwarded-Host: ")
+        fwd_host = xfh or host
     else:
-        out += (b"Host: ", host, tail, host, b"\r\nX-Request-ID: ", rh.request_id, b"\r\n")
+        fwd_host = host
+    end = _END
     if rh.framing == framing.CHUNKED:
-        out.append(b"Transfer-Encoding: chunked\r\n")
+        end = b"\r\nTransfer-Encoding: chunked\r\n\r\n"
     if rh.upgrade:
-        out.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_to + b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)
+        end = end[:-2] + b"Connection: upgrade\r\nUpgrade: " + upgrade_to + b"\r\n\r\n"
+    return _concat(rh.method, b" ", rh.url, b" HTTP/1.1\r\n", kept, b"Host: ", host, tail,
+                   fwd_host, b"\r\nX-Request-ID: ", rh.request_id, end)
