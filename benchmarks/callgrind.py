@@ -238,8 +238,10 @@ ROUTER = (
           r"__pyx_pw_9httptools_6parser_6parser_10HttpParser_7get_http_version|"
           r"__pyx_pw_9httptools_6parser_6parser_17HttpRequestParser_3get_method|"
           r"__pyx_pw_9httptools_6parser_6parser_10HttpParser_\d+_should_upgrade"),
-    stage("forward", "build the forwarded head: the client's fields kept, X-Forwarded-*, "
-          "X-Request-ID, one join",
+    stage("forward", "build the forwarded head: the request line, the client's fields kept "
+          "(their lines written by the check's pass), X-Forwarded-*, X-Request-ID, one "
+          "allocation",
+          _r("request_head._forwarded_head"),
           ("CPyBytes_Join", _HEAD_BUILDERS),
           ("PyList_Append", _HEAD_BUILDERS),
           ("PySequence_InPlaceConcat", _HEAD_BUILDERS)),

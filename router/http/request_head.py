@@ -409,7 +409,10 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
                 raise Refused(400, "unsupported Transfer-Encoding")
             chunked = True
         elif kind == K_CONNECTION:
-            conn_tokens = connection_tokens(value, conn_tokens)
+            if conn_tokens is None and (value == b"keep-alive" or value == b"close"):
+                conn_tokens = {value}  # (what browsers send: nothing to split or lower)
+            else:
+                conn_tokens = connection_tokens(value, conn_tokens)
         elif kind == K_UPGRADE:
             upgrade_to = value
         elif kind == K_XFF:
