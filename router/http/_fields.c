@@ -21,7 +21,7 @@
  *     the fields (their sizes; the special ones told apart by name without a lowercase copy and
  *     a set lookup per field; the forwarded lines of the others in one bytes);
  *   plain_target(url): request_head.plain_target, whether a target needs the path checks;
- *   host_ok(host): request_head.host_ok, a Host value's syntax;
+ *   host(value): request_head.read_host, a Host value stripped and its syntax checked;
  *   concat(*parts): b"".join(parts) of bytes, the forwarded head in one allocation. */
 
 #define PY_SSIZE_T_CLEAN
@@ -331,43 +331,60 @@ plain_target(PyObject *self, PyObject *url)
 enum { HOST_NAME = 1, HOST_IP = 2, HOST_PORT = 4 };
 static unsigned char host_class[256];
 
-/* request_head._HOST_RE, ^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z, in one
- * pass: no class above holds the byte that ends it, so nothing is tried twice. */
-static PyObject *
-host_ok(PyObject *self, PyObject *host)
+/* Whether s[:n] matches request_head._HOST_RE,
+ * ^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z, in one pass: no class above holds
+ * the byte that ends it, so nothing is tried twice. */
+static int
+host_valid(const unsigned char *s, Py_ssize_t n)
 {
-    (void)self;
-    if (!PyBytes_Check(host)) {
-        PyErr_SetString(PyExc_TypeError, "host_ok(host: bytes)");
-        return NULL;
-    }
-    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(host);
-    const Py_ssize_t n = PyBytes_GET_SIZE(host);
     Py_ssize_t i, start;
     if (n > 0 && s[0] == '[') {
         i = start = 1;
         while (i < n && (host_class[s[i]] & HOST_IP))
             i++;
         if (i == start || i == n || s[i] != ']')
-            Py_RETURN_FALSE;
+            return 0;
         i++;
     } else {
         i = start = 0;
         while (i < n && (host_class[s[i]] & HOST_NAME))
             i++;
         if (i == start)
-            Py_RETURN_FALSE;
+            return 0;
     }
     if (i < n) {
         if (s[i] != ':')
-            Py_RETURN_FALSE;
+            return 0;
         start = ++i;
         while (i < n && (host_class[s[i]] & HOST_PORT))
             i++;
         if (i < n || i - start > 5)
-            Py_RETURN_FALSE;
+            return 0;
     }
-    Py_RETURN_TRUE;
+    return 1;
+}
+
+/* request_head.read_host: the value without the ASCII white space around it (bytes.strip()),
+ * if that is a valid host, else None. */
+static PyObject *
+host(PyObject *self, PyObject *value)
+{
+    (void)self;
+    if (!PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "host(value: bytes)");
+        return NULL;
+    }
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(value);
+    Py_ssize_t a = 0, b = PyBytes_GET_SIZE(value);
+    while (a < b && Py_ISSPACE(s[a]))
+        a++;
+    while (b > a && Py_ISSPACE(s[b - 1]))
+        b--;
+    if (!host_valid(s + a, b - a))
+        Py_RETURN_NONE;
+    if (a == 0 && b == PyBytes_GET_SIZE(value))
+        return Py_NewRef(value);
+    return PyBytes_FromStringAndSize((const char *)s + a, b - a);
 }
 
 static PyObject *
@@ -403,7 +420,9 @@ static PyMethodDef methods[] = {
      "request_head.classify reads the fields."},
     {"plain_target", plain_target, METH_O,
      "plain_target(url): whether a request target has nothing the path checks look at."},
-    {"host_ok", host_ok, METH_O, "host_ok(host): whether a Host value is well-formed."},
+    {"host", host, METH_O,
+     "host(value): a Host value without the white space around it if it is well-formed, "
+     "else None."},
     {"concat", (PyCFunction)(void (*)(void))concat, METH_FASTCALL,
      "concat(*parts): b\"\".join(parts), of bytes only."},
     {NULL, NULL, 0, NULL},

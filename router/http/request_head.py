@@ -38,24 +38,34 @@ def _join(*parts: bytes) -> bytes:
     return b"".join(parts)
 
 
-# The C versions of request_fields, classify, plain_target, host_ok's check and _join
-# (router/http/_fields.c, built when a C compiler is present); ROUTER_PURE_PYTHON set at start
-# runs the Python ones.
-_c_fields: Callable[[bytes | bytearray, int, int],
-                    tuple[list[tuple[bytes, bytes]], bool]] | None = None
-_c_classify: Callable[[list[tuple[bytes, bytes]], bool, bool, int],
-                      tuple[list[tuple[int, bytes]], bytes, int, bool]] | None = None
-_c_plain_target: Callable[[bytes], bool] | None = None
-_c_host_ok: Callable[[bytes], bool] | None = None
-_concat: Callable[..., bytes] = _join
+class _CFunctions:
+    """The C versions of request_fields, classify, plain_target, read_host and _join
+    (router/http/_fields.c, built when a C compiler is present), None where the Python one
+    runs: ROUTER_PURE_PYTHON set at start runs them all. Fields of one object, not module
+    globals, which compiled code looks up in the module's dict at each use (the tests swap
+    them)."""
+
+    __slots__ = ("fields", "classify", "plain_target", "host", "concat")
+
+    def __init__(self) -> None:
+        self.fields: Callable[[bytes | bytearray, int, int],
+                              tuple[list[tuple[bytes, bytes]], bool]] | None = None
+        self.classify: Callable[[list[tuple[bytes, bytes]], bool, bool, int],
+                                tuple[list[tuple[int, bytes]], bytes, int, bool]] | None = None
+        self.plain_target: Callable[[bytes], bool] | None = None
+        self.host: Callable[[bytes], bytes | None] | None = None
+        self.concat: Callable[..., bytes] = _join
+
+
+_C: Final = _CFunctions()
 if not os.environ.get("ROUTER_PURE_PYTHON"):
     try:
         from . import _fields
-        _c_fields = _fields.fields
-        _c_classify = _fields.classify
-        _c_plain_target = _fields.plain_target
-        _c_host_ok = _fields.host_ok
-        _concat = _fields.concat
+        _C.fields = _fields.fields
+        _C.classify = _fields.classify
+        _C.plain_target = _fields.plain_target
+        _C.host = _fields.host
+        _C.concat = _fields.concat
     except ImportError:
         pass
 
@@ -177,17 +187,24 @@ class RequestIds:
         return self._high + _HEX2[n & 255]
 
 
-def host_ok(host: bytes) -> bool:
-    """A syntactically valid Host value (RFC 9112 3.2: anything else is a 400)."""
-    c = _c_host_ok
+def read_host(value: bytes) -> bytes | None:
+    """A Host field's value without the white space around it, if it is a syntactically valid
+    host (RFC 9112 3.2: anything else is a 400); else None."""
+    c = _C.host
     if c is not None:
-        return c(host)
-    return _HOST_RE.match(host) is not None
+        return c(value)
+    host = value.strip()
+    return host if _HOST_RE.match(host) else None
+
+
+def host_ok(host: bytes) -> bool:
+    """A syntactically valid host (as ``read_host`` reads it, with no white space around)."""
+    return read_host(host) == host
 
 
 def plain_target(url: bytes) -> bool:
     """Whether a request target has nothing the path checks look at (``_URL_SPECIAL``)."""
-    c = _c_plain_target
+    c = _C.plain_target
     if c is not None:
         return c(url)
     return _URL_SPECIAL.search(url) is None
@@ -315,7 +332,7 @@ def head_fields(src: bytes | bytearray, pos: int, method: bytes,
     read went into; the empty lines llhttp skips before a request line included), as
     ``request_fields`` reads them, and whether its request line (with this ``method`` and
     ``url``) is HTTP/1.1 (``http11_line``): in C when it is built."""
-    c = _c_fields
+    c = _C.fields
     k = len(method) + len(url) + 2
     if c is not None:
         return c(src, pos, k)
@@ -392,7 +409,7 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
     length = -1
     # The one pass over the fields: sizes added, the special ones reported, the others' lines
     # kept (in C: no lowercase copy of each name, no set lookup, no bytes per line).
-    c = _c_classify
+    c = _C.classify
     specials, kept, total, too_large = (c if c is not None else classify)(
         headers, trusted, http11, max_header)
     for kind, value in specials:
@@ -440,10 +457,10 @@ def read_request_head(rh: RequestHead, method: bytes, url: bytes, version: str,
         raise Refused(405, "CONNECT is not supported")
     if hosts != 1:
         raise Refused(400, "missing or repeated Host header")
-    host = host.strip()
-    if not host_ok(host):
+    checked = read_host(host)
+    if checked is None:
         raise Refused(400, "invalid Host header")
-    _read_target(rh, url=url, host=host)
+    _read_target(rh, url=url, host=checked)
     if not rid or not REQUEST_ID_RE.match(rid):
         rid = ids.next()
     rh.request_id = rid
@@ -540,5 +557,5 @@ def _forwarded_head(rh: RequestHead, kept: bytes, upgrade_to: bytes, trusted: bo
         end = b"\r\nTransfer-Encoding: chunked\r\n\r\n"
     if rh.upgrade:
         end = end[:-2] + b"Connection: upgrade\r\nUpgrade: " + upgrade_to + b"\r\n\r\n"
-    return _concat(rh.method, b" ", rh.url, b" HTTP/1.1\r\n", kept, b"Host: ", host, tail,
-                   fwd_host, b"\r\nX-Request-ID: ", rh.request_id, end)
+    return _C.concat(rh.method, b" ", rh.url, b" HTTP/1.1\r\n", kept, b"Host: ", host, tail,
+                     fwd_host, b"\r\nX-Request-ID: ", rh.request_id, end)

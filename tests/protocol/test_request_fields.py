@@ -56,11 +56,11 @@ def reference(data: bytes) -> list[list[tuple[bytes, bytes]]] | None:
 # The Python version, and the C one (router/http/_fields.c) when it is built: each must read
 # what llhttp reports.
 def _c(buf: bytes | bytearray, pos: int) -> list[tuple[bytes, bytes]]:
-    assert request_head._c_fields is not None
-    return request_head._c_fields(buf, pos, -1)[0]
+    assert request_head._C.fields is not None
+    return request_head._C.fields(buf, pos, -1)[0]
 
 
-SCANS = [request_fields] + ([_c] if request_head._c_fields else [])
+SCANS = [request_fields] + ([_c] if request_head._C.fields else [])
 
 
 def scanned(head: bytes | bytearray) -> list[tuple[bytes, bytes]]:
@@ -68,7 +68,7 @@ def scanned(head: bytes | bytearray) -> list[tuple[bytes, bytes]]:
     while head[pos] in b"\r\n":
         pos += 1
     got = [scan(bytes(head), pos) for scan in SCANS]
-    if request_head._c_fields is not None:  # (the C one reads the read buffer itself)
+    if request_head._C.fields is not None:  # (the C one reads the read buffer itself)
         got.append(_c(bytearray(head), pos))
     assert all(g == got[0] for g in got), got
     return got[0]
@@ -203,12 +203,12 @@ def test_http11_read_with_the_fields_as_http11_line_reads_it(line, method, url, 
     want = ([(b"Host", b"a")], http11)
     assert request_head.head_fields(head, 0, method, url) == want
     assert request_head.head_fields(bytearray(head), 0, method, url) == want
-    saved, request_head._c_fields = request_head._c_fields, None
+    saved, request_head._C.fields = request_head._C.fields, None
     try:  # the Python version, as without a C compiler
         assert request_head.head_fields(head, 0, method, url) == want
         assert request_head.head_fields(bytearray(head), 0, method, url) == want
     finally:
-        request_head._c_fields = saved
+        request_head._C.fields = saved
 
 
 def test_field_lines_counts_the_fields_begun():
@@ -297,7 +297,7 @@ def test_generated_pipelined_heads_split_anywhere_read_as_llhttp_reports_them(fi
 
 
 def test_the_c_version_refuses_what_is_not_a_whole_head():
-    c = request_head._c_fields
+    c = request_head._C.fields
     if c is None:
         pytest.skip("router/http/_fields.c not built")
     for partial in [b"GET / HTTP/1.1", b"GET / HTTP/1.1\r\nA: b\r\n", b"GET / HTTP/1.1\r\nA: b\r\n\r",
