@@ -95,8 +95,8 @@ _TRUSTED_ONLY: Final = frozenset({
     b"x-original-host", b"x-host"})
 # The kinds of field ``classify`` tells apart by name (router/http/_fields.c has the same
 # numbers): 0 for a field passed on as it is, K_HOST to K_COOKIE for the ones read (reported),
-# K_TRUSTED for the ones passed on from a trusted proxy only (and the other hop-by-hop fields,
-# which a trusted proxy's own hop has removed already).
+# K_TRUSTED for the ones passed on from a trusted proxy only: the _TRUSTED_ONLY fields, and the
+# hop-by-hop fields not read (Keep-Alive, Proxy-Connection, TE, Trailer), as before.
 K_HOST: Final = 1
 K_LENGTH: Final = 2
 K_TE: Final = 3
