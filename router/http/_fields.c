@@ -111,11 +111,12 @@ fail:
 
 /* The kinds of field classify tells apart (request_head's K_* constants: the same numbers).
  * ORDINARY fields are passed on as they are; TRUSTED_ONLY ones only from a trusted proxy; the
- * others are read by request_head (SPECIAL_MAX and below: reported) or dropped. */
+ * others are read by request_head (SPECIAL_MAX and below: reported) or DROPPED (the hop-by-hop
+ * fields it does not read: never passed on, trusted proxy or not). */
 enum {
     ORDINARY = 0, K_HOST = 1, K_LENGTH = 2, K_TE = 3, K_CONNECTION = 4, K_UPGRADE = 5,
     K_XFF = 6, K_RID = 7, K_XFP = 8, K_XFH = 9, K_EXPECT = 10, K_COOKIE = 11,
-    SPECIAL_MAX = 11, TRUSTED_ONLY = 12,
+    SPECIAL_MAX = 11, TRUSTED_ONLY = 12, DROPPED = 13,
 };
 
 struct name { const char *lower; Py_ssize_t len; int kind; };
@@ -128,8 +129,8 @@ static const struct name names[] = {
     N("x-request-id", K_RID), N("x-forwarded-proto", K_XFP), N("x-forwarded-host", K_XFH),
     N("expect", K_EXPECT), N("cookie", K_COOKIE),
     /* the other hop-by-hop fields */
-    N("keep-alive", TRUSTED_ONLY), N("proxy-connection", TRUSTED_ONLY), N("te", TRUSTED_ONLY),
-    N("trailer", TRUSTED_ONLY),
+    N("keep-alive", DROPPED), N("proxy-connection", DROPPED), N("te", DROPPED),
+    N("trailer", DROPPED),
     /* request_head._TRUSTED_ONLY */
     N("forwarded", TRUSTED_ONLY), N("x-real-ip", TRUSTED_ONLY), N("true-client-ip", TRUSTED_ONLY),
     N("cf-connecting-ip", TRUSTED_ONLY), N("fastly-client-ip", TRUSTED_ONLY),

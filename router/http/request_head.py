@@ -95,8 +95,9 @@ _TRUSTED_ONLY: Final = frozenset({
     b"x-original-host", b"x-host"})
 # The kinds of field ``classify`` tells apart by name (router/http/_fields.c has the same
 # numbers): 0 for a field passed on as it is, K_HOST to K_COOKIE for the ones read (reported),
-# K_TRUSTED for the ones passed on from a trusted proxy only: the _TRUSTED_ONLY fields, and the
-# hop-by-hop fields not read (Keep-Alive, Proxy-Connection, TE, Trailer), as before.
+# K_TRUSTED for the ones passed on from a trusted proxy only (the _TRUSTED_ONLY fields), and
+# K_DROPPED for the hop-by-hop fields not read (Keep-Alive, Proxy-Connection, TE, Trailer):
+# they concern the hop from the client, trusted proxy or not, and are never passed on.
 K_HOST: Final = 1
 K_LENGTH: Final = 2
 K_TE: Final = 3
@@ -109,8 +110,9 @@ K_XFH: Final = 9
 K_EXPECT: Final = 10
 K_COOKIE: Final = 11
 K_TRUSTED: Final = 12
+K_DROPPED: Final = 13
 _KINDS: Final[dict[bytes, int]] = {
-    **{name: K_TRUSTED for name in HOP | OWN | _TRUSTED_ONLY},
+    **{name: K_DROPPED for name in HOP | OWN}, **{name: K_TRUSTED for name in _TRUSTED_ONLY},
     b"host": K_HOST, b"content-length": K_LENGTH, b"transfer-encoding": K_TE,
     b"connection": K_CONNECTION, b"upgrade": K_UPGRADE, b"x-forwarded-for": K_XFF,
     b"x-request-id": K_RID, b"x-forwarded-proto": K_XFP, b"x-forwarded-host": K_XFH,

@@ -182,6 +182,17 @@ def test_identity_and_route_fields_only_from_a_trusted_proxy(field):
         assert line + b"\r\n" in read(head(b"/", line + b"\r\n"), trusted=True).head
 
 
+@pytest.mark.parametrize("trusted", [False, True])
+def test_hop_by_hop_fields_are_never_passed_on(trusted):
+    # They concern the connection they came on, a trusted proxy's included (RFC 9110 7.6.1).
+    rh = read(head(b"/", b"Keep-Alive: timeout=5\r\nPROXY-CONNECTION: keep-alive\r\n"
+                         b"TE: trailers\r\ntrailer: X-Sum\r\nX-Keep: 1\r\n"), trusted=trusted)
+    lowered = rh.head.lower()
+    for name in (b"keep-alive", b"proxy-connection", b"te:", b"trailer"):
+        assert b"\n" + name not in lowered
+    assert b"X-Keep: 1\r\n" in rh.head
+
+
 def test_trusted_proxy_keeps_the_chain():
     rh = read(head(b"/", b"X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n"
                          b"Forwarded: for=1.2.3.4\r\n"), trusted=True)
