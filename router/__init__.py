@@ -17,7 +17,7 @@ COMPILED_MODULES = ("http/framing", "http/fields", "http/request_head", "http/re
 
 
 # Hand-written C extensions, router/<name>.*.so built from router/<name>.c (setup.py).
-C_MODULES = ("http/_head", "http/_fields")
+C_MODULES = ("http/_head", "http/_fields", "process/_pools")
 
 
 def _refuse_stale_builds() -> None:
