@@ -16,6 +16,8 @@ and libuv's handle, about 1.4 KiB, and its ``ClientConnection``. Parked, it hold
   and hands over as an idle connection does (``ClientBase``).
 - Its idle timeout is checked by the data plane's sweep (every half second): a connection is
   parked only while that timeout is further than ``client.TIMER_AHEAD`` away.
+- The sweep after the one that parked a connection makes its record again (``Parking.pack``):
+  made while the other connections were open, it would keep a pool of their freed objects.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class ParkedConnection(ClientBase):
 class Parking:
     """The parked connections of one data plane and the epoll that watches them."""
 
-    __slots__ = ("ctx", "poll", "by_fd", "adopting", "parked")
+    __slots__ = ("ctx", "poll", "by_fd", "adopting", "parked", "fresh")
 
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
@@ -102,10 +104,13 @@ class Parking:
         # Connections being served again, until their protocol has them.
         self.adopting: set[asyncio.Task[None]] = set()
         self.parked = 0  # connections parked, counted up until the data plane's sweep reads it
+        self.fresh: list[ParkedConnection] = []  # parked since the last pack()
 
     def sweep(self, connections: set[ClientBase], now: float) -> None:
-        """What the data plane's sweep does with its connections: each rests
-        (``ClientBase.rest``: a parked one's idle timeout), and those that can are parked."""
+        """What the data plane's sweep does with its connections: the records of those parked
+        by the last sweep are packed (``pack``), each rests (``ClientBase.rest``: a parked one's
+        idle timeout), and those that can are parked."""
+        self.pack()
         ctx = self.ctx
         park = ctx.handoff is None and ctx.accepting
         for conn in list(connections):
@@ -136,6 +141,33 @@ class Parking:
             by_fd.extend([None] * (fd + 1 - len(by_fd)))
         by_fd[fd] = rec
         self.ctx.connections.add(rec)
+        self.fresh.append(rec)
+
+    def pack(self) -> None:
+        """The records parked since the last call made again, one after the other, and the
+        first ones dropped. A record made at its park takes a free block of its size between
+        those of the connections still open (bound methods are of the same size), and keeps the
+        pool it is in from being given back once they are freed too: a burst of connections
+        parked leaves one record in each of hundreds of pools. Made again half a second later
+        (the transports of the connections parked are freed by then, and the next trim gives
+        back the pools emptied: ``router.process.trim``), they fill the free blocks at the head
+        of their size's pools, next to each other."""
+        fresh = self.fresh
+        if not fresh:
+            return
+        self.fresh = []
+        by_fd = self.by_fd
+        connections = self.ctx.connections
+        for old in fresh:  # all made before any is dropped: not into the blocks just left
+            fd = old.fd
+            if fd >= 0:
+                rec = ParkedConnection(self, fd, old.idle_at, old.deadline, old.served)
+                by_fd[fd] = rec
+                connections.add(rec)
+        for old in fresh:
+            if old.fd >= 0:
+                connections.discard(old)
+                old.fd = -1
 
     def release(self, rec: ParkedConnection) -> None:
         """``rec`` leaves the parking, its descriptor still open (the caller's)."""
@@ -201,6 +233,7 @@ class Parking:
     def stop(self) -> None:
         """No more parking (a stop or a handover is over): the epoll closed; what is still
         parked is closed with it."""
+        self.fresh = []
         for rec in list(self.by_fd):
             if rec is not None:
                 self.close(rec)

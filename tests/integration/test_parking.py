@@ -71,6 +71,30 @@ async def test_a_parked_connection_serves_its_requests_and_times_out(backend, ro
     writer.close()
 
 
+async def test_parked_records_are_made_again_by_the_next_sweep_and_serve_as_before(
+        backend, router):
+    """The records of a sweep's parked connections are made again by the next sweep, next to
+    each other (Parking.pack): the new ones take their places, the old ones let go, and every
+    connection still serves its next request and counts once."""
+    srv = await start(backend, router)
+    clients = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(3)]
+    for c in clients:
+        assert (await get(*c)).startswith(b"HTTP/1.1 200 ")
+    await until_parked(srv, 3)
+    first = parked(srv)
+    await until(lambda: all(r.fd == -1 for r in first), 5, "the records made again")
+    now = parked(srv)
+    assert len(now) == 3 == len(srv.ctx.connections) and not set(now) & set(first)
+    assert sorted(r.fd for r in now) == sorted(r.fd for r in now if srv.plane.parking.by_fd[r.fd] is r)
+    assert all(r.served for r in now) and not srv.plane.parking.fresh
+    assert all(r.idle_since() == -1.0 for r in first)  # let go: nothing asks them anything
+    for c in clients:
+        assert (await get(*c)).startswith(b"HTTP/1.1 200 ")
+    assert not parked(srv) and len(srv.ctx.connections) == 3
+    for _, w in clients:
+        w.close()
+
+
 async def test_a_connection_parked_before_its_first_request_serves_it(backend, router):
     srv = await start(backend, router)
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
