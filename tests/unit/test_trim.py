@@ -26,3 +26,15 @@ def test_a_trim_after_a_sweep_that_parked_a_burst_of_idle_connections():
     t = Trimmer(lambda pad: calls.append(pad) or 1)
     assert not t.observe(3 * BURST, 3 * BURST, BURST - 1)
     assert t.observe(3 * BURST, 3 * BURST, BURST) and calls == [0] and t.trims == 1
+
+
+def test_a_trim_gives_back_the_empty_pools_pages_too_even_without_malloc_trim():
+    """CPython's empty pools (router.process._pools) are given back at each trim, also where
+    there is no glibc to call."""
+    calls: list[int] = []
+    t = Trimmer(lambda pad: calls.append(pad) or 1, release=lambda: 12288)
+    assert not t.observe(10, 10 + BURST - 1) and t.released == 0
+    assert t.observe(BURST, 2 * BURST) and calls == [0] and t.released == 12288
+    no_glibc = Trimmer(lambda pad: 0, release=lambda: 4096)
+    no_glibc._trim = None  # as _malloc_trim() finds it under musl
+    assert no_glibc.observe(3 * BURST, 3 * BURST, BURST) and no_glibc.released == 4096
