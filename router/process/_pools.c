@@ -16,8 +16,9 @@
  * it as pymalloc marks a pool it has just carved out of an arena (its size index set to
  * DUMMY_SIZE_IDX), so that the pool is set up afresh instead, from its header page only.
  *
- * What it reads and writes of a pool header is the layout of struct pool_header, unchanged
- * from CPython 3.3 to 3.13: built only for those versions (none: watch() returns False). A
+ * What it reads and writes of a pool header is the layout of struct pool_header of CPython
+ * 3.11 to 3.13 (Objects/obmalloc.c): it does its work there only (elsewhere watch() returns
+ * False and release() finds nothing). A
  * pool is taken as empty only if its header says so consistently (no block in use, a size
  * index of pymalloc's, the end offset that size gives in a 16 KiB pool), and only arenas of
  * 1 MiB are walked (16 KiB pools go with 1 MiB arenas; 4 KiB pools with 256 KiB ones). It runs
