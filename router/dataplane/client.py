@@ -328,6 +328,7 @@ class ClientConnection(RequestReader):
         if not self._rested(now):
             return
         self.parser = None
+        self.feed = None
         self.fed = None
         self.out = None
         deadline = self._deadline

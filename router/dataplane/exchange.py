@@ -139,7 +139,12 @@ class Exchange(UpstreamRequest):
         self.wait_next = None
 
     def _move(self, to: int) -> None:
-        self.phase = P.exchange_move(self.phase, to)
+        frm = self.phase
+        if ((to == P.SENT and frm == P.ROUTING) or (to == P.HEAD and frm == P.SENT)
+                or (to == P.BODY and frm == P.HEAD) or (to == P.DONE and frm == P.BODY)):
+            self.phase = to  # a proxied request's moves, legal (phases.COMMON_MOVES): no lookup
+        else:
+            self.phase = P.exchange_move(frm, to)
 
     # -- routing: router.dataplane.routing decides, the exchange carries it out ---------------
     def route(self) -> None:

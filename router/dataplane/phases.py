@@ -101,28 +101,39 @@ UPSTREAM_MOVES: Final[tuple[frozenset[int], ...]] = (
 )
 
 
-def _masks(moves: tuple[frozenset[int], ...]) -> tuple[int, ...]:
-    """The table as bit masks (bit ``to`` of entry ``frm`` set when the move is legal): a move
-    is checked with a shift, not a set lookup."""
-    return tuple(sum(1 << p for p in allowed) for allowed in moves)
-
-
-_CONNECTION_MASKS: Final = _masks(CONNECTION_MOVES)
-
-
 def _packed(moves: tuple[frozenset[int], ...]) -> int:
     """A table of up to eight phases as one int: bit ``frm * 8 + to`` set when the move is
     legal."""
     return sum(1 << (frm * 8 + to) for frm, allowed in enumerate(moves) for to in allowed)
 
 
-# The two tables that fit in a machine word (the last rows are empty), written out so that mypyc
-# compiles them to constants -- a move of the exchange or of a backend connection (three or four
-# per request each) is then checked with a shift -- and checked against the tables above here.
+# The tables as ints that fit in a machine word (their last rows are empty), written out so that
+# mypyc compiles them to constants -- a move is then checked with a shift -- and checked against
+# the tables above here.
 _EXCHANGE_PACKED: Final = 0xC0F0CEC6C6
 _UPSTREAM_PACKED: Final = 0x101013D02
+# The connection's table has nine phases: a move to CLOSED (legal from every phase but CLOSED,
+# checked here) is left out, and the rest fits.
+_CONNECTION_PACKED: Final = 0x80C081A0B98482
+assert _CONNECTION_PACKED == _packed(tuple(frozenset(allowed - {CLOSED})
+                                           for allowed in CONNECTION_MOVES[:CLOSED]))
+assert all(CLOSED in allowed for allowed in CONNECTION_MOVES[:CLOSED])
+assert not CONNECTION_MOVES[CLOSED]
 assert _EXCHANGE_PACKED == _packed(EXCHANGE_MOVES), hex(_packed(EXCHANGE_MOVES))
 assert _UPSTREAM_PACKED == _packed(UPSTREAM_MOVES), hex(_packed(UPSTREAM_MOVES))
+
+
+# The moves every proxied keep-alive request makes: a head begins, its body follows, it ends;
+# sent, answered, streamed, done. ``RequestReader._move`` and ``Exchange._move`` make these
+# without the lookup below (a few comparisons, where the lookup's arithmetic on tagged ints
+# costs about a hundred instructions a move); every other move is looked up.
+COMMON_MOVES: Final = (("connection", IDLE, READING_HEAD),
+                       ("connection", READING_HEAD, READING_BODY),
+                       ("connection", READING_BODY, IDLE), ("exchange", ROUTING, SENT),
+                       ("exchange", SENT, HEAD), ("exchange", HEAD, BODY),
+                       ("exchange", BODY, DONE))
+assert all(to in (CONNECTION_MOVES if kind == "connection" else EXCHANGE_MOVES)[frm]
+           for kind, frm, to in COMMON_MOVES)
 
 
 class PhaseError(Exception):
@@ -138,7 +149,7 @@ def exchange_move(frm: int, to: int) -> int:
 
 def connection_move(frm: int, to: int) -> int:
     """``to``, if a client connection in phase ``frm`` may move there; else ``PhaseError``."""
-    if not (_CONNECTION_MASKS[frm] >> to) & 1:
+    if not (frm != CLOSED if to == CLOSED else (_CONNECTION_PACKED >> (frm * 8 + to)) & 1):
         raise PhaseError(f"connection: {CONNECTION_PHASES[frm]} -> {CONNECTION_PHASES[to]}")
     return to
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Final, cast
+from typing import Callable, Final, cast
 
 import httptools
 
@@ -87,7 +87,7 @@ class RequestReader(ClientSide):
     __slots__ = ("ctx", "loop", "transport", "parser", "phase", "parsing", "active", "queue",
                  "peer", "peer_b", "tail", "trusted", "_deadline", "early", "decoder",
                  "head_bytes", "held", "held_at", "feeding", "body_left", "chunks", "whole",
-                 "fed", "ahead", "line_src", "line_at", "line_len", "head_kept", "head_fields")
+                 "fed_one", "fed", "feed", "ahead", "line_src", "line_at", "line_len", "head_kept", "head_fields")
 
     transport: asyncio.Transport
 
@@ -97,6 +97,8 @@ class RequestReader(ClientSide):
         # llhttp's parser: dropped by ``rest`` once the connection has been idle a while
         # (router.dataplane.client.REST_AFTER), made again when the next request begins (_feed).
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        # Its feed_data, bound once (a method looked up per call: about 150 instructions more).
+        self.feed: Callable[[bytes | memoryview], None] | None = self.parser.feed_data
         self.phase = P.IDLE
         self.parsing: Exchange | None = None  # the request whose head or body is being read
         self.active: Exchange | None = None  # the request being answered
@@ -123,8 +125,11 @@ class RequestReader(ClientSide):
         self.held = b""
         self.held_at = 0
         self.feeding = False  # inside _parse: llhttp must not be fed again from a callback
-        self.whole = False  # llhttp is given a whole read: the requests begun are in fed
-        self.fed: list[Exchange] | None = None  # (made on the first use, dropped by rest)
+        self.whole = False  # llhttp is given a whole read: the requests begun are fed_one, fed
+        # The first request begun in a whole read, and those after it (most reads begin one: no
+        # list is touched for it; fed is made on the first use, dropped by rest).
+        self.fed_one: Exchange | None = None
+        self.fed: list[Exchange] | None = None
         self.ahead = False  # on_message_begin stopped llhttp: a third request began
         self.body_left = 0  # bytes of the Content-Length body being parsed not yet fed
         # Where the chunked body being parsed ends (llhttp reads it; this only follows it).
@@ -142,7 +147,12 @@ class RequestReader(ClientSide):
         raise NotImplementedError
 
     def _move(self, to: int) -> None:
-        self.phase = P.connection_move(self.phase, to)
+        frm = self.phase
+        if ((to == P.READING_HEAD and frm == P.IDLE) or (to == P.IDLE and frm == P.READING_BODY)
+                or (to == P.READING_BODY and frm == P.READING_HEAD)):
+            self.phase = to  # a keep-alive request's moves, legal (phases.COMMON_MOVES): no lookup
+        else:
+            self.phase = P.connection_move(frm, to)
 
     def _closing(self) -> None:
         """Nothing more is read or forwarded (from any phase but CLOSING and CLOSED)."""
@@ -216,30 +226,40 @@ class RequestReader(ClientSide):
     def _whole(self, data: bytes | memoryview) -> bool:
         """Give llhttp a whole read that begins between requests with none waiting; True if
         what it did asks for ``_after_whole`` (with the read as bytes)."""
-        fed = self.fed
-        if fed:
-            fed.clear()
+        self._fed_clear()  # (cleared after each read already, unless that read failed)
         self.whole = True
         self._feed(data, 0, -1)
         self.whole = False
-        fed = self.fed  # (made by on_message_begin if it was None)
-        if self.ahead or (self.chunks is not None and fed and fed[-1] is self.parsing):
+        if self.ahead:
             return True
+        if self.chunks is not None:
+            fed = self.fed
+            last = fed[-1] if fed else self.fed_one
+            if last is not None and last is self.parsing:
+                return True
+        self._fed_clear()
+        return False
+
+    def _fed_list(self) -> list[Exchange]:
+        """The requests begun in the whole read, in order."""
+        one = self.fed_one
+        return ([] if one is None else [one]) + (self.fed or [])
+
+    def _fed_clear(self) -> None:
+        self.fed_one = None
+        fed = self.fed
         if fed:
             fed.clear()
-        return False
 
     def _after_whole(self, data: bytes) -> int:
         """After ``_whole`` gave llhttp ``data``: where parsing goes on in it, or -1."""
-        fed = self.fed
-        if fed is None:
-            fed = self.fed = []
+        fed = self._fed_list()
+        self._fed_clear()
         if not self.ahead:
             # A chunked body goes on in the next read: from where it began here, its end is
             # followed as llhttp reads it.
             start = _requests_end(data, fed[:-1])
             body = _past_head(data, start) if start >= 0 else -1
-            fed.clear()
             chunks = self.chunks
             try:
                 if chunks is not None and (body < 0 or chunks.scan(data, body) >= 0):
@@ -250,8 +270,8 @@ class RequestReader(ClientSide):
         # Stopped as the request after those in fed began: go on from its start.
         self.ahead = False
         pos = _requests_end(data, fed)
-        fed.clear()
-        self.parser = None  # a fresh one goes on from there (_feed)
+        self.parser = None
+        self.feed = None  # a fresh one goes on from there (_feed)
         if pos < 0:
             # A chunk line llhttp let through and framing's stricter rules do not: the
             # requests read are answered, then the connection closes.
@@ -269,14 +289,15 @@ class RequestReader(ClientSide):
         self.line_src = data if isinstance(data, bytes) else cast(bytearray, data.obj)
         self.line_at = pos
         self.line_len = len(data) if stop < 0 else stop
-        parser = self.parser
-        if parser is None:
+        feed = self.feed
+        if feed is None:
             parser = self.parser = httptools.HttpRequestParser(self)
+            feed = self.feed = parser.feed_data
         try:
             if stop < 0:
-                parser.feed_data(data)
+                feed(data)
             else:
-                parser.feed_data(memoryview(data)[pos:stop])
+                feed(memoryview(data)[pos:stop])
         except httptools.HttpParserUpgrade as e:
             upgrade = pos + e.args[0]  # (handled below, out of this handler: the parsing that
             # follows must not see this exception as the cause of its own)
@@ -338,10 +359,13 @@ class RequestReader(ClientSide):
         self._move(P.READING_HEAD)
         ex = self.parsing = Exchange(self)
         if whole:
-            fed = self.fed
-            if fed is None:
-                fed = self.fed = []
-            fed.append(ex)
+            if self.fed_one is None:
+                self.fed_one = ex
+            else:
+                fed = self.fed
+                if fed is None:
+                    fed = self.fed = []
+                fed.append(ex)
         self.head_bytes = 0
         if self.active is None:
             # Set only if the head is still incomplete at the end of this read
@@ -350,14 +374,13 @@ class RequestReader(ClientSide):
 
     def _after_request(self) -> None:
         """A request begins where llhttp was given another one's head before: find where."""
-        fed = self.fed
         src = self.line_src
-        if self.whole and fed and src is not None:
+        if self.whole and self.fed_one is not None and src is not None:
             # Requests read whole from the start of this read are before it: it begins where
             # their framing ends (as where _after_whole goes on).
             data = src if isinstance(src, bytes) else bytes(src[:self.line_len])
             self.line_src = data
-            self.line_at = _requests_end(data, fed)
+            self.line_at = _requests_end(data, self._fed_list())
             if self.line_at >= 0:
                 return
             self.ahead = True
@@ -372,8 +395,11 @@ class RequestReader(ClientSide):
         ex = self.parsing
         if ex is None or self.phase == P.RESUMED_BODY:
             return
-        ex.url += url
-        if len(ex.url) > self.ctx.max_request_line:
+        # (most targets come in one piece: a concatenation with b"" costs two buffer exports)
+        if ex.url:
+            url = ex.url + url
+        ex.url = url
+        if len(url) > self.ctx.max_request_line:
             raise Refused(414, "request line too long")
 
     def on_headers_complete(self) -> None:
@@ -473,6 +499,7 @@ class RequestReader(ClientSide):
             return  # answered and closing already
         # llhttp's parser is spent after an upgrade; a fresh one reads what comes next.
         parser = self.parser = httptools.HttpRequestParser(self)
+        self.feed = parser.feed_data
         if not ex.upgrade:
             # An upgrade the router does not tunnel (h2c): a plain request, whose body (if
             # any) and later requests follow. A stand-in head with the same framing lets
