@@ -142,7 +142,8 @@ class ClientConnection(RequestReader):
     # Reads go into one of the context's buffers (uvloop calls these instead of data_received
     # when a protocol has them): their size bounds what one read brings.
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.ctx.read_head if P.reads_heads(self.phase) else self.ctx.read_body
+        phase = self.phase
+        return self.ctx.read_head if phase == P.IDLE or P.reads_heads(phase) else self.ctx.read_body
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
@@ -160,7 +161,8 @@ class ClientConnection(RequestReader):
                             self._parse(data, pos)
                 finally:
                     self.feeding = feeding
-                self._read_timers()
+                if self.phase != P.IDLE:  # (most reads end between requests: no timer to set)
+                    self._read_timers()
                 return
             buf = self.ctx.read_head if P.reads_heads(self.phase) else self.ctx.read_body
             self.data_received(buf[:nbytes].tobytes())

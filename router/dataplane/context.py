@@ -133,7 +133,8 @@ class ProxyContext:
         # Client connections closed by a timeout, by reason (router_client_timeouts_total).
         self.timeouts: dict[str, int] = {}
         # Shared by every client connection: what one read brings is used before the next.
-        self.read_head = memoryview(bytearray(HEAD_READ))
+        self.read_head_buf = bytearray(HEAD_READ)
+        self.read_head = memoryview(self.read_head_buf)
         self.read_body = memoryview(bytearray(BODY_READ))
         self.no_idle_until = 0.0  # no idle connection to close at the cap until then
         self.accepting = True  # False: every answer says Connection: close (a stop)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Callable, Final, cast
+from typing import Callable, Final
 
 import httptools
 
@@ -285,8 +285,9 @@ class RequestReader(ClientSide):
         (an error, an upgrade)."""
         upgrade = -1
         # A head begins or goes on here (after what ends the request before it, if any: see
-        # on_message_begin), or nowhere. (A view is of a read buffer, from its start.)
-        self.line_src = data if isinstance(data, bytes) else cast(bytearray, data.obj)
+        # on_message_begin), or nowhere. (A view is of the heads' read buffer, from its start:
+        # buffer_updated's; its bytearray is known, not asked of the view.)
+        self.line_src = data if isinstance(data, bytes) else self.ctx.read_head_buf
         self.line_at = pos
         self.line_len = len(data) if stop < 0 else stop
         feed = self.feed
