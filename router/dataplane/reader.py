@@ -226,7 +226,8 @@ class RequestReader(ClientSide):
     def _whole(self, data: bytes | memoryview) -> bool:
         """Give llhttp a whole read that begins between requests with none waiting; True if
         what it did asks for ``_after_whole`` (with the read as bytes)."""
-        self._fed_clear()  # (cleared after each read already, unless that read failed)
+        if self.fed_one is not None:
+            self._fed_clear()  # (cleared after each read, unless that read failed)
         self.whole = True
         self._feed(data, 0, -1)
         self.whole = False
@@ -237,7 +238,10 @@ class RequestReader(ClientSide):
             last = fed[-1] if fed else self.fed_one
             if last is not None and last is self.parsing:
                 return True
-        self._fed_clear()
+        self.fed_one = None  # (as _fed_clear, without the call)
+        fed = self.fed
+        if fed:
+            fed.clear()
         return False
 
     def _fed_list(self) -> list[Exchange]:
