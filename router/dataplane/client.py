@@ -147,7 +147,8 @@ class ClientConnection(RequestReader):
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
-            if self.phase == P.IDLE and not self.queue and not self.held:
+            # (len(): compiled, a bytes' truth is a generic call and its length a field)
+            if self.phase == P.IDLE and not self.queue and len(self.held) == 0:
                 # Most reads: llhttp reads the buffer itself, and bytes are made of what it read
                 # only if it stopped before the end (see _parse).
                 view = self.ctx.read_head[:nbytes]
@@ -440,12 +441,12 @@ class ClientConnection(RequestReader):
         elif self.phase == P.CLOSING:
             self.transport.close()  # nothing more will come: a refused request ended it
             return
-        if self.held and not self.feeding:
+        if len(self.held) and not self.feeding:  # (len(): see buffer_updated)
             data, pos = self.held, self.held_at
             self.held = b""
             self._parse(data, pos)
             self._read_timers()
-        if self.queue or self.held:
+        if self.queue or len(self.held):
             return
         if self._paused:
             self.unpause(QUEUED)

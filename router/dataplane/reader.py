@@ -401,7 +401,7 @@ class RequestReader(ClientSide):
         if ex is None or self.phase == P.RESUMED_BODY:
             return
         # (most targets come in one piece: a concatenation with b"" costs two buffer exports)
-        if ex.url:
+        if len(ex.url):  # (len(): see ClientConnection.buffer_updated)
             url = ex.url + url
         ex.url = url
         if len(url) > self.ctx.max_request_line:
