@@ -143,7 +143,8 @@ class ClientConnection(RequestReader):
     # when a protocol has them): their size bounds what one read brings.
     def get_buffer(self, sizehint: int) -> memoryview:
         phase = self.phase
-        return self.ctx.read_head if phase == P.IDLE or P.reads_heads(phase) else self.ctx.read_body
+        ctx = self.ctx
+        return ctx.read_head if phase == P.IDLE or P.reads_heads(phase) else ctx.read_body
 
     def buffer_updated(self, nbytes: int) -> None:
         try:

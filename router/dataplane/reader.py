@@ -87,7 +87,8 @@ class RequestReader(ClientSide):
     __slots__ = ("ctx", "loop", "transport", "parser", "phase", "parsing", "active", "queue",
                  "peer", "peer_b", "tail", "trusted", "_deadline", "early", "decoder",
                  "head_bytes", "held", "held_at", "feeding", "body_left", "chunks", "whole",
-                 "fed_one", "fed", "feed", "ahead", "line_src", "line_at", "line_len", "head_kept", "head_fields")
+                 "fed_one", "fed", "feed", "ahead", "line_src", "line_at", "line_len", "head_kept",
+                 "head_fields")
 
     transport: asyncio.Transport
 
