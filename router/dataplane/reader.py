@@ -230,11 +230,14 @@ class RequestReader(ClientSide):
         if self.fed_one is not None:
             self._fed_clear()  # (cleared after each read, unless that read failed)
         self.whole = True
-        self._feed(data, 0, -1)
+        fed_on = self._feed(data, 0, -1)
         self.whole = False
         if self.ahead:
             return True
-        if self.chunks is not None:
+        # (Stopped otherwise: refused, or an upgrade request whose rest of the read was passed
+        # on already -- a chunked body the router reads for an h2c request has been followed
+        # from there, and must not be scanned again from its head.)
+        if fed_on and self.chunks is not None:
             fed = self.fed
             last = fed[-1] if fed else self.fed_one
             if last is not None and last is self.parsing:
@@ -486,6 +489,9 @@ class RequestReader(ClientSide):
         """``ex`` has been read whole."""
         self.parsing = None
         self.chunks = None
+        # A head that begins later in what llhttp is given does not begin where that began:
+        # on_message_begin finds where (a whole read) or stops reading (see _after_request).
+        self.line_at = -1
         if self.phase == P.READING_BODY or self.phase == P.RESUMED_BODY:
             if not ex.keep_alive:
                 self._closing()  # the client said this is its last request: read no more

@@ -104,6 +104,28 @@ def test_h2c_is_a_plain_request_and_its_body_a_body(value):
     assert statuses(c.received()) == [200, 200] and not c.closed
 
 
+@pytest.mark.parametrize("framed", ["chunked", "length"])
+def test_h2c_request_with_a_body_split_anywhere_then_the_next_request(framed):
+    # Split at every byte: the body of a request the router does not upgrade is read after a
+    # stand-in head, and its end (where the next request begins) must be found the same way
+    # wherever the reads part; the next request's fields come from its own head, never from
+    # the body before it.
+    body = (b"2b\r\n" + SMUGGLE + b"\r\n0\r\n\r\n" if framed == "chunked" else SMUGGLE)
+    frame = (b"Transfer-Encoding: chunked\r\n" if framed == "chunked"
+             else b"Content-Length: %d\r\n" % len(SMUGGLE))
+    data = (b"POST /a HTTP/1.1\r\nHost: shop.test\r\nConnection: upgrade\r\n"
+            b"Upgrade: h2c, websocket\r\n" + frame + b"\r\n" + body + get(b"/b", b"X-Seq: 1\r\n"))
+    for split in range(1, len(data)):
+        w = wire()
+        c = w.client()
+        c.send(data[:split])
+        c.send(data[split:])
+        reqs = w.backend(SHOP).requests()
+        assert [(r.method, r.target, r.body, r.header(b"x-seq")) for r in reqs] == [
+            (b"POST", b"/a", SMUGGLE, None), (b"GET", b"/b", b"", b"1")], split
+        assert statuses(c.received()) == [200, 200] and not c.closed, split
+
+
 def test_a_request_refused_after_an_h2c_request_gets_its_own_status():
     w = wire()
     c = w.client()
