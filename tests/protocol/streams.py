@@ -139,7 +139,19 @@ def streams(draw: st.DrawFn) -> tuple[list[Req], list[int]]:
     n = draw(st.integers(1, 5))
     reqs = [draw(requests(i)) for i in range(n)]
     total = sum(len(r.raw) for r in reqs)
-    splits = draw(st.lists(st.integers(1, max(1, total)), max_size=6))
+    # Reads part anywhere, and often within a few bytes of where the parsing changes state --
+    # a head's end, a request's end -- where a reader's bookkeeping has its edge cases.
+    edges = []
+    at = 0
+    for r in reqs:
+        head_end = r.raw.find(b"\r\n\r\n")
+        if head_end >= 0:
+            edges.append(at + head_end + 4)
+        at += len(r.raw)
+        edges.append(at)
+    near = st.builds(lambda e, d: min(max(1, e + d), max(1, total)),
+                     st.sampled_from(edges), st.integers(-3, 3))
+    splits = draw(st.lists(st.integers(1, max(1, total)) | near, max_size=6))
     return reqs, splits
 
 
