@@ -5,8 +5,9 @@
 
 Each stream is a few requests on one client connection -- pipelined, bodies by length and
 chunked, upgrades with and without bodies, h2c, requests for no app, refused requests, bodies
-that break their framing -- split into reads at random points, answered by backends in every
-framing (tests/protocol/streams.py). The data plane runs in memory; every stream is checked:
+that break their framing -- split into reads at random points (often within a few bytes of a
+head's or a request's end), answered by backends in every framing
+(tests/protocol/streams.py). The data plane runs in memory; every stream is checked:
 backends read exactly the accepted requests, whole and in order, nothing after a closing
 answer; each client gets one response per request, in order, its own. The suite runs the same
 check on a few hundred streams (tests/protocol/test_invariant.py).
